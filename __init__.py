@@ -1,0 +1,39 @@
+"""encslim: find and remove redundant vision encoders in multi-encoder multimodal LLMs.
+
+The public API is imported lazily so that ``import encslim`` (and ``encslim --help``) stays
+fast: torch and transformers load only when a function that needs them is first used.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute", resolved on first access
+_LAZY = {
+    "EncslimError": "encslim.errors:EncslimError",
+    "load_model": "encslim.models.loading:load_model",
+    "create_tiny": "encslim.models.tiny:create_tiny",
+    "inspect_model": "encslim.models.inspect:inspect_model",
+    "get_adapter": "encslim.models.adapter:get_adapter",
+    "register_adapter": "encslim.models.adapter:register_adapter",
+    "EncslimConfig": "encslim.models.configuration_encslim:EncslimConfig",
+    "EncslimForConditionalGeneration": "encslim.models.modeling_encslim:EncslimForConditionalGeneration",
+    "EncslimProcessor": "encslim.models.processing_encslim:EncslimProcessor",
+}
+
+
+def __getattr__(name):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'encslim' has no attribute {name!r}")
+    module, attr = target.split(":")
+    value = getattr(import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = ["__version__", *_LAZY]

@@ -1,0 +1,1 @@
+"""Benchmarks: data formats, prompts, scorers, accuracy evaluation, latency benchmark, reports."""

@@ -1,0 +1,82 @@
+"""The ``encslim`` command line: one Click group, a thin layer over the Python API.
+
+Sub-commands live next to the code they drive (``<package>/commands.py``) and are imported
+only when invoked, so ``encslim --help`` never imports torch. User errors
+(:class:`encslim.errors.EncslimError`) become one line on stderr and exit code 2.
+"""
+
+import logging
+import sys
+from importlib import import_module
+
+import click
+
+from . import __version__
+from .errors import EncslimError
+
+# command name -> "module:attribute" of a click.Command; imported on first use
+COMMANDS = {
+    "inspect": "encslim.models.commands:inspect_cmd",
+    "create-tiny": "encslim.models.commands:create_tiny_cmd",
+}
+
+# one-line help shown by `encslim --help` without importing the command modules
+SHORT_HELP = {
+    "inspect": "Show a model's encoder slots, fusion, parameters and FLOPs.",
+    "create-tiny": "Write a tiny random native model folder.",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported when used, not at start-up."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        if ctx.resilient_parsing or _only_listing(ctx):
+            return click.Command(name, short_help=SHORT_HELP.get(name, ""))
+        module, attr = target.split(":")
+        return getattr(import_module(module), attr)
+
+
+def _only_listing(ctx):
+    """True while click renders the group's own --help (no sub-command chosen)."""
+    args = sys.argv[1:]
+    return not any(a in COMMANDS for a in args)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="encslim")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose):
+    """Find and remove redundant vision encoders in multi-encoder multimodal LLMs."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv=None):
+    """Console-script entry point: run the group, turning user errors into one line."""
+    try:
+        cli.main(args=argv, prog_name="encslim", standalone_mode=False)
+    except EncslimError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Export: HF folders, manifests, model cards, stock-class conversion, ONNX."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: LoRA (peft), Trainer + DeepSpeed, data collators, merge."""

@@ -1,0 +1,169 @@
+"""Processor of the native encslim model: per-slot image processing plus the tokenizer.
+
+Self-contained (torch, numpy, PIL, transformers) so that remote-code export can ship it.
+Each slot resizes the image to its own square input size and normalises it with its own
+mean/std; the ``<image>`` placeholder in the text is expanded to the number of image tokens
+the fusion produces for the slots that are present (fewer when a class-B slot is masked).
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BatchFeature
+
+PROCESSOR_CONFIG = "processor_config.json"
+IMAGE_TOKEN = "<image>"
+DEFAULT_TEMPLATE = "USER: {prompt}\nASSISTANT:"
+
+
+class EncslimProcessor:
+    """Turn images and text into model inputs.
+
+    Args:
+        tokenizer: a transformers tokenizer holding the ``<image>`` token.
+        encoders: per slot ``{"name", "image_size", "image_mean", "image_std"}``, in fusion order.
+        image_tokens: per slot, the tokens it contributes (``sequence_concat``), or ``None``.
+        total_image_tokens: the fixed image token count (``channel_concat``, ``cross_attention``).
+        prompt_template: chat template with a ``{prompt}`` field; the answer follows it.
+    """
+
+    def __init__(self, tokenizer, encoders, image_tokens=None, total_image_tokens=None,
+                 prompt_template=DEFAULT_TEMPLATE, image_token=IMAGE_TOKEN):
+        self.tokenizer = tokenizer
+        self.encoders = [dict(e) for e in encoders]
+        self.image_tokens = dict(image_tokens) if image_tokens else None
+        self.total_image_tokens = total_image_tokens
+        self.prompt_template = prompt_template
+        self.image_token = image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+
+    @classmethod
+    def from_config(cls, tokenizer, config, **kwargs):
+        """Build the processor that matches an ``EncslimConfig``."""
+        encoders = [
+            {k: e[k] for k in ("name", "image_size", "image_mean", "image_std")} for e in config.encoders
+        ]
+        if config.fusion["type"] == "sequence_concat":
+            return cls(tokenizer, encoders, image_tokens={s: config.slot_num_tokens(s) for s in config.slot_names},
+                       **kwargs)
+        return cls(tokenizer, encoders, total_image_tokens=config.num_image_tokens(), **kwargs)
+
+    @property
+    def slot_names(self):
+        return [e["name"] for e in self.encoders]
+
+    # ------------------------------------------------------------------ text
+    def num_image_tokens(self, masked_slots=()):
+        """Image tokens in the prompt when ``masked_slots`` are removed (class B drops theirs)."""
+        if self.image_tokens is None:
+            return self.total_image_tokens
+        return sum(n for s, n in self.image_tokens.items() if s not in set(masked_slots))
+
+    def build_prompt(self, question, with_image=True):
+        """Wrap a question in the chat template, with the image placeholder first."""
+        prompt = f"{self.image_token}\n{question}" if with_image else question
+        return self.prompt_template.format(prompt=prompt)
+
+    def expand_image_tokens(self, text, masked_slots=()):
+        return text.replace(self.image_token, self.image_token * self.num_image_tokens(masked_slots))
+
+    # ------------------------------------------------------------------ images
+    def preprocess_images(self, images, slots=None):
+        """``{slot: (B, 3, S, S) float tensor}`` for a list of PIL images."""
+        wanted = self.slot_names if slots is None else [s for s in self.slot_names if s in set(slots)]
+        images = [_to_rgb(img) for img in images]
+        out = {}
+        for enc in self.encoders:
+            if enc["name"] not in wanted:
+                continue
+            size = enc["image_size"]
+            mean = np.asarray(enc["image_mean"], dtype=np.float32)[:, None, None]
+            std = np.asarray(enc["image_std"], dtype=np.float32)[:, None, None]
+            arrays = []
+            for img in images:
+                resized = img.resize((size, size), Image.BICUBIC) if img.size != (size, size) else img
+                array = np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0
+                arrays.append((array - mean) / std)
+            out[enc["name"]] = torch.from_numpy(np.stack(arrays))
+        return out
+
+    def __call__(self, text=None, images=None, masked_slots=(), padding=True, return_tensors="pt", **kwargs):
+        """Tokenize ``text`` (``<image>`` expanded) and process ``images``.
+
+        Returns a ``BatchFeature`` with ``input_ids``, ``attention_mask`` and one
+        ``pixel_values_<slot>`` per slot that is present. Slots in ``masked_slots`` get no pixels.
+        """
+        data = {}
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            texts = [self.expand_image_tokens(t, masked_slots) for t in texts]
+            data.update(self.tokenizer(texts, padding=padding, return_tensors=return_tensors, **kwargs))
+        if images is not None:
+            images = [images] if isinstance(images, Image.Image) else list(images)
+            kept = [s for s in self.slot_names if s not in set(masked_slots)]
+            for slot, pixels in self.preprocess_images(images, kept).items():
+                data[f"pixel_values_{slot}"] = pixels
+        return BatchFeature(data)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self):
+        return {
+            "processor_class": type(self).__name__,
+            "encoders": self.encoders,
+            "image_tokens": self.image_tokens,
+            "total_image_tokens": self.total_image_tokens,
+            "prompt_template": self.prompt_template,
+            "image_token": self.image_token,
+        }
+
+    def save_pretrained(self, save_directory, **kwargs):
+        os.makedirs(save_directory, exist_ok=True)
+        self.tokenizer.save_pretrained(save_directory)
+        data = self.to_dict()
+        auto_map = getattr(self, "auto_map", None)
+        if auto_map:
+            data["auto_map"] = auto_map
+        with open(os.path.join(save_directory, PROCESSOR_CONFIG), "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        return [os.path.join(save_directory, PROCESSOR_CONFIG)]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        path = str(pretrained_model_name_or_path)
+        with open(os.path.join(path, PROCESSOR_CONFIG), encoding="utf-8") as f:
+            data = json.load(f)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(
+            tokenizer,
+            data["encoders"],
+            image_tokens=data.get("image_tokens"),
+            total_image_tokens=data.get("total_image_tokens"),
+            prompt_template=data.get("prompt_template", DEFAULT_TEMPLATE),
+            image_token=data.get("image_token", IMAGE_TOKEN),
+        )
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoProcessor"):
+        cls._auto_class = auto_class
+
+
+def _to_rgb(image):
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as img:
+            return img.convert("RGB")
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image).convert("RGB")
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+__all__ = ["EncslimProcessor"]

@@ -1,0 +1,1 @@
+"""Pruning: ranking (CUR/IG/subsets/Shapley), selection policies, removal plans, surgery, verification."""

@@ -1,0 +1,1 @@
+"""Recipes: the YAML schema and runner, the shipped recipes, DeepSpeed configs."""
