@@ -18,12 +18,14 @@ from .errors import EncslimError
 COMMANDS = {
     "inspect": "encslim.models.commands:inspect_cmd",
     "create-tiny": "encslim.models.commands:create_tiny_cmd",
+    "demo": "encslim.models.demo_commands:demo_group",
 }
 
 # one-line help shown by `encslim --help` without importing the command modules
 SHORT_HELP = {
     "inspect": "Show a model's encoder slots, fusion, parameters and FLOPs.",
     "create-tiny": "Write a tiny random native model folder.",
+    "demo": "Planted-specialization demo: write its data, train its model.",
 }
 
 

@@ -1,0 +1,358 @@
+"""The planted-specialization benchmark (DESIGN §7): synthetic images whose answers are known.
+
+Four categories mirror the study's:
+
+* **OCR & Chart**: read a single printed digit, or the value label above a bar. Glyphs are a
+  5x7 bitmap font drawn at scale 2 (10x14 px) in a 128 px image: a 32 px view shrinks them to
+  about 2.5x3.5 px, too small to read, so only a high-resolution encoder can answer.
+* **General**: the colour or the shape of one large object (also as 4-option MCQ items).
+* **Vision-centric**: count objects (1-6) or tell whether one object is left/right of, or
+  above/below, another.
+* **Knowledge**: answerable from the question text alone (single-digit sums, simple facts);
+  the image is an unrelated scene.
+
+Everything is drawn with PIL without anti-aliasing from a ``random.Random`` seeded by
+``(seed, split)``, so a seed gives byte-identical files. Answers are one word or number, scored
+by exact match (``metric: exact``) or by the option letter (``metric: mcq``).
+"""
+
+import json
+import logging
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from ..errors import ConfigError
+from ..outputs import atomic_output_dir
+
+logger = logging.getLogger(__name__)
+
+DEMO_CATEGORIES = ["OCR & Chart", "General", "Vision-centric", "Knowledge"]
+IMAGE_SIZE = 128
+GLYPH_SCALE = 2
+# Share of each category in the training split; reading is the hard part, so it gets more.
+TRAIN_MIX = {"OCR & Chart": 0.4, "General": 0.2, "Vision-centric": 0.2, "Knowledge": 0.2}
+EVAL_MIX = {c: 0.25 for c in DEMO_CATEGORIES}
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
+           "yellow": (235, 200, 20), "purple": (140, 40, 180), "orange": (245, 130, 20)}
+SHAPES = ("circle", "square", "triangle", "diamond")
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+# 5x7 bitmap digits, one string of 5 bits per row.
+GLYPHS = {
+    "0": ("01110", "10001", "10011", "10101", "11001", "10001", "01110"),
+    "1": ("00100", "01100", "00100", "00100", "00100", "00100", "01110"),
+    "2": ("01110", "10001", "00001", "00010", "00100", "01000", "11111"),
+    "3": ("11110", "00001", "00001", "01110", "00001", "00001", "11110"),
+    "4": ("00010", "00110", "01010", "10010", "11111", "00010", "00010"),
+    "5": ("11111", "10000", "11110", "00001", "00001", "10001", "01110"),
+    "6": ("00110", "01000", "10000", "11110", "10001", "10001", "01110"),
+    "7": ("11111", "00001", "00010", "00100", "01000", "01000", "01000"),
+    "8": ("01110", "10001", "10001", "01110", "10001", "10001", "01110"),
+    "9": ("01110", "10001", "10001", "01111", "00001", "00010", "01100"),
+}
+GLYPH_W, GLYPH_H = 5 * GLYPH_SCALE, 7 * GLYPH_SCALE
+
+FACTS = [
+    ("What is the capital of France?", "Paris"), ("What is the capital of Italy?", "Rome"),
+    ("What is the capital of Japan?", "Tokyo"), ("What is the capital of Spain?", "Madrid"),
+    ("What is the opposite of up?", "down"), ("What is the opposite of hot?", "cold"),
+    ("What is the opposite of left?", "right"), ("What is the opposite of yes?", "no"),
+    ("What colour is grass?", "green"), ("What colour is the sky on a clear day?", "blue"),
+    ("What colour is snow?", "white"), ("What colour is a ripe banana?", "yellow"),
+    ("How many legs does a cat have?", "4"), ("How many legs does a bird have?", "2"),
+    ("How many days are in a week?", "7"), ("How many sides does a triangle have?", "3"),
+    ("Which day comes after Monday?", "Tuesday"), ("Which day comes before Sunday?", "Saturday"),
+    ("Which animal says woof?", "dog"), ("Which animal says meow?", "cat"),
+]
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+# ---------------------------------------------------------------------------------- drawing
+def _canvas(rng, light=True):
+    """A plain background, white or a light random tint."""
+    tint = tuple(rng.randint(225, 255) for _ in range(3)) if light else (255, 255, 255)
+    return Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tint)
+
+
+def draw_digit(draw, x, y, digit, colour, scale=GLYPH_SCALE):
+    """Draw one 5x7 bitmap digit with its top-left corner at ``(x, y)``."""
+    for row, bits in enumerate(GLYPHS[digit]):
+        for col, bit in enumerate(bits):
+            if bit == "1":
+                x0, y0 = x + col * scale, y + row * scale
+                draw.rectangle([x0, y0, x0 + scale - 1, y0 + scale - 1], fill=colour)
+
+
+def draw_shape(draw, shape, cx, cy, radius, colour):
+    """Draw a filled shape centred at ``(cx, cy)`` inside a square of side ``2*radius``."""
+    box = [cx - radius, cy - radius, cx + radius, cy + radius]
+    if shape == "circle":
+        draw.ellipse(box, fill=colour)
+    elif shape == "square":
+        draw.rectangle(box, fill=colour)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - radius), (cx + radius, cy + radius), (cx - radius, cy + radius)], fill=colour)
+    else:
+        draw.polygon([(cx, cy - radius), (cx + radius, cy), (cx, cy + radius), (cx - radius, cy)], fill=colour)
+
+
+def _ink(rng):
+    """A dark, random ink colour: the glyph's pixel mass should not reveal the digit."""
+    return tuple(rng.randint(0, 90) for _ in range(3))
+
+
+def _place(rng, radius, taken, gap=3, tries=200):
+    """A centre for a circle of ``radius`` that keeps ``gap`` px away from ``taken`` circles."""
+    for _ in range(tries):
+        cx = rng.randint(radius + 2, IMAGE_SIZE - radius - 3)
+        cy = rng.randint(radius + 2, IMAGE_SIZE - radius - 3)
+        if all((cx - x) ** 2 + (cy - y) ** 2 >= (radius + r + gap) ** 2 for x, y, r in taken):
+            return cx, cy
+    raise RuntimeError("could not place a shape; the image is too crowded")
+
+
+# ---------------------------------------------------------------------------------- tasks
+def task_digit(rng):
+    """OCR: one small printed digit somewhere in the image."""
+    img = _canvas(rng)
+    digit = str(rng.randint(0, 9))
+    x = rng.randint(4, IMAGE_SIZE - GLYPH_W - 4)
+    y = rng.randint(4, IMAGE_SIZE - GLYPH_H - 4)
+    draw_digit(ImageDraw.Draw(img), x, y, digit, _ink(rng))
+    return img, "What digit is printed in the image?", digit, "OCR & Chart", "digit"
+
+
+def task_chart(rng):
+    """Chart: three coloured bars, each with a small value label above it."""
+    img = _canvas(rng, light=False)
+    draw = ImageDraw.Draw(img)
+    names = rng.sample(["red", "green", "blue"], 3)
+    values = [str(rng.randint(0, 9)) for _ in names]
+    base, width = IMAGE_SIZE - 8, 24
+    draw.line([(6, base), (IMAGE_SIZE - 6, base)], fill=(0, 0, 0), width=1)
+    for i, (name, value) in enumerate(zip(names, values)):
+        x0 = 12 + i * 38
+        top = base - rng.randint(24, 84)
+        draw.rectangle([x0, top, x0 + width, base - 1], fill=COLOURS[name])
+        draw_digit(draw, x0 + (width - GLYPH_W) // 2, top - GLYPH_H - 3, value, _ink(rng))
+    pick = rng.randrange(3)
+    question = f"What value is written above the {names[pick]} bar?"
+    return img, question, values[pick], "OCR & Chart", "chart"
+
+
+def _big_object(rng):
+    img = _canvas(rng)
+    colour, shape = rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
+    radius = rng.randint(26, 44)
+    c = IMAGE_SIZE // 2
+    cx, cy = c + rng.randint(-(c - radius - 4), c - radius - 4), c + rng.randint(-(c - radius - 4), c - radius - 4)
+    draw_shape(ImageDraw.Draw(img), shape, cx, cy, radius, COLOURS[colour])
+    return img, colour, shape
+
+
+def task_colour(rng):
+    """General: the colour of one large object."""
+    img, colour, _ = _big_object(rng)
+    return img, "What colour is the shape?", colour, "General", "colour"
+
+
+def task_shape(rng):
+    """General: the shape of one large object."""
+    img, _, shape = _big_object(rng)
+    return img, "What shape is shown in the image?", shape, "General", "shape"
+
+
+def task_count(rng):
+    """Vision-centric: count 1-6 separated objects of one colour."""
+    img = _canvas(rng)
+    draw = ImageDraw.Draw(img)
+    count, colour = rng.randint(1, 6), COLOURS[rng.choice(sorted(COLOURS))]
+    taken = []
+    for _ in range(count):
+        radius = rng.randint(8, 11)
+        cx, cy = _place(rng, radius, taken, gap=6)
+        taken.append((cx, cy, radius))
+        draw_shape(draw, rng.choice(("circle", "square")), cx, cy, radius, colour)
+    return img, "How many shapes are there in the image?", str(count), "Vision-centric", "count"
+
+
+def task_position(rng):
+    """Vision-centric: relative position (left/right or above/below) of two coloured objects."""
+    img = _canvas(rng)
+    draw = ImageDraw.Draw(img)
+    first, second = rng.sample(sorted(COLOURS), 2)
+    horizontal = rng.random() < 0.5
+    radius = rng.randint(12, 18)
+    lo, hi = radius + 4, IMAGE_SIZE - radius - 5
+    a, b = rng.randint(lo, 44), rng.randint(84, hi)
+    if rng.random() < 0.5:
+        a, b = b, a
+    off1, off2 = rng.randint(lo, hi), rng.randint(lo, hi)
+    (p1, p2) = ((a, off1), (b, off2)) if horizontal else ((off1, a), (off2, b))
+    draw_shape(draw, rng.choice(SHAPES), *p1, radius, COLOURS[first])
+    draw_shape(draw, rng.choice(SHAPES), *p2, radius, COLOURS[second])
+    if horizontal:
+        question = f"Is the {first} shape left or right of the {second} shape?"
+        answer = "left" if a < b else "right"
+    else:
+        question = f"Is the {first} shape above or below the {second} shape?"
+        answer = "above" if a < b else "below"
+    return img, question, answer, "Vision-centric", "position"
+
+
+def task_knowledge(rng):
+    """Knowledge: a sum of two small numbers or a simple fact; the image is unrelated."""
+    img = rng.choice((task_colour, task_count, task_position))(rng)[0]
+    if rng.random() < 0.5:
+        a, b = rng.randint(0, 4), rng.randint(0, 5)
+        left = NUMBER_WORDS[a] if rng.random() < 0.5 else str(a)
+        return img, f"What is {left} plus {b}?", str(a + b), "Knowledge", "sum"
+    question, answer = rng.choice(FACTS)
+    return img, question, answer, "Knowledge", "fact"
+
+
+TASKS = {
+    "OCR & Chart": (task_digit, task_digit, task_chart),
+    "General": (task_colour, task_shape),
+    "Vision-centric": (task_count, task_position),
+    "Knowledge": (task_knowledge,),
+}
+
+
+def _as_mcq(rng, question, answer, choices):
+    """Turn an open colour question into a 4-option MCQ; return ``(options, letter)``."""
+    wrong = rng.sample([c for c in choices if c != answer], 3)
+    texts = wrong + [answer]
+    rng.shuffle(texts)
+    options = {letter: text for letter, text in zip("ABCD", texts)}
+    return options, "ABCD"[texts.index(answer)]
+
+
+# ---------------------------------------------------------------------------------- samples
+def _category_plan(n, mix, rng):
+    """Exactly ``round(n * share)`` samples per category (remainder to the first), shuffled."""
+    counts = {c: int(n * mix[c]) for c in DEMO_CATEGORIES}
+    counts[DEMO_CATEGORIES[0]] += n - sum(counts.values())
+    plan = [c for c in DEMO_CATEGORIES for _ in range(counts[c])]
+    rng.shuffle(plan)
+    return plan
+
+
+def generate(split, n, seed=0, mcq_share=0.25):
+    """Make ``n`` samples of ``split`` (``"train"`` or ``"eval"``) in memory.
+
+    Args:
+        split: ``"train"`` (OCR-heavy mix) or ``"eval"`` (equal categories).
+        n: number of samples.
+        seed: the seed; ``(seed, split)`` fixes every pixel and word.
+        mcq_share: share of colour questions asked as 4-option MCQ.
+
+    Returns:
+        A list of dicts: ``id, image (PIL), question, answer, category, metric, options, task``.
+    """
+    if split not in ("train", "eval"):
+        raise ConfigError(f"split '{split}' unknown; use 'train' or 'eval'")
+    rng = random.Random(f"encslim-demo-{seed}-{split}")
+    samples = []
+    for i, category in enumerate(_category_plan(n, TRAIN_MIX if split == "train" else EVAL_MIX, rng)):
+        img, question, answer, category, task = rng.choice(TASKS[category])(rng)
+        options, metric = {}, "exact"
+        if task == "colour" and rng.random() < mcq_share:
+            options, answer = _as_mcq(rng, question, answer, sorted(COLOURS))
+            metric = "mcq"
+        samples.append({"id": f"{split}-{i:05d}", "image": img, "question": question, "answer": answer,
+                        "category": category, "metric": metric, "options": options, "task": task})
+    return samples
+
+
+def to_samples(records):
+    """Turn :func:`generate` records into :class:`encslim.bench.samples.Sample` objects."""
+    from .samples import Sample
+
+    return [Sample(id=r["id"], question=r["question"], answers=[r["answer"]], image=r["image"],
+                   options=dict(r["options"]), category=r["category"], metric=r["metric"],
+                   source=f"demo:{r['id']}", dataset="demo") for r in records]
+
+
+def demo_corpus():
+    """Every text the demo uses (questions, answers, instructions), to train a tokenizer on."""
+    lines = [SHORT_ANSWER, MCQ_INSTRUCTION, "Question: Options: Hint:", "A. B. C. D."]
+    lines += [q for q, _ in FACTS] + [a for _, a in FACTS]
+    lines += [f"What is {w} plus {b}?" for w in NUMBER_WORDS for b in range(6)]
+    lines += ["What digit is printed in the image?", "How many shapes are there in the image?",
+              "What colour is the shape?", "What shape is shown in the image?"]
+    lines += [f"What value is written above the {c} bar?" for c in ("red", "green", "blue")]
+    lines += [f"Is the {a} shape left or right of the {b} shape? above or below" for a in COLOURS for b in COLOURS]
+    lines += list(COLOURS) + list(SHAPES) + ["left right above below"] + [str(d) for d in range(10)]
+    return lines
+
+
+def _record(sample, image_path):
+    row = {"id": sample["id"], "image": image_path, "question": sample["question"], "answer": sample["answer"],
+           "category": sample["category"], "metric": sample["metric"]}
+    if sample["options"]:
+        row["options"] = sample["options"]
+    return row
+
+
+def _llava_record(sample, image_path):
+    prompt = sample["question"]
+    if sample["options"]:
+        options = "\n".join(f"{k}. {v}" for k, v in sample["options"].items())
+        prompt = f"{prompt}\n{options}\n{MCQ_INSTRUCTION}"
+    else:
+        prompt = f"{prompt}\n{SHORT_ANSWER}"
+    return {"id": sample["id"], "image": image_path, "category": sample["category"],
+            "conversations": [{"from": "human", "value": f"<image>\n{prompt}"},
+                              {"from": "gpt", "value": sample["answer"]}]}
+
+
+def write_demo_data(out, seed=0, n_train=6000, n_eval=400, overwrite=False):
+    """Write the demo benchmark to ``out`` atomically.
+
+    Layout: ``train.jsonl``, ``train_llava.json`` (LLaVA conversations), ``eval.jsonl``,
+    ``images/{train,eval}-NNNNN.png`` and ``demo_data.json`` (seed, sizes, counts per category).
+
+    Args:
+        out: output folder (must not exist unless ``overwrite``).
+        seed: data seed.
+        n_train: training samples (at least 4).
+        n_eval: evaluation samples (at least 4).
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        The summary dict written to ``demo_data.json``.
+
+    Raises:
+        ConfigError: sizes below 4. OutputExistsError: ``out`` exists.
+    """
+    if n_train < 4 or n_eval < 4:
+        raise ConfigError(f"--n-train and --n-eval must be at least 4 (got {n_train}, {n_eval})")
+    summary = {"seed": seed, "image_size": IMAGE_SIZE, "glyph_px": [GLYPH_W, GLYPH_H],
+               "categories": DEMO_CATEGORIES, "counts": {}}
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        (tmp / "images").mkdir()
+        for split, n in (("train", n_train), ("eval", n_eval)):
+            samples = generate(split, n, seed)
+            rows, llava = [], []
+            for s in samples:
+                rel = f"images/{s['id']}.png"
+                s["image"].save(tmp / rel, compress_level=1)
+                rows.append(_record(s, rel))
+                llava.append(_llava_record(s, rel))
+            with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            if split == "train":
+                (tmp / "train_llava.json").write_text(json.dumps(llava, indent=1) + "\n", encoding="utf-8")
+            summary["counts"][split] = {c: sum(s["category"] == c for s in samples) for c in DEMO_CATEGORIES}
+        (tmp / "demo_data.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote demo data to %s: %s", out, summary["counts"])
+    return summary
+
+
+__all__ = ["DEMO_CATEGORIES", "IMAGE_SIZE", "generate", "to_samples", "demo_corpus", "write_demo_data",
+           "draw_digit", "draw_shape"]
