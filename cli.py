@@ -6,6 +6,7 @@ only when invoked, so ``encslim --help`` never imports torch. User errors
 """
 
 import logging
+import os
 import sys
 from importlib import import_module
 
@@ -39,16 +40,15 @@ class LazyGroup(click.Group):
         target = COMMANDS.get(name)
         if target is None:
             return None
-        if ctx.resilient_parsing or _only_listing(ctx):
-            return click.Command(name, short_help=SHORT_HELP.get(name, ""))
         module, attr = target.split(":")
         return getattr(import_module(module), attr)
 
-
-def _only_listing(ctx):
-    """True while click renders the group's own --help (no sub-command chosen)."""
-    args = sys.argv[1:]
-    return not any(a in COMMANDS for a in args)
+    def format_commands(self, ctx, formatter):
+        """List sub-commands from SHORT_HELP, without importing their modules."""
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,6 +58,10 @@ def cli(verbose):
     """Find and remove redundant vision encoders in multi-encoder multimodal LLMs."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # transformers' per-tensor loading bars drown the output of short commands
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def main(argv=None):

@@ -39,6 +39,11 @@ class VisionSlot(nn.Module):
         self.keep_cls = enc["cls"] == "keep"
         self.grid = config.slot_grid(name)
         self.backbone = AutoModel.from_config(vision_config)
+        if self.kind == "neck":
+            # transformers' SAM init leaves the neck convolutions uninitialised (torch.empty)
+            for module in self.backbone.modules():
+                if isinstance(module, nn.Conv2d) and not module.weight.is_meta:
+                    module.reset_parameters()
 
     def forward(self, pixel_values):
         if self.kind == "neck":
