@@ -17,15 +17,23 @@ from .errors import EncslimError
 
 # command name -> "module:attribute" of a click.Command; imported on first use
 COMMANDS = {
+    "run": "encslim.recipes.commands:run_cmd",
+    "recipes": "encslim.recipes.commands:recipes_group",
     "inspect": "encslim.models.commands:inspect_cmd",
     "create-tiny": "encslim.models.commands:create_tiny_cmd",
+    "bench": "encslim.bench.bench_commands:bench_cmd",
+    "rank": "encslim.prune.rank_commands:rank_cmd",
     "demo": "encslim.models.demo_commands:demo_group",
 }
 
 # one-line help shown by `encslim --help` without importing the command modules
 SHORT_HELP = {
+    "run": "Run a YAML recipe end to end (rank, prune, finetune, export, bench).",
+    "recipes": "List and validate recipes.",
     "inspect": "Show a model's encoder slots, fusion, parameters and FLOPs.",
     "create-tiny": "Write a tiny random native model folder.",
+    "bench": "Benchmark a full model against variants: latency per stage, memory, FLOPs, accuracy.",
+    "rank": "Rank encoder slots per category: CUR, IG, Shapley values, cost frontier.",
     "demo": "Planted-specialization demo: write its data, train its model.",
 }
 

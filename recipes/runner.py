@@ -1,0 +1,166 @@
+"""``encslim run``: execute a recipe's stages into one run folder, resumably.
+
+Each stage writes ``<run>/<stage>/`` through a temporary folder renamed at the end, plus a
+``stage.json`` holding the hash of everything the stage depends on (its settings, the upstream
+stages' hashes, the digests of its input files). A rerun skips a stage whose hash is unchanged,
+so a changed selection policy re-prunes without re-ranking, and Ctrl-C never leaves a
+half-written stage behind.
+"""
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..outputs import atomic_output_dir
+from .schema import load_recipe
+
+log = logging.getLogger(__name__)
+
+STAGES = ("data", "rank", "prune", "finetune", "export", "bench")
+STAGE_FILE = "stage.json"
+HASH_CHUNK_LIMIT = 256 << 20  # files above this are fingerprinted by size and mtime, not content
+
+
+@dataclass
+class RunContext:
+    """What stages share: the recipe, the run folder, and the finished stages' records."""
+
+    recipe: object
+    run_dir: Path
+    records: dict = field(default_factory=dict)  # stage -> stage.json content
+    echo: object = print
+
+    def stage_dir(self, stage):
+        return self.run_dir / stage
+
+    def output(self, stage, key):
+        return self.records[stage]["outputs"][key]
+
+
+def file_digest(path):
+    """sha256 of a file's content, or of its size and mtime when it is very large."""
+    path = Path(path)
+    stat = path.stat()
+    if stat.st_size > HASH_CHUNK_LIMIT:
+        return f"size:{stat.st_size}:mtime:{int(stat.st_mtime)}"
+    from ..outputs import sha256_file
+
+    return sha256_file(path)
+
+
+def tree_digest(path):
+    """Digest of a file or of every file in a folder (names and contents)."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file() and STAGE_FILE != p.name):
+        digest.update(str(item.relative_to(path)).encode())
+        digest.update(file_digest(item).encode())
+    return digest.hexdigest()
+
+
+def stage_hash(stage, settings, upstream, inputs):
+    """The hash a stage's outputs are keyed by."""
+    payload = json.dumps({"stage": stage, "settings": settings, "upstream": upstream,
+                          "inputs": {str(p): tree_digest(p) for p in inputs}}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _read_record(folder):
+    record = folder / STAGE_FILE
+    if not record.is_file():
+        return None
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+
+
+def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print):
+    """Run a recipe. Returns the summary dict (also written to ``<run>/summary.json``).
+
+    Args:
+        recipe_path: the YAML recipe.
+        overrides: ``key.sub=value`` strings.
+        stages: run only these stages (their upstream stages must have run before).
+        force: rerun the selected stages even when their hash is unchanged.
+    """
+    from . import stages as stage_impl
+
+    recipe = load_recipe(recipe_path, overrides)
+    wanted = list(STAGES) if not stages else list(stages)
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+    run_dir = Path(recipe.out) / recipe.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.resolved.yaml").write_text(_dump_yaml(recipe.model_dump()), encoding="utf-8")
+    ctx = RunContext(recipe=recipe, run_dir=run_dir, echo=echo)
+    started = time.perf_counter()
+    for stage in STAGES:
+        spec = stage_impl.SPECS[stage]
+        if not spec.enabled(recipe):
+            ctx.records[stage] = {"stage": stage, "skipped": "disabled in the recipe", "outputs": {}}
+            continue
+        upstream = {s: ctx.records[s].get("hash") for s in spec.after if s in ctx.records}
+        settings = spec.settings(recipe)
+        inputs = spec.inputs(ctx)
+        digest = stage_hash(stage, settings, upstream, inputs)
+        folder = ctx.stage_dir(stage)
+        previous = _read_record(folder)
+        rerun = stage in wanted and (force or previous is None or previous.get("hash") != digest)
+        if not rerun:
+            if previous is None:
+                raise ConfigError(f"stage '{stage}' has not run yet in {run_dir}; run it first (drop --stage)")
+            if previous.get("hash") != digest:
+                echo(f"[{stage}] out of date (inputs changed) but not selected; using the old outputs")
+            else:
+                echo(f"[{stage}] unchanged, skipped")
+            ctx.records[stage] = previous
+            continue
+        echo(f"[{stage}] running ...")
+        t0 = time.perf_counter()
+        with atomic_output_dir(folder, overwrite=True) as tmp:
+            outputs = spec.run(ctx, Path(tmp))
+            record = {"stage": stage, "hash": digest, "settings": settings, "upstream": upstream,
+                      "seconds": round(time.perf_counter() - t0, 2),
+                      "outputs": _relocate(outputs, Path(tmp), folder)}
+            (Path(tmp) / STAGE_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        ctx.records[stage] = record
+        echo(f"[{stage}] done in {record['seconds']:.1f} s")
+    summary = stage_impl.summarize(ctx)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return summary
+
+
+def _relocate(outputs, tmp, final):
+    """Rewrite paths inside the temporary stage folder to their final location."""
+    def fix(value):
+        if isinstance(value, str) and value.startswith(str(tmp)):
+            return str(final) + value[len(str(tmp)):]
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    return fix(outputs)
+
+
+def _dump_yaml(data):
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def clean_run(recipe_path, overrides=()):
+    """Delete a recipe's run folder."""
+    recipe = load_recipe(recipe_path, overrides)
+    shutil.rmtree(Path(recipe.out) / recipe.name, ignore_errors=True)

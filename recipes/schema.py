@@ -1,0 +1,212 @@
+"""The recipe schema: one YAML file drives rank -> prune -> finetune -> export -> bench.
+
+Every section is a pydantic model with ``extra="forbid"``: a misspelt key fails at once with a
+"did you mean" hint, and every problem of a recipe is reported together, in one error.
+"""
+
+import difflib
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ConfigError
+
+DEMO = "demo"  # the shipped demo model / generated demo data
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    """Benchmark files (VLMEvalKit TSV, JSONL, LLaVA JSON), relative to the recipe file, or ``demo``."""
+
+    eval: list[str] = Field(default_factory=list, description="evaluation files, or ['demo']")
+    train: list[str] = Field(default_factory=list, description="training files for finetune, or ['demo']")
+    skip_bad: bool = Field(False, description="skip malformed rows (counted) instead of failing")
+    demo_seed: int = Field(0, description="seed of the generated demo data")
+    demo_n_eval: Optional[int] = Field(None, description="demo eval samples (default: the generator's)")
+    demo_n_train: Optional[int] = Field(None, description="demo train samples (default: the generator's)")
+
+
+class RankConfig(Section):
+    mask: Literal["removal", "zero"] = Field("removal", description="removal-consistent mask or the study's zero mask")
+    subsets: Literal["single", "pairs", "all", "greedy"] = "all"
+    categories: Optional[list[str]] = Field(None, description="restrict to these categories")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the CUR confidence intervals")
+    seed: int = 0
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(8, ge=1)
+
+
+class SelectConfig(Section):
+    """Which slots to drop. Exactly one policy."""
+
+    policy: Literal["drop", "keep", "min_retained", "drop_negative", "budget"] = "min_retained"
+    drop: list[str] = Field(default_factory=list, description="policy 'drop': these slots")
+    keep: Optional[int] = Field(None, ge=1, description="policy 'keep': keep this many slots")
+    by: str = Field("overall", description="policy 'keep': rank by CUR on 'overall' or a category")
+    min_retained: float = Field(0.95, gt=0, le=1.0, description="policy 'min_retained': accuracy share to keep")
+    budget: Optional[float] = Field(None, gt=0, description="policy 'budget': max share of vision FLOPs")
+    protect: list[str] = Field(default_factory=list,
+                               description="categories whose accuracy must be retained (default: all)")
+
+    @model_validator(mode="after")
+    def _policy_needs(self):
+        if self.policy == "drop" and not self.drop:
+            raise ValueError("select.policy 'drop' needs select.drop: [slot, ...]")
+        if self.policy == "keep" and self.keep is None:
+            raise ValueError("select.policy 'keep' needs select.keep: K")
+        if self.policy == "budget" and self.budget is None:
+            raise ValueError("select.policy 'budget' needs select.budget: fraction of vision FLOPs")
+        return self
+
+
+class PruneConfig(Section):
+    verify: bool = True
+    streaming: bool = False
+    max_shard_size: str = "2GB"
+
+
+class FinetuneConfig(Section):
+    enabled: bool = False
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: Optional[int] = None
+    max_steps: int = Field(30, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    encoder_dropout: float = Field(0.0, ge=0, lt=1)
+    deepspeed: Optional[str] = Field(None, description="a DeepSpeed JSON config (e.g. recipes/deepspeed/zero2.json)")
+    merge: bool = True
+    seed: int = 0
+
+
+class ExportConfig(Section):
+    formats: list[Literal["hf", "llava", "deepseek_vl", "remote-code", "onnx"]] = Field(default_factory=lambda: ["hf"])
+
+
+class BenchConfig(Section):
+    enabled: bool = True
+    batch_sizes: list[int] = Field(default_factory=lambda: [1])
+    max_new_tokens: int = Field(8, ge=1)
+    min_iters: int = Field(5, ge=1)
+    min_seconds: float = Field(1.0, ge=0)
+    warmup: int = Field(2, ge=0)
+    accuracy: bool = Field(True, description="also measure accuracy on data.eval")
+
+
+class Recipe(Section):
+    """A whole encslim job."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="run folder name under out/")
+    model: str = Field(..., description="model folder (relative to the recipe file) or 'demo'")
+    out: str = Field("runs", description="parent folder of the run folder")
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    data: DataConfig = Field(default_factory=DataConfig)
+    rank: RankConfig = Field(default_factory=RankConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @field_validator("model")
+    @classmethod
+    def _model_given(cls, value):
+        if not value.strip():
+            raise ValueError("model must name a model folder or 'demo'")
+        return value
+
+
+# ---------------------------------------------------------------------- loading
+def apply_overrides(data, overrides):
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value; write e.g. rank.subsets=single")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_recipe(path, overrides=()):
+    """Read, override and validate a recipe; relative paths resolve against the recipe's folder.
+
+    Raises:
+        ConfigError: listing every problem at once, each with a did-you-mean hint where one fits.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist; `encslim recipes list` shows the shipped ones")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (name, model, data, rank, ...)")
+    apply_overrides(data, overrides)
+    recipe = validate_recipe(data, source=str(path))
+    return _resolve_paths(recipe, path.parent)
+
+
+def validate_recipe(data, source="recipe"):
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        problems = [_describe(e) for e in err.errors()]
+        raise ConfigError(f"{source}: {len(problems)} problem(s): " + "; ".join(problems)) from None
+
+
+def _describe(error):
+    loc = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        hint = _did_you_mean(error["loc"])
+        return f"unknown key '{loc}'" + (f" (did you mean '{hint}'?)" if hint else "")
+    if error["type"] == "missing":
+        return f"missing key '{loc}'"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"'{loc}': {message}" if loc else message
+
+
+def _did_you_mean(loc):
+    model = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    matches = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    if not matches:
+        return None
+    return ".".join([*map(str, loc[:-1]), matches[0]])
+
+
+def _resolve_paths(recipe, base):
+    def resolve(p):
+        return p if p == DEMO else str((base / p).resolve()) if not Path(p).is_absolute() else p
+
+    recipe.model = resolve(recipe.model)
+    recipe.data.eval = [resolve(p) for p in recipe.data.eval]
+    recipe.data.train = [resolve(p) for p in recipe.data.train]
+    if recipe.finetune.deepspeed:
+        recipe.finetune.deepspeed = resolve(recipe.finetune.deepspeed)
+    return recipe
+
+
+def shipped_recipes():
+    """The YAML recipes shipped with encslim: ``{name: path}``."""
+    folder = Path(__file__).parent
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+RecipeSource = Union[str, Path]

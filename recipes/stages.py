@@ -1,0 +1,234 @@
+"""The stages of a recipe run, each a thin call into one stage's Python API.
+
+A stage spec says when the stage is enabled, which stages it follows, which recipe settings
+and input files its hash covers, and how it runs into its (temporary) folder.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConfigError
+from .schema import DEMO
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    enabled: Callable
+    after: tuple
+    settings: Callable
+    inputs: Callable
+    run: Callable
+
+
+# ---------------------------------------------------------------------- helpers
+def _model_path(ctx):
+    if ctx.recipe.model == DEMO:
+        from ..models.demo_assets import demo_model_path
+
+        return str(demo_model_path())
+    return ctx.recipe.model
+
+
+def _data_files(ctx, split):
+    files = getattr(ctx.recipe.data, split)
+    if files == [DEMO]:
+        return [ctx.output("data", split)]
+    if DEMO in files:
+        raise ConfigError(f"data.{split}: 'demo' cannot be mixed with files")
+    return files
+
+
+def _final_model(ctx):
+    """The model the export and bench stages use: finetuned if enabled, else pruned."""
+    finetuned = ctx.records.get("finetune", {}).get("outputs", {}).get("model")
+    return finetuned or ctx.output("prune", "model")
+
+
+def _uses_demo_data(recipe):
+    return DEMO in recipe.data.eval or DEMO in recipe.data.train
+
+
+# ---------------------------------------------------------------------- data
+def _run_data(ctx, tmp):
+    from ..bench.demo_data import write_demo_data
+
+    d = ctx.recipe.data
+    sizes = {k: v for k, v in (("n_eval", d.demo_n_eval), ("n_train", d.demo_n_train)) if v}
+    write_demo_data(tmp / "demo", seed=d.demo_seed, **sizes)
+    return {"eval": str(tmp / "demo" / "eval.jsonl"), "train": str(tmp / "demo" / "train.jsonl")}
+
+
+# ---------------------------------------------------------------------- rank
+def _run_rank(ctx, tmp):
+    from ..prune.rank import rank
+
+    r = ctx.recipe.rank
+    ranking = rank(_model_path(ctx), _data_files(ctx, "eval"), subsets=r.subsets, mask_mode=r.mask,
+                   categories=r.categories, out=tmp / "ranking", bootstrap=r.bootstrap, seed=r.seed,
+                   batch_size=r.batch_size, max_new_tokens=r.max_new_tokens, device=ctx.recipe.device,
+                   dtype=ctx.recipe.dtype, overwrite=True)
+    return {"ranking": str(tmp / "ranking"), "slots": list(ranking.data["slots"]),
+            "accuracy_full": ranking.data["accuracy"]["full"]}
+
+
+# ---------------------------------------------------------------------- prune
+def _select(ctx):
+    from ..prune import select
+
+    s = ctx.recipe.select
+    ranking = select.read_ranking(ctx.output("rank", "ranking"))
+    if s.policy == "drop":
+        return select.select_drop(ranking["slots"], s.drop)
+    if s.policy == "keep":
+        return select.select_keep(ranking, s.keep, by=s.by)
+    if s.policy == "drop_negative":
+        return select.select_drop_negative(ranking)
+    if s.policy == "budget":
+        return select.select_budget(ranking, s.budget)
+    return select.select_min_retained(ranking, s.min_retained, categories=s.protect or None)
+
+
+def _run_prune(ctx, tmp):
+    from ..prune.surgery import prune
+
+    drop = sorted(_select(ctx))
+    p = ctx.recipe.prune
+    manifest = prune(_model_path(ctx), drop, tmp / "model", verify=p.verify, streaming=p.streaming,
+                     max_shard_size=p.max_shard_size, ranking=ctx.output("rank", "ranking"),
+                     data=_data_files(ctx, "eval") if p.verify else None)
+    return {"model": str(tmp / "model"), "dropped": drop, "verification": manifest.get("verification")}
+
+
+# ---------------------------------------------------------------------- finetune
+def _run_finetune(ctx, tmp):
+    from ..finetune.train import finetune
+
+    f = ctx.recipe.finetune
+    if not ctx.recipe.data.train:
+        raise ConfigError("finetune.enabled needs data.train files (or ['demo'])")
+    result = finetune(ctx.output("prune", "model"), _data_files(ctx, "train"), tmp / "model", lora_r=f.lora_r,
+                      lora_alpha=f.lora_alpha, max_steps=f.max_steps, lr=f.lr, batch_size=f.batch_size,
+                      encoder_dropout=f.encoder_dropout, deepspeed=f.deepspeed, merge=f.merge, seed=f.seed)
+    return {"model": str(tmp / "model"), "loss": result.get("loss") if isinstance(result, dict) else None}
+
+
+# ---------------------------------------------------------------------- export
+def _run_export(ctx, tmp):
+    from ..export.api import export
+
+    model = _final_model(ctx)
+    outputs = {}
+    for fmt in ctx.recipe.export.formats:
+        target = tmp / fmt
+        export(model, fmt, target, ranking=ctx.output("rank", "ranking"))
+        outputs[fmt] = str(target)
+    return outputs
+
+
+# ---------------------------------------------------------------------- bench
+def _run_bench(ctx, tmp):
+    from ..bench.benchmark import BenchSettings, run_bench
+
+    b = ctx.recipe.bench
+    settings = BenchSettings(batch_sizes=tuple(b.batch_sizes), max_new_tokens=b.max_new_tokens,
+                             min_iters=b.min_iters, min_seconds=b.min_seconds, warmup=b.warmup,
+                             device=ctx.recipe.device)
+    data = _data_files(ctx, "eval") if b.accuracy and ctx.recipe.data.eval else ()
+    report = run_bench(_model_path(ctx), [_final_model(ctx)], out=tmp / "report", settings=settings, data=data)
+    return {"report": str(tmp / "report"), "bench_json": str(tmp / "report" / "bench.json"),
+            "summary": _bench_summary(report)}
+
+
+def _bench_summary(report):
+    models = report.get("models", [])
+    if len(models) < 2:
+        return {}
+    return {"variants": [m.get("comparison", {}) for m in models[1:]]}
+
+
+SPECS = {
+    "data": StageSpec(
+        enabled=_uses_demo_data, after=(),
+        settings=lambda r: {"seed": r.data.demo_seed, "n_eval": r.data.demo_n_eval, "n_train": r.data.demo_n_train},
+        inputs=lambda ctx: [], run=_run_data),
+    "rank": StageSpec(
+        enabled=lambda r: True, after=("data",),
+        settings=lambda r: {"model": r.model, "rank": r.rank.model_dump(), "eval": r.data.eval,
+                            "device": r.device, "dtype": r.dtype},
+        inputs=lambda ctx: [_model_path(ctx), *[f for f in ctx.recipe.data.eval if f != DEMO]], run=_run_rank),
+    "prune": StageSpec(
+        enabled=lambda r: True, after=("rank",),
+        settings=lambda r: {"select": r.select.model_dump(), "prune": r.prune.model_dump()},
+        inputs=lambda ctx: [], run=_run_prune),
+    "finetune": StageSpec(
+        enabled=lambda r: r.finetune.enabled, after=("prune", "data"),
+        settings=lambda r: {"finetune": r.finetune.model_dump(), "train": r.data.train},
+        inputs=lambda ctx: [f for f in ctx.recipe.data.train if f != DEMO], run=_run_finetune),
+    "export": StageSpec(
+        enabled=lambda r: bool(r.export.formats), after=("prune", "finetune"),
+        settings=lambda r: {"formats": list(r.export.formats)}, inputs=lambda ctx: [], run=_run_export),
+    "bench": StageSpec(
+        enabled=lambda r: r.bench.enabled, after=("prune", "finetune", "data"),
+        settings=lambda r: {"bench": r.bench.model_dump(), "device": r.device}, inputs=lambda ctx: [],
+        run=_run_bench),
+}
+
+
+# ---------------------------------------------------------------------- summary
+def summarize(ctx):
+    """The end-of-run summary: kept/removed slots, accuracy retained, savings, output paths."""
+    rank = ctx.records.get("rank", {}).get("outputs", {})
+    prune = ctx.records.get("prune", {}).get("outputs", {})
+    slots = rank.get("slots", [])
+    dropped = prune.get("dropped", [])
+    summary = {"run": str(ctx.run_dir), "slots": slots, "removed": dropped,
+               "kept": [s for s in slots if s not in dropped], "outputs": {}}
+    for stage, record in ctx.records.items():
+        for key, value in record.get("outputs", {}).items():
+            if isinstance(value, str) and Path(value).exists():
+                summary["outputs"][f"{stage}.{key}"] = value
+    bench_json = ctx.records.get("bench", {}).get("outputs", {}).get("bench_json")
+    if bench_json and Path(bench_json).is_file():
+        summary.update(_savings(bench_json, rank.get("accuracy_full", {})))
+    return summary
+
+
+def _savings(bench_json, accuracy_full):
+    import json
+
+    report = json.loads(Path(bench_json).read_text(encoding="utf-8"))
+    models = report.get("models", [])
+    if len(models) < 2:
+        return {}
+    full, variant = models[0], models[-1]
+    out = {}
+    acc_full, acc_var = full.get("accuracy") or {}, variant.get("accuracy") or {}
+    if acc_full and acc_var:
+        out["accuracy_retained"] = {c: (acc_var.get(c, 0.0) / v if v else None) for c, v in acc_full.items()}
+    params_full, params_var = full.get("params", {}).get("total"), variant.get("params", {}).get("total")
+    if params_full and params_var:
+        out["params_saved"] = 1 - params_var / params_full
+    out["latency"] = variant.get("comparison", {})
+    return out
+
+
+def format_summary(summary):
+    """Human summary printed at the end of ``encslim run``."""
+    lines = ["", f"run folder   {summary['run']}",
+             f"kept         {', '.join(summary.get('kept', [])) or '-'}",
+             f"removed      {', '.join(summary.get('removed', [])) or '-'}"]
+    retained = summary.get("accuracy_retained")
+    if retained:
+        lines.append("accuracy retained (pruned / full):")
+        lines += [f"  {c:<16} {v:.1%}" if v is not None else f"  {c:<16} n/a" for c, v in retained.items()]
+    if summary.get("params_saved") is not None:
+        lines.append(f"params saved {summary['params_saved']:.1%}")
+    latency = summary.get("latency") or {}
+    for key, value in latency.items():
+        if isinstance(value, (int, float)):
+            lines.append(f"{key:<28} {value:.3f}")
+    lines.append("outputs:")
+    lines += [f"  {k:<18} {v}" for k, v in summary.get("outputs", {}).items()]
+    lines.append(f"finished in {summary.get('seconds', 0):.1f} s")
+    return "\n".join(lines)
