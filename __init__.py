@@ -19,6 +19,7 @@ _LAZY = {
     "EncslimConfig": "encslim.models.configuration_encslim:EncslimConfig",
     "EncslimForConditionalGeneration": "encslim.models.modeling_encslim:EncslimForConditionalGeneration",
     "EncslimProcessor": "encslim.models.processing_encslim:EncslimProcessor",
+    "rank": "encslim.prune.rank:rank",
 }
 
 

@@ -1,0 +1,210 @@
+"""Importance scores of encoder slots: CUR, IG, paired bootstrap intervals, flip counts.
+
+Pure functions on per-sample score arrays: inputs in, numbers out, no model, no I/O.
+
+Definitions (the study's, arXiv 2507.03262):
+
+* **CUR** (conditional utilization rate) of slot ``i`` on a sample set:
+  ``CUR_i = (acc(full) - acc(full without i)) / acc(full)``, the share of the full model's
+  accuracy that is lost when ``i`` alone is masked while all the others stay. 1 means the slot
+  carries everything, 0 that the others make up for it, a negative value that the model is
+  better without it. Undefined when ``acc(full) = 0`` (there is nothing to lose a share of):
+  the value is ``None`` with a note, never a division by zero.
+* **IG** (information gap) of a sample set: ``max_i CUR_i - min_i CUR_i`` over the slots, how
+  unequal the slots' utilities are. Near 0: interchangeable slots (redundancy); near 1: one
+  slot carries the category.
+
+Why a *paired* bootstrap: every mask set is scored on the same samples, so the accuracy
+with and without a slot are strongly correlated. Resampling samples (not mask sets) and using
+the same resample for every mask set keeps that pairing, which gives far tighter and honest
+intervals than treating the two accuracies as independent. Resampling is stratified by
+category, because a benchmark's category mix is fixed by design, not drawn at random.
+"""
+
+import numpy as np
+
+OVERALL = "overall"
+RIGHT_THRESHOLD = 0.5  # a sample counts as answered right when its score is at least this
+
+
+def accuracy(scores, categories):
+    """Mean score per category and over all samples.
+
+    Args:
+        scores: per-sample scores in [0, 1], shape ``(n,)``.
+        categories: per-sample category names, shape ``(n,)``.
+
+    Returns:
+        ``{"overall": mean over samples, "<category>": mean over its samples}``.
+    """
+    scores = np.asarray(scores, dtype=float)
+    categories = np.asarray(categories)
+    out = {OVERALL: float(scores.mean()) if scores.size else float("nan")}
+    for cat in category_order(categories):
+        out[cat] = float(scores[categories == cat].mean())
+    return out
+
+
+def category_order(categories):
+    """Distinct categories in order of first appearance."""
+    seen = {}
+    for cat in np.asarray(categories).tolist():
+        seen.setdefault(cat, None)
+    return list(seen)
+
+
+def cur(acc_full, acc_masked):
+    """CUR from two accuracies; ``None`` when ``acc_full`` is 0 (undefined, see module doc)."""
+    if acc_full is None or acc_masked is None or not acc_full > 0:
+        return None
+    return (acc_full - acc_masked) / acc_full
+
+
+def information_gap(curs):
+    """IG = max CUR - min CUR over the slots whose CUR is defined; ``None`` if none is."""
+    values = [v for v in curs if v is not None]
+    if not values:
+        return None
+    return float(max(values) - min(values))
+
+
+def flips(full_scores, masked_scores, threshold=RIGHT_THRESHOLD):
+    """How many samples masking turns right->wrong and wrong->right.
+
+    A sample is right when its score is at least ``threshold`` (0.5: exact for 0/1 scorers, and
+    the usual pass mark for graded ones such as ANLS or VQA accuracy).
+    """
+    full_right = np.asarray(full_scores, dtype=float) >= threshold
+    masked_right = np.asarray(masked_scores, dtype=float) >= threshold
+    return {
+        "right_to_wrong": int(np.sum(full_right & ~masked_right)),
+        "wrong_to_right": int(np.sum(~full_right & masked_right)),
+    }
+
+
+def bootstrap_weights(categories, n_boot, seed=0):
+    """Stratified bootstrap resamples as per-sample multiplicities.
+
+    Args:
+        categories: per-sample category names, shape ``(n,)``.
+        n_boot: number of resamples.
+        seed: seed of the generator, so intervals are reproducible.
+
+    Returns:
+        ``(n_boot, n)`` integer array: how often each sample is drawn in each resample. Within
+        every category the counts sum to the category's size. Use the same array for every mask
+        set: that is what pairs the samples across mask sets.
+    """
+    categories = np.asarray(categories)
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((n_boot, categories.size), dtype=np.int32)
+    for cat in category_order(categories):
+        idx = np.flatnonzero(categories == cat)
+        weights[:, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=n_boot)
+    return weights
+
+
+def resampled_accuracy(scores, weights, select):
+    """Accuracy of each bootstrap resample restricted to the samples in ``select``.
+
+    Args:
+        scores: ``(n,)`` per-sample scores.
+        weights: ``(n_boot, n)`` from :func:`bootstrap_weights`.
+        select: boolean ``(n,)`` mask of the samples that form the group (a category or all).
+
+    Returns:
+        ``(n_boot,)`` accuracies.
+    """
+    w = weights[:, select].astype(float)
+    s = np.asarray(scores, dtype=float)[select]
+    return (w @ s) / w.sum(axis=1)
+
+
+def cur_interval(full_boot, masked_boot, alpha=0.05):
+    """Percentile interval of CUR over paired resamples.
+
+    Resamples whose full accuracy is 0 have no CUR and are left out; if more than half are,
+    the interval is ``None`` (too little information to bound it).
+
+    Returns:
+        ``([low, high] or None, fraction of resamples left out)``.
+    """
+    full_boot = np.asarray(full_boot, dtype=float)
+    masked_boot = np.asarray(masked_boot, dtype=float)
+    ok = full_boot > 0
+    left_out = float(1.0 - ok.mean()) if ok.size else 1.0
+    if ok.sum() == 0 or left_out > 0.5:
+        return None, left_out
+    values = (full_boot[ok] - masked_boot[ok]) / full_boot[ok]
+    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return [float(low), float(high)], left_out
+
+
+def significant(interval):
+    """True when the interval excludes 0; ``None`` without an interval."""
+    if interval is None:
+        return None
+    return bool(interval[0] > 0 or interval[1] < 0)
+
+
+def cur_entry(full, masked, select, weights, alpha=0.05):
+    """One CUR cell of ranking.json: value, interval, significance, flips (and a note if undefined).
+
+    Args:
+        full: ``(n,)`` scores of the full model.
+        masked: ``(n,)`` scores with the slot masked.
+        select: boolean ``(n,)``: the samples of the cell's category (all for overall).
+        weights: bootstrap weights, or ``None`` to skip the interval.
+        alpha: 1 - confidence level of the interval.
+
+    Returns:
+        ``{"value", "ci", "significant", "flips", "acc_full", "acc_masked"}`` plus ``"note"`` when
+        the value or interval is undefined.
+    """
+    full = np.asarray(full, dtype=float)
+    masked = np.asarray(masked, dtype=float)
+    acc_full, acc_masked = float(full[select].mean()), float(masked[select].mean())
+    entry = {"value": cur(acc_full, acc_masked), "ci": None, "significant": None,
+             "flips": flips(full[select], masked[select]), "acc_full": acc_full, "acc_masked": acc_masked}
+    if entry["value"] is None:
+        entry["note"] = "undefined: the full model scores 0 on these samples, so no share of its accuracy can be lost"
+        return entry
+    if weights is not None:
+        entry["ci"], left_out = cur_interval(resampled_accuracy(full, weights, select),
+                                             resampled_accuracy(masked, weights, select), alpha)
+        entry["significant"] = significant(entry["ci"])
+        if entry["ci"] is None:
+            entry["note"] = f"no interval: the full model scores 0 in {left_out:.0%} of the resamples"
+    return entry
+
+
+def cur_table(full, masked_by_slot, categories, n_boot=1000, seed=0, alpha=0.05):
+    """CUR of every slot, per category and overall, with paired bootstrap intervals.
+
+    Args:
+        full: ``(n,)`` scores of the full model.
+        masked_by_slot: ``{slot: (n,) scores with that slot alone masked}``.
+        categories: ``(n,)`` category of every sample.
+        n_boot: bootstrap resamples (0: no intervals).
+        seed: bootstrap seed.
+        alpha: 1 - confidence level.
+
+    Returns:
+        ``{slot: {"overall" | category: entry}}`` (see :func:`cur_entry`).
+    """
+    categories = np.asarray(categories)
+    weights = bootstrap_weights(categories, n_boot, seed) if n_boot > 0 else None
+    groups = {OVERALL: np.ones(categories.size, dtype=bool)}
+    groups.update({cat: categories == cat for cat in category_order(categories)})
+    return {
+        slot: {name: cur_entry(full, masked, select, weights, alpha) for name, select in groups.items()}
+        for slot, masked in masked_by_slot.items()
+    }
+
+
+def ig_table(curs):
+    """IG per category (and overall) from a :func:`cur_table` result: ``{group: IG or None}``."""
+    groups = []
+    for per_slot in curs.values():
+        groups.extend(g for g in per_slot if g not in groups)
+    return {g: information_gap([curs[s][g]["value"] for s in curs if g in curs[s]]) for g in groups}

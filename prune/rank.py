@@ -1,0 +1,319 @@
+"""``encslim rank``: which encoder carries which task category, which are redundant, which hurt.
+
+The orchestration: load the model and the samples, evaluate the mask sets the subset mode asks
+for (through the evaluation harness, whose feature cache runs every encoder once per sample),
+reuse cached scores, then compute CUR/IG with paired bootstrap intervals, Shapley values and
+interactions, and the accuracy/cost frontier; write ``ranking.json`` (schema in the README),
+``ranking.md``, ``cur_heatmap.png``, ``frontier.png``, ``scores.json`` (the score cache) and
+the evaluator's ``records.jsonl``.
+"""
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+from .importance import OVERALL
+from .rank_cache import ScoreTable, model_fingerprint
+from .rank_compute import compute_ranking
+from .shapley import is_complete, permutation_coalitions, sample_permutations
+from .subsets import greedy_elimination, mask_sets
+
+logger = logging.getLogger(__name__)
+
+RANKING_FILE = "ranking.json"
+RECORDS_FILE = "records.jsonl"
+SCHEMA_VERSION = 1
+MASK_MODES = ("removal", "zero")
+DEFAULT_GREEDY_PERMUTATIONS = 16
+
+
+@dataclass
+class Ranking:
+    """The result of :func:`rank`: ``data`` is the content of ``ranking.json``.
+
+    Attributes:
+        data: the ranking (see the README for the schema).
+        out: the folder it was written to, or ``None``.
+    """
+
+    data: dict
+    out: Path = None
+    extra: dict = field(default_factory=dict)
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    @property
+    def slots(self):
+        return list(self.data["slots"])
+
+    @property
+    def categories(self):
+        return list(self.data["categories"])
+
+    def cur(self, slot, category=OVERALL):
+        """The CUR value of ``slot`` on ``category`` (``None`` when undefined)."""
+        return self.data["cur"][slot][category]["value"]
+
+    def ci(self, slot, category=OVERALL):
+        """The CUR confidence interval ``[low, high]`` (``None`` without bootstrap)."""
+        return self.data["cur"][slot][category]["ci"]
+
+    def to_markdown(self):
+        from .rank_report import ranking_markdown
+
+        return ranking_markdown(self.data)
+
+
+def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=None, out=None,
+         bootstrap=1000, seed=0, alpha=0.05, batch_size=8, max_new_tokens=8, shapley_permutations=None,
+         cache=None, overwrite=False, device="cpu", dtype="float32", latency_ms=None, evaluator=None,
+         progress=False):
+    """Rank a multi-encoder model's slots on benchmark data.
+
+    Args:
+        model_or_path: a model folder, or a ``(model, processor, adapter)`` triple.
+        data: benchmark file path(s) (VLMEvalKit TSV, JSONL, LLaVA JSON) or a list of ``Sample``.
+        subsets: ``single`` | ``pairs`` | ``all`` | ``greedy`` (see :mod:`encslim.prune.subsets`).
+        mask_mode: ``removal`` (what ``prune`` ships; default) or ``zero`` (the study's mask).
+        categories: keep only these categories (default: all).
+        out: folder to write; ``None`` writes nothing.
+        bootstrap: paired bootstrap resamples for the CUR intervals (0: none).
+        seed: seed of the bootstrap and of Shapley permutations.
+        alpha: 1 - confidence level of the intervals.
+        batch_size: evaluation batch size.
+        max_new_tokens: generation length of the evaluator.
+        shapley_permutations: permutations for sampled Shapley when not every kept set is
+            evaluated; ``None``: 16 for ``greedy``, none for ``single``/``pairs``.
+        cache: a previous ranking folder (or ``scores.json``) whose scores to reuse; by default
+            ``out`` itself when it exists (with ``overwrite``).
+        overwrite: replace an existing ``out``.
+        device, dtype: where and how to load a model folder.
+        latency_ms: optional measured latency per kept set ``{frozenset(kept): ms}``.
+        evaluator: a function with the signature of :func:`encslim.bench.evaluate.evaluate`
+            (default: that one).
+        progress: show the evaluator's progress bar.
+
+    Returns:
+        :class:`Ranking`.
+
+    Raises:
+        ConfigError: bad option values; DataError: no samples or unknown categories;
+        ModelLoadError: the model does not load; OutputExistsError: ``out`` exists.
+    """
+    _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations)
+    start = time.perf_counter()
+    model, processor, adapter, model_path = _load(model_or_path, device, dtype)
+    samples, data_paths = _samples(data, categories)
+    slots = adapter.slot_names(model.config)
+    if evaluator is None:
+        from ..bench.evaluate import evaluate as evaluator
+    settings = {"model": model_fingerprint(model_path) if model_path else None, "mask_mode": mask_mode,
+                "empty_set_mask": _blind_mode(mask_mode), "max_new_tokens": max_new_tokens,
+                "dtype": dtype if model_path else None,
+                "evaluator": _name_of(evaluator)}
+    table = ScoreTable(slots, samples, settings)
+    sources = [Path(p) for p in (cache, out) if p is not None and Path(p).exists()]
+    for source in sources:
+        logger.info("reused %d cached scores from %s", table.load_cache(source), source)
+    runner = _Runner(evaluator, (model, processor, adapter), samples, table, mask_mode,
+                     dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress))
+    if out is None:
+        ranking = _run(runner, slots, subsets, shapley_permutations, seed, bootstrap, alpha, model,
+                       latency_ms, model_path)
+        return _finish(ranking, runner, start)
+    from ..outputs import atomic_output_dir
+
+    inputs = [p for p in [model_path, *data_paths] if p is not None]
+    with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
+        previous = [p / RECORDS_FILE for p in sources if (p / RECORDS_FILE).is_file()]
+        if previous:
+            shutil.copyfile(previous[0], tmp / RECORDS_FILE)
+        runner.records_path = tmp / RECORDS_FILE
+        ranking = _run(runner, slots, subsets, shapley_permutations, seed, bootstrap, alpha, model,
+                       latency_ms, model_path)
+        _finish(ranking, runner, start)
+        write_ranking(ranking.data, tmp)
+        table.save(tmp)
+    ranking.out = Path(out)
+    return ranking
+
+
+def _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations):
+    from .subsets import MODES
+
+    if subsets not in MODES:
+        raise ConfigError(f"--subsets '{subsets}' unknown; use one of {', '.join(MODES)}")
+    if mask_mode not in MASK_MODES:
+        raise ConfigError(f"--mask '{mask_mode}' unknown; use removal (what prune ships) or zero (the study's)")
+    if not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be a whole number >= 0, got {bootstrap!r}")
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
+    if shapley_permutations is not None and (not isinstance(shapley_permutations, int) or shapley_permutations < 0):
+        raise ConfigError(f"--shapley-permutations must be a whole number >= 0, got {shapley_permutations!r}")
+
+
+def _name_of(function):
+    """A function's dotted name (a callable object: its class's), recorded in the cache settings."""
+    target = function if hasattr(function, "__qualname__") else type(function)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def _blind_mode(mask_mode):
+    """How the kept set with no encoder at all is evaluated.
+
+    Removal cannot remove every encoder (the model would have no image input left), so the
+    blind model is the one whose every encoder output is zero: for class A1 exactly the removal
+    mask, for the others a constant image input. It gives Shapley its ``v(empty)``.
+    """
+    return "zero"
+
+
+def _load(model_or_path, device, dtype):
+    if isinstance(model_or_path, (tuple, list)):
+        if len(model_or_path) != 3:
+            raise ConfigError("pass a model folder or a (model, processor, adapter) triple")
+        model, processor, adapter = model_or_path
+        return model, processor, adapter, None
+    from ..models.loading import load_model
+
+    model, processor, adapter = load_model(model_or_path, device=device, dtype=dtype)
+    return model, processor, adapter, Path(model_or_path)
+
+
+def _samples(data, categories):
+    """``(samples, data paths)``; samples filtered by ``categories``."""
+    from ..bench.samples import Sample
+
+    if isinstance(data, (str, Path)):
+        data = [data]
+    data = list(data)
+    if data and all(isinstance(d, Sample) for d in data):
+        samples, paths = data, []
+    else:
+        from ..bench.data import load_samples
+
+        paths = [Path(d) for d in data]
+        samples = load_samples(paths)
+    if categories:
+        available = sorted({s.category for s in samples})
+        unknown = [c for c in categories if c not in available]
+        if unknown:
+            raise DataError(f"categor{'y' if len(unknown) == 1 else 'ies'} {unknown} not in the data; "
+                            f"available: {', '.join(available)}")
+        samples = [s for s in samples if s.category in set(categories)]
+    if not samples:
+        raise DataError("no samples to rank on; pass benchmark files with --data")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:3]
+        raise DataError(f"sample ids repeat ({', '.join(map(str, dupes))}); give every sample a unique id")
+    return samples, paths
+
+
+class _Runner:
+    """Evaluates the mask sets missing from the score table, counting encoder passes."""
+
+    def __init__(self, evaluator, loaded, samples, table, mask_mode, kwargs):
+        self.evaluator, self.loaded, self.samples, self.table = evaluator, loaded, samples, table
+        self.mask_mode, self.kwargs = mask_mode, kwargs
+        self.records_path = None
+        self.encoder_passes = 0.0
+        self.evaluated, self.cached = [], []
+
+    def ensure(self, sets):
+        missing = self.table.missing(sets)
+        self.cached += [m for m in sets if m not in missing and m not in self.cached and m not in self.evaluated]
+        everything = frozenset(self.table.slots)
+        blind = [m for m in missing if m == everything and self.mask_mode == "removal"]
+        normal = [m for m in missing if m not in blind]
+        for group, mode in ((normal, self.mask_mode), (blind, _blind_mode(self.mask_mode))):
+            if not group:
+                continue
+            logger.info("evaluating %d mask set(s) (%s mask)", len(group), mode)
+            result = self.evaluator(*self.loaded, self.samples, mask_sets=group, mask_mode=mode,
+                                    records_path=self.records_path, **self.kwargs)
+            for masked in group:
+                self.table.add(masked, result.scores[masked])
+            self.encoder_passes += float(getattr(result, "encoder_passes", 0) or 0)
+            self.evaluated += group
+
+    def overall(self, sets):
+        self.ensure(sets)
+        return {m: float(self.table.array(m).mean()) for m in sets}
+
+
+def _run(runner, slots, subsets, shapley_permutations, seed, bootstrap, alpha, model, latency_ms, model_path):
+    runner.ensure(mask_sets(slots, subsets))
+    path = greedy_elimination(slots, runner.overall) if subsets == "greedy" else None
+    if shapley_permutations is None:
+        shapley_permutations = DEFAULT_GREEDY_PERMUTATIONS if subsets == "greedy" else 0
+    kept_table = {frozenset(slots) - m: m for m in runner.table.evaluated()}
+    perms = None
+    if not is_complete(slots, kept_table) and shapley_permutations > 0:
+        perms = sample_permutations(slots, shapley_permutations, seed)
+        runner.ensure([frozenset(slots) - kept for kept in permutation_coalitions(perms)])
+    from .subsets import slot_costs
+
+    evaluated = runner.table.evaluated()
+    scores = {m: runner.table.array(m) for m in evaluated}
+    data = compute_ranking(
+        slots, [s.category for s in runner.samples], scores, slot_costs(model), subsets=subsets,
+        greedy_path=path, perms=perms, bootstrap=bootstrap, seed=seed, alpha=alpha, latency_ms=latency_ms,
+    )
+    data["model"] = str(model_path) if model_path else "<in-memory model>"
+    data["mask_mode"] = runner.mask_mode
+    data["empty_set_mask"] = _blind_mode(runner.mask_mode)
+    return Ranking(data)
+
+
+def _finish(ranking, runner, start):
+    n_evaluated = len(runner.evaluated)
+    ranking.data["evaluation"] = {
+        "mask_sets_evaluated": n_evaluated,
+        "mask_sets_cached": len(runner.cached),
+        "encoder_passes_per_sample": runner.encoder_passes,
+        "wall_s": round(time.perf_counter() - start, 3),
+    }
+    return ranking
+
+
+def write_ranking(data, folder):
+    """Write ``ranking.json``, ``ranking.md``, ``cur_heatmap.png`` and ``frontier.png`` into ``folder``."""
+    from .rank_report import plot_cur_heatmap, plot_frontier, ranking_markdown
+
+    folder = Path(folder)
+    (folder / RANKING_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    (folder / "ranking.md").write_text(ranking_markdown(data), encoding="utf-8")
+    plot_cur_heatmap(data, folder / "cur_heatmap.png")
+    plot_frontier(data, folder / "frontier.png")
+
+
+def load_ranking(dir_or_file):
+    """Read and check a ``ranking.json`` (or the folder that holds it).
+
+    Returns:
+        The ranking as a dict.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, of another schema version, or inconsistent.
+    """
+    path = Path(dir_or_file)
+    path = path / RANKING_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"no ranking at {dir_or_file}; pass a folder written by `encslim rank` or its ranking.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); rerun `encslim rank`") from err
+    from .rank_compute import check_ranking
+
+    problems = check_ranking(data, SCHEMA_VERSION)
+    if problems:
+        raise ConfigError(f"{path} is not a valid ranking: {'; '.join(problems)}")
+    return data

@@ -1,0 +1,66 @@
+"""CLI command ``encslim rank``: a thin layer over :func:`encslim.prune.rank.rank`."""
+
+import click
+
+
+def _cur_summary(data):
+    """A short terminal table: CUR per slot and category (percent), significant cells starred."""
+    groups = [*data["categories"], "overall"]
+    width = max(12, *(len(g) + 2 for g in groups))
+    lines = [f"{'slot':<12}" + "".join(f"{g:>{width}}" for g in groups)]
+    for slot in data["slots"]:
+        cells = []
+        for g in groups:
+            cell = data["cur"][slot][g]
+            text = "n/a" if cell["value"] is None else f"{100 * cell['value']:.1f}" + ("*" if cell.get("significant") else "")
+            cells.append(f"{text:>{width}}")
+        lines.append(f"{slot:<12}" + "".join(cells))
+    lines.append(f"{'IG':<12}" + "".join(
+        f"{'n/a' if data['ig'].get(g) is None else f'{100 * data['ig'][g]:.1f}':>{width}}" for g in groups))
+    return "\n".join(lines)
+
+
+@click.command("rank")
+@click.argument("model_dir", type=click.Path())
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(),
+              help="Benchmark file (VLMEvalKit TSV, JSONL, LLaVA JSON); repeat for several.")
+@click.option("--out", required=True, type=click.Path(), help="Folder to write ranking.json/.md and plots to.")
+@click.option("--subsets", default="single", show_default=True,
+              type=click.Choice(["single", "pairs", "all", "greedy"]),
+              help="Mask sets: each slot alone, also pairs, every kept set (<= 6 slots), or backward elimination.")
+@click.option("--mask", "mask_mode", default="removal", show_default=True, type=click.Choice(["removal", "zero"]),
+              help="removal: what prune ships; zero: the study's zeroed encoder output.")
+@click.option("--category", "categories", multiple=True, help="Rank on this category only; repeatable.")
+@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Paired bootstrap resamples for the CUR intervals (0: none).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of bootstrap and Shapley permutations.")
+@click.option("--shapley-permutations", type=click.IntRange(min=0), default=None,
+              help="Sampled Shapley when not every kept set is run [default: 16 with greedy, else none].")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--cache", type=click.Path(), default=None, help="A previous ranking folder whose scores to reuse.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--overwrite", is_flag=True, help="Replace OUT (its cached scores are reused).")
+@click.option("--json", "as_json", is_flag=True, help="Print ranking.json instead of the CUR table.")
+def rank_cmd(model_dir, data, out, subsets, mask_mode, categories, bootstrap, seed, shapley_permutations,
+             batch_size, max_new_tokens, cache, device, dtype, overwrite, as_json):
+    """Rank MODEL_DIR's encoder slots on benchmark data: CUR, IG, Shapley values, cost frontier."""
+    import json
+    import sys
+
+    from .rank import rank
+
+    ranking = rank(model_dir, list(data), subsets=subsets, mask_mode=mask_mode, categories=list(categories) or None,
+                   out=out, bootstrap=bootstrap, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                   shapley_permutations=shapley_permutations, cache=cache, overwrite=overwrite, device=device,
+                   dtype=dtype, progress=sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps(ranking.data, indent=2))
+        return
+    ev = ranking.data["evaluation"]
+    click.echo(_cur_summary(ranking.data))
+    click.echo(f"\nCUR in % ({ranking.data['mask_mode']} mask; * = CI excludes 0). "
+               f"{ev['mask_sets_evaluated']} mask sets evaluated, {ev['mask_sets_cached']} from cache, "
+               f"{ev['encoder_passes_per_sample']:g} encoder passes per sample, {ev['wall_s']:.1f} s.")
+    click.echo(f"wrote {out}/ranking.json, ranking.md, cur_heatmap.png, frontier.png")

@@ -1,0 +1,129 @@
+"""From a table of per-sample scores by mask set to the content of ``ranking.json``. Pure."""
+
+import itertools
+
+import numpy as np
+
+from .importance import OVERALL, RIGHT_THRESHOLD, accuracy, category_order, cur_table, ig_table
+from .shapley import exact_shapley, interaction_at_full, interactions, is_complete, sampled_shapley
+from .subsets import frontier, kept_of
+
+REQUIRED_KEYS = ("schema_version", "model", "slots", "mask_mode", "categories", "overall_is", "accuracy",
+                 "subsets", "cur", "ig", "shapley", "shapley_method", "interactions", "costs")
+
+
+def compute_ranking(slots, categories, scores, costs, subsets="single", greedy_path=None, perms=None,
+                    bootstrap=1000, seed=0, alpha=0.05, latency_ms=None):
+    """The ranking (``ranking.json`` content, less ``model``/``mask_mode``) from evaluated scores.
+
+    Args:
+        slots: slot names in slot order.
+        categories: ``(n,)`` category of every sample.
+        scores: ``{frozenset(masked): (n,) scores}``; must hold the full model and every single mask.
+        costs: ``{slot: {"vision_flops", "params"}}``.
+        subsets: the subset mode that was run (recorded).
+        greedy_path: the backward-elimination path, if run.
+        perms: the permutations of a sampled Shapley estimate, if run.
+        bootstrap, seed, alpha: the paired bootstrap's resamples, seed and 1 - confidence.
+        latency_ms: optional ``{frozenset(kept): ms}`` for the frontier.
+
+    Returns:
+        A JSON-able dict.
+    """
+    slots = list(slots)
+    categories = np.asarray(categories)
+    groups = [OVERALL, *category_order(categories)]
+    acc = {m: accuracy(s, categories) for m, s in scores.items()}
+    full = scores[frozenset()]
+    singles = {s: scores[frozenset({s})] for s in slots}
+    curs = cur_table(full, singles, categories, n_boot=bootstrap, seed=seed, alpha=alpha)
+    values = {frozenset(kept_of(slots, m)): np.array([acc[m][g] for g in groups]) for m in scores}
+    data = {
+        "schema_version": 1,
+        "model": None,
+        "slots": slots,
+        "mask_mode": None,
+        "categories": groups[1:],
+        "n_samples": {OVERALL: int(categories.size),
+                      **{c: int(np.sum(categories == c)) for c in groups[1:]}},
+        "overall_is": "mean over samples",
+        "subsets_mode": subsets,
+        "bootstrap": {"resamples": bootstrap, "seed": seed, "confidence": 1 - alpha, "paired": True,
+                      "stratified_by": "category", "interval": "percentile"},
+        "right_threshold": RIGHT_THRESHOLD,
+        "accuracy": {"full": acc[frozenset()]},
+        "subsets": frontier(slots, acc, {s: c.get("vision_flops") for s, c in costs.items()}, latency_ms),
+        "cur": curs,
+        "ig": ig_table(curs),
+        "costs": costs,
+        "greedy_path": greedy_path,
+    }
+    data.update(_shapley(slots, groups, values, perms))
+    data.update(_interactions(slots, groups, values))
+    return data
+
+
+def _by_group(groups, vector):
+    return {g: float(v) for g, v in zip(groups, np.atleast_1d(vector))}
+
+
+def _shapley(slots, groups, values, perms):
+    if is_complete(slots, values):
+        phi = exact_shapley(slots, values)
+        return {"shapley": {s: _by_group(groups, phi[s]) for s in slots}, "shapley_method": "exact",
+                "shapley_stderr": None, "shapley_permutations": None}
+    if perms:
+        phi, se = sampled_shapley(slots, values, perms)
+        return {"shapley": {s: _by_group(groups, phi[s]) for s in slots}, "shapley_method": "permutation",
+                "shapley_stderr": {s: _by_group(groups, se[s]) for s in slots},
+                "shapley_permutations": len(perms)}
+    return {"shapley": None, "shapley_method": None, "shapley_stderr": None, "shapley_permutations": None}
+
+
+def _interactions(slots, groups, values):
+    pairs = list(itertools.combinations(slots, 2))
+    if is_complete(slots, values):
+        table = interactions(slots, values)
+        return {"interactions": {f"{i}|{j}": _by_group(groups, table[(i, j)]) for i, j in pairs},
+                "interactions_method": "exact"}
+    top = frozenset(slots)
+    if pairs and all(top - {i, j} in values for i, j in pairs):
+        return {"interactions": {f"{i}|{j}": _by_group(groups, interaction_at_full(slots, values, i, j))
+                                 for i, j in pairs},
+                "interactions_method": "at_full"}
+    return {"interactions": None, "interactions_method": None}
+
+
+def check_ranking(data, version=1):
+    """Problems of a ranking dict, as short strings (empty when it is valid)."""
+    if not isinstance(data, dict):
+        return ["the top level is not an object"]
+    problems = [f"missing key '{k}'" for k in REQUIRED_KEYS if k not in data]
+    if problems:
+        return problems
+    if data["schema_version"] != version:
+        return [f"schema_version {data['schema_version']} is not {version}; rerun `encslim rank` with this encslim"]
+    slots = data["slots"]
+    if not isinstance(slots, list) or not slots or not all(isinstance(s, str) for s in slots):
+        return ["'slots' must be a non-empty list of slot names"]
+    order = {s: i for i, s in enumerate(slots)}
+    for slot, cells in data["cur"].items():
+        if slot not in order:
+            problems.append(f"cur names unknown slot '{slot}'")
+            continue
+        for group, cell in cells.items():
+            if not isinstance(cell, dict) or "value" not in cell or "ci" not in cell:
+                problems.append(f"cur[{slot}][{group}] lacks value/ci")
+            elif cell["value"] is None and not cell.get("note"):
+                problems.append(f"cur[{slot}][{group}] is null without a note saying why")
+    for k, row in enumerate(data["subsets"]):
+        kept = row.get("kept") if isinstance(row, dict) else None
+        if not isinstance(kept, list) or any(s not in order for s in kept):
+            problems.append(f"subsets[{k}].kept names unknown slots")
+        elif [order[s] for s in kept] != sorted(order[s] for s in kept):
+            problems.append(f"subsets[{k}].kept is not in slot order")
+        elif "accuracy" not in row or OVERALL not in row["accuracy"]:
+            problems.append(f"subsets[{k}] lacks accuracy.overall")
+    if "full" not in data["accuracy"]:
+        problems.append("accuracy lacks 'full'")
+    return problems

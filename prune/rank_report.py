@@ -1,0 +1,165 @@
+"""Human views of a ranking: ``ranking.md`` tables and the CUR heatmap / cost frontier plots."""
+
+from .importance import OVERALL
+
+
+def _pct(value, digits=1):
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _flops_unit(values):
+    """``(divisor, prefix)`` that shows the largest of ``values`` FLOPs as a number below 1000."""
+    top = max([v for v in values if v is not None], default=0)
+    for div, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if top >= div:
+            return div, prefix
+    return 1.0, ""
+
+
+def _mask_label(row):
+    return "full" if not row["masked"] else " ".join(f"-{s}" for s in row["masked"])
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def ranking_markdown(data):
+    """The ranking as Markdown: accuracy under each mask, CUR with intervals, IG, flips, Shapley,
+    interactions and the cost frontier. Accuracies and CURs are shown in percent."""
+    groups = [*data["categories"], OVERALL]
+    boot = data.get("bootstrap") or {}
+    lines = [
+        f"# Encoder ranking: {data['model']}", "",
+        f"Slots: {', '.join(data['slots'])}. Mask: `{data['mask_mode']}` "
+        f"(no-encoder set: `{data.get('empty_set_mask')}`). Subsets: `{data.get('subsets_mode')}`. "
+        f"Overall = {data['overall_is']}. Samples: "
+        + ", ".join(f"{g} {data.get('n_samples', {}).get(g, '?')}" for g in groups) + ".", "",
+        "## Accuracy (%) per category under each mask", "",
+    ]
+    lines += _table(["mask", "kept", *groups],
+                    [[_mask_label(r), "+".join(r["kept"]) or "(none)", *(_pct(r["accuracy"].get(g)) for g in groups)]
+                     for r in data["subsets"]])
+    conf = boot.get("confidence")
+    lines += ["", f"## CUR (%) per slot and category"
+              + (f", {conf:.0%} paired bootstrap interval ({boot.get('resamples')} resamples); "
+                 "* = interval excludes 0" if boot.get("resamples") else ""), ""]
+    lines += _table(["slot", *groups], [[s, *(_cur_cell(data["cur"][s].get(g)) for g in groups)] for s in data["slots"]])
+    lines += ["", "## IG (%) per category (max CUR - min CUR)", ""]
+    lines += _table(groups, [[_pct(data["ig"].get(g)) for g in groups]])
+    lines += ["", f"## Flips when masking one slot (right = score >= {data.get('right_threshold', 0.5)})", ""]
+    lines += _table(["slot", *groups], [[s, *(_flip_cell(data["cur"][s].get(g)) for g in groups)] for s in data["slots"]])
+    lines += _shapley_lines(data, groups)
+    lines += _frontier_lines(data)
+    notes = sorted({c["note"] for cells in data["cur"].values() for c in cells.values() if c.get("note")})
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _cur_cell(cell):
+    if cell is None:
+        return ""
+    if cell["value"] is None:
+        return "undefined"
+    text = _pct(cell["value"])
+    if cell.get("ci"):
+        text += f" [{_pct(cell['ci'][0])}, {_pct(cell['ci'][1])}]" + ("*" if cell.get("significant") else "")
+    return text
+
+
+def _flip_cell(cell):
+    if cell is None:
+        return ""
+    return f"{cell['flips']['right_to_wrong']} / {cell['flips']['wrong_to_right']}"
+
+
+def _shapley_lines(data, groups):
+    lines = []
+    if data.get("shapley"):
+        se = data.get("shapley_stderr")
+        lines += ["", f"## Shapley values (accuracy points, %; {data['shapley_method']}"
+                  + (f", {data['shapley_permutations']} permutations, ± standard error" if se else "") + ")", ""]
+        lines += _table(["slot", *groups], [
+            [s, *(_pct(data["shapley"][s][g]) + (f" ± {_pct(se[s][g])}" if se else "") for g in groups)]
+            for s in data["slots"]])
+    if data.get("interactions"):
+        what = ("Shapley interaction index" if data.get("interactions_method") == "exact"
+                else "second difference at the full model")
+        lines += ["", f"## Pair interactions (%; {what}; < 0: substitutes, > 0: synergy)", ""]
+        lines += _table(["pair", *groups], [[p.replace("|", " & "), *(_pct(v[g]) for g in groups)]
+                                            for p, v in data["interactions"].items()])
+    if data.get("greedy_path"):
+        lines += ["", "## Greedy backward elimination", ""]
+        lines += _table(["step", "dropped", "kept", "overall (%)"],
+                        [[k + 1, st["dropped"], "+".join(st["kept"]), _pct(st["accuracy"])]
+                         for k, st in enumerate(data["greedy_path"])])
+    return lines
+
+
+def _frontier_lines(data):
+    rows = sorted(data["subsets"], key=lambda r: (r["cost"]["vision_flops"] is None, r["cost"]["vision_flops"] or 0))
+    div, prefix = _flops_unit([r["cost"]["vision_flops"] for r in rows])
+    lines = ["", f"## Cost frontier (vision {prefix}FLOPs per image vs overall accuracy; P = Pareto-optimal)", ""]
+    lines += _table(["kept", f"vision {prefix}FLOPs", "latency ms", "overall (%)", "Pareto"], [
+        ["+".join(r["kept"]) or "(none)",
+         "?" if r["cost"]["vision_flops"] is None else f"{r['cost']['vision_flops'] / div:.4g}",
+         "" if r["cost"].get("latency_ms") is None else f"{r['cost']['latency_ms']:.3g}",
+         _pct(r["accuracy"][OVERALL]), "P" if r.get("pareto") else ""] for r in rows])
+    return lines
+
+
+def plot_cur_heatmap(data, path):
+    """Slots x categories heatmap of CUR, diverging colours centred at 0 (negative CUR in red).
+
+    Undefined cells are grey; significant cells carry a ``*``.
+    """
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    groups = [*data["categories"], OVERALL]
+    slots = data["slots"]
+    grid = np.array([[np.nan if data["cur"][s][g]["value"] is None else data["cur"][s][g]["value"]
+                      for g in groups] for s in slots], dtype=float)
+    bound = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
+    fig = Figure(figsize=(1.6 + 1.3 * len(groups), 1.2 + 0.6 * len(slots)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_facecolor("0.8")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", norm=TwoSlopeNorm(0.0, -bound, bound), aspect="auto")
+    for i, s in enumerate(slots):
+        for j, g in enumerate(groups):
+            cell = data["cur"][s][g]
+            text = "n/a" if cell["value"] is None else f"{cell['value']:.2f}" + ("*" if cell.get("significant") else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if cell["value"] is not None and abs(cell["value"]) > 0.6 * bound else "black")
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+    ax.set_yticks(range(len(slots)), slots)
+    ax.set_title(f"CUR ({data['mask_mode']} mask; * = CI excludes 0)")
+    fig.colorbar(image, ax=ax, label="CUR")
+    fig.savefig(path, dpi=120)
+
+
+def plot_frontier(data, path):
+    """Overall accuracy vs vision GFLOPs of every evaluated kept set; the Pareto front joined."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in data["subsets"] if r["cost"]["vision_flops"] is not None]
+    div, prefix = _flops_unit([r["cost"]["vision_flops"] for r in rows])
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    for r in rows:
+        x, y = r["cost"]["vision_flops"] / div, r["accuracy"][OVERALL]
+        ax.scatter([x], [y], color="tab:red" if r["pareto"] else "tab:gray", zorder=3)
+        ax.annotate("+".join(r["kept"]) or "(none)", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = sorted((r["cost"]["vision_flops"] / div, r["accuracy"][OVERALL]) for r in rows if r["pareto"])
+    if front:
+        ax.step(*zip(*front), where="post", color="tab:red", lw=1, label="Pareto front")
+        ax.legend(loc="lower right")
+    ax.set_xlabel(f"vision {prefix}FLOPs per image")
+    ax.set_ylabel("overall accuracy")
+    ax.set_title("Accuracy vs cost per kept set")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
