@@ -1,0 +1,258 @@
+"""``encslim bench``: the full model against its variants, measured side by side.
+
+:func:`run_bench` is the API behind the command: it builds the model list (the full model,
+variant folders, run-time masked copies of the full model), measures latency per stage
+interleaved, counts parameters and FLOPs, measures peak memory per model in a subprocess,
+evaluates accuracy when data is given, compares every variant with the full model, and
+writes ``bench.json``, ``bench.md`` and the plots into an output folder atomically.
+"""
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import compare, costs, latency, memory
+from .environment import attn_implementation, environment
+from .timing import make_timer
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How to benchmark.
+
+    Attributes:
+        batch_sizes: rows per iteration; each is measured separately.
+        max_new_tokens: tokens generated per row (also the minimum: fixed output length).
+        warmup: rounds run and discarded before measuring.
+        min_iters: at least this many measured rounds.
+        min_seconds: and at least this much measured time per model.
+        max_iters: never more rounds than this.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available).
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        memory: measure peak memory per model in a subprocess.
+        eval_batch_size, eval_max_new_tokens: evaluation settings when data is given.
+        limit: evaluate at most this many samples.
+    """
+
+    batch_sizes: tuple = (1, 4)
+    max_new_tokens: int = 16
+    warmup: int = 3
+    min_iters: int = 10
+    min_seconds: float = 2.0
+    max_iters: int = 10000
+    device: str = "auto"
+    dtype: str = "float32"
+    memory: bool = True
+    eval_batch_size: int = 8
+    eval_max_new_tokens: int = 8
+    limit: int = None
+    notes: tuple = field(default=())
+
+    def validate(self):
+        """Raise one ``ConfigError`` listing every invalid field."""
+        problems = []
+        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
+            problems.append(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        elif len(set(self.batch_sizes)) != len(self.batch_sizes):
+            problems.append(f"batch sizes repeat: {list(self.batch_sizes)}")
+        for name, low in (("max_new_tokens", 1), ("min_iters", 1), ("warmup", 0), ("max_iters", 1),
+                          ("eval_batch_size", 1), ("eval_max_new_tokens", 1)):
+            if getattr(self, name) < low:
+                problems.append(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if self.min_seconds < 0:
+            problems.append(f"--min-seconds must be >= 0, got {self.min_seconds}")
+        if self.min_iters > self.max_iters:
+            problems.append(f"min_iters {self.min_iters} exceeds max_iters {self.max_iters}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"--limit must be >= 1, got {self.limit}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return self
+
+
+def build_specs(full, variants=(), masks=(), mask_skip=False):
+    """The models to benchmark: the full model first, then variant folders, then masked copies.
+
+    Args:
+        full: the full model folder.
+        variants: variant model folders (e.g. pruned).
+        masks: each ``"sam"`` or ``"sam,clip"`` masks those slots of the full model at run time.
+        mask_skip: also add, per mask, a copy that skips the masked encoders instead of zeroing them.
+
+    Returns:
+        ``list[ModelSpec]`` with unique names.
+
+    Raises:
+        ConfigError: nothing to compare with, or an empty mask.
+    """
+    if not variants and not masks:
+        raise ConfigError("nothing to compare with the full model; pass VARIANT folders or --mask SLOT")
+    names = set()
+
+    def unique(base):
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.add(name)
+        return name
+
+    full_name = unique(Path(full).resolve().name)
+    specs = [latency.ModelSpec(full_name, str(full), role="full")]
+    specs += [latency.ModelSpec(unique(Path(v).resolve().name), str(v)) for v in variants]
+    for mask in masks:
+        slots = tuple(s.strip() for s in mask.split(",") if s.strip())
+        if not slots:
+            raise ConfigError(f"--mask '{mask}' names no slot; pass slot names such as --mask sam")
+        label = "+".join(slots)
+        specs.append(latency.ModelSpec(unique(f"{full_name}[mask {label}]"), str(full), slots, "zero"))
+        if mask_skip:
+            specs.append(latency.ModelSpec(unique(f"{full_name}[skip {label}]"), str(full), slots, "removal"))
+    return specs
+
+
+def resolve_device(name):
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a missing GPU is a ``ConfigError``."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"--device '{name}' is not a device; use cpu, cuda, cuda:N or auto") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA device is available; use --device cpu")
+    return device
+
+
+def describe(loaded, settings):
+    """The static part of a model's report entry: slots, tokens, parameters, FLOPs, a consistency check."""
+    import torch
+
+    spec, config = loaded.spec, loaded.model.config
+    batch = loaded.batch(1)
+    with torch.inference_mode():
+        generated = loaded.model.generate(**batch, masked_slots=list(spec.masked), mask_mode=spec.mask_mode,
+                                          max_new_tokens=settings.max_new_tokens,
+                                          min_new_tokens=settings.max_new_tokens, do_sample=False)
+    staged = latency.run_iteration(loaded, batch, _Null(), settings.max_new_tokens, end_to_end=False)
+    return {
+        "name": spec.name, "path": spec.path, "role": spec.role,
+        "masked": list(spec.masked), "mask_mode": spec.mask_mode if spec.masked else None,
+        "slots": loaded.slots, "encoders_run": loaded.encoders_run,
+        "fusion_class": getattr(config, "fusion_class", None),
+        "image_tokens": loaded.image_tokens(), "prompt_tokens": loaded.prompt_tokens(),
+        "attn_implementation": attn_implementation(loaded.model),
+        "params": costs.count_params(loaded),
+        "weight_bytes": costs.weight_bytes(loaded.model),
+        "flops": costs.count_flops(loaded, settings.max_new_tokens),
+        "stage_tokens_match_generate": bool(torch.equal(generated[:, batch["input_ids"].shape[1]:].cpu(),
+                                                        staged.cpu())),
+        "latency": {}, "memory": None, "accuracy": None,
+    }
+
+
+class _Null:
+    def stage(self, name):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def evaluate_accuracy(loaded, samples, settings):
+    """Accuracy per category of one model through the evaluation harness."""
+    from .evaluate import evaluate
+
+    spec = loaded.spec
+    mask_set = frozenset(spec.masked)
+    result = evaluate(loaded.model, loaded.processor, loaded.adapter, samples, mask_sets=[mask_set],
+                      mask_mode=spec.mask_mode if spec.masked else "removal",
+                      batch_size=settings.eval_batch_size, max_new_tokens=settings.eval_max_new_tokens)
+    return result.accuracy(mask_set)
+
+
+def run_benchmark(specs, settings, samples=None):
+    """Measure every model of ``specs`` and compare the variants with the full model.
+
+    Args:
+        specs: from :func:`build_specs`; the first is the full model.
+        settings: :class:`BenchSettings`.
+        samples: ``list[Sample]`` for accuracy, or ``None``.
+
+    Returns:
+        The report dict (see :mod:`encslim.bench.report` for its fields).
+    """
+    settings.validate()
+    device = resolve_device(settings.device)
+    loaded = [latency.load(spec, device=device, dtype=settings.dtype) for spec in specs]
+    entries = {m.name: describe(m, settings) for m in loaded}
+    loop = latency.LoopSettings(settings.max_new_tokens, settings.warmup, settings.min_iters,
+                                settings.min_seconds, settings.max_iters)
+    order = {}
+    for batch_size in settings.batch_sizes:
+        measured = latency.run_interleaved(loaded, batch_size, loop, make_timer(device))
+        order[str(batch_size)] = measured.order
+        for name, its in measured.iterations.items():
+            entries[name]["latency"][str(batch_size)] = latency.summarize_iterations(
+                its, batch_size, settings.max_new_tokens)
+    for m in loaded:
+        if samples:
+            entries[m.name]["accuracy"] = evaluate_accuracy(m, samples, settings)
+        if settings.memory:
+            entries[m.name]["memory"] = memory.measure_memory(m.spec, settings.batch_sizes, settings.max_new_tokens,
+                                                              device, settings.dtype)
+    models = [entries[m.name] for m in loaded]
+    comparisons = [compare.compare(models[0], v, b, device.type) for v in models[1:] for b in settings.batch_sizes]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "environment": environment(device, settings.dtype, [e["attn_implementation"] for e in models]),
+        "settings": {**asdict(settings), "batch_sizes": list(settings.batch_sizes), "device": str(device),
+                     "order": "interleaved", "bench_question": latency.BENCH_QUESTION,
+                     "accuracy_samples": len(samples) if samples else 0},
+        "full": models[0]["name"],
+        "models": models,
+        "order": order,
+        "comparisons": comparisons,
+    }
+
+
+def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mask_skip=False, overwrite=False):
+    """Benchmark ``full`` against ``variants`` (and masked copies) and write the report to ``out``.
+
+    Args:
+        full: full model folder.
+        variants: variant model folders.
+        out: output folder (written atomically; must not exist unless ``overwrite``).
+        settings: :class:`BenchSettings` (defaults if ``None``).
+        data: benchmark files for accuracy (read with ``encslim.bench.data.load_samples``).
+        masks, mask_skip: see :func:`build_specs`.
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        The report dict.
+
+    Raises:
+        ConfigError, ModelLoadError, DataError, OutputExistsError: bad input.
+    """
+    from ..outputs import atomic_output_dir, check_output_path
+    from .report import write_report
+
+    settings = (settings or BenchSettings()).validate()
+    specs = build_specs(full, variants, masks, mask_skip)
+    inputs = [full, *variants]
+    check_output_path(out, overwrite, inputs)
+    samples = None
+    if data:
+        from .data import load_samples
+
+        samples = load_samples([str(d) for d in data])
+        samples = samples[: settings.limit] if settings.limit else samples
+    report = run_benchmark(specs, settings, samples)
+    with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
+        report["outputs"] = write_report(report, tmp)
+    return report

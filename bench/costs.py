@@ -1,0 +1,66 @@
+"""Parameters and FLOPs per component of a loaded model.
+
+FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over the very stages the
+latency benchmark times (:func:`encslim.bench.latency.run_iteration`), at batch size 1, so they
+are per sample. The counter covers matrix products, convolutions and attention (the ops that
+dominate a transformer); element-wise ops, norms and activations are not counted.
+"""
+
+import contextlib
+
+from .latency import run_iteration
+
+
+class FlopRecorder:
+    """A recorder for :func:`run_iteration` that counts the FLOPs of each stage."""
+
+    def __init__(self):
+        self.flops = {}
+
+    @contextlib.contextmanager
+    def stage(self, name):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            yield
+        self.flops[name] = self.flops.get(name, 0) + int(counter.get_total_flops())
+
+
+def count_flops(loaded, max_new_tokens):
+    """FLOPs per sample of every stage of ``loaded`` (a :class:`LoadedModel`).
+
+    Returns:
+        ``{stage: flops}`` with the stages of :func:`run_iteration` plus ``vision`` (sum of the
+        encoders that run) and ``total`` (vision + fusion + prefill + decode).
+    """
+    recorder = FlopRecorder()
+    run_iteration(loaded, loaded.batch(1), recorder, max_new_tokens)
+    flops = dict(recorder.flops)
+    flops["vision"] = sum(v for k, v in flops.items() if k.startswith("encoder:"))
+    flops["total"] = flops["vision"] + flops["fusion"] + flops["prefill"] + flops["decode"]
+    return flops
+
+
+def _numel(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_params(loaded):
+    """Parameters per component: each encoder, ``vision``, ``fusion``, ``language_model``, ``total``.
+
+    A model masked without surgery still holds every weight, so its counts equal the full
+    model's; ``encoders_run`` in the report says which towers actually execute.
+    """
+    model = loaded.model
+    params = {f"encoder:{slot}": _numel(tower) for slot, tower in model.vision_towers.items()}
+    params["vision"] = sum(params.values())
+    params["fusion"] = _numel(model.fusion)
+    params["language_model"] = _numel(model.language_model)
+    params["total"] = _numel(model)
+    return params
+
+
+def weight_bytes(model):
+    """Bytes of all parameters and buffers of ``model``."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)

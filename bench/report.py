@@ -1,0 +1,180 @@
+"""Write a benchmark report: ``bench.json`` (everything), ``bench.md`` (tables) and the plots.
+
+``bench.json`` fields: ``schema_version``, ``environment`` (device, versions, dtype, threads,
+attention implementation, timer), ``settings``, ``full`` (name of the reference model),
+``models`` (per model: ``name, path, role, masked, mask_mode, slots, encoders_run,
+fusion_class, image_tokens, prompt_tokens, attn_implementation, params, weight_bytes, flops,
+stage_tokens_match_generate, latency[batch] = {iterations, stages[stage] = {n, mean, std, min,
+max, p50, p90, p95, p99}, decode_tokens_per_s, end_to_end_tokens_per_s}, memory, accuracy``),
+``order`` (measurement order per batch size), ``comparisons`` (per variant and batch size:
+``speedup``, ``vision``/``end_to_end`` predicted vs measured saving, ``flagged``, ``reasons``,
+``notes``) and ``outputs`` (the files written). Times are milliseconds.
+"""
+
+import json
+from pathlib import Path
+
+from .plots import plot_accuracy_vs_latency, plot_latency_breakdown
+
+JSON_NAME, MD_NAME = "bench.json", "bench.md"
+BREAKDOWN_PNG, PARETO_PNG = "latency_breakdown.png", "accuracy_vs_latency.png"
+
+
+def write_report(report, out_dir):
+    """Write the report files into ``out_dir``; return the list of file names written."""
+    out_dir = Path(out_dir)
+    written = []
+    if plot_latency_breakdown(report, out_dir / BREAKDOWN_PNG):
+        written.append(BREAKDOWN_PNG)
+    if plot_accuracy_vs_latency(report, out_dir / PARETO_PNG):
+        written.append(PARETO_PNG)
+    written += [JSON_NAME, MD_NAME]
+    report["outputs"] = written
+    (out_dir / JSON_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out_dir / MD_NAME).write_text(render_markdown(report), encoding="utf-8")
+    return written
+
+
+def _ms(summary):
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+
+
+def _pct(value):
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
+def _x(value):
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _si(value):
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:g}"
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _latency_section(report, batch_size):
+    key = str(batch_size)
+    by_name = {c["model"]: c for c in report["comparisons"] if c["batch_size"] == batch_size}
+    lines = [f"## Latency, batch size {batch_size} (ms, mean ± std)", ""]
+    rows = []
+    for m in report["models"]:
+        lat = m["latency"][key]
+        st = lat["stages"]
+        dec = lat["decode_tokens_per_s"]
+        speed = by_name.get(m["name"], {}).get("speedup", {}).get("end_to_end", 1.0)
+        rows.append([m["name"], _ms(st["vision"]), _ms(st["fusion"]), _ms(st["prefill"]), _ms(st["ttft"]),
+                     _ms(st["decode"]), "—" if dec is None else f"{dec['mean']:.1f}", _ms(st["end_to_end"]),
+                     f"{st['end_to_end']['p50']:.3f} / {st['end_to_end']['p95']:.3f} / {st['end_to_end']['p99']:.3f}",
+                     _x(speed), lat["iterations"]])
+    lines += _table(["model", "vision", "fusion", "prefill", "TTFT", "decode", "decode tok/s", "end to end",
+                     "e2e p50 / p95 / p99", "speedup (e2e)", "iters"], rows)
+    rows = []
+    for m in report["models"]:
+        st = m["latency"][key]["stages"]
+        rows.append([m["name"]] + [f"{st[f'encoder:{s}']['mean']:.3f}" if f"encoder:{s}" in st else "skipped"
+                                   for s in report["models"][0]["slots"]])
+    lines += ["Per encoder (ms, mean):", ""] + _table(["model"] + report["models"][0]["slots"], rows)
+    return lines
+
+
+def _savings_section(report):
+    lines = ["## Predicted (FLOPs) vs measured (time) savings", "",
+             "A variant is flagged when its measured saving is below 70 % of the FLOP prediction.", ""]
+    rows = []
+    for c in report["comparisons"]:
+        v, e = c["vision"], c["end_to_end"]
+        rows.append([c["model"], c["batch_size"], _pct(v["predicted_saving"]), _pct(v["measured_saving"]),
+                     _x(v["efficiency"]), _pct(e["predicted_saving"]), _pct(e["measured_saving"]),
+                     _x(e["efficiency"]), "**FLAGGED**" if c["flagged"] else "ok"])
+    lines += _table(["model", "batch", "vision predicted", "vision measured", "measured/predicted",
+                     "e2e predicted", "e2e measured", "measured/predicted", "flag"], rows)
+    for c in report["comparisons"]:
+        for text in c["reasons"] + c["notes"]:
+            lines.append(f"- {c['model']} (batch {c['batch_size']}): {text}")
+    return lines + [""]
+
+
+def _costs_section(report):
+    slots = report["models"][0]["slots"]
+    lines = ["## Parameters and FLOPs per sample", "",
+             "FLOPs from torch.utils.flop_counter (matmul, conv, attention; element-wise ops not counted), "
+             "batch size 1; decode covers the generated tokens after the first.", ""]
+    rows = []
+    for m in report["models"]:
+        f, p = m["flops"], m["params"]
+        rows.append([m["name"], ", ".join(m["encoders_run"]), m["image_tokens"], _si(p["total"]), _si(p["vision"]),
+                     _si(f["vision"]), _si(f["fusion"]), _si(f["prefill"]), _si(f["decode"]), _si(f["total"]),
+                     "yes" if m["stage_tokens_match_generate"] else "**no**"])
+    lines += _table(["model", "encoders run", "image tokens", "params", "vision params", "vision FLOPs",
+                     "fusion FLOPs", "prefill FLOPs", "decode FLOPs", "total FLOPs", "stages = generate"], rows)
+    rows = [[m["name"]] + [_si(m["flops"].get(f"encoder:{s}", 0)) for s in slots] for m in report["models"]]
+    return lines + ["FLOPs per encoder:", ""] + _table(["model"] + slots, rows)
+
+
+def _memory_section(report):
+    lines = ["## Peak memory", ""]
+    mems = [m for m in report["models"] if m["memory"]]
+    if not mems:
+        return lines + ["Not measured (--no-memory).", ""]
+    lines += [f"Method: {mems[0]['memory']['method']}.", ""]
+    rows = []
+    for m in mems:
+        mem = m["memory"]
+        if "error" in mem:
+            rows.append([m["name"], "—", "—", "—", f"failed: {mem['error']}"])
+            continue
+        for batch, row in mem["per_batch_size"].items():
+            gpu = (f"{row['max_allocated_bytes'] / 2**20:.1f} / {row['max_reserved_bytes'] / 2**20:.1f}"
+                   if "max_allocated_bytes" in row else "—")
+            rows.append([m["name"], batch, f"{row['peak_rss_bytes'] / 2**20:.1f}",
+                         f"{row['peak_rss_delta_bytes'] / 2**20:.1f}", gpu])
+    return lines + _table(["model", "batch", "peak RSS (MiB)", "peak RSS over baseline (MiB)",
+                           "GPU max allocated / reserved (MiB)"], rows)
+
+
+def _accuracy_section(report):
+    models = [m for m in report["models"] if m["accuracy"]]
+    if not models:
+        return ["## Accuracy", "", "Not measured (no --data given).", ""]
+    categories = sorted({c for m in models for c in m["accuracy"] if c != "overall"})
+    full = report["models"][0]["accuracy"] or {}
+    rows = []
+    for m in models:
+        acc = m["accuracy"]
+        delta = acc["overall"] - full["overall"] if "overall" in full else None
+        rows.append([m["name"], f"{acc['overall']:.3f}", "—" if delta is None else f"{delta:+.3f}"]
+                    + [f"{acc[c]:.3f}" if c in acc else "—" for c in categories])
+    return ["## Accuracy", ""] + _table(["model", "overall", "Δ vs full"] + categories, rows)
+
+
+def _environment_section(report):
+    env = report["environment"]
+    keys = ("device", "device_name", "dtype", "torch_threads", "omp_num_threads", "attn_implementation", "timer",
+            "torch", "transformers", "encslim", "python", "platform", "timestamp")
+    return ["## Environment", ""] + _table(["field", "value"], [[k, env.get(k)] for k in keys if k in env])
+
+
+def render_markdown(report):
+    """``bench.md``: the report as tables a person reads."""
+    s = report["settings"]
+    lines = ["# encslim bench", "",
+             f"Full model: **{report['full']}**; variants: {', '.join(m['name'] for m in report['models'][1:])}.", "",
+             f"Settings: batch sizes {s['batch_sizes']}, {s['max_new_tokens']} new tokens (greedy, fixed length), "
+             f"{s['warmup']} warm-up rounds, at least {s['min_iters']} rounds and {s['min_seconds']} s per model, "
+             f"models measured interleaved ({' '.join(report['order'][str(s['batch_sizes'][0])][:2 * len(report['models'])])} ...). "
+             f"Times exclude preprocessing; TTFT = vision + fusion + prefill.", ""]
+    for batch_size in s["batch_sizes"]:
+        lines += _latency_section(report, batch_size)
+    lines += _savings_section(report) + _costs_section(report) + _memory_section(report)
+    lines += _accuracy_section(report) + _environment_section(report)
+    if PARETO_PNG not in report.get("outputs", []):
+        lines += [f"{PARETO_PNG} not written: accuracy needs --data.", ""]
+    return "\n".join(lines)
