@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from .importance import OVERALL
-from .rank_cache import ScoreTable, model_fingerprint
+from .rank_cache import ScoreTable
 from .rank_compute import compute_ranking
 from .shapley import is_complete, permutation_coalitions, sample_permutations
 from .subsets import greedy_elimination, mask_sets
@@ -107,14 +107,20 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
     """
     _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations)
     start = time.perf_counter()
+    if out is not None:  # refuse a bad output before spending time on loading and evaluating
+        from ..outputs import check_output_path
+
+        named = [] if isinstance(model_or_path, (tuple, list)) else [model_or_path]
+        named += [d for d in ([data] if isinstance(data, (str, Path)) else data) if isinstance(d, (str, Path))]
+        check_output_path(out, overwrite, inputs=named)
     model, processor, adapter, model_path = _load(model_or_path, device, dtype)
     samples, data_paths = _samples(data, categories)
     slots = adapter.slot_names(model.config)
     if evaluator is None:
         from ..bench.evaluate import evaluate as evaluator
-    settings = {"model": model_fingerprint(model_path) if model_path else None, "mask_mode": mask_mode,
+    from ..bench.records import model_fingerprint
+    settings = {"model": model_fingerprint(model), "mask_mode": mask_mode,
                 "empty_set_mask": _blind_mode(mask_mode), "max_new_tokens": max_new_tokens,
-                "dtype": dtype if model_path else None,
                 "evaluator": _name_of(evaluator)}
     table = ScoreTable(slots, samples, settings)
     sources = [Path(p) for p in (cache, out) if p is not None and Path(p).exists()]
@@ -240,7 +246,9 @@ class _Runner:
                                     records_path=self.records_path, **self.kwargs)
             for masked in group:
                 self.table.add(masked, result.scores[masked])
-            self.encoder_passes += float(getattr(result, "encoder_passes", 0) or 0)
+            # the evaluator reports passes per sample it evaluated (records may cover the rest)
+            evaluated = getattr(result, "evaluated", len(self.samples))
+            self.encoder_passes += float(result.encoder_passes or 0) * evaluated / len(self.samples)
             self.evaluated += group
 
     def overall(self, sets):

@@ -40,26 +40,6 @@ def sample_fingerprint(sample):
     return digest.hexdigest()
 
 
-def model_fingerprint(path):
-    """A cheap identity of a model folder: its small files' contents, its weight files' sizes and times.
-
-    Rewriting a weight file changes its modification time, so a retrained model never reuses
-    scores; hashing gigabytes of weights on every run would cost more than it protects.
-    """
-    folder = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(folder.iterdir()):
-        if not file.is_file():
-            continue
-        digest.update(file.name.encode())
-        stat = file.stat()
-        if file.suffix in (".safetensors", ".bin", ".pt") or stat.st_size > (8 << 20):
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-        else:
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
 class ScoreTable:
     """Per-sample scores by mask set for one model, data selection and evaluation setting.
 
@@ -67,8 +47,7 @@ class ScoreTable:
         slots: slot names in slot order.
         samples: the samples, in the order arrays are returned.
         settings: everything besides the sample that decides a score (model fingerprint, mask
-            mode, generation settings); a cache with other settings is ignored. A ``None``
-            model fingerprint (an in-memory model) never matches a cache.
+            mode, generation settings); a cache with other settings is ignored.
     """
 
     def __init__(self, slots, samples, settings):
@@ -142,7 +121,7 @@ class ScoreTable:
             cached, settings = data["scores"], data["settings"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise ConfigError(f"{path} is not an encslim score table ({err}); remove it or pass another --cache") from err
-        if self.settings.get("model") is None or settings != self.settings:
+        if settings != self.settings:
             logger.info("not reusing %s: it was computed with other settings", path)
             return 0
         taken = 0

@@ -15,8 +15,8 @@ def _cur_summary(data):
             text = "n/a" if cell["value"] is None else f"{100 * cell['value']:.1f}" + ("*" if cell.get("significant") else "")
             cells.append(f"{text:>{width}}")
         lines.append(f"{slot:<12}" + "".join(cells))
-    lines.append(f"{'IG':<12}" + "".join(
-        f"{'n/a' if data['ig'].get(g) is None else f'{100 * data['ig'][g]:.1f}':>{width}}" for g in groups))
+    igs = ["n/a" if data["ig"].get(g) is None else f"{100 * data['ig'][g]:.1f}" for g in groups]
+    lines.append(f"{'IG':<12}" + "".join(f"{text:>{width}}" for text in igs))
     return "\n".join(lines)
 
 
