@@ -12,7 +12,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
@@ -42,7 +42,6 @@ class Ranking:
 
     data: dict
     out: Path = None
-    extra: dict = field(default_factory=dict)
 
     def __getitem__(self, key):
         return self.data[key]
@@ -108,45 +107,52 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
     _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations)
     start = time.perf_counter()
     if out is not None:  # refuse a bad output before spending time on loading and evaluating
-        from ..outputs import check_output_path
-
-        named = [] if isinstance(model_or_path, (tuple, list)) else [model_or_path]
-        named += [d for d in ([data] if isinstance(data, (str, Path)) else data) if isinstance(d, (str, Path))]
-        check_output_path(out, overwrite, inputs=named)
+        _check_out(out, overwrite, model_or_path, data)
     model, processor, adapter, model_path = _load(model_or_path, device, dtype)
     samples, data_paths = _samples(data, categories)
-    slots = adapter.slot_names(model.config)
     if evaluator is None:
         from ..bench.evaluate import evaluate as evaluator
-    from ..bench.records import model_fingerprint
-    settings = {"model": model_fingerprint(model), "mask_mode": mask_mode,
-                "empty_set_mask": _blind_mode(mask_mode), "max_new_tokens": max_new_tokens,
-                "evaluator": _name_of(evaluator)}
-    table = ScoreTable(slots, samples, settings)
     sources = [Path(p) for p in (cache, out) if p is not None and Path(p).exists()]
-    for source in sources:
-        logger.info("reused %d cached scores from %s", table.load_cache(source), source)
+    table = _score_table(model, adapter, samples, mask_mode, max_new_tokens, evaluator, sources)
     runner = _Runner(evaluator, (model, processor, adapter), samples, table, mask_mode,
                      dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress))
+    options = dict(subsets=subsets, shapley_permutations=shapley_permutations, seed=seed, bootstrap=bootstrap,
+                   alpha=alpha, latency_ms=latency_ms, model_path=model_path)
     if out is None:
-        ranking = _run(runner, slots, subsets, shapley_permutations, seed, bootstrap, alpha, model,
-                       latency_ms, model_path)
-        return _finish(ranking, runner, start)
+        return _finish(_run(runner, model, **options), runner, start)
     from ..outputs import atomic_output_dir
 
     inputs = [p for p in [model_path, *data_paths] if p is not None]
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         previous = [p / RECORDS_FILE for p in sources if (p / RECORDS_FILE).is_file()]
-        if previous:
+        if previous:  # the evaluator's own records travel on, so its resume sees them too
             shutil.copyfile(previous[0], tmp / RECORDS_FILE)
         runner.records_path = tmp / RECORDS_FILE
-        ranking = _run(runner, slots, subsets, shapley_permutations, seed, bootstrap, alpha, model,
-                       latency_ms, model_path)
-        _finish(ranking, runner, start)
+        ranking = _finish(_run(runner, model, **options), runner, start)
         write_ranking(ranking.data, tmp)
         table.save(tmp)
     ranking.out = Path(out)
     return ranking
+
+
+def _check_out(out, overwrite, model_or_path, data):
+    from ..outputs import check_output_path
+
+    named = [] if isinstance(model_or_path, (tuple, list)) else [model_or_path]
+    named += [d for d in ([data] if isinstance(data, (str, Path)) else data) if isinstance(d, (str, Path))]
+    check_output_path(out, overwrite, inputs=named)
+
+
+def _score_table(model, adapter, samples, mask_mode, max_new_tokens, evaluator, sources):
+    """The score table for this model and setting, filled from the cache ``sources`` where they match."""
+    from ..bench.records import model_fingerprint
+
+    settings = {"model": model_fingerprint(model), "mask_mode": mask_mode, "empty_set_mask": _blind_mode(mask_mode),
+                "max_new_tokens": max_new_tokens, "evaluator": _name_of(evaluator)}
+    table = ScoreTable(adapter.slot_names(model.config), samples, settings)
+    for source in sources:
+        logger.info("reused %d cached scores from %s", table.load_cache(source), source)
+    return table
 
 
 def _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations):
@@ -256,7 +262,9 @@ class _Runner:
         return {m: float(self.table.array(m).mean()) for m in sets}
 
 
-def _run(runner, slots, subsets, shapley_permutations, seed, bootstrap, alpha, model, latency_ms, model_path):
+def _run(runner, model, subsets, shapley_permutations, seed, bootstrap, alpha, latency_ms, model_path):
+    """Evaluate what the subset mode needs (greedy and permutations adaptively), then compute."""
+    slots = runner.table.slots
     runner.ensure(mask_sets(slots, subsets))
     path = greedy_elimination(slots, runner.overall) if subsets == "greedy" else None
     if shapley_permutations is None:
