@@ -1,0 +1,126 @@
+"""``encslim eval``: accuracy of a model on benchmark files, under encoder masks."""
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+EVAL_JSON = "eval.json"
+RECORDS = "records.jsonl"
+
+
+def parse_mask_sets(values):
+    """``["clip", "clip,siglip"]`` -> ``[frozenset(), {clip}, {clip, siglip}]`` (full model first)."""
+    sets = [frozenset()]
+    for value in values:
+        masked = frozenset(s.strip() for s in value.split(",") if s.strip())
+        if masked and masked not in sets:
+            sets.append(masked)
+    return sets
+
+
+def prepare_output(out, overwrite, inputs):
+    """Check the output folder before anything is computed.
+
+    A folder holding ``records.jsonl`` from an earlier evaluation is resumed (``--overwrite``
+    discards its records instead); another existing, non-empty folder is refused.
+
+    Returns:
+        pathlib.Path of the folder (not yet created).
+    """
+    from ..errors import OutputExistsError
+    from ..outputs import check_output_path
+
+    out = check_output_path(out, overwrite=True, inputs=inputs)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / RECORDS).exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists and holds no earlier evaluation; pass --overwrite or choose another --out")
+    return out
+
+
+def write_json_atomic(path, data):
+    """Write JSON to ``path`` through a temporary file and one rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _device(name):
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+@click.command("eval")
+@click.argument("model")
+@click.option("--data", "data", multiple=True, required=True,
+              help="Benchmark file (.tsv VLMEvalKit, .jsonl, .json LLaVA); repeat for several.")
+@click.option("--mask", "masks", multiple=True,
+              help="Slots to mask together, comma-separated (e.g. sam or sam,clip); repeat for more mask sets. "
+                   "The full model is always evaluated.")
+@click.option("--mask-mode", type=click.Choice(["removal", "zero", "mean"]), default="removal", show_default=True,
+              help="removal: the mask that equals removing the slot; zero: zero its features (the study's); "
+                   "mean: replace them by their mean over the data.")
+@click.option("--skip-bad", is_flag=True, help="Skip bad rows (counted in the report) instead of stopping.")
+@click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Generation budget per answer.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Samples per batch.")
+@click.option("--mcq", "mcq_mode", type=click.Choice(["logits", "generate"]), default="logits", show_default=True,
+              help="Multiple choice by the option letters' first-token logits, or by generation and letter extraction.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda:LOCAL_RANK if present).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--out", required=True, help="Output folder: eval.json and records.jsonl (an earlier run there is resumed).")
+@click.option("--overwrite", is_flag=True, help="Discard earlier records in --out and start afresh.")
+def eval_cmd(model, data, masks, mask_mode, skip_bad, max_new_tokens, batch_size, mcq_mode, device, dtype, out,
+             overwrite):
+    """Evaluate MODEL on benchmark files under encoder masks; print a per-category table.
+
+    Encoders run once per sample whatever the number of --mask sets (feature cache). Under
+    torchrun the samples are split across the processes.
+    """
+    from ..errors import ConfigError
+    from ..models.loading import load_model
+    from . import distributed
+    from .data import load_samples
+    from .evaluate import evaluate, normalize_mask_sets
+    from .features import mean_features
+
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ConfigError("--batch-size and --max-new-tokens must be at least 1")
+    out = prepare_output(out, overwrite, [model, *data])
+    samples = load_samples(list(data), skip_bad=skip_bad)
+    rank, _ = distributed.init_from_env()
+    net, processor, adapter = load_model(model, device=_device(device), dtype=dtype)
+    slots = adapter.slot_names(net.config)
+    mask_sets = normalize_mask_sets(slots, parse_mask_sets(masks), mask_mode)
+    mask_values = mean_features(net, processor, adapter, samples, batch_size) if mask_mode == "mean" else None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for old in [out / RECORDS, *out.glob(f"{RECORDS}.rank*")]:
+                old.unlink(missing_ok=True)
+    distributed.barrier()
+    result = evaluate(net, processor, adapter, samples, mask_sets=mask_sets, mask_mode=mask_mode,
+                      batch_size=batch_size, max_new_tokens=max_new_tokens, records_path=out / RECORDS,
+                      mask_values=mask_values, progress=True, mcq_mode=mcq_mode)
+    if rank != 0:
+        return
+    report = {
+        "schema_version": 1, "model": str(Path(model).resolve()), "data": [str(Path(d).resolve()) for d in data],
+        "slots": slots, "fusion_class": adapter.fusion_class(net.config),
+        "settings": {"mask_mode": mask_mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                     "mcq_mode": mcq_mode, "dtype": dtype},
+        "skipped_rows": samples.skipped, "skipped": samples.skipped_rows, **result.to_dict(),
+    }
+    write_json_atomic(out / EVAL_JSON, report)
+    click.echo(result.table())
+    if samples.skipped:
+        click.echo(f"skipped {samples.skipped} bad row(s); see {out / EVAL_JSON}")
+    click.echo(f"wrote {out / EVAL_JSON} and {out / RECORDS}")

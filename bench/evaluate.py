@@ -1,0 +1,280 @@
+"""Accuracy of a model under a list of encoder mask sets, in one pass over the data.
+
+The feature cache (DESIGN §4): encoders do not depend on the mask, so each encoder runs once
+per sample and only fusion + LLM run once per mask set. With ``feature_cache=False`` every mask
+set runs the whole model from pixels, as separate evaluations would; the scores are the same.
+
+Answers come from greedy generation, or, for multiple-choice samples with ``mcq_mode="logits"``,
+from the option letters' first-token logits. Each (sample, mask set) result is a record
+(:mod:`encslim.bench.records`); a rerun with the same records file skips finished work.
+Under ``torchrun`` the samples are sharded by rank and the results gathered on every rank.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ConfigError, DataError
+from . import distributed
+from .answering import choose_options, generate_texts
+from .features import counting_encoder_passes, encode_images, slots_needed, with_placeholders
+from .prompts import build_question, prompt_id, style_for
+from .records import RecordStore, model_fingerprint, record_key, sample_fingerprint, settings_fingerprint
+from .results import EvalResult
+from .scorers import score
+
+logger = logging.getLogger(__name__)
+
+MASK_MODES = ("removal", "zero", "mean")
+MCQ_MODES = ("logits", "generate")
+
+
+@dataclass
+class _Item:
+    """One sample with its prompt and the record key of each mask set."""
+
+    sample: object
+    prompt: str
+    keys: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """Everything one evaluation call needs inside its batch loop."""
+
+    model: object
+    processor: object
+    adapter: object
+    mask_sets: list
+    mask_mode: str
+    mask_values: object
+    max_new_tokens: int
+    mcq_mode: str
+    feature_cache: bool
+    model_fp: str
+    settings_fp: str
+    counter: object = None
+
+
+def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_mode="removal", batch_size=8,
+             max_new_tokens=8, records_path=None, mask_values=None, progress=False, mcq_mode="logits",
+             prompt_styles=None, feature_cache=True):
+    """Score ``samples`` under every mask set in one pass.
+
+    Args:
+        model, processor, adapter: as returned by :func:`encslim.models.loading.load_model`.
+        samples: :class:`~encslim.bench.samples.Sample` list with unique ids.
+        mask_sets: sets of MASKED slot names; ``frozenset()`` is the full model.
+        mask_mode: ``removal`` (equals physical removal), ``zero`` (the study's) or ``mean``.
+        batch_size: samples per forward batch (prompts padded on the left).
+        max_new_tokens: generation budget for open questions (and MCQ in ``generate`` mode).
+        records_path: JSONL file of per-sample records; existing matching records are reused.
+        mask_values: ``{slot: tensor (D,)}`` for ``mean`` mode (see ``features.mean_features``).
+        progress: show a progress bar (rank 0 only).
+        mcq_mode: ``logits`` (choose by the options' first-token logits) or ``generate``.
+        prompt_styles: ``{dataset: PromptStyle}`` overriding the default prompt per data set.
+        feature_cache: encode once per sample (True) or run the full model per mask set (False).
+
+    Returns:
+        EvalResult with scores per mask set, predictions, categories and encoder passes.
+
+    Raises:
+        ConfigError: unknown slot, bad mode, masking every slot in removal mode, missing mask values.
+        DataError: duplicate sample ids, or no samples.
+    """
+    mask_sets = normalize_mask_sets(adapter.slot_names(model.config), mask_sets, mask_mode)
+    _check_arguments(samples, mask_sets, mask_mode, mask_values, mcq_mode, batch_size, max_new_tokens)
+    rank, world = distributed.init_from_env()
+    run = _Run(model, processor, adapter, mask_sets, mask_mode, mask_values, max_new_tokens, mcq_mode,
+               feature_cache, model_fingerprint(model), settings_fingerprint(
+                   _settings(processor, mask_mode, mask_values, max_new_tokens, mcq_mode)))
+    items = _plan(run, samples, prompt_styles)
+    store = RecordStore(records_path, rank, world)
+    done = store.load()
+    todo = [it for it in items if any(k not in done for k in it.keys.values())]
+    shard = todo[rank::world]
+    new_records = []
+    with counting_encoder_passes(model) as counter:
+        run.counter = counter
+        batches = _batches(shard, batch_size, mcq_mode)
+        for batch in _progress(batches, progress and rank == 0):
+            records = _run_batch(run, batch, done)
+            store.append(records)
+            new_records.extend(records)
+    with_images = sum(1 for it in shard if it.sample.image is not None)
+    gathered = distributed.all_gather((new_records, counter.passes, len(shard), with_images))
+    all_new = [r for part in gathered for r in part[0]]
+    store.merge(all_new)
+    distributed.barrier()
+    done.update({r["key"]: r for r in all_new})
+    evaluated = sum(part[2] for part in gathered)
+    imaged = sum(part[3] for part in gathered)
+    passes = sum(part[1] for part in gathered) / imaged if imaged else 0.0
+    logger.info("evaluated %d samples (%d reused from records)", evaluated, len(items) - evaluated)
+    return _result(items, done, mask_sets, mask_mode, passes, evaluated)
+
+
+def normalize_mask_sets(slot_names, mask_sets, mask_mode="removal"):
+    """Mask sets as frozensets, duplicates dropped (order kept), slot names checked.
+
+    Raises:
+        ConfigError: an unknown slot, no mask set, or every slot masked in removal mode.
+    """
+    out = []
+    for masked in mask_sets:
+        masked = frozenset([masked] if isinstance(masked, str) else masked)
+        unknown = sorted(masked - set(slot_names))
+        if unknown:
+            raise ConfigError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slot_names)}")
+        if mask_mode == "removal" and masked >= set(slot_names):
+            raise ConfigError("a mask set masks every encoder; in removal mode keep at least one slot")
+        if masked not in out:
+            out.append(masked)
+    if not out:
+        raise ConfigError("no mask sets given; pass at least frozenset() for the full model")
+    return out
+
+
+def _check_arguments(samples, mask_sets, mask_mode, mask_values, mcq_mode, batch_size, max_new_tokens):
+    if mask_mode not in MASK_MODES:
+        raise ConfigError(f"mask mode '{mask_mode}' unknown; use one of {', '.join(MASK_MODES)}")
+    if mcq_mode not in MCQ_MODES:
+        raise ConfigError(f"mcq mode '{mcq_mode}' unknown; use one of {', '.join(MCQ_MODES)}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ConfigError("batch size and max new tokens must be at least 1")
+    if mask_mode == "mean":
+        missing = sorted({s for masked in mask_sets for s in masked} - set(mask_values or {}))
+        if missing:
+            raise ConfigError(f"mask mode 'mean' needs mask_values for {', '.join(missing)}; "
+                              f"compute them with encslim.bench.features.mean_features")
+    if not samples:
+        raise DataError("no samples to evaluate")
+    seen = {}
+    for sample in samples:
+        if sample.id in seen:
+            raise DataError(f"sample id '{sample.id}' appears twice ({seen[sample.id]} and {sample.source}); "
+                            f"ids must be unique")
+        seen[sample.id] = sample.source or sample.id
+
+
+def _settings(processor, mask_mode, mask_values, max_new_tokens, mcq_mode):
+    values = None
+    if mask_mode == "mean":
+        values = {k: v.detach().float().cpu().numpy().round(6).tolist() for k, v in sorted(mask_values.items())}
+    config = processor.to_dict() if hasattr(processor, "to_dict") else type(processor).__name__
+    return {"mask_mode": mask_mode, "max_new_tokens": max_new_tokens, "mcq_mode": mcq_mode,
+            "mask_values": values, "processor": config}
+
+
+def _plan(run, samples, prompt_styles):
+    items = []
+    for sample in samples:
+        question = build_question(sample, style_for(sample, prompt_styles))
+        prompt = run.processor.build_prompt(question, with_image=sample.image is not None)
+        item = _Item(sample, prompt)
+        sample_fp = sample_fingerprint(sample, prompt)
+        for masked in run.mask_sets:
+            item.keys[masked] = record_key(run.model_fp, sample_fp, masked, run.settings_fp)
+        items.append(item)
+    return items
+
+
+def _batches(items, batch_size, mcq_mode):
+    """Homogeneous batches: image or text-only, logit-MCQ or generated; input order kept per group."""
+    groups = {}
+    for item in items:
+        kind = (item.sample.image is not None, item.sample.metric == "mcq" and mcq_mode == "logits")
+        groups.setdefault(kind, []).append(item)
+    return [group[i:i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+def _run_batch(run, items, done):
+    """Records of every pending (sample, mask set) of one batch."""
+    pending = {m: [i for i, it in enumerate(items) if it.keys[m] not in done] for m in run.mask_sets}
+    pending = {m: rows for m, rows in pending.items() if rows}
+    if items[0].sample.image is None:
+        # no image: no mask can change the answer, so answer once and record it under each mask set
+        rows = sorted({i for r in pending.values() for i in r})
+        answers = dict(zip(rows, _answer(run, [items[i] for i in rows], _text_inputs(run, items, rows), {})))
+        return [_record(run, items[i], m, answers[i]) for m, r in pending.items() for i in r]
+    features = None
+    if run.feature_cache:
+        slots = slots_needed(run.adapter.slot_names(run.model.config), list(pending))
+        features = encode_images(run.model, run.processor, run.adapter, [it.sample.image for it in items],
+                                 [it.prompt for it in items], slots)
+        run.counter.add(len(slots) * len(items))
+    records = []
+    for masked, rows in pending.items():
+        inputs, kwargs = (_cached_inputs(run, items, rows, masked, features) if run.feature_cache
+                          else _pixel_inputs(run, items, rows, masked))
+        predictions = _answer(run, [items[i] for i in rows], inputs, kwargs)
+        records += [_record(run, items[i], masked, p) for i, p in zip(rows, predictions)]
+    return records
+
+
+def _text_inputs(run, items, rows, masked=frozenset()):
+    batch = run.adapter.prepare_batch(run.processor, None, [items[i].prompt for i in rows], masked=masked,
+                                      mask_mode=run.mask_mode)
+    device = run.model.device
+    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+
+
+def _cached_inputs(run, items, rows, masked, features):
+    inputs = _text_inputs(run, items, rows, masked)
+    if len(rows) != len(items):
+        index = torch.tensor(rows, device=next(iter(features.values())).device) if features else None
+        features = {k: v.index_select(0, index) for k, v in features.items()}
+    if run.mask_mode != "removal":
+        features = with_placeholders(features, run.adapter, run.model.config, len(rows), run.model.device,
+                                     run.model.dtype)
+    return inputs, {"image_features": features, **_mask_kwargs(run, masked)}
+
+
+def _pixel_inputs(run, items, rows, masked):
+    batch = run.adapter.prepare_batch(run.processor, [items[i].sample.image for i in rows],
+                                      [items[i].prompt for i in rows], masked=masked, mask_mode=run.mask_mode)
+    inputs = {k: v.to(run.model.device) for k, v in batch.items()}
+    run.counter.add(len(rows) * sum(1 for k in inputs if k.startswith("pixel_values")))
+    return inputs, _mask_kwargs(run, masked)
+
+
+def _mask_kwargs(run, masked):
+    return {"masked_slots": masked, "mask_mode": run.mask_mode, "mask_values": run.mask_values}
+
+
+def _answer(run, items, inputs, kwargs):
+    if items[0].sample.metric == "mcq" and run.mcq_mode == "logits":
+        return choose_options(run.model, run.processor, inputs, [it.sample.options for it in items], **kwargs)
+    return generate_texts(run.model, run.processor, inputs, run.max_new_tokens, **kwargs)
+
+
+def _record(run, item, masked, prediction):
+    s = item.sample
+    return {
+        "key": item.keys[masked], "model": run.model_fp, "settings": run.settings_fp, "sample_id": s.id,
+        "dataset": s.dataset, "category": s.category, "metric": s.metric, "masked": sorted(masked),
+        "mask_mode": run.mask_mode, "prompt_id": prompt_id(item.prompt), "prediction": prediction,
+        "answers": s.answers, "score": score(s.metric, prediction, s.answers, s.options, s.category),
+    }
+
+
+def _result(items, records, mask_sets, mask_mode, passes, evaluated):
+    scores = {m: {} for m in mask_sets}
+    predictions = {m: {} for m in mask_sets}
+    for item in items:
+        for masked in mask_sets:
+            record = records[item.keys[masked]]
+            scores[masked][item.sample.id] = float(record["score"])
+            predictions[masked][item.sample.id] = record["prediction"]
+    categories = {it.sample.id: it.sample.category for it in items}
+    return EvalResult(mask_sets=list(mask_sets), scores=scores, predictions=predictions, categories=categories,
+                      encoder_passes=passes, mask_mode=mask_mode, evaluated=evaluated)
+
+
+def _progress(batches, enabled):
+    if not enabled:
+        return batches
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, desc="evaluate", unit="batch")
