@@ -20,6 +20,7 @@ _LAZY = {
     "EncslimForConditionalGeneration": "encslim.models.modeling_encslim:EncslimForConditionalGeneration",
     "EncslimProcessor": "encslim.models.processing_encslim:EncslimProcessor",
     "rank": "encslim.prune.rank:rank",
+    "prune": "encslim.prune.surgery:prune",
 }
 
 

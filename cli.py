@@ -23,6 +23,7 @@ COMMANDS = {
     "create-tiny": "encslim.models.commands:create_tiny_cmd",
     "bench": "encslim.bench.bench_commands:bench_cmd",
     "rank": "encslim.prune.rank_commands:rank_cmd",
+    "prune": "encslim.prune.commands:prune_cmd",
     "demo": "encslim.models.demo_commands:demo_group",
 }
 
@@ -34,6 +35,7 @@ SHORT_HELP = {
     "create-tiny": "Write a tiny random native model folder.",
     "bench": "Benchmark a full model against variants: latency per stage, memory, FLOPs, accuracy.",
     "rank": "Rank encoder slots per category: CUR, IG, Shapley values, cost frontier.",
+    "prune": "Remove encoder slots (explicit or from a ranking) and write the pruned model.",
     "demo": "Planted-specialization demo: write its data, train its model.",
 }
 

@@ -17,6 +17,7 @@ MASK_MODES = ("removal", "zero", "mean")
 # families shipped with encslim: model_type -> module that registers its adapter on import
 BUILTIN_FAMILIES = {
     "encslim": "encslim.models.native",
+    "deepseek_vl_hybrid": "encslim.models.deepseek_vl_hybrid", "deepseek_vl": "encslim.models.deepseek_vl_hybrid",
 }
 
 _REGISTRY = {}

@@ -71,6 +71,11 @@ class NativeAdapter(Adapter):
         removed = masked if mask_mode == "removal" else ()
         return processor(text=prompts, images=images, masked_slots=removed)
 
+    def removal_plan(self, config, drop):
+        from ..prune.plan import native_removal_plan
+
+        return native_removal_plan(config, drop)
+
     def export_targets(self, config, kept):
         return ["hf", "remote-code", "onnx"]
 

@@ -1,0 +1,102 @@
+"""``encslim prune``: choose slots (explicitly or from a ranking) and remove them physically."""
+
+import json
+
+import click
+
+from .select import COSTS
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1000
+    return f"{n} B"
+
+
+def _print_summary(result):
+    plan, summary = result["plan"], result["summary"]
+    exact = "yes" if plan["exact"] else "no (recommend fine-tuning)"
+    click.echo(f"plan: drop {', '.join(plan['drop'])} (keep {', '.join(plan['kept'])}); fusion "
+               f"{plan['fusion_class']}; exact: {exact}")
+    if plan["target_model_type"] != plan["model_type"]:
+        click.echo(f"output model type: {plan['target_model_type']}")
+    click.echo(f"{'slot':<16}{'params removed':>18}{'bytes removed':>16}")
+    for slot, row in summary["removed_per_slot"].items():
+        click.echo(f"{slot:<16}{row['params']:>18,}{_fmt_bytes(row['bytes']):>16}")
+    click.echo(f"deleted tensors: {summary['deleted_tensors']}")
+    for sl in summary["sliced"]:
+        click.echo(f"sliced: {sl['key']} {sl['before']} -> {sl['after']} (dim {sl['dim']})")
+    for fold in summary["folded"]:
+        click.echo(f"folded: {fold['key']} {fold['shape']} from {', '.join(fold['from'])}")
+    if summary.get("renamed"):
+        click.echo(f"renamed tensors: {summary['renamed']}")
+    click.echo("config.json diff:")
+    for line in summary["config_diff"] or ["(none)"]:
+        click.echo(f"  {line}")
+    for name, lines in summary["processor_diff"].items():
+        click.echo(f"{name} diff:")
+        for line in lines or ["(none)"]:
+            click.echo(f"  {line}")
+    saved = summary["bytes_before"] - summary["bytes_after"]
+    click.echo(f"params: {summary['params_before']:,} -> {summary['params_after']:,}; bytes: "
+               f"{_fmt_bytes(summary['bytes_before'])} -> {_fmt_bytes(summary['bytes_after'])} "
+               f"(saved {_fmt_bytes(saved)})")
+    for note in plan["notes"]:
+        click.echo(f"note: {note}")
+
+
+def _print_verification(verification):
+    if verification.get("skipped"):
+        click.echo(f"verification: skipped ({verification['reason']})")
+        return
+    status = {True: "passed", False: "FAILED", None: "reported"}[verification["passed"]]
+    click.echo(f"verification: {status}; max |logit diff| {verification['max_abs_diff']:.3g} over "
+               f"{verification['samples']} {verification['inputs']} sample(s) (tolerance {verification['tolerance']:g})")
+    if verification.get("recommendation"):
+        click.echo(f"recommendation: {verification['recommendation']}")
+
+
+@click.command("prune")
+@click.argument("model")
+@click.option("--drop", multiple=True, help="Slot(s) to remove (repeat or comma-separate).")
+@click.option("--ranking", help="Folder (or ranking.json) written by `encslim rank`.")
+@click.option("--keep", type=int, help="Keep the best K slots.")
+@click.option("--min-retained", type=float, help="Smallest kept set with accuracy >= X of the full model's.")
+@click.option("--drop-negative", is_flag=True, help="Drop slots whose removal improves accuracy.")
+@click.option("--budget", type=float, help="Most accurate kept set whose --cost is at most B.")
+@click.option("--cost", type=click.Choice(COSTS), default="vision_flops", show_default=True)
+@click.option("--category", default="overall", show_default=True, help="Ranking category to decide on.")
+@click.option("--out", "-o", help="Output folder.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--verify/--no-verify", default=None, help="Compare logits (default: when the model fits in memory).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--streaming/--in-memory", default=None, help="Executor (default: streaming when it does not fit).")
+@click.option("--max-shard-size", default="2GB", show_default=True)
+@click.option("--data", multiple=True, help="Benchmark file(s) for verification samples.")
+@click.option("--samples", "num_samples", type=int, default=4, show_default=True, help="Verification samples K.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def prune_cmd(model, drop, ranking, keep, min_retained, drop_negative, budget, cost, category, out, dry_run,
+              verify, overwrite, streaming, max_shard_size, data, num_samples, as_json):
+    """Remove encoder slots from MODEL and write the pruned model to --out."""
+    from .select import read_ranking, select
+    from .surgery import model_slots, prune
+
+    names = [n.strip() for item in drop for n in item.split(",") if n.strip()] or None
+    slots = model_slots(model)
+    selection = select(slots, drop=names, ranking=read_ranking(ranking) if ranking else None, keep=keep,
+                       min_retained=min_retained, drop_negative=drop_negative, budget=budget, category=category,
+                       cost=cost)
+    if selection.basis != "explicit":
+        click.echo(f"selected: drop {', '.join(selection.drop)} ({selection.reason})", err=as_json)
+    result = prune(model, selection.drop, out, verify=verify, streaming=streaming, max_shard_size=max_shard_size,
+                   overwrite=overwrite, dry_run=dry_run, data=list(data) or None, num_samples=num_samples,
+                   selection=selection.to_dict())
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return
+    _print_summary(result)
+    if not dry_run:
+        _print_verification(result["verification"])
+        click.echo(f"wrote {result['output']} ({len(result['files'])} files, manifest encslim_manifest.json)")

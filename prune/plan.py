@@ -1,0 +1,353 @@
+"""Removal plans: plain data saying how to turn a checkpoint into one without some encoder slots.
+
+A plan is built from a model's config alone (by the family's adapter) and holds
+
+* ``delete_keys``: tensors to delete, by exact key or key prefix, each credited to a slot;
+* ``slices``: tensors to keep only some index ranges of, along one dimension (A1/A2 projectors);
+* ``folds``: new tensors assembled from source tensors and zero blocks, e.g. the constant a
+  removed branch leaves behind, folded into the next layer (A3, DeepSeek-VL hybrid);
+* ``renames``: source key -> output key (when the output is another architecture);
+* ``config_patch`` / ``processor_patch``: JSON edit operations on ``config.json`` and the
+  processor files, applied together with the weights;
+* ``exact``: whether the pruned model computes exactly what the removal-masked model computed.
+
+Nothing here touches a tensor: the executors in ``surgery`` apply plans, ``describe_plan``
+reports one against a checkpoint's header (the ``--dry-run`` view).
+"""
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..errors import PlanError
+
+CONFIG_NAME = "config.json"
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete ``key`` (``prefix=False``) or every key starting with it; credited to ``slot``."""
+
+    key: str
+    slot: str
+    prefix: bool = True
+
+    def matches(self, name):
+        return name.startswith(self.key) if self.prefix else name == self.key
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Keep index ranges ``keep`` of ``key`` along ``dim`` (whose size must be ``size``).
+
+    ``removed`` maps each dropped slot to the ``[start, stop)`` range it owned.
+    """
+
+    key: str
+    dim: int
+    size: int
+    keep: tuple
+    removed: dict = field(default_factory=dict)
+
+    @property
+    def kept_size(self):
+        return sum(stop - start for start, stop in self.keep)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Build tensor ``key`` by concatenating ``parts`` along ``dim``.
+
+    Each part is ``{"key": source_key}`` or ``{"zeros": shape}`` (zeros in the sources' dtype).
+    The source keys are consumed (not copied). ``slot`` is the dropped slot that causes the fold.
+    """
+
+    key: str
+    dim: int
+    parts: tuple
+    slot: str
+    why: str = ""
+
+    @property
+    def sources(self):
+        return [p["key"] for p in self.parts if "key" in p]
+
+
+@dataclass
+class RemovalPlan:
+    """How to remove slots ``drop`` from a ``model_type`` checkpoint (see the module docstring)."""
+
+    model_type: str
+    fusion_class: str
+    slots: list
+    drop: list
+    delete_keys: list = field(default_factory=list)
+    slices: list = field(default_factory=list)
+    folds: list = field(default_factory=list)
+    renames: dict = field(default_factory=dict)
+    config_patch: list = field(default_factory=list)
+    processor_patch: dict = field(default_factory=dict)
+    drop_files: list = field(default_factory=list)
+    exact: bool = True
+    target_model_type: str = ""
+    notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.target_model_type = self.target_model_type or self.model_type
+
+    @property
+    def kept(self):
+        return [s for s in self.slots if s not in set(self.drop)]
+
+    def is_deleted(self, key):
+        return any(d.matches(key) for d in self.delete_keys)
+
+    def to_dict(self):
+        """JSON-ready form (for manifests and ``--dry-run --json``)."""
+        data = asdict(self)
+        data["kept"] = self.kept
+        return data
+
+
+def check_drop(slots, drop):
+    """Validate a drop list against a model's slots.
+
+    Raises:
+        PlanError: nothing to drop, an unknown slot (listing the valid ones), or every slot.
+    """
+    drop = list(dict.fromkeys(drop))
+    if not drop:
+        raise PlanError("no slot to drop; name at least one with --drop or use a selection policy")
+    unknown = [s for s in drop if s not in slots]
+    if unknown:
+        raise PlanError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slots)}")
+    if set(drop) >= set(slots):
+        raise PlanError(f"cannot remove every encoder ({', '.join(slots)}); keep at least one slot")
+    return drop
+
+
+# ---------------------------------------------------------------------------- native planning
+def native_removal_plan(config, drop):
+    """The removal plan of a native ``encslim`` model (fusion classes A1, A2, B, C).
+
+    Args:
+        config: an ``EncslimConfig``.
+        drop: slot names to remove.
+
+    Returns:
+        a :class:`RemovalPlan`.
+
+    Raises:
+        PlanError: unknown slot or removing every slot.
+    """
+    slots = list(config.slot_names)
+    drop = check_drop(slots, drop)
+    fusion = config.fusion_class
+    deletes = [Delete(f"vision_towers.{s}.", s) for s in drop]
+    slices, notes, exact = [], [], True
+    if fusion in ("A1", "A2"):
+        dims = {s: config.slot_feature_dim(s) for s in slots}
+        keep, removed = _channel_ranges(slots, dims, drop)
+        size = sum(dims.values())
+        if fusion == "A1":
+            slices.append(Slice("fusion.projector.0.weight", 1, size, keep, removed))
+        else:
+            slices += [Slice("fusion.projector.0.weight", 0, size, keep, removed),
+                       Slice("fusion.projector.0.bias", 0, size, keep, removed),
+                       Slice("fusion.projector.1.weight", 1, size, keep, removed)]
+            exact = False
+            notes.append("A2 (LayerNorm-first projector): the LayerNorm now normalises over fewer "
+                         "channels, so the pruned model only approximates the masked one; fine-tune it")
+    elif fusion == "B":
+        deletes += [Delete(f"fusion.projectors.{s}.", s) for s in drop]
+        notes.append(f"B: {sum(config.slot_num_tokens(s) for s in drop)} fewer image tokens per image")
+    elif fusion == "C":
+        deletes += [Delete(f"fusion.{proj}.{s}.", s) for s in drop for proj in ("k_proj", "v_proj")]
+    else:  # pragma: no cover - the config validates its fusion type
+        raise PlanError(f"fusion class {fusion} has no removal rule")
+    processor_ops = [{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}]
+    if fusion == "B":
+        processor_ops += [{"op": "delete", "path": f"image_tokens.{s}"} for s in drop]
+    return RemovalPlan(
+        model_type="encslim", fusion_class=fusion, slots=slots, drop=drop, delete_keys=deletes,
+        slices=slices, config_patch=[{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}],
+        processor_patch={"processor_config.json": processor_ops}, exact=exact, notes=notes,
+    )
+
+
+def _channel_ranges(slots, dims, drop):
+    """Kept ``[start, stop)`` channel ranges (merged) and each dropped slot's range."""
+    keep, removed, offset = [], {}, 0
+    for slot in slots:
+        start, stop = offset, offset + dims[slot]
+        offset = stop
+        if slot in drop:
+            removed[slot] = (start, stop)
+        elif keep and keep[-1][1] == start:
+            keep[-1] = (keep[-1][0], stop)
+        else:
+            keep.append((start, stop))
+    return tuple(keep), removed
+
+
+# ---------------------------------------------------------------------------- JSON patches
+def apply_json_ops(data, ops):
+    """Apply edit operations to a JSON document; returns a new document (the input is not changed).
+
+    Operations (``path`` is dotted: ``image_processor.size``); a path that is absent is skipped:
+
+    * ``{"op": "set", "path": p, "value": v}``
+    * ``{"op": "delete", "path": p}``
+    * ``{"op": "remove_items", "path": p, "field": f, "values": [...]}``: drop list items whose
+      field ``f`` is in ``values``.
+    """
+    data = copy.deepcopy(data)
+    for op in ops:
+        *parents, last = op["path"].split(".")
+        node = data
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        if op["op"] == "set":
+            node[last] = copy.deepcopy(op["value"])
+        elif op["op"] == "delete":
+            node.pop(last, None)
+        elif op["op"] == "remove_items" and isinstance(node.get(last), list):
+            node[last] = [item for item in node[last]
+                          if not (isinstance(item, dict) and item.get(op["field"]) in op["values"])]
+        elif op["op"] not in ("set", "delete", "remove_items"):
+            raise ValueError(f"unknown JSON patch op {op['op']!r}")
+    return data
+
+
+def json_diff(old, new, path=""):
+    """Human-readable differences between two JSON documents: ``["- a.b: 1", "+ a.b: 2", ...]``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for key in list(old) + [k for k in new if k not in old]:
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in new:
+                lines.append(f"- {sub}: {_short(old[key])}")
+            elif key not in old:
+                lines.append(f"+ {sub}: {_short(new[key])}")
+            else:
+                lines += json_diff(old[key], new[key], sub)
+        return lines
+    if isinstance(old, list) and isinstance(new, list) and old != new:
+        named = all(isinstance(item, dict) and "name" in item for item in old + new)
+        if named:  # lists of named entries (encoders): diff by name
+            return _diff_named(old, new, path)
+        if len(old) == len(new):
+            return [line for i, (a, b) in enumerate(zip(old, new)) for line in json_diff(a, b, f"{path}[{i}]")]
+    if old != new:
+        return [f"- {path}: {_short(old)}", f"+ {path}: {_short(new)}"]
+    return []
+
+
+def _diff_named(old, new, path):
+    before, after = {i["name"]: i for i in old}, {i["name"]: i for i in new}
+    lines = []
+    for name in list(before) + [n for n in after if n not in before]:
+        sub = f"{path}[name={name}]"
+        if name not in after:
+            lines.append(f"- {sub}")
+        elif name not in before:
+            lines.append(f"+ {sub}: {_short(after[name])}")
+        else:
+            lines += json_diff(before[name], after[name], sub)
+    return lines
+
+
+def _short(value, limit=160):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------- plan vs checkpoint
+def check_plan(plan, shapes):
+    """Check a plan against a checkpoint's ``{key: shape}``; raise one PlanError listing problems."""
+    problems = []
+    for delete in plan.delete_keys:
+        if delete.prefix and not any(delete.matches(k) for k in shapes):
+            problems.append(f"no tensor under '{delete.key}' although config.json lists slot '{delete.slot}'")
+        elif not delete.prefix and delete.key not in shapes:
+            problems.append(f"tensor '{delete.key}' of slot '{delete.slot}' is missing")
+    for sl in plan.slices:
+        shape = shapes.get(sl.key)
+        if shape is None:
+            problems.append(f"tensor '{sl.key}' is missing")
+        elif len(shape) <= sl.dim or shape[sl.dim] != sl.size:
+            problems.append(f"'{sl.key}' has shape {list(shape)}, expected size {sl.size} in dim {sl.dim}")
+    for fold in plan.folds:
+        problems += [f"tensor '{k}' is missing" for k in fold.sources if k not in shapes]
+    if problems:
+        raise PlanError("checkpoint keys do not match config.json: " + "; ".join(problems[:5])
+                        + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+                        + "; the weights belong to another model")
+
+
+def fold_shape(fold, shapes):
+    """Shape of a fold's output tensor, from its parts' shapes."""
+    part_shapes = [tuple(shapes[p["key"]]) if "key" in p else tuple(p["zeros"]) for p in fold.parts]
+    out = list(part_shapes[0])
+    out[fold.dim] = sum(s[fold.dim] for s in part_shapes)
+    for s in part_shapes:
+        if len(s) != len(out) or any(a != b for i, (a, b) in enumerate(zip(s, out)) if i != fold.dim):
+            raise PlanError(f"fold '{fold.key}': parts of shapes {part_shapes} cannot be concatenated "
+                            f"along dim {fold.dim}")
+    return tuple(out)
+
+
+def describe_plan(plan, shapes, itemsizes=None):
+    """What a plan removes from a checkpoint, computed from tensor shapes only.
+
+    Args:
+        plan: a :class:`RemovalPlan`.
+        shapes: ``{key: shape}`` of the source checkpoint.
+        itemsizes: ``{key: bytes per element}`` (default 4).
+
+    Returns:
+        a dict: ``params_before/after``, ``bytes_before/after``, ``removed_per_slot`` (``{slot:
+        {"params", "bytes"}}``), ``deleted_tensors``, ``sliced`` and ``folded`` (key, shapes) lists.
+    """
+    itemsizes = itemsizes or {}
+    size = lambda k: itemsizes.get(k, 4)  # noqa: E731
+    per_slot = {s: {"params": 0, "bytes": 0} for s in plan.drop}
+    consumed = {k for fold in plan.folds for k in fold.sources}
+    deleted = 0
+    for key, shape in shapes.items():
+        owner = next((d.slot for d in plan.delete_keys if d.matches(key)), None)
+        if owner is not None and key not in consumed:
+            per_slot[owner]["params"] += math.prod(shape)
+            per_slot[owner]["bytes"] += math.prod(shape) * size(key)
+            deleted += 1
+    sliced = []
+    for sl in plan.slices:
+        shape = shapes[sl.key]
+        row = math.prod(shape) // shape[sl.dim]
+        for slot, (start, stop) in sl.removed.items():
+            per_slot[slot]["params"] += row * (stop - start)
+            per_slot[slot]["bytes"] += row * (stop - start) * size(sl.key)
+        after = list(shape)
+        after[sl.dim] = sl.kept_size
+        sliced.append({"key": sl.key, "dim": sl.dim, "before": list(shape), "after": after})
+    folded = []
+    for fold in plan.folds:
+        shape = fold_shape(fold, shapes)
+        grown = math.prod(shape) - sum(math.prod(shapes[k]) for k in fold.sources)
+        item = size(fold.sources[0]) if fold.sources else 4
+        per_slot[fold.slot]["params"] -= grown
+        per_slot[fold.slot]["bytes"] -= grown * item
+        folded.append({"key": fold.key, "shape": list(shape), "from": fold.sources, "why": fold.why})
+    params_before = sum(math.prod(s) for s in shapes.values())
+    bytes_before = sum(math.prod(s) * size(k) for k, s in shapes.items())
+    removed_params = sum(v["params"] for v in per_slot.values())
+    removed_bytes = sum(v["bytes"] for v in per_slot.values())
+    return {
+        "params_before": params_before, "params_after": params_before - removed_params,
+        "bytes_before": bytes_before, "bytes_after": bytes_before - removed_bytes,
+        "removed_per_slot": per_slot, "deleted_tensors": deleted, "sliced": sliced, "folded": folded,
+        "renamed": len([k for k in plan.renames if k in shapes]),
+    }

@@ -1,0 +1,282 @@
+"""Selection policies: which encoder slots to drop, decided from a ranking (pure functions).
+
+A policy reads ``ranking.json`` (CONTRACTS.md) and returns a :class:`Selection`. When the
+ranking holds the subset table (accuracy of each kept set, measured with the other slots
+masked), policies decide on it, because slot-wise CUR misleads when encoders are redundant
+with each other: two encoders each harmless to drop alone may be the only two that see some
+information, so dropping both hurts. Without the table, policies fall back to CUR and say so.
+
+* ``--drop NAMES``: explicit.
+* ``--keep K``: the best kept set of size K (by accuracy, overall or a category); without the
+  table, the K slots of highest CUR.
+* ``--drop-negative``: drop slots whose removal improves accuracy (CUR < 0), one by one, each
+  only if the kept set's measured accuracy does not fall.
+* ``--min-retained X``: the smallest kept set whose accuracy is at least ``X`` times the full
+  model's (table needed).
+* ``--budget B``: the most accurate kept set whose cost (``vision_flops``, ``params`` or
+  ``latency_ms``) is at most ``B``.
+"""
+
+import hashlib
+import itertools
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError, PlanError
+
+RANKING_NAME = "ranking.json"
+COSTS = ("vision_flops", "params", "latency_ms")
+
+
+@dataclass
+class Selection:
+    """The outcome of a policy: slots to drop and why."""
+
+    drop: list
+    kept: list
+    policy: str
+    basis: str  # "explicit", "subsets" or "cur"
+    reason: str
+    expected_accuracy: float = None
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- reading rankings
+def read_ranking(path):
+    """Read and check a ``ranking.json`` (a file or the folder holding it) with ``rank.load_ranking``.
+
+    Returns:
+        the ranking dict, with ``_path`` and ``_sha256`` of the file added (for the manifest).
+
+    Raises:
+        ConfigError: missing file, invalid JSON, wrong schema version or inconsistent content.
+    """
+    from .rank import load_ranking
+
+    ranking = load_ranking(path)
+    path = Path(path)
+    file = path / RANKING_NAME if path.is_dir() else path
+    ranking["_path"] = str(file.resolve())
+    ranking["_sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    return ranking
+
+
+def check_ranking(ranking, slots):
+    """Raise ``PlanError`` if the ranking was made for other slots than the model's."""
+    if sorted(ranking["slots"]) != sorted(slots):
+        raise PlanError(f"the ranking is for slots {', '.join(ranking['slots'])} but the model has "
+                        f"{', '.join(slots)}; rank this model first")
+
+
+def _categories(ranking):
+    return ["overall", *ranking.get("categories", [])]
+
+
+def _check_category(ranking, category):
+    if category not in _categories(ranking):
+        raise PlanError(f"category '{category}' is not in the ranking; use one of {', '.join(_categories(ranking))}")
+
+
+def _subsets(ranking, slots, category):
+    """``{frozenset(kept): accuracy}`` of measured proper, non-empty kept sets."""
+    table = {}
+    for row in ranking.get("subsets") or []:
+        kept = frozenset(row["kept"])
+        value = (row.get("accuracy") or {}).get(category)
+        if value is not None and kept and kept < set(slots):
+            table[kept] = value
+    return table
+
+
+def _full_accuracy(ranking, category):
+    value = ranking["accuracy"]["full"].get(category)
+    if value is None:
+        raise PlanError(f"the ranking has no full-model accuracy for '{category}'")
+    return value
+
+
+def _cur(ranking, slot, category):
+    entry = (ranking["cur"].get(slot) or {}).get(category) or {}
+    value = entry.get("value")
+    if value is None:
+        why = entry.get("note") or "no CUR value"
+        raise PlanError(f"CUR of '{slot}' for '{category}' is undefined ({why}); choose another category")
+    return value
+
+
+def _cost(ranking, kept, metric):
+    """Cost of a kept set: the subset row's measured cost, else the sum of per-slot costs."""
+    for row in ranking.get("subsets") or []:
+        if frozenset(row["kept"]) == frozenset(kept):
+            value = (row.get("cost") or {}).get(metric)
+            if value is not None:
+                return value
+    costs = ranking.get("costs") or {}
+    try:
+        return sum(costs[s][metric] for s in kept)
+    except (KeyError, TypeError):
+        raise PlanError(f"the ranking has no '{metric}' cost for kept set {sorted(kept)}; "
+                        f"use --cost with one of {', '.join(COSTS)} that it holds") from None
+
+
+def _ordered(slots, subset):
+    return [s for s in slots if s in subset]
+
+
+def _selection(slots, kept, policy, basis, reason, accuracy=None, **details):
+    kept = _ordered(slots, kept)
+    drop = [s for s in slots if s not in kept]
+    if not drop:
+        raise PlanError(f"policy {policy} keeps every slot: nothing to remove ({reason})")
+    if not kept:
+        raise PlanError("cannot remove every encoder; keep at least one slot")
+    return Selection(drop, kept, policy, basis, reason, accuracy, details)
+
+
+def _best(candidates, table, ranking, metric="vision_flops"):
+    """The candidate kept set with the highest accuracy, then the lowest cost, then slot order."""
+    def key(kept):
+        try:
+            cost = _cost(ranking, kept, metric)
+        except PlanError:
+            cost = 0
+        return (-table[kept], cost, sorted(kept))
+    return min(candidates, key=key)
+
+
+# ---------------------------------------------------------------------------- policies
+def select_drop(slots, names):
+    """Drop exactly ``names``."""
+    unknown = [n for n in names if n not in slots]
+    if unknown:
+        raise PlanError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slots)}")
+    return _selection(slots, [s for s in slots if s not in names], "drop", "explicit", "named on the command line")
+
+
+def select_keep(ranking, slots, k, category="overall"):
+    """Keep the best ``k`` slots for ``category``."""
+    _check_category(ranking, category)
+    if not 1 <= k < len(slots):
+        raise PlanError(f"--keep must be between 1 and {len(slots) - 1} for a model with {len(slots)} slots")
+    table = _subsets(ranking, slots, category)
+    sized = [kept for kept in table if len(kept) == k]
+    if sized:
+        best = _best(sized, table, ranking)
+        return _selection(slots, best, "keep", "subsets",
+                          f"the most accurate measured set of {k} slot(s) for {category}", table[best],
+                          k=k, category=category)
+    order = sorted(slots, key=lambda s: (-_cur(ranking, s, category), slots.index(s)))
+    return _selection(slots, order[:k], "keep", "cur",
+                      f"the {k} slot(s) of highest CUR for {category} (no subset table: joint effects unchecked)",
+                      k=k, category=category)
+
+
+def select_drop_negative(ranking, slots, category="overall"):
+    """Drop slots whose removal improves accuracy, jointly checked on the subset table."""
+    _check_category(ranking, category)
+    negative = sorted((s for s in slots if _cur(ranking, s, category) < 0), key=lambda s: _cur(ranking, s, category))
+    if not negative:
+        raise PlanError(f"no slot has a negative CUR for {category}: removing any would cost accuracy")
+    table = _subsets(ranking, slots, category)
+    if not table:
+        kept = [s for s in slots if s not in negative] or [negative[-1]]
+        return _selection(slots, kept, "drop-negative", "cur",
+                          "CUR < 0 (no subset table: joint effect unchecked)", category=category)
+    kept, accuracy = frozenset(slots), _full_accuracy(ranking, category)
+    for slot in negative:
+        candidate = kept - {slot}
+        if candidate in table and table[candidate] >= accuracy:
+            kept, accuracy = candidate, table[candidate]
+    return _selection(slots, kept, "drop-negative", "subsets",
+                      f"CUR < 0 and the measured kept set stays at least as accurate for {category}", accuracy,
+                      category=category)
+
+
+def select_min_retained(ranking, slots, fraction, category="overall"):
+    """The smallest kept set whose accuracy is at least ``fraction`` of the full model's."""
+    _check_category(ranking, category)
+    if not 0 < fraction <= 1:
+        raise PlanError(f"--min-retained must be in (0, 1], got {fraction}")
+    table = _subsets(ranking, slots, category)
+    if not table:
+        raise PlanError("--min-retained needs the subset table of the ranking; rerun `encslim rank` with subsets")
+    target = fraction * _full_accuracy(ranking, category)
+    eligible = [kept for kept, acc in table.items() if acc >= target]
+    if not eligible:
+        raise PlanError(f"no smaller kept set reaches {fraction:.0%} of the full accuracy for {category} "
+                        f"({target:.3f}); lower --min-retained")
+    smallest = min(len(kept) for kept in eligible)
+    best = _best([kept for kept in eligible if len(kept) == smallest], table, ranking)
+    return _selection(slots, best, "min-retained", "subsets",
+                      f"the smallest kept set with accuracy >= {fraction:.0%} of full for {category}", table[best],
+                      fraction=fraction, category=category, target=target)
+
+
+def select_budget(ranking, slots, budget, cost="vision_flops", category="overall"):
+    """The most accurate kept set whose ``cost`` is at most ``budget``."""
+    _check_category(ranking, category)
+    if cost not in COSTS:
+        raise PlanError(f"cost '{cost}' unknown; use one of {', '.join(COSTS)}")
+    if _cost(ranking, slots, cost) <= budget:
+        raise PlanError(f"the full model's {cost} ({_cost(ranking, slots, cost):g}) already fits the budget {budget:g}")
+    table = _subsets(ranking, slots, category)
+    basis = "subsets"
+    if not table:  # no measurements of kept sets: score them by the sum of their slots' CUR
+        basis = "cur"
+        table = {frozenset(c): sum(_cur(ranking, s, category) for s in c)
+                 for n in range(1, len(slots)) for c in itertools.combinations(slots, n)}
+    fitting = [kept for kept in table if _cost(ranking, kept, cost) <= budget]
+    if not fitting:
+        cheapest = min(_cost(ranking, kept, cost) for kept in table)
+        raise PlanError(f"no kept set fits {cost} <= {budget:g} (the cheapest costs {cheapest:g}); raise --budget")
+    best = _best(fitting, table, ranking, cost)
+    reason = f"the most accurate kept set with {cost} <= {budget:g} for {category}"
+    if basis == "cur":
+        reason += " (no subset table: scored by summed CUR, joint effects unchecked)"
+    return _selection(slots, best, "budget", basis, reason, table[best] if basis == "subsets" else None,
+                      budget=budget, cost=cost, category=category, kept_cost=_cost(ranking, best, cost))
+
+
+def select(slots, *, drop=None, ranking=None, keep=None, min_retained=None, drop_negative=False, budget=None,
+           category="overall", cost="vision_flops"):
+    """Run exactly one policy; see the module docstring.
+
+    Args:
+        slots: the model's slot names, in order.
+        drop: explicit slot names.
+        ranking: a ranking dict (:func:`read_ranking`) for every other policy.
+        keep, min_retained, drop_negative, budget: the policy parameters.
+        category: ``overall`` or a ranking category to decide on.
+        cost: the cost ``budget`` refers to.
+
+    Returns:
+        a :class:`Selection`.
+
+    Raises:
+        ConfigError: not exactly one policy, or a ranking-based policy without a ranking.
+        PlanError: the policy cannot decide (see each policy).
+    """
+    chosen = [name for name, value in (("--drop", drop), ("--keep", keep), ("--min-retained", min_retained),
+                                       ("--drop-negative", drop_negative or None), ("--budget", budget))
+              if value is not None]
+    if len(chosen) != 1:
+        raise ConfigError(f"choose exactly one of --drop, --keep, --min-retained, --drop-negative, --budget "
+                          f"(got {', '.join(chosen) or 'none'})")
+    if drop is not None:
+        return select_drop(slots, list(drop))
+    if ranking is None:
+        raise ConfigError(f"{chosen[0]} needs --ranking DIR (the output of `encslim rank`)")
+    check_ranking(ranking, slots)
+    if keep is not None:
+        result = select_keep(ranking, slots, keep, category)
+    elif min_retained is not None:
+        result = select_min_retained(ranking, slots, min_retained, category)
+    elif drop_negative:
+        result = select_drop_negative(ranking, slots, category)
+    else:
+        result = select_budget(ranking, slots, budget, cost, category)
+    result.details.update(ranking=ranking.get("_path"), ranking_sha256=ranking.get("_sha256"))
+    return result

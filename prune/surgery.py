@@ -1,0 +1,323 @@
+"""Apply a removal plan to a checkpoint: ``prune(model_dir, drop, out)``.
+
+Two executors produce the same tensors:
+
+* **in memory**: load the state dict, :func:`apply_plan` with torch, write;
+* **streaming**: read each kept tensor's bytes straight from the source safetensors files, in
+  storage order, slice/fold the few tensors that need it with numpy on raw bytes, and write them
+  into new shards whose headers are planned up front. Memory stays at one chunk or one sliced
+  tensor; the source files are read once, hashed on the way (for the manifest).
+
+The output goes to a temporary folder renamed at the end; the source is never modified.
+"""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, ModelLoadError, PlanError
+from ..outputs import atomic_output_dir, check_output_path, sha256_file
+from .checkpoint import (
+    DTYPE_SIZES, INDEX_NAME, Checkpoint, OutTensor, SequentialReader, parse_size, read_tensor_bytes,
+    write_checkpoint,
+)
+from .manifest import MANIFEST_NAME, write_manifest
+from .plan import CONFIG_NAME, apply_json_ops, check_plan, describe_plan, fold_shape, json_diff
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_SHARD_SIZE = "2GB"
+TORCH_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2", "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+    "bool": "BOOL", "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64",
+}
+
+
+# ---------------------------------------------------------------------------- planning the output
+def plan_outputs(plan, checkpoint):
+    """The output tensors of applying ``plan`` to ``checkpoint``, in output (= storage) order.
+
+    Raises:
+        PlanError: a fold mixes dtypes, or two outputs get the same name.
+    """
+    consumed = {k for fold in plan.folds for k in fold.sources}
+    slices = {sl.key: sl for sl in plan.slices}
+    order = {path: i for i, path in enumerate(checkpoint.files)}
+    infos = sorted(checkpoint.tensors.values(), key=lambda t: (order[t.file], t.start))
+    outputs = []
+    for info in infos:
+        if info.key in consumed or plan.is_deleted(info.key):
+            continue
+        name = plan.renames.get(info.key, info.key)
+        sl = slices.get(info.key)
+        if sl is None:
+            outputs.append(OutTensor(name, info.dtype, info.shape, "copy", info))
+        else:
+            shape = list(info.shape)
+            shape[sl.dim] = sl.kept_size
+            outputs.append(OutTensor(name, info.dtype, tuple(shape), "slice", info, sl.dim, tuple(sl.keep)))
+    shapes = checkpoint.shapes()
+    for fold in plan.folds:
+        dtypes = {checkpoint.tensors[k].dtype for k in fold.sources}
+        if len(dtypes) != 1:
+            raise PlanError(f"fold '{fold.key}' needs sources of one dtype, got {sorted(dtypes)}")
+        parts = tuple(checkpoint.tensors[p["key"]] if "key" in p else ("zeros", tuple(p["zeros"]))
+                      for p in fold.parts)
+        outputs.append(OutTensor(fold.key, dtypes.pop(), fold_shape(fold, shapes), "fold", dim=fold.dim,
+                                 parts=parts))
+    names = [t.key for t in outputs]
+    if len(set(names)) != len(names):
+        raise PlanError("the plan gives two output tensors the same name; check its renames and folds")
+    return outputs
+
+
+# ---------------------------------------------------------------------------- in-memory executor
+def apply_plan(state_dict, plan):
+    """Apply a removal plan to a state dict with torch; returns a new ``{key: tensor}``.
+
+    Args:
+        state_dict: ``{key: tensor}`` of the source model.
+        plan: a ``RemovalPlan``.
+
+    Returns:
+        the pruned state dict (source order, folds last).
+    """
+    import torch
+
+    consumed = {k for fold in plan.folds for k in fold.sources}
+    slices = {sl.key: sl for sl in plan.slices}
+    out = {}
+    for key, tensor in state_dict.items():
+        if key in consumed or plan.is_deleted(key):
+            continue
+        sl = slices.get(key)
+        if sl is not None:
+            tensor = torch.cat([tensor.narrow(sl.dim, a, b - a) for a, b in sl.keep], dim=sl.dim)
+        out[plan.renames.get(key, key)] = tensor.contiguous()
+    for fold in plan.folds:
+        dtype = state_dict[fold.sources[0]].dtype
+        parts = [state_dict[p["key"]] if "key" in p else torch.zeros(p["zeros"], dtype=dtype) for p in fold.parts]
+        out[fold.key] = torch.cat(parts, dim=fold.dim).contiguous()
+    return out
+
+
+def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
+    import torch
+    from safetensors.torch import load_file
+
+    state = {}
+    for path in checkpoint.files:
+        state.update(load_file(str(path)))
+    pruned = apply_plan(state, plan)
+    del state
+
+    def produce(tensor, writer):
+        value = pruned[tensor.key]
+        dtype = TORCH_DTYPES.get(str(value.dtype).replace("torch.", ""))
+        if dtype != tensor.dtype or tuple(value.shape) != tensor.shape:
+            raise RuntimeError(f"'{tensor.key}': got {dtype} {tuple(value.shape)}, planned {tensor.dtype} {tensor.shape}")
+        writer.write(value.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+    hashes = write_checkpoint(out_dir, outputs, produce, max_shard_size)
+    return hashes, {p.name: sha256_file(p) for p in checkpoint.files}
+
+
+# ---------------------------------------------------------------------------- streaming executor
+def _as_array(raw, shape, dtype):
+    """Raw tensor bytes as a uint8 array of shape ``(*shape, itemsize)`` (works for every dtype)."""
+    return np.frombuffer(raw, dtype=np.uint8).reshape(*shape, DTYPE_SIZES[dtype])
+
+
+def _slice_raw(raw, info, dim, keep):
+    array = _as_array(raw, info.shape, info.dtype)
+    index = [slice(None)] * array.ndim
+    pieces = []
+    for start, stop in keep:
+        index[dim] = slice(start, stop)
+        pieces.append(array[tuple(index)])
+    return np.ascontiguousarray(np.concatenate(pieces, axis=dim))
+
+
+def _fold_raw(tensor):
+    pieces = []
+    for part in tensor.parts:
+        if isinstance(part, tuple):
+            pieces.append(np.zeros((*part[1], DTYPE_SIZES[tensor.dtype]), dtype=np.uint8))
+        else:
+            pieces.append(_as_array(read_tensor_bytes(part), part.shape, part.dtype))
+    return np.ascontiguousarray(np.concatenate(pieces, axis=tensor.dim))
+
+
+def _streaming(checkpoint, outputs, out_dir, max_shard_size):
+    readers = {path: SequentialReader(path) for path in checkpoint.files}
+
+    def produce(tensor, writer):
+        if tensor.op == "copy":
+            readers[tensor.source.file].copy_to(tensor.source.start, tensor.source.nbytes, writer)
+        elif tensor.op == "slice":
+            raw = readers[tensor.source.file].read(tensor.source.start, tensor.source.nbytes)
+            writer.write(_slice_raw(raw, tensor.source, tensor.dim, tensor.keep))
+        else:
+            writer.write(_fold_raw(tensor))
+
+    hashes = write_checkpoint(out_dir, outputs, produce, max_shard_size)
+    return hashes, {path.name: reader.finish() for path, reader in readers.items()}
+
+
+def execute_plan(plan, checkpoint, out_dir, streaming=True, max_shard_size=DEFAULT_MAX_SHARD_SIZE):
+    """Write the pruned weights of ``checkpoint`` into ``out_dir``.
+
+    Returns:
+        ``(written, source)``: ``{file: sha256}`` of the written weight files and of the source ones.
+    """
+    outputs = plan_outputs(plan, checkpoint)
+    limit = parse_size(max_shard_size)
+    if streaming:
+        return _streaming(checkpoint, outputs, out_dir, limit)
+    return _in_memory(checkpoint, plan, outputs, out_dir, limit)
+
+
+# ---------------------------------------------------------------------------- the whole operation
+def _adapter_and_config(model_dir):
+    from transformers import AutoConfig
+
+    from ..models.loading import adapter_for
+
+    adapter = adapter_for(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ModelLoadError(f"{model_dir}/config.json does not load: {str(err).splitlines()[0]}") from err
+    return adapter, config
+
+
+def model_slots(model_dir):
+    """The slot names of the model in ``model_dir`` (reads config.json only)."""
+    adapter, config = _adapter_and_config(Path(model_dir))
+    return adapter.slot_names(config)
+
+
+def prepare(model_dir, drop):
+    """Read a model folder and build its removal plan, checking weights against config.
+
+    Returns:
+        ``(adapter, config, plan, checkpoint, summary)``; ``summary`` is :func:`describe_plan`'s dict
+        plus ``config_diff`` and ``processor_diff`` lines.
+
+    Raises:
+        ModelLoadError, PlanError, ConfigError: see :func:`prune`.
+    """
+    from .verify import check_structure
+
+    model_dir = Path(model_dir)
+    adapter, config = _adapter_and_config(model_dir)
+    plan = adapter.removal_plan(config, list(drop))
+    checkpoint = Checkpoint.open(model_dir)
+    shapes = checkpoint.shapes()
+    check_plan(plan, shapes)
+    check_structure(config, shapes, f"{model_dir}")
+    summary = describe_plan(plan, shapes, {k: DTYPE_SIZES[t.dtype] for k, t in checkpoint.tensors.items()})
+    old = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    summary["config_diff"] = json_diff(old, apply_json_ops(old, plan.config_patch))
+    summary["processor_diff"] = {}
+    for name, ops in plan.processor_patch.items():
+        if (model_dir / name).is_file():
+            data = json.loads((model_dir / name).read_text(encoding="utf-8"))
+            summary["processor_diff"][name] = json_diff(data, apply_json_ops(data, ops))
+    return adapter, config, plan, checkpoint, summary
+
+
+def _write_side_files(model_dir, out_dir, plan):
+    """Patched config/processor files and a copy of every other non-weight file."""
+    skip = {CONFIG_NAME, INDEX_NAME, MANIFEST_NAME, *plan.drop_files, *plan.processor_patch}
+    data = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    _dump_json(out_dir / CONFIG_NAME, apply_json_ops(data, plan.config_patch))
+    for name, ops in plan.processor_patch.items():
+        if (model_dir / name).is_file():
+            data = json.loads((model_dir / name).read_text(encoding="utf-8"))
+            _dump_json(out_dir / name, apply_json_ops(data, ops))
+    for path in sorted(model_dir.iterdir()):
+        if path.name in skip or path.name.startswith(".") or path.name.endswith(".safetensors"):
+            continue
+        if path.is_dir():
+            shutil.copytree(path, out_dir / path.name)
+        else:
+            shutil.copy2(path, out_dir / path.name)
+
+
+def _dump_json(path, data):
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _fits_in_memory(checkpoint):
+    """Whether the masked-full and the pruned model fit in memory together, in fp32."""
+    import psutil
+
+    fp32 = sum(t.numel * 4 for t in checkpoint.tensors.values())
+    return 2.5 * fp32 < psutil.virtual_memory().available
+
+
+def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_size=DEFAULT_MAX_SHARD_SIZE,
+          overwrite=False, dry_run=False, data=None, num_samples=4, selection=None):
+    """Remove encoder slots ``drop`` from the model in ``model_dir`` and write the result to ``out``.
+
+    Args:
+        model_dir: a model folder (config.json + safetensors weights) of a supported family.
+        drop: slot names to remove.
+        out: the output folder (not needed with ``dry_run``); must not exist unless ``overwrite``.
+        verify: compare masked-full and pruned logits (default: when both fit in memory).
+        streaming: stream over shards (default: when the model does not fit in memory).
+        max_shard_size: largest output shard, e.g. ``"2GB"``.
+        overwrite: replace an existing ``out``.
+        dry_run: only build and describe the plan; write nothing.
+        data: benchmark file(s) for verification samples (default: synthetic inputs).
+        num_samples: verification samples K.
+        selection: how ``drop`` was chosen (policy, ranking path...), recorded in the manifest.
+
+    Returns:
+        the manifest dict (``dry_run``: ``{"dry_run": True, "plan": ..., "summary": ...}``).
+
+    Raises:
+        PlanError: unknown slot, every slot, keys that do not match the config.
+        ModelLoadError: not a model folder, unsupported family, corrupt safetensors.
+        ConfigError / OutputExistsError: bad output path.
+        VerificationError: an exact plan whose pruned logits differ from the masked model's.
+    """
+    model_dir = Path(model_dir)
+    if not dry_run:
+        if out is None:
+            raise ConfigError("no output folder; pass --out DIR (or --dry-run to only see the plan)")
+        check_output_path(out, overwrite, inputs=[model_dir])
+    parse_size(max_shard_size)
+    adapter, config, plan, checkpoint, summary = prepare(model_dir, drop)
+    if dry_run:
+        return {"dry_run": True, "plan": plan.to_dict(), "summary": summary}
+    fits = _fits_in_memory(checkpoint)
+    streaming = (not fits) if streaming is None else streaming
+    verify = fits if verify is None else verify
+    with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
+        logger.info("pruning %s from %s (%s executor)", ", ".join(plan.drop), model_dir,
+                    "streaming" if streaming else "in-memory")
+        written, source = execute_plan(plan, checkpoint, tmp, streaming, max_shard_size)
+        _write_side_files(model_dir, tmp, plan)
+        from transformers import AutoConfig
+
+        from .verify import check_structure, verify_pruned
+
+        check_structure(AutoConfig.from_pretrained(tmp), Checkpoint.open(tmp).shapes(), "the pruned output")
+        if verify:
+            verification = verify_pruned(model_dir, tmp, plan, data=data, num_samples=num_samples)
+        else:
+            verification = {"skipped": True, "reason": "disabled" if fits else "model does not fit in memory"}
+        manifest = write_manifest(
+            tmp, stage="prune", source=model_dir, removed=plan.drop, kept=plan.kept,
+            plan=plan.to_dict(), ranking=selection, verification=verification,
+            extra={"summary": summary, "executor": "streaming" if streaming else "in-memory"},
+            source_hashes=source, file_hashes=written,
+        )
+    manifest["output"] = str(Path(out).resolve())
+    return manifest
