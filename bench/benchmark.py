@@ -115,6 +115,22 @@ def build_specs(full, variants=(), masks=(), mask_skip=False):
     return specs
 
 
+def check_masks(full, specs):
+    """Check every masked slot against the full model's config before any weights load."""
+    from transformers import AutoConfig
+
+    from ..models.loading import adapter_for
+
+    adapter = adapter_for(full)
+    slots = adapter.slot_names(AutoConfig.from_pretrained(str(full)))
+    for spec in specs:
+        unknown = [s for s in spec.masked if s not in slots]
+        if unknown:
+            raise ConfigError(f"--mask {','.join(unknown)}: no such slot in {full}; its slots are {', '.join(slots)}")
+        if spec.masked and set(spec.masked) >= set(slots):
+            raise ConfigError(f"--mask {','.join(spec.masked)} masks every encoder of {full}; keep at least one")
+
+
 def resolve_device(name):
     """``auto`` -> ``cuda`` when available, else ``cpu``; a missing GPU is a ``ConfigError``."""
     import torch
@@ -200,14 +216,17 @@ def run_benchmark(specs, settings, samples=None):
         for name, its in measured.iterations.items():
             entries[name]["latency"][str(batch_size)] = latency.summarize_iterations(
                 its, batch_size, settings.max_new_tokens)
-    for m in loaded:
-        if samples:
-            entries[m.name]["accuracy"] = evaluate_accuracy(m, samples, settings)
-        if settings.memory:
-            entries[m.name]["memory"] = memory.measure_memory(m.spec, settings.batch_sizes, settings.max_new_tokens,
-                                                              device, settings.dtype)
+    for m in loaded if samples else ():
+        entries[m.name]["accuracy"] = evaluate_accuracy(m, samples, settings)
+    if settings.memory:
+        measured = memory.measure_memories(specs, settings.batch_sizes, settings.max_new_tokens, device, settings.dtype)
+        for name, result in measured.items():
+            entries[name]["memory"] = result
     models = [entries[m.name] for m in loaded]
     comparisons = [compare.compare(models[0], v, b, device.type) for v in models[1:] for b in settings.batch_sizes]
+    for variant in models[1:]:  # a per-model shortcut: the comparison at the first batch size
+        variant["comparison"] = next(c for c in comparisons if c["model"] == variant["name"])
+    models[0]["comparison"] = None
     return {
         "schema_version": SCHEMA_VERSION,
         "environment": environment(device, settings.dtype, [e["attn_implementation"] for e in models]),
@@ -246,6 +265,7 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
     specs = build_specs(full, variants, masks, mask_skip)
     inputs = [full, *variants]
     check_output_path(out, overwrite, inputs)
+    check_masks(full, specs)
     samples = None
     if data:
         from .data import load_samples

@@ -1,9 +1,9 @@
 """Peak memory per model, each measured in a fresh subprocess that loads only that model.
 
-Why a subprocess: the process-wide peak RSS (``ru_maxrss``) only ever grows, and the timing
+Why a separate process: the process-wide peak RSS (``ru_maxrss``) only ever grows, and the timing
 loop holds every model at once, so in-process figures would mix the models. A fresh process
-that imports encslim, loads one model and runs one full iteration (stages + ``generate``) at
-each batch size, in increasing order, gives per-model figures:
+that loads one model and runs one full iteration (stages + ``generate``) at each batch size, in
+increasing order, gives per-model figures:
 
 * ``rss_baseline_bytes``: RSS before loading, after the imports and after building the model once
   on the ``meta`` device (which imports every module the model needs and allocates nothing), so
@@ -13,22 +13,22 @@ each batch size, in increasing order, gives per-model figures:
   and ``peak_rss_delta_bytes`` (peak minus the baseline: what this model costs);
 * on CUDA also ``max_allocated_bytes`` and ``max_reserved_bytes`` (``torch.cuda`` peak
   statistics, reset before each batch size).
-
-Run as ``python -m encslim.bench.memory '<json>'``; it prints one JSON line.
 """
 
 import contextlib
-import json
 import logging
-import os
+import multiprocessing
 import resource
-import subprocess
 import sys
 
 logger = logging.getLogger(__name__)
 
-METHOD = ("a fresh subprocess per model loads only that model and runs one iteration at each batch size; "
-          "RSS from psutil/ru_maxrss, CUDA peaks from torch.cuda.max_memory_allocated/reserved")
+# imported once by the fork server, so that each per-model process starts warm
+PRELOAD = ("torch", "transformers", "encslim.bench.latency", "encslim.models.native")
+
+METHOD = ("a fresh process per model (forked from a fork server) loads only that model and runs one "
+          "iteration at each batch size; RSS from psutil/ru_maxrss, CUDA peaks from "
+          "torch.cuda.max_memory_allocated/reserved")
 
 
 class _NoRecorder:
@@ -91,35 +91,44 @@ def _measure(request):
     return result
 
 
-def measure_memory(spec, batch_sizes, max_new_tokens, device="cpu", dtype="float32", timeout=900):
-    """Peak memory of one model (a :class:`ModelSpec`), measured in a subprocess.
+def _request(spec, batch_sizes, max_new_tokens, device, dtype):
+    return {"spec": {"name": spec.name, "path": str(spec.path), "masked": list(spec.masked),
+                     "mask_mode": spec.mask_mode, "role": spec.role},
+            "batch_sizes": list(batch_sizes), "max_new_tokens": max_new_tokens, "device": str(device), "dtype": dtype}
+
+
+def measure_memories(specs, batch_sizes, max_new_tokens, device="cpu", dtype="float32", timeout=900):
+    """Peak memory of each model (:class:`ModelSpec`), each in its own fresh process.
+
+    The processes are forked from a ``forkserver`` that has imported torch, transformers and
+    encslim once (fork resets the child's peak-RSS counter), so each model costs its load and
+    one iteration, not the imports. CUDA is initialised only in the children.
 
     Returns:
-        ``{"method", "rss_baseline_bytes", "rss_loaded_bytes", "per_batch_size": {...}}``, or
-        ``{"method", "error": "<why>"}`` when the subprocess failed (the benchmark goes on).
+        ``{name: {"method", "rss_baseline_bytes", "rss_loaded_bytes", "per_batch_size": {...}}}``;
+        a failed measurement gives ``{"method", "error": "<why>"}`` and the benchmark goes on.
     """
-    request = {"spec": {"name": spec.name, "path": str(spec.path), "masked": list(spec.masked),
-                        "mask_mode": spec.mask_mode, "role": spec.role},
-               "batch_sizes": list(batch_sizes), "max_new_tokens": max_new_tokens,
-               "device": str(device), "dtype": dtype}
-    cmd = [sys.executable, "-m", "encslim.bench.memory", json.dumps(request)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
-    except subprocess.TimeoutExpired:
-        return {"method": METHOD, "error": f"memory subprocess timed out after {timeout} s"}
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        logger.warning("memory measurement of %s failed: %s", spec.name, why)
-        return {"method": METHOD, "error": why}
-    return {"method": METHOD, **json.loads(lines[-1])}
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    results = {}
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        for spec in specs:
+            job = pool.apply_async(_measure, (_request(spec, batch_sizes, max_new_tokens, device, dtype),))
+            try:
+                results[spec.name] = {"method": METHOD, **job.get(timeout)}
+            except multiprocessing.TimeoutError:
+                pool.terminate()
+                results[spec.name] = {"method": METHOD, "error": f"timed out after {timeout} s"}
+                break
+            except Exception as err:  # the child's error, re-raised here: record it, go on
+                why = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                logger.warning("memory measurement of %s failed: %s", spec.name, why)
+                results[spec.name] = {"method": METHOD, "error": why}
+    for spec in specs:
+        results.setdefault(spec.name, {"method": METHOD, "error": "not measured (an earlier one timed out)"})
+    return results
 
 
-def main(argv=None):
-    """Subprocess entry point: read the request, print the result as one JSON line."""
-    argv = sys.argv[1:] if argv is None else argv
-    print(json.dumps(_measure(json.loads(argv[0]))))
-
-
-if __name__ == "__main__":
-    main()
+def measure_memory(spec, batch_sizes, max_new_tokens, device="cpu", dtype="float32", timeout=900):
+    """Peak memory of one model; see :func:`measure_memories`."""
+    return measure_memories([spec], batch_sizes, max_new_tokens, device, dtype, timeout)[spec.name]

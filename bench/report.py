@@ -5,7 +5,8 @@ attention implementation, timer), ``settings``, ``full`` (name of the reference 
 ``models`` (per model: ``name, path, role, masked, mask_mode, slots, encoders_run,
 fusion_class, image_tokens, prompt_tokens, attn_implementation, params, weight_bytes, flops,
 stage_tokens_match_generate, latency[batch] = {iterations, stages[stage] = {n, mean, std, min,
-max, p50, p90, p95, p99}, decode_tokens_per_s, end_to_end_tokens_per_s}, memory, accuracy``),
+max, p50, p90, p95, p99}, decode_tokens_per_s, end_to_end_tokens_per_s}, memory, accuracy,
+comparison`` (the variant's entry of ``comparisons`` at the first batch size; null for the full)),
 ``order`` (measurement order per batch size), ``comparisons`` (per variant and batch size:
 ``speedup``, ``vision``/``end_to_end`` predicted vs measured saving, ``flagged``, ``reasons``,
 ``notes``) and ``outputs`` (the files written). Times are milliseconds.
