@@ -47,11 +47,10 @@ class SelectConfig(Section):
     policy: Literal["drop", "keep", "min_retained", "drop_negative", "budget"] = "min_retained"
     drop: list[str] = Field(default_factory=list, description="policy 'drop': these slots")
     keep: Optional[int] = Field(None, ge=1, description="policy 'keep': keep this many slots")
-    by: str = Field("overall", description="policy 'keep': rank by CUR on 'overall' or a category")
+    category: str = Field("overall", description="decide on 'overall' accuracy/CUR or on one category")
     min_retained: float = Field(0.95, gt=0, le=1.0, description="policy 'min_retained': accuracy share to keep")
-    budget: Optional[float] = Field(None, gt=0, description="policy 'budget': max share of vision FLOPs")
-    protect: list[str] = Field(default_factory=list,
-                               description="categories whose accuracy must be retained (default: all)")
+    budget: Optional[float] = Field(None, gt=0, description="policy 'budget': cost limit (see prune --budget)")
+    cost: Literal["vision_flops", "params", "latency_ms"] = "vision_flops"
 
     @model_validator(mode="after")
     def _policy_needs(self):

@@ -78,26 +78,21 @@ def _select(ctx):
 
     s = ctx.recipe.select
     ranking = select.read_ranking(ctx.output("rank", "ranking"))
-    if s.policy == "drop":
-        return select.select_drop(ranking["slots"], s.drop)
-    if s.policy == "keep":
-        return select.select_keep(ranking, s.keep, by=s.by)
-    if s.policy == "drop_negative":
-        return select.select_drop_negative(ranking)
-    if s.policy == "budget":
-        return select.select_budget(ranking, s.budget)
-    return select.select_min_retained(ranking, s.min_retained, categories=s.protect or None)
+    policy = {"drop": {"drop": s.drop}, "keep": {"keep": s.keep}, "min_retained": {"min_retained": s.min_retained},
+              "drop_negative": {"drop_negative": True}, "budget": {"budget": s.budget}}[s.policy]
+    return select.select(ranking["slots"], ranking=ranking, category=s.category, cost=s.cost, **policy)
 
 
 def _run_prune(ctx, tmp):
     from ..prune.surgery import prune
 
-    drop = sorted(_select(ctx))
+    selection = _select(ctx)
     p = ctx.recipe.prune
-    manifest = prune(_model_path(ctx), drop, tmp / "model", verify=p.verify, streaming=p.streaming,
-                     max_shard_size=p.max_shard_size, ranking=ctx.output("rank", "ranking"),
-                     data=_data_files(ctx, "eval") if p.verify else None)
-    return {"model": str(tmp / "model"), "dropped": drop, "verification": manifest.get("verification")}
+    manifest = prune(_model_path(ctx), selection.drop, tmp / "model", verify=p.verify, streaming=p.streaming,
+                     max_shard_size=p.max_shard_size, data=_data_files(ctx, "eval") if p.verify else None,
+                     selection=selection.to_dict())
+    return {"model": str(tmp / "model"), "dropped": list(selection.drop), "selection": selection.reason,
+            "verification": manifest.get("verification")}
 
 
 # ---------------------------------------------------------------------- finetune
