@@ -309,16 +309,21 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None,
                 past_key_values=None, inputs_embeds=None, labels=None, use_cache=None, image_features=None,
-                masked_slots=None, mask_mode="removal", mask_values=None, logits_to_keep=0, **kwargs):
+                masked_slots=None, mask_mode="removal", mask_values=None, logits_to_keep=0, slot_keep=None,
+                **kwargs):
         """Full forward. Pixels come as ``pixel_values={slot: tensor}`` or ``pixel_values_<slot>=``.
 
         ``image_features`` (the output of :meth:`encode`) skips the vision towers. Slots masked in
-        ``removal`` mode are not encoded at all.
+        ``removal`` mode are not encoded at all. ``slot_keep`` (``{slot: (B,) tensor}``) multiplies
+        each sample's slot features by a weight before fusion: with 0/1 weights it zero-masks slots
+        per sample (training-time encoder dropout; for class A1 this is the removal mask).
         """
         pixel_values = _collect_pixels(pixel_values, kwargs)
         if image_features is None and pixel_values:
             skip = set(masked_slots or ()) if mask_mode == "removal" else set()
             image_features = self.encode(pixel_values, [s for s in self.slot_names if s not in skip])
+        if slot_keep and image_features is not None:
+            image_features = _keep_per_sample(image_features, slot_keep)
         out = self.decode(
             image_features, input_ids=input_ids, attention_mask=attention_mask, masked_slots=masked_slots,
             mask_mode=mask_mode, mask_values=mask_values, inputs_embeds=inputs_embeds, labels=labels,
@@ -343,6 +348,16 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
         if is_first_iteration or not kwargs.get("use_cache", True):
             inputs.update(pixels)
         return inputs
+
+
+def _keep_per_sample(features, slot_keep):
+    """``features`` with each listed slot's rows scaled by its per-sample weights ``(B,)``."""
+    out = dict(features)
+    for slot, keep in slot_keep.items():
+        if slot in out:
+            feature = out[slot]
+            out[slot] = feature * keep.to(feature).reshape(-1, *([1] * (feature.dim() - 1)))
+    return out
 
 
 def _collect_pixels(pixel_values, kwargs):

@@ -1,0 +1,96 @@
+"""Fold a LoRA adapter into the weights: a plain model folder of the same architecture.
+
+``merge_and_unload`` adds ``B @ A * alpha / r`` to every adapted weight and puts the trained
+``modules_to_save`` copies (the fusion, fully trained encoders) back in place, so the merged
+model computes what base + adapter computed, with no peft at inference. The merged folder is
+checked: the logits of one real-shaped batch (a grey image, a fixed question) through base +
+adapter and through the merged model must agree within ``tolerance`` (fp32; differences come
+from summation order only, about 1e-6).
+"""
+
+import json
+import logging
+from pathlib import Path
+
+from ..errors import ConfigError, VerificationError
+from ..outputs import atomic_output_dir
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+MERGE_TOLERANCE = 1e-5
+CHECK_QUESTION = "What colour is the shape?"
+
+
+def adapter_base(adapter_dir, base=None):
+    """The base model folder of an adapter: ``base`` or the adapter's ``base_model_name_or_path``.
+
+    Raises:
+        ConfigError: not an adapter folder, or the base folder does not exist.
+    """
+    config_file = Path(adapter_dir) / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise ConfigError(f"{adapter_dir} holds no {ADAPTER_CONFIG}, so it is not a LoRA adapter folder; "
+                          "pass the output of `encslim finetune` (or its adapter/ folder)")
+    if base is None:
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise ConfigError(f"the base model of {adapter_dir} ({base}) is not a folder here; pass it with --base")
+    return Path(base)
+
+
+def merge_adapter(adapter_dir, out, base=None, overwrite=False, tolerance=MERGE_TOLERANCE):
+    """Write the merged model of ``adapter_dir`` (over ``base``) to ``out``, atomically.
+
+    Args:
+        adapter_dir: a peft adapter folder written by :func:`encslim.finetune.finetune`.
+        out: the output folder.
+        base: the base model folder (default: the one recorded in the adapter).
+        overwrite: replace an existing ``out``.
+        tolerance: the largest logit difference allowed between base + adapter and merged.
+
+    Returns:
+        dict: ``max_abs_logit_diff``, ``tolerance``, ``base``, ``files``.
+
+    Raises:
+        ConfigError: not an adapter folder or no base model.
+        VerificationError: merged logits differ by more than ``tolerance``.
+    """
+    base = adapter_base(adapter_dir, base)
+    with atomic_output_dir(out, overwrite=overwrite, inputs=[adapter_dir, base]) as tmp:
+        result = write_merged(adapter_dir, tmp, base=base, tolerance=tolerance)
+    return result
+
+
+def write_merged(adapter_dir, dest, base=None, tolerance=MERGE_TOLERANCE):
+    """Merge ``adapter_dir`` into its base and save the plain model, processor and tokenizer into ``dest``."""
+    import torch
+    from peft import PeftModel
+
+    from ..models.loading import load_model
+
+    base = adapter_base(adapter_dir, base)
+    model, processor, _ = load_model(base, device="cpu", dtype="float32")
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    batch = _check_batch(processor)
+    with torch.no_grad():
+        before = peft_model(**batch).logits
+        merged = peft_model.merge_and_unload().eval()
+        after = merged(**batch).logits
+    diff = float((before - after).abs().max())
+    if not diff <= tolerance:
+        raise VerificationError(f"merged logits differ from base + adapter by {diff:.3g} (> {tolerance:g}); "
+                                "the adapter does not fold into this model's weights")
+    merged.config._name_or_path = ""
+    merged.save_pretrained(str(dest))
+    processor.save_pretrained(str(dest))
+    logger.info("merged %s into %s: max |logit diff| %.3g", adapter_dir, base, diff)
+    return {"base": str(base), "max_abs_logit_diff": diff, "tolerance": tolerance,
+            "files": sorted(p.name for p in Path(dest).iterdir())}
+
+
+def _check_batch(processor):
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (128, 96, 160))
+    return dict(processor(text=[processor.build_prompt(CHECK_QUESTION)], images=[image]))

@@ -1,0 +1,295 @@
+"""Recovery fine-tuning with the HF Trainer, peft LoRA and (optionally) DeepSpeed ZeRO-2/3.
+
+:func:`finetune` loads a model folder, checks data and options (every user error is raised
+before the first training step), trains, and writes one output folder atomically:
+
+* LoRA (default): the peft adapter (``adapter_config.json``, ``adapter_model.safetensors``, the
+  trained fusion inside it) plus the processor and tokenizer; with ``merge`` the folder is a
+  plain model of the same architecture and the adapter sits in ``adapter/``;
+* ``full``: a plain model folder;
+* always ``finetune.json`` (options, data, parameter counts, losses), ``train_log.jsonl`` (loss
+  per step) and ``loss.png``.
+
+Checkpoints go to ``<out>.checkpoints/`` while training (removed on success), so an interrupted
+run continues with ``resume``.
+
+Single process (CPU or one GPU)::
+
+    encslim finetune MODEL --data train.jsonl --out OUT --lora-r 8 --max-steps 200
+    encslim finetune MODEL --data train.jsonl --out OUT --deepspeed recipes/deepspeed/zero3.json
+
+(without a launcher encslim sets ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``WORLD_SIZE``/
+``LOCAL_RANK`` for a world of one). Several GPUs, with either launcher::
+
+    deepspeed --num_gpus 8 --module encslim.cli finetune MODEL --data train.json --out OUT \\
+        --deepspeed recipes/deepspeed/zero3.json
+    torchrun --nproc_per_node 8 -m encslim.cli finetune MODEL --data train.json --out OUT \\
+        --deepspeed recipes/deepspeed/zero2.json
+
+``--batch-size`` is per GPU. Every process reads the data and (with cached features) encodes it
+once; only rank 0 writes the output folder.
+"""
+
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..outputs import atomic_output_dir, check_output_path, sha256_file
+from .callbacks import DropoutEpoch, LossLog, ProgressBar, plot_loss, read_log
+from .config import FinetuneConfig
+from .saving import check_saved, expected_saved
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "finetune.json"
+LOG_FILE = "train_log.jsonl"
+PLOT_FILE = "loss.png"
+ADAPTER_SUBDIR = "adapter"
+RUN_CONFIG = "run_config.json"
+# library deprecation notices repeated every step (torch.distributed under DeepSpeed, transformers)
+NOISY_WARNINGS = (r"torch\.distributed", r"transformers\.modeling_utils")
+
+
+def work_dir(out):
+    """The folder holding checkpoints of a run writing ``out``: ``<out>.checkpoints``."""
+    out = Path(out)
+    return out.with_name(out.name + ".checkpoints")
+
+
+def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), **options):
+    """Fine-tune a model folder on image-question-answer data and write ``out``.
+
+    Args:
+        model_path: a model folder any adapter loads (native encslim, ...).
+        data: data file path(s) (``.jsonl``, ``.json`` LLaVA, ``.tsv``) or a list of ``Sample``.
+        out: the output folder (must not exist unless ``overwrite``).
+        config: a :class:`FinetuneConfig` (default: LoRA r=8 on q_proj,v_proj, one epoch).
+        overwrite: replace an existing ``out``.
+        callbacks: extra ``transformers.TrainerCallback`` objects (benchmarks, tests).
+        **options: :class:`FinetuneConfig` fields overriding ``config`` (``lora_r=16, merge=True``...).
+
+    Returns:
+        The summary dict written to ``finetune.json`` (``None`` on ranks other than 0).
+
+    Raises:
+        ConfigError: bad options, a LoRA target matching nothing, a bad DeepSpeed file, an
+            output that exists, or checkpoints to resume that are missing or unexpected.
+        DataError: bad data (no answers, no images, image-token count mismatch...).
+        ModelLoadError: a folder that does not hold a loadable model.
+        VerificationError: the saved weights are incomplete.
+    """
+    import torch
+
+    config = config or FinetuneConfig()
+    if options:
+        config = FinetuneConfig.from_dict({**_fields(config), **options})
+    model_path = Path(model_path).resolve()
+    paths = _data_paths(data)
+    check_output_path(out, overwrite, inputs=[model_path, *paths])
+    work = work_dir(out)
+    resume_from = _resume_point(work, config)
+    ds_config = _deepspeed(config)
+    samples = _samples(data, paths)
+    model, processor, adapter = _load(model_path, torch)
+    examples = _examples(model, processor, samples, config)
+    torch.manual_seed(config.seed)
+    features = _features(model, processor, adapter, examples, config)
+    from .trainable import prepare_trainable
+
+    model, parts = prepare_trainable(model, config)
+    expected = expected_saved(model, config)
+    trainer, collator = _trainer(model, processor, examples, features, config, ds_config, work, callbacks)
+    _write_run_config(work, config)
+    started = time.time()
+    final = work / "final"
+    with warnings.catch_warnings():
+        for module in NOISY_WARNINGS:
+            warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        runtime = time.time() - started
+        trainer.save_model(str(final))
+    if not trainer.is_world_process_zero():
+        return None
+    check_saved(final, expected)
+    info = {"model": str(model_path), "data": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
+            "samples": len(examples), "parts": parts, "features_cached": features is not None,
+            "deepspeed": {"file": str(config.deepspeed), "stage": _stage(ds_config)} if ds_config else None,
+            "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 3)}
+    summary = _write_output(final, work, out, overwrite, model_path, paths, config, info)
+    shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def _fields(config):
+    from dataclasses import fields
+
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def _data_paths(data):
+    if isinstance(data, (str, Path)):
+        return [Path(data)]
+    items = list(data)
+    return [Path(d) for d in items] if items and isinstance(items[0], (str, Path)) else []
+
+
+def _samples(data, paths):
+    if paths:
+        from ..bench.data import load_samples
+
+        return load_samples(paths)
+    return list(data)
+
+
+def _load(model_path, torch):
+    from ..models.loading import load_model
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    model, processor, adapter = load_model(model_path, device=device)
+    return model, processor, adapter
+
+
+def _examples(model, processor, samples, config):
+    from .examples import build_examples
+
+    expected = model.config.num_image_tokens() if hasattr(model.config, "num_image_tokens") else None
+    text_config = getattr(model.config, "text_config", model.config)
+    max_length = getattr(text_config, "max_position_embeddings", None)
+    return build_examples(samples, processor, expected, config.prompt_format, max_length)
+
+
+def _features(model, processor, adapter, examples, config):
+    if not config.features_cacheable:
+        if config.cache_features:
+            logger.info("encoders are trained, so features are recomputed every step (no cache)")
+        return None
+    from .features import compute_features
+
+    return compute_features(model, processor, adapter, examples, config.feature_batch_size,
+                            progress=_progress(config))
+
+
+def _deepspeed(config):
+    if not config.deepspeed:
+        return None
+    from .ds_config import ensure_distributed_env, load_deepspeed_config
+
+    ds_config = load_deepspeed_config(config.deepspeed)
+    added = ensure_distributed_env()
+    if added:
+        logger.info("single-process DeepSpeed: set %s", ", ".join(f"{k}={v}" for k, v in added.items()))
+    return ds_config
+
+
+def _stage(ds_config):
+    from .ds_config import zero_stage
+
+    return zero_stage(ds_config)
+
+
+def _progress(config):
+    import sys
+
+    return config.progress if config.progress is not None else sys.stderr.isatty()
+
+
+def _resume_point(work, config):
+    """The checkpoint to resume from, or None; refuses stale checkpoints and a resume without any."""
+    checkpoints = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) \
+        if (work / "checkpoints").is_dir() else []
+    if config.resume:
+        if not checkpoints:
+            raise ConfigError(f"nothing to resume: {work} holds no checkpoint; run without --resume")
+        _check_same_run(work, config)
+        return checkpoints[-1]
+    if checkpoints:
+        raise ConfigError(f"{work} holds checkpoints of an interrupted run; pass --resume to continue it "
+                          "or delete that folder to start over")
+    return None
+
+
+def _comparable(config):
+    return {k: v for k, v in config.to_dict().items() if k not in ("resume", "progress")}
+
+
+def _check_same_run(work, config):
+    path = work / RUN_CONFIG
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    now = json.loads(json.dumps(_comparable(config)))
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(f"--resume with different options ({', '.join(changed)}) than the interrupted run; "
+                          "resume with the same options or delete " + str(work))
+
+
+def _write_run_config(work, config):
+    work.mkdir(parents=True, exist_ok=True)
+    (work / RUN_CONFIG).write_text(json.dumps(_comparable(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _trainer(model, processor, examples, features, config, ds_config, work, callbacks):
+    import torch
+    from transformers import TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .collator import FinetuneCollator, IndexDataset
+    from .trainer import EncslimTrainer
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    collator = FinetuneCollator(
+        examples, processor, list(base.vision_towers), base.config.fusion_class,
+        processor.tokenizer.pad_token_id, features=features, encoder_dropout=config.encoder_dropout, seed=config.seed,
+    )
+    args = TrainingArguments(
+        output_dir=str(work / "checkpoints"), per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
+        max_steps=config.max_steps or -1, num_train_epochs=config.epochs, lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, logging_steps=1,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, seed=config.seed,
+        data_seed=config.seed, report_to="none", remove_unused_columns=False, label_names=["labels"],
+        disable_tqdm=True, use_cpu=not torch.cuda.is_available(), deepspeed=ds_config, bf16=config.bf16,
+        dataloader_num_workers=0,
+    )
+    own = [LossLog(work / LOG_FILE), ProgressBar(_progress(config)), DropoutEpoch(collator)]
+    trainer = EncslimTrainer(model=model, args=args, train_dataset=IndexDataset(len(examples)),
+                             data_collator=collator, processing_class=processor, callbacks=own + list(callbacks))
+    for default in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(default)
+    return trainer, collator
+
+
+def _write_output(final, work, out, overwrite, model_path, paths, config, info):
+    """Assemble the output folder atomically from the saved weights, the log and the plot."""
+    rows = read_log(work / LOG_FILE)
+    losses = [r["loss"] for r in rows]
+    summary = {"schema_version": 1, **info, "config": config.to_dict(),
+               "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+               "loss": losses[-1] if losses else None,
+               "merged": False}
+    with atomic_output_dir(out, overwrite=overwrite, inputs=[model_path, *paths]) as tmp:
+        target = tmp / ADAPTER_SUBDIR if config.merge else tmp
+        shutil.copytree(final, target, dirs_exist_ok=True)
+        for name in ("README.md", "training_args.bin"):
+            (target / name).unlink(missing_ok=True)
+        if config.merge:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            from .merge import write_merged
+
+            unset_hf_deepspeed_config()  # the base model must load whole, not ZeRO-3 partitioned
+            summary["merge"] = write_merged(target, tmp, base=model_path)
+            summary["merged"] = True
+        if rows:
+            shutil.copy(work / LOG_FILE, tmp / LOG_FILE)
+            plot_loss(rows, tmp / PLOT_FILE)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote %s (%d steps, loss %s -> %s)", out, info["steps"], summary["loss_first"], summary["loss_last"])
+    return summary
