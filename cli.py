@@ -25,6 +25,7 @@ COMMANDS = {
     "rank": "encslim.prune.rank_commands:rank_cmd",
     "prune": "encslim.prune.commands:prune_cmd",
     "demo": "encslim.models.demo_commands:demo_group",
+    "finetune": "encslim.finetune.commands:finetune_group",
 }
 
 # one-line help shown by `encslim --help` without importing the command modules
@@ -37,6 +38,7 @@ SHORT_HELP = {
     "rank": "Rank encoder slots per category: CUR, IG, Shapley values, cost frontier.",
     "prune": "Remove encoder slots (explicit or from a ranking) and write the pruned model.",
     "demo": "Planted-specialization demo: write its data, train its model.",
+    "finetune": "Fine-tune a (pruned) model: LoRA or full, DeepSpeed ZeRO-2/3, merge.",
 }
 
 
