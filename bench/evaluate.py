@@ -55,6 +55,7 @@ class _Run:
     model_fp: str
     settings_fp: str
     counter: object = None
+    rank: int = 0
 
 
 def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_mode="removal", batch_size=8,
@@ -96,7 +97,7 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
     shard = todo[rank::world]
     new_records = []
     with counting_encoder_passes(model) as counter:
-        run.counter = counter
+        run.counter, run.rank = counter, rank
         batches = _batches(shard, batch_size, mcq_mode)
         for batch in _progress(batches, progress and rank == 0):
             records = _run_batch(run, batch, done)
@@ -256,6 +257,7 @@ def _record(run, item, masked, prediction):
         "dataset": s.dataset, "category": s.category, "metric": s.metric, "masked": sorted(masked),
         "mask_mode": run.mask_mode, "prompt_id": prompt_id(item.prompt), "prediction": prediction,
         "answers": s.answers, "score": score(s.metric, prediction, s.answers, s.options, s.category),
+        "rank": run.rank,
     }
 
 
@@ -277,4 +279,4 @@ def _progress(batches, enabled):
         return batches
     from tqdm.auto import tqdm
 
-    return tqdm(batches, desc="evaluate", unit="batch")
+    return tqdm(batches, desc="evaluate", unit="batch", disable=None)  # off without a TTY

@@ -140,4 +140,4 @@ def _progress(items, enabled, desc):
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc)
+    return tqdm(items, desc=desc, disable=None)  # off without a TTY

@@ -134,3 +134,17 @@ def test_aggregation_overall_is_mean_over_samples():
     table = result.table().splitlines()
     assert table[0].split() == ["category", "n", "full", "-a"]
     assert table[1].split() == ["overall", "4", "75.0", "37.5"]
+
+
+def test_scores_follow_predictions(models, mixed_jsonl):
+    model, processor, adapter = models("B")
+    samples = load_samples(mixed_jsonl)
+    first = evaluate(model, processor, adapter, samples, mask_sets=MASKS, max_new_tokens=3)
+    for sample in samples:  # make the full model's answers the ground truth
+        sample.answers = [first.predictions[frozenset()][sample.id]]
+    second = evaluate(model, processor, adapter, samples, mask_sets=MASKS, max_new_tokens=3)
+    assert second.accuracy()["overall"] == 1.0
+    for masked in MASKS[1:]:
+        agree = [float(second.predictions[masked][s.id] == first.predictions[frozenset()][s.id]) for s in samples]
+        assert second.accuracy(masked)["overall"] == pytest.approx(sum(agree) / len(agree))
+    assert min(second.accuracy(m)["overall"] for m in MASKS[1:]) < 1.0
