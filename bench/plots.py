@@ -25,7 +25,7 @@ def plot_latency_breakdown(report, path):
     cmap = plt.get_cmap(ENCODER_CMAP)
     colours = {f"encoder:{s}": cmap(0.35 + 0.55 * i / max(1, len(slots) - 1)) for i, s in enumerate(slots)}
     colours.update(STAGE_COLOURS)
-    fig, axes = plt.subplots(len(batch_sizes), 1, figsize=(9, 1.2 + 0.6 * len(models) * len(batch_sizes)),
+    fig, axes = plt.subplots(len(batch_sizes), 1, figsize=(10, 1.2 + 0.6 * len(models) * len(batch_sizes)),
                              squeeze=False)
     for ax, batch_size in zip(axes[:, 0], batch_sizes):
         labelled = set()
@@ -45,7 +45,7 @@ def plot_latency_breakdown(report, path):
         ax.invert_yaxis()
         ax.set_xlabel("ms (mean); black tick: measured end to end")
         ax.set_title(f"latency per stage, batch size {batch_size}")
-        ax.legend(fontsize="small", loc="lower right", ncol=2)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
