@@ -34,11 +34,15 @@ def generate_texts(model, processor, inputs, max_new_tokens, **model_kwargs):
         list[str], one stripped answer per row (special tokens removed).
     """
     tokenizer = getattr(processor, "tokenizer", processor)
+    config = getattr(model, "generation_config", None)
+    special = {}  # the model's own generation config wins (chat models stop on several ids)
+    if getattr(config, "pad_token_id", None) is None:
+        special["pad_token_id"] = tokenizer.pad_token_id
+    if getattr(config, "eos_token_id", None) is None:
+        special["eos_token_id"] = tokenizer.eos_token_id
     with torch.inference_mode():
-        out = model.generate(
-            **inputs, **model_kwargs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
+        out = model.generate(**inputs, **model_kwargs, **special, max_new_tokens=max_new_tokens, do_sample=False,
+                             num_beams=1)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
