@@ -8,7 +8,7 @@ writes ``bench.json``, ``bench.md`` and the plots into an output folder atomical
 """
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -51,7 +51,6 @@ class BenchSettings:
     eval_batch_size: int = 8
     eval_max_new_tokens: int = 8
     limit: int = None
-    notes: tuple = field(default=())
 
     def validate(self):
         """Raise one ``ConfigError`` listing every invalid field."""
