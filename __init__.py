@@ -19,6 +19,7 @@ _LAZY = {
     "EncslimConfig": "encslim.models.configuration_encslim:EncslimConfig",
     "EncslimForConditionalGeneration": "encslim.models.modeling_encslim:EncslimForConditionalGeneration",
     "EncslimProcessor": "encslim.models.processing_encslim:EncslimProcessor",
+    "export_model": "encslim.export:export_model",
     "rank": "encslim.prune.rank:rank",
     "prune": "encslim.prune.surgery:prune",
 }

@@ -27,6 +27,7 @@ COMMANDS = {
     "prune": "encslim.prune.commands:prune_cmd",
     "demo": "encslim.models.demo_commands:demo_group",
     "finetune": "encslim.finetune.commands:finetune_group",
+    "export": "encslim.export.commands:export_cmd",
 }
 
 # one-line help shown by `encslim --help` without importing the command modules
@@ -41,6 +42,7 @@ SHORT_HELP = {
     "prune": "Remove encoder slots (explicit or from a ranking) and write the pruned model.",
     "demo": "Planted-specialization demo: write its data, train its model.",
     "finetune": "Fine-tune a (pruned) model: LoRA or full, DeepSpeed ZeRO-2/3, merge.",
+    "export": "Export a model: HF folder, stock LLaVA / DeepSeek-VL, remote code, ONNX (verified).",
 }
 
 

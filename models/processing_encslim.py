@@ -142,7 +142,8 @@ class EncslimProcessor:
         path = str(pretrained_model_name_or_path)
         with open(os.path.join(path, PROCESSOR_CONFIG), encoding="utf-8") as f:
             data = json.load(f)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # a remote-code folder (auto_map in config.json) needs the caller's trust_remote_code here too
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
         return cls(
             tokenizer,
             data["encoders"],

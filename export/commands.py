@@ -1,0 +1,59 @@
+"""CLI command of the export package: ``encslim export MODEL --format F --out DIR``."""
+
+import json
+
+import click
+
+FORMAT_NAMES = ("hf", "llava", "deepseek_vl", "remote-code", "onnx")
+# options each format takes beyond model_dir/out/overwrite/ranking/bench/atol
+FORMAT_OPTIONS = {
+    "hf": ("max_shard_size", "dtype"),
+    "llava": ("max_shard_size",),
+    "deepseek_vl": ("max_shard_size",),
+    "remote-code": ("max_shard_size", "dtype"),
+    "onnx": (),
+}
+
+
+@click.command("export")
+@click.argument("model_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default="hf", show_default=True,
+              help="hf: transformers folder; llava / deepseek_vl: stock classes; remote-code: loads without "
+                   "encslim; onnx: onnxruntime graphs.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder (written atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--ranking", type=click.Path(), default=None,
+              help="Ranking folder (or ranking.json) for the model card's CUR/IG table.")
+@click.option("--bench", type=click.Path(), default=None, help="Folder with bench.json for the model card.")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest safetensors shard.")
+@click.option("--dtype", type=click.Choice(("auto", "float32", "bfloat16", "float16")), default="auto",
+              show_default=True, help="Weight dtype (hf, remote-code); ONNX and LLaVA checks use float32.")
+@click.option("--atol", type=float, default=None,
+              help="Largest allowed difference against the source (default per format: 1e-5 hf/remote-code, "
+                   "1e-4 llava/deepseek_vl/onnx).")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def export_cmd(model_dir, fmt, out, overwrite, ranking, bench, max_shard_size, dtype, atol, as_json):
+    """Export MODEL_DIR as a deployable folder and verify it against the source."""
+    from . import exporter
+
+    options = {"overwrite": overwrite, "ranking": ranking, "bench": bench}
+    given = {"max_shard_size": max_shard_size, "dtype": dtype}
+    options.update({k: given[k] for k in FORMAT_OPTIONS[fmt]})
+    if atol is not None:
+        options["atol"] = atol
+    manifest = exporter(fmt)(model_dir, out, **options)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        return
+    click.echo(format_summary(manifest, fmt, out))
+
+
+def format_summary(manifest, fmt, out):
+    """A short human summary: where it went, what was checked, how many files."""
+    lines = [f"exported {manifest['source']['path']} -> {out} (format {fmt})"]
+    for record in (manifest.get("verification") or {}).get("export", []):
+        name = f"{record['graph']}: {record['output']}" if "graph" in record else record["output"]
+        status = "matched" if record["matched"] else "NOT matched"
+        lines.append(f"  {name:<40} max |diff| {record['max_abs_diff']:.3g} (atol {record['atol']:g}) {status}")
+    lines.append(f"  {len(manifest.get('files', {}))} files + encslim_manifest.json; model card: {out}/README.md")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""``--format hf``: a self-describing transformers folder of the model as it is.
+
+Sharded safetensors with their index, ``config.json``, ``generation_config.json``, the processor
+and tokenizer files, the model card and the manifest. The written folder is loaded back and its
+logits compared with the source's on probe inputs before the folder is published.
+"""
+
+import logging
+
+from ..outputs import atomic_output_dir, check_output_path
+from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_images,
+                     probe_prompts, read_source)
+from .finish import check_card_inputs, finish_folder, slot_rows
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SHARD = "5GB"
+ATOL = 1e-5
+
+HOW_TO_LOAD_NATIVE = """\
+import encslim
+model, processor, adapter = encslim.load_model("{name}")
+# or with plain transformers, once encslim is imported (it registers the Auto classes):
+#   import encslim.models.native
+#   from transformers import AutoModelForImageTextToText
+#   model = AutoModelForImageTextToText.from_pretrained("{name}")
+#   processor = encslim.EncslimProcessor.from_pretrained("{name}")
+batch = processor(text=[processor.build_prompt("What is in the image?")], images=[image])
+print(processor.batch_decode(model.generate(**batch, max_new_tokens=16)))
+"""
+
+
+def export_hf(model_dir, out, *, overwrite=False, max_shard_size=DEFAULT_SHARD, dtype="auto",
+              ranking=None, bench=None, atol=ATOL):
+    """Export a model folder as a transformers folder with card and manifest.
+
+    Args:
+        model_dir: a model folder of any supported family.
+        out: output folder (written atomically).
+        overwrite: replace an existing ``out``.
+        max_shard_size: largest safetensors shard (e.g. ``"5GB"``, ``"200KB"``).
+        dtype: ``auto`` keeps the stored dtype; ``float32``/``bfloat16``/``float16`` converts.
+        ranking: a ranking folder or ranking.json for the card (default: the manifest's).
+        bench: a folder with bench.json for the card.
+        atol: largest allowed logit difference between the written folder and the source.
+
+    Returns:
+        The manifest dict.
+
+    Raises:
+        ModelLoadError: the source does not load. VerificationError: the written folder does not
+        reproduce the source. OutputExistsError: ``out`` exists and ``overwrite`` is false.
+    """
+    check_output_path(out, overwrite, inputs=[model_dir])
+    check_card_inputs(ranking, bench)
+    source = read_source(model_dir)
+    model, processor = load_source(source, dtype)
+    return write_verified_folder(source, model, processor, out, "hf", overwrite=overwrite,
+                                 max_shard_size=max_shard_size, ranking=ranking, bench=bench, atol=atol)
+
+
+def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False, max_shard_size=DEFAULT_SHARD,
+                          ranking=None, bench=None, atol=ATOL, reference=None, inputs=None, notes=(), details=None):
+    """Save ``model`` and ``processor`` to ``out``, reload the folder, compare logits, add card and manifest.
+
+    Args:
+        source: the :class:`~encslim.export.common.Source` the model came from.
+        model, processor: what to write (loaded from ``source`` or converted from it).
+        out, overwrite, max_shard_size, ranking, bench, atol: see :func:`export_hf`.
+        fmt: the format name recorded in the card and manifest.
+        reference: ``(batch, logits)`` to compare the reloaded folder with (default: ``model`` on
+            probe inputs).
+        inputs: folders ``out`` must not overlap (default: the source).
+        notes: extra card lines.
+        details: extra format-specific data for the manifest.
+    """
+    import torch
+
+    if reference is None:
+        batch = source.adapter.prepare_batch(processor, probe_images(2), probe_prompts(processor, 2))
+        with torch.no_grad():
+            reference = (batch, model(**batch).logits)
+    batch, expected = reference
+    with atomic_output_dir(out, overwrite=overwrite, inputs=inputs or [source.path]) as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        processor.save_pretrained(tmp)
+        reloaded, _ = source.adapter.load(str(tmp), device="cpu", dtype=model.dtype)
+        with torch.no_grad():
+            logits = reloaded.eval()(**batch).logits
+        records = [check_logits("logits", max_abs_diff(expected, logits), atol)]
+        fail_unless_matched(records, "the written folder")
+        how_to_load = (HOW_TO_LOAD_NATIVE.format(name=out) if source.model_type == "encslim"
+                       else _how_to_load_stock(out, type(model).__name__))
+        manifest = finish_folder(
+            tmp, source, fmt, slots=slot_rows(source.adapter, model.config), verification=records,
+            how_to_load=how_to_load, parameters=count_parameters(model),
+            fusion_class=source.adapter.fusion_class(model.config), ranking=ranking, bench=bench, notes=notes,
+            details={"architecture": type(model).__name__, "dtype": str(model.dtype).replace("torch.", ""),
+                     "max_shard_size": str(max_shard_size), **(details or {})},
+        )
+    logger.info("exported %s -> %s (format %s)", source.path, out, fmt)
+    return manifest
+
+
+def _how_to_load_stock(name, class_name):
+    return (f"from transformers import AutoProcessor, {class_name}\n"
+            f"model = {class_name}.from_pretrained(\"{name}\")\n"
+            f"processor = AutoProcessor.from_pretrained(\"{name}\")\n")
+
+
+__all__ = ["export_hf", "write_verified_folder"]

@@ -1,0 +1,151 @@
+"""``--format remote-code``: a native folder that loads without encslim installed.
+
+The folder carries copies of encslim's self-contained configuration, modeling and processing
+files and an ``auto_map`` in ``config.json`` and ``processor_config.json``, so that::
+
+    AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+    AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+
+work with only torch and transformers installed. encslim itself never runs the shipped code with
+``trust_remote_code``: it checks that the copies are self-contained (imports) and identical to
+the code it loads the folder with, and compares the folder's logits with the source's.
+"""
+
+import ast
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from ..errors import VerificationError
+from ..outputs import atomic_output_dir, check_output_path, sha256_file
+from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_images,
+                     probe_prompts, read_source, require_native)
+from .finish import check_card_inputs, finish_folder, slot_rows
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+CODE_FILES = ("configuration_encslim.py", "modeling_encslim.py", "processing_encslim.py")
+MODEL_AUTO_MAP = {
+    "AutoConfig": "configuration_encslim.EncslimConfig",
+    "AutoModel": "modeling_encslim.EncslimForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_encslim.EncslimForConditionalGeneration",
+    "AutoProcessor": "processing_encslim.EncslimProcessor",
+}
+PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_encslim.EncslimProcessor"}
+# what the shipped files may import: the standard library, torch, transformers, numpy, PIL
+ALLOWED_IMPORTS = {"torch", "transformers", "numpy", "PIL"}
+ATOL = 1e-5
+
+HOW_TO_LOAD = """\
+# needs only torch and transformers (encslim need not be installed)
+from transformers import AutoModelForImageTextToText, AutoProcessor
+model = AutoModelForImageTextToText.from_pretrained("{name}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)
+batch = processor(text=[processor.build_prompt("What is in the image?")], images=[image])
+print(processor.batch_decode(model.generate(**batch, max_new_tokens=16)))
+"""
+
+
+def foreign_imports(path):
+    """Modules a source file imports that a bare torch+transformers install lacks. Pure (reads the file).
+
+    Relative imports must name another shipped file.
+    """
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    shipped = {Path(f).stem for f in CODE_FILES}
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if (node.module or "").split(".")[0] not in shipped:
+                    bad.append("." * node.level + (node.module or ""))
+                continue
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            top = name.split(".")[0]
+            if top not in ALLOWED_IMPORTS and top not in sys.stdlib_module_names:
+                bad.append(name)
+    return bad
+
+
+def ship_code(folder):
+    """Copy the native code files into ``folder``; return ``{file: sha256}``.
+
+    Raises:
+        VerificationError: a file imports something a plain transformers install lacks.
+    """
+    hashes = {}
+    for name in CODE_FILES:
+        bad = foreign_imports(MODELS_DIR / name)
+        if bad:
+            raise VerificationError(f"{name} imports {', '.join(bad)}, so it cannot ship as remote code; keep the "
+                                    f"models/ code self-contained (torch and transformers only)")
+        shutil.copyfile(MODELS_DIR / name, Path(folder) / name)
+        hashes[name] = sha256_file(Path(folder) / name)
+    return hashes
+
+
+def add_auto_map(folder):
+    """Write the ``auto_map`` entries into ``config.json`` and ``processor_config.json``."""
+    for file_name, auto_map in (("config.json", MODEL_AUTO_MAP), ("processor_config.json", PROCESSOR_AUTO_MAP)):
+        path = Path(folder) / file_name
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["auto_map"] = dict(auto_map)
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def export_remote_code(model_dir, out, *, overwrite=False, max_shard_size="5GB", dtype="auto", ranking=None,
+                       bench=None, atol=ATOL):
+    """Export a native model as a folder that loads with ``trust_remote_code=True`` and no encslim.
+
+    Args:
+        model_dir: a native encslim folder.
+        out: output folder (written atomically).
+        overwrite, max_shard_size, dtype, ranking, bench: as for :func:`encslim.export.hf_folder.export_hf`.
+        atol: largest allowed logit difference between the folder and the source.
+
+    Returns:
+        The manifest dict.
+
+    Raises:
+        ConfigError: not a native model. VerificationError: the folder does not reproduce the source.
+    """
+    import torch
+
+    check_output_path(out, overwrite, inputs=[model_dir])
+    check_card_inputs(ranking, bench)
+    source = read_source(model_dir)
+    require_native(source, "remote-code")
+    model, processor = load_source(source, dtype)
+    batch = processor(text=probe_prompts(processor, 2), images=probe_images(2))
+    with torch.no_grad():
+        reference = model(**batch).logits
+    with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        processor.save_pretrained(tmp)
+        code = ship_code(tmp)
+        add_auto_map(tmp)
+        reloaded, _ = source.adapter.load(str(tmp), dtype=model.dtype)
+        with torch.no_grad():
+            logits = reloaded.eval()(**batch).logits
+        records = [check_logits("logits", max_abs_diff(reference, logits), atol)]
+        fail_unless_matched(records, "the remote-code folder")
+        manifest = finish_folder(
+            tmp, source, "remote-code", slots=slot_rows(source.adapter, model.config), verification=records,
+            how_to_load=HOW_TO_LOAD.format(name=out), parameters=count_parameters(model),
+            fusion_class=model.config.fusion_class, ranking=ranking, bench=bench,
+            details={"code_files": code, "auto_map": MODEL_AUTO_MAP},
+            notes=["The modeling code ships in this folder; read it before loading with trust_remote_code=True."],
+        )
+    logger.info("exported %s -> %s (format remote-code)", model_dir, out)
+    return manifest
+
+
+__all__ = ["export_remote_code", "ship_code", "add_auto_map", "foreign_imports"]
