@@ -14,14 +14,22 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def expected_saved(model, config):
-    """``{key: shape}`` the saved weights must hold: the adapter's tensors, or every trainable parameter."""
+    """What the saved weights must hold.
+
+    Returns:
+        ``{"keys": {key: shape}}`` for an adapter (its exact tensors), or ``{"numel": n}`` for a
+        full model: the number of values in its state dict, shared (tied) tensors counted once.
+        A full save may rename keys to the checkpoint layout (transformers' conversion mappings),
+        so a model is checked by size, an adapter by name.
+    """
     if config.uses_lora:
         from peft import get_peft_model_state_dict
 
-        return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
-    state = model.state_dict()
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {k: tuple(v.shape) for k, v in state.items() if k in trainable}
+        return {"keys": {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}}
+    unique = {}
+    for value in model.state_dict().values():
+        unique.setdefault((value.data_ptr(), tuple(value.shape)), value.numel())
+    return {"numel": sum(unique.values())}
 
 
 def saved_shapes(folder):
@@ -50,24 +58,40 @@ def _model_files(folder):
 
 
 def check_saved(folder, expected):
-    """Raise ``VerificationError`` unless ``folder`` holds every expected tensor with its full shape.
+    """Raise ``VerificationError`` unless ``folder`` holds the expected weights, complete.
 
     Args:
         folder: the saved adapter or model folder.
-        expected: ``{key: shape}`` from :func:`expected_saved`.
+        expected: from :func:`expected_saved`.
 
     Returns:
         The number of tensors checked.
     """
     shapes = saved_shapes(folder)
-    missing = sorted(k for k in expected if k not in shapes)
-    wrong = sorted(k for k in expected if k in shapes and shapes[k] != expected[k])
     empty = sorted(k for k, s in shapes.items() if 0 in s)
-    if missing or wrong or empty:
-        first = (missing or wrong or empty)[0]
-        raise VerificationError(
-            f"saved weights in {folder} are incomplete: {len(missing)} missing, {len(wrong)} with a wrong shape, "
-            f"{len(empty)} empty (first: {first}, saved {shapes.get(first)}, expected {expected.get(first)}); "
-            "under ZeRO-3 set stage3_gather_16bit_weights_on_model_save to true"
-        )
-    return len(expected)
+    if "keys" in expected:
+        keys = expected["keys"]
+        missing = sorted(k for k in keys if k not in shapes)
+        wrong = sorted(k for k in keys if k in shapes and shapes[k] != keys[k])
+        problems = [(missing, "missing"), (wrong, "with a wrong shape"), (empty, "empty")]
+        if missing or wrong or empty:
+            first = (missing or wrong or empty)[0]
+            counts = ", ".join(f"{len(names)} {what}" for names, what in problems)
+            _fail(folder, f"{counts} (first: {first}, saved {shapes.get(first)}, expected {keys.get(first)})")
+    else:
+        numel = sum(_prod(s) for s in shapes.values())
+        if empty or numel != expected["numel"]:
+            _fail(folder, f"{numel} values saved, {expected['numel']} expected, {len(empty)} empty tensors")
+    return len(shapes)
+
+
+def _prod(shape):
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+def _fail(folder, detail):
+    raise VerificationError(f"saved weights in {folder} are incomplete: {detail}; under ZeRO-3 set "
+                            "stage3_gather_16bit_weights_on_model_save to true")

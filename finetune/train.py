@@ -215,7 +215,7 @@ def _resume_point(work, config):
 
 
 def _comparable(config):
-    return {k: v for k, v in config.to_dict().items() if k not in ("resume", "progress")}
+    return {k: v for k, v in config.to_dict().items() if k not in ("resume", "progress", "learning_rate")}
 
 
 def _check_same_run(work, config):
