@@ -50,15 +50,19 @@ def merge_adapter(adapter_dir, out, base=None, overwrite=False, tolerance=MERGE_
         tolerance: the largest logit difference allowed between base + adapter and merged.
 
     Returns:
-        dict: ``max_abs_logit_diff``, ``tolerance``, ``base``, ``files``.
+        dict: ``max_abs_logit_diff``, ``tolerance``, ``base``, ``slots``, ``files``.
 
     Raises:
         ConfigError: not an adapter folder or no base model.
         VerificationError: merged logits differ by more than ``tolerance``.
     """
     base = adapter_base(adapter_dir, base)
+    from ..prune.manifest import write_manifest
+
     with atomic_output_dir(out, overwrite=overwrite, inputs=[adapter_dir, base]) as tmp:
         result = write_merged(adapter_dir, tmp, base=base, tolerance=tolerance)
+        write_manifest(tmp, stage="finetune-merge", source=base, kept=result["slots"], verification=result,
+                       extra={"adapter": str(Path(adapter_dir).resolve())})
     return result
 
 
@@ -86,6 +90,7 @@ def write_merged(adapter_dir, dest, base=None, tolerance=MERGE_TOLERANCE):
     processor.save_pretrained(str(dest))
     logger.info("merged %s into %s: max |logit diff| %.3g", adapter_dir, base, diff)
     return {"base": str(base), "max_abs_logit_diff": diff, "tolerance": tolerance,
+            "slots": list(getattr(merged.config, "slot_names", [])),
             "files": sorted(p.name for p in Path(dest).iterdir())}
 
 

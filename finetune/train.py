@@ -116,7 +116,8 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     if not trainer.is_world_process_zero():
         return None
     check_saved(final, expected)
-    info = {"model": str(model_path), "data": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
+    info = {"model": str(model_path), "slots": list(_base(model).vision_towers),
+            "data": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
             "samples": len(examples), "parts": parts, "features_cached": features is not None,
             "deepspeed": {"file": str(config.deepspeed), "stage": _stage(ds_config)} if ds_config else None,
             "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 3)}
@@ -129,6 +130,11 @@ def _fields(config):
     from dataclasses import fields
 
     return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def _base(model):
+    """The model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _data_paths(data):
@@ -231,6 +237,8 @@ def _check_same_run(work, config):
 
 
 def _write_run_config(work, config):
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     work.mkdir(parents=True, exist_ok=True)
     (work / RUN_CONFIG).write_text(json.dumps(_comparable(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -243,7 +251,7 @@ def _trainer(model, processor, examples, features, config, ds_config, work, call
     from .collator import FinetuneCollator, IndexDataset
     from .trainer import EncslimTrainer
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     collator = FinetuneCollator(
         examples, processor, list(base.vision_towers), base.config.fusion_class,
         processor.tokenizer.pad_token_id, features=features, encoder_dropout=config.encoder_dropout, seed=config.seed,
@@ -256,7 +264,7 @@ def _trainer(model, processor, examples, features, config, ds_config, work, call
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=2, seed=config.seed,
         data_seed=config.seed, report_to="none", remove_unused_columns=False, label_names=["labels"],
         disable_tqdm=True, use_cpu=not torch.cuda.is_available(), deepspeed=ds_config, bf16=config.bf16,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, ddp_find_unused_parameters=config.encoder_dropout > 0,
     )
     own = [LossLog(work / LOG_FILE), ProgressBar(_progress(config)), DropoutEpoch(collator)]
     trainer = EncslimTrainer(model=model, args=args, train_dataset=IndexDataset(len(examples)),
@@ -291,5 +299,15 @@ def _write_output(final, work, out, overwrite, model_path, paths, config, info):
             shutil.copy(work / LOG_FILE, tmp / LOG_FILE)
             plot_loss(rows, tmp / PLOT_FILE)
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        _manifest(tmp, model_path, summary)
     logger.info("wrote %s (%d steps, loss %s -> %s)", out, info["steps"], summary["loss_first"], summary["loss_last"])
     return summary
+
+
+def _manifest(folder, model_path, summary):
+    from ..prune.manifest import write_manifest
+
+    verification = {"saved_weights": "complete", **({"merge": summary["merge"]} if summary["merged"] else {})}
+    brief = {k: summary[k] for k in ("steps", "samples", "loss_first", "loss_last", "merged", "deepspeed", "data")}
+    write_manifest(folder, stage="finetune", source=model_path, kept=summary["slots"], verification=verification,
+                   extra={"finetune": {**brief, "config": summary["config"], "parts": summary["parts"]}})

@@ -11,6 +11,7 @@ from encslim.cli import main
 from encslim.errors import ConfigError
 from encslim.finetune.callbacks import read_log
 from encslim.finetune.train import finetune, work_dir
+from encslim.prune.manifest import read_manifest
 
 
 def _cli(capsys, *args):
@@ -63,6 +64,9 @@ def test_cli_lora_run_learns_loads_and_merges(tiny_model_dir, ft_data, tmp_path,
     assert summary["features_cached"] and summary["parts"]["modules_to_save"] == ["fusion"]
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not work_dir(out).exists()  # checkpoints removed after success
+    manifest = read_manifest(out)
+    assert manifest["stage"] == "finetune" and manifest["source"]["path"] == str(base_dir.resolve())
+    assert manifest["kept_slots"] == ["clip", "siglip", "dinov2"] and "adapter_model.safetensors" in manifest["files"]
 
     batch = _batch(base_dir)
     loaded = AutoModelForImageTextToText.from_pretrained(out).eval()  # transformers loads base + adapter
@@ -81,6 +85,7 @@ def test_cli_lora_run_learns_loads_and_merges(tiny_model_dir, ft_data, tmp_path,
     with torch.no_grad():
         assert (merged(**batch).logits - expected).abs().max() < 1e-5
     assert not (merged_dir / "adapter_config.json").exists()
+    assert read_manifest(merged_dir)["verification"]["max_abs_logit_diff"] < 1e-5
     merged_state, base_state = merged.state_dict(), base.state_dict()
     assert {k: v.shape for k, v in merged_state.items()} == {k: v.shape for k, v in base_state.items()}
     assert (merged_dir / "processor_config.json").is_file() and (merged_dir / "tokenizer.json").is_file()
