@@ -102,21 +102,24 @@ def _run_finetune(ctx, tmp):
     f = ctx.recipe.finetune
     if not ctx.recipe.data.train:
         raise ConfigError("finetune.enabled needs data.train files (or ['demo'])")
-    result = finetune(ctx.output("prune", "model"), _data_files(ctx, "train"), tmp / "model", lora_r=f.lora_r,
-                      lora_alpha=f.lora_alpha, max_steps=f.max_steps, lr=f.lr, batch_size=f.batch_size,
-                      encoder_dropout=f.encoder_dropout, deepspeed=f.deepspeed, merge=f.merge, seed=f.seed)
-    return {"model": str(tmp / "model"), "loss": result.get("loss") if isinstance(result, dict) else None}
+    summary = finetune(ctx.output("prune", "model"), _data_files(ctx, "train"), tmp / "model", lora_r=f.lora_r,
+                       lora_alpha=f.lora_alpha, max_steps=f.max_steps, lr=f.lr, batch_size=f.batch_size,
+                       encoder_dropout=f.encoder_dropout, deepspeed=f.deepspeed, merge=f.merge, seed=f.seed)
+    outputs = {"loss_first": summary.get("loss_first"), "loss_last": summary.get("loss_last")}
+    if f.merge:  # unmerged LoRA output is an adapter, not a model the later stages can load
+        outputs["model"] = str(tmp / "model")
+    return outputs
 
 
 # ---------------------------------------------------------------------- export
 def _run_export(ctx, tmp):
-    from ..export.api import export
+    from ..export import export_model
 
     model = _final_model(ctx)
     outputs = {}
     for fmt in ctx.recipe.export.formats:
         target = tmp / fmt
-        export(model, fmt, target, ranking=ctx.output("rank", "ranking"))
+        export_model(model, target, fmt, ranking=ctx.output("rank", "ranking"))
         outputs[fmt] = str(target)
     return outputs
 
@@ -190,6 +193,7 @@ def summarize(ctx):
 
 
 def _savings(bench_json, accuracy_full):
+    """Accuracy retained, parameters and latency saved by the final variant, from bench.json."""
     import json
 
     report = json.loads(Path(bench_json).read_text(encoding="utf-8"))
@@ -200,11 +204,16 @@ def _savings(bench_json, accuracy_full):
     out = {}
     acc_full, acc_var = full.get("accuracy") or {}, variant.get("accuracy") or {}
     if acc_full and acc_var:
+        out["accuracy_full"] = acc_full
+        out["accuracy_variant"] = acc_var
         out["accuracy_retained"] = {c: (acc_var.get(c, 0.0) / v if v else None) for c, v in acc_full.items()}
     params_full, params_var = full.get("params", {}).get("total"), variant.get("params", {}).get("total")
     if params_full and params_var:
-        out["params_saved"] = 1 - params_var / params_full
-    out["latency"] = variant.get("comparison", {})
+        out["params"] = {"full": params_full, "variant": params_var, "saved": 1 - params_var / params_full}
+    comparison = variant.get("comparison") or {}
+    out["latency"] = {"batch_size": comparison.get("batch_size"), "speedup": comparison.get("speedup", {}),
+                      "vision": comparison.get("vision", {}), "end_to_end": comparison.get("end_to_end", {}),
+                      "reasons": comparison.get("reasons", [])}
     return out
 
 
@@ -215,14 +224,25 @@ def format_summary(summary):
              f"removed      {', '.join(summary.get('removed', [])) or '-'}"]
     retained = summary.get("accuracy_retained")
     if retained:
-        lines.append("accuracy retained (pruned / full):")
-        lines += [f"  {c:<16} {v:.1%}" if v is not None else f"  {c:<16} n/a" for c, v in retained.items()]
-    if summary.get("params_saved") is not None:
-        lines.append(f"params saved {summary['params_saved']:.1%}")
+        full, variant = summary["accuracy_full"], summary["accuracy_variant"]
+        lines.append(f"{'accuracy':<18}{'full':>8}{'pruned':>8}{'retained':>10}")
+        for c, v in retained.items():
+            lines.append(f"  {c:<16}{full[c]:>8.3f}{variant.get(c, 0.0):>8.3f}"
+                         f"{(f'{v:.1%}' if v is not None else 'n/a'):>10}")
+    params = summary.get("params")
+    if params:
+        lines.append(f"params       {params['full']:,} -> {params['variant']:,} ({params['saved']:.1%} saved)")
     latency = summary.get("latency") or {}
-    for key, value in latency.items():
-        if isinstance(value, (int, float)):
-            lines.append(f"{key:<28} {value:.3f}")
+    speedup = latency.get("speedup") or {}
+    if speedup:
+        lines.append(f"speedup      (batch {latency.get('batch_size')}) "
+                     + ", ".join(f"{k} {v:.2f}x" for k, v in speedup.items() if isinstance(v, (int, float))))
+    vision = latency.get("vision") or {}
+    if vision.get("predicted_saving") is not None:
+        lines.append(f"vision time  saved {vision['measured_saving']:.1%} (FLOPs predict "
+                     f"{vision['predicted_saving']:.1%}; ratio {vision['efficiency']:.2f})")
+    for reason in latency.get("reasons", [])[:3]:
+        lines.append(f"  note: {reason}")
     lines.append("outputs:")
     lines += [f"  {k:<18} {v}" for k, v in summary.get("outputs", {}).items()]
     lines.append(f"finished in {summary.get('seconds', 0):.1f} s")
