@@ -1,6 +1,8 @@
 """CLI command of the export package: ``encslim export MODEL --format F --out DIR``."""
 
+import contextlib
 import json
+import sys
 
 import click
 
@@ -41,7 +43,10 @@ def export_cmd(model_dir, fmt, out, overwrite, ranking, bench, max_shard_size, d
     options.update({k: given[k] for k in FORMAT_OPTIONS[fmt]})
     if atol is not None:
         options["atol"] = atol
-    manifest = exporter(fmt)(model_dir, out, **options)
+    # libraries print to stdout while saving (e.g. deepspeed, imported by accelerate); keep stdout for
+    # the summary or the --json manifest
+    with contextlib.redirect_stdout(sys.stderr):
+        manifest = exporter(fmt)(model_dir, out, **options)
     if as_json:
         click.echo(json.dumps(manifest, indent=2, sort_keys=True))
         return

@@ -191,10 +191,12 @@ def export_llava(model_dir, out, *, overwrite=False, max_shard_size="5GB", ranki
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
     require_native(source, "llava")
-    model, processor = load_source(source, "float32")
-    reasons = llava_blockers(model.config)
+    from ..models.configuration_encslim import EncslimConfig
+
+    reasons = llava_blockers(EncslimConfig.from_pretrained(model_dir))  # before loading any weight
     if reasons:
         raise ConfigError(f"{model_dir} cannot be exported as LLaVA: {'; '.join(reasons)}")
+    model, processor = load_source(source, "float32")
     images, prompts = probe_images(2), probe_prompts(processor, 2)
     with torch.no_grad():
         reference = model(**processor(text=prompts, images=images)).logits

@@ -1,0 +1,122 @@
+"""``--format remote-code``: loads with the Auto classes and trust_remote_code=True where encslim is absent."""
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+import torch
+
+from encslim.errors import ConfigError
+
+from .conftest import native_logits
+
+VARIANTS = [("A1", ("clip", "siglip", "dinov2")), ("B", ("clip", "sam")), ("C", ("dinov2",))]
+
+# Runs with `python -I -S`: no site processing, so encslim's editable-install hook is not loaded;
+# only the plain site-packages folder is put on sys.path (torch, transformers, ...).
+LOADER = r"""
+import json, sys
+sys.path.append(sys.argv[1])
+try:
+    import encslim
+except ImportError:
+    pass
+else:
+    sys.exit("encslim is importable in the isolated interpreter")
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from PIL import Image
+import numpy as np
+results = {}
+for folder in sys.argv[2:]:
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(2)]
+    prompts = [processor.build_prompt(q) for q in ("What is in the image?", "How many objects are there?")]
+    batch = processor(text=prompts, images=images)
+    with torch.no_grad():
+        logits = model(**batch).logits
+        tokens = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    results[folder] = {"model_module": type(model).__module__, "processor_module": type(processor).__module__,
+                       "logits": logits.tolist(), "tokens": tokens.tolist()}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def remote_folders(tiny_model_dir, tmp_path_factory):
+    from encslim.export import export_remote_code
+
+    root = tmp_path_factory.mktemp("remote")
+    folders = {}
+    for fusion, encoders in VARIANTS:
+        src = tiny_model_dir(fusion=fusion, encoders=encoders)
+        out = root / f"{fusion}-{len(encoders)}"
+        folders[out] = (src, export_remote_code(src, out))
+    return folders
+
+
+def test_folder_ships_code_and_auto_map(remote_folders):
+    from encslim.export.remote_code import CODE_FILES, MODELS_DIR
+    from encslim.outputs import sha256_file
+
+    for out, (_, manifest) in remote_folders.items():
+        config = json.loads((out / "config.json").read_text())
+        assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_encslim.EncslimForConditionalGeneration"
+        assert config["auto_map"]["AutoConfig"] == "configuration_encslim.EncslimConfig"
+        processor_config = json.loads((out / "processor_config.json").read_text())
+        assert processor_config["auto_map"] == {"AutoProcessor": "processing_encslim.EncslimProcessor"}
+        for name in CODE_FILES:
+            assert sha256_file(out / name) == sha256_file(MODELS_DIR / name) == manifest["export"]["code_files"][name]
+        assert "trust_remote_code=True" in (out / "README.md").read_text()
+
+
+def test_loads_without_encslim(remote_folders, tmp_path):
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf"),
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    purelib = sysconfig.get_paths()["purelib"]
+    folders = [str(f) for f in remote_folders]
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", LOADER, purelib, *folders], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+
+    import numpy as np
+    from PIL import Image
+
+    from encslim.models.loading import load_model
+
+    for folder, (src, _) in remote_folders.items():
+        got = loaded[str(folder)]
+        assert got["model_module"].startswith("transformers_modules.") and got["model_module"].endswith("modeling_encslim")
+        assert got["processor_module"].endswith("processing_encslim")
+        rng = np.random.default_rng(0)
+        images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(2)]
+        model, processor, _ = load_model(src)
+        prompts = [processor.build_prompt(q) for q in ("What is in the image?", "How many objects are there?")]
+        batch, expected = native_logits(src, prompts, images)
+        assert (torch.tensor(got["logits"]) - expected).abs().max().item() <= 1e-5
+        with torch.no_grad():
+            tokens = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, batch["input_ids"].shape[1]:]
+        assert got["tokens"] == tokens.tolist()
+
+
+def test_foreign_imports_are_detected(tmp_path):
+    from encslim.export.remote_code import foreign_imports
+
+    bad = tmp_path / "modeling_x.py"
+    bad.write_text("import os\nimport torch\nfrom encslim.models import tiny\nfrom .helpers import x\n"
+                   "from .configuration_encslim import EncslimConfig\nimport yaml\n")
+    assert foreign_imports(bad) == ["encslim.models", ".helpers", "yaml"]
+
+
+def test_non_native_refused(tiny_hybrid_dir, tmp_path):
+    from encslim.export import export_remote_code
+
+    with pytest.raises(ConfigError, match="--format remote-code needs a native encslim model"):
+        export_remote_code(tiny_hybrid_dir, tmp_path / "out")
