@@ -61,10 +61,9 @@ def finetune_group():
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out from its last checkpoint.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--local_rank", "--local-rank", "local_rank", default=None, type=int, hidden=True)
 def train_cmd(model_dir, data, out, lora_r, lora_alpha, lora_targets, full, train_encoders, max_steps, epochs, lr,
               batch_size, grad_accum, deepspeed, bf16, merge, encoder_dropout, no_cache_features, prompt_format,
-              save_steps, resume, seed, overwrite, local_rank):
+              save_steps, resume, seed, overwrite):
     """Fine-tune MODEL_DIR on --data and write --out (a LoRA adapter, or a plain model with --merge/--full)."""
     from .config import FinetuneConfig
     from .train import finetune

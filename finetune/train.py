@@ -21,13 +21,17 @@ Single process (CPU or one GPU)::
 (without a launcher encslim sets ``MASTER_ADDR``/``MASTER_PORT``/``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK`` for a world of one). Several GPUs, with either launcher::
 
-    deepspeed --num_gpus 8 --module encslim.cli finetune MODEL --data train.json --out OUT \\
-        --deepspeed recipes/deepspeed/zero3.json
+    deepspeed --num_gpus 8 --no_local_rank --module encslim.cli finetune MODEL --data train.json \\
+        --out OUT --deepspeed recipes/deepspeed/zero3.json
     torchrun --nproc_per_node 8 -m encslim.cli finetune MODEL --data train.json --out OUT \\
         --deepspeed recipes/deepspeed/zero2.json
 
-``--batch-size`` is per GPU. Every process reads the data and (with cached features) encodes it
-once; only rank 0 writes the output folder.
+(``--no_local_rank``: the process reads ``LOCAL_RANK`` from the environment; the ``deepspeed``
+launcher would otherwise insert ``--local_rank=N`` before the sub-command.) Both commands were
+run with two CPU processes (``deepspeed`` with ZeRO-2, ``torchrun`` with ZeRO-3; the test suite
+runs the latter, marked slow); ``--batch-size`` is per process.
+Every process reads the data and (with cached features) encodes it once; only rank 0 writes
+the output folder.
 """
 
 import json

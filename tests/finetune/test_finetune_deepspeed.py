@@ -86,3 +86,18 @@ def test_zero3_single_process_cpu_saves_complete_weights_and_merges(tiny_model_d
     merged = EncslimForConditionalGeneration.from_pretrained(out).eval()
     with torch.no_grad():
         assert (merged(**batch).logits - adapted(**batch).logits).abs().max() < 1e-5
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_zero3_saves_complete_weights(tiny_model_dir, ft_data, tmp_path, reference):
+    out = tmp_path / "tr"
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "encslim.cli", "finetune",
+           str(tiny_model_dir("A1")), "--data", str(ft_data), "--out", str(out), "--deepspeed", "zero3", *RUN]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("trained 4 steps") == 1  # only rank 0 reports and writes
+    saved, expected = load_file(out / "adapter_model.safetensors"), load_file(reference / "adapter_model.safetensors")
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in expected.items()}
+    assert all(saved[k].abs().max() > 1e-4 for k in saved if "lora_B" in k)
