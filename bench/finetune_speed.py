@@ -4,8 +4,9 @@
 
 Both models share the LLM and the encoder configurations; the variant keeps two of the four
 encoders (``siglip`` and the high-resolution ``convnext``), as a pruned model would. Every run is
-a real :func:`encslim.finetune.finetune` (HF Trainer, LoRA r=8 on the LLM, the projector trained;
-encoders frozen and recomputed, frozen and cached, or fully trained); the time of a step is the wall clock between consecutive optimizer-step ends
+a real :func:`encslim.finetune.train.finetune` (HF Trainer, LoRA r=8 on the LLM, the projector
+trained) in one of three modes: encoders frozen and recomputed every step, frozen and cached, or
+fully trained. The time of a step is the wall clock between consecutive optimizer-step ends
 (data, forward, backward, update), the first ``--warmup`` steps dropped, the median reported.
 Runs alternate so that load on a shared machine hits both sides alike.
 
@@ -114,20 +115,22 @@ def run(scale="small", steps=12, batch_size=8, warmup=3, repeats=2):
     """Measure every (model, mode) pair ``repeats`` times, interleaved; return the result dict."""
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    root = Path(tempfile.mkdtemp(prefix="finetune_speed-"))
-    models = {"4 encoders": write_model(root / "four", FOUR, scale), "2 encoders": write_model(root / "two", TWO, scale)}
     samples = synthetic_samples(batch_size * (steps + warmup))
-    times = {(m, mode): [] for m in models for mode in MODES}
-    for rep in range(repeats):
-        for (name, mode) in times:
-            out = root / f"out-{name[0]}-{mode.replace(' ', '_')}-{rep}"
-            times[(name, mode)].append(time_steps(models[name], samples, out, steps, batch_size, mode, warmup))
+    times = {(m, mode): [] for m in ("4 encoders", "2 encoders") for mode in MODES}
+    with tempfile.TemporaryDirectory(prefix="finetune_speed-") as tmp:
+        root = Path(tmp)
+        models = {"4 encoders": write_model(root / "four", FOUR, scale),
+                  "2 encoders": write_model(root / "two", TWO, scale)}
+        for rep in range(repeats):
+            for (name, mode) in times:
+                out = root / f"out-{name[0]}-{mode.replace(' ', '_')}-{rep}"
+                times[(name, mode)].append(time_steps(models[name], samples, out, steps, batch_size, mode, warmup))
     med = {f"{m} / {mode}": statistics.median(v) for (m, mode), v in times.items()}
     ratios = {
         "4 vs 2 encoders, recomputed frozen encoders": med["4 encoders / recompute"] / med["2 encoders / recompute"],
         "4 vs 2 encoders, cached features": med["4 encoders / cached"] / med["2 encoders / cached"],
-        "4 vs 2 encoders, encoders trained": med["4 encoders / encoders trained"] / med["2 encoders / encoders trained"],
+        "4 vs 2 encoders, encoders trained":
+            med["4 encoders / encoders trained"] / med["2 encoders / encoders trained"],
         "recompute vs cached, 4 encoders": med["4 encoders / recompute"] / med["4 encoders / cached"],
         "recompute vs cached, 2 encoders": med["2 encoders / recompute"] / med["2 encoders / cached"],
     }

@@ -42,7 +42,8 @@ def _losses(out):
 def _assert_same_adapter(folder, reference):
     """Same keys and shapes, values within 1e-4: far below one Adam step at lr 1e-3, which every trained
     tensor moved by (summation order and the DeepSpeed optimizer differ in the last bits)."""
-    saved, expected = load_file(folder / "adapter_model.safetensors"), load_file(reference / "adapter_model.safetensors")
+    saved = load_file(folder / "adapter_model.safetensors")
+    expected = load_file(reference / "adapter_model.safetensors")
     assert saved.keys() == expected.keys()
     assert any(k.startswith("base_model.model.fusion.") for k in saved)  # the projector is in the adapter
     assert all(saved[k].abs().max() > 1e-4 for k in saved if "lora_B" in k)  # zero-initialised, then trained
