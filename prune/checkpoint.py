@@ -3,10 +3,12 @@
 A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor
 to its dtype, shape and byte range, then the raw bytes. Reading the header alone tells a
 tensor's size and place, so surgery can plan the whole output (shard boundaries included)
-before touching a weight, write every output header first, then stream the bytes. Memory stays
-at one chunk (or one sliced tensor), whatever the model size.
+before touching a weight, write every output header first, then let the kernel copy the kept
+byte ranges (``copy_file_range``, as ``cp`` does). Memory stays at one sliced tensor, whatever
+the model size; sha256 of every file (for the manifest) is computed on worker threads.
 """
 
+import errno
 import hashlib
 import json
 import logging
@@ -14,6 +16,7 @@ import math
 import os
 import re
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,23 +215,86 @@ def shard_names(count):
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
-class HashingWriter:
-    """A binary file writer that hashes (sha256) and counts what it writes."""
+def sha256_path(path, chunk=CHUNK_BYTES):
+    """Hex sha256 of a file, read into one reused buffer (no allocation per chunk)."""
+    digest, buffer = hashlib.sha256(), bytearray(chunk)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            got = f.readinto(buffer)
+            if not got:
+                return digest.hexdigest()
+            digest.update(view[:got])
+
+
+class FileHasher:
+    """sha256 of whole files on two worker threads, beside the copying done by the main thread.
+
+    ``hashlib`` and file reads release the GIL, so hashing the source files (read back from the
+    page cache) and each output shard (hashed as soon as it is closed) overlaps the writing.
+    """
+
+    def __init__(self, workers=2):
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encslim-sha256")
+        self._futures = {}
+
+    def submit(self, name, path):
+        self._futures[name] = self._executor.submit(sha256_path, path)
+
+    def results(self, names=None):
+        """``{name: sha256}`` of the submitted files (waits for them)."""
+        names = list(self._futures) if names is None else names
+        return {name: self._futures[name].result() for name in names}
+
+    def close(self):
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class ShardWriter:
+    """Writes one output file through a raw descriptor: bytes from memory, or ranges copied by the
+    kernel (``copy_file_range``) straight from a source file, never passing through Python."""
 
     def __init__(self, path):
         self.path = Path(path)
-        self._file = open(path, "wb")
-        self.sha256 = hashlib.sha256()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.written = 0
 
     def write(self, data):
         view = memoryview(data).cast("B")
-        self.sha256.update(view)
-        self._file.write(view)
-        self.written += len(view)
+        total = len(view)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self.written += total
+
+    def copy_range(self, source_fd, offset, count, name):
+        """Append ``count`` bytes of ``source_fd`` from ``offset`` (``name`` for error messages)."""
+        done = 0
+        try:
+            while done < count:
+                got = os.copy_file_range(source_fd, self._fd, min(count - done, 1 << 30), offset + done)
+                if not got:
+                    raise ModelLoadError(f"{name} ended early (truncated while reading); re-download it")
+                done += got
+        except OSError as err:
+            if done or err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            self._copy_buffered(source_fd, offset, count, name)  # no kernel copy between these file systems
+        self.written += count
+
+    def _copy_buffered(self, source_fd, offset, count, name):
+        buffer = memoryview(bytearray(min(count, CHUNK_BYTES)))
+        done = 0
+        while done < count:
+            got = os.preadv(source_fd, [buffer[: min(count - done, len(buffer))]], offset + done)
+            if not got:
+                raise ModelLoadError(f"{name} ended early (truncated while reading); re-download it")
+            view = buffer[:got]
+            while view:
+                view = view[os.write(self._fd, view):]
+            done += got
 
     def close(self):
-        self._file.close()
+        os.close(self._fd)
 
 
 def _header_bytes(tensors, metadata):
@@ -242,15 +308,17 @@ def _header_bytes(tensors, metadata):
     return struct.pack("<Q", len(raw)) + raw
 
 
-def write_checkpoint(out_dir, tensors, produce, max_shard_size, metadata=None):
+def write_checkpoint(out_dir, tensors, produce, max_shard_size, metadata=None, hasher=None):
     """Write output tensors as safetensors shards (plus an index when there are several).
 
     Args:
         out_dir: the folder to write into.
         tensors: ``OutTensor`` list, in output order.
-        produce: ``produce(tensor, writer)`` writes exactly ``tensor.nbytes`` bytes to ``writer``.
+        produce: ``produce(tensor, writer)`` writes exactly ``tensor.nbytes`` bytes to the
+            :class:`ShardWriter` ``writer``.
         max_shard_size: bytes per shard at most (a larger single tensor gets its own shard).
         metadata: the safetensors ``__metadata__`` (default ``{"format": "pt"}``).
+        hasher: a :class:`FileHasher` to hash the shards with (default: a private one).
 
     Returns:
         ``{file name: sha256}`` of every file written.
@@ -259,82 +327,33 @@ def write_checkpoint(out_dir, tensors, produce, max_shard_size, metadata=None):
     metadata = metadata or {"format": "pt"}
     shards = shard_layout(tensors, max_shard_size)
     names = shard_names(len(shards))
-    hashes, weight_map = {}, {}
-    for name, shard in zip(names, shards):
-        writer = HashingWriter(out_dir / name)
-        try:
-            writer.write(_header_bytes(shard, metadata))
-            for tensor in shard:
-                before = writer.written
-                produce(tensor, writer)
-                if writer.written - before != tensor.nbytes:
-                    raise RuntimeError(f"wrote {writer.written - before} bytes for '{tensor.key}', "
-                                       f"expected {tensor.nbytes}")
-                weight_map[tensor.key] = name
-        finally:
-            writer.close()
-        hashes[name] = writer.sha256.hexdigest()
-        logger.info("wrote %s (%d tensors, %d bytes)", name, len(shard), writer.written)
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
-        text = json.dumps(index, indent=2, sort_keys=True) + "\n"
-        (out_dir / INDEX_NAME).write_text(text, encoding="utf-8")
-        hashes[INDEX_NAME] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return hashes
-
-
-class SequentialReader:
-    """Reads one source file strictly forward in chunks, hashing every byte (sha256) on the way.
-
-    Surgery visits the tensors it keeps in storage order; bytes it skips (deleted tensors, the
-    header) are still read and hashed, so the source hash costs no second pass.
-    """
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self._file = open(path, "rb", buffering=0)
-        self.sha256 = hashlib.sha256()
-        self.position = 0
-        self._buffer = bytearray(CHUNK_BYTES)
-
-    def _chunks(self, count):
-        view = memoryview(self._buffer)
-        while count > 0:
-            got = self._file.readinto(view[: min(count, len(view))])
-            if not got:
-                raise ModelLoadError(f"{self.path} ended early (truncated while reading); re-download it")
-            self.sha256.update(view[:got])
-            self.position += got
-            count -= got
-            yield view[:got]
-
-    def skip_to(self, offset):
-        if offset < self.position:
-            raise RuntimeError(f"cannot seek back in {self.path} ({offset} < {self.position})")
-        for _ in self._chunks(offset - self.position):
-            pass
-
-    def copy_to(self, offset, count, writer):
-        """Copy ``count`` bytes from ``offset`` into ``writer``, chunk by chunk."""
-        self.skip_to(offset)
-        for chunk in self._chunks(count):
-            writer.write(chunk)
-
-    def read(self, offset, count):
-        """Return ``count`` bytes from ``offset`` as a new bytearray (one tensor)."""
-        self.skip_to(offset)
-        out = bytearray(count)
-        at = 0
-        for chunk in self._chunks(count):
-            out[at: at + len(chunk)] = chunk
-            at += len(chunk)
-        return out
-
-    def finish(self):
-        """Hash the rest of the file, close it and return its sha256."""
-        self.skip_to(os.fstat(self._file.fileno()).st_size)
-        self._file.close()
-        return self.sha256.hexdigest()
+    own = hasher is None
+    hasher = hasher or FileHasher()
+    weight_map = {}
+    try:
+        for name, shard in zip(names, shards):
+            writer = ShardWriter(out_dir / name)
+            try:
+                writer.write(_header_bytes(shard, metadata))
+                for tensor in shard:
+                    before = writer.written
+                    produce(tensor, writer)
+                    if writer.written - before != tensor.nbytes:
+                        raise RuntimeError(f"wrote {writer.written - before} bytes for '{tensor.key}', "
+                                           f"expected {tensor.nbytes}")
+                    weight_map[tensor.key] = name
+            finally:
+                writer.close()
+            hasher.submit(name, out_dir / name)
+            logger.info("wrote %s (%d tensors, %d bytes)", name, len(shard), writer.written)
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
+            (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            hasher.submit(INDEX_NAME, out_dir / INDEX_NAME)
+        return hasher.results(names + ([INDEX_NAME] if len(shards) > 1 else []))
+    finally:
+        if own:
+            hasher.close()
 
 
 def read_tensor_bytes(info):

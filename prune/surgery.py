@@ -13,15 +13,16 @@ The output goes to a temporary folder renamed at the end; the source is never mo
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConfigError, ModelLoadError, PlanError
-from ..outputs import atomic_output_dir, check_output_path, sha256_file
+from ..outputs import atomic_output_dir, check_output_path
 from .checkpoint import (
-    DTYPE_SIZES, INDEX_NAME, Checkpoint, OutTensor, SequentialReader, parse_size, read_tensor_bytes,
+    DTYPE_SIZES, INDEX_NAME, Checkpoint, FileHasher, OutTensor, parse_size, read_tensor_bytes, sha256_path,
     write_checkpoint,
 )
 from .manifest import MANIFEST_NAME, write_manifest
@@ -123,7 +124,7 @@ def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
         writer.write(value.contiguous().reshape(-1).view(torch.uint8).numpy())
 
     hashes = write_checkpoint(out_dir, outputs, produce, max_shard_size)
-    return hashes, {p.name: sha256_file(p) for p in checkpoint.files}
+    return hashes, {p.name: sha256_path(p) for p in checkpoint.files}
 
 
 # ---------------------------------------------------------------------------- streaming executor
@@ -153,19 +154,29 @@ def _fold_raw(tensor):
 
 
 def _streaming(checkpoint, outputs, out_dir, max_shard_size):
-    readers = {path: SequentialReader(path) for path in checkpoint.files}
+    hasher = FileHasher()
+    for path in checkpoint.files:  # hashed from the page cache while the copy runs
+        hasher.submit(f"source:{path.name}", path)
+    fds = {path: os.open(path, os.O_RDONLY) for path in checkpoint.files}
 
     def produce(tensor, writer):
         if tensor.op == "copy":
-            readers[tensor.source.file].copy_to(tensor.source.start, tensor.source.nbytes, writer)
+            source = tensor.source
+            writer.copy_range(fds[source.file], source.start, source.nbytes, source.file)
         elif tensor.op == "slice":
-            raw = readers[tensor.source.file].read(tensor.source.start, tensor.source.nbytes)
-            writer.write(_slice_raw(raw, tensor.source, tensor.dim, tensor.keep))
+            writer.write(_slice_raw(read_tensor_bytes(tensor.source), tensor.source, tensor.dim, tensor.keep))
         else:
             writer.write(_fold_raw(tensor))
 
-    hashes = write_checkpoint(out_dir, outputs, produce, max_shard_size)
-    return hashes, {path.name: reader.finish() for path, reader in readers.items()}
+    try:
+        written = write_checkpoint(out_dir, outputs, produce, max_shard_size, hasher=hasher)
+        source = {path.name: digest for path, digest in
+                  zip(checkpoint.files, hasher.results([f"source:{p.name}" for p in checkpoint.files]).values())}
+        return written, source
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        hasher.close()
 
 
 def execute_plan(plan, checkpoint, out_dir, streaming=True, max_shard_size=DEFAULT_MAX_SHARD_SIZE):

@@ -89,3 +89,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tiny_model_dir, t
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert not (source / "pruned").exists()
+
+
+def test_verification_reads_samples_from_data(tiny_model_dir, tmp_path, capsys, probe_images):
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i, image in enumerate(probe_images[:3]):
+        image.save(tmp_path / "images" / f"{i}.png")
+        rows.append({"id": f"q{i}", "image": f"images/{i}.png", "question": "What colour is it?", "answer": "red"})
+    (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    code, out, err = run(["prune", str(tiny_model_dir("B")), "--drop", "clip", "--data", str(tmp_path / "eval.jsonl"),
+                          "--samples", "2", "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    verification = json.loads((tmp_path / "o" / "encslim_manifest.json").read_text())["verification"]
+    assert verification["inputs"] == "data" and verification["samples"] == 2 and verification["passed"] is True
+    assert "over 2 data sample(s)" in out

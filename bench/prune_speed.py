@@ -1,0 +1,154 @@
+"""Streaming surgery speed and memory on a synthetic multi-GB checkpoint, against ``cp``.
+
+Writes a native-layout checkpoint (three CLIP-L-sized encoders, channel-concat A1 fusion, a
+~1.3B Llama; random bf16 tensors written straight to safetensors shards, no model built), then
+alternates ``cp -r`` of the folder and ``encslim.prune.surgery.prune(..., streaming=True)``
+dropping one encoder (deletes its tower, slices the projector), each followed by ``sync``.
+Surgery runs in a child process that reports its peak RSS (``VmHWM``). Prints a table and JSON;
+deletes every file it wrote unless ``--keep-files``.
+
+    python -m encslim.bench.prune_speed [--workdir DIR] [--rounds 2] [--layers 16]
+
+Goals (issue 6): peak RSS <= 1.5 GB, wall time <= 2x ``cp`` of the same files.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHILD = """
+import json, sys, time
+start = time.perf_counter()
+import torch, transformers  # the fixed start-up cost, reported apart
+import encslim.models.native
+from encslim.prune.surgery import prune
+imported = time.perf_counter()
+manifest = prune(sys.argv[1], ["siglip"], sys.argv[2], streaming=True, verify=False, max_shard_size="1GB")
+done = time.perf_counter()
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print(json.dumps({"import_s": imported - start, "surgery_s": done - imported,
+                  "peak_rss_bytes": int(status["VmHWM"].split()[0]) * 1024,
+                  "bytes_after": manifest["summary"]["bytes_after"]}))
+"""
+
+
+def synthetic_config(layers):
+    """A native A1 config: 3 x CLIP-L/14 (224 px) + a Llama with ``layers`` layers of width 2560."""
+    from encslim.models.configuration_encslim import EncslimConfig
+
+    clip_l = {"model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
+              "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "image_size": 224}
+    text = {"model_type": "llama", "hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": layers,
+            "num_attention_heads": 20, "num_key_value_heads": 20, "vocab_size": 32000,
+            "tie_word_embeddings": False}
+    encoders = [{"name": n, "vision_config": dict(clip_l), "image_size": 224} for n in ("clip", "siglip", "dinov2")]
+    return EncslimConfig(text_config=text, encoders=encoders, image_token_id=3,
+                         fusion={"type": "channel_concat", "projector": "linear_first", "grid": 16})
+
+
+def write_synthetic(folder, layers, seed=0):
+    """Write config.json and random bf16 shards (1 GB each) of the saved native layout; returns bytes."""
+    from encslim.models.native import register_auto_classes
+    from encslim.prune.checkpoint import OutTensor, write_checkpoint
+    from encslim.prune.verify import expected_layouts
+
+    register_auto_classes()
+    config = synthetic_config(layers)
+    config.save_pretrained(folder)
+    shapes, _ = expected_layouts(config)[0]
+    tensors = [OutTensor(k, "BF16", tuple(s), "copy") for k, s in shapes.items()]
+    rng = np.random.default_rng(seed)
+    pool = (rng.standard_normal(32 << 20, dtype=np.float32) * 0.02).view(np.uint16)[1::2].copy().view(np.uint8)
+
+    def produce(tensor, writer):  # bf16 = the upper half of fp32 normals, from a random pool offset
+        left = tensor.nbytes
+        while left:
+            start = int(rng.integers(0, len(pool) // 2)) & ~1
+            n = min(left, len(pool) - start)
+            writer.write(pool[start: start + n])
+            left -= n
+
+    write_checkpoint(folder, tensors, produce, max_shard_size=10**9)
+    return sum(t.nbytes for t in tensors)
+
+
+def _sync():
+    subprocess.run(["sync"], check=True)
+
+
+def time_cp(src, dst):
+    _sync()
+    start = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    _sync()
+    return time.perf_counter() - start
+
+
+def time_surgery(src, dst):
+    _sync()
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(dst)], check=True, capture_output=True,
+                         text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    _sync()
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def time_sha256(folder):
+    """Seconds to sha256 every file of ``folder`` on one thread (what the manifest costs, alone)."""
+    from encslim.prune.checkpoint import sha256_path
+
+    start = time.perf_counter()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        sha256_path(path)
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=None, help="where to write (default: a temp folder in /tmp)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=16, help="Llama layers (16 -> about 4.7 GB)")
+    parser.add_argument("--keep-files", action="store_true")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="encslim-prune-speed-", dir=args.workdir))
+    try:
+        src = work / "source"
+        start = time.perf_counter()
+        size = write_synthetic(src, args.layers)
+        print(f"synthetic checkpoint: {size / 1e9:.2f} GB in {len(list(src.glob('*.safetensors')))} shards "
+              f"(written in {time.perf_counter() - start:.1f} s)")
+        rows = []
+        for r in range(args.rounds):
+            cp_s = time_cp(src, work / f"cp{r}")
+            shutil.rmtree(work / f"cp{r}")
+            surgery = time_surgery(src, work / f"pruned{r}")
+            sha_s = time_sha256(src) + time_sha256(work / f"pruned{r}")
+            shutil.rmtree(work / f"pruned{r}")
+            rows.append({"cp_s": cp_s, **surgery, "sha256_alone_s": sha_s, "ratio": surgery["wall_s"] / cp_s,
+                         "ratio_surgery_only": (surgery["wall_s"] - surgery["import_s"]) / cp_s})
+            print(f"round {r}: cp {cp_s:.2f} s | surgery {surgery['wall_s']:.2f} s (imports {surgery['import_s']:.2f} s) "
+                  f"| ratio {rows[-1]['ratio']:.2f}x ({rows[-1]['ratio_surgery_only']:.2f}x without imports) "
+                  f"| peak RSS {surgery['peak_rss_bytes'] / 2**30:.2f} GiB "
+                  f"| sha256 of source+output alone {sha_s:.2f} s")
+        best = min(rows, key=lambda row: row["ratio"])
+        summary = {"checkpoint_bytes": size, "output_bytes": rows[0]["bytes_after"], "rounds": rows,
+                   "best_ratio": best["ratio"], "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in rows),
+                   "goals": {"peak_rss_bytes": 1.5 * 2**30, "ratio": 2.0}}
+        print(json.dumps(summary, indent=2))
+        return summary
+    finally:
+        if not args.keep_files:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
