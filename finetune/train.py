@@ -256,6 +256,8 @@ def _trainer(model, processor, examples, features, config, ds_config, work, call
     from .trainer import EncslimTrainer
 
     base = _base(model)
+    if config.encoder_dropout > 0 and len(base.vision_towers) < 2:
+        logger.warning("--encoder-dropout has no effect on a model with one encoder slot")
     collator = FinetuneCollator(
         examples, processor, list(base.vision_towers), base.config.fusion_class,
         processor.tokenizer.pad_token_id, features=features, encoder_dropout=config.encoder_dropout, seed=config.seed,
