@@ -3,10 +3,11 @@
 Two executors produce the same tensors:
 
 * **in memory**: load the state dict, :func:`apply_plan` with torch, write;
-* **streaming**: read each kept tensor's bytes straight from the source safetensors files, in
-  storage order, slice/fold the few tensors that need it with numpy on raw bytes, and write them
-  into new shards whose headers are planned up front. Memory stays at one chunk or one sliced
-  tensor; the source files are read once, hashed on the way (for the manifest).
+* **streaming**: plan every output shard (headers included) from the source headers alone, let
+  the kernel copy each kept tensor's bytes from the source file (``copy_file_range``, as ``cp``
+  does), and slice/fold the few tensors that need it with numpy on their raw bytes (any dtype).
+  Memory stays at one sliced tensor; the files' sha256 (for the manifest) are computed on
+  worker threads meanwhile.
 
 The output goes to a temporary folder renamed at the end; the source is never modified.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, ModelLoadError, PlanError
+from ..errors import ConfigError, ModelLoadError, PlanError, VerificationError
 from ..outputs import atomic_output_dir, check_output_path
 from .checkpoint import (
     DTYPE_SIZES, INDEX_NAME, Checkpoint, FileHasher, OutTensor, parse_size, read_tensor_bytes, sha256_path,
@@ -170,9 +171,8 @@ def _streaming(checkpoint, outputs, out_dir, max_shard_size):
 
     try:
         written = write_checkpoint(out_dir, outputs, produce, max_shard_size, hasher=hasher)
-        source = {path.name: digest for path, digest in
-                  zip(checkpoint.files, hasher.results([f"source:{p.name}" for p in checkpoint.files]).values())}
-        return written, source
+        digests = hasher.results([f"source:{p.name}" for p in checkpoint.files])
+        return written, {p.name: digests[f"source:{p.name}"] for p in checkpoint.files}
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -319,11 +319,14 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
 
         from .verify import check_structure, verify_pruned
 
-        check_structure(AutoConfig.from_pretrained(tmp), Checkpoint.open(tmp).shapes(), "the pruned output")
+        try:
+            check_structure(AutoConfig.from_pretrained(tmp), Checkpoint.open(tmp).shapes(), "the pruned output")
+        except ModelLoadError as err:
+            raise VerificationError(f"{err} (a bug in the removal plan: report it); nothing was written") from err
         if verify:
             verification = verify_pruned(model_dir, tmp, plan, data=data, num_samples=num_samples)
         else:
-            verification = {"skipped": True, "reason": "disabled" if fits else "model does not fit in memory"}
+            verification = {"skipped": True, "reason": "--no-verify" if fits else "the model does not fit in memory"}
         manifest = write_manifest(
             tmp, stage="prune", source=model_dir, removed=plan.drop, kept=plan.kept,
             plan=plan.to_dict(), ranking=selection, verification=verification,
