@@ -190,12 +190,7 @@ def export_llava(model_dir, out, *, overwrite=False, max_shard_size="5GB", ranki
     check_output_path(out, overwrite, inputs=[model_dir])
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
-    require_native(source, "llava")
-    from ..models.configuration_encslim import EncslimConfig
-
-    reasons = llava_blockers(EncslimConfig.from_pretrained(model_dir))  # before loading any weight
-    if reasons:
-        raise ConfigError(f"{model_dir} cannot be exported as LLaVA: {'; '.join(reasons)}")
+    _check_structure(source, model_dir)
     model, processor = load_source(source, "float32")
     images, prompts = probe_images(2), probe_prompts(processor, 2)
     with torch.no_grad():
@@ -216,6 +211,16 @@ def export_llava(model_dir, out, *, overwrite=False, max_shard_size="5GB", ranki
         )
     logger.info("exported %s -> %s (format llava)", model_dir, out)
     return manifest
+
+
+def _check_structure(source, model_dir):
+    """Refuse a non-native or non-LLaVA-shaped model from its config alone, before loading weights."""
+    from ..models.configuration_encslim import EncslimConfig
+
+    require_native(source, "llava")
+    reasons = llava_blockers(EncslimConfig.from_pretrained(model_dir))
+    if reasons:
+        raise ConfigError(f"{model_dir} cannot be exported as LLaVA: {'; '.join(reasons)}")
 
 
 def _verify(folder, images, prompts, reference, atol):
