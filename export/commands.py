@@ -35,7 +35,12 @@ FORMAT_OPTIONS = {
                    "1e-4 llava/deepseek_vl/onnx).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export_cmd(model_dir, fmt, out, overwrite, ranking, bench, max_shard_size, dtype, atol, as_json):
-    """Export MODEL_DIR as a deployable folder and verify it against the source."""
+    """Export MODEL_DIR as a deployable folder and verify it against the source.
+
+    \b
+    An ONNX folder runs with onnxruntime alone:
+      python -m encslim.export.ort_generate OUT --image photo.png --prompt "What is in the image?"
+    """
     from . import exporter
 
     options = {"overwrite": overwrite, "ranking": ranking, "bench": bench}
