@@ -2,13 +2,13 @@
 
 Four categories mirror the study's:
 
-* **OCR & Chart**: read a single printed digit, or the value label above a bar. Glyphs are a
+* **OCR & Chart**: read a single printed digit, or the value printed above a bar. Glyphs are a
   5x7 bitmap font drawn at scale 2 (10x14 px) in a 128 px image: a 32 px view shrinks them to
   about 2.5x3.5 px, too small to read, so only a high-resolution encoder can answer.
 * **General**: the colour or the shape of one large object (also as 4-option MCQ items).
-* **Vision-centric**: count objects (1-6) or tell whether one object is left/right of, or
-  above/below, another.
-* **Knowledge**: answerable from the question text alone (single-digit sums, simple facts);
+* **Vision-centric**: count circles (1-5) or tell whether a coloured shape is left/right of, or
+  above/below, the black square in the middle.
+* **Knowledge**: answerable from the question text alone (small sums, simple facts);
   the image is an unrelated scene.
 
 Everything is drawn with PIL without anti-aliasing from a ``random.Random`` seeded by
@@ -55,6 +55,7 @@ GLYPHS = {
     "9": ("01110", "10001", "10001", "01111", "00001", "00010", "01100"),
 }
 GLYPH_W, GLYPH_H = 5 * GLYPH_SCALE, 7 * GLYPH_SCALE
+COUNT_RADIUS = 9
 
 FACTS = [
     ("What is the capital of France?", "Paris"), ("What is the capital of Italy?", "Rome"),
@@ -68,7 +69,6 @@ FACTS = [
     ("Which day comes after Monday?", "Tuesday"), ("Which day comes before Sunday?", "Saturday"),
     ("Which animal says woof?", "dog"), ("Which animal says meow?", "cat"),
 ]
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 # ---------------------------------------------------------------------------------- drawing
@@ -117,31 +117,27 @@ def _place(rng, radius, taken, gap=3, tries=200):
 
 # ---------------------------------------------------------------------------------- tasks
 def task_digit(rng):
-    """OCR: one small printed digit somewhere in the image."""
+    """OCR: one small printed digit in the central part of the image."""
     img = _canvas(rng)
     digit = str(rng.randint(0, 9))
-    x = rng.randint(4, IMAGE_SIZE - GLYPH_W - 4)
-    y = rng.randint(4, IMAGE_SIZE - GLYPH_H - 4)
+    x = rng.randint(32, IMAGE_SIZE - 32 - GLYPH_W)
+    y = rng.randint(32, IMAGE_SIZE - 32 - GLYPH_H)
     draw_digit(ImageDraw.Draw(img), x, y, digit, _ink(rng))
     return img, "What digit is printed in the image?", digit, "OCR & Chart", "digit"
 
 
 def task_chart(rng):
-    """Chart: three coloured bars, each with a small value label above it."""
+    """Chart: one coloured bar on an axis, its value printed small above it."""
     img = _canvas(rng, light=False)
     draw = ImageDraw.Draw(img)
-    names = rng.sample(["red", "green", "blue"], 3)
-    values = [str(rng.randint(0, 9)) for _ in names]
-    base, width = IMAGE_SIZE - 8, 24
+    value = str(rng.randint(0, 9))
+    base, width = IMAGE_SIZE - 10, rng.randint(18, 28)
     draw.line([(6, base), (IMAGE_SIZE - 6, base)], fill=(0, 0, 0), width=1)
-    for i, (name, value) in enumerate(zip(names, values)):
-        x0 = 12 + i * 38
-        top = base - rng.randint(24, 84)
-        draw.rectangle([x0, top, x0 + width, base - 1], fill=COLOURS[name])
-        draw_digit(draw, x0 + (width - GLYPH_W) // 2, top - GLYPH_H - 3, value, _ink(rng))
-    pick = rng.randrange(3)
-    question = f"What value is written above the {names[pick]} bar?"
-    return img, question, values[pick], "OCR & Chart", "chart"
+    x0 = rng.randint(30, IMAGE_SIZE - 30 - width)
+    top = base - rng.randint(30, 76)
+    draw.rectangle([x0, top, x0 + width, base - 1], fill=COLOURS[rng.choice(sorted(COLOURS))])
+    draw_digit(draw, x0 + (width - GLYPH_W) // 2, top - GLYPH_H - 3, value, _ink(rng))
+    return img, "What value is written above the bar?", value, "OCR & Chart", "chart"
 
 
 def _big_object(rng):
@@ -167,40 +163,36 @@ def task_shape(rng):
 
 
 def task_count(rng):
-    """Vision-centric: count 1-6 separated objects of one colour."""
+    """Vision-centric: count 1-5 separated circles of one size and colour."""
     img = _canvas(rng)
     draw = ImageDraw.Draw(img)
-    count, colour = rng.randint(1, 6), COLOURS[rng.choice(sorted(COLOURS))]
+    count, colour = rng.randint(1, 5), COLOURS[rng.choice(sorted(COLOURS))]
     taken = []
     for _ in range(count):
-        radius = rng.randint(8, 11)
-        cx, cy = _place(rng, radius, taken, gap=6)
-        taken.append((cx, cy, radius))
-        draw_shape(draw, rng.choice(("circle", "square")), cx, cy, radius, colour)
-    return img, "How many shapes are there in the image?", str(count), "Vision-centric", "count"
+        cx, cy = _place(rng, COUNT_RADIUS, taken, gap=6)
+        taken.append((cx, cy, COUNT_RADIUS))
+        draw_shape(draw, "circle", cx, cy, COUNT_RADIUS, colour)
+    return img, "How many circles are there in the image?", str(count), "Vision-centric", "count"
 
 
 def task_position(rng):
-    """Vision-centric: relative position (left/right or above/below) of two coloured objects."""
+    """Vision-centric: is a coloured shape left/right of (or above/below) the black square in the middle."""
     img = _canvas(rng)
     draw = ImageDraw.Draw(img)
-    first, second = rng.sample(sorted(COLOURS), 2)
+    colour, c = rng.choice(sorted(COLOURS)), IMAGE_SIZE // 2
+    radius = rng.randint(12, 16)
+    offset = rng.choice((-1, 1)) * rng.randint(30, c - radius - 4)
+    jitter = rng.randint(-12, 12)
     horizontal = rng.random() < 0.5
-    radius = rng.randint(12, 18)
-    lo, hi = radius + 4, IMAGE_SIZE - radius - 5
-    a, b = rng.randint(lo, 44), rng.randint(84, hi)
-    if rng.random() < 0.5:
-        a, b = b, a
-    off1, off2 = rng.randint(lo, hi), rng.randint(lo, hi)
-    (p1, p2) = ((a, off1), (b, off2)) if horizontal else ((off1, a), (off2, b))
-    draw_shape(draw, rng.choice(SHAPES), *p1, radius, COLOURS[first])
-    draw_shape(draw, rng.choice(SHAPES), *p2, radius, COLOURS[second])
+    cx, cy = (c + offset, c + jitter) if horizontal else (c + jitter, c + offset)
+    draw_shape(draw, "square", c, c, 9, (0, 0, 0))
+    draw_shape(draw, rng.choice(SHAPES), cx, cy, radius, COLOURS[colour])
     if horizontal:
-        question = f"Is the {first} shape left or right of the {second} shape?"
-        answer = "left" if a < b else "right"
+        question = f"Is the {colour} shape left or right of the black square?"
+        answer = "left" if offset < 0 else "right"
     else:
-        question = f"Is the {first} shape above or below the {second} shape?"
-        answer = "above" if a < b else "below"
+        question = f"Is the {colour} shape above or below the black square?"
+        answer = "above" if offset < 0 else "below"
     return img, question, answer, "Vision-centric", "position"
 
 
@@ -209,8 +201,7 @@ def task_knowledge(rng):
     img = rng.choice((task_colour, task_count, task_position))(rng)[0]
     if rng.random() < 0.5:
         a, b = rng.randint(0, 4), rng.randint(0, 5)
-        left = NUMBER_WORDS[a] if rng.random() < 0.5 else str(a)
-        return img, f"What is {left} plus {b}?", str(a + b), "Knowledge", "sum"
+        return img, f"What is {a} plus {b}?", str(a + b), "Knowledge", "sum"
     question, answer = rng.choice(FACTS)
     return img, question, answer, "Knowledge", "fact"
 
@@ -242,31 +233,41 @@ def _category_plan(n, mix, rng):
     return plan
 
 
-def generate(split, n, seed=0, mcq_share=0.25):
-    """Make ``n`` samples of ``split`` (``"train"`` or ``"eval"``) in memory.
+def iter_samples(split, n, seed=0, mcq_share=0.0):
+    """Yield ``n`` samples of ``split`` (``"train"`` or ``"eval"``) one by one, as :func:`generate` lists them.
 
-    Args:
-        split: ``"train"`` (OCR-heavy mix) or ``"eval"`` (equal categories).
-        n: number of samples.
-        seed: the seed; ``(seed, split)`` fixes every pixel and word.
-        mcq_share: share of colour questions asked as 4-option MCQ.
-
-    Returns:
-        A list of dicts: ``id, image (PIL), question, answer, category, metric, options, task``.
+    Lazily, so a training loop can stream many more samples than it could hold in memory.
     """
     if split not in ("train", "eval"):
         raise ConfigError(f"split '{split}' unknown; use 'train' or 'eval'")
     rng = random.Random(f"encslim-demo-{seed}-{split}")
-    samples = []
     for i, category in enumerate(_category_plan(n, TRAIN_MIX if split == "train" else EVAL_MIX, rng)):
         img, question, answer, category, task = rng.choice(TASKS[category])(rng)
         options, metric = {}, "exact"
         if task == "colour" and rng.random() < mcq_share:
             options, answer = _as_mcq(rng, question, answer, sorted(COLOURS))
             metric = "mcq"
-        samples.append({"id": f"{split}-{i:05d}", "image": img, "question": question, "answer": answer,
-                        "category": category, "metric": metric, "options": options, "task": task})
-    return samples
+        yield {"id": f"{split}-{i:05d}", "image": img, "question": question, "answer": answer,
+               "category": category, "metric": metric, "options": options, "task": task}
+
+
+def generate(split, n, seed=0, mcq_share=0.0):
+    """Make ``n`` samples of ``split`` (``"train"`` or ``"eval"``) in memory.
+
+    Args:
+        split: ``"train"`` (OCR-heavy mix) or ``"eval"`` (equal categories).
+        n: number of samples.
+        seed: the seed; ``(seed, split, n)`` fixes every pixel and word.
+        mcq_share: share of colour questions asked as 4-option MCQ (default none: matching a colour
+            to an option letter is too hard for the tiny demo model trained in minutes).
+
+    Returns:
+        A list of dicts: ``id, image (PIL), question, answer, category, metric, options, task``.
+
+    Raises:
+        ConfigError: unknown split.
+    """
+    return list(iter_samples(split, n, seed, mcq_share))
 
 
 def to_samples(records):
@@ -280,13 +281,14 @@ def to_samples(records):
 
 def demo_corpus():
     """Every text the demo uses (questions, answers, instructions), to train a tokenizer on."""
-    lines = [SHORT_ANSWER, MCQ_INSTRUCTION, "Question: Options: Hint:", "A. B. C. D."]
+    lines = [SHORT_ANSWER, MCQ_INSTRUCTION, "Question: Options: Hint:", "A. B. C. D.",
+             "Answer the question directly.", "Please select the correct answer from the options above."]
     lines += [q for q, _ in FACTS] + [a for _, a in FACTS]
-    lines += [f"What is {w} plus {b}?" for w in NUMBER_WORDS for b in range(6)]
-    lines += ["What digit is printed in the image?", "How many shapes are there in the image?",
+    lines += [f"What is {a} plus {b}?" for a in range(5) for b in range(6)]
+    lines += ["What digit is printed in the image?", "How many circles are there in the image?",
               "What colour is the shape?", "What shape is shown in the image?"]
-    lines += [f"What value is written above the {c} bar?" for c in ("red", "green", "blue")]
-    lines += [f"Is the {a} shape left or right of the {b} shape? above or below" for a in COLOURS for b in COLOURS]
+    lines += ["What value is written above the bar?"]
+    lines += [f"Is the {a} shape left or right of the black square? above or below" for a in COLOURS]
     lines += list(COLOURS) + list(SHAPES) + ["left right above below"] + [str(d) for d in range(10)]
     return lines
 
@@ -354,5 +356,5 @@ def write_demo_data(out, seed=0, n_train=6000, n_eval=400, overwrite=False):
     return summary
 
 
-__all__ = ["DEMO_CATEGORIES", "IMAGE_SIZE", "generate", "to_samples", "demo_corpus", "write_demo_data",
+__all__ = ["DEMO_CATEGORIES", "IMAGE_SIZE", "generate", "iter_samples", "to_samples", "demo_corpus", "write_demo_data",
            "draw_digit", "draw_shape"]

@@ -34,7 +34,8 @@ def test_every_category_and_task_present_with_the_stated_mix():
 
 
 def test_answers_are_short_and_mcq_answers_are_option_letters():
-    samples = generate("train", 400, seed=1)
+    assert not [s for s in generate("eval", 200, seed=1) if s["metric"] == "mcq"]  # none by default
+    samples = generate("train", 400, seed=1, mcq_share=0.5)
     mcq = [s for s in samples if s["metric"] == "mcq"]
     assert mcq, "some colour questions are MCQ"
     for s in mcq:
