@@ -29,7 +29,9 @@ DEFAULT_DROP = ("dinov2", "clip")
 
 def demo_model_dir():
     """Where the trained demo model ships: ``<encslim>/models/demo``."""
-    return Path(__file__).resolve().parents[1] / "models" / "demo"
+    from ..models.demo_assets import DEMO_MODEL_DIR
+
+    return DEMO_MODEL_DIR
 
 
 def write_untrained_demo(out):
