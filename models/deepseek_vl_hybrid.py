@@ -16,19 +16,21 @@ whose aligner is ``linear2(GELU(linear1(siglip)))``, with::
 
 Removing ``siglip`` is refused: the hybrid class always runs its low-resolution tower (its
 ``image_size / patch_size`` also sets the SAM feature grid), and no stock class has SAM alone.
+
+``load`` returns the stock classes extended with encslim's keywords (``masked_slots``,
+``image_features``..., see :mod:`.deepseek_vl_modeling`), so the evaluator and the ranking
+drive these models as they drive native ones.
 """
 
 import torch
-from transformers import AutoProcessor
 from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 
 from ..errors import PlanError
+from . import deepseek_vl_modeling as modeling
 from .adapter import Adapter, Slot, register_adapter
 
 SIGLIP, SAM = "siglip", "sam"
 PIXEL_KEYS = {SIGLIP: "pixel_values", SAM: "high_res_pixel_values"}
-HIGH_RES_PROCESSOR_KEYS = ("high_res_size", "high_res_resample", "high_res_image_mean", "high_res_image_std",
-                           "high_res_background_color")
 SIGLIP_REFUSAL = (
     "removing 'siglip' from deepseek_vl_hybrid has no exact loadable result: the hybrid class always runs its "
     "low-resolution SigLIP tower (whose grid also sets the SAM feature grid) and no stock transformers class "
@@ -49,19 +51,27 @@ def _image_embeds(model, pooled, batch):
     return CausalLMOutputWithPast(logits=out.logits, past_key_values=out.past_key_values)
 
 
-def _with_image_token(processor, prompts):
-    token = processor.image_token
-    return [p if token in p else f"{token}\n{p}" for p in prompts]
-
-
-def _load(model_class, path, device, dtype, device_map):
+def _load(model_class, processor_class, path, device, dtype, device_map):
     kwargs = {"dtype": dtype} if dtype is not None else {}
     if device_map is not None:
         kwargs["device_map"] = device_map
     model = model_class.from_pretrained(path, **kwargs)
     if device_map is None:
         model.to(device)
-    return model.eval(), AutoProcessor.from_pretrained(path)
+    return model.eval(), processor_class.from_pretrained(path)
+
+
+def encode_hybrid(model, batch):
+    """``{"siglip": (B, N, D_low), "sam": (B, N, D_high)}`` for the pixel inputs present in ``batch``."""
+    inner, features = model.model, {}
+    dtype = inner.vision_model.dtype
+    if batch.get("pixel_values") is not None:
+        pixels = batch["pixel_values"].to(model.device, dtype)
+        features[SIGLIP] = inner.get_low_res_image_features(pixels).last_hidden_state
+    if batch.get("high_res_pixel_values") is not None:
+        pixels = batch["high_res_pixel_values"].to(model.device, dtype)
+        features[SAM] = inner.get_high_res_image_features(pixels).last_hidden_state
+    return features
 
 
 def hybrid_fuse(aligner, features, masked=frozenset(), mask_mode="removal", mask_values=None):
@@ -80,9 +90,11 @@ def hybrid_fuse(aligner, features, masked=frozenset(), mask_mode="removal", mask
     masked = set(masked)
     if masked - {SIGLIP, SAM}:
         raise ValueError(f"unknown slot(s) {sorted(masked - {SIGLIP, SAM})}; slots are siglip, sam")
-    if masked >= {SIGLIP, SAM}:
-        raise ValueError("cannot mask every encoder slot")
-    ref = next(v for k, v in features.items() if k not in masked)
+    if masked >= {SIGLIP, SAM} and mask_mode == "removal":
+        raise ValueError("cannot mask every encoder slot in removal mode")
+    if not features:
+        raise ValueError("at least one slot's features are needed (for the batch and token shape)")
+    ref = next((v for k, v in features.items() if k not in masked), next(iter(features.values())))
     dims = {SIGLIP: aligner.vision_proj.in_features, SAM: aligner.high_res_vision_proj.in_features}
 
     def feature(slot):
@@ -115,28 +127,18 @@ class DeepseekVLHybridAdapter(Adapter):
         return "A3"
 
     def load(self, path, device="cpu", dtype=None, device_map=None):
-        from transformers import DeepseekVLHybridForConditionalGeneration
-
-        return _load(DeepseekVLHybridForConditionalGeneration, path, device, dtype, device_map)
+        return _load(modeling.DeepseekVLHybridForConditionalGeneration, modeling.DeepseekVLHybridProcessor, path,
+                     device, dtype, device_map)
 
     def encode(self, model, batch):
-        inner, features = model.model, {}
-        dtype = inner.vision_model.dtype
-        if batch.get("pixel_values") is not None:
-            pixels = batch["pixel_values"].to(model.device, dtype)
-            features[SIGLIP] = inner.get_low_res_image_features(pixels).last_hidden_state
-        if batch.get("high_res_pixel_values") is not None:
-            pixels = batch["high_res_pixel_values"].to(model.device, dtype)
-            features[SAM] = inner.get_high_res_image_features(pixels).last_hidden_state
-        return features
+        return encode_hybrid(model, batch)
 
     def decode(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
         pooled = hybrid_fuse(model.model.aligner, features, masked, mask_mode, mask_values)
         return _image_embeds(model, pooled, batch)
 
     def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
-        batch = processor(text=_with_image_token(processor, prompts), images=list(images), return_tensors="pt",
-                          padding=True)
+        batch = modeling.model_inputs(processor, images, prompts)
         if mask_mode == "removal":
             for slot in masked:
                 batch.pop(PIXEL_KEYS[slot], None)  # a removed encoder needs no pixels
@@ -207,9 +209,8 @@ class DeepseekVLAdapter(Adapter):
         return "single"
 
     def load(self, path, device="cpu", dtype=None, device_map=None):
-        from transformers import DeepseekVLForConditionalGeneration
-
-        return _load(DeepseekVLForConditionalGeneration, path, device, dtype, device_map)
+        return _load(modeling.DeepseekVLForConditionalGeneration, modeling.DeepseekVLProcessor, path, device, dtype,
+                     device_map)
 
     def encode(self, model, batch):
         pixels = batch["pixel_values"].to(model.device, model.model.vision_model.dtype)
@@ -221,70 +222,12 @@ class DeepseekVLAdapter(Adapter):
         return _image_embeds(model, model.model.aligner(features[SIGLIP]), batch)
 
     def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
-        return processor(text=_with_image_token(processor, prompts), images=list(images), return_tensors="pt",
-                         padding=True)
+        return modeling.model_inputs(processor, images, prompts)
 
     def removal_plan(self, config, drop):
         from ..prune.plan import check_drop
 
         check_drop([SIGLIP], drop)  # always raises: the only slot cannot go
-
-
-# ---------------------------------------------------------------------------- tiny random models
-TINY_TEXT = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
-TINY_SIGLIP = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-               "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8, "image_size": 32}
-TINY_SAM = {"model_type": "sam_vision_model", "hidden_size": 32, "mlp_dim": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "patch_size": 8, "image_size": 64, "output_channels": 16,
-            "global_attn_indexes": [1], "window_size": 4}
-
-
-def build_tiny_hybrid(seed=0, tokenizer=None):
-    """``(model, processor)``: a tiny random ``deepseek_vl_hybrid`` (SigLIP 32 px, SAM 64 px, 16 image tokens).
-
-    The SAM branch's weights get seeded noise on top of transformers' near-zero init (and a
-    non-zero ``high_res_vision_alpha``), so that masking SAM visibly changes the output.
-    """
-    from transformers import DeepseekVLHybridConfig, DeepseekVLHybridForConditionalGeneration, DeepseekVLHybridProcessor
-    from transformers.models.deepseek_vl_hybrid.image_processing_pil_deepseek_vl_hybrid import (
-        DeepseekVLHybridImageProcessorPil,
-    )
-
-    from .tokenizer import build_tokenizer
-
-    tokenizer = tokenizer or build_tokenizer()
-    config = DeepseekVLHybridConfig(
-        text_config=dict(TINY_TEXT, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
-        vision_config=dict(TINY_SIGLIP), high_res_vision_config=dict(TINY_SAM),
-        image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token), tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = DeepseekVLHybridForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, param in model.model.named_parameters():
-            if name.startswith(("high_res_vision", "aligner.high_res")):
-                param.add_(torch.randn_like(param) * 0.1)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    image_processor = DeepseekVLHybridImageProcessorPil(
-        size={"height": TINY_SIGLIP["image_size"], "width": TINY_SIGLIP["image_size"]},
-        high_res_size={"height": TINY_SAM["image_size"], "width": TINY_SAM["image_size"]},
-    )
-    processor = DeepseekVLHybridProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                          num_image_tokens=_low_res_tokens(config))
-    return model, processor
-
-
-def create_tiny_hybrid(out, seed=0, overwrite=False):
-    """Write a tiny random ``deepseek_vl_hybrid`` folder (weights, config, processor, tokenizer) to ``out``."""
-    from ..outputs import atomic_output_dir
-
-    model, processor = build_tiny_hybrid(seed)
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-    return out
 
 
 register_adapter(DeepseekVLHybridAdapter())

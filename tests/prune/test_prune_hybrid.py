@@ -66,6 +66,34 @@ def test_removing_sam_gives_a_stock_deepseek_vl_that_matches_the_masked_hybrid(h
     assert torch.count_nonzero(stock.model.aligner.linear1.weight[: model.config.text_config.hidden_size // 2]) == 0
 
 
+def test_masked_generation_through_model_keywords_equals_the_pruned_model(hybrid, hybrid_dir, tmp_path,
+                                                                         probe_images):
+    """What the evaluator calls (model keywords, generate) gives the pruned model's greedy answers."""
+    from encslim.models.loading import load_model
+
+    model, processor, adapter = hybrid
+    prune(hybrid_dir, ["sam"], tmp_path / "stock", verify=False)
+    stock, stock_processor, stock_adapter = load_model(tmp_path / "stock")
+    prompts = [processor.build_prompt(q) for q in ("What is it?", "Which colour?", "How many?", "Read it.")]
+    assert prompts == [stock_processor.build_prompt(q) for q in ("What is it?", "Which colour?", "How many?",
+                                                                 "Read it.")]
+    batch = adapter.prepare_batch(processor, probe_images, prompts, masked={"sam"})
+    stock_batch = stock_adapter.prepare_batch(stock_processor, probe_images, prompts)
+    features = adapter.encode(model, batch)
+    with torch.no_grad():
+        by_keywords = model(**batch, masked_slots={"sam"}).logits
+        by_features = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            image_features=features, masked_slots={"sam"}).logits
+        by_adapter = adapter.decode(model, features, batch, masked={"sam"}).logits
+        assert (by_keywords - by_adapter).abs().max() == 0 and (by_features - by_adapter).abs().max() == 0
+        settings = dict(max_new_tokens=5, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
+        masked_answers = model.generate(**batch, masked_slots={"sam"}, **settings)
+        cached_answers = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                        image_features=features, masked_slots={"sam"}, **settings)
+        stock_answers = stock.generate(**stock_batch, **settings)
+    assert torch.equal(masked_answers, stock_answers) and torch.equal(cached_answers, stock_answers)
+
+
 def test_hybrid_executors_agree_and_siglip_removal_is_refused(hybrid_dir, tmp_path):
     from safetensors.torch import load_file
 
