@@ -28,6 +28,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOu
 from ..errors import PlanError
 from . import deepseek_vl_modeling as modeling
 from .adapter import Adapter, Slot, register_adapter
+from .deepseek_vl_modeling import build_tiny_hybrid, create_tiny_hybrid  # noqa: F401 - public here too
 
 SIGLIP, SAM = "siglip", "sam"
 PIXEL_KEYS = {SIGLIP: "pixel_values", SAM: "high_res_pixel_values"}
