@@ -119,7 +119,7 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
     options = dict(subsets=subsets, shapley_permutations=shapley_permutations, seed=seed, bootstrap=bootstrap,
                    alpha=alpha, latency_ms=latency_ms, model_path=model_path)
     if out is None:
-        return _finish(_run(runner, model, **options), runner, start)
+        return _finish(_run(runner, **options), runner, start)
     from ..outputs import atomic_output_dir
 
     inputs = [p for p in [model_path, *data_paths] if p is not None]
@@ -128,7 +128,7 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
         if previous:  # the evaluator's own records travel on, so its resume sees them too
             shutil.copyfile(previous[0], tmp / RECORDS_FILE)
         runner.records_path = tmp / RECORDS_FILE
-        ranking = _finish(_run(runner, model, **options), runner, start)
+        ranking = _finish(_run(runner, **options), runner, start)
         write_ranking(ranking.data, tmp)
         table.save(tmp)
     ranking.out = Path(out)
@@ -262,7 +262,7 @@ class _Runner:
         return {m: float(self.table.array(m).mean()) for m in sets}
 
 
-def _run(runner, model, subsets, shapley_permutations, seed, bootstrap, alpha, latency_ms, model_path):
+def _run(runner, subsets, shapley_permutations, seed, bootstrap, alpha, latency_ms, model_path):
     """Evaluate what the subset mode needs (greedy and permutations adaptively), then compute."""
     slots = runner.table.slots
     runner.ensure(mask_sets(slots, subsets))
@@ -279,7 +279,7 @@ def _run(runner, model, subsets, shapley_permutations, seed, bootstrap, alpha, l
     evaluated = runner.table.evaluated()
     scores = {m: runner.table.array(m) for m in evaluated}
     data = compute_ranking(
-        slots, [s.category for s in runner.samples], scores, slot_costs(model), subsets=subsets,
+        slots, [s.category for s in runner.samples], scores, slot_costs(*runner.loaded), subsets=subsets,
         greedy_path=path, perms=perms, bootstrap=bootstrap, seed=seed, alpha=alpha, latency_ms=latency_ms,
     )
     data["model"] = str(model_path) if model_path else "<in-memory model>"

@@ -125,26 +125,39 @@ def frontier(slots, table, slot_flops, latency_ms=None):
     return rows
 
 
-def slot_costs(model):
-    """Per slot: vision FLOPs of one forward (one image) and the parameters only it owns.
+def slot_costs(model, processor, adapter):
+    """Per slot: vision FLOPs of one forward on one image, and the parameters only it owns.
 
-    FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one forward of each
-    vision tower (see :func:`encslim.models.inspect.vision_flops`). Families whose model does
-    not expose native vision towers get ``None`` costs (the frontier then has no Pareto marks).
+    FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` around the adapter's
+    ``encode`` of a batch that holds pixels for that slot alone (a multiply-add counts 2; matmuls,
+    convolutions and attention are counted, element-wise ops are not). Works for every adapter;
+    an adapter whose ``encode`` runs slots it has no pixels for gets ``None`` (no Pareto marks
+    then). Parameters are known for native models only (``None`` otherwise).
 
     Returns:
         ``{slot: {"vision_flops": int | None, "params": int | None}}``.
     """
-    from ..models.inspect import slot_parameter_counts, vision_flops
+    slots = adapter.slot_names(model.config)
+    try:
+        from ..models.inspect import slot_parameter_counts
 
-    try:
-        flops = vision_flops(model)
-    except (AttributeError, KeyError, TypeError):
-        flops = {}
-    try:
         per_slot = slot_parameter_counts(model)[0]
         params = {s: v["vision"] + v["fusion"] for s, v in per_slot.items()}
     except (AttributeError, KeyError, TypeError):
         params = {}
-    names = getattr(model, "slot_names", None) or list(flops)
-    return {s: {"vision_flops": flops.get(s), "params": params.get(s)} for s in names}
+    return {s: {"vision_flops": _encode_flops(model, processor, adapter, s, slots), "params": params.get(s)}
+            for s in slots}
+
+
+def _encode_flops(model, processor, adapter, slot, slots):
+    import torch
+    from PIL import Image
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    others = frozenset(s for s in slots if s != slot)
+    batch = adapter.prepare_batch(processor, [image], [processor.build_prompt("What is shown?")], masked=others,
+                                  mask_mode="removal")
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        features = adapter.encode(model, batch)
+    return int(counter.get_total_flops()) if set(features) == {slot} else None

@@ -97,3 +97,16 @@ def test_cli_user_errors_are_one_line(tiny_model_dir, demo_eval, tmp_path, capsy
     code, _, err = _cli(["rank", model, "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "m")],
                         capsys)
     assert code == 2 and "missing.jsonl" in err
+
+
+def test_other_family_deepseek_vl_hybrid(demo_eval, tmp_path):
+    from encslim.models.deepseek_vl_modeling import create_tiny_hybrid
+
+    model = tmp_path / "hybrid"
+    create_tiny_hybrid(model)
+    ranking = rank(model, demo_eval, subsets="all", bootstrap=0, max_new_tokens=4)
+    assert ranking.slots == ["siglip", "sam"]
+    assert len(ranking["subsets"]) == 4 and ranking["shapley_method"] == "exact"
+    flops = {s: c["vision_flops"] for s, c in ranking["costs"].items()}
+    assert flops["sam"] > flops["siglip"] > 0  # counted per slot through the adapter's encode
+    assert ranking["evaluation"]["encoder_passes_per_sample"] == 2
