@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 DEMO_CATEGORIES = ["OCR & Chart", "General", "Vision-centric", "Knowledge"]
 IMAGE_SIZE = 128
 GLYPH_SCALE = 2
-# Share of each category in the training split; reading is the hard part, so it gets more.
-TRAIN_MIX = {"OCR & Chart": 0.4, "General": 0.2, "Vision-centric": 0.2, "Knowledge": 0.2}
+# Share of each category in the training split; reading and the spatial tasks are the hard part.
+TRAIN_MIX = {"OCR & Chart": 0.35, "General": 0.2, "Vision-centric": 0.3, "Knowledge": 0.15}
 EVAL_MIX = {c: 0.25 for c in DEMO_CATEGORIES}
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
@@ -56,6 +56,10 @@ GLYPHS = {
 }
 GLYPH_W, GLYPH_H = 5 * GLYPH_SCALE, 7 * GLYPH_SCALE
 COUNT_RADIUS = 9
+# Where the digits are printed (top-left corner, before a small jitter): each glyph stays inside
+# one 16x16 cell of the full-resolution image; offsets are even, so the checkerboard keeps its phase.
+DIGIT_AT = (52, 48)
+CHART_LABEL_AT = (52, 96)
 
 FACTS = [
     ("What is the capital of France?", "Paris"), ("What is the capital of Italy?", "Rome"),
@@ -100,9 +104,29 @@ def draw_shape(draw, shape, cx, cy, radius, colour):
         draw.polygon([(cx, cy - radius), (cx + radius, cy), (cx, cy + radius), (cx - radius, cy)], fill=colour)
 
 
-def _ink(rng):
-    """A dark, random ink colour: the glyph's pixel mass should not reveal the digit."""
-    return tuple(rng.randint(0, 90) for _ in range(3))
+def draw_embossed_digit(draw, x, y, digit, background, depth):
+    """Draw a digit whose every stroke cell is a 2x2 checkerboard of dark and bright pixels.
+
+    Each lit bit of the 5x7 font becomes a 2x2 cell ``[[dark, bright], [bright, dark]]`` with
+    ``dark = background - depth`` and ``bright = background + depth``. The pattern has zero mean
+    at the highest spatial frequency, so any downscaled view (32 px or less for the 128 px
+    image) sees the plain background: the digit exists only at full resolution.
+    """
+    dark = tuple(max(0, c - depth) for c in background)
+    bright = tuple(min(255, c + depth) for c in background)
+    for row, bits in enumerate(GLYPHS[digit]):
+        for col, bit in enumerate(bits):
+            if bit == "1":
+                x0, y0 = x + 2 * col, y + 2 * row
+                draw.point([(x0, y0), (x0 + 1, y0 + 1)], fill=dark)
+                draw.point([(x0 + 1, y0), (x0, y0 + 1)], fill=bright)
+
+
+def _print_ground(rng):
+    """A mid-grey, slightly tinted background and a strong emboss depth, both within 0..255."""
+    grey = rng.randint(124, 132)
+    background = tuple(grey + rng.randint(-4, 4) for _ in range(3))
+    return background, rng.randint(110, 118)
 
 
 def _place(rng, radius, taken, gap=3, tries=200):
@@ -117,27 +141,28 @@ def _place(rng, radius, taken, gap=3, tries=200):
 
 # ---------------------------------------------------------------------------------- tasks
 def task_digit(rng):
-    """OCR: one small printed digit in the central part of the image."""
-    img = _canvas(rng)
+    """OCR: one embossed digit printed in the middle of the image."""
+    background, depth = _print_ground(rng)
+    img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
     digit = str(rng.randint(0, 9))
-    x = rng.randint(32, IMAGE_SIZE - 32 - GLYPH_W)
-    y = rng.randint(32, IMAGE_SIZE - 32 - GLYPH_H)
-    draw_digit(ImageDraw.Draw(img), x, y, digit, _ink(rng))
+    draw_embossed_digit(ImageDraw.Draw(img), DIGIT_AT[0] + 2 * rng.randint(-1, 1), DIGIT_AT[1] + 2 * rng.randint(0, 1),
+                        digit, background, depth)
     return img, "What digit is printed in the image?", digit, "OCR & Chart", "digit"
 
 
 def task_chart(rng):
-    """Chart: one coloured bar on an axis, its value printed small above it."""
-    img = _canvas(rng, light=False)
+    """Chart: one coloured bar on an axis, its value printed (embossed) under it."""
+    background, depth = _print_ground(rng)
+    img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
     draw = ImageDraw.Draw(img)
     value = str(rng.randint(0, 9))
-    base, width = IMAGE_SIZE - 10, rng.randint(18, 28)
-    draw.line([(6, base), (IMAGE_SIZE - 6, base)], fill=(0, 0, 0), width=1)
-    x0 = rng.randint(30, IMAGE_SIZE - 30 - width)
-    top = base - rng.randint(30, 76)
-    draw.rectangle([x0, top, x0 + width, base - 1], fill=COLOURS[rng.choice(sorted(COLOURS))])
-    draw_digit(draw, x0 + (width - GLYPH_W) // 2, top - GLYPH_H - 3, value, _ink(rng))
-    return img, "What value is written above the bar?", value, "OCR & Chart", "chart"
+    base = CHART_LABEL_AT[1] - 5
+    draw.line([(8, base), (IMAGE_SIZE - 8, base)], fill=(0, 0, 0), width=1)
+    top = base - rng.randint(20, 80)
+    draw.rectangle([44, top, 83, base - 1], fill=COLOURS[rng.choice(sorted(COLOURS))])
+    draw_embossed_digit(draw, CHART_LABEL_AT[0] + 2 * rng.randint(-1, 1), CHART_LABEL_AT[1] + 2 * rng.randint(0, 1),
+                        value, background, depth)
+    return img, "What value is written under the bar?", value, "OCR & Chart", "chart"
 
 
 def _big_object(rng):
@@ -287,7 +312,7 @@ def demo_corpus():
     lines += [f"What is {a} plus {b}?" for a in range(5) for b in range(6)]
     lines += ["What digit is printed in the image?", "How many circles are there in the image?",
               "What colour is the shape?", "What shape is shown in the image?"]
-    lines += ["What value is written above the bar?"]
+    lines += ["What value is written under the bar?"]
     lines += [f"Is the {a} shape left or right of the black square? above or below" for a in COLOURS]
     lines += list(COLOURS) + list(SHAPES) + ["left right above below"] + [str(d) for d in range(10)]
     return lines

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from encslim.bench.demo_data import DEMO_CATEGORIES, GLYPHS, IMAGE_SIZE, generate, write_demo_data
+from encslim.bench.demo_data import (DEMO_CATEGORIES, GLYPHS, IMAGE_SIZE, draw_embossed_digit, generate,
+                                     write_demo_data)
 from encslim.errors import ConfigError, OutputExistsError
 
 
@@ -27,7 +29,7 @@ def test_every_category_and_task_present_with_the_stated_mix():
     counts = {c: sum(s["category"] == c for s in samples) for c in DEMO_CATEGORIES}
     assert counts == {c: 50 for c in DEMO_CATEGORIES}
     train = generate("train", 100, seed=0)
-    assert sum(s["category"] == "OCR & Chart" for s in train) == 40
+    assert sum(s["category"] == "OCR & Chart" for s in train) == 35
     tasks = {s["task"] for s in samples}
     assert tasks == {"digit", "chart", "colour", "shape", "count", "position", "sum", "fact"}
     assert all(s["image"].size == (IMAGE_SIZE, IMAGE_SIZE) and s["image"].mode == "RGB" for s in samples)
@@ -49,14 +51,33 @@ def test_answers_are_short_and_mcq_answers_are_option_letters():
             assert 0 <= int(s["answer"]) <= 9
 
 
-def test_digit_glyph_is_drawn_where_nothing_else_is():
+def test_digit_is_a_checkerboard_print_in_its_cell():
     sample = next(s for s in generate("eval", 50, seed=2) if s["task"] == "digit")
     pixels = sample["image"].load()
-    dark = [(x, y) for x in range(IMAGE_SIZE) for y in range(IMAGE_SIZE) if max(pixels[x, y]) <= 90]
+    background = pixels[0, 0]
+    marked = [(x, y) for x in range(IMAGE_SIZE) for y in range(IMAGE_SIZE) if pixels[x, y] != background]
     lit = sum(row.count("1") for row in GLYPHS[sample["answer"]])
-    assert len(dark) == lit * 4  # each glyph bit is a 2x2 block
-    xs, ys = [p[0] for p in dark], [p[1] for p in dark]
+    assert len(marked) == lit * 4  # each glyph bit is a 2x2 cell
+    dark = [p for p in marked if sum(pixels[p]) < sum(background)]
+    assert len(dark) == lit * 2
+    xs, ys = [p[0] for p in marked], [p[1] for p in marked]
     assert max(xs) - min(xs) < 10 and max(ys) - min(ys) < 14
+    assert min(xs) // 16 == max(xs) // 16 and min(ys) // 16 == max(ys) // 16  # inside one 16x16 cell
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_printed_digits_vanish_in_low_resolution_views(size):
+    """The planted ground truth: below full resolution every digit looks like the background."""
+    views, full = {}, {}
+    for digit in GLYPHS:
+        img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (128, 126, 130))
+        draw_embossed_digit(ImageDraw.Draw(img), 52, 48, digit, (128, 126, 130), 115)
+        full[digit] = np.asarray(img, dtype=np.int16)
+        views[digit] = np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.int16)
+    for digit in GLYPHS:
+        if digit != "1":
+            assert np.abs(full[digit] - full["1"]).max() >= 115  # the emboss depth at full resolution
+            assert np.abs(views[digit] - views["1"]).max() <= 4, digit  # < 2 % of that when downscaled
 
 
 def test_write_demo_data_layout_and_rows(tmp_path):
