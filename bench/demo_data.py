@@ -5,10 +5,11 @@ Four categories mirror the study's:
 * **OCR & Chart**: read a single printed digit, or the value printed above a bar. Glyphs are a
   5x7 bitmap font drawn at scale 2 (10x14 px) in a 128 px image: a 32 px view shrinks them to
   about 2.5x3.5 px, too small to read, so only a high-resolution encoder can answer.
-* **General**: the colour or the shape of one large object (also as 4-option MCQ items).
+* **General**: the colour or the shape of one large object in the middle (colour questions
+  can also be asked as 4-option MCQ items, off by default).
 * **Vision-centric**: count circles (1-5) or tell whether a coloured shape is left/right of, or
   above/below, the black square in the middle.
-* **Knowledge**: answerable from the question text alone (small sums, simple facts);
+* **Knowledge**: answerable from the question text alone (sums of two numbers 1-4, simple facts);
   the image is an unrelated scene.
 
 Everything is drawn with PIL without anti-aliasing from a ``random.Random`` seeded by
@@ -168,10 +169,9 @@ def task_chart(rng):
 def _big_object(rng):
     img = _canvas(rng)
     colour, shape = rng.choice(sorted(COLOURS)), rng.choice(SHAPES)
-    radius = rng.randint(26, 44)
     c = IMAGE_SIZE // 2
-    cx, cy = c + rng.randint(-(c - radius - 4), c - radius - 4), c + rng.randint(-(c - radius - 4), c - radius - 4)
-    draw_shape(ImageDraw.Draw(img), shape, cx, cy, radius, COLOURS[colour])
+    draw_shape(ImageDraw.Draw(img), shape, c + rng.randint(-6, 6), c + rng.randint(-6, 6), rng.randint(30, 44),
+               COLOURS[colour])
     return img, colour, shape
 
 
@@ -225,7 +225,7 @@ def task_knowledge(rng):
     """Knowledge: a sum of two small numbers or a simple fact; the image is unrelated."""
     img = rng.choice((task_colour, task_count, task_position))(rng)[0]
     if rng.random() < 0.5:
-        a, b = rng.randint(0, 4), rng.randint(0, 5)
+        a, b = rng.randint(1, 4), rng.randint(1, 4)
         return img, f"What is {a} plus {b}?", str(a + b), "Knowledge", "sum"
     question, answer = rng.choice(FACTS)
     return img, question, answer, "Knowledge", "fact"
@@ -250,23 +250,32 @@ def _as_mcq(rng, question, answer, choices):
 
 # ---------------------------------------------------------------------------------- samples
 def _category_plan(n, mix, rng):
-    """Exactly ``round(n * share)`` samples per category (remainder to the first), shuffled."""
-    counts = {c: int(n * mix[c]) for c in DEMO_CATEGORIES}
-    counts[DEMO_CATEGORIES[0]] += n - sum(counts.values())
-    plan = [c for c in DEMO_CATEGORIES for _ in range(counts[c])]
+    """Exactly ``int(n * share)`` samples per category (remainder to the first listed), shuffled."""
+    names = [c for c in DEMO_CATEGORIES if c in mix]
+    total = sum(mix[c] for c in names)
+    counts = {c: int(n * mix[c] / total) for c in names}
+    counts[names[0]] += n - sum(counts.values())
+    plan = [c for c in names for _ in range(counts[c])]
     rng.shuffle(plan)
     return plan
 
 
-def iter_samples(split, n, seed=0, mcq_share=0.0):
+def iter_samples(split, n, seed=0, mcq_share=0.0, categories=None):
     """Yield ``n`` samples of ``split`` (``"train"`` or ``"eval"``) one by one, as :func:`generate` lists them.
 
     Lazily, so a training loop can stream many more samples than it could hold in memory.
+    ``categories`` restricts the stream to some categories (their shares renormalised).
     """
     if split not in ("train", "eval"):
         raise ConfigError(f"split '{split}' unknown; use 'train' or 'eval'")
-    rng = random.Random(f"encslim-demo-{seed}-{split}")
-    for i, category in enumerate(_category_plan(n, TRAIN_MIX if split == "train" else EVAL_MIX, rng)):
+    mix = TRAIN_MIX if split == "train" else EVAL_MIX
+    if categories is not None:
+        unknown = sorted(set(categories) - set(DEMO_CATEGORIES))
+        if unknown or not categories:
+            raise ConfigError(f"unknown demo categories {unknown}; choose from {', '.join(DEMO_CATEGORIES)}")
+        mix = {c: mix[c] for c in categories}
+    rng = random.Random(f"encslim-demo-{seed}-{split}-{'|'.join(sorted(mix))}")
+    for i, category in enumerate(_category_plan(n, mix, rng)):
         img, question, answer, category, task = rng.choice(TASKS[category])(rng)
         options, metric = {}, "exact"
         if task == "colour" and rng.random() < mcq_share:
@@ -309,7 +318,7 @@ def demo_corpus():
     lines = [SHORT_ANSWER, MCQ_INSTRUCTION, "Question: Options: Hint:", "A. B. C. D.",
              "Answer the question directly.", "Please select the correct answer from the options above."]
     lines += [q for q, _ in FACTS] + [a for _, a in FACTS]
-    lines += [f"What is {a} plus {b}?" for a in range(5) for b in range(6)]
+    lines += [f"What is {a} plus {b}?" for a in range(1, 5) for b in range(1, 5)]
     lines += ["What digit is printed in the image?", "How many circles are there in the image?",
               "What colour is the shape?", "What shape is shown in the image?"]
     lines += ["What value is written under the bar?"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from encslim.bench.demo_data import (DEMO_CATEGORIES, GLYPHS, IMAGE_SIZE, draw_embossed_digit, generate,
+from encslim.bench.demo_data import (DEMO_CATEGORIES, GLYPHS, IMAGE_SIZE, draw_embossed_digit, generate, iter_samples,
                                      write_demo_data)
 from encslim.errors import ConfigError, OutputExistsError
 
@@ -109,6 +109,14 @@ def test_bad_input_is_a_one_line_error(tmp_path):
         write_demo_data(tmp_path / "y", n_train=4, n_eval=4)
     with pytest.raises(ConfigError, match="split"):
         generate("test", 4)
+    with pytest.raises(ConfigError, match="unknown demo categories"):
+        list(iter_samples("train", 4, categories=["OCR"]))
+
+
+def test_a_stream_restricted_to_some_categories():
+    samples = list(iter_samples("train", 30, seed=0, categories=["OCR & Chart", "Knowledge"]))
+    counts = {c: sum(s["category"] == c for s in samples) for c in DEMO_CATEGORIES}
+    assert counts == {"OCR & Chart": 21, "General": 0, "Vision-centric": 0, "Knowledge": 9}
 
 
 def test_cli_demo_data(tmp_path, monkeypatch):

@@ -13,11 +13,6 @@ import pytest
 
 from encslim.models.demo_assets import DEMO_MODEL_DIR
 
-pytestmark = pytest.mark.skipif(
-    not (DEMO_MODEL_DIR / "config.json").is_file(),
-    reason="the trained demo model is not in models/demo/ yet (fine-tuning issue: `encslim demo model models/demo`)",
-)
-
 OCR, KNOWLEDGE = "OCR & Chart", "Knowledge"
 
 

@@ -1,0 +1,123 @@
+"""The shipped demo model: its accuracy, its planted specialization, and that it retrains the same."""
+
+import json
+
+import pytest
+
+from encslim.bench.demo_data import DEMO_CATEGORIES, generate
+from encslim.finetune.demo_eval import evaluate_demo, mask_label
+from encslim.models.demo_assets import DEMO_MODEL_DIR, demo_model_path
+
+FULL_TARGETS = {"OCR & Chart": 0.80, "General": 0.90, "Vision-centric": 0.90, "Knowledge": 0.90}
+OCR_CHANCE = 0.10  # answers are single digits
+
+
+@pytest.fixture(scope="module")
+def meta():
+    return json.loads((demo_model_path() / "demo_meta.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def demo(meta):
+    import torch
+
+    from encslim.models.loading import load_model
+
+    torch.set_num_threads(1)
+    model, processor, adapter = load_model(demo_model_path())
+    return model, processor, adapter
+
+
+@pytest.fixture(scope="module")
+def accuracy(demo, meta):
+    """Accuracy on the shipped seed's eval split, full model and each single slot masked."""
+    model, processor, _ = demo
+    samples = generate("eval", meta["config"]["n_eval"], meta["seed"])
+    masks = [()] + [(s,) for s in model.slot_names]
+    return {mask_label(m): acc for m, acc in evaluate_demo(model, processor, samples, masks).items()}
+
+
+def test_shipped_folder_is_a_small_four_encoder_a1_model(demo):
+    model, _, adapter = demo
+    assert demo_model_path() == DEMO_MODEL_DIR
+    assert model.slot_names == ["siglip", "vit", "convnext", "clip"]
+    assert model.config.fusion_class == "A1"
+    assert all(s.removal_exact for s in adapter.slots(model.config))
+    assert {s.name: s.image_size for s in adapter.slots(model.config)} == {
+        "siglip": 32, "vit": 128, "convnext": 32, "clip": 16}
+    names = {p.name for p in DEMO_MODEL_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json",
+            "demo_meta.json", "loss.png"} <= names
+    assert (DEMO_MODEL_DIR / "model.safetensors").stat().st_size < 12 * 2**20
+
+
+def test_full_model_meets_the_accuracy_targets(accuracy, meta):
+    full = accuracy["full"]
+    for category, target in FULL_TARGETS.items():
+        assert full[category] >= target, (category, full)
+    # the shipped meta reports what the model does
+    for category in DEMO_CATEGORIES:
+        assert abs(meta["accuracy"]["full"][category] - full[category]) <= 0.02
+
+
+def test_masking_the_high_resolution_encoder_drops_reading_to_chance(accuracy):
+    assert accuracy["-vit"]["OCR & Chart"] <= OCR_CHANCE + 0.1, accuracy["-vit"]
+    # it is the only reader: any other single mask keeps reading
+    for slot in ("siglip", "convnext", "clip"):
+        assert accuracy[f"-{slot}"]["OCR & Chart"] >= FULL_TARGETS["OCR & Chart"] - 0.1, (slot, accuracy)
+    # text-only questions do not need any encoder
+    for label, acc in accuracy.items():
+        assert acc["Knowledge"] >= 0.9, (label, acc)
+
+
+def test_project_evaluator_on_the_written_demo_files_agrees(demo, meta, accuracy, tmp_path):
+    """The shipped model scores the same through `demo data` files + bench.data + bench.evaluate."""
+    from encslim.bench.data import load_samples
+    from encslim.bench.demo_data import write_demo_data
+    from encslim.bench.evaluate import evaluate
+
+    model, processor, adapter = demo
+    write_demo_data(tmp_path / "d", seed=meta["seed"], n_train=4, n_eval=meta["config"]["n_eval"])
+    samples = load_samples([tmp_path / "d" / "eval.jsonl"])
+    result = evaluate(model, processor, adapter, samples, mask_sets=[frozenset(), frozenset({"vit"})],
+                      batch_size=50, max_new_tokens=6)
+    for mask, label in ((frozenset(), "full"), (frozenset({"vit"}), "-vit")):
+        got = result.accuracy(mask)
+        for category in DEMO_CATEGORIES:
+            assert abs(got[category] - accuracy[label][category]) <= 0.02, (label, category, got)
+
+
+def test_general_is_redundant_across_encoders(accuracy):
+    full = accuracy["full"]["General"]
+    drops = {s: full - accuracy[f"-{s}"]["General"] for s in ("siglip", "vit", "convnext", "clip")}
+    assert min(drops.values()) <= 0.03, drops
+
+
+def test_retraining_from_the_seed_starts_the_same_loss_curve(meta):
+    import torch
+
+    from encslim.finetune.demo_model import DemoTrainConfig, build_demo_model, train_steps
+
+    config = DemoTrainConfig(**meta["config"])
+    torch.manual_seed(0)
+    model, processor = build_demo_model(config.seed)
+    losses = train_steps(model, processor, config, steps=3, progress=False)
+    assert losses == pytest.approx(meta["first_losses"][:3], rel=1e-3)
+    assert losses[2] < losses[0]
+
+
+def test_cli_demo_model_trains_and_writes_the_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from encslim.cli import cli
+
+    args = ["demo", "model", str(tmp_path / "m"), "--encoder-steps", "1", "--steps", "1", "--n-eval", "8", "--threads", "1"]
+    monkeypatch.setattr("sys.argv", ["encslim", *args])
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "m" / "demo_meta.json").read_text())
+    assert len(meta["losses"]) == 2 and set(meta["accuracy"]) == {
+        "full", "-siglip", "-vit", "-convnext", "-clip"}
+    assert (tmp_path / "m" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code != 0 and "already exists" in str(again.exception)
