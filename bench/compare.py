@@ -9,6 +9,7 @@ the same ratio of mean times. A variant is *flagged* when its measured saving is
 from . import stats
 
 FLAG_EFFICIENCY = 0.7
+ABOVE_EFFICIENCY = 1.1  # measured saving this far above the prediction gets a note
 OVERHEAD_MS = 1.0      # a stage shorter than this is dominated by per-call overhead
 NOISY_CV = 0.25        # coefficient of variation above which timings are called noisy
 
@@ -99,6 +100,22 @@ def end_to_end_reasons(full, variant, batch_size, device_type):
     return reasons
 
 
+def _above_prediction(full, variant, batch_size, vision):
+    """A note when removal saves more vision time than its FLOPs predict, with the measured shares."""
+    efficiency = vision["efficiency"]
+    removed = [s for s in full.get("encoders_run", []) if s not in variant.get("encoders_run", [])]
+    stages = full["latency"][str(batch_size)]["stages"]
+    if efficiency is None or efficiency <= ABOVE_EFFICIENCY or not removed:
+        return None
+    if not all(f"encoder:{s}" in stages for s in removed) or not stages["vision"]["mean"]:
+        return None
+    time_share = sum(stages[f"encoder:{s}"]["mean"] for s in removed) / stages["vision"]["mean"]
+    return (f"vision saving {efficiency:.2f}x its FLOP prediction: the removed encoder(s) {', '.join(removed)} "
+            f"took {100 * time_share:.0f} % of the full model's vision time for {100 * vision['predicted_saving']:.0f} % "
+            f"of its vision FLOPs; fixed per-encoder costs (dispatch, small kernels) weigh more than FLOPs at this "
+            f"size and batch; a larger batch brings the ratio toward 1")
+
+
 def _noise(full, variant, batch_size, stage):
     worst = max(_cv(full, batch_size, stage), _cv(variant, batch_size, stage))
     if worst > NOISY_CV:
@@ -133,6 +150,9 @@ def compare(full, variant, batch_size, device_type="cpu"):
         reasons += [f"end to end: {r}" for r in end_to_end_reasons(full, variant, batch_size, device_type)]
     if (vision["flagged"] or e2e["flagged"]) and not reasons:
         reasons.append("no cause identified from the measurements; rerun with a larger --min-seconds")
+    above = _above_prediction(full, variant, batch_size, vision)
+    if above:
+        notes.append(above)
     if variant.get("masked") and variant.get("mask_mode") == "zero":
         notes.append(f"masked without surgery: the masked encoder(s) {', '.join(variant['masked'])} still run "
                      f"and only their features are zeroed, so masking alone saves nothing; skipping the "

@@ -67,7 +67,7 @@ def _print_verification(verification):
 @click.option("--drop-negative", is_flag=True, help="Drop slots whose removal improves accuracy.")
 @click.option("--budget", type=float, help="Most accurate kept set whose --cost is at most B.")
 @click.option("--cost", type=click.Choice(COSTS), default="vision_flops", show_default=True)
-@click.option("--category", default="overall", show_default=True, help="Ranking category to decide on.")
+@click.option("--category", default="overall", show_default=True, help="Ranking category to decide on ('each': every category, with --min-retained).")
 @click.option("--out", "-o", help="Output folder.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--verify/--no-verify", default=None, help="Compare logits (default: when the model fits in memory).")

@@ -12,7 +12,7 @@ information, so dropping both hurts. Without the table, policies fall back to CU
 * ``--drop-negative``: drop slots whose removal improves accuracy (CUR < 0), one by one, each
   only if the kept set's measured accuracy does not fall.
 * ``--min-retained X``: the smallest kept set whose accuracy is at least ``X`` times the full
-  model's (table needed).
+  model's (table needed); with ``--category each``, in every category at once.
 * ``--budget B``: the most accurate kept set whose cost (``vision_flops``, ``params`` or
   ``latency_ms``) is at most ``B``.
 """
@@ -195,24 +195,48 @@ def select_drop_negative(ranking, slots, category="overall"):
                       category=category)
 
 
+EACH = "each"
+
+
+def _retained_table(ranking, slots, category):
+    """``{kept: share of the full accuracy retained}``; for ``each``, the smallest share over categories.
+
+    Categories where the full model scores 0 have no share and are left out.
+    """
+    names = list(ranking.get("categories", [])) if category == EACH else [category]
+    tables = {c: _subsets(ranking, slots, c) for c in names}
+    full = {c: _full_accuracy(ranking, c) for c in names}
+    names = [c for c in names if full[c] > 0]
+    if not names:
+        raise PlanError(f"the full model scores 0 in {category}: nothing to retain; choose another category")
+    kept_sets = set.intersection(*(set(tables[c]) for c in names))
+    return {kept: min(tables[c][kept] / full[c] for c in names) for kept in kept_sets}
+
+
 def select_min_retained(ranking, slots, fraction, category="overall"):
-    """The smallest kept set whose accuracy is at least ``fraction`` of the full model's."""
-    _check_category(ranking, category)
+    """The smallest kept set whose accuracy is at least ``fraction`` of the full model's.
+
+    ``category="each"`` asks it of every category of the ranking at once (those the full model
+    scores above 0), the safe choice when one category depends on one encoder.
+    """
+    if category != EACH:
+        _check_category(ranking, category)
     if not 0 < fraction <= 1:
         raise PlanError(f"--min-retained must be in (0, 1], got {fraction}")
-    table = _subsets(ranking, slots, category)
-    if not table:
+    retained = _retained_table(ranking, slots, category)
+    if not retained:
         raise PlanError("--min-retained needs the subset table of the ranking; rerun `encslim rank` with subsets")
-    target = fraction * _full_accuracy(ranking, category)
-    eligible = [kept for kept, acc in table.items() if acc >= target]
+    eligible = [kept for kept, share in retained.items() if share >= fraction - 1e-9]
+    where = "every category" if category == EACH else category
     if not eligible:
-        raise PlanError(f"no smaller kept set reaches {fraction:.0%} of the full accuracy for {category} "
-                        f"({target:.3f}); lower --min-retained")
+        raise PlanError(f"no smaller kept set retains {fraction:.0%} of the full accuracy in {where}; "
+                        "lower --min-retained")
     smallest = min(len(kept) for kept in eligible)
-    best = _best([kept for kept in eligible if len(kept) == smallest], table, ranking)
+    best = _best([kept for kept in eligible if len(kept) == smallest], retained, ranking)
+    overall = _subsets(ranking, slots, "overall").get(best)
     return _selection(slots, best, "min-retained", "subsets",
-                      f"the smallest kept set with accuracy >= {fraction:.0%} of full for {category}", table[best],
-                      fraction=fraction, category=category, target=target)
+                      f"the smallest kept set with accuracy >= {fraction:.0%} of full in {where}", overall,
+                      fraction=fraction, category=category, retained=round(retained[best], 4))
 
 
 def select_budget(ranking, slots, budget, cost="vision_flops", category="overall"):
@@ -249,7 +273,8 @@ def select(slots, *, drop=None, ranking=None, keep=None, min_retained=None, drop
         drop: explicit slot names.
         ranking: a ranking dict (:func:`read_ranking`) for every other policy.
         keep, min_retained, drop_negative, budget: the policy parameters.
-        category: ``overall`` or a ranking category to decide on.
+        category: ``overall`` or a ranking category to decide on; ``each`` (``min_retained`` only):
+            every category at once.
         cost: the cost ``budget`` refers to.
 
     Returns:
@@ -270,6 +295,8 @@ def select(slots, *, drop=None, ranking=None, keep=None, min_retained=None, drop
     if ranking is None:
         raise ConfigError(f"{chosen[0]} needs --ranking DIR (the output of `encslim rank`)")
     check_ranking(ranking, slots)
+    if category == EACH and min_retained is None:
+        raise ConfigError("--category each works with --min-retained only; name one category for the other policies")
     if keep is not None:
         result = select_keep(ranking, slots, keep, category)
     elif min_retained is not None:

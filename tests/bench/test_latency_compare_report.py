@@ -56,6 +56,20 @@ def test_saving_matches_prediction_not_flagged():
     assert not c["flagged"] and c["reasons"] == []
 
 
+def test_saving_above_prediction_gets_a_note_with_the_measured_shares():
+    # removing b saves 25 % of FLOPs but 50 % of the time: a fixed cost per encoder
+    full = entry("full", ["a", "b"], FLOPS, {"a": 20.0, "b": 20.0}, role="full")
+    pruned = entry("pruned", ["a"], FLOPS, {"a": 20.0})
+    c = compare(full, pruned, 1)
+    assert c["vision"]["efficiency"] == pytest.approx(2.0) and not c["flagged"]
+    assert c["notes"] == [
+        "vision saving 2.00x its FLOP prediction: the removed encoder(s) b took 50 % of the full model's vision "
+        "time for 25 % of its vision FLOPs; fixed per-encoder costs (dispatch, small kernels) weigh more than "
+        "FLOPs at this size and batch; a larger batch brings the ratio toward 1"]
+    exact = compare(full, entry("pruned", ["a"], FLOPS, {"a": 29.6}), 1)  # saves 26 %: ratio 1.04, no note
+    assert exact["notes"] == []
+
+
 def test_unsaturated_device_flagged_with_reason():
     # a: 3 GFLOP in 10 ms, b: 1 GFLOP in 30 ms -> removing a saves 75 % of FLOPs, 25 % of time
     full = entry("full", ["a", "b"], FLOPS, {"a": 10.0, "b": 30.0}, role="full")

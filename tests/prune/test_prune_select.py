@@ -61,6 +61,22 @@ def test_min_retained_never_drops_a_pair_that_matters_together():
         select(SLOTS, ranking=make_ranking(), min_retained=1.0, category="OCR")
 
 
+def test_min_retained_in_each_category_keeps_the_encoder_one_category_needs():
+    ranking = make_ranking()
+    # overall alone keeps clip+siglip, which keeps only half of OCR; 'each' asks it of OCR too
+    chosen = select(SLOTS, ranking=ranking, min_retained=0.95, category="each")
+    assert chosen.kept == ["clip", "dinov2"] and chosen.drop == ["siglip"]
+    assert chosen.details["retained"] == pytest.approx(0.9875) and chosen.expected_accuracy == 0.89
+    assert "every category" in chosen.reason
+    # the categories decide, not the overall mean: clip alone retains 0.50/0.80 = 62.5 % of OCR
+    assert select(SLOTS, ranking=ranking, min_retained=0.6, category="each").kept == ["clip"]
+    assert select(SLOTS, ranking=ranking, min_retained=0.65, category="each").kept == ["clip", "dinov2"]
+    with pytest.raises(PlanError, match="in every category; lower --min-retained"):
+        select(SLOTS, ranking=ranking, min_retained=1.0, category="each")
+    with pytest.raises(ConfigError, match="--category each works with --min-retained only"):
+        select(SLOTS, ranking=ranking, keep=1, category="each")
+
+
 def test_drop_negative_checks_the_joint_removal():
     ranking = make_ranking()
     ranking["cur"]["siglip"]["overall"] = _cur(-0.01)
