@@ -10,6 +10,7 @@ from summation order only, about 1e-6).
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 from ..errors import ConfigError, VerificationError
@@ -75,7 +76,9 @@ def write_merged(adapter_dir, dest, base=None, tolerance=MERGE_TOLERANCE):
 
     base = adapter_base(adapter_dir, base)
     model, processor, _ = load_model(base, device="cpu", dtype="float32")
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     batch = _check_batch(processor)
     with torch.no_grad():
         before = peft_model(**batch).logits

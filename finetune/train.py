@@ -97,6 +97,8 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     check_output_path(out, overwrite, inputs=[model_path, *paths])
     work = work_dir(out)
     resume_from = _resume_point(work, config)
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed warns on every import that it fell back to CPU
     ds_config = _deepspeed(config)
     samples = _samples(data, paths)
     model, processor, adapter = _load(model_path, torch)
@@ -105,15 +107,15 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     features = _features(model, processor, adapter, examples, config)
     from .trainable import prepare_trainable
 
-    model, parts = prepare_trainable(model, config)
-    expected = expected_saved(model, config)
-    trainer, collator = _trainer(model, processor, examples, features, config, ds_config, work, callbacks)
-    _write_run_config(work, config)
-    started = time.time()
-    final = work / "final"
     with warnings.catch_warnings():
         for module in NOISY_WARNINGS:
             warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+        model, parts = prepare_trainable(model, config)
+        expected = expected_saved(model, config)
+        trainer, collator = _trainer(model, processor, examples, features, config, ds_config, work, callbacks)
+        _write_run_config(work, config)
+        started = time.time()
+        final = work / "final"
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         runtime = time.time() - started
         trainer.save_model(str(final))
