@@ -74,7 +74,7 @@ class BenchSettings:
         return self
 
 
-def build_specs(full, variants=(), masks=(), mask_skip=False):
+def build_specs(full, variants=(), masks=(), mask_skip=False, names=None):
     """The models to benchmark: the full model first, then variant folders, then masked copies.
 
     Args:
@@ -82,6 +82,7 @@ def build_specs(full, variants=(), masks=(), mask_skip=False):
         variants: variant model folders (e.g. pruned).
         masks: each ``"sam"`` or ``"sam,clip"`` masks those slots of the full model at run time.
         mask_skip: also add, per mask, a copy that skips the masked encoders instead of zeroing them.
+        names: display names of ``full`` and the ``variants``, in order (default: folder names).
 
     Returns:
         ``list[ModelSpec]`` with unique names.
@@ -91,18 +92,21 @@ def build_specs(full, variants=(), masks=(), mask_skip=False):
     """
     if not variants and not masks:
         raise ConfigError("nothing to compare with the full model; pass VARIANT folders or --mask SLOT")
-    names = set()
+    taken = set()
 
     def unique(base):
         name, n = base, 2
-        while name in names:
+        while name in taken:
             name, n = f"{base}-{n}", n + 1
-        names.add(name)
+        taken.add(name)
         return name
 
-    full_name = unique(Path(full).resolve().name)
+    if names is not None and len(names) != 1 + len(variants):
+        raise ConfigError(f"{len(names)} name(s) for {1 + len(variants)} model(s); name the full model and each variant")
+    labels = list(names) if names is not None else [Path(p).resolve().name for p in (full, *variants)]
+    full_name = unique(labels[0])
     specs = [latency.ModelSpec(full_name, str(full), role="full")]
-    specs += [latency.ModelSpec(unique(Path(v).resolve().name), str(v)) for v in variants]
+    specs += [latency.ModelSpec(unique(label), str(v)) for label, v in zip(labels[1:], variants)]
     for mask in masks:
         slots = tuple(s.strip() for s in mask.split(",") if s.strip())
         if not slots:
@@ -239,7 +243,8 @@ def run_benchmark(specs, settings, samples=None):
     }
 
 
-def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mask_skip=False, overwrite=False):
+def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mask_skip=False, overwrite=False,
+              names=None):
     """Benchmark ``full`` against ``variants`` (and masked copies) and write the report to ``out``.
 
     Args:
@@ -248,7 +253,7 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
         out: output folder (written atomically; must not exist unless ``overwrite``).
         settings: :class:`BenchSettings` (defaults if ``None``).
         data: benchmark files for accuracy (read with ``encslim.bench.data.load_samples``).
-        masks, mask_skip: see :func:`build_specs`.
+        masks, mask_skip, names: see :func:`build_specs`.
         overwrite: replace an existing ``out``.
 
     Returns:
@@ -261,7 +266,7 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
     from .report import write_report
 
     settings = (settings or BenchSettings()).validate()
-    specs = build_specs(full, variants, masks, mask_skip)
+    specs = build_specs(full, variants, masks, mask_skip, names)
     inputs = [full, *variants]
     check_output_path(out, overwrite, inputs)
     check_masks(full, specs)

@@ -133,7 +133,9 @@ def _run_bench(ctx, tmp):
                              min_iters=b.min_iters, min_seconds=b.min_seconds, warmup=b.warmup,
                              device=ctx.recipe.device)
     data = _data_files(ctx, "eval") if b.accuracy and ctx.recipe.data.eval else ()
-    report = run_bench(_model_path(ctx), [_final_model(ctx)], out=tmp / "report", settings=settings, data=data)
+    variant = "finetuned" if ctx.records.get("finetune", {}).get("outputs", {}).get("model") else "pruned"
+    report = run_bench(_model_path(ctx), [_final_model(ctx)], out=tmp / "report", settings=settings, data=data,
+                       names=["full", variant])
     return {"report": str(tmp / "report"), "bench_json": str(tmp / "report" / "bench.json"),
             "summary": _bench_summary(report)}
 

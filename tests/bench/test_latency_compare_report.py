@@ -160,3 +160,16 @@ def test_write_report_files_and_markdown(tmp_path):
         assert heading in md
     assert "| bad | 1 | 75.0 % | 25.0 % | 0.33× |" in md and "**FLAGGED**" in md
     assert "| pruned | 0.800 | -0.100 |" in md
+
+
+def test_model_names_default_to_folders_and_can_be_given(tmp_path):
+    from encslim.bench.benchmark import build_specs
+    from encslim.errors import ConfigError
+
+    full, a, b = tmp_path / "demo", tmp_path / "p" / "model", tmp_path / "f" / "model"
+    assert [s.name for s in build_specs(full, [a, b])] == ["demo", "model", "model-2"]
+    specs = build_specs(full, [a, b], names=["full", "pruned", "pruned"])
+    assert [(s.name, s.path, s.role) for s in specs] == [
+        ("full", str(full), "full"), ("pruned", str(a), "variant"), ("pruned-2", str(b), "variant")]
+    with pytest.raises(ConfigError, match="2 name\\(s\\) for 3 model\\(s\\)"):
+        build_specs(full, [a, b], names=["full", "pruned"])
