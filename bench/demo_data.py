@@ -2,9 +2,10 @@
 
 Four categories mirror the study's:
 
-* **OCR & Chart**: read a single printed digit, or the value printed above a bar. Glyphs are a
-  5x7 bitmap font drawn at scale 2 (10x14 px) in a 128 px image: a 32 px view shrinks them to
-  about 2.5x3.5 px, too small to read, so only a high-resolution encoder can answer.
+* **OCR & Chart**: read a single printed digit, or the value printed under a bar. Glyphs are a
+  5x7 bitmap font at scale 2 (10x14 px) in a 128 px image, each stroke cell a 2x2 checkerboard
+  emboss (:func:`draw_embossed_digit`) that averages to the background in any downscaled view,
+  so only a full-resolution encoder can read them.
 * **General**: the colour or the shape of one large object in the middle (colour questions
   can also be asked as 4-option MCQ items, off by default).
 * **Vision-centric**: count circles (1-5) or tell whether a coloured shape is left/right of, or
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 DEMO_CATEGORIES = ["OCR & Chart", "General", "Vision-centric", "Knowledge"]
 IMAGE_SIZE = 128
-GLYPH_SCALE = 2
+GLYPH_SCALE = 2  # the emboss is a 2x2 checkerboard per font bit
 # Share of each category in the training split; reading and the spatial tasks are the hard part.
 TRAIN_MIX = {"OCR & Chart": 0.35, "General": 0.2, "Vision-centric": 0.3, "Knowledge": 0.15}
 EVAL_MIX = {c: 0.25 for c in DEMO_CATEGORIES}
@@ -77,19 +78,9 @@ FACTS = [
 
 
 # ---------------------------------------------------------------------------------- drawing
-def _canvas(rng, light=True):
-    """A plain background, white or a light random tint."""
-    tint = tuple(rng.randint(225, 255) for _ in range(3)) if light else (255, 255, 255)
-    return Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tint)
-
-
-def draw_digit(draw, x, y, digit, colour, scale=GLYPH_SCALE):
-    """Draw one 5x7 bitmap digit with its top-left corner at ``(x, y)``."""
-    for row, bits in enumerate(GLYPHS[digit]):
-        for col, bit in enumerate(bits):
-            if bit == "1":
-                x0, y0 = x + col * scale, y + row * scale
-                draw.rectangle([x0, y0, x0 + scale - 1, y0 + scale - 1], fill=colour)
+def _canvas(rng):
+    """A plain background with a light random tint."""
+    return Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(rng.randint(225, 255) for _ in range(3)))
 
 
 def draw_shape(draw, shape, cx, cy, radius, colour):
@@ -118,7 +109,7 @@ def draw_embossed_digit(draw, x, y, digit, background, depth):
     for row, bits in enumerate(GLYPHS[digit]):
         for col, bit in enumerate(bits):
             if bit == "1":
-                x0, y0 = x + 2 * col, y + 2 * row
+                x0, y0 = x + GLYPH_SCALE * col, y + GLYPH_SCALE * row
                 draw.point([(x0, y0), (x0 + 1, y0 + 1)], fill=dark)
                 draw.point([(x0 + 1, y0), (x0, y0 + 1)], fill=bright)
 
@@ -391,4 +382,4 @@ def write_demo_data(out, seed=0, n_train=6000, n_eval=400, overwrite=False):
 
 
 __all__ = ["DEMO_CATEGORIES", "IMAGE_SIZE", "generate", "iter_samples", "to_samples", "demo_corpus", "write_demo_data",
-           "draw_digit", "draw_shape"]
+           "draw_embossed_digit", "draw_shape"]

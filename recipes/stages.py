@@ -39,10 +39,13 @@ def _data_files(ctx, split):
     return files
 
 
+def _finetuned_model(ctx):
+    return ctx.records.get("finetune", {}).get("outputs", {}).get("model")
+
+
 def _final_model(ctx):
     """The model the export and bench stages use: finetuned if enabled, else pruned."""
-    finetuned = ctx.records.get("finetune", {}).get("outputs", {}).get("model")
-    return finetuned or ctx.output("prune", "model")
+    return _finetuned_model(ctx) or ctx.output("prune", "model")
 
 
 def _uses_demo_data(recipe):
@@ -133,7 +136,7 @@ def _run_bench(ctx, tmp):
                              min_iters=b.min_iters, min_seconds=b.min_seconds, warmup=b.warmup,
                              device=ctx.recipe.device)
     data = _data_files(ctx, "eval") if b.accuracy and ctx.recipe.data.eval else ()
-    variant = "finetuned" if ctx.records.get("finetune", {}).get("outputs", {}).get("model") else "pruned"
+    variant = "finetuned" if _finetuned_model(ctx) else "pruned"
     report = run_bench(_model_path(ctx), [_final_model(ctx)], out=tmp / "report", settings=settings, data=data,
                        names=["full", variant])
     return {"report": str(tmp / "report"), "bench_json": str(tmp / "report" / "bench.json"),
