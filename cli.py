@@ -25,7 +25,7 @@ COMMANDS = {
     "bench": "encslim.bench.bench_commands:bench_cmd",
     "rank": "encslim.prune.rank_commands:rank_cmd",
     "prune": "encslim.prune.commands:prune_cmd",
-    "demo": "encslim.models.demo_commands:demo_group",
+    "demo": "encslim.demo.commands:demo_group",
     "finetune": "encslim.finetune.commands:finetune_group",
     "export": "encslim.export.commands:export_cmd",
 }

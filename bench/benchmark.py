@@ -252,7 +252,7 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
         variants: variant model folders.
         out: output folder (written atomically; must not exist unless ``overwrite``).
         settings: :class:`BenchSettings` (defaults if ``None``).
-        data: benchmark files for accuracy (read with ``encslim.bench.data.load_samples``).
+        data: benchmark files for accuracy (read with ``encslim.data.load.load_samples``).
         masks, mask_skip, names: see :func:`build_specs`.
         overwrite: replace an existing ``out``.
 
@@ -272,7 +272,7 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
     check_masks(full, specs)
     samples = None
     if data:
-        from .data import load_samples
+        from ..data.load import load_samples
 
         samples = load_samples([str(d) for d in data])
         samples = samples[: settings.limit] if settings.limit else samples

@@ -88,7 +88,7 @@ def eval_cmd(model, data, masks, mask_mode, skip_bad, max_new_tokens, batch_size
     from ..errors import ConfigError
     from ..models.loading import load_model
     from . import distributed
-    from .data import load_samples
+    from ..data.load import load_samples
     from .evaluate import evaluate, normalize_mask_sets
     from .features import mean_features
 

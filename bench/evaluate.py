@@ -19,10 +19,10 @@ from ..errors import ConfigError, DataError
 from . import distributed
 from .answering import choose_options, generate_texts
 from .features import counting_encoder_passes, encode_images, slots_needed, with_placeholders
-from .prompts import build_question, prompt_id, style_for
+from ..data.prompts import build_question, prompt_id, style_for
 from .records import RecordStore, model_fingerprint, record_key, sample_fingerprint, settings_fingerprint
 from .results import EvalResult
-from .scorers import score
+from ..data.scorers import score
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
 
     Args:
         model, processor, adapter: as returned by :func:`encslim.models.loading.load_model`.
-        samples: :class:`~encslim.bench.samples.Sample` list with unique ids.
+        samples: :class:`~encslim.data.samples.Sample` list with unique ids.
         mask_sets: sets of MASKED slot names; ``frozenset()`` is the full model.
         mask_mode: ``removal`` (equals physical removal), ``zero`` (the study's) or ``mean``.
         batch_size: samples per forward batch (prompts padded on the left).

@@ -3,7 +3,7 @@
 The card needs what the pipeline knows about the model: the slots removed (from the source's
 manifest), the ranking that motivated it (``--ranking`` or the ranking recorded in the
 manifest), the removal's verification, and benchmark figures (``--bench``). The manifest is
-written by the one shared writer (:mod:`encslim.prune.manifest`) and lists every file's sha256.
+written by the one shared writer (:mod:`encslim.provenance`) and lists every file's sha256.
 """
 
 import json
@@ -115,13 +115,13 @@ def finish_folder(folder, source, fmt, *, slots, verification, how_to_load, para
 
 
 def write_export_manifest(folder, source, kept, verification, export_record):
-    """Write ``encslim_manifest.json`` with the shared writer (:func:`encslim.prune.manifest.write_manifest`).
+    """Write ``encslim_manifest.json`` with the shared writer (:func:`encslim.provenance.write_manifest`).
 
     The removal record of the source (removed slots, plan, ranking) is carried over, so the chain
     source -> prune -> export stays traceable; the source's own verification is kept next to the
     export's.
     """
-    from ..prune.manifest import write_manifest
+    from ..provenance import write_manifest
 
     extra = {"export": export_record}
     if source.manifest:

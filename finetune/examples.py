@@ -10,7 +10,7 @@ the processor tokenizes it, the answer as the tokens the model must produce afte
 import logging
 from dataclasses import dataclass
 
-from ..bench.prompts import build_question
+from ..data.prompts import build_question
 from ..errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def build_examples(samples, processor, expected_image_tokens=None, prompt_format
     """Tokenize ``samples`` for training; every problem is found before any training step.
 
     Args:
-        samples: :class:`encslim.bench.samples.Sample` list, each with an image and an answer.
+        samples: :class:`encslim.data.samples.Sample` list, each with an image and an answer.
         processor: the model's processor (``build_prompt``, ``tokenizer``, ``image_token_id``).
         expected_image_tokens: image tokens the model's fusion produces with every slot present.
         prompt_format: ``eval`` or ``raw`` (see :func:`question_text`).

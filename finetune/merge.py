@@ -58,7 +58,7 @@ def merge_adapter(adapter_dir, out, base=None, overwrite=False, tolerance=MERGE_
         VerificationError: merged logits differ by more than ``tolerance``.
     """
     base = adapter_base(adapter_dir, base)
-    from ..prune.manifest import write_manifest
+    from ..provenance import write_manifest
 
     with atomic_output_dir(out, overwrite=overwrite, inputs=[adapter_dir, base]) as tmp:
         result = write_merged(adapter_dir, tmp, base=base, tolerance=tolerance)

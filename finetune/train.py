@@ -152,7 +152,7 @@ def _data_paths(data):
 
 def _samples(data, paths):
     if paths:
-        from ..bench.data import load_samples
+        from ..data.load import load_samples
 
         return load_samples(paths)
     return list(data)
@@ -313,7 +313,7 @@ def _write_output(final, work, out, overwrite, model_path, paths, config, info):
 
 
 def _manifest(folder, model_path, summary):
-    from ..prune.manifest import write_manifest
+    from ..provenance import write_manifest
 
     verification = {"saved_weights": "complete", **({"merge": summary["merge"]} if summary["merged"] else {})}
     brief = {k: summary[k] for k in ("steps", "samples", "loss_first", "loss_last", "merged", "deepspeed", "data")}

@@ -200,7 +200,7 @@ def _load(model_or_path, device, dtype):
 
 def _samples(data, categories):
     """``(samples, data paths)``; samples filtered by ``categories``."""
-    from ..bench.samples import Sample
+    from ..data.samples import Sample
 
     if isinstance(data, (str, Path)):
         data = [data]
@@ -208,7 +208,7 @@ def _samples(data, categories):
     if data and all(isinstance(d, Sample) for d in data):
         samples, paths = data, []
     else:
-        from ..bench.data import load_samples
+        from ..data.load import load_samples
 
         paths = [Path(d) for d in data]
         samples = load_samples(paths)

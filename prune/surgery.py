@@ -26,7 +26,7 @@ from .checkpoint import (
     DTYPE_SIZES, INDEX_NAME, Checkpoint, FileHasher, OutTensor, parse_size, read_tensor_bytes, sha256_path,
     write_checkpoint,
 )
-from .manifest import MANIFEST_NAME, write_manifest
+from ..provenance import MANIFEST_NAME, write_manifest
 from .plan import CONFIG_NAME, apply_json_ops, check_plan, describe_plan, fold_shape, json_diff
 
 logger = logging.getLogger(__name__)

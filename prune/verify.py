@@ -95,9 +95,9 @@ def _synthetic_inputs(adapter, config, count, seed):
 
 def _data_inputs(data, count):
     try:
-        from ..bench.data import load_samples
+        from ..data.load import load_samples
     except ImportError:
-        raise DataError("--data needs encslim.bench.data, which this installation lacks; "
+        raise DataError("--data needs encslim.data.load, which this installation lacks; "
                         "verify on synthetic inputs (leave out --data)") from None
     paths = [data] if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__") else list(data)
     samples = [s for s in load_samples(paths) if s.image is not None][:count]

@@ -24,7 +24,7 @@ class StageSpec:
 # ---------------------------------------------------------------------- helpers
 def _model_path(ctx):
     if ctx.recipe.model == DEMO:
-        from ..models.demo_assets import demo_model_path
+        from ..demo.assets import demo_model_path
 
         return str(demo_model_path())
     return ctx.recipe.model
@@ -54,7 +54,7 @@ def _uses_demo_data(recipe):
 
 # ---------------------------------------------------------------------- data
 def _run_data(ctx, tmp):
-    from ..bench.demo_data import write_demo_data
+    from ..demo.data import write_demo_data
 
     d = ctx.recipe.data
     sizes = {k: v for k, v in (("n_eval", d.demo_n_eval), ("n_train", d.demo_n_train)) if v}

@@ -1,8 +1,13 @@
-"""Shared fixtures: tiny seeded models, built once per session."""
+"""Shared fixtures: tiny seeded models (built once per session) and small benchmark files with real PNG images."""
 
+import base64
+import io
+import json
 import os
 
+import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -26,3 +31,42 @@ def tiny_model_dir(tmp_path_factory):
         return cache[key]
 
     return make
+
+def make_image(seed, size=40):
+    """A seeded random RGB image."""
+    rng = np.random.RandomState(seed)
+    return Image.fromarray(rng.randint(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+def png_base64(image):
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_tsv(path, header, rows):
+    """Write a TSV (no quoting needed: the tests keep tabs and newlines out of cells)."""
+    lines = ["\t".join(header)] + ["\t".join(str(c) for c in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_jsonl(path, items):
+    path.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def mixed_jsonl(tmp_path):
+    """12 samples in 3 categories: open questions (vqa, exact) and MCQ, PNG files in images/."""
+    (tmp_path / "images").mkdir()
+    items = []
+    for i in range(12):
+        make_image(i).save(tmp_path / "images" / f"{i}.png")
+        item = {"id": f"q{i}", "image": f"images/{i}.png", "category": ["OCR & Chart", "General", "Knowledge"][i % 3]}
+        if i % 2:
+            item.update(question="Which colour is it?", options=["red", "blue", "green"], answer="B")
+        else:
+            item.update(question="What colour is the shape?", answer="red", metric="vqa" if i % 4 else "exact")
+        items.append(item)
+    return write_jsonl(tmp_path / "bench.jsonl", items)

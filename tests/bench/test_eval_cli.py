@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from encslim.cli import cli, main
 
-from .conftest import make_image, png_base64, write_jsonl, write_tsv
+from ..conftest import make_image, png_base64, write_jsonl, write_tsv
 
 
 def run_ok(args):

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from encslim.bench.data import load_samples
+from encslim.data.load import load_samples
 from encslim.bench.evaluate import evaluate
 from encslim.bench.features import encode_images, mean_features
 from encslim.bench.answering import option_token_ids
 from encslim.bench.results import EvalResult
-from encslim.bench.samples import Sample
+from encslim.data.samples import Sample
 from encslim.errors import ConfigError, DataError
 from encslim.models.loading import load_model
 

@@ -35,7 +35,7 @@ def write_jsonl(folder, n=24, seed=0, answers=True, name="train.jsonl"):
 
 def make_samples(n=8, seed=0):
     """``Sample`` objects built directly (no reader)."""
-    from encslim.bench.samples import Sample
+    from encslim.data.samples import Sample
 
     rng = random.Random(seed)
     out = []

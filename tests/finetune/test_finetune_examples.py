@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from encslim.bench.prompts import build_question
+from encslim.data.prompts import build_question
 from encslim.errors import DataError
 from encslim.finetune.collator import IGNORE_INDEX, FinetuneCollator
 from encslim.finetune.dropout import batch_seed, draw_masks, per_batch_masked, per_sample_keep
@@ -130,7 +130,7 @@ def test_bad_samples_raise_one_line_data_errors(tiny_a1, sample_factory):
 
 
 def test_reader_rejects_data_without_answers(tmp_path, jsonl_writer):
-    from encslim.bench.data import load_samples
+    from encslim.data.load import load_samples
 
     path = jsonl_writer(tmp_path, n=3, answers=False)
     with pytest.raises(DataError) as err:

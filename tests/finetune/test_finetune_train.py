@@ -11,7 +11,7 @@ from encslim.cli import main
 from encslim.errors import ConfigError
 from encslim.finetune.callbacks import read_log
 from encslim.finetune.train import finetune, work_dir
-from encslim.prune.manifest import read_manifest
+from encslim.provenance import read_manifest
 
 
 def _cli(capsys, *args):

@@ -1,6 +1,6 @@
 """Acceptance: ranking the shipped demo model recovers the structure planted in its data.
 
-By construction (bench/demo_data.py, finetune/demo_model.py) only the high-resolution encoder
+By construction (demo/data.py, demo/training.py) only the high-resolution encoder
 can read the 10x14 px digits of OCR & Chart, the low-resolution ones see them as blobs, and
 Knowledge questions are answerable from the text alone. So: the high-resolution slot's OCR &
 Chart CUR is large with an interval excluding 0, the low-resolution slots' OCR & Chart CURs are
@@ -11,14 +11,14 @@ import json
 
 import pytest
 
-from encslim.models.demo_assets import DEMO_MODEL_DIR
+from encslim.demo.assets import DEMO_MODEL_DIR
 
 OCR, KNOWLEDGE = "OCR & Chart", "Knowledge"
 
 
 @pytest.fixture(scope="module")
 def demo_ranking(tmp_path_factory):
-    from encslim.bench.demo_data import write_demo_data
+    from encslim.demo.data import write_demo_data
     from encslim.prune.rank import rank
 
     meta_file = DEMO_MODEL_DIR / "demo_meta.json"

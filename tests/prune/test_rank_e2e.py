@@ -11,7 +11,7 @@ from encslim.prune.rank import load_ranking, rank
 
 @pytest.fixture(scope="module")
 def demo_eval(tmp_path_factory):
-    from encslim.bench.demo_data import write_demo_data
+    from encslim.demo.data import write_demo_data
 
     out = tmp_path_factory.mktemp("rankdata") / "demo"
     write_demo_data(out, seed=1, n_train=4, n_eval=16)
@@ -60,7 +60,7 @@ def test_cli_all_subsets_then_cached_rerun(tiny_model_dir, demo_eval, tmp_path, 
 
 
 def test_scores_match_a_direct_evaluation_class_b(tiny_model_dir, demo_eval):
-    from encslim.bench.data import load_samples
+    from encslim.data.load import load_samples
     from encslim.bench.evaluate import evaluate
     from encslim.models.loading import load_model
 

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from encslim.bench.samples import Sample
+from encslim.data.samples import Sample
 from encslim.errors import ConfigError
 from encslim.prune import importance as imp
 from encslim.prune import shapley as sh

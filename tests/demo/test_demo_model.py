@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from encslim.bench.demo_data import DEMO_CATEGORIES, generate
-from encslim.finetune.demo_eval import evaluate_demo, mask_label
-from encslim.models.demo_assets import DEMO_MODEL_DIR, demo_model_path
+from encslim.demo.data import DEMO_CATEGORIES, generate
+from encslim.demo.evaluate import evaluate_demo, mask_label
+from encslim.demo.assets import DEMO_MODEL_DIR, demo_model_path
 
 FULL_TARGETS = {"OCR & Chart": 0.80, "General": 0.90, "Vision-centric": 0.90, "Knowledge": 0.90}
 OCR_CHANCE = 0.10  # answers are single digits
@@ -71,9 +71,9 @@ def test_masking_the_high_resolution_encoder_drops_reading_to_chance(accuracy):
 
 
 def test_the_written_demo_files_score_exactly_as_the_generated_records(demo, meta, accuracy, tmp_path):
-    """`demo data` files read by bench.data (PNG images, JSONL rows) give the accuracies of the records."""
-    from encslim.bench.data import load_samples
-    from encslim.bench.demo_data import write_demo_data
+    """`demo data` files read by data.load (PNG images, JSONL rows) give the accuracies of the records."""
+    from encslim.data.load import load_samples
+    from encslim.demo.data import write_demo_data
     from encslim.bench.evaluate import evaluate
 
     model, processor, adapter = demo
@@ -95,7 +95,7 @@ def test_general_is_redundant_across_encoders(accuracy):
 def test_retraining_from_the_seed_starts_the_same_loss_curve(meta):
     import torch
 
-    from encslim.finetune.demo_model import DemoTrainConfig, build_demo_model, train_steps
+    from encslim.demo.training import DemoTrainConfig, build_demo_model, train_steps
 
     config = DemoTrainConfig(**meta["config"])
     torch.manual_seed(0)

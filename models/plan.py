@@ -7,12 +7,16 @@ A plan is built from a model's config alone (by the family's adapter) and holds
 * ``folds``: new tensors assembled from source tensors and zero blocks, e.g. the constant a
   removed branch leaves behind, folded into the next layer (A3, DeepSeek-VL hybrid);
 * ``renames``: source key -> output key (when the output is another architecture);
+* ``prefix_renames``: key prefix -> new prefix, applied after ``renames``: removing tower 1 of
+  a ``ModuleList`` renumbers towers 2..n (Eagle's ``vision_towers.{i}``);
 * ``config_patch`` / ``processor_patch``: JSON edit operations on ``config.json`` and the
   processor files, applied together with the weights;
 * ``exact``: whether the pruned model computes exactly what the removal-masked model computed.
 
-Nothing here touches a tensor: the executors in ``surgery`` apply plans, ``describe_plan``
-reports one against a checkpoint's header (the ``--dry-run`` view).
+Nothing here touches a tensor: the executors in ``encslim.prune.surgery`` apply plans,
+``describe_plan`` reports one against a checkpoint's header (the ``--dry-run`` view). The
+adapters build plans, so the plan vocabulary lives with the models; each family's plan
+builder is in its own family file.
 """
 
 import copy
@@ -21,8 +25,6 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import PlanError
 
-CONFIG_NAME = "config.json"
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class RemovalPlan:
     slices: list = field(default_factory=list)
     folds: list = field(default_factory=list)
     renames: dict = field(default_factory=dict)
+    prefix_renames: dict = field(default_factory=dict)
     config_patch: list = field(default_factory=list)
     processor_patch: dict = field(default_factory=dict)
     drop_files: list = field(default_factory=list)
@@ -102,6 +105,14 @@ class RemovalPlan:
 
     def is_deleted(self, key):
         return any(d.matches(key) for d in self.delete_keys)
+
+    def output_name(self, key):
+        """The name ``key`` has in the output: exact renames first, then the longest matching prefix rename."""
+        key = self.renames.get(key, key)
+        for old in sorted(self.prefix_renames, key=len, reverse=True):
+            if key.startswith(old):
+                return self.prefix_renames[old] + key[len(old):]
+        return key
 
     def to_dict(self):
         """JSON-ready form (for manifests and ``--dry-run --json``)."""
@@ -127,98 +138,47 @@ def check_drop(slots, drop):
     return drop
 
 
-# ---------------------------------------------------------------------------- native planning
-def native_removal_plan(config, drop):
-    """The removal plan of a native ``encslim`` model (fusion classes A1, A2, B, C).
-
-    Args:
-        config: an ``EncslimConfig``.
-        drop: slot names to remove.
-
-    Returns:
-        a :class:`RemovalPlan`.
-
-    Raises:
-        PlanError: unknown slot or removing every slot.
-    """
-    slots = list(config.slot_names)
-    drop = check_drop(slots, drop)
-    fusion = config.fusion_class
-    deletes = [Delete(f"vision_towers.{s}.", s) for s in drop]
-    slices, notes, exact = [], [], True
-    if fusion in ("A1", "A2"):
-        dims = {s: config.slot_feature_dim(s) for s in slots}
-        keep, removed = _channel_ranges(slots, dims, drop)
-        size = sum(dims.values())
-        if fusion == "A1":
-            slices.append(Slice("fusion.projector.0.weight", 1, size, keep, removed))
-        else:
-            slices += [Slice("fusion.projector.0.weight", 0, size, keep, removed),
-                       Slice("fusion.projector.0.bias", 0, size, keep, removed),
-                       Slice("fusion.projector.1.weight", 1, size, keep, removed)]
-            exact = False
-            notes.append("A2 (LayerNorm-first projector): the LayerNorm now normalises over fewer "
-                         "channels, so the pruned model only approximates the masked one; fine-tune it")
-    elif fusion == "B":
-        deletes += [Delete(f"fusion.projectors.{s}.", s) for s in drop]
-        notes.append(f"B: {sum(config.slot_num_tokens(s) for s in drop)} fewer image tokens per image")
-    elif fusion == "C":
-        deletes += [Delete(f"fusion.{proj}.{s}.", s) for s in drop for proj in ("k_proj", "v_proj")]
-    else:  # pragma: no cover - the config validates its fusion type
-        raise PlanError(f"fusion class {fusion} has no removal rule")
-    processor_ops = [{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}]
-    if fusion == "B":
-        processor_ops += [{"op": "delete", "path": f"image_tokens.{s}"} for s in drop]
-    return RemovalPlan(
-        model_type="encslim", fusion_class=fusion, slots=slots, drop=drop, delete_keys=deletes,
-        slices=slices, config_patch=[{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}],
-        processor_patch={"processor_config.json": processor_ops}, exact=exact, notes=notes,
-    )
-
-
-def _channel_ranges(slots, dims, drop):
-    """Kept ``[start, stop)`` channel ranges (merged) and each dropped slot's range."""
-    keep, removed, offset = [], {}, 0
-    for slot in slots:
-        start, stop = offset, offset + dims[slot]
-        offset = stop
-        if slot in drop:
-            removed[slot] = (start, stop)
-        elif keep and keep[-1][1] == start:
-            keep[-1] = (keep[-1][0], stop)
-        else:
-            keep.append((start, stop))
-    return tuple(keep), removed
-
-
 # ---------------------------------------------------------------------------- JSON patches
 def apply_json_ops(data, ops):
     """Apply edit operations to a JSON document; returns a new document (the input is not changed).
 
-    Operations (``path`` is dotted: ``image_processor.size``); a path that is absent is skipped:
+    Operations (``path`` is dotted: ``image_processor.size``):
 
-    * ``{"op": "set", "path": p, "value": v}``
+    * ``{"op": "set", "path": p, "value": v}`` (the parent of ``p`` must exist)
     * ``{"op": "delete", "path": p}``
     * ``{"op": "remove_items", "path": p, "field": f, "values": [...]}``: drop list items whose
       field ``f`` is in ``values``.
+
+    An operation whose path is absent raises ``PlanError`` unless it has ``"optional": true``
+    (a plan that does not fit the file would otherwise write a silently unpatched config).
+
+    Raises:
+        PlanError: an absent path of a required operation, or an unknown op.
     """
     data = copy.deepcopy(data)
     for op in ops:
+        kind = op.get("op")
+        if kind not in ("set", "delete", "remove_items"):
+            raise PlanError(f"unknown JSON patch op {kind!r}; use set, delete or remove_items")
         *parents, last = op["path"].split(".")
         node = data
         for name in parents:
             node = node.get(name) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
-            continue
-        if op["op"] == "set":
+        present = isinstance(node, dict) and (kind == "set" or last in node)
+        if present and kind == "remove_items" and not isinstance(node[last], list):
+            present = False
+        if not present:
+            if op.get("optional"):
+                continue
+            raise PlanError(f"JSON patch '{kind} {op['path']}': no such path in the file; the plan does not fit "
+                            "this model's files (mark the operation optional if it may be absent)")
+        if kind == "set":
             node[last] = copy.deepcopy(op["value"])
-        elif op["op"] == "delete":
-            node.pop(last, None)
-        elif op["op"] == "remove_items" and isinstance(node.get(last), list):
+        elif kind == "delete":
+            del node[last]
+        else:
             node[last] = [item for item in node[last]
                           if not (isinstance(item, dict) and item.get(op["field"]) in op["values"])]
-        elif op["op"] not in ("set", "delete", "remove_items"):
-            raise ValueError(f"unknown JSON patch op {op['op']!r}")
     return data
 
 
@@ -349,5 +309,6 @@ def describe_plan(plan, shapes, itemsizes=None):
         "params_before": params_before, "params_after": params_before - removed_params,
         "bytes_before": bytes_before, "bytes_after": bytes_before - removed_bytes,
         "removed_per_slot": per_slot, "deleted_tensors": deleted, "sliced": sliced, "folded": folded,
-        "renamed": len([k for k in plan.renames if k in shapes]),
+        "renamed": len([k for k in shapes if k not in consumed and not plan.is_deleted(k)
+                        and plan.output_name(k) != k]),
     }

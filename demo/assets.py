@@ -1,10 +1,10 @@
-"""Where the shipped demo model lives (``models/demo/``: weights, config, processor, tokenizer, meta)."""
+"""Where the shipped demo model lives (``demo/model/``: weights, config, processor, tokenizer, meta)."""
 
 from pathlib import Path
 
 from ..errors import ModelLoadError
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "model"
 
 
 def demo_model_path():

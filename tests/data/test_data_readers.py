@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from encslim.bench.data import load_samples
+from encslim.data.load import load_samples
 from encslim.errors import DataError
 
-from .conftest import make_image, png_base64, write_jsonl, write_tsv
+from ..conftest import make_image, png_base64, write_jsonl, write_tsv
 
 TSV_HEADER = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split", "image"]
 

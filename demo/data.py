@@ -296,8 +296,8 @@ def generate(split, n, seed=0, mcq_share=0.0):
 
 
 def to_samples(records):
-    """Turn :func:`generate` records into :class:`encslim.bench.samples.Sample` objects."""
-    from .samples import Sample
+    """Turn :func:`generate` records into :class:`encslim.data.samples.Sample` objects."""
+    from ..data.samples import Sample
 
     return [Sample(id=r["id"], question=r["question"], answers=[r["answer"]], image=r["image"],
                    options=dict(r["options"]), category=r["category"], metric=r["metric"],

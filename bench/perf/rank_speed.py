@@ -2,7 +2,7 @@
 
 Usage (from anywhere; defaults to the shipped demo model and its eval split)::
 
-    OMP_NUM_THREADS=2 python -m encslim.bench.rank_speed [--model DIR] [--n-eval 400] [--subsets all]
+    OMP_NUM_THREADS=2 python -m encslim.bench.perf.rank_speed [--model DIR] [--n-eval 400] [--subsets all]
 
 The model is loaded once and warmed up, so the times are ranking only. Prints, for each run,
 the wall time, the encoder passes per sample and the mask sets evaluated, then the ratios. Both
@@ -31,8 +31,8 @@ def run(model, data, subsets, feature_cache, bootstrap):
 
 
 def main(argv=None):
-    from encslim.bench.demo_data import write_demo_data
-    from encslim.models.demo_assets import demo_model_path
+    from encslim.demo.data import write_demo_data
+    from encslim.demo.assets import demo_model_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model folder (default: the shipped demo model)")
@@ -42,7 +42,7 @@ def main(argv=None):
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without the feature cache")
     args = parser.parse_args(argv)
-    from encslim.bench.data import load_samples
+    from encslim.data.load import load_samples
     from encslim.models.loading import load_model
 
     model = load_model(Path(args.model) if args.model else demo_model_path())

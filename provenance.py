@@ -13,8 +13,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from ..errors import ModelLoadError
-from ..outputs import sha256_file
+from .errors import ModelLoadError
+from .outputs import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ LIBRARIES = ("torch", "transformers", "safetensors", "tokenizers", "numpy", "pef
 
 def library_versions():
     """``{name: version}`` of encslim, Python and the installed libraries encslim uses."""
-    from .. import __version__
+    from . import __version__
 
     versions = {"encslim": __version__, "python": platform.python_version()}
     for name in LIBRARIES:

@@ -7,7 +7,7 @@ dropping one encoder (deletes its tower, slices the projector), each followed by
 Surgery runs in a child process that reports its peak RSS (``VmHWM``). Prints a table and JSON;
 deletes every file it wrote unless ``--keep-files``.
 
-    python -m encslim.bench.prune_speed [--workdir DIR] [--rounds 4] [--layers 16]
+    python -m encslim.bench.perf.prune_speed [--workdir DIR] [--rounds 4] [--layers 16]
 
 Goals (issue 6): peak RSS <= 1.5 GB, wall time <= 2x ``cp`` of the same files.
 """

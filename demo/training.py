@@ -11,7 +11,7 @@ convnext  ConvNeXt     32 px    like siglip
 clip      CLIP ViT     16 px    colours and coarse layout only
 ========  ===========  =======  =====================================================
 
-The digits are printed as a 2x2 checkerboard emboss (:mod:`encslim.bench.demo_data`) that
+The digits are printed as a 2x2 checkerboard emboss (:mod:`encslim.demo.data`) that
 averages to the background in any downscaled view, so OCR & Chart can only be carried by
 ``vit``, while General and Vision-centric are seen by several encoders (redundancy). Fusion is
 channel concat with a Linear-first projector (class A1): masking a slot (zeroing its channel
@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..bench.demo_data import DEMO_CATEGORIES, demo_corpus, iter_samples
-from .demo_eval import evaluate_demo, format_question, mask_label
+from .data import DEMO_CATEGORIES, demo_corpus, iter_samples
+from .evaluate import evaluate_demo, format_question, mask_label
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def train_demo_model(out, config=None, overwrite=False, progress=None):
 
 
 def _train_and_save(out, config, overwrite, progress):
-    from ..bench.demo_data import generate
+    from .data import generate
     from ..outputs import atomic_output_dir
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:

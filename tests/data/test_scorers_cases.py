@@ -2,7 +2,7 @@
 
 import pytest
 
-from encslim.bench.scorers import (anls, exact_match, extract_choice, levenshtein, mcq_accuracy,
+from encslim.data.scorers import (anls, exact_match, extract_choice, levenshtein, mcq_accuracy,
                                    normalize_vqa_answer, ocrbench_match, parse_number, relaxed_accuracy, score,
                                    vqa_accuracy)
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    OMP_NUM_THREADS=1 python -m encslim.bench.onnx_speed [--model DIR] [--threads 1] [--batch 1 --batch 4]
+    OMP_NUM_THREADS=1 python -m encslim.bench.perf.onnx_speed [--model DIR] [--threads 1] [--batch 1 --batch 4]
 
 Without ``--model`` the shipped demo model is used when present, else a small random native
 model (2 encoders at 64 px, a 4-layer 256-wide Llama) is built. The model is exported with
@@ -145,7 +145,7 @@ def _default_model(scratch):
     from encslim.errors import ModelLoadError
 
     try:
-        from encslim.models.demo_assets import demo_model_path
+        from encslim.demo.assets import demo_model_path
 
         return demo_model_path()
     except (ImportError, ModelLoadError):

@@ -1,6 +1,6 @@
 """Prompts of the demo model's training, and its accuracy per category through the project evaluator."""
 
-from ..bench.demo_data import MCQ_INSTRUCTION, SHORT_ANSWER
+from .data import MCQ_INSTRUCTION, SHORT_ANSWER
 
 # Prompt templates seen in training, so that the model answers the prompts of common
 # evaluators (VLMEvalKit's VQA suffix and MCQ layouts, LLaVA's MCQ instruction, bare questions).
@@ -19,7 +19,7 @@ def format_question(sample, rng=None):
     Args:
         sample: a demo record (``question``, ``options``).
         rng: a ``random.Random`` to draw a training template; ``None`` gives the first (canonical)
-            template, which is the default of ``encslim.bench.prompts`` (MMBench layout with
+            template, which is the default of ``encslim.data.prompts`` (MMBench layout with
             LLaVA's instructions).
     """
     if sample["options"]:
@@ -44,7 +44,7 @@ def evaluate_demo(model, processor, samples, mask_sets=((),), batch_size=50, max
     Args:
         model: an ``EncslimForConditionalGeneration``.
         processor: its processor.
-        samples: demo records (:func:`encslim.bench.demo_data.generate`).
+        samples: demo records (:func:`encslim.demo.data.generate`).
         mask_sets: tuples of slot names to mask; ``()`` is the full model.
         batch_size: samples per generation batch.
         max_new_tokens: greedy decoding length.
@@ -52,7 +52,7 @@ def evaluate_demo(model, processor, samples, mask_sets=((),), batch_size=50, max
     Returns:
         ``{masked tuple: {"overall": acc, category: acc}}``.
     """
-    from ..bench.demo_data import to_samples
+    from .data import to_samples
     from ..bench.evaluate import evaluate
     from ..models.adapter import get_adapter
 

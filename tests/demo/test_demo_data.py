@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from encslim.bench.demo_data import (DEMO_CATEGORIES, GLYPHS, IMAGE_SIZE, draw_embossed_digit, generate, iter_samples,
+from encslim.demo.data import (DEMO_CATEGORIES, GLYPHS, IMAGE_SIZE, draw_embossed_digit, generate, iter_samples,
                                      write_demo_data)
 from encslim.errors import ConfigError, OutputExistsError
 

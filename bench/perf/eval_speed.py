@@ -1,6 +1,6 @@
 """Benchmark: masked evaluation with the feature cache vs separate evaluations, on CPU.
 
-Run ``python -m encslim.bench.eval_speed`` (``--help`` for options). For N = 3 and 4 tiny
+Run ``python -m encslim.bench.perf.eval_speed`` (``--help`` for options). For N = 3 and 4 tiny
 encoders it evaluates the full model plus the N single-encoder masks two ways, side by side
 in one process:
 
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.adapter import get_adapter
-from .evaluate import evaluate
-from .samples import Sample
+from ...models.adapter import get_adapter
+from ..evaluate import evaluate
+from ...data.samples import Sample
 
 VIT_S = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 12, "num_attention_heads": 6}
 SMALL_LM = {"model_type": "llama", "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 16,
@@ -51,10 +51,10 @@ def synthetic_samples(count, seed=0, size=96):
 
 def small_model(seed=0):
     """``(model, processor)``: three ViT-S-sized encoders (CLIP/SigLIP 16 px patches, DINOv2 14), ~100M Llama."""
-    from ..models.configuration_encslim import EncslimConfig
-    from ..models.modeling_encslim import EncslimForConditionalGeneration
-    from ..models.processing_encslim import EncslimProcessor
-    from ..models.tokenizer import build_tokenizer
+    from ...models.configuration_encslim import EncslimConfig
+    from ...models.modeling_encslim import EncslimForConditionalGeneration
+    from ...models.processing_encslim import EncslimProcessor
+    from ...models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer()
     encoders = [
@@ -130,7 +130,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    from ..models.tiny import build_tiny
+    from ...models.tiny import build_tiny
 
     figures = {"threads": torch.get_num_threads(), "tiny": {}, "small": {}}
     samples = synthetic_samples(args.samples)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from encslim.bench.prompts import PromptStyle, build_question, prompt_id, style_for
-from encslim.bench.samples import Sample
+from encslim.data.prompts import PromptStyle, build_question, prompt_id, style_for
+from encslim.data.samples import Sample
 from encslim.errors import ConfigError
 
 

@@ -5,9 +5,9 @@ The acceptance check of the benchmark (issue 8): on CPU, the demo model's 2-enco
 vision-time saving within ``[0.7, 1.1]`` of the FLOP prediction. A timing claim belongs in a
 benchmark script, not in a test, so this is one::
 
-    python -m encslim.bench.demo_saving                      # models/demo, drop siglip,convnext
-    python -m encslim.bench.demo_saving --drop convnext --batch-sizes 1,4 --min-seconds 5
-    python -m encslim.bench.demo_saving --untrained          # the demo architecture, random weights
+    python -m encslim.bench.perf.demo_saving                      # demo/model, drop siglip,convnext
+    python -m encslim.bench.perf.demo_saving --drop convnext --batch-sizes 1,4 --min-seconds 5
+    python -m encslim.bench.perf.demo_saving --untrained          # the demo architecture, random weights
 
 It prints the predicted and measured savings side by side (mean and median) per batch size
 and exits 1 when the ratio at the largest batch size falls outside the band. At small batches
@@ -15,7 +15,7 @@ on CPU the tiny encoders are dominated by fixed per-encoder costs (Python dispat
 kernels), so removing two of four saves more time than their FLOP share (ratio above 1.1); the
 largest batch is where time follows FLOPs, which is what the prediction assumes. Timing does not depend on the weights, so
 ``--untrained`` (the demo architecture with random weights) previews the figures before the
-trained demo model ships in ``models/demo``.
+trained demo model ships in ``demo/model``.
 
 Default drop: ``siglip`` and ``convnext`` (32 px views of what the others also see), the pair the
 demo recipe removes; the variant keeps ``vit`` (128 px, the only encoder that reads the digits)
@@ -32,15 +32,15 @@ DEFAULT_DROP = ("siglip", "convnext")
 
 
 def demo_model_dir():
-    """Where the trained demo model ships: ``<encslim>/models/demo``."""
-    from ..models.demo_assets import DEMO_MODEL_DIR
+    """Where the trained demo model ships: ``<encslim>/demo/model``."""
+    from ...demo.assets import DEMO_MODEL_DIR
 
     return DEMO_MODEL_DIR
 
 
 def write_untrained_demo(out):
     """Save the demo architecture with random weights (seed 0) to ``out``; return ``out``."""
-    from ..finetune.demo_model import build_demo_model
+    from ...demo.training import build_demo_model
 
     model, processor = build_demo_model(seed=0)
     model.eval().save_pretrained(out)
@@ -56,8 +56,8 @@ def measure(model_dir, drop, batch_sizes=(1, 4, 64), min_iters=20, min_seconds=3
         ``{"drop", "report", "rows": [{"batch_size", "predicted", "measured", "ratio",
         "measured_p50", "ratio_p50", "within"}]}``.
     """
-    from ..prune.surgery import prune
-    from .benchmark import BenchSettings, run_bench
+    from ...prune.surgery import prune
+    from ..benchmark import BenchSettings, run_bench
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="encslim-demo-saving-"))
     variant = work / f"{Path(model_dir).resolve().name}-drop-{'+'.join(drop)}"
@@ -102,7 +102,7 @@ def print_figures(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder (default: models/demo)")
+    parser.add_argument("--model", default=None, help="model folder (default: demo/model)")
     parser.add_argument("--untrained", action="store_true", help="benchmark the demo architecture, random weights")
     parser.add_argument("--drop", default=",".join(DEFAULT_DROP), help="slots to prune (comma-separated)")
     parser.add_argument("--batch-sizes", default="1,4,64")

@@ -18,7 +18,7 @@ def demo_group():
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def data_cmd(out, seed, n_train, n_eval, overwrite):
     """Write the demo benchmark (train.jsonl, train_llava.json, eval.jsonl, images/) to OUT."""
-    from ..bench.demo_data import write_demo_data
+    from .data import write_demo_data
 
     summary = write_demo_data(out, seed=seed, n_train=n_train, n_eval=n_eval, overwrite=overwrite)
     click.echo(f"wrote {out}: " + json.dumps(summary["counts"]))
@@ -36,7 +36,7 @@ def data_cmd(out, seed, n_train, n_eval, overwrite):
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def model_cmd(out, seed, encoder_steps, steps, n_eval, threads, overwrite):
     """Train the tiny four-encoder demo model from scratch on CPU and save it to OUT."""
-    from ..finetune.demo_model import DemoTrainConfig, train_demo_model
+    from .training import DemoTrainConfig, train_demo_model
 
     config = DemoTrainConfig(seed=seed, threads=threads)
     if encoder_steps is not None:

@@ -1,6 +1,6 @@
 """Fine-tuning step time: a 4-encoder model vs its 2-encoder variant, cached features vs recomputed.
 
-    python -m encslim.bench.finetune_speed [--scale small] [--steps 12] [--batch-size 8] [--json OUT]
+    python -m encslim.bench.perf.finetune_speed [--scale small] [--steps 12] [--batch-size 8] [--json OUT]
 
 Both models share the LLM and the encoder configurations; the variant keeps two of the four
 encoders (``siglip`` and the high-resolution ``convnext``), as a pruned model would. Every run is
@@ -81,7 +81,7 @@ def synthetic_samples(n, seed=0):
 
     from PIL import Image, ImageDraw
 
-    from encslim.bench.samples import Sample
+    from encslim.data.samples import Sample
 
     rng, colours = random.Random(seed), {"red": (220, 30, 30), "green": (30, 190, 30), "blue": (30, 30, 220)}
     samples = []

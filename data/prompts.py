@@ -74,7 +74,7 @@ def build_question(sample, style=DEFAULT_STYLE):
     """The user-turn text for ``sample`` in ``style``.
 
     Args:
-        sample: a :class:`encslim.bench.samples.Sample`; MCQ when it has options.
+        sample: a :class:`encslim.data.samples.Sample`; MCQ when it has options.
         style: a :class:`PromptStyle`.
 
     Returns:

@@ -1,7 +1,7 @@
-"""Read benchmark and training files into :class:`~encslim.bench.samples.Sample` lists.
+"""Read benchmark and training files into :class:`~encslim.data.samples.Sample` lists.
 
-Formats, chosen by extension: ``.tsv`` VLMEvalKit TSV (:mod:`encslim.bench.tsv`); ``.jsonl``
-one sample a line, or LLaVA records (:mod:`encslim.bench.jsonl`); ``.json`` a list of LLaVA
+Formats, chosen by extension: ``.tsv`` VLMEvalKit TSV (:mod:`encslim.data.tsv`); ``.jsonl``
+one sample a line, or LLaVA records (:mod:`encslim.data.jsonl`); ``.json`` a list of LLaVA
 conversation records (or of JSONL-style samples).
 
 A bad row (missing image file, broken base64, an image path leaving the data folder, no

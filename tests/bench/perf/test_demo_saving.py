@@ -2,7 +2,7 @@
 
 import pytest
 
-from encslim.bench import demo_saving
+from encslim.bench.perf import demo_saving
 
 
 def test_measure_prunes_and_compares(tiny_model_dir, tmp_path):
