@@ -14,11 +14,14 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import ModelLoadError
-from .outputs import sha256_file
+from .files import MANIFEST_NAME, sha256_file
+
+# largest max-abs fp32 logit difference between a model and the one it must equal (pruned vs masked,
+# exported vs source): the one verification tolerance of every stage
+VERIFY_TOLERANCE = 1e-4
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "encslim_manifest.json"
 SCHEMA_VERSION = 1
 LIBRARIES = ("torch", "transformers", "safetensors", "tokenizers", "numpy", "peft", "deepspeed",
              "accelerate", "onnx", "onnxruntime")

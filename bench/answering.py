@@ -1,8 +1,7 @@
 """Getting answers out of the model: greedy generation, or an MCQ choice by first-token logits.
 
-Both take the model inputs of one padded batch (``input_ids``, ``attention_mask``, LEFT padded)
-plus the model keyword arguments that carry the image: ``image_features`` (the feature cache)
-or ``pixel_values_<slot>`` (no cache), ``masked_slots``, ``mask_mode`` and ``mask_values``.
+Both go through the family's adapter with one LEFT-padded batch (``input_ids``,
+``attention_mask``) and either cached encoder features or the batch's pixel inputs.
 """
 
 import torch
@@ -10,30 +9,21 @@ import torch
 from ..errors import ConfigError
 
 
-def position_ids_from_mask(attention_mask):
-    """Positions counting only real tokens (0 at each row's first token), as ``generate`` uses.
-
-    With left padding, ``arange`` positions would shift every padded row; counting from the
-    first real token gives each row the positions it would have on its own.
-    """
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 1)
-
-
-def generate_texts(model, processor, inputs, max_new_tokens, **model_kwargs):
-    """Greedy-decode up to ``max_new_tokens`` tokens per row.
+def generate_texts(adapter, model, processor, features, batch, max_new_tokens, masked=frozenset(), mask_mode="removal",
+                   mask_values=None):
+    """Greedy-decode up to ``max_new_tokens`` tokens per row, through the family's adapter.
 
     Args:
-        model: a generation-capable model.
-        processor: its processor (for ``batch_decode`` and the pad token).
-        inputs: ``{"input_ids", "attention_mask"}`` (plus pixel values, if any).
+        adapter, model, processor: as loaded by :func:`encslim.models.loading.load_model`.
+        features: cached ``{slot: features}``, or None to encode the batch's pixels.
+        batch: ``{"input_ids", "attention_mask"}`` (LEFT padded; plus pixel inputs without features).
         max_new_tokens: generation budget.
-        **model_kwargs: image and mask arguments passed to the model's forward.
+        masked, mask_mode, mask_values: the mask set.
 
     Returns:
         list[str], one stripped answer per row (special tokens removed).
     """
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = adapter.tokenizer(processor)
     config = getattr(model, "generation_config", None)
     special = {}  # the model's own generation config wins (chat models stop on several ids)
     if getattr(config, "pad_token_id", None) is None:
@@ -41,9 +31,8 @@ def generate_texts(model, processor, inputs, max_new_tokens, **model_kwargs):
     if getattr(config, "eos_token_id", None) is None:
         special["eos_token_id"] = tokenizer.eos_token_id
     with torch.inference_mode():
-        out = model.generate(**inputs, **model_kwargs, **special, max_new_tokens=max_new_tokens, do_sample=False,
-                             num_beams=1)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        new_tokens = adapter.generate(model, features, batch, masked, mask_mode, mask_values,
+                                      max_new_tokens=max_new_tokens, **special)
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
@@ -76,30 +65,32 @@ def option_token_ids(tokenizer, letters):
     return ids
 
 
-def choose_options(model, processor, inputs, options_per_row, **model_kwargs):
+def choose_options(adapter, model, processor, features, batch, options_per_row, masked=frozenset(),
+                   mask_mode="removal", mask_values=None):
     """Pick each row's option by the logits of the options' first tokens at the answer position.
 
-    One forward pass per batch: the last position's logits (left padding puts every row's last
-    real token there) are compared over the row's option tokens only, so the choice is always
-    a valid letter.
+    One forward pass per batch (:meth:`Adapter.next_token_logits`: left padding puts every row's
+    last real token last), compared over the row's option tokens only, so the choice is always a
+    valid letter.
 
     Args:
-        model: the model (its forward accepts the image and mask keyword arguments).
-        processor: its processor (for the tokenizer).
-        inputs: ``{"input_ids", "attention_mask"}`` (plus pixel values, if any).
+        adapter, model, processor: as loaded by :func:`encslim.models.loading.load_model`.
+        features: cached ``{slot: features}``, or None to encode the batch's pixels.
+        batch: ``{"input_ids", "attention_mask"}`` (plus pixel inputs without features).
         options_per_row: one ``{"A": text, ...}`` per row.
-        **model_kwargs: image and mask arguments passed to the model's forward.
+        masked, mask_mode, mask_values: the mask set.
 
     Returns:
         list[str], the chosen letter per row.
     """
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = adapter.tokenizer(processor)
     letters = sorted({k for options in options_per_row for k in options})
     token_ids = option_token_ids(tokenizer, letters)
-    positions = position_ids_from_mask(inputs["attention_mask"])
     with torch.inference_mode():
-        out = model(**inputs, **model_kwargs, position_ids=positions, logits_to_keep=1, use_cache=False)
-    logits = out.logits[:, -1].float()
+        if features is None:
+            run = [s for s in adapter.slot_names(model.config) if not (mask_mode == "removal" and s in set(masked))]
+            features = adapter.encode(model, batch, run)
+        logits = adapter.next_token_logits(model, features, batch, masked, mask_mode, mask_values).float()
     chosen = []
     for row, options in enumerate(options_per_row):
         row_letters = list(options)

@@ -262,7 +262,7 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
     Raises:
         ConfigError, ModelLoadError, DataError, OutputExistsError: bad input.
     """
-    from ..outputs import atomic_output_dir, check_output_path
+    from ..files import atomic_output_dir, check_output_path
     from .report import write_report
 
     settings = (settings or BenchSettings()).validate()

@@ -30,7 +30,7 @@ def prepare_output(out, overwrite, inputs):
         pathlib.Path of the folder (not yet created).
     """
     from ..errors import OutputExistsError
-    from ..outputs import check_output_path
+    from ..files import check_output_path
 
     out = check_output_path(out, overwrite=True, inputs=inputs)
     if out.exists() and not out.is_dir():

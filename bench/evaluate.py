@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ConfigError, DataError
+from ..models.masking import MASK_MODES, check_mask_set
 from . import distributed
 from .answering import choose_options, generate_texts
 from .features import counting_encoder_passes, encode_images, slots_needed, with_placeholders
@@ -26,7 +27,6 @@ from ..data.scorers import score
 
 logger = logging.getLogger(__name__)
 
-MASK_MODES = ("removal", "zero", "mean")
 MCQ_MODES = ("logits", "generate")
 
 
@@ -85,6 +85,8 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
         DataError: duplicate sample ids, or no samples.
     """
     mask_sets = normalize_mask_sets(adapter.slot_names(model.config), mask_sets, mask_mode)
+    for masked in mask_sets:
+        adapter.check_mask(model.config, masked, mask_mode, mask_values)  # family rules (a single slot)
     _check_arguments(samples, mask_sets, mask_mode, mask_values, mcq_mode, batch_size, max_new_tokens)
     rank, world = distributed.init_from_env()
     run = _Run(model, processor, adapter, mask_sets, mask_mode, mask_values, max_new_tokens, mcq_mode,
@@ -96,7 +98,7 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
     todo = [it for it in items if any(k not in done for k in it.keys.values())]
     shard = todo[rank::world]
     new_records = []
-    with counting_encoder_passes(model) as counter:
+    with counting_encoder_passes(model, adapter) as counter:
         run.counter, run.rank = counter, rank
         batches = _batches(shard, batch_size, mcq_mode)
         for batch in _progress(batches, progress and rank == 0):
@@ -124,12 +126,7 @@ def normalize_mask_sets(slot_names, mask_sets, mask_mode="removal"):
     """
     out = []
     for masked in mask_sets:
-        masked = frozenset([masked] if isinstance(masked, str) else masked)
-        unknown = sorted(masked - set(slot_names))
-        if unknown:
-            raise ConfigError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slot_names)}")
-        if mask_mode == "removal" and masked >= set(slot_names):
-            raise ConfigError("a mask set masks every encoder; in removal mode keep at least one slot")
+        masked = check_mask_set(slot_names, masked, mask_mode, values_required=False)
         if masked not in out:
             out.append(masked)
     if not out:
@@ -144,11 +141,6 @@ def _check_arguments(samples, mask_sets, mask_mode, mask_values, mcq_mode, batch
         raise ConfigError(f"mcq mode '{mcq_mode}' unknown; use one of {', '.join(MCQ_MODES)}")
     if batch_size < 1 or max_new_tokens < 1:
         raise ConfigError("batch size and max new tokens must be at least 1")
-    if mask_mode == "mean":
-        missing = sorted({s for masked in mask_sets for s in masked} - set(mask_values or {}))
-        if missing:
-            raise ConfigError(f"mask mode 'mean' needs mask_values for {', '.join(missing)}; "
-                              f"compute them with encslim.bench.features.mean_features")
     if not samples:
         raise DataError("no samples to evaluate")
     seen = {}
@@ -172,7 +164,7 @@ def _plan(run, samples, prompt_styles):
     items = []
     for sample in samples:
         question = build_question(sample, style_for(sample, prompt_styles))
-        prompt = run.processor.build_prompt(question, with_image=sample.image is not None)
+        prompt = run.adapter.build_prompt(run.processor, question, with_image=sample.image is not None)
         item = _Item(sample, prompt)
         sample_fp = sample_fingerprint(sample, prompt)
         for masked in run.mask_sets:
@@ -197,7 +189,7 @@ def _run_batch(run, items, done):
     if items[0].sample.image is None:
         # no image: no mask can change the answer, so answer once and record it under each mask set
         rows = sorted({i for r in pending.values() for i in r})
-        answers = dict(zip(rows, _answer(run, [items[i] for i in rows], _text_inputs(run, items, rows), {})))
+        answers = dict(zip(rows, _answer(run, [items[i] for i in rows], _text_inputs(run, items, rows), {}, frozenset())))
         return [_record(run, items[i], m, answers[i]) for m, r in pending.items() for i in r]
     features = None
     if run.feature_cache:
@@ -207,9 +199,9 @@ def _run_batch(run, items, done):
         run.counter.add(len(slots) * len(items))
     records = []
     for masked, rows in pending.items():
-        inputs, kwargs = (_cached_inputs(run, items, rows, masked, features) if run.feature_cache
+        inputs, cached = (_cached_inputs(run, items, rows, masked, features) if run.feature_cache
                           else _pixel_inputs(run, items, rows, masked))
-        predictions = _answer(run, [items[i] for i in rows], inputs, kwargs)
+        predictions = _answer(run, [items[i] for i in rows], inputs, cached, masked)
         records += [_record(run, items[i], masked, p) for i, p in zip(rows, predictions)]
     return records
 
@@ -229,25 +221,23 @@ def _cached_inputs(run, items, rows, masked, features):
     if run.mask_mode != "removal":
         features = with_placeholders(features, run.adapter, run.model.config, len(rows), run.model.device,
                                      run.model.dtype)
-    return inputs, {"image_features": features, **_mask_kwargs(run, masked)}
+    return inputs, features
 
 
 def _pixel_inputs(run, items, rows, masked):
     batch = run.adapter.prepare_batch(run.processor, [items[i].sample.image for i in rows],
                                       [items[i].prompt for i in rows], masked=masked, mask_mode=run.mask_mode)
     inputs = {k: v.to(run.model.device) for k, v in batch.items()}
-    run.counter.add(len(rows) * sum(1 for k in inputs if k.startswith("pixel_values")))
-    return inputs, _mask_kwargs(run, masked)
+    return inputs, None
 
 
-def _mask_kwargs(run, masked):
-    return {"masked_slots": masked, "mask_mode": run.mask_mode, "mask_values": run.mask_values}
-
-
-def _answer(run, items, inputs, kwargs):
+def _answer(run, items, inputs, features, masked):
+    """Answers of one batch: ``features`` cached, or None to encode the pixels in ``inputs``."""
+    common = {"masked": masked, "mask_mode": run.mask_mode, "mask_values": run.mask_values}
     if items[0].sample.metric == "mcq" and run.mcq_mode == "logits":
-        return choose_options(run.model, run.processor, inputs, [it.sample.options for it in items], **kwargs)
-    return generate_texts(run.model, run.processor, inputs, run.max_new_tokens, **kwargs)
+        return choose_options(run.adapter, run.model, run.processor, features, inputs,
+                              [it.sample.options for it in items], **common)
+    return generate_texts(run.adapter, run.model, run.processor, features, inputs, run.max_new_tokens, **common)
 
 
 def _record(run, item, masked, prediction):

@@ -83,7 +83,7 @@ def mean_features(model, processor, adapter, samples, batch_size=8, progress=Fal
         totals[f"#{s.name}"] = torch.zeros(1, dtype=torch.float64)
     chunks = [with_images[i:i + batch_size] for i in range(0, len(with_images), batch_size)]
     for chunk in _progress(chunks, progress, "mean features"):
-        prompts = [processor.build_prompt("") for _ in chunk]
+        prompts = [adapter.build_prompt(processor, "") for _ in chunk]
         features = encode_images(model, processor, adapter, [s.image for s in chunk], prompts, slots)
         for slot, value in features.items():
             totals[slot] += value.detach().double().sum(dim=(0, 1)).cpu()
@@ -95,23 +95,23 @@ def mean_features(model, processor, adapter, samples, batch_size=8, progress=Fal
 
 
 class EncoderCounter:
-    """Counts vision tower forward passes (one per image) through forward pre-hooks.
+    """Counts encoder forward passes (one per image) through forward pre-hooks on the adapter's encoders.
 
-    Models without a ``vision_towers`` module dict cannot be hooked; ``hooked`` is then False
-    and the evaluator counts the passes it requests instead.
+    A family whose encoders are not modules cannot be hooked; ``hooked`` is then False and the
+    evaluator counts the passes it requests instead.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, adapter):
         self.passes = 0
         self._handles = []
-        towers = getattr(model, "vision_towers", None)
-        self.hooked = isinstance(towers, torch.nn.ModuleDict)
+        encoders = adapter.encoders(model)
+        self.hooked = bool(encoders) and all(isinstance(m, torch.nn.Module) for m in encoders.values())
         if self.hooked:
-            for tower in towers.values():
-                self._handles.append(tower.register_forward_pre_hook(self._count, with_kwargs=True))
+            for encoder in encoders.values():
+                self._handles.append(encoder.register_forward_pre_hook(self._count, with_kwargs=True))
 
     def _count(self, module, args, kwargs):
-        pixels = args[0] if args else next(iter(kwargs.values()))
+        pixels = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
         self.passes += int(pixels.shape[0])
 
     def add(self, passes):
@@ -126,9 +126,9 @@ class EncoderCounter:
 
 
 @contextlib.contextmanager
-def counting_encoder_passes(model):
+def counting_encoder_passes(model, adapter):
     """Context manager yielding an :class:`EncoderCounter` whose hooks are removed on exit."""
-    counter = EncoderCounter(model)
+    counter = EncoderCounter(model, adapter)
     try:
         yield counter
     finally:

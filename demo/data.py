@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from ..errors import ConfigError
-from ..outputs import atomic_output_dir
+from ..files import atomic_output_dir
 
 logger = logging.getLogger(__name__)
 

@@ -359,7 +359,7 @@ def train_demo_model(out, config=None, overwrite=False, progress=None):
 
 def _train_and_save(out, config, overwrite, progress):
     from .data import generate
-    from ..outputs import atomic_output_dir
+    from ..files import atomic_output_dir
 
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         model, processor = build_demo_model(config.seed)

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
+from ..files import CARD_NAME, MANIFEST_NAME
 from ..models.loading import adapter_for, read_config
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "encslim_manifest.json"
-CARD_NAME = "README.md"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PROBE_QUESTIONS = (
     "What is in the image?",

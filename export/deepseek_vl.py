@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..outputs import check_output_path
+from ..files import check_output_path
 from .common import Source, load_source, probe_images, probe_prompts, read_source
 from .finish import check_card_inputs
 from .hf_folder import DEFAULT_SHARD, write_verified_folder

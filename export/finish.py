@@ -12,12 +12,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ConfigError
-from .common import CARD_NAME
+from ..files import BENCH_NAME as BENCH_FILE, CARD_NAME
 from .model_card import render_card
 
 logger = logging.getLogger(__name__)
 
-BENCH_FILE = "bench.json"
 
 
 def load_ranking_arg(ranking):

@@ -7,7 +7,7 @@ logits compared with the source's on probe inputs before the folder is published
 
 import logging
 
-from ..outputs import atomic_output_dir, check_output_path
+from ..files import atomic_output_dir, check_output_path
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_images,
                      probe_prompts, read_source)
 from .finish import check_card_inputs, finish_folder, slot_rows

@@ -18,14 +18,13 @@ Weight layout (transformers 5): ``model.vision_tower.*`` <- ``vision_towers.<slo
 import logging
 
 from ..errors import ConfigError
-from ..outputs import atomic_output_dir, check_output_path
+from ..files import atomic_output_dir, check_output_path
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_images,
                      probe_prompts, read_source, require_native)
 from .finish import check_card_inputs, finish_folder, slot_rows
 
 logger = logging.getLogger(__name__)
 
-LLAVA_BACKBONES = ("clip_vision_model", "siglip_vision_model")
 ATOL = 1e-4
 
 HOW_TO_LOAD = """\
@@ -35,38 +34,6 @@ processor = AutoProcessor.from_pretrained("{name}")
 batch = processor(text=["{prompt}"], images=[image], return_tensors="pt")
 print(processor.batch_decode(model.generate(**batch, max_new_tokens=16)))
 """
-
-
-def llava_blockers(config):
-    """Why a native config cannot become a LLaVA model: a list of reasons (empty when it can).
-
-    Pure: reads the config only.
-    """
-    from ..models.configuration_encslim import backbone_info, native_grid
-
-    slots = config.slot_names
-    if len(slots) != 1:
-        return [f"LLaVA holds one vision encoder but this model has {len(slots)} ({', '.join(slots)}); "
-                f"prune it to one first (encslim prune --drop ...)"]
-    slot = slots[0]
-    enc = config.encoder(slot)
-    vision = config.vision_config(slot)
-    reasons = []
-    if vision.model_type not in LLAVA_BACKBONES:
-        reasons.append(f"slot '{slot}' is a {vision.model_type} backbone; LLaVA needs CLIP or SigLIP "
-                       f"({', '.join(LLAVA_BACKBONES)})")
-    if config.fusion_class not in ("A1", "B"):
-        reasons.append(f"fusion class {config.fusion_class} ({config.fusion['type']}"
-                       f"{', ' + config.fusion['projector'] if 'projector' in config.fusion else ''}) is not "
-                       f"LLaVA's Linear-GELU-Linear projector (class A1 linear_first, or class B)")
-    if not reasons:
-        grid = native_grid(vision, enc["image_size"], enc["feature_layer"])
-        if config.slot_grid(slot) != grid:
-            reasons.append(f"slot '{slot}' is pooled from its {grid}x{grid} token grid to "
-                           f"{config.slot_grid(slot)}x{config.slot_grid(slot)}; LLaVA uses the encoder's own grid")
-        if backbone_info(vision)[0] != "vit":
-            reasons.append(f"slot '{slot}' is not a ViT token sequence")
-    return reasons
 
 
 def llava_config(config):

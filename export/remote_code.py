@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..errors import VerificationError
-from ..outputs import atomic_output_dir, check_output_path, sha256_file
+from ..files import atomic_output_dir, check_output_path, sha256_file
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_images,
                      probe_prompts, read_source, require_native)
 from .finish import check_card_inputs, finish_folder, slot_rows

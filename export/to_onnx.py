@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from ..outputs import atomic_output_dir, check_output_path
+from ..files import atomic_output_dir, check_output_path
 from .common import (fail_unless_matched, load_source, probe_images, probe_prompts, read_source, require_native)
 from .finish import check_card_inputs, finish_folder, slot_rows
 from .onnx_graphs import (DECODER_FILE, EMBED_FILE, VISION_FILE, export_decoder, export_vision, graph_opset,

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ConfigError, VerificationError
-from ..outputs import atomic_output_dir
+from ..files import atomic_output_dir
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..outputs import atomic_output_dir, check_output_path, sha256_file
+from ..files import atomic_output_dir, check_output_path, sha256_file
 from .callbacks import DropoutEpoch, LossLog, ProgressBar, plot_loss, read_log
 from .config import FinetuneConfig
 from .saving import check_saved, expected_saved

@@ -1,18 +1,25 @@
-"""The adapter interface and its registry.
+"""The adapter interface and its registry: the one way a stage reaches a model.
 
-An adapter knows one model family (keyed by ``model_type``): its encoder slots, how to split a
-forward into ``encode`` and ``decode`` with some slots masked, whether removing a slot is exact,
-how to build a removal plan, and which stock export targets a kept set allows. Adding a family
-is one file that defines an adapter and calls :func:`register_adapter` once.
+An adapter knows one model family: its encoder slots, how to read its config and build an
+empty model, how to load it, how to turn images and prompts into inputs, how to split a forward
+into ``encode`` (each slot's encoder once) and the rest with some slots masked (``embed`` ->
+``decode`` / ``generate`` / ``next_token_logits``), which modules belong to which slot, what
+trains in fine-tuning, how to build a removal plan and which stock export targets a kept set
+allows. Stages call these methods and nothing else of a model: no stage reads a family's
+attributes or classes. Adding a family is one file that defines an adapter and calls
+:func:`register_adapter` once.
+
+Most methods have a default that fits any model whose LLM is reached by
+``model(inputs_embeds=..., attention_mask=...)`` (the transformers convention); a family
+overrides what differs. The abstract ones are what no default can know.
 """
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import import_module
 
-from ..errors import ConfigError, UnsupportedModelError
-
-MASK_MODES = ("removal", "zero", "mean")
+from ..errors import ConfigError, ModelLoadError, PlanError, UnsupportedModelError
+from .masking import FusionClass, MaskError, check_mask_set
 
 # families shipped with encslim: model_type -> module that registers its adapter on import
 BUILTIN_FAMILIES = {
@@ -44,10 +51,55 @@ class Slot:
     removal_exact: bool
 
 
+@dataclass(frozen=True)
+class TrainableParts:
+    """Module-name prefixes that fine-tuning trains, as ``named_modules`` names of the model.
+
+    Attributes:
+        language_model: the causal LM (LoRA targets are resolved inside it only).
+        fusion: the fusion/projector modules (trained fully, peft ``modules_to_save``).
+        encoders: ``{slot: prefix}`` of each slot's vision encoder (frozen, LoRA or full).
+    """
+
+    language_model: str
+    fusion: tuple
+    encoders: dict
+
+
+def _count(module):
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
 class Adapter(ABC):
     """What encslim needs to know about one model family."""
 
     model_type: str = ""
+
+    # ------------------------------------------------------------------ family and config
+    def matches(self, config_dict):
+        """Whether a ``config.json`` (as a dict) belongs to this family (default: same ``model_type``)."""
+        return config_dict.get("model_type") == self.model_type
+
+    def read_config(self, path):
+        """The family's config object of the model folder ``path`` (``config.json`` only).
+
+        Raises:
+            ModelLoadError: the file does not make a valid config.
+        """
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(str(path))
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise ModelLoadError(f"{path}/config.json does not load: {str(err).splitlines()[0]}") from err
+
+    def empty_model(self, config):
+        """The model ``config`` describes, on the meta device (no memory, no weights): for structure checks."""
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        with torch.device("meta"):
+            return AutoModelForImageTextToText.from_config(config)
 
     @abstractmethod
     def slots(self, config):
@@ -55,31 +107,11 @@ class Adapter(ABC):
 
     @abstractmethod
     def fusion_class(self, config):
-        """The DESIGN §1 fusion class: ``A1``, ``A2``, ``A3``, ``B`` or ``C``."""
+        """The DESIGN §1 fusion class: a :class:`~encslim.models.masking.FusionClass`."""
 
-    @abstractmethod
-    def load(self, path, device="cpu", dtype=None, device_map=None):
-        """Load ``(model, processor)`` from a local folder."""
-
-    @abstractmethod
-    def encode(self, model, batch):
-        """Run every slot's encoder once: ``{slot: features}``."""
-
-    @abstractmethod
-    def decode(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
-        """Fusion + LLM with ``masked`` slots masked; returns a ``CausalLMOutputWithPast``."""
-
-    @abstractmethod
-    def prepare_batch(self, processor, images, prompts, masked=frozenset()):
-        """Model inputs (a dict of tensors) for images and prompts with ``masked`` slots removed."""
-
-    def removal_plan(self, config, drop):
-        """The removal plan for dropping slots ``drop``."""
-        raise NotImplementedError(f"{type(self).__name__} cannot build removal plans yet")
-
-    def export_targets(self, config, kept):
-        """Names of the stock export formats available when only ``kept`` slots remain."""
-        return ["hf"]
+    def fusion_settings(self, config):
+        """The fusion's settings as a JSON-able dict (shown by ``encslim inspect``; ``type`` names it)."""
+        return {}
 
     def slot_names(self, config):
         return [s.name for s in self.slots(config)]
@@ -90,6 +122,163 @@ class Adapter(ABC):
         unknown = [n for n in names if n not in valid]
         if unknown:
             raise ConfigError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(valid)}")
+
+    def check_mask(self, config, masked, mask_mode="removal", mask_values=None):
+        """One mask set checked against this model (see :func:`~encslim.models.masking.check_mask_set`)."""
+        slot_names = self.slot_names(config)
+        masked = check_mask_set(slot_names, masked, mask_mode, mask_values)
+        if masked and self.fusion_class(config) == FusionClass.SINGLE:
+            raise MaskError(f"{self.model_type} has a single encoder slot; it cannot be masked")
+        return masked
+
+    def image_tokens(self, config, masked=frozenset(), mask_mode="removal"):
+        """Image tokens in the LLM sequence per image with ``masked`` slots masked.
+
+        Only class B in removal mode loses tokens (a removed slot's tokens are gone); every other
+        class keeps its token count.
+        """
+        slots = self.slots(config)
+        if self.fusion_class(config) == FusionClass.B:
+            gone = set(masked) if mask_mode == "removal" else set()
+            return sum(s.num_tokens for s in slots if s.name not in gone)
+        return slots[0].num_tokens if slots else 0
+
+    # ------------------------------------------------------------------ loading and inputs
+    @abstractmethod
+    def load(self, path, device="cpu", dtype=None, device_map=None):
+        """Load ``(model, processor)`` from a local folder."""
+
+    @abstractmethod
+    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
+        """Model inputs (a dict of tensors) for images and prompts; slots masked in removal mode get no pixels.
+
+        ``images=None`` gives the text inputs alone (prompts may still hold image tokens: cached
+        features stand in for the pixels).
+        """
+
+    def build_prompt(self, processor, question, with_image=True):
+        """The model's chat prompt for ``question`` (with its image placeholder when ``with_image``)."""
+        return processor.build_prompt(question, with_image=with_image)
+
+    def tokenizer(self, processor):
+        return getattr(processor, "tokenizer", processor)
+
+    # ------------------------------------------------------------------ the split forward
+    @abstractmethod
+    def encode(self, model, batch, slots=None):
+        """Run each slot's encoder once: ``{slot: features}`` for ``slots`` (default: every slot with pixels)."""
+
+    @abstractmethod
+    def embed(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
+        """Fusion + projector with ``masked`` slots masked, merged into the text: LLM ``inputs_embeds`` (B, L, H)."""
+
+    def lm_forward(self, model, **kwargs):
+        """One LLM call (``inputs_embeds`` or ``input_ids``, cache, positions...): the model's output."""
+        return model(**kwargs)
+
+    def decode(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None,
+               **lm_kwargs):
+        """Fusion + LLM on ``features``; returns the model output (``logits``, ``loss`` with ``labels``...)."""
+        embeds = self.embed(model, features, batch, masked, mask_mode, mask_values)
+        return self.lm_forward(model, inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(embeds.device),
+                               **lm_kwargs)
+
+    def next_token_logits(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
+        """Logits of the token after each row's prompt ``(B, V)`` (LEFT-padded batch), for multiple choice."""
+        mask = batch["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = self.decode(model, features, batch, masked, mask_mode, mask_values,
+                          position_ids=positions.to(mask.device), logits_to_keep=1, use_cache=False)
+        return out.logits[:, -1]
+
+    def generate(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None,
+                 max_new_tokens=16, **generate_kwargs):
+        """Greedy generation on a LEFT-padded batch: the new token ids ``(B, N)``.
+
+        ``features=None`` encodes the batch's pixels first (what a deployed model does end to
+        end); slots masked in removal mode are not encoded.
+        """
+        if features is None:
+            run = [s for s in self.slot_names(model.config) if not (mask_mode == "removal" and s in set(masked))]
+            features = self.encode(model, batch, run)
+        embeds = self.embed(model, features, batch, masked, mask_mode, mask_values)
+        kwargs = {"do_sample": False, "num_beams": 1, **generate_kwargs}
+        return model.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(embeds.device),
+                              max_new_tokens=max_new_tokens, **kwargs)
+
+    # ------------------------------------------------------------------ modules and parameters
+    @abstractmethod
+    def encoders(self, model):
+        """``{slot: module}``: the module each slot runs once per image (hooks, per-tower FLOPs and timing)."""
+
+    @abstractmethod
+    def parts(self, model):
+        """``{"fusion": module, "language_model": module}``: the shared components."""
+
+    def slot_parameters(self, model):
+        """Parameters that exist only for each slot: ``{slot: {"vision": n, "fusion": n}}``.
+
+        The default credits each slot its encoder module and no fusion share; families with
+        per-slot fusion weights (projector columns, K/V projections) override it.
+        """
+        return {slot: {"vision": _count(module), "fusion": 0} for slot, module in self.encoders(model).items()}
+
+    def trainable_parts(self, model):
+        """:class:`TrainableParts` for fine-tuning; the default finds each part's module name."""
+        names = {id(m): n for n, m in model.named_modules()}
+        parts = self.parts(model)
+        return TrainableParts(
+            language_model=names[id(parts["language_model"])],
+            fusion=(names[id(parts["fusion"])],),
+            encoders={slot: names[id(m)] for slot, m in self.encoders(model).items()},
+        )
+
+    # ------------------------------------------------------------------ training
+    def pixel_inputs(self, processor, images, masked=frozenset()):
+        """The pixel inputs (no text) of ``images`` for the slots not in ``masked``: training batches."""
+        prompts = [self.build_prompt(processor, "") for _ in images]
+        batch = self.prepare_batch(processor, images, prompts, masked=frozenset(masked), mask_mode="removal")
+        return {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+
+    def train_forward(self, model, inputs, base=None):
+        """The training loss forward: ``inputs`` from the fine-tuning collator.
+
+        Args:
+            model: the model as the trainer holds it (peft-, DDP- or DeepSpeed-wrapped); the LLM
+                call goes through it, so wrappers see a forward.
+            inputs: ``input_ids``, ``attention_mask``, ``labels`` and either ``image_features``
+                (cached) or the pixel inputs; optional ``masked_slots`` (one mask set for the
+                batch) and ``slot_keep`` (``{slot: (B,)}`` per-sample 0/1 weights: zero-masking).
+            base: the unwrapped model (its encoders and fusion are called directly).
+        """
+        base = base if base is not None else model
+        inputs = dict(inputs)
+        features = inputs.pop("image_features", None)
+        masked = frozenset(inputs.pop("masked_slots", None) or ())
+        keep = inputs.pop("slot_keep", None)
+        labels = inputs.pop("labels", None)
+        if features is None:
+            run = [s for s in self.slot_names(base.config) if s not in masked]
+            features = self.encode(base, inputs, run)
+        if keep:
+            features = {s: f * keep[s].to(f).reshape(-1, *([1] * (f.dim() - 1))) if s in keep else f
+                        for s, f in features.items()}
+        embeds = self.embed(base, features, inputs, masked, "removal")
+        return self.lm_forward(model, inputs_embeds=embeds, attention_mask=inputs["attention_mask"], labels=labels)
+
+    # ------------------------------------------------------------------ removal and export
+    def removal_plan(self, config, drop):
+        """The :class:`~encslim.models.plan.RemovalPlan` for dropping slots ``drop``.
+
+        Raises:
+            PlanError: this family cannot plan removals (the default), or the drop is invalid.
+        """
+        raise PlanError(f"removing encoders from a {self.model_type} model is not supported yet; "
+                        "rank it with masking instead (encslim rank)")
+
+    def export_targets(self, config, kept):
+        """Names of the export formats available when only ``kept`` slots remain (``hf`` always)."""
+        return ["hf"]
 
 
 def register_adapter(adapter):
@@ -103,6 +292,11 @@ def register_adapter(adapter):
         raise ValueError(f"an adapter for model_type '{name}' is already registered")
     _REGISTRY[name] = adapter
     return adapter
+
+
+def unregister_adapter(model_type):
+    """Remove a registered adapter (tests that define a family of their own clean up with it)."""
+    _REGISTRY.pop(model_type, None)
 
 
 def supported_families():
@@ -120,3 +314,16 @@ def get_adapter(model_type):
             f"model_type '{model_type}' is not supported; supported families: {', '.join(supported_families())}"
         )
     return adapter
+
+
+def adapter_for_config(config_dict):
+    """The adapter whose family a ``config.json`` belongs to: by ``model_type``, else by ``matches``."""
+    model_type = config_dict.get("model_type")
+    if model_type in _REGISTRY or model_type in BUILTIN_FAMILIES:
+        adapter = get_adapter(model_type)
+        if adapter.matches(config_dict):
+            return adapter
+    for adapter in _REGISTRY.values():
+        if adapter.matches(config_dict):
+            return adapter
+    return get_adapter(model_type)

@@ -1,4 +1,4 @@
-"""Adapters for transformers' DeepSeek-VL models: ``deepseek_vl_hybrid`` and stock ``deepseek_vl``.
+"""The DeepSeek-VL family: transformers' ``deepseek_vl_hybrid`` and stock ``deepseek_vl``, unmodified.
 
 The hybrid (class A3 of DESIGN §1) has two slots: ``siglip`` (low resolution, ``vision_model``)
 and ``sam`` (high resolution: ``high_res_vision_model`` + ``high_res_vision_neck`` +
@@ -17,21 +17,21 @@ whose aligner is ``linear2(GELU(linear1(siglip)))``, with::
 Removing ``siglip`` is refused: the hybrid class always runs its low-resolution tower (its
 ``image_size / patch_size`` also sets the SAM feature grid), and no stock class has SAM alone.
 
-``load`` returns the stock classes extended with encslim's keywords (``masked_slots``,
-``image_features``..., see :mod:`.deepseek_vl_modeling`), so the evaluator and the ranking
-drive these models as they drive native ones.
+The stock classes load as they are: the adapter computes the fused image embeddings itself
+(:func:`hybrid_fuse`) and hands the LLM ``inputs_embeds``, which the stock forward accepts.
 """
 
 import torch
-from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers import BatchFeature
 
-from ..errors import PlanError
-from . import deepseek_vl_modeling as modeling
 from .adapter import Adapter, Slot, register_adapter
-from .deepseek_vl_modeling import build_tiny_hybrid, create_tiny_hybrid  # noqa: F401 - public here too
+from .masking import FusionClass, check_mask_set, mask_feature
+from ..errors import PlanError
+from .plan import Delete, Fold, RemovalPlan, check_drop
 
 SIGLIP, SAM = "siglip", "sam"
 PIXEL_KEYS = {SIGLIP: "pixel_values", SAM: "high_res_pixel_values"}
+DEFAULT_TEMPLATE = "User: {prompt}\n\nAssistant:"
 SIGLIP_REFUSAL = (
     "removing 'siglip' from deepseek_vl_hybrid has no exact loadable result: the hybrid class always runs its "
     "low-resolution SigLIP tower (whose grid also sets the SAM feature grid) and no stock transformers class "
@@ -43,13 +43,8 @@ def _low_res_tokens(config):
     return (config.vision_config.image_size // config.vision_config.patch_size) ** 2
 
 
-def _image_embeds(model, pooled, batch):
-    """Run the LLM with ``pooled`` (B, T, hidden) image embeddings in the image-token positions."""
-    out = model(
-        input_ids=batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device),
-        mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=pooled)},
-    )
-    return CausalLMOutputWithPast(logits=out.logits, past_key_values=out.past_key_values)
+def _count(*modules):
+    return sum(p.numel() for m in modules for p in (m.parameters() if hasattr(m, "parameters") else [m]))
 
 
 def _load(model_class, processor_class, path, device, dtype, device_map):
@@ -62,14 +57,51 @@ def _load(model_class, processor_class, path, device, dtype, device_map):
     return model.eval(), processor_class.from_pretrained(path)
 
 
-def encode_hybrid(model, batch):
+def build_prompt(processor, question, with_image=True):
+    """The chat prompt for ``question`` (the processor's chat template, else DeepSeek-VL's format)."""
+    if getattr(processor, "chat_template", None):
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                             tokenize=False)
+    prompt = f"{processor.image_token}\n{question}" if with_image else question
+    return DEFAULT_TEMPLATE.format(prompt=prompt)
+
+
+def model_inputs(processor, images, prompts):
+    """``input_ids``/``attention_mask`` (image token expanded, left padding) and the images' pixels.
+
+    Text is expanded here rather than by the processor call, so prompts with image tokens can
+    also be tokenised without images (when cached features stand in for them).
+    """
+    token, count = processor.image_token, processor.num_image_tokens
+    texts = [p if images is None or token in p else f"{token}\n{p}" for p in prompts]
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    data = dict(tokenizer([t.replace(token, token * count) for t in texts], padding=True, return_tensors="pt"))
+    if images is not None:
+        data.update(processor.image_processor(list(images), return_tensors="pt"))
+    return BatchFeature(data)
+
+
+def _merge(model, image_embeds, batch):
+    """Text embeddings with ``image_embeds`` (B, T, H) in the image-token positions."""
+    input_ids = batch["input_ids"].to(model.device)
+    embeds = model.get_input_embeddings()(input_ids)
+    if image_embeds is None:  # a text-only prompt
+        return embeds
+    positions = (input_ids == model.config.image_token_id).unsqueeze(-1)
+    return embeds.masked_scatter(positions, image_embeds.to(embeds.device, embeds.dtype))
+
+
+def encode_hybrid(model, batch, slots=None):
     """``{"siglip": (B, N, D_low), "sam": (B, N, D_high)}`` for the pixel inputs present in ``batch``."""
     inner, features = model.model, {}
     dtype = inner.vision_model.dtype
-    if batch.get("pixel_values") is not None:
+    wanted = {SIGLIP, SAM} if slots is None else set(slots)
+    if SIGLIP in wanted and batch.get("pixel_values") is not None:
         pixels = batch["pixel_values"].to(model.device, dtype)
         features[SIGLIP] = inner.get_low_res_image_features(pixels).last_hidden_state
-    if batch.get("high_res_pixel_values") is not None:
+    if SAM in wanted and batch.get("high_res_pixel_values") is not None:
         pixels = batch["high_res_pixel_values"].to(model.device, dtype)
         features[SAM] = inner.get_high_res_image_features(pixels).last_hidden_state
     return features
@@ -88,11 +120,7 @@ def hybrid_fuse(aligner, features, masked=frozenset(), mask_mode="removal", mask
     Returns:
         image embeddings ``(B, N, hidden)``.
     """
-    masked = set(masked)
-    if masked - {SIGLIP, SAM}:
-        raise ValueError(f"unknown slot(s) {sorted(masked - {SIGLIP, SAM})}; slots are siglip, sam")
-    if masked >= {SIGLIP, SAM} and mask_mode == "removal":
-        raise ValueError("cannot mask every encoder slot in removal mode")
+    masked = check_mask_set([SIGLIP, SAM], masked, mask_mode, mask_values)
     if not features:
         raise ValueError("at least one slot's features are needed (for the batch and token shape)")
     ref = next((v for k, v in features.items() if k not in masked), next(iter(features.values())))
@@ -101,9 +129,7 @@ def hybrid_fuse(aligner, features, masked=frozenset(), mask_mode="removal", mask
     def feature(slot):
         if slot not in masked:
             return features[slot]
-        if mask_mode in ("removal", "zero"):
-            return ref.new_zeros(*ref.shape[:2], dims[slot])
-        return mask_values[slot].to(ref).expand(*ref.shape[:2], dims[slot])
+        return mask_feature(ref, dims[slot], mask_mode, (mask_values or {}).get(slot))
 
     low = aligner.vision_proj(feature(SIGLIP))
     high = aligner.high_res_vision_proj(feature(SAM))
@@ -125,29 +151,47 @@ class DeepseekVLHybridAdapter(Adapter):
         ]
 
     def fusion_class(self, config):
-        return "A3"
+        return FusionClass.A3
 
     def load(self, path, device="cpu", dtype=None, device_map=None):
-        return _load(modeling.DeepseekVLHybridForConditionalGeneration, modeling.DeepseekVLHybridProcessor, path,
-                     device, dtype, device_map)
+        from transformers import DeepseekVLHybridForConditionalGeneration, DeepseekVLHybridProcessor
 
-    def encode(self, model, batch):
-        return encode_hybrid(model, batch)
+        return _load(DeepseekVLHybridForConditionalGeneration, DeepseekVLHybridProcessor, path, device, dtype,
+                     device_map)
 
-    def decode(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
-        pooled = hybrid_fuse(model.model.aligner, features, masked, mask_mode, mask_values)
-        return _image_embeds(model, pooled, batch)
+    def build_prompt(self, processor, question, with_image=True):
+        return build_prompt(processor, question, with_image)
 
     def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
-        batch = modeling.model_inputs(processor, images, prompts)
+        batch = model_inputs(processor, images, prompts)
         if mask_mode == "removal":
             for slot in masked:
                 batch.pop(PIXEL_KEYS[slot], None)  # a removed encoder needs no pixels
         return batch
 
-    def removal_plan(self, config, drop):
-        from ..prune.plan import check_drop
+    def encode(self, model, batch, slots=None):
+        return encode_hybrid(model, batch, slots)
 
+    def embed(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
+        fused = hybrid_fuse(model.model.aligner, features, masked, mask_mode, mask_values) if features else None
+        return _merge(model, fused, batch)
+
+    def encoders(self, model):
+        return {SIGLIP: model.model.vision_model, SAM: model.model.high_res_vision_model}
+
+    def parts(self, model):
+        return {"fusion": model.model.aligner, "language_model": model.model.language_model}
+
+    def slot_parameters(self, model):
+        inner = model.model
+        return {
+            SIGLIP: {"vision": _count(inner.vision_model), "fusion": _count(inner.aligner.vision_proj)},
+            SAM: {"vision": _count(inner.high_res_vision_model, inner.high_res_vision_neck,
+                                   inner.high_res_vision_proj, inner.high_res_vision_alpha),
+                  "fusion": _count(inner.aligner.high_res_vision_proj)},
+        }
+
+    def removal_plan(self, config, drop):
         drop = check_drop([SIGLIP, SAM], drop)
         if SIGLIP in drop:
             raise PlanError(SIGLIP_REFUSAL)
@@ -159,8 +203,6 @@ class DeepseekVLHybridAdapter(Adapter):
 
 def sam_removal_plan(config):
     """The exact plan turning a ``deepseek_vl_hybrid`` checkpoint into a stock ``deepseek_vl`` one."""
-    from ..prune.plan import Delete, Fold, RemovalPlan
-
     hidden, low_dim = config.text_config.hidden_size, config.vision_config.hidden_size
     aligner = "model.aligner."
     why = "SAM masked = zero input to high_res_vision_proj, whose output is then its bias"
@@ -172,13 +214,14 @@ def sam_removal_plan(config):
     ]
     high_res = [f"high_res_{k}" for k in ("size", "resample", "image_mean", "image_std", "background_color")]
     nested = [{"op": "set", "path": "processor_class", "value": "DeepseekVLProcessor"},
-              {"op": "set", "path": "image_processor.image_processor_type", "value": "DeepseekVLImageProcessor"}]
-    nested += [{"op": "delete", "path": f"image_processor.{k}"} for k in high_res]
+              {"op": "set", "path": "image_processor.image_processor_type", "value": "DeepseekVLImageProcessor",
+               "optional": True}]
+    nested += [{"op": "delete", "path": f"image_processor.{k}", "optional": True} for k in high_res]
     flat = [{"op": "set", "path": "image_processor_type", "value": "DeepseekVLImageProcessor"},
             {"op": "set", "path": "processor_class", "value": "DeepseekVLProcessor"}]
-    flat += [{"op": "delete", "path": k} for k in high_res]
+    flat += [{"op": "delete", "path": k, "optional": True} for k in high_res]
     return RemovalPlan(
-        model_type="deepseek_vl_hybrid", fusion_class="A3", slots=[SIGLIP, SAM], drop=[SAM],
+        model_type="deepseek_vl_hybrid", fusion_class=FusionClass.A3.value, slots=[SIGLIP, SAM], drop=[SAM],
         delete_keys=[Delete("model.high_res_vision_model.", SAM), Delete("model.high_res_vision_neck.", SAM),
                      Delete("model.high_res_vision_proj.", SAM), Delete("model.high_res_vision_alpha", SAM, False),
                      Delete(aligner + "high_res_vision_proj.", SAM)],
@@ -207,28 +250,41 @@ class DeepseekVLAdapter(Adapter):
         return [Slot(SIGLIP, low.model_type, low.image_size, _low_res_tokens(config), low.hidden_size, False)]
 
     def fusion_class(self, config):
-        return "single"
+        return FusionClass.SINGLE
 
     def load(self, path, device="cpu", dtype=None, device_map=None):
-        return _load(modeling.DeepseekVLForConditionalGeneration, modeling.DeepseekVLProcessor, path, device, dtype,
-                     device_map)
+        from transformers import DeepseekVLForConditionalGeneration, DeepseekVLProcessor
 
-    def encode(self, model, batch):
-        pixels = batch["pixel_values"].to(model.device, model.model.vision_model.dtype)
-        return {SIGLIP: model.model.vision_model(pixels, return_dict=True).last_hidden_state}
+        return _load(DeepseekVLForConditionalGeneration, DeepseekVLProcessor, path, device, dtype, device_map)
 
-    def decode(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
-        if masked:
-            raise ValueError("deepseek_vl has a single encoder slot; it cannot be masked")
-        return _image_embeds(model, model.model.aligner(features[SIGLIP]), batch)
+    def build_prompt(self, processor, question, with_image=True):
+        return build_prompt(processor, question, with_image)
 
     def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
-        return modeling.model_inputs(processor, images, prompts)
+        return model_inputs(processor, images, prompts)
+
+    def encode(self, model, batch, slots=None):
+        if (slots is not None and SIGLIP not in slots) or batch.get("pixel_values") is None:
+            return {}
+        vision = model.model.vision_model
+        pixels = batch["pixel_values"].to(model.device, vision.dtype)
+        return {SIGLIP: vision(pixels, return_dict=True).last_hidden_state}
+
+    def embed(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
+        self.check_mask(model.config, masked, mask_mode, mask_values)
+        return _merge(model, model.model.aligner(features[SIGLIP]) if features else None, batch)
+
+    def encoders(self, model):
+        return {SIGLIP: model.model.vision_model}
+
+    def parts(self, model):
+        return {"fusion": model.model.aligner, "language_model": model.model.language_model}
 
     def removal_plan(self, config, drop):
-        from ..prune.plan import check_drop
-
         check_drop([SIGLIP], drop)  # always raises: the only slot cannot go
+
+    def export_targets(self, config, kept):
+        return ["hf", "deepseek_vl"]
 
 
 register_adapter(DeepseekVLHybridAdapter())

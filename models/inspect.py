@@ -3,55 +3,28 @@
 from .loading import load_model
 
 
-def vision_flops(model, slots=None, batch_size=1):
-    """FLOPs of one forward of each vision tower on a ``batch_size`` of images at its input size.
+def vision_flops(model, processor, adapter, slots=None):
+    """FLOPs of one forward of each slot's encoder on one blank image at its input size.
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions; a
-    multiply-add counts as 2 FLOPs), on zero images, so the figure is exact for the architecture.
+    multiply-add counts as 2 FLOPs) around :meth:`Adapter.encode` of that slot alone, so the
+    figure is exact for the architecture.
     """
     import torch
+    from PIL import Image
     from torch.utils.flop_counter import FlopCounterMode
 
+    names = adapter.slot_names(model.config)
+    side = max(s.image_size for s in adapter.slots(model.config))
+    prompt = adapter.build_prompt(processor, "")
     out = {}
-    for slot in slots or model.slot_names:
-        size = model.config.encoder(slot)["image_size"]
-        tower = model.vision_towers[slot]
-        param = next(tower.parameters())
-        pixels = torch.zeros(batch_size, 3, size, size, dtype=param.dtype, device=param.device)
+    for slot in slots or names:
+        others = frozenset(s for s in names if s != slot)
+        batch = adapter.prepare_batch(processor, [Image.new("RGB", (side, side))], [prompt], masked=others)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            tower(pixels)
+            adapter.encode(model, batch, [slot])
         out[slot] = int(counter.get_total_flops())
     return out
-
-
-def slot_parameter_counts(model):
-    """Parameters that exist only for each slot, and the shared rest.
-
-    A slot owns its vision tower and its part of the fusion: for channel concat (A1/A2) its
-    columns of the projector's first Linear (and its LayerNorm entries for A2); for sequence
-    concat (B) its projector; for cross attention (C) its K/V projections. Removing the slot
-    removes exactly these parameters.
-
-    Returns:
-        ``({slot: {"vision": n, "fusion": n}}, shared_fusion, llm)``.
-    """
-    config = model.config
-    per_slot = {s: {"vision": _count(model.vision_towers[s]), "fusion": 0} for s in model.slot_names}
-    fusion_total = _count(model.fusion)
-    kind = config.fusion["type"]
-    if kind == "channel_concat":
-        layers = model.fusion.projector
-        first_linear = layers[1] if config.fusion_class == "A2" else layers[0]
-        for slot, dim in model.fusion.dims.items():
-            per_slot[slot]["fusion"] = dim * first_linear.out_features + (2 * dim if config.fusion_class == "A2" else 0)
-    elif kind == "sequence_concat":
-        for slot, projector in model.fusion.projectors.items():
-            per_slot[slot]["fusion"] = _count(projector)
-    else:
-        for slot in model.slot_names:
-            per_slot[slot]["fusion"] = _count(model.fusion.k_proj[slot]) + _count(model.fusion.v_proj[slot])
-    shared = fusion_total - sum(p["fusion"] for p in per_slot.values())
-    return per_slot, shared, _count(model.language_model)
 
 
 def _count(module):
@@ -64,10 +37,13 @@ def inspect_model(path):
     Raises:
         ModelLoadError: the folder is not a model, or its family is unsupported.
     """
-    model, _, adapter = load_model(path)
+    model, processor, adapter = load_model(path)
     config = model.config
-    per_slot, shared, llm = slot_parameter_counts(model)
-    flops = vision_flops(model)
+    per_slot = adapter.slot_parameters(model)
+    parts = adapter.parts(model)
+    shared = _count(parts["fusion"]) - sum(p["fusion"] for p in per_slot.values())
+    llm = _count(parts["language_model"])
+    flops = vision_flops(model, processor, adapter)
     total_flops = sum(flops.values()) or 1
     slots = []
     for slot in adapter.slots(config):
@@ -85,19 +61,20 @@ def inspect_model(path):
             "removal_exact": slot.removal_exact,
         })
     total = sum(p.numel() for p in model.parameters())
+    fusion_class, settings = adapter.fusion_class(config), adapter.fusion_settings(config)
+    text = getattr(config, "text_config", config)
     return {
         "path": str(path),
         "model_type": config.model_type,
         "fusion": {
-            "type": config.fusion["type"],
-            "class": adapter.fusion_class(config),
-            "settings": dict(config.fusion),
+            "type": settings.get("type", fusion_class.value),
+            "class": fusion_class.value,
+            "settings": settings,
             "shared_params": shared,
-            "image_tokens": config.num_image_tokens(),
+            "image_tokens": adapter.image_tokens(config),
         },
         "slots": slots,
-        "llm": {"model_type": config.text_config.model_type, "params": llm,
-                "hidden_size": config.text_config.hidden_size},
+        "llm": {"model_type": text.model_type, "params": llm, "hidden_size": text.hidden_size},
         "params_total": total,
         "export_targets": adapter.export_targets(config, adapter.slot_names(config)),
     }

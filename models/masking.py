@@ -25,7 +25,17 @@ except ImportError:  # shipped as remote code, without encslim
         """A mask set names an unknown slot, an unknown mode, or masks every slot in removal mode."""
 
 
-class MaskMode(str, Enum):
+class _Named(str, Enum):
+    """A string enum that prints (and formats, and serialises) as its value."""
+
+    def __str__(self):
+        return self.value
+
+    def __format__(self, spec):
+        return format(self.value, spec)
+
+
+class MaskMode(_Named):
     """How a masked slot's contribution is replaced (see the module docstring)."""
 
     REMOVAL = "removal"
@@ -33,7 +43,7 @@ class MaskMode(str, Enum):
     MEAN = "mean"
 
 
-class FusionClass(str, Enum):
+class FusionClass(_Named):
     """How encoders enter the LLM (DESIGN §1); decides what masking and removal do."""
 
     A1 = "A1"  # channel concat, Linear-first projector (Eagle): removal drops weight columns, exact
@@ -49,7 +59,7 @@ MASK_MODES = tuple(m.value for m in MaskMode)
 EXACT_REMOVAL = frozenset({FusionClass.A1, FusionClass.A3, FusionClass.B, FusionClass.C})
 
 
-def check_mask_set(slot_names, masked, mode="removal", mask_values=None):
+def check_mask_set(slot_names, masked, mode="removal", mask_values=None, values_required=True):
     """Validate one mask set against a model's slots; return it as a frozenset.
 
     Args:
@@ -57,6 +67,7 @@ def check_mask_set(slot_names, masked, mode="removal", mask_values=None):
         masked: slot names to mask (a string is one slot).
         mode: a :class:`MaskMode` value.
         mask_values: ``{slot: (D,) tensor}``, required for every masked slot in ``mean`` mode.
+        values_required: check ``mask_values`` (off where they are computed later).
 
     Raises:
         MaskError: an unknown slot (naming the valid ones), an unknown mode, every slot masked in
@@ -70,7 +81,7 @@ def check_mask_set(slot_names, masked, mode="removal", mask_values=None):
         raise MaskError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slot_names)}")
     if mode == MaskMode.REMOVAL and slot_names and masked >= set(slot_names):
         raise MaskError("a mask set masks every encoder; in removal mode keep at least one slot")
-    if mode == MaskMode.MEAN:
+    if mode == MaskMode.MEAN and values_required:
         missing = sorted(masked - set(mask_values or {}))
         if missing:
             raise MaskError(f"mask mode 'mean' needs mask_values for {', '.join(missing)}; "

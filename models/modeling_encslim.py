@@ -22,8 +22,8 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_encslim import EncslimConfig, backbone_info
+from .masking import MaskMode, check_mask_set, mask_feature
 
-MASK_MODES = ("removal", "zero", "mean")
 PIXEL_PREFIX = "pixel_values_"
 
 
@@ -67,14 +67,6 @@ class VisionSlot(nn.Module):
         return fmap.flatten(2).transpose(1, 2)
 
 
-def _masked_feature(feature, mode, mask_value):
-    if mode == "zero":
-        return torch.zeros_like(feature)
-    if mask_value is None:
-        raise ValueError("mask mode 'mean' needs mask_values for every masked slot")
-    return mask_value.to(feature).expand_as(feature)
-
-
 class ChannelConcatFusion(nn.Module):
     """Classes A1/A2: concatenate slot features along channels, then one projector.
 
@@ -92,24 +84,27 @@ class ChannelConcatFusion(nn.Module):
         self.projector = nn.Sequential(*layers)
 
     def forward(self, features, masked, mode, mask_values):
-        parts = []
-        for slot in self.slots:
-            if slot in masked:
-                ref = _reference(features, self.dims[slot])
-                if mode in ("removal", "zero"):
-                    parts.append(ref.new_zeros(*ref.shape[:2], self.dims[slot]))
-                else:
-                    parts.append(mask_values[slot].to(ref).expand(*ref.shape[:2], self.dims[slot]))
-            else:
-                parts.append(features[slot])
+        ref = _reference(features)
+        parts = [mask_feature(ref, self.dims[slot], mode, (mask_values or {}).get(slot)) if slot in masked
+                 else features[slot] for slot in self.slots]
         return self.projector(torch.cat(parts, dim=-1))
 
 
-def _reference(features, dim):
+def _reference(features):
     """Any present feature tensor, to take batch size, token count, dtype and device from."""
     for value in features.values():
         return value
     raise ValueError("at least one slot's features are needed")
+
+
+def _slot_input(features, slot, masked, mode, mask_values):
+    """A slot's features for token/key fusions (B, C): ``None`` when removal drops them, else masked or real."""
+    if slot not in masked:
+        return features[slot]
+    if mode == MaskMode.REMOVAL:
+        return None
+    feature = features[slot]
+    return mask_feature(feature, feature.shape[-1], mode, (mask_values or {}).get(slot))
 
 
 def _mlp(in_dim, hidden):
@@ -129,13 +124,9 @@ class SequenceConcatFusion(nn.Module):
     def forward(self, features, masked, mode, mask_values):
         out = []
         for slot, projector in self.projectors.items():
-            if slot in masked:
-                if mode == "removal":
-                    continue
-                feature = _masked_feature(features[slot], mode, (mask_values or {}).get(slot))
-            else:
-                feature = features[slot]
-            out.append(projector(feature))
+            feature = _slot_input(features, slot, masked, mode, mask_values)
+            if feature is not None:
+                out.append(projector(feature))
         return torch.cat(out, dim=1)
 
 
@@ -161,12 +152,9 @@ class CrossAttentionFusion(nn.Module):
     def forward(self, features, masked, mode, mask_values):
         keys, values = [], []
         for slot in self.k_proj:
-            if slot in masked:
-                if mode == "removal":
-                    continue
-                feature = _masked_feature(features[slot], mode, (mask_values or {}).get(slot))
-            else:
-                feature = features[slot]
+            feature = _slot_input(features, slot, masked, mode, mask_values)
+            if feature is None:
+                continue
             keys.append(self.k_proj[slot](feature))
             values.append(self.v_proj[slot](feature))
         if not keys:
@@ -271,14 +259,7 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
 
     def fuse(self, features, masked_slots=(), mask_mode="removal", mask_values=None):
         """Fuse slot features into LLM image embeddings ``(B, T, hidden)``."""
-        masked = set(masked_slots or ())
-        unknown = masked - set(self.slot_names)
-        if unknown:
-            raise ValueError(f"unknown slot(s) {sorted(unknown)}; slots are {self.slot_names}")
-        if mask_mode not in MASK_MODES:
-            raise ValueError(f"mask mode '{mask_mode}' unknown; use one of {', '.join(MASK_MODES)}")
-        if masked >= set(self.slot_names) and mask_mode == "removal":
-            raise ValueError("cannot mask every encoder slot in removal mode")
+        masked = check_mask_set(self.slot_names, masked_slots, mask_mode, mask_values)
         missing = [s for s in self.slot_names if s not in masked and s not in features]
         if missing:
             raise ValueError(f"features missing for unmasked slot(s) {missing}")
@@ -286,14 +267,12 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
         features = {k: v.to(fusion_device) for k, v in features.items()}
         return self.fusion(features, masked, mask_mode, mask_values)
 
-    def decode(self, features, input_ids=None, attention_mask=None, masked_slots=(), mask_mode="removal",
-               mask_values=None, inputs_embeds=None, labels=None, **lm_kwargs):
-        """Fuse ``features`` (some slots masked) into the ``<image>`` positions and run the LLM."""
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        if features is not None and input_ids is not None:
+    def embed(self, features, input_ids, masked_slots=(), mask_mode="removal", mask_values=None):
+        """The LLM input embeddings: text embeddings with the fused image embeddings in the ``<image>`` positions."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        positions = input_ids == self.config.image_token_id
+        if features is not None and (features or bool(positions.any())):  # else a text-only prompt
             image_embeds = self.fuse(features, masked_slots, mask_mode, mask_values)
-            positions = input_ids == self.config.image_token_id
             expected = image_embeds.shape[0] * image_embeds.shape[1]
             if int(positions.sum()) != expected:
                 raise ValueError(
@@ -303,6 +282,13 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
                 )
             image_embeds = image_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(positions.unsqueeze(-1), image_embeds)
+        return inputs_embeds
+
+    def decode(self, features, input_ids=None, attention_mask=None, masked_slots=(), mask_mode="removal",
+               mask_values=None, inputs_embeds=None, labels=None, **lm_kwargs):
+        """Fuse ``features`` (some slots masked) into the ``<image>`` positions and run the LLM."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(features, input_ids, masked_slots, mask_mode, mask_values)
         return self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs
         )

@@ -1,13 +1,22 @@
-"""Adapter for the native encslim architecture (``model_type: encslim``), all fusion classes."""
+"""The native encslim family (``model_type: encslim``), all fusion classes: adapter and removal plan.
+
+The modules are in :mod:`.modeling_encslim` (self-contained, shipped as remote code), the config
+in :mod:`.configuration_encslim`, the processor in :mod:`.processing_encslim`. Per-slot modules
+live in ``ModuleDict``s keyed by slot name, so the removal plan deletes keys and renumbers nothing.
+"""
 
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from ..errors import ModelLoadError, PlanError
 from .adapter import Adapter, Slot, register_adapter
 from .configuration_encslim import EncslimConfig
+from .masking import EXACT_REMOVAL, FusionClass
 from .modeling_encslim import EncslimForConditionalGeneration
+from .plan import Delete, RemovalPlan, Slice, check_drop
 from .processing_encslim import EncslimProcessor
 
-EXACT_CLASSES = {"A1": True, "A2": False, "B": True, "C": True}
+PIXEL_PREFIX = "pixel_values_"
+LLAVA_BACKBONES = ("clip_vision_model", "siglip_vision_model")
 
 
 def register_auto_classes():
@@ -26,11 +35,21 @@ def register_auto_classes():
         pass
 
 
+def _count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
 class NativeAdapter(Adapter):
     model_type = "encslim"
 
+    def read_config(self, path):
+        try:
+            return EncslimConfig.from_pretrained(str(path))
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise ModelLoadError(f"{path}/config.json does not load: {str(err).splitlines()[0]}") from err
+
     def slots(self, config):
-        exact = EXACT_CLASSES[config.fusion_class]
+        exact = self.fusion_class(config) in EXACT_REMOVAL
         return [
             Slot(
                 name=e["name"],
@@ -44,7 +63,10 @@ class NativeAdapter(Adapter):
         ]
 
     def fusion_class(self, config):
-        return config.fusion_class
+        return FusionClass(config.fusion_class)
+
+    def fusion_settings(self, config):
+        return dict(config.fusion)
 
     def load(self, path, device="cpu", dtype=None, device_map=None):
         kwargs = {"dtype": dtype} if dtype is not None else {}
@@ -56,28 +78,147 @@ class NativeAdapter(Adapter):
         model.eval()
         return model, EncslimProcessor.from_pretrained(path)
 
-    def encode(self, model, batch):
-        pixels = {k[len("pixel_values_"):]: v for k, v in batch.items() if k.startswith("pixel_values_")}
-        return model.encode(pixels)
-
-    def decode(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
-        return model.decode(
-            features, input_ids=batch["input_ids"].to(model.device),
-            attention_mask=batch["attention_mask"].to(model.device),
-            masked_slots=masked, mask_mode=mask_mode, mask_values=mask_values,
-        )
-
     def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
         removed = masked if mask_mode == "removal" else ()
         return processor(text=prompts, images=images, masked_slots=removed)
 
-    def removal_plan(self, config, drop):
-        from ..prune.plan import native_removal_plan
+    def pixel_inputs(self, processor, images, masked=frozenset()):
+        kept = [s for s in processor.slot_names if s not in set(masked)]
+        return {f"{PIXEL_PREFIX}{s}": v for s, v in processor.preprocess_images(images, kept).items()}
 
-        return native_removal_plan(config, drop)
+    def encode(self, model, batch, slots=None):
+        pixels = {k[len(PIXEL_PREFIX):]: v for k, v in batch.items() if k.startswith(PIXEL_PREFIX)}
+        return model.encode(pixels, slots)
+
+    def embed(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
+        return model.embed(features, batch["input_ids"].to(model.device), masked, mask_mode, mask_values)
+
+    def encoders(self, model):
+        return dict(model.vision_towers.items())
+
+    def parts(self, model):
+        return {"fusion": model.fusion, "language_model": model.language_model}
+
+    def slot_parameters(self, model):
+        """Each slot's tower, plus its share of the fusion: its projector columns (and LayerNorm
+        entries) for channel concat, its projector for sequence concat, its K/V for cross attention."""
+        config, fusion = model.config, model.fusion
+        kind = self.fusion_class(config)
+        out = {s: {"vision": _count(t), "fusion": 0} for s, t in model.vision_towers.items()}
+        for slot in out:
+            if kind in (FusionClass.A1, FusionClass.A2):
+                first_linear = fusion.projector[1] if kind == FusionClass.A2 else fusion.projector[0]
+                dim = fusion.dims[slot]
+                out[slot]["fusion"] = dim * first_linear.out_features + (2 * dim if kind == FusionClass.A2 else 0)
+            elif kind == FusionClass.B:
+                out[slot]["fusion"] = _count(fusion.projectors[slot])
+            else:
+                out[slot]["fusion"] = _count(fusion.k_proj[slot]) + _count(fusion.v_proj[slot])
+        return out
+
+    def removal_plan(self, config, drop):
+        return removal_plan(config, drop)
 
     def export_targets(self, config, kept):
-        return ["hf", "remote-code", "onnx"]
+        targets = ["hf", "remote-code", "onnx"]
+        if not llava_blockers(config, kept):
+            targets.insert(1, "llava")
+        return targets
+
+
+def removal_plan(config, drop):
+    """The removal plan of a native ``encslim`` model (fusion classes A1, A2, B, C).
+
+    Args:
+        config: an ``EncslimConfig``.
+        drop: slot names to remove.
+
+    Returns:
+        a :class:`RemovalPlan`.
+
+    Raises:
+        PlanError: unknown slot or removing every slot.
+    """
+    slots = list(config.slot_names)
+    drop = check_drop(slots, drop)
+    fusion = FusionClass(config.fusion_class)
+    deletes = [Delete(f"vision_towers.{s}.", s) for s in drop]
+    slices, notes, exact = [], [], True
+    if fusion in ("A1", "A2"):
+        dims = {s: config.slot_feature_dim(s) for s in slots}
+        keep, removed = _channel_ranges(slots, dims, drop)
+        size = sum(dims.values())
+        if fusion == "A1":
+            slices.append(Slice("fusion.projector.0.weight", 1, size, keep, removed))
+        else:
+            slices += [Slice("fusion.projector.0.weight", 0, size, keep, removed),
+                       Slice("fusion.projector.0.bias", 0, size, keep, removed),
+                       Slice("fusion.projector.1.weight", 1, size, keep, removed)]
+            exact = False
+            notes.append("A2 (LayerNorm-first projector): the LayerNorm now normalises over fewer "
+                         "channels, so the pruned model only approximates the masked one; fine-tune it")
+    elif fusion == "B":
+        deletes += [Delete(f"fusion.projectors.{s}.", s) for s in drop]
+        notes.append(f"B: {sum(config.slot_num_tokens(s) for s in drop)} fewer image tokens per image")
+    elif fusion == "C":
+        deletes += [Delete(f"fusion.{proj}.{s}.", s) for s in drop for proj in ("k_proj", "v_proj")]
+    else:  # pragma: no cover - the config validates its fusion type
+        raise PlanError(f"fusion class {fusion} has no removal rule")
+    processor_ops = [{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}]
+    if fusion == "B":
+        processor_ops += [{"op": "delete", "path": f"image_tokens.{s}", "optional": True} for s in drop]
+    return RemovalPlan(
+        model_type="encslim", fusion_class=fusion.value, slots=slots, drop=drop, delete_keys=deletes,
+        slices=slices, config_patch=[{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}],
+        processor_patch={"processor_config.json": processor_ops}, exact=exact, notes=notes,
+    )
+
+
+def _channel_ranges(slots, dims, drop):
+    """Kept ``[start, stop)`` channel ranges (merged) and each dropped slot's range."""
+    keep, removed, offset = [], {}, 0
+    for slot in slots:
+        start, stop = offset, offset + dims[slot]
+        offset = stop
+        if slot in drop:
+            removed[slot] = (start, stop)
+        elif keep and keep[-1][1] == start:
+            keep[-1] = (keep[-1][0], stop)
+        else:
+            keep.append((start, stop))
+    return tuple(keep), removed
+
+
+def llava_blockers(config, kept=None):
+    """Why a native model keeping slots ``kept`` (default: all) cannot become a stock LLaVA model.
+
+    A list of reasons, empty when it can. Pure: reads the config only.
+    """
+    from .configuration_encslim import backbone_info, native_grid
+
+    slots = list(config.slot_names) if kept is None else [s for s in config.slot_names if s in set(kept)]
+    if len(slots) != 1:
+        return [f"LLaVA holds one vision encoder but this model has {len(slots)} ({', '.join(slots)}); "
+                f"prune it to one first (encslim prune --drop ...)"]
+    slot = slots[0]
+    enc = config.encoder(slot)
+    vision = config.vision_config(slot)
+    reasons = []
+    if vision.model_type not in LLAVA_BACKBONES:
+        reasons.append(f"slot '{slot}' is a {vision.model_type} backbone; LLaVA needs CLIP or SigLIP "
+                       f"({', '.join(LLAVA_BACKBONES)})")
+    if config.fusion_class not in ("A1", "B"):
+        reasons.append(f"fusion class {config.fusion_class} ({config.fusion['type']}"
+                       f"{', ' + config.fusion['projector'] if 'projector' in config.fusion else ''}) is not "
+                       f"LLaVA's Linear-GELU-Linear projector (class A1 linear_first, or class B)")
+    if not reasons:
+        grid = native_grid(vision, enc["image_size"], enc["feature_layer"])
+        if config.slot_grid(slot) != grid:
+            reasons.append(f"slot '{slot}' is pooled from its {grid}x{grid} token grid to "
+                           f"{config.slot_grid(slot)}x{config.slot_grid(slot)}; LLaVA uses the encoder's own grid")
+        if backbone_info(vision)[0] != "vit":
+            reasons.append(f"slot '{slot}' is not a ViT token sequence")
+    return reasons
 
 
 register_auto_classes()

@@ -242,6 +242,10 @@ def check_plan(plan, shapes):
             problems.append(f"'{sl.key}' has shape {list(shape)}, expected size {sl.size} in dim {sl.dim}")
     for fold in plan.folds:
         problems += [f"tensor '{k}' is missing" for k in fold.sources if k not in shapes]
+    kept = [k for k in shapes if not plan.is_deleted(k)]
+    for old in plan.prefix_renames:
+        if not any(plan.renames.get(k, k).startswith(old) for k in kept):
+            problems.append(f"no kept tensor under '{old}' to rename")
     if problems:
         raise PlanError("checkpoint keys do not match config.json: " + "; ".join(problems[:5])
                         + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")

@@ -9,7 +9,6 @@ the model size; sha256 of every file (for the manifest) is computed on worker th
 """
 
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -21,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
+from ..files import CHUNK_BYTES, INDEX_NAME, WEIGHTS_NAME, sha256_file
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "model.safetensors"
-INDEX_NAME = "model.safetensors.index.json"
-CHUNK_BYTES = 16 << 20
 MAX_HEADER_BYTES = 100 << 20
 
 # bytes per element of every safetensors dtype
@@ -215,18 +212,6 @@ def shard_names(count):
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
-def sha256_path(path, chunk=CHUNK_BYTES):
-    """Hex sha256 of a file, read into one reused buffer (no allocation per chunk)."""
-    digest, buffer = hashlib.sha256(), bytearray(chunk)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            got = f.readinto(buffer)
-            if not got:
-                return digest.hexdigest()
-            digest.update(view[:got])
-
-
 class FileHasher:
     """sha256 of whole files on two worker threads, beside the copying done by the main thread.
 
@@ -239,7 +224,7 @@ class FileHasher:
         self._futures = {}
 
     def submit(self, name, path):
-        self._futures[name] = self._executor.submit(sha256_path, path)
+        self._futures[name] = self._executor.submit(sha256_file, path)
 
     def results(self, names=None):
         """``{name: sha256}`` of the submitted files (waits for them)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..files import RANKING_NAME
 from .importance import OVERALL
 from .rank_cache import ScoreTable
 from .rank_compute import compute_ranking
@@ -24,7 +25,6 @@ from .subsets import greedy_elimination, mask_sets
 
 logger = logging.getLogger(__name__)
 
-RANKING_FILE = "ranking.json"
 RECORDS_FILE = "records.jsonl"
 SCHEMA_VERSION = 1
 MASK_MODES = ("removal", "zero")
@@ -120,7 +120,7 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
                    alpha=alpha, latency_ms=latency_ms, model_path=model_path)
     if out is None:
         return _finish(_run(runner, **options), runner, start)
-    from ..outputs import atomic_output_dir
+    from ..files import atomic_output_dir
 
     inputs = [p for p in [model_path, *data_paths] if p is not None]
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
@@ -136,7 +136,7 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
 
 
 def _check_out(out, overwrite, model_or_path, data):
-    from ..outputs import check_output_path
+    from ..files import check_output_path
 
     named = [] if isinstance(model_or_path, (tuple, list)) else [model_or_path]
     named += [d for d in ([data] if isinstance(data, (str, Path)) else data) if isinstance(d, (str, Path))]
@@ -304,7 +304,7 @@ def write_ranking(data, folder):
     from .rank_report import plot_cur_heatmap, plot_frontier, ranking_markdown
 
     folder = Path(folder)
-    (folder / RANKING_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    (folder / RANKING_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     (folder / "ranking.md").write_text(ranking_markdown(data), encoding="utf-8")
     plot_cur_heatmap(data, folder / "cur_heatmap.png")
     plot_frontier(data, folder / "frontier.png")
@@ -320,7 +320,7 @@ def load_ranking(dir_or_file):
         ConfigError: the file is missing, not JSON, of another schema version, or inconsistent.
     """
     path = Path(dir_or_file)
-    path = path / RANKING_FILE if path.is_dir() else path
+    path = path / RANKING_NAME if path.is_dir() else path
     if not path.is_file():
         raise ConfigError(f"no ranking at {dir_or_file}; pass a folder written by `encslim rank` or its ranking.json")
     try:

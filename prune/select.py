@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, PlanError
+from ..files import RANKING_NAME
 
-RANKING_NAME = "ranking.json"
 COSTS = ("vision_flops", "params", "latency_ms")
 
 

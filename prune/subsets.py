@@ -128,36 +128,16 @@ def frontier(slots, table, slot_flops, latency_ms=None):
 def slot_costs(model, processor, adapter):
     """Per slot: vision FLOPs of one forward on one image, and the parameters only it owns.
 
-    FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` around the adapter's
-    ``encode`` of a batch that holds pixels for that slot alone (a multiply-add counts 2; matmuls,
-    convolutions and attention are counted, element-wise ops are not). Works for every adapter;
-    an adapter whose ``encode`` runs slots it has no pixels for gets ``None`` (no Pareto marks
-    then). Parameters are known for native models only (``None`` otherwise).
+    FLOPs come from :func:`encslim.models.inspect.vision_flops` (the adapter's ``encode`` of that
+    slot alone under ``FlopCounterMode``), parameters from :meth:`Adapter.slot_parameters`; both
+    work for every family.
 
     Returns:
-        ``{slot: {"vision_flops": int | None, "params": int | None}}``.
+        ``{slot: {"vision_flops": int, "params": int}}``.
     """
-    slots = adapter.slot_names(model.config)
-    try:
-        from ..models.inspect import slot_parameter_counts
+    from ..models.inspect import vision_flops
 
-        per_slot = slot_parameter_counts(model)[0]
-        params = {s: v["vision"] + v["fusion"] for s, v in per_slot.items()}
-    except (AttributeError, KeyError, TypeError):
-        params = {}
-    return {s: {"vision_flops": _encode_flops(model, processor, adapter, s, slots), "params": params.get(s)}
-            for s in slots}
-
-
-def _encode_flops(model, processor, adapter, slot, slots):
-    import torch
-    from PIL import Image
-    from torch.utils.flop_counter import FlopCounterMode
-
-    image = Image.new("RGB", (64, 64), (128, 128, 128))
-    others = frozenset(s for s in slots if s != slot)
-    batch = adapter.prepare_batch(processor, [image], [processor.build_prompt("What is shown?")], masked=others,
-                                  mask_mode="removal")
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        features = adapter.encode(model, batch)
-    return int(counter.get_total_flops()) if set(features) == {slot} else None
+    flops = vision_flops(model, processor, adapter)
+    params = adapter.slot_parameters(model)
+    return {s: {"vision_flops": flops[s], "params": params[s]["vision"] + params[s]["fusion"]}
+            for s in adapter.slot_names(model.config)}

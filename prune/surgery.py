@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelLoadError, PlanError, VerificationError
-from ..outputs import atomic_output_dir, check_output_path
+from ..files import atomic_output_dir, check_output_path
 from .checkpoint import (
-    DTYPE_SIZES, INDEX_NAME, Checkpoint, FileHasher, OutTensor, parse_size, read_tensor_bytes, sha256_path,
+    DTYPE_SIZES, INDEX_NAME, Checkpoint, FileHasher, OutTensor, parse_size, read_tensor_bytes,
     write_checkpoint,
 )
-from ..provenance import MANIFEST_NAME, write_manifest
-from .plan import CONFIG_NAME, apply_json_ops, check_plan, describe_plan, fold_shape, json_diff
+from ..files import CONFIG_NAME, MANIFEST_NAME, sha256_file
+from ..models.plan import apply_json_ops, check_plan, describe_plan, fold_shape, json_diff
+from ..provenance import write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def plan_outputs(plan, checkpoint):
     for info in infos:
         if info.key in consumed or plan.is_deleted(info.key):
             continue
-        name = plan.renames.get(info.key, info.key)
+        name = plan.output_name(info.key)
         sl = slices.get(info.key)
         if sl is None:
             outputs.append(OutTensor(name, info.dtype, info.shape, "copy", info))
@@ -99,7 +100,7 @@ def apply_plan(state_dict, plan):
         sl = slices.get(key)
         if sl is not None:
             tensor = torch.cat([tensor.narrow(sl.dim, a, b - a) for a, b in sl.keep], dim=sl.dim)
-        out[plan.renames.get(key, key)] = tensor.contiguous()
+        out[plan.output_name(key)] = tensor.contiguous()
     for fold in plan.folds:
         dtype = state_dict[fold.sources[0]].dtype
         parts = [state_dict[p["key"]] if "key" in p else torch.zeros(p["zeros"], dtype=dtype) for p in fold.parts]
@@ -125,7 +126,7 @@ def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
         writer.write(value.contiguous().reshape(-1).view(torch.uint8).numpy())
 
     hashes = write_checkpoint(out_dir, outputs, produce, max_shard_size)
-    return hashes, {p.name: sha256_path(p) for p in checkpoint.files}
+    return hashes, {p.name: sha256_file(p) for p in checkpoint.files}
 
 
 # ---------------------------------------------------------------------------- streaming executor
@@ -194,16 +195,10 @@ def execute_plan(plan, checkpoint, out_dir, streaming=True, max_shard_size=DEFAU
 
 # ---------------------------------------------------------------------------- the whole operation
 def _adapter_and_config(model_dir):
-    from transformers import AutoConfig
-
     from ..models.loading import adapter_for
 
     adapter = adapter_for(model_dir)
-    try:
-        config = AutoConfig.from_pretrained(model_dir)
-    except (OSError, ValueError, TypeError, KeyError) as err:
-        raise ModelLoadError(f"{model_dir}/config.json does not load: {str(err).splitlines()[0]}") from err
-    return adapter, config
+    return adapter, adapter.read_config(model_dir)
 
 
 def model_slots(model_dir):
@@ -230,7 +225,7 @@ def prepare(model_dir, drop):
     checkpoint = Checkpoint.open(model_dir)
     shapes = checkpoint.shapes()
     check_plan(plan, shapes)
-    check_structure(config, shapes, f"{model_dir}")
+    check_structure(adapter, config, shapes, f"{model_dir}")
     summary = describe_plan(plan, shapes, {k: DTYPE_SIZES[t.dtype] for k, t in checkpoint.tensors.items()})
     old = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
     summary["config_diff"] = json_diff(old, apply_json_ops(old, plan.config_patch))
@@ -315,12 +310,12 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
                     "streaming" if streaming else "in-memory")
         written, source = execute_plan(plan, checkpoint, tmp, streaming, max_shard_size)
         _write_side_files(model_dir, tmp, plan)
-        from transformers import AutoConfig
-
+        from ..models.loading import adapter_for
         from .verify import check_structure, verify_pruned
 
         try:
-            check_structure(AutoConfig.from_pretrained(tmp), Checkpoint.open(tmp).shapes(), "the pruned output")
+            out_adapter = adapter_for(tmp)
+            check_structure(out_adapter, out_adapter.read_config(tmp), Checkpoint.open(tmp).shapes(), "the pruned output")
         except ModelLoadError as err:
             raise VerificationError(f"{err} (a bug in the removal plan: report it); nothing was written") from err
         if verify:

@@ -11,14 +11,14 @@ import logging
 import math
 
 from ..errors import DataError, ModelLoadError, VerificationError
+from ..provenance import VERIFY_TOLERANCE as TOLERANCE
 
 logger = logging.getLogger(__name__)
 
-TOLERANCE = 1e-4
 SYNTHETIC_PROMPT = "Describe the image in one word."
 
 
-def expected_layouts(config):
+def expected_layouts(adapter, config):
     """The checkpoint layouts a model built from ``config`` accepts, as ``[(shapes, optional)]``.
 
     First the layout ``save_pretrained`` writes (transformers 5 renames some keys on save, e.g.
@@ -27,11 +27,7 @@ def expected_layouts(config):
     """
     import re
 
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config)
+    model = adapter.empty_model(config)
     native = model.state_dict(keep_vars=True)
     layouts = [native]
     try:
@@ -68,15 +64,16 @@ def _layout_problems(expected, optional, shapes):
     return parts
 
 
-def check_structure(config, shapes, where):
+def check_structure(adapter, config, shapes, where):
     """Raise ``ModelLoadError`` if checkpoint ``shapes`` do not fit the model ``config`` describes.
 
     Args:
-        config: a transformers config of the model.
+        adapter: the model family's adapter.
+        config: the model's config (``adapter.read_config``).
         shapes: ``{key: shape}`` of its checkpoint.
         where: how to name the checkpoint in the message.
     """
-    problems = [_layout_problems(expected, optional, shapes) for expected, optional in expected_layouts(config)]
+    problems = [_layout_problems(expected, optional, shapes) for expected, optional in expected_layouts(adapter, config)]
     if any(not p for p in problems):
         return
     raise ModelLoadError(f"checkpoint keys of {where} do not match its config.json: {', '.join(problems[0])}; "
@@ -106,15 +103,9 @@ def _data_inputs(data, count):
     return [s.image for s in samples], [s.question for s in samples]
 
 
-def _prompt(processor, question):
-    if hasattr(processor, "build_prompt"):
-        return processor.build_prompt(question)
-    return f"{processor.image_token}\n{question}"
-
-
 def _batches(full_adapter, full_proc, pruned_adapter, pruned_proc, images, questions, drop):
-    prompts_full = [_prompt(full_proc, q) for q in questions]
-    prompts_pruned = [_prompt(pruned_proc, q) for q in questions]
+    prompts_full = [full_adapter.build_prompt(full_proc, q) for q in questions]
+    prompts_pruned = [pruned_adapter.build_prompt(pruned_proc, q) for q in questions]
     full = full_adapter.prepare_batch(full_proc, images, prompts_full, masked=frozenset(drop))
     pruned = pruned_adapter.prepare_batch(pruned_proc, images, prompts_pruned)
     if full["input_ids"].shape != pruned["input_ids"].shape or not bool((full["input_ids"] == pruned["input_ids"]).all()):

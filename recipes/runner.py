@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..outputs import atomic_output_dir
+from ..files import atomic_output_dir
 from .schema import load_recipe
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def file_digest(path):
     stat = path.stat()
     if stat.st_size > HASH_CHUNK_LIMIT:
         return f"size:{stat.st_size}:mtime:{int(stat.st_mtime)}"
-    from ..outputs import sha256_file
+    from ..files import sha256_file
 
     return sha256_file(path)
 

@@ -106,11 +106,11 @@ def time_surgery(src, dst):
 
 def time_sha256(folder):
     """Seconds to sha256 every file of ``folder`` on one thread (what the manifest costs, alone)."""
-    from encslim.prune.checkpoint import sha256_path
+    from encslim.files import sha256_file
 
     start = time.perf_counter()
     for path in sorted(Path(folder).glob("*.safetensors")):
-        sha256_path(path)
+        sha256_file(path)
     return time.perf_counter() - start
 
 

@@ -52,7 +52,7 @@ def custom_native(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_hybrid_dir(tmp_path_factory):
     """A tiny random deepseek_vl_hybrid folder (siglip + sam)."""
-    from encslim.models.deepseek_vl_hybrid import create_tiny_hybrid
+    from encslim.models.tiny import create_tiny_hybrid
 
     return create_tiny_hybrid(tmp_path_factory.mktemp("hybrid") / "hybrid")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from encslim.errors import ConfigError, OutputExistsError, VerificationError
-from encslim.outputs import sha256_file
+from encslim.files import sha256_file
 
 from .conftest import leftovers, native_logits
 

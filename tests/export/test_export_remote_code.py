@@ -62,7 +62,7 @@ def remote_folders(tiny_model_dir, tmp_path_factory):
 
 def test_folder_ships_code_and_auto_map(remote_folders):
     from encslim.export.remote_code import CODE_FILES, MODELS_DIR
-    from encslim.outputs import sha256_file
+    from encslim.files import sha256_file
 
     for out, (_, manifest) in remote_folders.items():
         config = json.loads((out / "config.json").read_text())

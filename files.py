@@ -1,0 +1,90 @@
+"""Shared file I/O: the file names every stage agrees on, JSON reading with a useful error, sha256,
+and writing output folders safely (atomically: temp folder, then rename; never over an input)."""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import ConfigError, EncslimError, OutputExistsError
+
+# file names shared by several stages (a stage's private files are named in that stage)
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+MANIFEST_NAME = "encslim_manifest.json"
+RANKING_NAME = "ranking.json"
+BENCH_NAME = "bench.json"
+CARD_NAME = "README.md"
+PROCESSOR_NAMES = ("processor_config.json", "preprocessor_config.json")
+CHUNK_BYTES = 8 << 20
+
+
+def read_json(path, fix="re-create it", error=ConfigError):
+    """The JSON document in ``path``; ``error`` (an ``EncslimError``) naming the file and ``fix`` if it is
+    missing or not JSON.
+
+    Args:
+        path: the file.
+        fix: what the user should do, e.g. "re-run the step that wrote it".
+        error: the ``EncslimError`` subclass to raise.
+    """
+    if not issubclass(error, EncslimError):
+        raise TypeError("error must be an EncslimError subclass")
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} not found; {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {fix}") from err
+
+
+def check_output_path(out, overwrite=False, inputs=()):
+    """Refuse an existing output (unless ``overwrite``) and an output inside or equal to an input."""
+    out = Path(out).resolve()
+    for src in inputs:
+        src = Path(src).resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise ConfigError(f"output {out} overlaps the input {src}; choose an output folder outside it")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out, overwrite=False, inputs=()):
+    """Yield a temporary folder next to ``out``; on success it replaces ``out`` in one rename.
+
+    On any error the temporary folder is deleted and ``out`` is left as it was.
+    """
+    out = check_output_path(out, overwrite, inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path, chunk=CHUNK_BYTES):
+    """Hex sha256 of a file, read into one reused buffer (no allocation per chunk)."""
+    digest, buffer = hashlib.sha256(), bytearray(chunk)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            got = f.readinto(buffer)
+            if not got:
+                return digest.hexdigest()
+            digest.update(view[:got])
