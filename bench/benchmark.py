@@ -120,12 +120,10 @@ def build_specs(full, variants=(), masks=(), mask_skip=False, names=None):
 
 def check_masks(full, specs):
     """Check every masked slot against the full model's config before any weights load."""
-    from transformers import AutoConfig
-
     from ..models.loading import adapter_for
 
     adapter = adapter_for(full)
-    slots = adapter.slot_names(AutoConfig.from_pretrained(str(full)))
+    slots = adapter.slot_names(adapter.read_config(full))
     for spec in specs:
         unknown = [s for s in spec.masked if s not in slots]
         if unknown:
@@ -156,22 +154,21 @@ def describe(loaded, settings):
     spec, config = loaded.spec, loaded.model.config
     batch = loaded.batch(1)
     with torch.inference_mode():
-        generated = loaded.model.generate(**batch, masked_slots=list(spec.masked), mask_mode=spec.mask_mode,
-                                          max_new_tokens=settings.max_new_tokens,
-                                          min_new_tokens=settings.max_new_tokens, do_sample=False)
+        generated = loaded.adapter.generate(loaded.model, None, batch, frozenset(spec.masked), spec.mask_mode,
+                                            max_new_tokens=settings.max_new_tokens,
+                                            min_new_tokens=settings.max_new_tokens)
     staged = latency.run_iteration(loaded, batch, _Null(), settings.max_new_tokens, end_to_end=False)
     return {
         "name": spec.name, "path": spec.path, "role": spec.role,
         "masked": list(spec.masked), "mask_mode": spec.mask_mode if spec.masked else None,
         "slots": loaded.slots, "encoders_run": loaded.encoders_run,
-        "fusion_class": getattr(config, "fusion_class", None),
+        "fusion_class": loaded.adapter.fusion_class(config).value,
         "image_tokens": loaded.image_tokens(), "prompt_tokens": loaded.prompt_tokens(),
         "attn_implementation": attn_implementation(loaded.model),
         "params": costs.count_params(loaded),
         "weight_bytes": costs.weight_bytes(loaded.model),
         "flops": costs.count_flops(loaded, settings.max_new_tokens),
-        "stage_tokens_match_generate": bool(torch.equal(generated[:, batch["input_ids"].shape[1]:].cpu(),
-                                                        staged.cpu())),
+        "stage_tokens_match_generate": bool(torch.equal(generated.cpu(), staged.cpu())),
         "latency": {}, "memory": None, "accuracy": None,
     }
 

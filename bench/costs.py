@@ -51,11 +51,12 @@ def count_params(loaded):
     A model masked without surgery still holds every weight, so its counts equal the full
     model's; ``encoders_run`` in the report says which towers actually execute.
     """
-    model = loaded.model
-    params = {f"encoder:{slot}": _numel(tower) for slot, tower in model.vision_towers.items()}
+    model, adapter = loaded.model, loaded.adapter
+    params = {f"encoder:{slot}": _numel(encoder) for slot, encoder in adapter.encoders(model).items()}
     params["vision"] = sum(params.values())
-    params["fusion"] = _numel(model.fusion)
-    params["language_model"] = _numel(model.language_model)
+    parts = adapter.parts(model)
+    params["fusion"] = _numel(parts["fusion"])
+    params["language_model"] = _numel(parts["language_model"])
     params["total"] = _numel(model)
     return params
 

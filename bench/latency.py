@@ -7,7 +7,7 @@ One iteration runs the model as separate stages, each between synchronisation po
 * ``prefill``: the LLM over the whole prompt, up to the first generated token;
 * ``decode``: ``max_new_tokens - 1`` further greedy steps with the KV cache (EOS suppressed, so
   every iteration generates exactly ``max_new_tokens`` tokens, like ``min_new_tokens``);
-* ``end_to_end``: one real ``model.generate`` call (greedy, ``min_new_tokens = max_new_tokens``),
+* ``end_to_end``: one real generation through the adapter (pixels in, tokens out) (greedy, ``min_new_tokens = max_new_tokens``),
   timed as a whole; preprocessing and tokenisation are done once, before timing.
 
 Models are measured interleaved, A B A B ..., so drift hits all of them alike.
@@ -56,11 +56,7 @@ class LoadedModel:
     def __init__(self, spec, model, processor, adapter, device):
         self.spec, self.model, self.processor, self.adapter = spec, model, processor, adapter
         self.device = device
-        for attr in ("vision_towers", "fuse", "language_model"):
-            if not hasattr(model, attr):
-                raise ConfigError(f"{spec.path}: the per-stage benchmark needs a native encslim model "
-                                  f"(no '{attr}'); convert the model with encslim first")
-        slots = list(model.vision_towers)
+        slots = adapter.slot_names(model.config)
         unknown = [s for s in spec.masked if s not in slots]
         if unknown:
             raise ConfigError(f"--mask {','.join(unknown)}: no such slot in {spec.path}; its slots are "
@@ -85,7 +81,7 @@ class LoadedModel:
     def image_tokens(self):
         """Image tokens in the LLM sequence for this model as run."""
         batch = self.batch(1)
-        return int((batch["input_ids"] == self.model.config.image_token_id).sum())
+        return self.adapter.image_tokens(self.model.config, frozenset(self.spec.masked), self.spec.mask_mode)
 
     def prompt_tokens(self):
         return int(self.batch(1)["input_ids"].shape[1])
@@ -117,7 +113,7 @@ def build_inputs(loaded, batch_size):
     import torch
 
     spec = loaded.spec
-    prompt = loaded.processor.build_prompt(BENCH_QUESTION)
+    prompt = loaded.adapter.build_prompt(loaded.processor, BENCH_QUESTION)
     batch = loaded.adapter.prepare_batch(loaded.processor, [bench_image()] * batch_size, [prompt] * batch_size,
                                          masked=frozenset(spec.masked), mask_mode=spec.mask_mode)
     dtype = next(loaded.model.parameters()).dtype
@@ -143,15 +139,6 @@ def _greedy(logits, eos_ids):
     return logits.argmax(-1, keepdim=True)
 
 
-def _merge(model, features, batch, masked, mask_mode):
-    """Fusion + projector, scattered into the ``<image>`` positions of the text embeddings."""
-    image_embeds = model.fuse(features, masked, mask_mode)
-    input_ids = batch["input_ids"]
-    embeds = model.get_input_embeddings()(input_ids)
-    positions = (input_ids == model.config.image_token_id).unsqueeze(-1)
-    return embeds.masked_scatter(positions, image_embeds.to(embeds.dtype))
-
-
 def run_iteration(loaded, batch, recorder, max_new_tokens, end_to_end=True):
     """Run every stage once under ``recorder.stage(name)``; return the greedy tokens (B, N).
 
@@ -159,31 +146,32 @@ def run_iteration(loaded, batch, recorder, max_new_tokens, end_to_end=True):
     """
     import torch
 
-    model, spec = loaded.model, loaded.spec
-    lm, eos = model.language_model, _eos_ids(model)
+    model, spec, adapter = loaded.model, loaded.spec, loaded.adapter
+    eos, masked = _eos_ids(model), frozenset(spec.masked)
     with torch.inference_mode():
         features = {}
         for slot in loaded.encoders_run:
             with recorder.stage(f"encoder:{slot}"):
-                features[slot] = model.vision_towers[slot](batch[f"pixel_values_{slot}"])
+                features.update(adapter.encode(model, batch, [slot]))
         with recorder.stage("fusion"):
-            embeds = _merge(model, features, batch, spec.masked, spec.mask_mode)
+            embeds = adapter.embed(model, features, batch, masked, spec.mask_mode)
         mask = batch["attention_mask"]
         with recorder.stage("prefill"):
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                     logits_to_keep=1)
+            out = adapter.lm_forward(model, inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                     use_cache=True, logits_to_keep=1)
             tokens = [_greedy(out.logits[:, -1], eos)]
         with recorder.stage("decode"):
             for _ in range(max_new_tokens - 1):
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-                out = lm(input_ids=tokens[-1], attention_mask=mask, position_ids=mask.long().sum(-1, keepdim=True) - 1,
-                         past_key_values=out.past_key_values, use_cache=True)
+                out = adapter.lm_forward(model, input_ids=tokens[-1], attention_mask=mask,
+                                         position_ids=mask.long().sum(-1, keepdim=True) - 1,
+                                         past_key_values=out.past_key_values, use_cache=True)
                 tokens.append(_greedy(out.logits[:, -1], eos))
         if end_to_end:
             with recorder.stage("end_to_end"):
-                model.generate(**batch, masked_slots=list(spec.masked), mask_mode=spec.mask_mode,
-                               max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False)
+                adapter.generate(model, None, batch, masked, spec.mask_mode, max_new_tokens=max_new_tokens,
+                                 min_new_tokens=max_new_tokens)
     return torch.cat(tokens, dim=1)
 
 

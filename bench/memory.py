@@ -44,17 +44,13 @@ def _peak_rss_bytes():
 
 def _preimport(path):
     """Import every module the model needs by building it on the meta device; ``True`` if done."""
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
-
+    from ..errors import EncslimError
     from ..models.loading import adapter_for
 
     try:
-        adapter_for(path)  # registers the family's Auto classes
-        config = AutoConfig.from_pretrained(path)
-        with torch.device("meta"):
-            AutoModelForImageTextToText.from_config(config)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as err:
+        adapter = adapter_for(path)
+        adapter.empty_model(adapter.read_config(path))
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, EncslimError) as err:
         logger.warning("meta-device build of %s failed (%s); baseline taken after imports only", path, err)
         return False
     return True

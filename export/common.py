@@ -6,13 +6,12 @@ processor, chat prompts through the tokenizer), and finishes the folder with a m
 (``README.md``) and the manifest (``encslim_manifest.json``, sha256 of every file).
 """
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
-from ..files import CARD_NAME, MANIFEST_NAME
+from ..files import CARD_NAME, MANIFEST_NAME, read_json
 from ..models.loading import adapter_for, read_config
 
 logger = logging.getLogger(__name__)
@@ -28,12 +27,18 @@ PROBE_QUESTIONS = (
 
 @dataclass
 class Source:
-    """A model folder to export: its path, ``config.json``, family adapter and encslim manifest."""
+    """A model folder to export: its path, ``config.json`` (a dict), family adapter, encslim manifest and
+    the family's config object (``adapter.read_config``)."""
 
     path: Path
     config: dict
     adapter: object
     manifest: dict = field(default_factory=dict)
+    model_config: object = None
+
+    @property
+    def slot_names(self):
+        return self.adapter.slot_names(self.model_config)
 
     @property
     def model_type(self):
@@ -51,19 +56,33 @@ def read_source(model_dir):
     adapter = adapter_for(path)
     manifest = {}
     if (path / MANIFEST_NAME).is_file():
-        try:
-            manifest = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ModelLoadError(f"{path / MANIFEST_NAME} is not valid JSON ({err}); re-run the step that wrote it")
-    return Source(path=path, config=config, adapter=adapter, manifest=manifest)
+        manifest = read_json(path / MANIFEST_NAME, fix="re-run the step that wrote it", error=ModelLoadError)
+    return Source(path=path, config=config, adapter=adapter, manifest=manifest, model_config=adapter.read_config(path))
 
 
-def require_native(source, fmt):
-    """Raise ``ConfigError`` unless ``source`` is a native encslim model (``model_type: encslim``)."""
-    if source.model_type != "encslim":
+def export_refusal(source, fmt, kept=None):
+    """Why ``source`` keeping slots ``kept`` (default: all) cannot be exported as ``fmt``: its adapter's
+    reasons (:meth:`~encslim.models.adapter.Adapter.export_blockers`), empty when ``fmt`` is among its
+    ``export_targets``."""
+    kept = source.slot_names if kept is None else list(kept)
+    return source.adapter.export_blockers(source.model_config, kept, fmt)
+
+
+def require_target(source, fmt, needs, what):
+    """Raise a one-line ``ConfigError`` unless ``fmt`` is among the source's export targets (its adapter decides).
+
+    Args:
+        source: a :class:`Source`.
+        fmt: the format name (``--format``).
+        needs: what the format needs, for the message (e.g. "a native encslim model (model_type 'encslim')").
+        what: the format's name in prose (e.g. "LLaVA").
+    """
+    reasons = export_refusal(source, fmt)
+    if reasons:
+        targets = source.adapter.export_targets(source.model_config, source.slot_names)
         raise ConfigError(
-            f"--format {fmt} needs a native encslim model (model_type 'encslim'); {source.path} holds "
-            f"model_type '{source.model_type}'; use --format hf for it"
+            f"--format {fmt} needs {needs}; {source.path} holds model_type '{source.model_type}' and cannot be "
+            f"exported as {what}: {'; '.join(reasons)} (with all its slots it allows --format {', '.join(targets)})"
         )
 
 
@@ -101,20 +120,15 @@ def probe_images(count=2, seed=0, size=(48, 40)):
     return images
 
 
-def probe_prompts(processor, count=2):
-    """``count`` prompts of different lengths (so batches pad).
-
-    Chat prompts with the image placeholder for the native processor (``build_prompt``); plain
-    questions for other families, whose adapter's ``prepare_batch`` adds their image token.
-    """
-    questions = [PROBE_QUESTIONS[i % len(PROBE_QUESTIONS)] for i in range(count)]
-    build = getattr(processor, "build_prompt", None)
-    return [build(q) for q in questions] if build else questions
+def probe_prompts(adapter, processor, count=2):
+    """``count`` chat prompts of different lengths (so batches pad), with the image placeholder:
+    the family's :meth:`~encslim.models.adapter.Adapter.build_prompt`."""
+    return [adapter.build_prompt(processor, PROBE_QUESTIONS[i % len(PROBE_QUESTIONS)]) for i in range(count)]
 
 
-def probe_batch(processor, count=2, seed=0):
-    """Processor outputs for ``count`` probe images and prompts (native processor)."""
-    return processor(text=probe_prompts(processor, count), images=probe_images(count, seed))
+def probe_batch(adapter, processor, count=2, seed=0):
+    """Model inputs (``adapter.prepare_batch``) for ``count`` probe images and prompts."""
+    return adapter.prepare_batch(processor, probe_images(count, seed), probe_prompts(adapter, processor, count))
 
 
 def max_abs_diff(a, b, mask=None):
@@ -162,5 +176,5 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["Source", "read_source", "require_native", "load_source", "probe_images", "probe_prompts",
+__all__ = ["Source", "read_source", "export_refusal", "require_target", "load_source", "probe_images", "probe_prompts",
            "probe_batch", "max_abs_diff", "check_logits", "fail_unless_matched", "MANIFEST_NAME", "CARD_NAME"]

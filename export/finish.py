@@ -6,26 +6,37 @@ manifest), the removal's verification, and benchmark figures (``--bench``). The 
 written by the one shared writer (:mod:`encslim.provenance`) and lists every file's sha256.
 """
 
-import json
 import logging
 from pathlib import Path
 
 from .. import __version__
 from ..errors import ConfigError
-from ..files import BENCH_NAME as BENCH_FILE, CARD_NAME
+from ..files import BENCH_NAME as BENCH_FILE, CARD_NAME, RANKING_NAME, read_json
 from .model_card import render_card
 
 logger = logging.getLogger(__name__)
 
 
-
 def load_ranking_arg(ranking):
-    """The ranking dict from ``--ranking`` (a folder with ranking.json, or the file), or None."""
+    """The ranking dict from ``--ranking`` (a folder with ranking.json, or the file), or None.
+
+    Read as plain JSON (the card shows it; ``encslim rank`` owns its schema): it must be an object
+    with a ``slots`` list and a ``cur`` object, which the card's table reads.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or not a ranking.
+    """
     if ranking is None:
         return None
-    from ..prune.rank import load_ranking
-
-    return load_ranking(ranking)
+    path = Path(ranking)
+    path = path / RANKING_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"no ranking at {ranking}; pass a folder written by `encslim rank` or its {RANKING_NAME}")
+    data = read_json(path, fix="rerun `encslim rank`")
+    if not isinstance(data, dict) or not isinstance(data.get("slots"), list) or not isinstance(data.get("cur"), dict):
+        raise ConfigError(f"{path} is not a ranking (no 'slots' list and 'cur' object); pass a {RANKING_NAME} "
+                          "written by `encslim rank`")
+    return data
 
 
 def ranking_from_manifest(source):
@@ -51,10 +62,7 @@ def load_bench_arg(bench):
     path = path / BENCH_FILE if path.is_dir() else path
     if not path.is_file():
         raise ConfigError(f"no {BENCH_FILE} at {bench}; pass a folder written by `encslim bench`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON ({err}); rerun `encslim bench`") from err
+    return read_json(path, fix="rerun `encslim bench`")
 
 
 def check_card_inputs(ranking, bench):

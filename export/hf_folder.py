@@ -8,26 +8,15 @@ logits compared with the source's on probe inputs before the folder is published
 import logging
 
 from ..files import atomic_output_dir, check_output_path
-from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_images,
-                     probe_prompts, read_source)
+from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch,
+                     read_source)
 from .finish import check_card_inputs, finish_folder, slot_rows
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SHARD = "5GB"
+# the folder is the same model saved again: stricter than provenance.VERIFY_TOLERANCE (the round trip is exact)
 ATOL = 1e-5
-
-HOW_TO_LOAD_NATIVE = """\
-import encslim
-model, processor, adapter = encslim.load_model("{name}")
-# or with plain transformers, once encslim is imported (it registers the Auto classes):
-#   import encslim.models.native
-#   from transformers import AutoModelForImageTextToText
-#   model = AutoModelForImageTextToText.from_pretrained("{name}")
-#   processor = encslim.EncslimProcessor.from_pretrained("{name}")
-batch = processor(text=[processor.build_prompt("What is in the image?")], images=[image])
-print(processor.batch_decode(model.generate(**batch, max_new_tokens=16)))
-"""
 
 
 def export_hf(model_dir, out, *, overwrite=False, max_shard_size=DEFAULT_SHARD, dtype="auto",
@@ -77,7 +66,7 @@ def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False
     import torch
 
     if reference is None:
-        batch = source.adapter.prepare_batch(processor, probe_images(2), probe_prompts(processor, 2))
+        batch = probe_batch(source.adapter, processor)
         with torch.no_grad():
             reference = (batch, model(**batch).logits)
     batch, expected = reference
@@ -89,23 +78,15 @@ def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False
             logits = reloaded.eval()(**batch).logits
         records = [check_logits("logits", max_abs_diff(expected, logits), atol)]
         fail_unless_matched(records, "the written folder")
-        how_to_load = (HOW_TO_LOAD_NATIVE.format(name=out) if source.model_type == "encslim"
-                       else _how_to_load_stock(out, type(model).__name__))
         manifest = finish_folder(
             tmp, source, fmt, slots=slot_rows(source.adapter, model.config), verification=records,
-            how_to_load=how_to_load, parameters=count_parameters(model),
+            how_to_load=source.adapter.how_to_load(out, model), parameters=count_parameters(model),
             fusion_class=source.adapter.fusion_class(model.config), ranking=ranking, bench=bench, notes=notes,
             details={"architecture": type(model).__name__, "dtype": str(model.dtype).replace("torch.", ""),
                      "max_shard_size": str(max_shard_size), **(details or {})},
         )
     logger.info("exported %s -> %s (format %s)", source.path, out, fmt)
     return manifest
-
-
-def _how_to_load_stock(name, class_name):
-    return (f"from transformers import AutoProcessor, {class_name}\n"
-            f"model = {class_name}.from_pretrained(\"{name}\")\n"
-            f"processor = AutoProcessor.from_pretrained(\"{name}\")\n")
 
 
 __all__ = ["export_hf", "write_verified_folder"]

@@ -10,22 +10,27 @@ projector, and a causal LM. A native encslim model maps onto it exactly when:
   ``linear_first``) or class B (``sequence_concat``, its one projector);
 * the slot delivers its own token grid (no pooling), CLS dropped or kept whole.
 
-Weight layout (transformers 5): ``model.vision_tower.*`` <- ``vision_towers.<slot>.backbone.*``,
+Whether a model can is its adapter's call (``export_targets`` / ``export_blockers``).
+
+Weight layout (transformers 5): ``model.vision_tower.*`` <- the slot encoder's ``backbone.*``,
 ``model.multi_modal_projector.linear_{1,2}`` <- the projector's Linear layers,
-``model.language_model.*`` <- ``language_model.model.*``, ``lm_head`` <- ``language_model.lm_head``.
+``model.language_model.*`` <- the LM's ``model.*``, ``lm_head`` <- the LM's ``lm_head`` (module
+names from the adapter's ``trainable_parts``).
 """
 
 import logging
 
 from ..errors import ConfigError
 from ..files import atomic_output_dir, check_output_path
+from ..provenance import VERIFY_TOLERANCE
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_images,
-                     probe_prompts, read_source, require_native)
+                     probe_prompts, read_source, require_target)
 from .finish import check_card_inputs, finish_folder, slot_rows
 
 logger = logging.getLogger(__name__)
 
-ATOL = 1e-4
+ATOL = VERIFY_TOLERANCE
+NEEDS = "a native encslim model whose one encoder slot and projector LLaVA holds"
 
 HOW_TO_LOAD = """\
 from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -57,19 +62,29 @@ def llava_config(config):
     )
 
 
-def llava_state_dict(state_dict, config):
+def llava_state_dict(state_dict, config, parts):
     """Rename a native state dict to LLaVA's key layout (no copies). Pure.
+
+    Args:
+        state_dict: the native model's state dict.
+        config: its config (one slot left).
+        parts: its :class:`~encslim.models.adapter.TrainableParts` (``adapter.trainable_parts(model)``):
+            the module names of the slot's encoder, the fusion and the LM.
 
     Raises:
         ConfigError: a key that has no place in LLaVA (the model is not LLaVA-shaped).
     """
     slot = config.slot_names[0]
-    projector = "fusion.projector." if config.fusion_class == "A1" else f"fusion.projectors.{slot}."
-    rules = [(f"vision_towers.{slot}.backbone.", "model.vision_tower."),
+    fusion = parts.fusion[0] + "."
+    # one projector over the concatenated channels (A1), or the slot's own one (B)
+    per_slot = f"{fusion}projectors.{slot}."
+    projector = per_slot if any(k.startswith(per_slot) for k in state_dict) else f"{fusion}projector."
+    lm = parts.language_model + "."
+    rules = [(parts.encoders[slot] + ".backbone.", "model.vision_tower."),
              (projector + "0.", "model.multi_modal_projector.linear_1."),
              (projector + "2.", "model.multi_modal_projector.linear_2."),
-             ("language_model.model.", "model.language_model."),
-             ("language_model.lm_head.", "lm_head.")]
+             (lm + "model.", "model.language_model."),
+             (lm + "lm_head.", "lm_head.")]
     out = {}
     for key, tensor in state_dict.items():
         for old, new in rules:
@@ -157,13 +172,13 @@ def export_llava(model_dir, out, *, overwrite=False, max_shard_size="5GB", ranki
     check_output_path(out, overwrite, inputs=[model_dir])
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
-    _check_structure(source, model_dir)
+    require_target(source, "llava", NEEDS, "LLaVA")
     model, processor = load_source(source, "float32")
-    images, prompts = probe_images(2), probe_prompts(processor, 2)
+    images, prompts = probe_images(2), probe_prompts(source.adapter, processor, 2)
     with torch.no_grad():
-        reference = model(**processor(text=prompts, images=images)).logits
+        reference = model(**source.adapter.prepare_batch(processor, images, prompts)).logits
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
-        state = llava_state_dict(model.state_dict(), model.config)
+        state = llava_state_dict(model.state_dict(), model.config, source.adapter.trainable_parts(model))
         llava = LlavaForConditionalGeneration(llava_config(model.config)).eval()
         llava.load_state_dict(state, strict=True)
         llava.generation_config = model.generation_config
@@ -173,21 +188,11 @@ def export_llava(model_dir, out, *, overwrite=False, max_shard_size="5GB", ranki
         manifest = finish_folder(
             tmp, source, "llava", slots=slot_rows(source.adapter, model.config), verification=records,
             how_to_load=HOW_TO_LOAD.format(name=out, prompt=prompts[0].replace("\n", "\\n")),
-            parameters=count_parameters(llava), fusion_class=model.config.fusion_class, ranking=ranking,
+            parameters=count_parameters(llava), fusion_class=source.adapter.fusion_class(model.config), ranking=ranking,
             bench=bench, details={"architecture": "LlavaForConditionalGeneration"},
         )
     logger.info("exported %s -> %s (format llava)", model_dir, out)
     return manifest
-
-
-def _check_structure(source, model_dir):
-    """Refuse a non-native or non-LLaVA-shaped model from its config alone, before loading weights."""
-    from ..models.configuration_encslim import EncslimConfig
-
-    require_native(source, "llava")
-    reasons = llava_blockers(EncslimConfig.from_pretrained(model_dir))
-    if reasons:
-        raise ConfigError(f"{model_dir} cannot be exported as LLaVA: {'; '.join(reasons)}")
 
 
 def _verify(folder, images, prompts, reference, atol):
@@ -206,4 +211,4 @@ def _verify(folder, images, prompts, reference, atol):
     return records
 
 
-__all__ = ["export_llava", "llava_blockers", "llava_config", "llava_state_dict", "llava_processor"]
+__all__ = ["export_llava", "llava_config", "llava_state_dict", "llava_processor"]

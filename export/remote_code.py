@@ -1,6 +1,6 @@
 """``--format remote-code``: a native folder that loads without encslim installed.
 
-The folder carries copies of encslim's self-contained configuration, modeling and processing
+The folder carries copies of encslim's self-contained configuration, modeling, processing and masking
 files and an ``auto_map`` in ``config.json`` and ``processor_config.json``, so that::
 
     AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
@@ -20,14 +20,16 @@ from pathlib import Path
 
 from ..errors import VerificationError
 from ..files import atomic_output_dir, check_output_path, sha256_file
-from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_images,
-                     probe_prompts, read_source, require_native)
+from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch,
+                     read_source, require_target)
 from .finish import check_card_inputs, finish_folder, slot_rows
 
 logger = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-CODE_FILES = ("configuration_encslim.py", "modeling_encslim.py", "processing_encslim.py")
+# the native code and what it imports (masking: torch only; its encslim import is optional)
+CODE_FILES = ("configuration_encslim.py", "modeling_encslim.py", "processing_encslim.py", "masking.py")
+NEEDS = "a native encslim model (model_type 'encslim')"
 MODEL_AUTO_MAP = {
     "AutoConfig": "configuration_encslim.EncslimConfig",
     "AutoModel": "modeling_encslim.EncslimForConditionalGeneration",
@@ -37,6 +39,7 @@ MODEL_AUTO_MAP = {
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_encslim.EncslimProcessor"}
 # what the shipped files may import: the standard library, torch, transformers, numpy, PIL
 ALLOWED_IMPORTS = {"torch", "transformers", "numpy", "PIL"}
+# the folder is the same model saved again: stricter than provenance.VERIFY_TOLERANCE (the round trip is exact)
 ATOL = 1e-5
 
 HOW_TO_LOAD = """\
@@ -52,12 +55,17 @@ print(processor.batch_decode(model.generate(**batch, max_new_tokens=16)))
 def foreign_imports(path):
     """Modules a source file imports that a bare torch+transformers install lacks. Pure (reads the file).
 
-    Relative imports must name another shipped file.
+    Relative imports must name another shipped file. Imports inside ``try: ... except ImportError``
+    are optional (the file runs without them; transformers' remote-code check skips them too).
     """
     tree = ast.parse(Path(path).read_text(encoding="utf-8"))
     shipped = {Path(f).stem for f in CODE_FILES}
+    optional = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Try) and _catches_import_error(node)
+                for stmt in node.body for inner in ast.walk(stmt)}
     bad = []
     for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -73,6 +81,15 @@ def foreign_imports(path):
             if top not in ALLOWED_IMPORTS and top not in sys.stdlib_module_names:
                 bad.append(name)
     return bad
+
+
+def _catches_import_error(node):
+    """Whether a ``try`` statement has a handler for ``ImportError`` (or ``ModuleNotFoundError``)."""
+    for handler in node.handlers:
+        kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        if any(isinstance(k, ast.Name) and k.id in ("ImportError", "ModuleNotFoundError") for k in kinds):
+            return True
+    return False
 
 
 def ship_code(folder):
@@ -122,9 +139,9 @@ def export_remote_code(model_dir, out, *, overwrite=False, max_shard_size="5GB",
     check_output_path(out, overwrite, inputs=[model_dir])
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
-    require_native(source, "remote-code")
+    require_target(source, "remote-code", NEEDS, "remote code")
     model, processor = load_source(source, dtype)
-    batch = processor(text=probe_prompts(processor, 2), images=probe_images(2))
+    batch = probe_batch(source.adapter, processor)
     with torch.no_grad():
         reference = model(**batch).logits
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
@@ -140,7 +157,7 @@ def export_remote_code(model_dir, out, *, overwrite=False, max_shard_size="5GB",
         manifest = finish_folder(
             tmp, source, "remote-code", slots=slot_rows(source.adapter, model.config), verification=records,
             how_to_load=HOW_TO_LOAD.format(name=out), parameters=count_parameters(model),
-            fusion_class=model.config.fusion_class, ranking=ranking, bench=bench,
+            fusion_class=source.adapter.fusion_class(model.config), ranking=ranking, bench=bench,
             details={"code_files": code, "auto_map": MODEL_AUTO_MAP},
             notes=["The modeling code ships in this folder; read it before loading with trust_remote_code=True."],
         )

@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 
 from ..files import atomic_output_dir, check_output_path
-from .common import (fail_unless_matched, load_source, probe_images, probe_prompts, read_source, require_native)
+from ..provenance import VERIFY_TOLERANCE
+from .common import fail_unless_matched, load_source, probe_batch, read_source, require_target
 from .finish import check_card_inputs, finish_folder, slot_rows
 from .onnx_graphs import (DECODER_FILE, EMBED_FILE, VISION_FILE, export_decoder, export_vision, graph_opset,
                           kv_geometry, past_names, write_embedding_graph)
@@ -21,7 +22,8 @@ from .ort_generate import ONNX_CONFIG
 
 logger = logging.getLogger(__name__)
 
-ATOL = 1e-4
+ATOL = VERIFY_TOLERANCE
+NEEDS = "a native encslim model (model_type 'encslim')"
 
 HOW_TO_LOAD = """\
 # onnxruntime, numpy, Pillow and tokenizers only (no torch):
@@ -68,9 +70,9 @@ def write_graphs(model, folder):
     return names
 
 
-def validate_graphs(model, processor, folder, atol):
-    """Every graph output against PyTorch on probe images and padded prompts: a list of records."""
-    batch = processor(text=probe_prompts(processor, 2), images=probe_images(2))
+def validate_graphs(model, processor, folder, atol, adapter):
+    """Every graph output against PyTorch on probe images and padded prompts (``adapter``'s batch): records."""
+    batch = probe_batch(adapter, processor)
     folder = Path(folder)
     image_embeds, records = validate_vision(model, folder / VISION_FILE, batch, atol)
     _, embed_records = validate_embed(model, folder / EMBED_FILE, batch["input_ids"], atol)
@@ -98,11 +100,11 @@ def export_onnx(model_dir, out, *, overwrite=False, atol=ATOL, ranking=None, ben
     check_output_path(out, overwrite, inputs=[model_dir])
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
-    require_native(source, "onnx")
+    require_target(source, "onnx", NEEDS, "ONNX")
     model, processor = load_source(source, "float32")
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
         names = write_graphs(model, tmp)
-        records = validate_graphs(model, processor, tmp, atol)
+        records = validate_graphs(model, processor, tmp, atol, source.adapter)
         for r in records:
             logger.info("%s %s: max |diff| %.3g (atol %g) %s", r["graph"], r["output"], r["max_abs_diff"], atol,
                         "matched" if r["matched"] else "NOT matched")
@@ -115,7 +117,7 @@ def export_onnx(model_dir, out, *, overwrite=False, atol=ATOL, ranking=None, ben
         manifest = finish_folder(
             tmp, source, "onnx", slots=slot_rows(source.adapter, model.config),
             verification=records,
-            how_to_load=HOW_TO_LOAD.format(name=out), fusion_class=model.config.fusion_class,
+            how_to_load=HOW_TO_LOAD.format(name=out), fusion_class=source.adapter.fusion_class(model.config),
             parameters=sum(p.numel() for p in model.parameters()), ranking=ranking, bench=bench,
             details={"graphs": config["graphs"], "opset": config["opset"], "validation_inputs":
                      "2 probe images, 2 chat prompts (left-padded); decoder: prefill from an empty past, then "

@@ -31,9 +31,9 @@ class FinetuneCollator:
 
     Args:
         examples: :class:`~encslim.finetune.examples.TrainExample` list.
-        processor: the model's processor (image preprocessing, image-token counts).
-        slots: encoder slot names, in fusion order.
-        fusion_class: ``A1``, ``A2``, ``B`` or ``C`` (decides per-sample or per-batch dropout).
+        processor: the model's processor (image preprocessing).
+        adapter: the model family's adapter (pixel inputs, slots, fusion class, image-token counts).
+        config: the model's config.
         pad_token_id: the tokenizer's padding id.
         features: ``{slot: (N, T, D) tensor}`` cached encoder features, or ``None`` for pixels.
         encoder_dropout: probability of masking each slot (see :mod:`encslim.finetune.dropout`).
@@ -43,18 +43,19 @@ class FinetuneCollator:
         epoch: the current epoch, set by the trainer's epoch callback.
     """
 
-    def __init__(self, examples, processor, slots, fusion_class, pad_token_id, features=None,
+    def __init__(self, examples, processor, adapter, config, pad_token_id, features=None,
                  encoder_dropout=0.0, seed=0):
         self.examples = examples
         self.processor = processor
-        self.slots = list(slots)
-        self.fusion_class = fusion_class
+        self.adapter, self.config = adapter, config
+        self.slots = adapter.slot_names(config)
+        self.fusion_class = adapter.fusion_class(config)
         self.pad_token_id = pad_token_id
         self.features = features
         self.encoder_dropout = encoder_dropout
         self.seed = seed
         self.epoch = 0
-        self.image_token_id = processor.image_token_id
+        self.image_token_id = adapter.image_token_id(config)
 
     def __call__(self, indices):
         indices = [int(i) for i in indices]
@@ -66,8 +67,7 @@ class FinetuneCollator:
         if self.features is not None:
             batch["image_features"] = {s: self.features[s][indices] for s in kept}
         else:
-            pixels = self.processor.preprocess_images([e.image for e in examples], kept)
-            batch.update({f"pixel_values_{s}": v for s, v in pixels.items()})
+            batch.update(self.adapter.pixel_inputs(self.processor, [e.image for e in examples], frozenset(masked)))
         if masked:
             batch["masked_slots"] = list(masked)
         if keep:
@@ -90,7 +90,8 @@ class FinetuneCollator:
         gives exactly the ids the processor produces for the masked prompt.
         """
         ids = list(example.prompt_ids)
-        remove = self.processor.num_image_tokens(()) - self.processor.num_image_tokens(masked) if masked else 0
+        remove = (self.adapter.image_tokens(self.config) - self.adapter.image_tokens(self.config, frozenset(masked))
+                  if masked else 0)
         if remove:
             first = ids.index(self.image_token_id)
             del ids[first:first + remove]

@@ -40,12 +40,15 @@ def question_text(sample, prompt_format="eval"):
     return build_question(sample) if prompt_format == "eval" else sample.question
 
 
-def build_examples(samples, processor, expected_image_tokens=None, prompt_format="eval", max_length=None):
+def build_examples(samples, processor, adapter, image_token_id, expected_image_tokens=None, prompt_format="eval",
+                   max_length=None):
     """Tokenize ``samples`` for training; every problem is found before any training step.
 
     Args:
         samples: :class:`encslim.data.samples.Sample` list, each with an image and an answer.
-        processor: the model's processor (``build_prompt``, ``tokenizer``, ``image_token_id``).
+        processor: the model's processor.
+        adapter: the model family's adapter (prompts and token ids go through it).
+        image_token_id: the id of the image placeholder token in the prompt.
         expected_image_tokens: image tokens the model's fusion produces with every slot present.
         prompt_format: ``eval`` or ``raw`` (see :func:`question_text`).
         max_length: the model's maximum sequence length, or ``None``.
@@ -61,16 +64,16 @@ def build_examples(samples, processor, expected_image_tokens=None, prompt_format
     samples = list(samples)
     if not samples:
         raise DataError("no training samples; pass a data file with image-question-answer samples")
-    _check_samples(samples, processor.image_token)
-    tokenizer = processor.tokenizer
+    tokenizer = adapter.tokenizer(processor)
+    _check_samples(samples, tokenizer.convert_ids_to_tokens(image_token_id))
     examples = []
     for sample in samples:
-        prompt = processor.build_prompt(question_text(sample, prompt_format))
-        prompt_ids = processor(text=[prompt])["input_ids"][0].tolist()
+        prompt = adapter.build_prompt(processor, question_text(sample, prompt_format))
+        prompt_ids = adapter.prepare_batch(processor, None, [prompt])["input_ids"][0].tolist()
         answer_ids = tokenizer(" " + str(sample.answers[0]).strip(), add_special_tokens=False)["input_ids"]
         examples.append(TrainExample(sample.id, prompt_ids, answer_ids + [tokenizer.eos_token_id], sample.image,
                                      sample.source))
-    _check_image_tokens(examples, processor.image_token_id, expected_image_tokens)
+    _check_image_tokens(examples, image_token_id, expected_image_tokens)
     _check_lengths(examples, max_length)
     return examples
 

@@ -28,8 +28,8 @@ def compute_features(model, processor, adapter, examples, batch_size=32, progres
 
     Args:
         model: the loaded model (not yet wrapped for training).
-        processor: its processor (images -> ``pixel_values_<slot>``).
-        adapter: the model family's adapter (``encode``).
+        processor: its processor.
+        adapter: the model family's adapter (``pixel_inputs``, ``encode``).
         examples: :class:`~encslim.finetune.examples.TrainExample` list.
         batch_size: images per encoder pass.
         progress: show a progress bar.
@@ -45,7 +45,7 @@ def compute_features(model, processor, adapter, examples, batch_size=32, progres
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="encoding features", disable=not progress, unit="batch"):
         images = [e.image for e in examples[start:start + batch_size]]
-        batch = processor(images=images)
+        batch = adapter.pixel_inputs(processor, images)
         for slot, value in adapter.encode(model, batch).items():
             chunks.setdefault(slot, []).append(value.detach().float().cpu())
     model.train(was_training)

@@ -75,15 +75,15 @@ def write_merged(adapter_dir, dest, base=None, tolerance=MERGE_TOLERANCE):
     from ..models.loading import load_model
 
     base = adapter_base(adapter_dir, base)
-    model, processor, _ = load_model(base, device="cpu", dtype="float32")
+    model, processor, adapter = load_model(base, device="cpu", dtype="float32")
     with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
-    batch = _check_batch(processor)
-    with torch.no_grad():
-        before = peft_model(**batch).logits
+    batch = _check_batch(adapter, processor)
+    with torch.no_grad():  # LoRA lives inside the base model's layers, so the adapter drives it unwrapped
+        before = adapter.decode(model, adapter.encode(model, batch), batch).logits
         merged = peft_model.merge_and_unload().eval()
-        after = merged(**batch).logits
+        after = adapter.decode(merged, adapter.encode(merged, batch), batch).logits
     diff = float((before - after).abs().max())
     if not diff <= tolerance:
         raise VerificationError(f"merged logits differ from base + adapter by {diff:.3g} (> {tolerance:g}); "
@@ -93,12 +93,12 @@ def write_merged(adapter_dir, dest, base=None, tolerance=MERGE_TOLERANCE):
     processor.save_pretrained(str(dest))
     logger.info("merged %s into %s: max |logit diff| %.3g", adapter_dir, base, diff)
     return {"base": str(base), "max_abs_logit_diff": diff, "tolerance": tolerance,
-            "slots": list(getattr(merged.config, "slot_names", [])),
+            "slots": adapter.slot_names(merged.config),
             "files": sorted(p.name for p in Path(dest).iterdir())}
 
 
-def _check_batch(processor):
+def _check_batch(adapter, processor):
     from PIL import Image
 
     image = Image.new("RGB", (64, 64), (128, 96, 160))
-    return dict(processor(text=[processor.build_prompt(CHECK_QUESTION)], images=[image]))
+    return dict(adapter.prepare_batch(processor, [image], [adapter.build_prompt(processor, CHECK_QUESTION)]))

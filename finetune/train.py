@@ -102,7 +102,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     ds_config = _deepspeed(config)
     samples = _samples(data, paths)
     model, processor, adapter = _load(model_path, torch)
-    examples = _examples(model, processor, samples, config)
+    examples = _examples(model, processor, adapter, samples, config)
     torch.manual_seed(config.seed)
     features = _features(model, processor, adapter, examples, config)
     from .trainable import prepare_trainable
@@ -110,9 +110,10 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     with warnings.catch_warnings():
         for module in NOISY_WARNINGS:
             warnings.filterwarnings("ignore", category=FutureWarning, module=module)
-        model, parts = prepare_trainable(model, config)
+        model, parts = prepare_trainable(model, adapter, config)
         expected = expected_saved(model, config)
-        trainer, collator = _trainer(model, processor, examples, features, config, ds_config, work, callbacks)
+        trainer, collator = _trainer(model, processor, adapter, examples, features, config, ds_config, work,
+                                     callbacks)
         _write_run_config(work, config)
         started = time.time()
         final = work / "final"
@@ -122,7 +123,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     if not trainer.is_world_process_zero():
         return None
     check_saved(final, expected)
-    info = {"model": str(model_path), "slots": list(_base(model).vision_towers),
+    info = {"model": str(model_path), "slots": adapter.slot_names(_base(model).config),
             "data": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
             "samples": len(examples), "parts": parts, "features_cached": features is not None,
             "deepspeed": {"file": str(config.deepspeed), "stage": _stage(ds_config)} if ds_config else None,
@@ -167,13 +168,14 @@ def _load(model_path, torch):
     return model, processor, adapter
 
 
-def _examples(model, processor, samples, config):
+def _examples(model, processor, adapter, samples, config):
     from .examples import build_examples
 
-    expected = model.config.num_image_tokens() if hasattr(model.config, "num_image_tokens") else None
+    expected = adapter.image_tokens(model.config)
     text_config = getattr(model.config, "text_config", model.config)
     max_length = getattr(text_config, "max_position_embeddings", None)
-    return build_examples(samples, processor, expected, config.prompt_format, max_length)
+    return build_examples(samples, processor, adapter, adapter.image_token_id(model.config), expected,
+                          config.prompt_format, max_length)
 
 
 def _features(model, processor, adapter, examples, config):
@@ -249,7 +251,7 @@ def _write_run_config(work, config):
     (work / RUN_CONFIG).write_text(json.dumps(_comparable(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _trainer(model, processor, examples, features, config, ds_config, work, callbacks):
+def _trainer(model, processor, adapter, examples, features, config, ds_config, work, callbacks):
     import torch
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -258,11 +260,12 @@ def _trainer(model, processor, examples, features, config, ds_config, work, call
     from .trainer import EncslimTrainer
 
     base = _base(model)
-    if config.encoder_dropout > 0 and len(base.vision_towers) < 2:
+    slots = adapter.slot_names(base.config)
+    if config.encoder_dropout > 0 and len(slots) < 2:
         logger.warning("--encoder-dropout has no effect on a model with one encoder slot")
     collator = FinetuneCollator(
-        examples, processor, list(base.vision_towers), base.config.fusion_class,
-        processor.tokenizer.pad_token_id, features=features, encoder_dropout=config.encoder_dropout, seed=config.seed,
+        examples, processor, adapter, base.config, adapter.tokenizer(processor).pad_token_id, features=features,
+        encoder_dropout=config.encoder_dropout, seed=config.seed,
     )
     args = TrainingArguments(
         output_dir=str(work / "checkpoints"), per_device_train_batch_size=config.batch_size,
@@ -275,7 +278,7 @@ def _trainer(model, processor, examples, features, config, ds_config, work, call
         dataloader_num_workers=0, ddp_find_unused_parameters=config.encoder_dropout > 0,
     )
     own = [LossLog(work / LOG_FILE), ProgressBar(_progress(config)), DropoutEpoch(collator)]
-    trainer = EncslimTrainer(model=model, args=args, train_dataset=IndexDataset(len(examples)),
+    trainer = EncslimTrainer(adapter=adapter, model=model, args=args, train_dataset=IndexDataset(len(examples)),
                              data_collator=collator, processing_class=processor, callbacks=own + list(callbacks))
     for default in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(default)

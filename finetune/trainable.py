@@ -19,9 +19,6 @@ from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-LLM_PREFIX = "language_model"
-FUSION_PREFIX = "fusion"
-ENCODERS_PREFIX = "vision_towers"
 ALL_LINEAR = "all-linear"
 
 
@@ -31,12 +28,13 @@ def linear_layers(model, prefix):
     return [name for name, module in model.named_modules() if name.startswith(start) and isinstance(module, nn.Linear)]
 
 
-def llm_lora_targets(model, targets):
+def llm_lora_targets(model, targets, llm_prefix):
     """Resolve LoRA target names into full module names inside the language model.
 
     Args:
-        model: the model (with a ``language_model`` submodule).
+        model: the model.
         targets: last names of linear layers (``q_proj``), or ``("all-linear",)``.
+        llm_prefix: the language model's module name (:attr:`TrainableParts.language_model`).
 
     Returns:
         list of full module names, sorted.
@@ -44,7 +42,7 @@ def llm_lora_targets(model, targets):
     Raises:
         ConfigError: a target matching no linear layer of the LLM (the message lists the names that exist).
     """
-    layers = [n for n in linear_layers(model, LLM_PREFIX) if not _is_output_head(model, n)]
+    layers = [n for n in linear_layers(model, llm_prefix) if not _is_output_head(model, n)]
     if tuple(targets) == (ALL_LINEAR,):
         return sorted(layers)
     by_last = {}
@@ -64,19 +62,12 @@ def _is_output_head(model, name):
     return head is not None and model.get_submodule(name) is head
 
 
-def check_parts(model):
-    """Raise ``ConfigError`` unless the model exposes ``language_model``, ``fusion`` and ``vision_towers``."""
-    missing = [p for p in (LLM_PREFIX, FUSION_PREFIX, ENCODERS_PREFIX) if not hasattr(model, p)]
-    if missing:
-        raise ConfigError(f"{type(model).__name__} has no {', '.join(missing)} module; fine-tuning supports models "
-                          "with the native layout (language_model, fusion, vision_towers)")
-
-
-def prepare_trainable(model, config):
+def prepare_trainable(model, adapter, config):
     """Set what trains; wrap the model with peft when an adapter is trained.
 
     Args:
         model: the loaded model.
+        adapter: its family's adapter (:meth:`Adapter.trainable_parts` names what can train).
         config: a :class:`~encslim.finetune.config.FinetuneConfig`.
 
     Returns:
@@ -86,27 +77,28 @@ def prepare_trainable(model, config):
     Raises:
         ConfigError: an unknown layout or a LoRA target matching nothing.
     """
-    check_parts(model)
+    parts = adapter.trainable_parts(model)
     model.requires_grad_(False)
-    slots = list(getattr(model, ENCODERS_PREFIX))
     lora_modules, to_save = [], []
     if not config.full:
-        lora_modules += llm_lora_targets(model, config.lora_targets)
+        lora_modules += llm_lora_targets(model, config.lora_targets, parts.language_model)
     else:
-        getattr(model, LLM_PREFIX).requires_grad_(True)
+        model.get_submodule(parts.language_model).requires_grad_(True)
     if config.train_encoders == "lora":
-        lora_modules += linear_layers(model, ENCODERS_PREFIX)
+        lora_modules += [n for prefix in parts.encoders.values() for n in linear_layers(model, prefix)]
     if config.uses_lora:
         if config.train_fusion:
-            to_save.append(FUSION_PREFIX)
+            to_save += list(parts.fusion)
         if config.train_encoders == "full":
-            to_save += [f"{ENCODERS_PREFIX}.{s}" for s in slots]
+            to_save += list(parts.encoders.values())
         model = _wrap_lora(model, config, lora_modules, to_save)
     else:
         if config.train_fusion:
-            getattr(model, FUSION_PREFIX).requires_grad_(True)
+            for name in parts.fusion:
+                model.get_submodule(name).requires_grad_(True)
         if config.train_encoders == "full":
-            getattr(model, ENCODERS_PREFIX).requires_grad_(True)
+            for name in parts.encoders.values():
+                model.get_submodule(name).requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     summary = {"lora_modules": len(lora_modules), "modules_to_save": to_save, "trainable": trainable, "total": total}

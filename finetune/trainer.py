@@ -1,25 +1,37 @@
-"""The HF ``Trainer`` for multi-encoder models: cached features arrive in the model's dtype.
+"""The HF ``Trainer`` for multi-encoder models: the loss forward goes through the family's adapter.
 
-Everything else is the stock Trainer: the model's own forward computes the loss from ``labels``
-(answer tokens only, see :mod:`encslim.finetune.collator`), DeepSpeed and checkpoints work as
-for any transformers model. The batch may carry ``image_features`` (cached encoder outputs),
-``slot_keep`` (per-sample encoder dropout) and ``masked_slots`` (per-batch encoder dropout),
-which the native forward accepts.
+Everything else is the stock Trainer (DeepSpeed, checkpoints, schedules). The batch carries
+``input_ids``, ``attention_mask``, ``labels`` (answer tokens only, see
+:mod:`encslim.finetune.collator`) and either ``image_features`` (cached encoder outputs, cast
+here to the model's dtype) or the pixel inputs, plus ``slot_keep`` (per-sample encoder dropout)
+or ``masked_slots`` (per-batch encoder dropout). :meth:`Adapter.train_forward` turns that into
+the model's loss; the LLM call goes through the trainer's (peft/DDP/DeepSpeed) wrapper.
 """
 
 from transformers import Trainer
 
 
 class EncslimTrainer(Trainer):
-    """``Trainer`` that casts cached encoder features to the dtype of the model's parameters."""
+    """``Trainer`` whose loss forward is ``adapter.train_forward``."""
+
+    def __init__(self, *args, adapter, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.adapter = adapter
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        base = _unwrap(self.accelerator.unwrap_model(model))
         features = inputs.get("image_features")
         if features:
-            dtype = _param_dtype(self.accelerator.unwrap_model(model))
+            dtype = _param_dtype(base)
             inputs["image_features"] = {k: v.to(dtype) for k, v in features.items()}
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        outputs = self.adapter.train_forward(model, inputs, base=base)
+        loss = outputs.loss  # the mean over the batch's answer tokens, as the model's own forward computes it
+        return (loss, outputs) if return_outputs else loss
+
+
+def _unwrap(model):
+    """The model under a peft wrapper: LoRA layers live inside it, so calling it runs them."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _param_dtype(model):

@@ -163,6 +163,10 @@ class Adapter(ABC):
     def tokenizer(self, processor):
         return getattr(processor, "tokenizer", processor)
 
+    def image_token_id(self, config):
+        """The id of the image placeholder token in prompts (``config.image_token_id``, the transformers convention)."""
+        return config.image_token_id
+
     # ------------------------------------------------------------------ the split forward
     @abstractmethod
     def encode(self, model, batch, slots=None):
@@ -279,6 +283,20 @@ class Adapter(ABC):
     def export_targets(self, config, kept):
         """Names of the export formats available when only ``kept`` slots remain (``hf`` always)."""
         return ["hf"]
+
+    def export_blockers(self, config, kept, fmt):
+        """Why export format ``fmt`` is not available when only ``kept`` slots remain: one-line reasons,
+        empty exactly when ``fmt`` is among :meth:`export_targets`. Families override it to say more."""
+        if fmt in self.export_targets(config, kept):
+            return []
+        return [f"{fmt} is not an export target of this {self.model_type} model with slot(s) {', '.join(kept)}"]
+
+    def how_to_load(self, folder, model):
+        """Python code (for a model card) loading an ``hf`` export folder of ``model``; default: its stock class."""
+        name = type(model).__name__
+        return (f"from transformers import AutoProcessor, {name}\n"
+                f"model = {name}.from_pretrained(\"{folder}\")\n"
+                f"processor = AutoProcessor.from_pretrained(\"{folder}\")\n")
 
 
 def register_adapter(adapter):

@@ -17,6 +17,18 @@ from .processing_encslim import EncslimProcessor
 
 PIXEL_PREFIX = "pixel_values_"
 LLAVA_BACKBONES = ("clip_vision_model", "siglip_vision_model")
+# model-card code loading an ``hf`` export folder of a native model
+HOW_TO_LOAD = """\
+import encslim
+model, processor, adapter = encslim.load_model("{name}")
+# or with plain transformers, once encslim is imported (it registers the Auto classes):
+#   import encslim.models.native
+#   from transformers import AutoModelForImageTextToText
+#   model = AutoModelForImageTextToText.from_pretrained("{name}")
+#   processor = encslim.EncslimProcessor.from_pretrained("{name}")
+batch = processor(text=[processor.build_prompt("What is in the image?")], images=[image])
+print(processor.batch_decode(model.generate(**batch, max_new_tokens=16)))
+"""
 
 
 def register_auto_classes():
@@ -67,6 +79,10 @@ class NativeAdapter(Adapter):
 
     def fusion_settings(self, config):
         return dict(config.fusion)
+
+    def image_tokens(self, config, masked=frozenset(), mask_mode="removal"):
+        gone = set(masked) if mask_mode == "removal" else set()
+        return config.num_image_tokens([s for s in config.slot_names if s not in gone])
 
     def load(self, path, device="cpu", dtype=None, device_map=None):
         kwargs = {"dtype": dtype} if dtype is not None else {}
@@ -124,6 +140,14 @@ class NativeAdapter(Adapter):
         if not llava_blockers(config, kept):
             targets.insert(1, "llava")
         return targets
+
+    def export_blockers(self, config, kept, fmt):
+        if fmt == "llava":
+            return llava_blockers(config, kept)
+        return super().export_blockers(config, kept, fmt)
+
+    def how_to_load(self, folder, model):
+        return HOW_TO_LOAD.format(name=folder)
 
 
 def removal_plan(config, drop):

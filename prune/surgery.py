@@ -27,7 +27,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from ..files import CONFIG_NAME, MANIFEST_NAME, sha256_file
-from ..models.plan import apply_json_ops, check_plan, describe_plan, fold_shape, json_diff
+from ..models.plan import apply_json_ops, apply_plan, check_plan, describe_plan, fold_shape, json_diff
 from ..provenance import write_manifest
 
 logger = logging.getLogger(__name__)
@@ -79,35 +79,6 @@ def plan_outputs(plan, checkpoint):
 
 
 # ---------------------------------------------------------------------------- in-memory executor
-def apply_plan(state_dict, plan):
-    """Apply a removal plan to a state dict with torch; returns a new ``{key: tensor}``.
-
-    Args:
-        state_dict: ``{key: tensor}`` of the source model.
-        plan: a ``RemovalPlan``.
-
-    Returns:
-        the pruned state dict (source order, folds last).
-    """
-    import torch
-
-    consumed = {k for fold in plan.folds for k in fold.sources}
-    slices = {sl.key: sl for sl in plan.slices}
-    out = {}
-    for key, tensor in state_dict.items():
-        if key in consumed or plan.is_deleted(key):
-            continue
-        sl = slices.get(key)
-        if sl is not None:
-            tensor = torch.cat([tensor.narrow(sl.dim, a, b - a) for a, b in sl.keep], dim=sl.dim)
-        out[plan.output_name(key)] = tensor.contiguous()
-    for fold in plan.folds:
-        dtype = state_dict[fold.sources[0]].dtype
-        parts = [state_dict[p["key"]] if "key" in p else torch.zeros(p["zeros"], dtype=dtype) for p in fold.parts]
-        out[fold.key] = torch.cat(parts, dim=fold.dim).contiguous()
-    return out
-
-
 def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
     import torch
     from safetensors.torch import load_file

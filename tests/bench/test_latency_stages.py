@@ -114,6 +114,6 @@ def test_run_interleaved_order_counts_and_min_seconds():
     longer = run_interleaved([a, b], 1, LoopSettings(2, 0, 1, 0.15), make_timer("cpu"))
     rounds = len(longer.order) // 2
     assert longer.order == stats.interleaved_order(["A", "B"], rounds)
-    assert min(longer.seconds.values()) >= 0.15 and rounds > 1
+    assert min(longer.seconds.values()) >= 0.15 and rounds >= 1  # (how many rounds that takes depends on the machine)
     capped = run_interleaved([a, b], 1, LoopSettings(2, 0, 1, 100.0, max_iters=2), make_timer("cpu"))
     assert capped.order == ["A", "B", "A", "B"]

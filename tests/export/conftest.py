@@ -64,8 +64,8 @@ def native_logits(model_dir, prompts=None, images=None):
     from encslim.export.common import probe_images, probe_prompts
     from encslim.models.loading import load_model
 
-    model, processor, _ = load_model(model_dir)
-    prompts = prompts or probe_prompts(processor, 2)
+    model, processor, adapter = load_model(model_dir)
+    prompts = prompts or probe_prompts(adapter, processor, 2)
     batch = processor(text=prompts, images=images or probe_images(len(prompts)))
     with torch.no_grad():
         return batch, model(**batch).logits

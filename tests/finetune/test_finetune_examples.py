@@ -7,8 +7,15 @@ from encslim.data.prompts import build_question
 from encslim.errors import DataError
 from encslim.finetune.collator import IGNORE_INDEX, FinetuneCollator
 from encslim.finetune.dropout import batch_seed, draw_masks, per_batch_masked, per_sample_keep
-from encslim.finetune.examples import build_examples
+from encslim.finetune.examples import build_examples as _build_examples
+from encslim.models.adapter import get_adapter
 from encslim.models.tiny import build_tiny
+
+ADAPTER = get_adapter("encslim")
+
+
+def build_examples(samples, processor, *args, **kwargs):
+    return _build_examples(samples, processor, ADAPTER, processor.image_token_id, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +24,7 @@ def tiny_a1():
 
 
 def _collator(model, processor, examples, **kwargs):
-    return FinetuneCollator(examples, processor, model.slot_names, model.config.fusion_class,
-                            processor.tokenizer.pad_token_id, **kwargs)
+    return FinetuneCollator(examples, processor, ADAPTER, model.config, processor.tokenizer.pad_token_id, **kwargs)
 
 
 def test_prompt_is_the_evaluation_prompt_and_labels_cover_only_the_answer(tiny_a1, sample_factory):
