@@ -123,13 +123,12 @@ def check_masks(full, specs):
     from ..models.loading import adapter_for
 
     adapter = adapter_for(full)
-    slots = adapter.slot_names(adapter.read_config(full))
+    config = adapter.read_config(full)
     for spec in specs:
-        unknown = [s for s in spec.masked if s not in slots]
-        if unknown:
-            raise ConfigError(f"--mask {','.join(unknown)}: no such slot in {full}; its slots are {', '.join(slots)}")
-        if spec.masked and set(spec.masked) >= set(slots):
-            raise ConfigError(f"--mask {','.join(spec.masked)} masks every encoder of {full}; keep at least one")
+        try:  # zero-masking every encoder is refused too: that benchmarks no vision at all
+            adapter.check_mask(config, spec.masked, "removal")
+        except ConfigError as err:
+            raise ConfigError(f"--mask {','.join(spec.masked)} ({full}): {err}") from None
 
 
 def resolve_device(name):

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..models.masking import check_slot_names
 from . import stats
 
 logger = logging.getLogger(__name__)
@@ -57,10 +58,7 @@ class LoadedModel:
         self.spec, self.model, self.processor, self.adapter = spec, model, processor, adapter
         self.device = device
         slots = adapter.slot_names(model.config)
-        unknown = [s for s in spec.masked if s not in slots]
-        if unknown:
-            raise ConfigError(f"--mask {','.join(unknown)}: no such slot in {spec.path}; its slots are "
-                              f"{', '.join(slots)}")
+        check_slot_names(slots, spec.masked, ConfigError, f"--mask {','.join(spec.masked)} ({spec.path}): ")
         if spec.mask_mode not in MASK_RUN_MODES:
             raise ConfigError(f"mask mode '{spec.mask_mode}' unknown; use one of {', '.join(MASK_RUN_MODES)}")
         self.slots = slots

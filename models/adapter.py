@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import import_module
 
 from ..errors import ConfigError, ModelLoadError, PlanError, UnsupportedModelError
-from .masking import FusionClass, MaskError, check_mask_set
+from .masking import FusionClass, MaskError, check_mask_set, check_slot_names
 
 # families shipped with encslim: model_type -> module that registers its adapter on import
 BUILTIN_FAMILIES = {
@@ -118,10 +118,7 @@ class Adapter(ABC):
 
     def check_slots(self, config, names):
         """Raise ``ConfigError`` naming the valid slots if any of ``names`` is unknown."""
-        valid = self.slot_names(config)
-        unknown = [n for n in names if n not in valid]
-        if unknown:
-            raise ConfigError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(valid)}")
+        check_slot_names(self.slot_names(config), names, ConfigError)
 
     def check_mask(self, config, masked, mask_mode="removal", mask_values=None):
         """One mask set checked against this model (see :func:`~encslim.models.masking.check_mask_set`)."""

@@ -59,6 +59,18 @@ MASK_MODES = tuple(m.value for m in MaskMode)
 EXACT_REMOVAL = frozenset({FusionClass.A1, FusionClass.A3, FusionClass.B, FusionClass.C})
 
 
+def check_slot_names(slot_names, names, error=MaskError, what=""):
+    """Raise ``error`` naming the valid slots if any of ``names`` is not one of ``slot_names``.
+
+    The one slot-name check of encslim (masks, drops, selections, CLI options); ``what`` prefixes
+    the message (e.g. ``"--mask sam: "``).
+    """
+    unknown = sorted(set(names) - set(slot_names), key=str)
+    if unknown:
+        raise error(f"{what}unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slot_names)}")
+    return list(names)
+
+
 def check_mask_set(slot_names, masked, mode="removal", mask_values=None, values_required=True):
     """Validate one mask set against a model's slots; return it as a frozenset.
 
@@ -76,9 +88,7 @@ def check_mask_set(slot_names, masked, mode="removal", mask_values=None, values_
     masked = frozenset([masked] if isinstance(masked, str) else (masked or ()))
     if mode not in MASK_MODES:
         raise MaskError(f"mask mode '{mode}' unknown; use one of {', '.join(MASK_MODES)}")
-    unknown = sorted(masked - set(slot_names))
-    if unknown:
-        raise MaskError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slot_names)}")
+    check_slot_names(slot_names, masked)
     if mode == MaskMode.REMOVAL and slot_names and masked >= set(slot_names):
         raise MaskError("a mask set masks every encoder; in removal mode keep at least one slot")
     if mode == MaskMode.MEAN and values_required:
@@ -106,4 +116,4 @@ def mask_feature(reference, dim, mode, value=None):
     return value.to(reference).expand(shape)
 
 
-__all__ = ["EXACT_REMOVAL", "FusionClass", "MASK_MODES", "MaskError", "MaskMode", "check_mask_set", "mask_feature"]
+__all__ = ["EXACT_REMOVAL", "FusionClass", "MASK_MODES", "MaskError", "MaskMode", "check_mask_set", "check_slot_names", "mask_feature"]

@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from ..errors import PlanError
+from .masking import check_slot_names
 
 
 
@@ -131,9 +132,7 @@ def check_drop(slots, drop):
     drop = list(dict.fromkeys(drop))
     if not drop:
         raise PlanError("no slot to drop; name at least one with --drop or use a selection policy")
-    unknown = [s for s in drop if s not in slots]
-    if unknown:
-        raise PlanError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slots)}")
+    check_slot_names(slots, drop, PlanError)
     if set(drop) >= set(slots):
         raise PlanError(f"cannot remove every encoder ({', '.join(slots)}); keep at least one slot")
     return drop

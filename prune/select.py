@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, PlanError
 from ..files import RANKING_NAME
+from ..models.masking import check_slot_names
 
 COSTS = ("vision_flops", "params", "latency_ms")
 
@@ -150,9 +151,7 @@ def _best(candidates, table, ranking, metric="vision_flops"):
 # ---------------------------------------------------------------------------- policies
 def select_drop(slots, names):
     """Drop exactly ``names``."""
-    unknown = [n for n in names if n not in slots]
-    if unknown:
-        raise PlanError(f"unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slots)}")
+    check_slot_names(slots, names, PlanError)
     return _selection(slots, [s for s in slots if s not in names], "drop", "explicit", "named on the command line")
 
 

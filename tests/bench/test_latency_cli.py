@@ -144,6 +144,7 @@ def test_user_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
     assert "overlaps the input" in _fails(["bench", full, "--mask", "sam", "--out", f"{full}/x"], capsys)
     (tmp_path / "exists").mkdir()
     assert "already exists" in _fails(["bench", full, "--mask", "sam", "--out", str(tmp_path / "exists")], capsys)
-    assert "--mask dino: no such slot" in _fails(["bench", full, "--mask", "dino", "--out", out], capsys)
+    message = _fails(["bench", full, "--mask", "dino", "--out", out], capsys)
+    assert "--mask dino (" in message and "unknown slot(s) dino" in message
     assert "masks every encoder" in _fails(["bench", full, "--mask", "clip,siglip,sam", "--out", out], capsys)
     assert not (tmp_path / "o").exists()

@@ -52,7 +52,7 @@ def test_encoders_run_and_image_tokens():
 
 
 def test_bad_mask_slot_is_config_error():
-    with pytest.raises(ConfigError, match=r"--mask dino: no such slot .* its slots are clip, siglip, sam"):
+    with pytest.raises(ConfigError, match=r"--mask dino .*unknown slot\(s\) dino; this model.s slots are clip, siglip, sam"):
         loaded(masked=("dino",))
     with pytest.raises(ConfigError, match="mask mode 'mean' unknown"):
         loaded(masked=("sam",), mask_mode="mean")
