@@ -3,6 +3,9 @@
 The feature cache (DESIGN §4): encoders do not depend on the mask, so each encoder runs once
 per sample and only fusion + LLM run once per mask set. With ``feature_cache=False`` every mask
 set runs the whole model from pixels, as separate evaluations would; the scores are the same.
+A :class:`~encslim.bench.features.FeatureStore` passed as ``features=`` keeps the features
+beyond one call, so a caller evaluating mask sets in several calls (``encslim rank``) still runs
+each encoder once per sample over all of them.
 
 Answers come from greedy generation, or, for multiple-choice samples with ``mcq_mode="logits"``,
 from the option letters' first-token logits. Each (sample, mask set) result is a record
@@ -37,6 +40,7 @@ class _Item:
     sample: object
     prompt: str
     keys: dict = field(default_factory=dict)
+    feature_key: str = None
 
 
 @dataclass
@@ -54,13 +58,15 @@ class _Run:
     feature_cache: bool
     model_fp: str
     settings_fp: str
+    store: object = None
+    encoder_fp: str = None
     counter: object = None
     rank: int = 0
 
 
 def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_mode="removal", batch_size=8,
              max_new_tokens=8, records_path=None, mask_values=None, progress=False, mcq_mode="logits",
-             prompt_styles=None, feature_cache=True):
+             prompt_styles=None, feature_cache=True, features=None):
     """Score ``samples`` under every mask set in one pass.
 
     Args:
@@ -76,6 +82,9 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
         mcq_mode: ``logits`` (choose by the options' first-token logits) or ``generate``.
         prompt_styles: ``{dataset: PromptStyle}`` overriding the default prompt per data set.
         feature_cache: encode once per sample (True) or run the full model per mask set (False).
+        features: a :class:`~encslim.bench.features.FeatureStore` to take encoder features from
+            and keep them in across calls (``None``: this call's batches only). Ignored without
+            ``feature_cache``.
 
     Returns:
         EvalResult with scores per mask set, predictions, categories and encoder passes.
@@ -89,9 +98,11 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
         adapter.check_mask(model.config, masked, mask_mode, mask_values)  # family rules (a single slot)
     _check_arguments(samples, mask_sets, mask_mode, mask_values, mcq_mode, batch_size, max_new_tokens)
     rank, world = distributed.init_from_env()
+    model_fp = model_fingerprint(model)
     run = _Run(model, processor, adapter, mask_sets, mask_mode, mask_values, max_new_tokens, mcq_mode,
-               feature_cache, model_fingerprint(model), settings_fingerprint(
-                   _settings(processor, mask_mode, mask_values, max_new_tokens, mcq_mode)))
+               feature_cache, model_fp, settings_fingerprint(
+                   _settings(processor, mask_mode, mask_values, max_new_tokens, mcq_mode)),
+               store=features if feature_cache else None, encoder_fp=_encoder_fingerprint(model_fp, processor))
     items = _plan(run, samples, prompt_styles)
     store = RecordStore(records_path, rank, world)
     done = store.load()
@@ -113,9 +124,9 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
     done.update({r["key"]: r for r in all_new})
     evaluated = sum(part[2] for part in gathered)
     imaged = sum(part[3] for part in gathered)
-    passes = sum(part[1] for part in gathered) / imaged if imaged else 0.0
+    total = sum(part[1] for part in gathered)
     logger.info("evaluated %d samples (%d reused from records)", evaluated, len(items) - evaluated)
-    return _result(items, done, mask_sets, mask_mode, passes, evaluated)
+    return _result(items, done, mask_sets, mask_mode, total / imaged if imaged else 0.0, evaluated, total)
 
 
 def normalize_mask_sets(slot_names, mask_sets, mask_mode="removal"):
@@ -151,26 +162,68 @@ def _check_arguments(samples, mask_sets, mask_mode, mask_values, mcq_mode, batch
         seen[sample.id] = sample.source or sample.id
 
 
+def _processor_config(processor):
+    return processor.to_dict() if hasattr(processor, "to_dict") else type(processor).__name__
+
+
 def _settings(processor, mask_mode, mask_values, max_new_tokens, mcq_mode):
     values = None
     if mask_mode == "mean":
         values = {k: v.detach().float().cpu().numpy().round(6).tolist() for k, v in sorted(mask_values.items())}
-    config = processor.to_dict() if hasattr(processor, "to_dict") else type(processor).__name__
     return {"mask_mode": mask_mode, "max_new_tokens": max_new_tokens, "mcq_mode": mcq_mode,
-            "mask_values": values, "processor": config}
+            "mask_values": values, "processor": _processor_config(processor)}
+
+
+def _encoder_fingerprint(model_fp, processor):
+    """What decides a sample's encoder features besides the sample: the model and the processor."""
+    return settings_fingerprint({"model": model_fp, "processor": _processor_config(processor)})
+
+
+def _prompt(adapter, processor, sample, prompt_styles):
+    question = build_question(sample, style_for(sample, prompt_styles))
+    return adapter.build_prompt(processor, question, with_image=sample.image is not None)
 
 
 def _plan(run, samples, prompt_styles):
     items = []
     for sample in samples:
-        question = build_question(sample, style_for(sample, prompt_styles))
-        prompt = run.adapter.build_prompt(run.processor, question, with_image=sample.image is not None)
+        prompt = _prompt(run.adapter, run.processor, sample, prompt_styles)
         item = _Item(sample, prompt)
         sample_fp = sample_fingerprint(sample, prompt)
         for masked in run.mask_sets:
             item.keys[masked] = record_key(run.model_fp, sample_fp, masked, run.settings_fp)
+        item.feature_key = f"{run.encoder_fp}:{sample_fp}"
         items.append(item)
     return items
+
+
+class RecordKeys:
+    """The record keys :func:`evaluate` files its results under, without evaluating anything.
+
+    Lets a caller (``encslim rank``) look its results up in a records file before deciding what
+    to evaluate; the records stay the one per-sample cache. Arguments as for :func:`evaluate`.
+    """
+
+    evaluator_writes = True  # evaluate() files these records itself when given a records path
+
+    def __init__(self, model, processor, adapter, samples, max_new_tokens=8, mask_values=None, mcq_mode="logits",
+                 prompt_styles=None):
+        self.processor, self.max_new_tokens, self.mask_values, self.mcq_mode = (processor, max_new_tokens,
+                                                                                 mask_values, mcq_mode)
+        self.model_fp = model_fingerprint(model)
+        self.sample_fps = [sample_fingerprint(s, _prompt(adapter, processor, s, prompt_styles)) for s in samples]
+        self._settings = {}
+
+    def settings_fp(self, mask_mode):
+        if mask_mode not in self._settings:
+            self._settings[mask_mode] = settings_fingerprint(
+                _settings(self.processor, mask_mode, self.mask_values, self.max_new_tokens, self.mcq_mode))
+        return self._settings[mask_mode]
+
+    def keys(self, masked, mask_mode):
+        """The key of every sample's record under ``masked`` (in sample order)."""
+        settings_fp = self.settings_fp(mask_mode)
+        return [record_key(self.model_fp, fp, frozenset(masked), settings_fp) for fp in self.sample_fps]
 
 
 def _batches(items, batch_size, mcq_mode):
@@ -191,12 +244,7 @@ def _run_batch(run, items, done):
         rows = sorted({i for r in pending.values() for i in r})
         answers = dict(zip(rows, _answer(run, [items[i] for i in rows], _text_inputs(run, items, rows), {}, frozenset())))
         return [_record(run, items[i], m, answers[i]) for m, r in pending.items() for i in r]
-    features = None
-    if run.feature_cache:
-        slots = slots_needed(run.adapter.slot_names(run.model.config), list(pending))
-        features = encode_images(run.model, run.processor, run.adapter, [it.sample.image for it in items],
-                                 [it.prompt for it in items], slots)
-        run.counter.add(len(slots) * len(items))
+    features = _batch_features(run, items, list(pending)) if run.feature_cache else None
     records = []
     for masked, rows in pending.items():
         inputs, cached = (_cached_inputs(run, items, rows, masked, features) if run.feature_cache
@@ -204,6 +252,20 @@ def _run_batch(run, items, done):
         predictions = _answer(run, [items[i] for i in rows], inputs, cached, masked)
         records += [_record(run, items[i], masked, p) for i, p in zip(rows, predictions)]
     return records
+
+
+def _batch_features(run, items, mask_sets):
+    """``{slot: (B, N, D)}`` of the slots some mask set keeps: encoded now, or from the run-wide store."""
+    slots = slots_needed(run.adapter.slot_names(run.model.config), mask_sets)
+
+    def encode(rows, wanted):
+        run.counter.add(len(wanted) * len(rows))
+        return encode_images(run.model, run.processor, run.adapter, [items[i].sample.image for i in rows],
+                             [items[i].prompt for i in rows], wanted)
+
+    if run.store is None:
+        return encode(range(len(items)), slots)
+    return run.store.batch([it.feature_key for it in items], slots, encode, run.model.device)
 
 
 def _text_inputs(run, items, rows, masked=frozenset()):
@@ -251,7 +313,7 @@ def _record(run, item, masked, prediction):
     }
 
 
-def _result(items, records, mask_sets, mask_mode, passes, evaluated):
+def _result(items, records, mask_sets, mask_mode, passes, evaluated, total):
     scores = {m: {} for m in mask_sets}
     predictions = {m: {} for m in mask_sets}
     for item in items:
@@ -261,7 +323,7 @@ def _result(items, records, mask_sets, mask_mode, passes, evaluated):
             predictions[masked][item.sample.id] = record["prediction"]
     categories = {it.sample.id: it.sample.category for it in items}
     return EvalResult(mask_sets=list(mask_sets), scores=scores, predictions=predictions, categories=categories,
-                      encoder_passes=passes, mask_mode=mask_mode, evaluated=evaluated)
+                      encoder_passes=passes, mask_mode=mask_mode, evaluated=evaluated, encoder_passes_total=total)
 
 
 def _progress(batches, enabled):

@@ -1,5 +1,11 @@
 """The feature cache: run each encoder once per sample, reuse its features under every mask.
 
+Two scopes. Within one :func:`encslim.bench.evaluate.evaluate` call each batch's features are
+computed once and reused under that call's mask sets. Across calls a :class:`FeatureStore`
+(passed as ``evaluate(..., features=store)``) keeps every sample's features, so a caller that
+evaluates adaptively (``encslim rank --subsets greedy``, sampled Shapley) runs each encoder once
+per sample over the whole run, not once per call.
+
 Also the data-set mean features used by ``mask_mode="mean"``, and a counter of the vision
 tower forward passes actually run (read from hooks on the towers).
 """
@@ -36,6 +42,104 @@ def encode_images(model, processor, adapter, images, prompts, slots):
     batch = adapter.prepare_batch(processor, images, prompts, masked=skip, mask_mode="removal")
     with torch.inference_mode():
         return adapter.encode(model, batch)
+
+
+class FeatureStore:
+    """Encoder features of every sample, kept on the CPU for the whole of a run (several evaluations).
+
+    Entries are ``{key: {slot: (N_slot, D_slot) tensor}}`` in the model's dtype; the key names
+    the model, the processor, the image and the prompt (the evaluator builds it), so one store
+    is safe to share between mask modes and calls but never hands one model another's features.
+
+    Memory: per sample the sum over slots of ``N_slot * D_slot * bytes per value``, e.g. the
+    demo model's four 16-token slots of width 96-128 in float32 take 27 KB per sample (11 MB for
+    400 samples); a 576-token, 1024-wide slot in bfloat16 takes 1.2 MB. Past ``max_bytes`` the
+    store keeps nothing more and those features are simply encoded again when needed (the
+    results are the same; the encoder passes reported go up).
+
+    Args:
+        max_bytes: the most feature bytes to keep (``None``: no limit; 0 keeps nothing); ``encslim rank``
+            passes its ``--feature-memory-gb``.
+
+    Attributes:
+        nbytes: bytes held now.
+        refused: features (sample, slot) not kept because the store was full.
+    """
+
+    def __init__(self, max_bytes=None):
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.refused = 0
+        self._entries = {}
+
+    def __len__(self):
+        return len(self._entries)
+
+    def has(self, key, slot):
+        return slot in self._entries.get(key, {})
+
+    def missing(self, key, slots):
+        """The slots of ``slots`` (order kept) whose features for ``key`` are not stored."""
+        have = self._entries.get(key, {})
+        return [s for s in slots if s not in have]
+
+    def get(self, key, slot):
+        """The stored ``(N, D)`` features (CPU)."""
+        return self._entries[key][slot]
+
+    def put(self, key, slot, value):
+        """Keep one sample's ``(N, D)`` features (copied to the CPU); False when the store is full."""
+        if self.has(key, slot):
+            return True
+        size = value.numel() * value.element_size()
+        if self.max_bytes is not None and self.nbytes + size > self.max_bytes:
+            if not self.refused:
+                logger.warning("the feature store is full (%.1f MiB); further encoder features are not kept "
+                               "and get encoded again when needed", self.nbytes / 2**20)
+            self.refused += 1
+            return False
+        self._entries.setdefault(key, {})[slot] = value.detach().to("cpu").clone()
+        self.nbytes += size
+        return True
+
+    def batch(self, keys, slots, encode, device):
+        """``{slot: (B, N, D)}`` for a batch, encoding only what is not stored yet.
+
+        Args:
+            keys: the batch's sample keys, in batch order.
+            slots: the slots whose features the batch needs.
+            encode: ``f(rows, slots) -> {slot: (len(rows), N, D)}`` running the encoders of
+                ``slots`` on the batch rows ``rows``.
+            device: where the returned features go.
+
+        Returns:
+            The batch's features. When nothing was stored before, the freshly encoded tensors
+            themselves (no copy back from the CPU).
+        """
+        slots = list(slots)
+        groups = {}
+        for row, key in enumerate(keys):
+            need = tuple(self.missing(key, slots))
+            if need:
+                groups.setdefault(need, []).append(row)
+        fresh = {}
+        for need, rows in groups.items():
+            encoded = encode(rows, list(need))
+            if len(rows) == len(keys) and list(need) == slots:
+                for slot, value in encoded.items():
+                    for row, key in enumerate(keys):
+                        self.put(key, slot, value[row])
+                return encoded
+            for slot, value in encoded.items():
+                for k, row in enumerate(rows):
+                    fresh[(row, slot)] = value[k]
+                    self.put(keys[row], slot, value[k])
+        out = {}
+        for slot in slots:
+            parts = [fresh[(row, slot)] if (row, slot) in fresh else self.get(key, slot).to(device)
+                     for row, key in enumerate(keys)]
+            out[slot] = torch.stack([p.to(device) for p in parts])
+        return out
 
 
 def with_placeholders(features, adapter, config, batch_size, device, dtype):

@@ -33,6 +33,8 @@ class EvalResult:
             (0 when every result came from the records).
         mask_mode: ``removal``, ``zero`` or ``mean``.
         evaluated: samples evaluated in this call (the rest came from the records).
+        encoder_passes_total: vision tower forward passes run in this call, all samples together
+            (fewer than ``encoder_passes * evaluated`` when a feature store already held features).
         overall_is: how ``overall`` aggregates.
     """
 
@@ -44,6 +46,7 @@ class EvalResult:
     mask_mode: str = "removal"
     evaluated: int = 0
     overall_is: str = field(default=OVERALL_IS)
+    encoder_passes_total: int = 0
 
     def category_names(self):
         """Categories in order of first appearance."""

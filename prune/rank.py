@@ -1,16 +1,19 @@
 """``encslim rank``: which encoder carries which task category, which are redundant, which hurt.
 
 The orchestration: load the model and the samples, evaluate the mask sets the subset mode asks
-for (through the evaluation harness, whose feature cache runs every encoder once per sample),
-reuse cached scores, then compute CUR/IG with paired bootstrap intervals, Shapley values and
-interactions, and the accuracy/cost frontier; write ``ranking.json`` (schema in the README),
-``ranking.md``, ``cur_heatmap.png``, ``frontier.png``, ``scores.json`` (the score cache) and
-the evaluator's ``records.jsonl``.
+for (through the evaluation harness; one :class:`~encslim.bench.features.FeatureStore` for the
+whole run keeps every sample's encoder features, so each encoder runs once per sample whatever
+the mode, greedy elimination and sampled Shapley included), reuse cached scores, then compute
+CUR/IG with paired bootstrap intervals, Shapley values and interactions, and the accuracy/cost
+frontier; write ``ranking.json`` (schema in the README), ``ranking.md``, ``cur_heatmap.png``,
+``frontier.png`` and ``records.jsonl``: the per-sample records, the run's one score cache
+(:mod:`encslim.prune.rank_cache`).
 """
 
+import functools
+import inspect
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +21,17 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from ..files import RANKING_NAME
 from .importance import OVERALL
-from .rank_cache import ScoreTable
+from .rank_cache import RECORDS_FILE, RankKeys, ScoreTable, read_records, records_file
 from .rank_compute import compute_ranking
 from .shapley import is_complete, permutation_coalitions, sample_permutations
 from .subsets import greedy_elimination, mask_sets
 
 logger = logging.getLogger(__name__)
 
-RECORDS_FILE = "records.jsonl"
 SCHEMA_VERSION = 1
 MASK_MODES = ("removal", "zero")
 DEFAULT_GREEDY_PERMUTATIONS = 16
+DEFAULT_FEATURE_MEMORY_GB = 4.0
 
 
 @dataclass
@@ -71,7 +74,7 @@ class Ranking:
 def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=None, out=None,
          bootstrap=1000, seed=0, alpha=0.05, batch_size=8, max_new_tokens=8, shapley_permutations=None,
          cache=None, overwrite=False, device="cpu", dtype="float32", latency_ms=None, evaluator=None,
-         progress=False):
+         progress=False, feature_memory_gb=DEFAULT_FEATURE_MEMORY_GB):
     """Rank a multi-encoder model's slots on benchmark data.
 
     Args:
@@ -88,14 +91,18 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
         max_new_tokens: generation length of the evaluator.
         shapley_permutations: permutations for sampled Shapley when not every kept set is
             evaluated; ``None``: 16 for ``greedy``, none for ``single``/``pairs``.
-        cache: a previous ranking folder (or ``scores.json``) whose scores to reuse; by default
-            ``out`` itself when it exists (with ``overwrite``).
+        cache: a previous ranking folder (or its ``records.jsonl``) whose scores to reuse; by
+            default ``out`` itself when it exists (with ``overwrite``).
         overwrite: replace an existing ``out``.
         device, dtype: where and how to load a model folder.
         latency_ms: optional measured latency per kept set ``{frozenset(kept): ms}``.
         evaluator: a function with the signature of :func:`encslim.bench.evaluate.evaluate`
             (default: that one).
         progress: show the evaluator's progress bar.
+        feature_memory_gb: the most encoder features (GiB, on the CPU) the run-wide feature store
+            keeps; past it features are encoded again when needed (same results, more encoder
+            passes). 0: no run-wide store (each evaluator call encodes its samples again);
+            ``None``: no limit.
 
     Returns:
         :class:`Ranking`.
@@ -108,29 +115,38 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
     start = time.perf_counter()
     if out is not None:  # refuse a bad output before spending time on loading and evaluating
         _check_out(out, overwrite, model_or_path, data)
+    if cache is not None:
+        records_file(cache)  # a scores.json of older versions is refused here, before loading
+    store = _feature_store(feature_memory_gb)
     model, processor, adapter, model_path = _load(model_or_path, device, dtype)
     samples, data_paths = _samples(data, categories)
     if evaluator is None:
         from ..bench.evaluate import evaluate as evaluator
     sources = [Path(p) for p in (cache, out) if p is not None and Path(p).exists()]
-    table = _score_table(model, adapter, samples, mask_mode, max_new_tokens, evaluator, sources)
-    runner = _Runner(evaluator, (model, processor, adapter), samples, table, mask_mode,
-                     dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress))
+    previous = read_records(sources)  # read before the output folder is replaced
+    loaded = (model, processor, adapter)
+    table = _score_table(loaded, samples, mask_mode, max_new_tokens, evaluator)
+    kwargs = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+    if store is not None and _accepts(evaluator, "features"):
+        kwargs["features"] = store
+    runner = _Runner(evaluator, loaded, samples, table, mask_mode, kwargs, store)
     options = dict(subsets=subsets, shapley_permutations=shapley_permutations, seed=seed, bootstrap=bootstrap,
                    alpha=alpha, latency_ms=latency_ms, model_path=model_path)
     if out is None:
+        _reuse(table, previous, sources)
         return _finish(_run(runner, **options), runner, start)
+    from ..bench.records import RecordStore
     from ..files import atomic_output_dir
 
     inputs = [p for p in [model_path, *data_paths] if p is not None]
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
-        previous = [p / RECORDS_FILE for p in sources if (p / RECORDS_FILE).is_file()]
-        if previous:  # the evaluator's own records travel on, so its resume sees them too
-            shutil.copyfile(previous[0], tmp / RECORDS_FILE)
-        runner.records_path = tmp / RECORDS_FILE
+        # every previous record travels on into the one records file: the table's cache and the
+        # evaluator's resume both read it, and the new folder is a complete cache for the next run
+        RecordStore(tmp / RECORDS_FILE).append(list(previous.values()))
+        runner.records_path = table.records_path = tmp / RECORDS_FILE
+        _reuse(table, previous, sources)
         ranking = _finish(_run(runner, **options), runner, start)
         write_ranking(ranking.data, tmp)
-        table.save(tmp)
     ranking.out = Path(out)
     return ranking
 
@@ -143,16 +159,55 @@ def _check_out(out, overwrite, model_or_path, data):
     check_output_path(out, overwrite, inputs=named)
 
 
-def _score_table(model, adapter, samples, mask_mode, max_new_tokens, evaluator, sources):
-    """The score table for this model and setting, filled from the cache ``sources`` where they match."""
-    from ..bench.records import model_fingerprint
+def _score_table(loaded, samples, mask_mode, max_new_tokens, evaluator):
+    """The score table for this model and setting (empty; :func:`_reuse` fills it from the records)."""
+    model, processor, adapter = loaded
+    slots = adapter.slot_names(model.config)
+    everything = frozenset(slots)
 
-    settings = {"model": model_fingerprint(model), "mask_mode": mask_mode, "empty_set_mask": _blind_mode(mask_mode),
-                "max_new_tokens": max_new_tokens, "evaluator": _name_of(evaluator)}
-    table = ScoreTable(adapter.slot_names(model.config), samples, settings)
-    for source in sources:
-        logger.info("reused %d cached scores from %s", table.load_cache(source), source)
-    return table
+    def mode_of(masked):
+        return _blind_mode(mask_mode) if frozenset(masked) == everything else mask_mode
+
+    return ScoreTable(slots, samples, _record_keys(evaluator, loaded, samples, max_new_tokens), mode_of)
+
+
+def _reuse(table, previous, sources):
+    if previous:
+        logger.info("reused %d cached scores from %s", table.load(previous), ", ".join(map(str, sources)))
+
+
+def _record_keys(evaluator, loaded, samples, max_new_tokens):
+    """The keys the table finds its scores under: the project evaluator's own record keys, so its
+    records are the cache, or for another evaluator keys naming it (``rank`` writes its records)."""
+    from ..bench.evaluate import RecordKeys, evaluate
+
+    func, keywords = evaluator, {}
+    if isinstance(evaluator, functools.partial) and not evaluator.args:
+        func, keywords = evaluator.func, evaluator.keywords
+    if func is evaluate:
+        options = {k: v for k, v in keywords.items() if k in ("mcq_mode", "prompt_styles", "mask_values")}
+        return RecordKeys(*loaded, samples, max_new_tokens=max_new_tokens, **options)
+    return RankKeys(loaded[0], samples, {"max_new_tokens": max_new_tokens, "evaluator": _name_of(evaluator)})
+
+
+def _feature_store(feature_memory_gb):
+    """The run's feature store (``None``: none, each evaluator call encodes its own batches)."""
+    from ..bench.features import FeatureStore
+
+    if feature_memory_gb is None:
+        return FeatureStore(max_bytes=None)
+    if feature_memory_gb < 0:
+        raise ConfigError(f"--feature-memory-gb must be >= 0, got {feature_memory_gb}")
+    return FeatureStore(max_bytes=int(feature_memory_gb * 2**30)) if feature_memory_gb > 0 else None
+
+
+def _accepts(function, name):
+    """True when ``function`` takes the keyword ``name`` (a custom evaluator may not)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 def _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations):
@@ -229,14 +284,22 @@ def _samples(data, categories):
 
 
 class _Runner:
-    """Evaluates the mask sets missing from the score table, counting encoder passes."""
+    """Evaluates the mask sets missing from the score table, counting encoder passes over the run."""
 
-    def __init__(self, evaluator, loaded, samples, table, mask_mode, kwargs):
+    def __init__(self, evaluator, loaded, samples, table, mask_mode, kwargs, store=None):
         self.evaluator, self.loaded, self.samples, self.table = evaluator, loaded, samples, table
-        self.mask_mode, self.kwargs = mask_mode, kwargs
+        self.mask_mode, self.kwargs, self.store = mask_mode, kwargs, store
         self.records_path = None
-        self.encoder_passes = 0.0
+        self.passes_total = 0  # vision tower passes run, all samples and calls together
+        self.passes_per_sample = 0.0  # from evaluators that report passes per sample only
+        self.with_images = sum(1 for s in samples if getattr(s, "image", None) is not None)
         self.evaluated, self.cached = [], []
+
+    @property
+    def encoder_passes(self):
+        """Encoder passes per sample with an image over the whole run."""
+        per_sample = self.passes_total / self.with_images if self.with_images else 0.0
+        return per_sample + self.passes_per_sample
 
     def ensure(self, sets):
         missing = self.table.missing(sets)
@@ -252,9 +315,12 @@ class _Runner:
                                     records_path=self.records_path, **self.kwargs)
             for masked in group:
                 self.table.add(masked, result.scores[masked])
-            # the evaluator reports passes per sample it evaluated (records may cover the rest)
-            evaluated = getattr(result, "evaluated", len(self.samples))
-            self.encoder_passes += float(result.encoder_passes or 0) * evaluated / len(self.samples)
+            total = getattr(result, "encoder_passes_total", None)
+            if total is not None:
+                self.passes_total += int(total)
+            else:  # passes per sample it evaluated (records may cover the rest)
+                evaluated = getattr(result, "evaluated", len(self.samples))
+                self.passes_per_sample += float(result.encoder_passes or 0) * evaluated / len(self.samples)
             self.evaluated += group
 
     def overall(self, sets):
@@ -290,10 +356,13 @@ def _run(runner, subsets, shapley_permutations, seed, bootstrap, alpha, latency_
 
 def _finish(ranking, runner, start):
     n_evaluated = len(runner.evaluated)
+    store = runner.store
     ranking.data["evaluation"] = {
         "mask_sets_evaluated": n_evaluated,
         "mask_sets_cached": len(runner.cached),
-        "encoder_passes_per_sample": runner.encoder_passes,
+        "encoder_passes_per_sample": runner.encoder_passes,  # over the whole run
+        "feature_store": None if store is None or "features" not in runner.kwargs else {
+            "samples": len(store), "mib": round(store.nbytes / 2**20, 3), "refused": store.refused},
         "wall_s": round(time.perf_counter() - start, 3),
     }
     return ranking

@@ -1,10 +1,18 @@
-"""The ranking's own score table: per-sample scores under every evaluated mask set, cached.
+"""The ranking's score table: per-sample scores by mask set, kept in the evaluation records.
 
-``rank`` writes it as ``scores.json`` next to ``ranking.json``. A later run (``--overwrite``
-into the same folder, or ``--cache DIR``) reuses every score whose settings match, so choosing
-another subset mode, more bootstrap resamples or another selection policy never evaluates a
-mask set twice. Scores are keyed by a fingerprint of the sample (its text, answers, category
-and image pixels), not by its position, so editing the data invalidates exactly the edited rows.
+There is one per-sample cache, the records file of :mod:`encslim.bench.records`
+(``records.jsonl`` next to ``ranking.json``): one JSON line per (sample, mask set) result, keyed
+by a fingerprint of the model, the sample (text, answers, image pixels, prompt), the mask set
+and the evaluation settings. The table here holds no file of its own: it looks its scores up in
+those records by key. With the project evaluator the keys are the evaluator's own
+(:class:`encslim.bench.evaluate.RecordKeys`), so the records it writes are the table's entries
+and it resumes from them; a custom ``evaluator=`` that keeps no records gets keys of the rank's
+own (:class:`RankKeys`, naming the evaluator) and ``rank`` writes its results into the same file.
+
+A later run (``--overwrite`` into the same folder, or ``--cache DIR``) therefore reuses every
+score whose key matches, so choosing another subset mode, more bootstrap resamples or another
+selection policy never evaluates a mask set twice, and editing the data invalidates exactly the
+edited rows.
 """
 
 import hashlib
@@ -14,17 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bench.records import RecordStore, model_fingerprint, record_key, settings_fingerprint
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-SCORES_FILE = "scores.json"
-CACHE_VERSION = 1
-
-
-def mask_key(slots, masked):
-    """A mask set as a stable string: masked slots in slot order joined by ``|`` (full: ``""``)."""
-    return "|".join(s for s in slots if s in masked)
+RECORDS_FILE = "records.jsonl"
 
 
 def sample_fingerprint(sample):
@@ -40,27 +43,105 @@ def sample_fingerprint(sample):
     return digest.hexdigest()
 
 
+class RankKeys:
+    """Record keys for an evaluator that keeps no records itself (``rank`` writes them).
+
+    Args:
+        model: the model (fingerprinted).
+        samples: the samples, in table order.
+        settings: what besides model, sample and mask decides a score (generation settings, the
+            evaluator's name); the mask mode is added per mask set.
+    """
+
+    evaluator_writes = False
+
+    def __init__(self, model, samples, settings):
+        self.model_fp = model_fingerprint(model)
+        self.settings = dict(settings)
+        self.sample_fps = [sample_fingerprint(s)[:16] for s in samples]
+        self._settings = {}
+
+    def settings_fp(self, mask_mode):
+        if mask_mode not in self._settings:
+            self._settings[mask_mode] = settings_fingerprint({**self.settings, "mask_mode": mask_mode,
+                                                              "source": "rank"})
+        return self._settings[mask_mode]
+
+    def keys(self, masked, mask_mode):
+        settings_fp = self.settings_fp(mask_mode)
+        return [record_key(self.model_fp, fp, frozenset(masked), settings_fp) for fp in self.sample_fps]
+
+
+def records_file(source):
+    """The records file of a cache source: a ranking folder, or a records file itself.
+
+    Raises:
+        ConfigError: ``source`` is a ``.json`` file (such as the ``scores.json`` of older versions).
+    """
+    path = Path(source)
+    if path.is_dir():
+        return path / RECORDS_FILE
+    if path.suffix == ".json":
+        raise ConfigError(f"{path} is not a records file; per-sample scores now live in {RECORDS_FILE}: "
+                          f"pass the ranking folder (or its {RECORDS_FILE}) as --cache")
+    return path
+
+
+def read_records(sources):
+    """``{key: record}`` from the records files of ``sources`` (first source wins on a repeated key)."""
+    found = {}
+    for source in sources:
+        for key, record in RecordStore(records_file(source)).load().items():
+            found.setdefault(key, record)
+    return found
+
+
 class ScoreTable:
     """Per-sample scores by mask set for one model, data selection and evaluation setting.
 
     Args:
         slots: slot names in slot order.
         samples: the samples, in the order arrays are returned.
-        settings: everything besides the sample that decides a score (model fingerprint, mask
-            mode, generation settings); a cache with other settings is ignored.
+        keys: an object with ``keys(masked, mask_mode) -> [record key per sample]`` and
+            ``evaluator_writes`` (True: the evaluator files the records itself).
+        mode_of: ``f(masked) -> mask mode`` that mask set is evaluated in.
+        records_path: the records file new results go to (``None``: memory only).
     """
 
-    def __init__(self, slots, samples, settings):
+    def __init__(self, slots, samples, keys, mode_of, records_path=None):
         self.slots = list(slots)
-        self.settings = dict(settings)
         self.ids = [s.id for s in samples]
-        self.fingerprints = [sample_fingerprint(s) for s in samples]
-        self.scores = {}  # mask key -> {fingerprint: score}
+        self.categories = [s.category for s in samples]
+        self.keyer, self.mode_of = keys, mode_of
+        self.records_path = records_path
+        self.scores = {}  # record key -> score
+        self.seen = set()  # mask sets named by some record (candidates for :meth:`evaluated`)
+        self._keys = {}
+
+    def keys(self, masked):
+        masked = frozenset(masked)
+        if masked not in self._keys:
+            self._keys[masked] = self.keyer.keys(masked, self.mode_of(masked))
+        return self._keys[masked]
+
+    def load(self, records):
+        """Take over the scores of ``{key: record}`` (records of other models or settings are simply never looked up).
+
+        Returns:
+            The number of this table's (mask set, sample) cells they fill.
+        """
+        slots = set(self.slots)
+        for key, record in records.items():
+            if key not in self.scores and "score" in record:
+                self.scores[key] = float(record["score"])
+                masked = frozenset(record.get("masked", ()))
+                if masked <= slots:
+                    self.seen.add(masked)
+        return sum(k in self.scores for m in self.seen for k in self.keys(m))
 
     def has(self, masked):
         """True when every sample has a score under ``masked``."""
-        known = self.scores.get(mask_key(self.slots, masked), {})
-        return all(fp in known for fp in self.fingerprints)
+        return all(k in self.scores for k in self.keys(masked))
 
     def missing(self, mask_sets):
         """The mask sets (in the given order, deduplicated) that still need evaluating."""
@@ -71,64 +152,31 @@ class ScoreTable:
         return out
 
     def add(self, masked, scores_by_id):
-        """Store an evaluator's ``{sample_id: score}`` for ``masked``."""
-        bucket = self.scores.setdefault(mask_key(self.slots, masked), {})
-        for sample_id, fp in zip(self.ids, self.fingerprints):
+        """Store an evaluator's ``{sample_id: score}`` for ``masked``.
+
+        With an evaluator that keeps no records, the results are appended to ``records_path``.
+        """
+        masked = frozenset(masked)
+        new = []
+        for sample_id, category, key in zip(self.ids, self.categories, self.keys(masked)):
             if sample_id not in scores_by_id:
                 raise KeyError(f"the evaluator returned no score for sample {sample_id!r} under mask {sorted(masked)}")
-            bucket[fp] = float(scores_by_id[sample_id])
+            value = float(scores_by_id[sample_id])
+            if key not in self.scores:
+                new.append({"key": key, "sample_id": sample_id, "category": category,
+                            "masked": [s for s in self.slots if s in masked], "mask_mode": self.mode_of(masked),
+                            "score": value, "source": "rank"})
+            self.scores[key] = value
+        self.seen.add(masked)
+        if not self.keyer.evaluator_writes and self.records_path is not None:
+            RecordStore(self.records_path).append(new)
 
     def array(self, masked):
         """``(n,)`` scores under ``masked``, in sample order."""
-        bucket = self.scores[mask_key(self.slots, masked)]
-        return np.array([bucket[fp] for fp in self.fingerprints], dtype=float)
+        return np.array([self.scores[k] for k in self.keys(masked)], dtype=float)
 
     def evaluated(self):
-        """Every mask set with a score for every sample."""
-        out = []
-        for key in self.scores:
-            masked = frozenset(key.split("|")) if key else frozenset()
-            if masked <= set(self.slots) and self.has(masked):
-                out.append(masked)
-        return out
-
-    def to_json(self):
-        wanted = set(self.fingerprints)
-        return {"cache_version": CACHE_VERSION, "slots": self.slots, "settings": self.settings,
-                "scores": {k: {fp: v for fp, v in bucket.items() if fp in wanted}
-                           for k, bucket in self.scores.items()}}
-
-    def save(self, folder):
-        path = Path(folder) / SCORES_FILE
-        path.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True), encoding="utf-8")
-        return path
-
-    def load_cache(self, source):
-        """Merge the scores of a previous run's ``scores.json`` (folder or file) when its settings match.
-
-        Returns:
-            The number of (mask set, sample) scores taken over.
-
-        Raises:
-            ConfigError: ``source`` exists but is not a score table.
-        """
-        path = Path(source)
-        path = path / SCORES_FILE if path.is_dir() else path
-        if not path.is_file():
-            return 0
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            cached, settings = data["scores"], data["settings"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise ConfigError(f"{path} is not an encslim score table ({err}); remove it or pass another --cache") from err
-        if settings != self.settings:
-            logger.info("not reusing %s: it was computed with other settings", path)
-            return 0
-        taken = 0
-        for key, bucket in cached.items():
-            mine = self.scores.setdefault(key, {})
-            for fp, value in bucket.items():
-                if fp not in mine:
-                    mine[fp] = float(value)
-                    taken += 1
-        return taken
+        """Every mask set with a score for every sample (fewest masked first, then slot order)."""
+        order = {s: i for i, s in enumerate(self.slots)}
+        done = [m for m in self.seen if self.has(m)]
+        return sorted(done, key=lambda m: (len(m), sorted(order[s] for s in m)))

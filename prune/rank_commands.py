@@ -39,12 +39,15 @@ def _cur_summary(data):
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--cache", type=click.Path(), default=None, help="A previous ranking folder whose scores to reuse.")
+@click.option("--feature-memory-gb", default=4.0, show_default=True, type=click.FloatRange(min=0),
+              help="CPU memory for the run's encoder features (each encoder runs once per sample for the whole "
+                   "run); past it features are encoded again. 0: no run-wide feature store.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--overwrite", is_flag=True, help="Replace OUT (its cached scores are reused).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json instead of the CUR table.")
 def rank_cmd(model_dir, data, out, subsets, mask_mode, categories, bootstrap, seed, shapley_permutations,
-             batch_size, max_new_tokens, cache, device, dtype, overwrite, as_json):
+             batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, overwrite, as_json):
     """Rank MODEL_DIR's encoder slots on benchmark data: CUR, IG, Shapley values, cost frontier."""
     import json
     import sys
@@ -54,7 +57,7 @@ def rank_cmd(model_dir, data, out, subsets, mask_mode, categories, bootstrap, se
     ranking = rank(model_dir, list(data), subsets=subsets, mask_mode=mask_mode, categories=list(categories) or None,
                    out=out, bootstrap=bootstrap, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
                    shapley_permutations=shapley_permutations, cache=cache, overwrite=overwrite, device=device,
-                   dtype=dtype, progress=sys.stderr.isatty())
+                   dtype=dtype, progress=sys.stderr.isatty(), feature_memory_gb=feature_memory_gb)
     if as_json:
         click.echo(json.dumps(ranking.data, indent=2))
         return
@@ -62,5 +65,5 @@ def rank_cmd(model_dir, data, out, subsets, mask_mode, categories, bootstrap, se
     click.echo(_cur_summary(ranking.data))
     click.echo(f"\nCUR in % ({ranking.data['mask_mode']} mask; * = CI excludes 0). "
                f"{ev['mask_sets_evaluated']} mask sets evaluated, {ev['mask_sets_cached']} from cache, "
-               f"{ev['encoder_passes_per_sample']:g} encoder passes per sample, {ev['wall_s']:.1f} s.")
+               f"{ev['encoder_passes_per_sample']:g} encoder passes per sample (whole run), {ev['wall_s']:.1f} s.")
     click.echo(f"wrote {out}/ranking.json, ranking.md, cur_heatmap.png, frontier.png")

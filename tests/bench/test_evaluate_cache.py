@@ -148,3 +148,30 @@ def test_scores_follow_predictions(models, mixed_jsonl):
         agree = [float(second.predictions[masked][s.id] == first.predictions[frozenset()][s.id]) for s in samples]
         assert second.accuracy(masked)["overall"] == pytest.approx(sum(agree) / len(agree))
     assert min(second.accuracy(m)["overall"] for m in MASKS[1:]) < 1.0
+
+
+@pytest.mark.parametrize("fusion, mode", [("A1", "removal"), ("B", "removal"), ("C", "zero")])
+def test_feature_store_spans_calls(models, mixed_jsonl, fusion, mode):
+    from encslim.bench.features import FeatureStore
+
+    model, processor, adapter = models(fusion)
+    samples = load_samples(mixed_jsonl)
+    store = FeatureStore()
+    kwargs = dict(mask_mode=mode, batch_size=5, max_new_tokens=3)
+    first = evaluate(model, processor, adapter, samples, mask_sets=MASKS[:2], features=store, **kwargs)
+    assert first.encoder_passes_total == 3 * len(samples) and len(store) == len(samples)
+    later = [frozenset({"clip", "siglip"}), frozenset({"dinov2"})]
+    # a later call reuses every feature (stacked back from the store): no encoder runs
+    second = evaluate(model, processor, adapter, samples, mask_sets=later, features=store, **kwargs)
+    assert second.encoder_passes_total == 0 and second.encoder_passes == 0.0
+    plain = evaluate(model, processor, adapter, samples, mask_sets=MASKS[:2] + later, **kwargs)
+    for masked in MASKS[:2]:
+        assert first.predictions[masked] == plain.predictions[masked]
+    for masked in later:
+        assert second.predictions[masked] == plain.predictions[masked]
+    # a store too small for the second sample: the rest is encoded again, with the same answers
+    tiny = FeatureStore(max_bytes=store.nbytes // len(samples))
+    evaluate(model, processor, adapter, samples, mask_sets=MASKS[:2], features=tiny, **kwargs)
+    again = evaluate(model, processor, adapter, samples, mask_sets=later, features=tiny, **kwargs)
+    assert tiny.refused > 0 and 0 < again.encoder_passes_total < 3 * len(samples)
+    assert again.predictions == {m: plain.predictions[m] for m in later}

@@ -217,8 +217,10 @@ def test_additive_game_through_rank(model_dir, tmp_path):
     assert all(mode == "removal" for sets, mode in fake.calls if frozenset(SLOTS) not in sets)
     assert len(data["subsets"]) == 8 and sum(r["pareto"] for r in data["subsets"]) >= 2
     assert load_ranking(tmp_path / "r")["cur"] == data["cur"]
-    for name in ("ranking.json", "ranking.md", "cur_heatmap.png", "frontier.png", "scores.json"):
+    for name in ("ranking.json", "ranking.md", "cur_heatmap.png", "frontier.png", "records.jsonl"):
         assert (tmp_path / "r" / name).stat().st_size > 0
+    assert not (tmp_path / "r" / "scores.json").exists()  # one per-sample cache: the records
+    assert len((tmp_path / "r" / "records.jsonl").read_text().splitlines()) == 120 * 8
     assert (tmp_path / "r" / "cur_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
