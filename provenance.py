@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import ModelLoadError
-from .files import MANIFEST_NAME, sha256_file
+from .files import MANIFEST_NAME, read_json, sha256_file
 
 # largest max-abs fp32 logit difference between a model and the one it must equal (pruned vs masked,
 # exported vs source): the one verification tolerance of every stage
@@ -115,10 +115,7 @@ def read_manifest(folder):
     path = Path(folder) / MANIFEST_NAME
     if not path.is_file():
         raise ModelLoadError(f"{folder} holds no {MANIFEST_NAME}; it was not written by encslim")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelLoadError(f"{path} is not valid JSON ({err})") from None
+    return read_json(path, "re-run the step that wrote it", ModelLoadError)
 
 
 def _jsonable(value):

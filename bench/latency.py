@@ -78,7 +78,6 @@ class LoadedModel:
 
     def image_tokens(self):
         """Image tokens in the LLM sequence for this model as run."""
-        batch = self.batch(1)
         return self.adapter.image_tokens(self.model.config, frozenset(self.spec.masked), self.spec.mask_mode)
 
     def prompt_tokens(self):

@@ -21,7 +21,6 @@ by exact match (``metric: exact``) or by the option letter (``metric: mcq``).
 import json
 import logging
 import random
-from pathlib import Path
 
 from PIL import Image, ImageDraw
 

@@ -8,13 +8,12 @@ adapter and through the merged model must agree within ``tolerance`` (fp32; diff
 from summation order only, about 1e-6).
 """
 
-import json
 import logging
 import warnings
 from pathlib import Path
 
 from ..errors import ConfigError, VerificationError
-from ..files import atomic_output_dir
+from ..files import atomic_output_dir, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ def adapter_base(adapter_dir, base=None):
         raise ConfigError(f"{adapter_dir} holds no {ADAPTER_CONFIG}, so it is not a LoRA adapter folder; "
                           "pass the output of `encslim finetune` (or its adapter/ folder)")
     if base is None:
-        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        base = read_json(config_file, "re-run `encslim finetune`").get("base_model_name_or_path")
     if not base or not Path(base).is_dir():
         raise ConfigError(f"the base model of {adapter_dir} ({base}) is not a folder here; pass it with --base")
     return Path(base)

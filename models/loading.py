@@ -1,10 +1,10 @@
 """Load any supported model folder through its family's adapter."""
 
-import json
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from .adapter import get_adapter
+from ..files import CONFIG_NAME, read_json
+from .adapter import adapter_for_config
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -14,22 +14,17 @@ def read_config(path):
     folder = Path(path)
     if not folder.is_dir():
         raise ModelLoadError(f"{path} is not a folder; pass a model folder that holds config.json")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
+    if not (folder / CONFIG_NAME).is_file():
         raise ModelLoadError(f"{path} holds no config.json, so it is not a model folder; pass a saved model folder")
-    try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelLoadError(f"{config_file} is not valid JSON ({err}); re-save the model") from err
+    return read_json(folder / CONFIG_NAME, "re-save the model", ModelLoadError)
 
 
 def adapter_for(path):
     """The adapter of the model family stored at ``path``."""
     data = read_config(path)
-    model_type = data.get("model_type")
-    if not model_type:
+    if not data.get("model_type"):
         raise ModelLoadError(f"{path}/config.json has no model_type; it is not a transformers model folder")
-    return get_adapter(model_type)
+    return adapter_for_config(data)
 
 
 def load_model(path, device="cpu", dtype="float32", device_map=None):

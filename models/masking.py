@@ -10,13 +10,11 @@ Mask modes (DESIGN §1):
 * ``mean``: its features are replaced by one constant vector per slot (``mask_values``), e.g.
   the data-set mean; exact after removal for A1/A3, where a constant folds into a bias.
 
-This module needs torch only (no encslim import at load time), so ``export --format
-remote-code`` ships it beside the native modeling code.
+This module imports nothing but the standard library (encslim's error class only when present),
+so ``export --format remote-code`` ships it beside the native modeling code.
 """
 
 from enum import Enum
-
-import torch
 
 try:  # inside encslim, a bad mask set is a user error (one line, exit 2)
     from encslim.errors import ConfigError as MaskError

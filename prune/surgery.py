@@ -26,7 +26,7 @@ from .checkpoint import (
     DTYPE_SIZES, INDEX_NAME, Checkpoint, FileHasher, OutTensor, parse_size, read_tensor_bytes,
     write_checkpoint,
 )
-from ..files import CONFIG_NAME, MANIFEST_NAME, sha256_file
+from ..files import CONFIG_NAME, MANIFEST_NAME, read_json, sha256_file
 from ..models.plan import apply_json_ops, apply_plan, check_plan, describe_plan, fold_shape, json_diff
 from ..provenance import write_manifest
 
@@ -198,12 +198,12 @@ def prepare(model_dir, drop):
     check_plan(plan, shapes)
     check_structure(adapter, config, shapes, f"{model_dir}")
     summary = describe_plan(plan, shapes, {k: DTYPE_SIZES[t.dtype] for k, t in checkpoint.tensors.items()})
-    old = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    old = read_json(model_dir / CONFIG_NAME, "re-save the model", ModelLoadError)
     summary["config_diff"] = json_diff(old, apply_json_ops(old, plan.config_patch))
     summary["processor_diff"] = {}
     for name, ops in plan.processor_patch.items():
         if (model_dir / name).is_file():
-            data = json.loads((model_dir / name).read_text(encoding="utf-8"))
+            data = read_json(model_dir / name, "re-save the model with its processor", ModelLoadError)
             summary["processor_diff"][name] = json_diff(data, apply_json_ops(data, ops))
     return adapter, config, plan, checkpoint, summary
 
@@ -211,11 +211,11 @@ def prepare(model_dir, drop):
 def _write_side_files(model_dir, out_dir, plan):
     """Patched config/processor files and a copy of every other non-weight file."""
     skip = {CONFIG_NAME, INDEX_NAME, MANIFEST_NAME, *plan.drop_files, *plan.processor_patch}
-    data = json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8"))
+    data = read_json(model_dir / CONFIG_NAME, "re-save the model", ModelLoadError)
     _dump_json(out_dir / CONFIG_NAME, apply_json_ops(data, plan.config_patch))
     for name, ops in plan.processor_patch.items():
         if (model_dir / name).is_file():
-            data = json.loads((model_dir / name).read_text(encoding="utf-8"))
+            data = read_json(model_dir / name, "re-save the model with its processor", ModelLoadError)
             _dump_json(out_dir / name, apply_json_ops(data, ops))
     for path in sorted(model_dir.iterdir()):
         if path.name in skip or path.name.startswith(".") or path.name.endswith(".safetensors"):
