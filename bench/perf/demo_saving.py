@@ -41,11 +41,10 @@ def demo_model_dir():
 def write_untrained_demo(out):
     """Save the demo architecture with random weights (seed 0) to ``out``; return ``out``."""
     from ...demo.training import build_demo_model
+    from .models import save_model
 
     model, processor = build_demo_model(seed=0)
-    model.eval().save_pretrained(out)
-    processor.save_pretrained(out)
-    return Path(out)
+    return Path(save_model(out, model.eval(), processor))
 
 
 def measure(model_dir, drop, batch_sizes=(1, 4, 64), min_iters=20, min_seconds=3.0, warmup=3, max_new_tokens=4,

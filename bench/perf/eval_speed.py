@@ -26,11 +26,11 @@ from PIL import Image
 from ...models.adapter import get_adapter
 from ..evaluate import evaluate
 from ...data.samples import Sample
+from .models import random_model, text, vision
 
 VIT_S = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 12, "num_attention_heads": 6}
-SMALL_LM = {"model_type": "llama", "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 16,
-            "num_attention_heads": 12, "num_key_value_heads": 4, "max_position_embeddings": 1024,
-            "tie_word_embeddings": False}
+SMALL_LM = {"hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 12,
+            "num_key_value_heads": 4, "max_position_embeddings": 1024}
 
 
 def synthetic_samples(count, seed=0, size=96):
@@ -51,27 +51,9 @@ def synthetic_samples(count, seed=0, size=96):
 
 def small_model(seed=0):
     """``(model, processor)``: three ViT-S-sized encoders (CLIP/SigLIP 16 px patches, DINOv2 14), ~100M Llama."""
-    from ...models.configuration_encslim import EncslimConfig
-    from ...models.modeling_encslim import EncslimForConditionalGeneration
-    from ...models.processing_encslim import EncslimProcessor
-    from ...models.tokenizer import build_tokenizer
-
-    tokenizer = build_tokenizer()
-    encoders = [
-        {"name": "clip", "vision_config": {"model_type": "clip_vision_model", **VIT_S, "patch_size": 16}, "image_size": 224},
-        {"name": "siglip", "vision_config": {"model_type": "siglip_vision_model", **VIT_S, "patch_size": 16},
-         "image_size": 224},
-        {"name": "dinov2", "vision_config": {"model_type": "dinov2", **VIT_S, "patch_size": 14}, "image_size": 224},
-    ]
-    text = dict(SMALL_LM, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    config = EncslimConfig(text_config=text, encoders=encoders,
-                           fusion={"type": "channel_concat", "projector": "linear_first", "grid": 8},
-                           image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    model = EncslimForConditionalGeneration(config).eval()
-    return model, EncslimProcessor.from_config(tokenizer, config)
+    encoders = {name: (vision(name, **VIT_S, patch_size=patch), 224)
+                for name, patch in (("clip", 16), ("siglip", 16), ("dinov2", 14))}
+    return random_model(encoders, text(**SMALL_LM), grid=8, seed=seed)
 
 
 def compare(model, processor, samples, mask_mode="zero", batch_size=4, max_new_tokens=4):

@@ -22,57 +22,29 @@ import statistics
 import tempfile
 from pathlib import Path
 
-SCALES = {
-    "tiny": {"vit": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
-             "vit_size": 32, "convnext": {"hidden_sizes": [16, 32], "depths": [1, 1]}, "conv_size": 64,
-             "llm": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}},
+from . import models
+from .models import text, vision
+
+SCALES = {  # sizes over those of encslim.models.tiny ("tiny": those sizes as they are)
+    "tiny": {"vit": {}, "vit_size": 32, "convnext": {}, "conv_size": 64, "llm": {}},
     "small": {"vit": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4},
               "vit_size": 64, "convnext": {"hidden_sizes": [64, 128], "depths": [2, 2]}, "conv_size": 128,
               "llm": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4}},
 }
 FOUR = ("clip", "siglip", "dinov2", "convnext")
 TWO = ("siglip", "convnext")
-VIT_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model", "dinov2": "dinov2"}
 
 
-def build_config(encoders, scale):
-    """An ``EncslimConfig`` (channel concat, class A1) with ``encoders`` at ``scale``; plus its tokenizer."""
-    from encslim.models.configuration_encslim import EncslimConfig
-    from encslim.models.tokenizer import build_tokenizer
-
-    spec, tokenizer = SCALES[scale], build_tokenizer()
-    encs = []
-    for name in encoders:
-        if name == "convnext":
-            vision = {"model_type": "convnext", "num_stages": len(spec["convnext"]["hidden_sizes"]), "patch_size": 4,
-                      **spec["convnext"]}
-            encs.append({"name": name, "vision_config": vision, "image_size": spec["conv_size"]})
-        else:
-            vision = {"model_type": VIT_TYPES[name], "patch_size": 8, **spec["vit"]}
-            encs.append({"name": name, "vision_config": vision, "image_size": spec["vit_size"]})
-    text = {"model_type": "llama", "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
-            "tie_word_embeddings": False, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, **spec["llm"]}
-    config = EncslimConfig(text_config=text, encoders=encs, fusion={"type": "channel_concat", "grid": 4},
-                           image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return config, tokenizer
+def scale_encoders(encoders, scale):
+    """``{slot: (vision_config, image_size)}`` of ``encoders`` at ``scale`` (ViTs with 8 px patches)."""
+    spec = SCALES[scale]
+    return {name: (vision(name, **spec["convnext"]), spec["conv_size"]) if name == "convnext"
+            else (vision(name, patch_size=8, **spec["vit"]), spec["vit_size"]) for name in encoders}
 
 
 def write_model(folder, encoders, scale, seed=0):
-    """Save a random model with ``encoders`` to ``folder``; return the folder."""
-    import torch
-
-    from encslim.models.modeling_encslim import EncslimForConditionalGeneration
-    from encslim.models.native import register_auto_classes
-    from encslim.models.processing_encslim import EncslimProcessor
-
-    register_auto_classes()
-    config, tokenizer = build_config(encoders, scale)
-    torch.manual_seed(seed)
-    EncslimForConditionalGeneration(config).save_pretrained(folder)
-    EncslimProcessor.from_config(tokenizer, config).save_pretrained(folder)
-    return folder
+    """Save a random model (channel concat, class A1) with ``encoders`` at ``scale`` to ``folder``; return it."""
+    return models.write_model(folder, scale_encoders(encoders, scale), text(**SCALES[scale]["llm"]), seed=seed)
 
 
 def synthetic_samples(n, seed=0):

@@ -21,34 +21,18 @@ import tempfile
 import time
 from pathlib import Path
 
-SMALL_TEXT = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
-              "num_attention_heads": 8, "num_key_value_heads": 4, "max_position_embeddings": 1024,
-              "tie_word_embeddings": False}
+from .models import text, vision, write_model
+
+SMALL_TEXT = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
+              "num_key_value_heads": 4, "max_position_embeddings": 1024}
 SMALL_VIT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
              "patch_size": 8}
 
 
 def small_model(out):
     """Write a small random native model (clip + dinov2 at 64 px, channel concat on an 8x8 grid)."""
-    import torch
-
-    from encslim.models.configuration_encslim import EncslimConfig
-    from encslim.models.modeling_encslim import EncslimForConditionalGeneration
-    from encslim.models.processing_encslim import EncslimProcessor
-    from encslim.models.tokenizer import build_tokenizer
-
-    tok = build_tokenizer()
-    encoders = [{"name": n, "vision_config": dict(SMALL_VIT, model_type=t), "image_size": 64}
-                for n, t in (("clip", "clip_vision_model"), ("dinov2", "dinov2"))]
-    config = EncslimConfig(text_config=dict(SMALL_TEXT, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                                            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id),
-                           encoders=encoders, fusion={"type": "channel_concat", "grid": 8},
-                           image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id,
-                           eos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    EncslimForConditionalGeneration(config).save_pretrained(out)
-    EncslimProcessor.from_config(tok, config).save_pretrained(out)
-    return out
+    encoders = {name: (vision(name, **SMALL_VIT), 64) for name in ("clip", "dinov2")}
+    return write_model(out, encoders, text(**SMALL_TEXT), grid=8)
 
 
 def interleaved(calls, warmup=3, min_iters=20, min_seconds=2.0):

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .models import build_config, saved_shapes, text, vision
+
 CHILD = """
 import json, sys, time
 start = time.perf_counter()
@@ -43,28 +45,20 @@ print(json.dumps({"import_s": imported - start, "surgery_s": done - imported,
 
 def synthetic_config(layers):
     """A native A1 config: 3 x CLIP-L/14 (224 px) + a Llama with ``layers`` layers of width 2560."""
-    from encslim.models.configuration_encslim import EncslimConfig
-
-    clip_l = {"model_type": "clip_vision_model", "hidden_size": 1024, "intermediate_size": 4096,
-              "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14, "image_size": 224}
-    text = {"model_type": "llama", "hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": layers,
-            "num_attention_heads": 20, "num_key_value_heads": 20, "vocab_size": 32000,
-            "tie_word_embeddings": False}
-    encoders = [{"name": n, "vision_config": dict(clip_l), "image_size": 224} for n in ("clip", "siglip", "dinov2")]
-    return EncslimConfig(text_config=text, encoders=encoders, image_token_id=3,
-                         fusion={"type": "channel_concat", "projector": "linear_first", "grid": 16})
+    clip_l = vision("clip", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                    patch_size=14, image_size=224)
+    llm = text(hidden_size=2560, intermediate_size=6912, num_hidden_layers=layers, num_attention_heads=20,
+               num_key_value_heads=20, vocab_size=32000, max_position_embeddings=2048)
+    return build_config({n: (clip_l, 224) for n in ("clip", "siglip", "dinov2")}, llm, grid=16, image_token_id=3)
 
 
 def write_synthetic(folder, layers, seed=0):
     """Write config.json and random bf16 shards (1 GB each) of the saved native layout; returns bytes."""
-    from encslim.models.native import register_auto_classes
     from encslim.prune.checkpoint import OutTensor, write_checkpoint
-    from encslim.prune.verify import expected_layouts
 
-    register_auto_classes()
     config = synthetic_config(layers)
     config.save_pretrained(folder)
-    shapes, _ = expected_layouts(config)[0]
+    shapes = saved_shapes(config)
     tensors = [OutTensor(k, "BF16", tuple(s), "copy") for k, s in shapes.items()]
     rng = np.random.default_rng(seed)
     pool = (rng.standard_normal(32 << 20, dtype=np.float32) * 0.02).view(np.uint16)[1::2].copy().view(np.uint8)
