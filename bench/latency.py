@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..models.masking import check_slot_names
+from ..models.masking import MaskMode, check_slot_names
 from . import stats
 
 logger = logging.getLogger(__name__)
 
 BENCH_QUESTION = "What is shown in the image? Answer the question using a single word or phrase."
-MASK_RUN_MODES = ("zero", "removal")
+MASK_RUN_MODES = (MaskMode.ZERO.value, MaskMode.REMOVAL.value)
 
 
 @dataclass(frozen=True)

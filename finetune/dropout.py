@@ -21,7 +21,9 @@ import hashlib
 
 import torch
 
-PER_SAMPLE_CLASSES = ("A1", "A2")
+from ..models.masking import FusionClass
+
+PER_SAMPLE_CLASSES = (FusionClass.A1, FusionClass.A2)
 
 
 def batch_seed(seed, epoch, indices):

@@ -16,6 +16,8 @@ cross_attention      its own K/V projections under learnable queries      C
 
 from transformers import AutoConfig, PretrainedConfig
 
+from .masking import FusionClass
+
 FUSION_TYPES = ("channel_concat", "sequence_concat", "cross_attention")
 PROJECTORS = ("linear_first", "layernorm_first")
 CLS_MODES = ("drop", "keep")
@@ -170,11 +172,11 @@ class EncslimConfig(PretrainedConfig):
 
     @property
     def fusion_class(self):
-        """DESIGN §1 class: A1, A2, B or C."""
+        """DESIGN §1 class: :class:`FusionClass` A1, A2, B or C."""
         fusion = self.fusion["type"]
         if fusion == "channel_concat":
-            return "A1" if self.fusion.get("projector") == "linear_first" else "A2"
-        return "B" if fusion == "sequence_concat" else "C"
+            return FusionClass.A1 if self.fusion.get("projector") == "linear_first" else FusionClass.A2
+        return FusionClass.B if fusion == "sequence_concat" else FusionClass.C
 
     def encoder(self, name):
         for enc in self.encoders:

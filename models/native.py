@@ -168,11 +168,11 @@ def removal_plan(config, drop):
     fusion = FusionClass(config.fusion_class)
     deletes = [Delete(f"vision_towers.{s}.", s) for s in drop]
     slices, notes, exact = [], [], True
-    if fusion in ("A1", "A2"):
+    if fusion in (FusionClass.A1, FusionClass.A2):
         dims = {s: config.slot_feature_dim(s) for s in slots}
         keep, removed = _channel_ranges(slots, dims, drop)
         size = sum(dims.values())
-        if fusion == "A1":
+        if fusion == FusionClass.A1:
             slices.append(Slice("fusion.projector.0.weight", 1, size, keep, removed))
         else:
             slices += [Slice("fusion.projector.0.weight", 0, size, keep, removed),
@@ -181,15 +181,15 @@ def removal_plan(config, drop):
             exact = False
             notes.append("A2 (LayerNorm-first projector): the LayerNorm now normalises over fewer "
                          "channels, so the pruned model only approximates the masked one; fine-tune it")
-    elif fusion == "B":
+    elif fusion == FusionClass.B:
         deletes += [Delete(f"fusion.projectors.{s}.", s) for s in drop]
         notes.append(f"B: {sum(config.slot_num_tokens(s) for s in drop)} fewer image tokens per image")
-    elif fusion == "C":
+    elif fusion == FusionClass.C:
         deletes += [Delete(f"fusion.{proj}.{s}.", s) for s in drop for proj in ("k_proj", "v_proj")]
     else:  # pragma: no cover - the config validates its fusion type
         raise PlanError(f"fusion class {fusion} has no removal rule")
     processor_ops = [{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}]
-    if fusion == "B":
+    if fusion == FusionClass.B:
         processor_ops += [{"op": "delete", "path": f"image_tokens.{s}", "optional": True} for s in drop]
     return RemovalPlan(
         model_type="encslim", fusion_class=fusion.value, slots=slots, drop=drop, delete_keys=deletes,
@@ -231,7 +231,7 @@ def llava_blockers(config, kept=None):
     if vision.model_type not in LLAVA_BACKBONES:
         reasons.append(f"slot '{slot}' is a {vision.model_type} backbone; LLaVA needs CLIP or SigLIP "
                        f"({', '.join(LLAVA_BACKBONES)})")
-    if config.fusion_class not in ("A1", "B"):
+    if config.fusion_class not in (FusionClass.A1, FusionClass.B):
         reasons.append(f"fusion class {config.fusion_class} ({config.fusion['type']}"
                        f"{', ' + config.fusion['projector'] if 'projector' in config.fusion else ''}) is not "
                        f"LLaVA's Linear-GELU-Linear projector (class A1 linear_first, or class B)")

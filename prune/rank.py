@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from ..files import RANKING_NAME
+from ..models.masking import MaskMode
 from .importance import OVERALL
 from .rank_cache import RECORDS_FILE, RankKeys, ScoreTable, read_records, records_file
 from .rank_compute import compute_ranking
@@ -29,7 +30,7 @@ from .subsets import greedy_elimination, mask_sets
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-MASK_MODES = ("removal", "zero")
+MASK_MODES = (MaskMode.REMOVAL.value, MaskMode.ZERO.value)  # the masks a ranking measures
 DEFAULT_GREEDY_PERMUTATIONS = 16
 DEFAULT_FEATURE_MEMORY_GB = 4.0
 
