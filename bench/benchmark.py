@@ -7,13 +7,16 @@ evaluates accuracy when data is given, compares every variant with the full mode
 writes ``bench.json``, ``bench.md`` and the plots into an output folder atomically.
 """
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..files import atomic_output_dir, check_output_path
 from . import compare, costs, latency, memory
 from .environment import attn_implementation, environment
+from .report import write_report
 from .timing import make_timer
 
 logger = logging.getLogger(__name__)
@@ -174,8 +177,6 @@ def describe(loaded, settings):
 
 class _Null:
     def stage(self, name):
-        import contextlib
-
         return contextlib.nullcontext()
 
 
@@ -258,8 +259,6 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
     Raises:
         ConfigError, ModelLoadError, DataError, OutputExistsError: bad input.
     """
-    from ..files import atomic_output_dir, check_output_path
-    from .report import write_report
 
     settings = (settings or BenchSettings()).validate()
     specs = build_specs(full, variants, masks, mask_skip, names)

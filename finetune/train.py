@@ -38,12 +38,15 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_output_dir, check_output_path, sha256_file
+from ..provenance import write_manifest
 from .callbacks import DropoutEpoch, LossLog, ProgressBar, plot_loss, read_log
 from .config import FinetuneConfig
 from .saving import check_saved, expected_saved
@@ -134,8 +137,6 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
 
 
 def _fields(config):
-    from dataclasses import fields
-
     return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
@@ -208,8 +209,6 @@ def _stage(ds_config):
 
 
 def _progress(config):
-    import sys
-
     return config.progress if config.progress is not None else sys.stderr.isatty()
 
 
@@ -316,7 +315,6 @@ def _write_output(final, work, out, overwrite, model_path, paths, config, info):
 
 
 def _manifest(folder, model_path, summary):
-    from ..provenance import write_manifest
 
     verification = {"saved_weights": "complete", **({"merge": summary["merge"]} if summary["merged"] else {})}
     brief = {k: summary[k] for k in ("steps", "samples", "loss_first", "loss_last", "merged", "deepspeed", "data")}

@@ -18,14 +18,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bench.evaluate import RecordKeys, evaluate
+from ..bench.features import FeatureStore
+from ..bench.records import RecordStore
+from ..data.load import load_samples
+from ..data.samples import Sample
 from ..errors import ConfigError, DataError
-from ..files import RANKING_NAME
+from ..files import RANKING_NAME, atomic_output_dir, check_output_path
+from ..models.loading import load_model
 from ..models.masking import MaskMode
 from .importance import OVERALL
 from .rank_cache import RECORDS_FILE, RankKeys, ScoreTable, read_records, records_file
-from .rank_compute import compute_ranking
+from .rank_compute import check_ranking, compute_ranking
 from .shapley import is_complete, permutation_coalitions, sample_permutations
-from .subsets import greedy_elimination, mask_sets
+from .subsets import MODES, greedy_elimination, mask_sets, slot_costs
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +128,7 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
     model, processor, adapter, model_path = _load(model_or_path, device, dtype)
     samples, data_paths = _samples(data, categories)
     if evaluator is None:
-        from ..bench.evaluate import evaluate as evaluator
+        evaluator = evaluate
     sources = [Path(p) for p in (cache, out) if p is not None and Path(p).exists()]
     previous = read_records(sources)  # read before the output folder is replaced
     loaded = (model, processor, adapter)
@@ -136,8 +142,6 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
     if out is None:
         _reuse(table, previous, sources)
         return _finish(_run(runner, **options), runner, start)
-    from ..bench.records import RecordStore
-    from ..files import atomic_output_dir
 
     inputs = [p for p in [model_path, *data_paths] if p is not None]
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
@@ -153,7 +157,6 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
 
 
 def _check_out(out, overwrite, model_or_path, data):
-    from ..files import check_output_path
 
     named = [] if isinstance(model_or_path, (tuple, list)) else [model_or_path]
     named += [d for d in ([data] if isinstance(data, (str, Path)) else data) if isinstance(d, (str, Path))]
@@ -180,7 +183,6 @@ def _reuse(table, previous, sources):
 def _record_keys(evaluator, loaded, samples, max_new_tokens):
     """The keys the table finds its scores under: the project evaluator's own record keys, so its
     records are the cache, or for another evaluator keys naming it (``rank`` writes its records)."""
-    from ..bench.evaluate import RecordKeys, evaluate
 
     func, keywords = evaluator, {}
     if isinstance(evaluator, functools.partial) and not evaluator.args:
@@ -193,7 +195,6 @@ def _record_keys(evaluator, loaded, samples, max_new_tokens):
 
 def _feature_store(feature_memory_gb):
     """The run's feature store (``None``: none, each evaluator call encodes its own batches)."""
-    from ..bench.features import FeatureStore
 
     if feature_memory_gb is None:
         return FeatureStore(max_bytes=None)
@@ -212,7 +213,6 @@ def _accepts(function, name):
 
 
 def _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations):
-    from .subsets import MODES
 
     if subsets not in MODES:
         raise ConfigError(f"--subsets '{subsets}' unknown; use one of {', '.join(MODES)}")
@@ -248,7 +248,6 @@ def _load(model_or_path, device, dtype):
             raise ConfigError("pass a model folder or a (model, processor, adapter) triple")
         model, processor, adapter = model_or_path
         return model, processor, adapter, None
-    from ..models.loading import load_model
 
     model, processor, adapter = load_model(model_or_path, device=device, dtype=dtype)
     return model, processor, adapter, Path(model_or_path)
@@ -256,7 +255,6 @@ def _load(model_or_path, device, dtype):
 
 def _samples(data, categories):
     """``(samples, data paths)``; samples filtered by ``categories``."""
-    from ..data.samples import Sample
 
     if isinstance(data, (str, Path)):
         data = [data]
@@ -264,7 +262,6 @@ def _samples(data, categories):
     if data and all(isinstance(d, Sample) for d in data):
         samples, paths = data, []
     else:
-        from ..data.load import load_samples
 
         paths = [Path(d) for d in data]
         samples = load_samples(paths)
@@ -341,7 +338,6 @@ def _run(runner, subsets, shapley_permutations, seed, bootstrap, alpha, latency_
     if not is_complete(slots, kept_table) and shapley_permutations > 0:
         perms = sample_permutations(slots, shapley_permutations, seed)
         runner.ensure([frozenset(slots) - kept for kept in permutation_coalitions(perms)])
-    from .subsets import slot_costs
 
     evaluated = runner.table.evaluated()
     scores = {m: runner.table.array(m) for m in evaluated}
@@ -397,7 +393,6 @@ def load_ranking(dir_or_file):
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON ({err}); rerun `encslim rank`") from err
-    from .rank_compute import check_ranking
 
     problems = check_ranking(data, SCHEMA_VERSION)
     if problems:
