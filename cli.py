@@ -5,6 +5,7 @@ only when invoked, so ``encslim --help`` never imports torch. User errors
 (:class:`encslim.errors.EncslimError`) become one line on stderr and exit code 2.
 """
 
+import difflib
 import logging
 import os
 import sys
@@ -46,6 +47,62 @@ SHORT_HELP = {
 }
 
 
+# command (or "group sub-command") -> its arguments that name a model folder; each accepts ``demo``
+# (the shipped demo model, as in recipes), resolved by encslim.demo.assets.resolve_model_arg
+MODEL_ARGUMENTS = {
+    "inspect": ("model_dir",),
+    "eval": ("model",),
+    "rank": ("model_dir",),
+    "prune": ("model",),
+    "bench": ("full", "variants"),
+    "finetune train": ("model_dir",),
+    "export": ("model_dir",),
+}
+
+
+def did_you_mean(name, choices):
+    """`` Did you mean 'x'?`` for the closest of ``choices`` to ``name`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+
+
+class DemoModelPath(click.ParamType):
+    """A model-folder argument that also accepts ``demo``: wraps the argument's own type (checks
+    such as ``exists`` run on the resolved path)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = getattr(inner, "name", "path")
+
+    def convert(self, value, param, ctx):
+        from .demo.assets import resolve_model_arg
+
+        try:
+            value = resolve_model_arg(value)
+        except EncslimError as err:
+            self.fail(str(err), param, ctx)
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, *args, **kwargs):
+        return self.inner.get_metavar(*args, **kwargs)
+
+
+def accept_demo(command, path):
+    """Let the model arguments of ``command`` (named ``path`` in :data:`MODEL_ARGUMENTS`) take ``demo``."""
+    if getattr(command, "_encslim_accepts_demo", False):
+        return command
+    names = MODEL_ARGUMENTS.get(path, ())
+    for param in command.params:
+        if isinstance(param, click.Argument) and param.name in names and not isinstance(param.type, DemoModelPath):
+            param.type = DemoModelPath(param.type)
+    for sub_name, sub in getattr(command, "commands", {}).items():
+        accept_demo(sub, f"{path} {sub_name}")
+    command._encslim_accepts_demo = True
+    return command
+
+
 class LazyGroup(click.Group):
     """A click group whose sub-commands are imported when used, not at start-up."""
 
@@ -57,7 +114,14 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return getattr(import_module(module), attr)
+        return accept_demo(getattr(import_module(module), attr), name)
+
+    def resolve_command(self, ctx, args):
+        name = click.utils.make_str(args[0]) if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS and not ctx.resilient_parsing:
+            ctx.fail(f"No such command '{name}'.{did_you_mean(name, COMMANDS)} "
+                     f"Commands: {', '.join(sorted(COMMANDS))}.")
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx, formatter):
         """List sub-commands from SHORT_HELP, without importing their modules."""
@@ -71,7 +135,11 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="encslim")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose):
-    """Find and remove redundant vision encoders in multi-encoder multimodal LLMs."""
+    """Find and remove redundant vision encoders in multi-encoder multimodal LLMs.
+
+    Every MODEL argument (inspect, eval, rank, prune, bench, finetune, export) also accepts
+    `demo`: the shipped demo model, as in recipes (`encslim inspect demo`).
+    """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:

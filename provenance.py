@@ -4,6 +4,12 @@ One writer for every stage (prune, finetune, export): :func:`write_manifest`. A 
 the source folder and the sha256 of its files, the removed and kept slots, the removal plan,
 the ranking/selection used, the verification result, the encslim and library versions, and
 the sha256 of every file written next to it, so any output can be traced and replayed.
+
+Lineage survives every stage: when the source folder holds a manifest, the new one inherits it.
+``origin`` is the original model the chain started from; ``lineage`` lists every stage (oldest
+first: stage, source, removed and kept slots, ranking, verification); ``removed_slots``
+accumulates over the chain (a finetune or export of a pruned model still names what prune
+removed), and ``plan`` and ``ranking`` are carried over when a stage has none of its own.
 """
 
 import json
@@ -60,7 +66,7 @@ def hash_folder(folder, known=None, skip=(MANIFEST_NAME,)):
 
 
 def write_manifest(out_dir, *, stage, source=None, removed=(), kept=(), plan=None, ranking=None,
-                   verification=None, extra=None, source_hashes=None, file_hashes=None):
+                   verification=None, extra=None, source_hashes=None, file_hashes=None, lineage_from=None):
     """Write ``encslim_manifest.json`` into ``out_dir`` and return its content.
 
     Call it last, once every other file of the output is written (it hashes them all).
@@ -77,26 +83,40 @@ def write_manifest(out_dir, *, stage, source=None, removed=(), kept=(), plan=Non
         extra: stage-specific details (a JSON-ready dict).
         source_hashes: source file hashes already computed (file name -> sha256), reused.
         file_hashes: output file hashes already computed (file name -> sha256), reused.
+        lineage_from: the folder whose manifest this output descends from (default: ``source``),
+            e.g. the adapter folder for a merge whose ``source`` is the base model; or that
+            manifest itself as a dict (a stage done in memory, as export's own removal).
 
     Returns:
         the manifest dict.
     """
     out_dir = Path(out_dir)
+    parent = (lineage_from if isinstance(lineage_from, dict)
+              else inherited_manifest(lineage_from if lineage_from is not None else source))
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    removed_all = _unique([*(parent.get("removed_slots") or []), *removed])
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "stage": stage,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
         "source": None,
-        "removed_slots": list(removed),
+        "origin": None,
+        "removed_slots": removed_all,
         "kept_slots": list(kept),
-        "plan": plan,
-        "ranking": ranking,
+        "plan": plan if plan is not None else parent.get("plan"),
+        "ranking": ranking if ranking is not None else parent.get("ranking"),
         "verification": verification,
         "versions": library_versions(),
     }
     if source is not None:
         source = Path(source).resolve()
         manifest["source"] = {"path": str(source), "files": hash_folder(source, source_hashes)}
+    manifest["origin"] = parent.get("origin") or _origin(parent, manifest["source"])
+    manifest["lineage"] = [*(parent.get("lineage") or _legacy_lineage(parent)), {
+        "stage": stage, "created": created, "source": str(source) if source is not None else None,
+        "removed_slots": list(removed), "kept_slots": list(kept), "ranking": ranking,
+        "verification": verification,
+    }]
     if extra:
         manifest.update({k: v for k, v in extra.items() if k not in manifest})
     manifest["files"] = hash_folder(out_dir, file_hashes)
@@ -104,6 +124,102 @@ def write_manifest(out_dir, *, stage, source=None, removed=(), kept=(), plan=Non
     (out_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")
     logger.info("wrote %s", out_dir / MANIFEST_NAME)
     return json.loads(text)
+
+
+def inherited_manifest(folder):
+    """The manifest of ``folder`` to inherit lineage from: ``{}`` when there is none (an original model).
+
+    A folder whose manifest cannot be read is treated as an original model, with a warning.
+    """
+    if folder is None or not (Path(folder) / MANIFEST_NAME).is_file():
+        return {}
+    try:
+        manifest = read_manifest(folder)
+    except ModelLoadError as err:
+        logger.warning("lineage of %s not carried over: %s", folder, err)
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def lineage_text(manifest):
+    """One line per stage of a manifest's lineage, oldest first: what it did and how it was checked."""
+    lines = []
+    for entry in manifest.get("lineage") or []:
+        text = f"{entry.get('stage')}"
+        if entry.get("removed_slots"):
+            text += f": removed {', '.join(entry['removed_slots'])}"
+        if entry.get("kept_slots"):
+            text += f"{';' if entry.get('removed_slots') else ':'} kept {', '.join(entry['kept_slots'])}"
+        ranking = entry.get("ranking")
+        if isinstance(ranking, dict) and (ranking.get("policy") or ranking_path(ranking)):
+            text += f"; chosen by policy {ranking.get('policy') or 'ranking'}"
+            if ranking_path(ranking):
+                text += f" from {ranking_path(ranking)}"
+        status = verification_status(entry.get("verification"))
+        if status:
+            text += f"; verification {status}"
+        lines.append(text)
+    return lines
+
+
+def ranking_path(ranking):
+    """The ranking file a manifest's ``ranking`` record names (``ranking`` or ``details.ranking``, as
+    :class:`encslim.prune.select.Selection` records it), or ``None``."""
+    if isinstance(ranking, str):
+        return ranking or None
+    if not isinstance(ranking, dict):
+        return None
+    found = ranking.get("ranking") or (ranking.get("details") or {}).get("ranking")
+    return found if isinstance(found, str) and found else None
+
+
+def verification_status(verification):
+    """``passed`` / ``FAILED`` / ``skipped`` / ``recorded`` for a stage's verification dict, or ``None``."""
+    if not isinstance(verification, dict) or not verification:
+        return None
+    if verification.get("skipped"):
+        return f"skipped ({verification.get('reason', 'no reason recorded')})"
+    if "passed" in verification:
+        status = {True: "passed", False: "FAILED"}.get(verification["passed"], "reported")
+        if isinstance(verification.get("max_abs_diff"), (int, float)):
+            status += f" (max |logit diff| {verification['max_abs_diff']:.2g}"
+            if isinstance(verification.get("tolerance"), (int, float)):
+                status += f", tolerance {verification['tolerance']:g}"
+            status += ")"
+        return status
+    records = verification.get("export")
+    if isinstance(records, list) and records:
+        return "passed" if all(r.get("matched") for r in records) else "FAILED"
+    parts = []
+    if verification.get("saved_weights"):
+        parts.append(f"saved weights {verification['saved_weights']}")
+    merge = verification.get("merge") if isinstance(verification.get("merge"), dict) else verification
+    if isinstance(merge.get("max_abs_logit_diff"), (int, float)):
+        parts.append(f"merged logits within {merge['max_abs_logit_diff']:.2g} of base + adapter")
+    return ", ".join(parts) or "recorded"
+
+
+def _unique(items):
+    return list(dict.fromkeys(items))
+
+
+def _origin(parent, source):
+    """The original model of a chain: the parent's source when the parent predates ``origin``, else ``source``."""
+    if parent:
+        recorded = parent.get("source")
+        return {"path": recorded.get("path")} if isinstance(recorded, dict) else None
+    return {"path": source["path"]} if source else None
+
+
+def _legacy_lineage(parent):
+    """A one-entry lineage for a parent manifest written before ``lineage`` existed."""
+    if not parent:
+        return []
+    source = parent.get("source")
+    return [{"stage": parent.get("stage"), "created": parent.get("created"),
+             "source": source.get("path") if isinstance(source, dict) else None,
+             "removed_slots": list(parent.get("removed_slots") or []), "kept_slots": list(parent.get("kept_slots") or []),
+             "ranking": parent.get("ranking"), "verification": parent.get("verification")}]
 
 
 def read_manifest(folder):

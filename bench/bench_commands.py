@@ -36,7 +36,7 @@ def parse_batch_sizes(text):
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", default="float32", show_default=True,
               type=click.Choice(["float32", "bfloat16", "float16"]))
-@click.option("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--threads", type=int, default=None, help="torch CPU threads (default: the free cores, or ENCSLIM_THREADS; printed in bench.json).")
 @click.option("--no-memory", is_flag=True, help="Skip the per-model peak memory subprocesses.")
 @click.option("--eval-batch-size", default=8, show_default=True, type=int)
 @click.option("--limit", type=int, default=None, help="Evaluate at most this many samples.")
@@ -48,14 +48,10 @@ def bench_cmd(full, variants, data, out, batch_sizes, max_new_tokens, min_iters,
     Models are measured interleaved (A B A B ...); speedups are ratios to FULL. Writes
     bench.json, bench.md, latency_breakdown.png and (with --data) accuracy_vs_latency.png.
     """
-    import torch
-
+    from ..runtime import configure_threads
     from .benchmark import BenchSettings, run_bench
 
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    configure_threads(threads)
     settings = BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), max_new_tokens=max_new_tokens,
                              warmup=warmup, min_iters=min_iters, min_seconds=min_seconds, device=device,
                              dtype=dtype, memory=not no_memory, eval_batch_size=eval_batch_size, limit=limit)
@@ -65,14 +61,6 @@ def bench_cmd(full, variants, data, out, batch_sizes, max_new_tokens, min_iters,
 
 
 def _echo_summary(report, out):
-    batch = str(report["settings"]["batch_sizes"][0])
-    click.echo(f"{'model':40s} {'vision ms':>10s} {'e2e ms':>10s} {'speedup':>8s}  flag")
-    by_name = {c["model"]: c for c in report["comparisons"] if str(c["batch_size"]) == batch}
-    for m in report["models"]:
-        st = m["latency"][batch]["stages"]
-        comp = by_name.get(m["name"])
-        speed = comp["speedup"]["end_to_end"] if comp else 1.0
-        flag = "" if comp is None else ("FLAGGED" if comp["flagged"] else "ok")
-        click.echo(f"{m['name'][:40]:40s} {st['vision']['mean']:10.3f} {st['end_to_end']['mean']:10.3f} "
-                   f"{speed:7.2f}x  {flag}")
-    click.echo(f"batch size {batch}; report in {out}/bench.md")
+    from .report import render_console
+
+    click.echo(render_console(report, out))

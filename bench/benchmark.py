@@ -188,7 +188,8 @@ def evaluate_accuracy(loaded, samples, settings):
     mask_set = frozenset(spec.masked)
     result = evaluate(loaded.model, loaded.processor, loaded.adapter, samples, mask_sets=[mask_set],
                       mask_mode=spec.mask_mode if spec.masked else "removal",
-                      batch_size=settings.eval_batch_size, max_new_tokens=settings.eval_max_new_tokens)
+                      batch_size=settings.eval_batch_size, max_new_tokens=settings.eval_max_new_tokens,
+                      progress=None)  # a bar on a terminal only
     return result.accuracy(mask_set)
 
 

@@ -97,6 +97,9 @@ def eval_cmd(model, data, masks, mask_mode, skip_bad, max_new_tokens, batch_size
     out = prepare_output(out, overwrite, [model, *data])
     samples = load_samples(list(data), skip_bad=skip_bad)
     rank, _ = distributed.init_from_env()
+    from ..runtime import configure_threads
+
+    configure_threads()  # the free cores (ENCSLIM_THREADS overrides)
     net, processor, adapter = load_model(model, device=_device(device), dtype=dtype)
     slots = adapter.slot_names(net.config)
     mask_sets = normalize_mask_sets(slots, parse_mask_sets(masks), mask_mode)

@@ -25,6 +25,20 @@ def _version(module_name):
     return getattr(module, "__version__", None)
 
 
+def _threads(torch_threads):
+    """How the torch thread count was chosen (:func:`encslim.runtime.configure_threads`): the count,
+    its source (``requested``, ``ENCSLIM_THREADS``, ``OMP_NUM_THREADS``, ``auto``, ``not configure_threads``
+    when nothing configured it), the usable CPUs and the 1-minute load average at the choice."""
+    from ..runtime import available_cpus, thread_choice
+
+    choice = thread_choice()
+    if choice is None or choice["threads"] != torch_threads:  # never configured, or changed since
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        choice = {"source": "not configure_threads" if choice is None else "set directly", "cpus": available_cpus(),
+                  "load_1min": None if load is None else round(load, 2)}
+    return {**choice, "threads": torch_threads}
+
+
 def environment(device, dtype, attn_implementations=()):
     """Device, library versions, dtype, threads and attention implementation.
 
@@ -51,6 +65,7 @@ def environment(device, dtype, attn_implementations=()):
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "threads": _threads(torch.get_num_threads()),
         "dtype": dtype,
         "attn_implementation": sorted(set(attn_implementations)),
         "python": sys.version.split()[0],

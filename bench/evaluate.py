@@ -78,7 +78,8 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
         max_new_tokens: generation budget for open questions (and MCQ in ``generate`` mode).
         records_path: JSONL file of per-sample records; existing matching records are reused.
         mask_values: ``{slot: tensor (D,)}`` for ``mean`` mode (see ``features.mean_features``).
-        progress: show a progress bar (rank 0 only).
+        progress: show a progress bar over samples x mask sets (rank 0 only, on a terminal only;
+            ``None`` as ``True``).
         mcq_mode: ``logits`` (choose by the options' first-token logits) or ``generate``.
         prompt_styles: ``{dataset: PromptStyle}`` overriding the default prompt per data set.
         feature_cache: encode once per sample (True) or run the full model per mask set (False).
@@ -112,10 +113,12 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
     with counting_encoder_passes(model, adapter) as counter:
         run.counter, run.rank = counter, rank
         batches = _batches(shard, batch_size, mcq_mode)
-        for batch in _progress(batches, progress and rank == 0):
-            records = _run_batch(run, batch, done)
-            store.append(records)
-            new_records.extend(records)
+        with _progress(batches, len(mask_sets), (progress is None or bool(progress)) and rank == 0) as bar:
+            for batch in batches:
+                records = _run_batch(run, batch, done)
+                store.append(records)
+                new_records.extend(records)
+                bar.update(len(batch) * len(mask_sets))
     with_images = sum(1 for it in shard if it.sample.image is not None)
     gathered = distributed.all_gather((new_records, counter.passes, len(shard), with_images))
     all_new = [r for part in gathered for r in part[0]]
@@ -326,9 +329,10 @@ def _result(items, records, mask_sets, mask_mode, passes, evaluated, total):
                       encoder_passes=passes, mask_mode=mask_mode, evaluated=evaluated, encoder_passes_total=total)
 
 
-def _progress(batches, enabled):
-    if not enabled:
-        return batches
-    from tqdm.auto import tqdm
+def _progress(batches, n_mask_sets, enabled):
+    """A bar over (sample, mask set) pairs, drawn only on a terminal (see :mod:`encslim.runtime`)."""
+    from ..runtime import progress_bar
 
-    return tqdm(batches, desc="evaluate", unit="batch", disable=None)  # off without a TTY
+    total = sum(len(b) for b in batches) * n_mask_sets
+    return progress_bar(total=total, desc=f"evaluate {n_mask_sets} mask set{'s' if n_mask_sets != 1 else ''}",
+                        unit="eval", progress=enabled, leave=False)

@@ -206,22 +206,33 @@ def run_interleaved(models, batch_size, settings, timer):
         :class:`Measurement`: per model the ``{stage: ms}`` of each measured round, the names in
         the order they were measured (warm-up excluded), and the wall-clock seconds per model.
     """
+    from ..runtime import progress_bar
+
     batches = {m.name: m.batch(batch_size) for m in models}
-    for _ in range(settings.warmup):
-        for m in models:
-            run_iteration(m, batches[m.name], timer, settings.max_new_tokens)
-            timer.collect()
-    iterations = {m.name: [] for m in models}
-    spent = {m.name: 0.0 for m in models}
-    order, rounds = [], 0
-    while rounds < settings.max_iters and (rounds < settings.min_iters or min(spent.values()) < settings.min_seconds):
-        for m in models:
-            start = time.perf_counter()
-            run_iteration(m, batches[m.name], timer, settings.max_new_tokens)
-            iterations[m.name].append(timer.collect())
-            spent[m.name] += time.perf_counter() - start
-            order.append(m.name)
-        rounds += 1
+    # a bar over rounds (warm-up included) on a terminal; its total grows while min_seconds is unmet
+    bar = progress_bar(total=settings.warmup + settings.min_iters, desc=f"bench batch {batch_size}", unit="round",
+                       leave=False)
+    with bar:
+        for _ in range(settings.warmup):
+            for m in models:
+                run_iteration(m, batches[m.name], timer, settings.max_new_tokens)
+                timer.collect()
+            bar.update()
+        iterations = {m.name: [] for m in models}
+        spent = {m.name: 0.0 for m in models}
+        order, rounds = [], 0
+        while rounds < settings.max_iters and (
+                rounds < settings.min_iters or min(spent.values()) < settings.min_seconds):
+            if rounds >= settings.min_iters and bar.total is not None:
+                bar.total += 1  # more rounds to reach min_seconds
+            for m in models:
+                start = time.perf_counter()
+                run_iteration(m, batches[m.name], timer, settings.max_new_tokens)
+                iterations[m.name].append(timer.collect())
+                spent[m.name] += time.perf_counter() - start
+                order.append(m.name)
+            rounds += 1
+            bar.update()
     logger.info("batch size %d: %d rounds over %d models", batch_size, rounds, len(models))
     return Measurement(iterations, order, spent)
 

@@ -15,6 +15,7 @@ comparison`` (the variant's entry of ``comparisons`` at the first batch size; nu
 import json
 from pathlib import Path
 
+from .compare import FLAG_EFFICIENCY
 from .plots import plot_accuracy_vs_latency, plot_latency_breakdown
 
 JSON_NAME, MD_NAME = "bench.json", "bench.md"
@@ -161,6 +162,43 @@ def _environment_section(report):
     keys = ("device", "device_name", "dtype", "torch_threads", "omp_num_threads", "attn_implementation", "timer",
             "torch", "transformers", "encslim", "python", "platform", "timestamp")
     return ["## Environment", ""] + _table(["field", "value"], [[k, env.get(k)] for k in keys if k in env])
+
+
+def render_console(report, out=None):
+    """The terminal summary of ``encslim bench``: latency and speedup at every batch size, accuracy when
+    measured, and each flagged comparison with its reasons (the same as ``bench.md``, shorter)."""
+    lines = []
+    has_accuracy = any(m.get("accuracy") for m in report["models"])
+    for batch_size in report["settings"]["batch_sizes"]:
+        key = str(batch_size)
+        by_name = {c["model"]: c for c in report["comparisons"] if str(c["batch_size"]) == key}
+        lines.append(f"batch size {batch_size}")
+        lines.append(f"  {'model':38s} {'vision ms':>10s} {'e2e ms':>10s} {'speedup':>8s}  flag")
+        for m in report["models"]:
+            st = m["latency"][key]["stages"]
+            comp = by_name.get(m["name"])
+            speed = comp["speedup"]["end_to_end"] if comp else 1.0
+            flag = "" if comp is None else ("FLAGGED" if comp["flagged"] else "ok")
+            lines.append(f"  {m['name'][:38]:38s} {st['vision']['mean']:10.3f} {st['end_to_end']['mean']:10.3f} "
+                         f"{speed:7.2f}x  {flag}")
+    if has_accuracy:
+        full = report["models"][0].get("accuracy") or {}
+        lines.append("accuracy (overall)")
+        for m in report["models"]:
+            acc = (m.get("accuracy") or {}).get("overall")
+            if acc is None:
+                lines.append(f"  {m['name'][:38]:38s} {'-':>7s}")
+                continue
+            delta = "" if m is report["models"][0] or "overall" not in full else f"  ({acc - full['overall']:+.3f} vs full)"
+            lines.append(f"  {m['name'][:38]:38s} {acc:7.3f}{delta}")
+    flagged = [c for c in report["comparisons"] if c["flagged"]]
+    for c in flagged:
+        lines.append(f"FLAGGED {c['model']} (batch {c['batch_size']}): measured saving below "
+                     f"{100 * FLAG_EFFICIENCY:.0f} % of the FLOP prediction")
+        lines += [f"  - {reason}" for reason in c["reasons"]]
+    if out is not None:
+        lines.append(f"report in {out}/bench.md" + ("" if has_accuracy else " (no accuracy: pass --data)"))
+    return "\n".join(lines)
 
 
 def render_markdown(report):

@@ -5,6 +5,7 @@ from pathlib import Path
 from ..errors import ModelLoadError
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "model"
+DEMO_NAME = "demo"  # what a command line or a recipe writes for the shipped demo model
 
 
 def demo_model_path():
@@ -24,4 +25,18 @@ def demo_model_path():
     return DEMO_MODEL_DIR
 
 
-__all__ = ["DEMO_MODEL_DIR", "demo_model_path"]
+def resolve_model_arg(value):
+    """A model argument as given on the command line, with ``demo`` meaning the shipped demo model.
+
+    ``demo`` names the demo model unless the current folder holds a model folder called ``demo``
+    (one with a ``config.json``; write ``./demo`` to be explicit). Any other value is returned as it is.
+
+    Raises:
+        ModelLoadError: ``demo`` was given and the shipped demo model is missing.
+    """
+    if str(value) == DEMO_NAME and not (Path(DEMO_NAME) / "config.json").is_file():
+        return str(demo_model_path())
+    return value
+
+
+__all__ = ["DEMO_MODEL_DIR", "DEMO_NAME", "demo_model_path", "resolve_model_arg"]

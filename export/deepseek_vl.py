@@ -96,7 +96,8 @@ def _remove_then_export(source, drop, out, overwrite, max_shard_size, ranking, b
         gap = processor_gap(model, batch, logits, stock_batch)
         verification = _removal_verification(removed.adapter, model, batch, logits, plan, gap)
         # the card and manifest name the source as the source and carry the removal record
-        record = {"stage": REMOVAL_STAGE, "removed_slots": list(plan.drop), "kept_slots": plan.kept,
+        record = {"stage": REMOVAL_STAGE, "source": {"path": str(Path(source.path).resolve())},
+                  "removed_slots": list(plan.drop), "kept_slots": plan.kept,
                   "plan": plan.to_dict(), "ranking": None, "verification": verification}
         origin = Source(path=source.path, config=removed.config, adapter=removed.adapter, manifest=record,
                         model_config=removed.model_config)

@@ -41,9 +41,9 @@ def load_ranking_arg(ranking):
 
 def ranking_from_manifest(source):
     """The ranking the source's manifest records (``{"ranking": path, ...}``) if that file still exists."""
-    recorded = source.manifest.get("ranking")
-    if isinstance(recorded, dict):
-        recorded = recorded.get("ranking")
+    from ..provenance import ranking_path
+
+    recorded = ranking_path(source.manifest.get("ranking"))
     if isinstance(recorded, str) and recorded:
         path = Path(recorded)
         if not path.is_absolute():
@@ -72,8 +72,34 @@ def check_card_inputs(ranking, bench):
 
 
 def removed_slots(source):
-    """Slots the source's manifest records as removed (empty for an unpruned model)."""
+    """Slots removed over the source's whole lineage (its manifest accumulates them; empty for an
+    unpruned model)."""
     return list(source.manifest.get("removed_slots") or [])
+
+
+def origin_path(source):
+    """The original model the source descends from (its manifest's ``origin``), else the source itself."""
+    origin = source.manifest.get("origin")
+    if isinstance(origin, dict) and origin.get("path"):
+        return origin["path"]
+    recorded = source.manifest.get("source")
+    if isinstance(recorded, dict) and recorded.get("path"):  # a manifest written before ``origin`` existed
+        return recorded["path"]
+    return str(Path(source.path).resolve())
+
+
+def lineage_rows(source, fmt, kept):
+    """One line per stage from the original model to this export (the card's "Lineage" section)."""
+    from ..provenance import lineage_text
+
+    rows = lineage_text(source.manifest)
+    if not rows and source.manifest.get("stage"):  # a manifest written before ``lineage`` existed
+        rows = lineage_text({"lineage": [{"stage": source.manifest.get("stage"),
+                                          "removed_slots": removed_slots(source),
+                                          "kept_slots": source.manifest.get("kept_slots"),
+                                          "ranking": source.manifest.get("ranking"),
+                                          "verification": source.manifest.get("verification")}]})
+    return rows + [f"export ({fmt}): kept {', '.join(kept)}; verified against {source.path} (below)"]
 
 
 def slot_rows(adapter, config):
@@ -107,6 +133,7 @@ def finish_folder(folder, source, fmt, *, slots, verification, how_to_load, para
         "name": Path(str(folder)).name.split(".tmp-")[0].lstrip("."),
         "format": fmt, "source": str(source.path), "model_type": source.model_type,
         "fusion_class": fusion_class, "slots": slots, "removed": removed_slots(source),
+        "origin": origin_path(source), "lineage": lineage_rows(source, fmt, [s["name"] for s in slots]),
         "parameters": parameters, "ranking": ranking_data,
         "source_verification": (source.manifest.get("stage"), source.manifest.get("verification")),
         "export_verification": verification, "bench": load_bench_arg(bench),
@@ -124,8 +151,8 @@ def finish_folder(folder, source, fmt, *, slots, verification, how_to_load, para
 def write_export_manifest(folder, source, kept, verification, export_record):
     """Write ``encslim_manifest.json`` with the shared writer (:func:`encslim.provenance.write_manifest`).
 
-    The removal record of the source (removed slots, plan, ranking) is carried over, so the chain
-    source -> prune -> export stays traceable; the source's own verification is kept next to the
+    The lineage of the source (origin, every stage, removed slots, plan, ranking) is carried over
+    by the writer, so the chain source -> prune -> finetune -> export stays traceable; the source's own verification is kept next to the
     export's.
     """
     from ..provenance import write_manifest
@@ -134,9 +161,10 @@ def write_export_manifest(folder, source, kept, verification, export_record):
     if source.manifest:
         extra["source_stage"] = source.manifest.get("stage")
         extra["source_verification"] = source.manifest.get("verification")
-    return write_manifest(folder, stage="export", source=source.path, removed=removed_slots(source), kept=kept,
-                          plan=source.manifest.get("plan"), ranking=source.manifest.get("ranking"),
-                          verification={"export": verification}, extra=extra)
+    # removed slots, plan and ranking are inherited from the source's manifest (the export removes nothing)
+    return write_manifest(folder, stage="export", source=source.path, kept=kept,
+                          verification={"export": verification}, extra=extra, lineage_from=source.manifest or None)
 
 
-__all__ = ["finish_folder", "check_card_inputs", "slot_rows", "load_ranking_arg", "load_bench_arg", "removed_slots"]
+__all__ = ["finish_folder", "check_card_inputs", "slot_rows", "load_ranking_arg", "load_bench_arg", "removed_slots",
+           "origin_path", "lineage_rows"]

@@ -22,7 +22,8 @@ def render_card(info):
     Args:
         info: dict with ``name``, ``format``, ``source``, ``model_type``, ``fusion_class`` (optional),
             ``slots`` (kept: list of dicts with name/backbone/image_size/num_tokens), ``removed`` (slot
-            names), ``parameters``, ``ranking`` (ranking.json dict or None), ``source_verification``
+            names, over the whole lineage), ``origin`` (the original model's path), ``lineage`` (one
+            line per stage), ``parameters``, ``ranking`` (ranking.json dict or None), ``source_verification``
             (``(stage, dict)`` recorded in the source's manifest, or None), ``export_verification`` (list of records), ``bench`` (dict or None),
             ``how_to_load`` (code), ``notes`` (list of str).
 
@@ -33,6 +34,7 @@ def render_card(info):
              f"Exported by encslim {info.get('encslim_version', '')} as **{FORMAT_TITLES.get(info['format'], info['format'])}** "
              f"from `{info['source']}`.", ""]
     lines += _summary(info)
+    lines += _lineage(info)
     lines += _removal(info)
     lines += _verification(info)
     lines += _bench(info.get("bench"))
@@ -56,6 +58,21 @@ def _summary(info):
     return lines + [""]
 
 
+def _lineage(info):
+    """Where the model came from: the original model and every encslim stage since, oldest first."""
+    rows = info.get("lineage") or []
+    origin = info.get("origin")
+    if not rows and not origin:
+        return []
+    lines = ["## Lineage", ""]
+    if origin:
+        lines.append(f"Original model: `{origin}`.")
+    if rows:
+        lines += ["", "Stages (oldest first, as recorded in `encslim_manifest.json`):", ""]
+        lines += [f"{i}. {row}" for i, row in enumerate(rows, 1)]
+    return lines + [""]
+
+
 def _removal(info):
     removed = list(info.get("removed") or [])
     lines = ["## What was removed and why", ""]
@@ -69,7 +86,7 @@ def _removal(info):
     if ranking:
         lines += ["The ranking below measured each encoder's contribution: CUR = accuracy lost when the "
                   "encoder is masked, relative to the full model (95% CI; * = significant); IG = information "
-                  "gain of the category (how much the encoders disagree on it).", ""]
+                  "gap of the category (how much the encoders disagree on it).", ""]
         lines += ranking_table(ranking, removed)
     elif removed:
         lines += ["No ranking was recorded; the slots were removed by explicit choice.", ""]

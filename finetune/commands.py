@@ -17,8 +17,19 @@ class DefaultGroup(click.Group):
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            _refuse_typo(ctx, args[0], self.commands)
             args = [DEFAULT_SUBCOMMAND, *args]
         return super().parse_args(ctx, args)
+
+
+def _refuse_typo(ctx, first, commands):
+    """A first argument that is no folder but close to a sub-command name is a typo, not a model."""
+    import difflib
+    from pathlib import Path
+
+    close = difflib.get_close_matches(first, list(commands), n=1, cutoff=0.6)
+    if close and not first.startswith("-") and not Path(first).exists():
+        ctx.fail(f"No such sub-command or model folder '{first}'. Did you mean '{close[0]}'?")
 
 
 @click.group("finetune", cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,10 +89,29 @@ def train_cmd(model_dir, data, out, lora_r, lora_alpha, lora_targets, full, trai
     summary = finetune(model_dir, list(data), out, config, overwrite=overwrite)
     if summary is None:
         return
-    parts = summary["parts"]
-    click.echo(f"trained {summary['steps']} steps on {summary['samples']} samples: loss {summary['loss_first']:.4f} "
-               f"-> {summary['loss_last']:.4f}; {parts['trainable']:,} of {parts['total']:,} parameters trained")
+    for line in summary_lines(summary):
+        click.echo(line)
+    if summary.get("loss_rose"):
+        from .train import loss_rose_message
+
+        click.echo(f"warning: {loss_rose_message(summary)}", err=True)
     click.echo(f"wrote {out}" + (" (merged model)" if summary["merged"] else ""))
+
+
+def summary_lines(summary):
+    """The finetune summary a person reads: steps, samples seen, smoothed start/end loss, parameters."""
+    parts = summary["parts"]
+    seen, n = summary.get("samples_seen"), summary["samples"]
+    epochs = f", {seen / n:.2g} epoch(s)" if seen is not None and n else ""
+    lines = [f"trained {summary['steps']} steps: {seen if seen is not None else '?'} samples seen of {n} in the "
+             f"data{epochs}; {parts['trainable']:,} of {parts['total']:,} parameters trained"]
+    if summary.get("loss_start") is not None:
+        k = summary.get("loss_window", 1)
+        lines.append(f"loss {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} (mean of the first/last {k} "
+                     f"logged step(s); single steps {summary['loss_first']:.4f} -> {summary['loss_last']:.4f})")
+    else:
+        lines.append("loss: none logged")
+    return lines
 
 
 @finetune_group.command("merge")

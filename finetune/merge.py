@@ -62,8 +62,21 @@ def merge_adapter(adapter_dir, out, base=None, overwrite=False, tolerance=MERGE_
     with atomic_output_dir(out, overwrite=overwrite, inputs=[adapter_dir, base]) as tmp:
         result = write_merged(adapter_dir, tmp, base=base, tolerance=tolerance)
         write_manifest(tmp, stage="finetune-merge", source=base, kept=result["slots"], verification=result,
-                       extra={"adapter": str(Path(adapter_dir).resolve())})
+                       extra={"adapter": str(Path(adapter_dir).resolve())}, lineage_from=_lineage_folder(adapter_dir, base))
     return result
+
+
+def _lineage_folder(adapter_dir, base):
+    """The folder whose manifest the merged model descends from: the finetune output holding the adapter
+    (``adapter_dir`` or, for its ``adapter/`` sub-folder, the folder above), else the base model."""
+    from ..files import MANIFEST_NAME
+
+    adapter_dir = Path(adapter_dir)
+    if (adapter_dir / MANIFEST_NAME).is_file():
+        return adapter_dir
+    if adapter_dir.name == "adapter" and (adapter_dir.parent / MANIFEST_NAME).is_file():
+        return adapter_dir.parent
+    return base
 
 
 def write_merged(adapter_dir, dest, base=None, tolerance=MERGE_TOLERANCE):

@@ -36,6 +36,7 @@ the output folder.
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -58,6 +59,7 @@ LOG_FILE = "train_log.jsonl"
 PLOT_FILE = "loss.png"
 ADAPTER_SUBDIR = "adapter"
 RUN_CONFIG = "run_config.json"
+LOSS_WINDOW = 5  # logged steps averaged for the start and end loss of the summary
 # library deprecation notices repeated every step (torch.distributed under DeepSpeed, transformers)
 NOISY_WARNINGS = (r"torch\.distributed", r"transformers\.modeling_utils")
 
@@ -130,7 +132,9 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
             "data": [{"path": str(p), "sha256": sha256_file(p)} for p in paths],
             "samples": len(examples), "parts": parts, "features_cached": features is not None,
             "deepspeed": {"file": str(config.deepspeed), "stage": _stage(ds_config)} if ds_config else None,
-            "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 3)}
+            "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 3),
+            "world_size": trainer.args.world_size,
+            "samples_seen": samples_seen(trainer.state.global_step, config, trainer.args.world_size, len(examples))}
     summary = _write_output(final, work, out, overwrite, model_path, paths, config, info)
     shutil.rmtree(work, ignore_errors=True)
     return summary
@@ -290,7 +294,7 @@ def _write_output(final, work, out, overwrite, model_path, paths, config, info):
     losses = [r["loss"] for r in rows]
     summary = {"schema_version": 1, **info, "config": config.to_dict(),
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-               "loss": losses[-1] if losses else None,
+               "loss": losses[-1] if losses else None, **smoothed_losses(losses),
                "merged": False}
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_path, *paths]) as tmp:
         target = tmp / ADAPTER_SUBDIR if config.merge else tmp
@@ -310,13 +314,48 @@ def _write_output(final, work, out, overwrite, model_path, paths, config, info):
             plot_loss(rows, tmp / PLOT_FILE)
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         _manifest(tmp, model_path, summary)
-    logger.info("wrote %s (%d steps, loss %s -> %s)", out, info["steps"], summary["loss_first"], summary["loss_last"])
+    logger.info("wrote %s (%d steps, %d samples seen, smoothed loss %s -> %s)", out, info["steps"],
+                info["samples_seen"], summary["loss_start"], summary["loss_end"])
+    if summary["loss_rose"]:
+        logger.warning(loss_rose_message(summary))
     return summary
+
+
+def smoothed_losses(losses, window=LOSS_WINDOW):
+    """Start and end loss as the mean of the first and last ``k`` logged steps (``k`` = ``window``, at
+    most a quarter of the steps, at least 1), and whether the loss rose.
+
+    Returns:
+        dict: ``loss_start``, ``loss_end``, ``loss_window`` (k), ``loss_rose`` (end above start).
+    """
+    if not losses:
+        return {"loss_start": None, "loss_end": None, "loss_window": 0, "loss_rose": False}
+    k = max(1, min(window, len(losses) // 4))
+    start, end = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    return {"loss_start": start, "loss_end": end, "loss_window": k, "loss_rose": end > start}
+
+
+def samples_seen(steps, config, world_size, n_samples):
+    """Training samples the run went through: steps x batch size x gradient accumulation x world size,
+    capped at ``epochs`` passes over the data when no ``max_steps`` was given (the last batch may be short).
+    With ``max_steps`` the data repeats, so samples may be seen more than once."""
+    seen = steps * config.batch_size * config.grad_accum * max(1, world_size)
+    if not config.max_steps:
+        seen = min(seen, math.ceil(config.epochs * n_samples))
+    return seen
+
+
+def loss_rose_message(summary):
+    """The warning printed when the smoothed loss ends above where it started."""
+    return (f"the loss rose during fine-tuning ({summary['loss_start']:.4f} -> {summary['loss_end']:.4f}, mean of "
+            f"the first/last {summary['loss_window']} logged step(s)); check the learning rate (--lr) and the data, "
+            "and compare the model against its source before using it")
 
 
 def _manifest(folder, model_path, summary):
 
     verification = {"saved_weights": "complete", **({"merge": summary["merge"]} if summary["merged"] else {})}
-    brief = {k: summary[k] for k in ("steps", "samples", "loss_first", "loss_last", "merged", "deepspeed", "data")}
+    brief = {k: summary[k] for k in ("steps", "samples", "samples_seen", "loss_first", "loss_last", "loss_start",
+                                     "loss_end", "loss_window", "loss_rose", "merged", "deepspeed", "data")}
     write_manifest(folder, stage="finetune", source=model_path, kept=summary["slots"], verification=verification,
                    extra={"finetune": {**brief, "config": summary["config"], "parts": summary["parts"]}})

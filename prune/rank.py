@@ -27,6 +27,7 @@ from ..errors import ConfigError, DataError
 from ..files import RANKING_NAME, atomic_output_dir, check_output_path
 from ..models.loading import load_model
 from ..models.masking import MaskMode
+from ..runtime import configure_threads, thread_choice
 from .importance import OVERALL
 from .rank_cache import RECORDS_FILE, RankKeys, ScoreTable, read_records, records_file
 from .rank_compute import check_ranking, compute_ranking
@@ -81,7 +82,7 @@ class Ranking:
 def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=None, out=None,
          bootstrap=1000, seed=0, alpha=0.05, batch_size=8, max_new_tokens=8, shapley_permutations=None,
          cache=None, overwrite=False, device="cpu", dtype="float32", latency_ms=None, evaluator=None,
-         progress=False, feature_memory_gb=DEFAULT_FEATURE_MEMORY_GB):
+         progress=None, feature_memory_gb=DEFAULT_FEATURE_MEMORY_GB, threads=None):
     """Rank a multi-encoder model's slots on benchmark data.
 
     Args:
@@ -105,11 +106,16 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
         latency_ms: optional measured latency per kept set ``{frozenset(kept): ms}``.
         evaluator: a function with the signature of :func:`encslim.bench.evaluate.evaluate`
             (default: that one).
-        progress: show the evaluator's progress bar.
+        progress: the evaluator's progress bar over samples x mask sets: ``None`` (default) or
+            ``True``: on a terminal only (stderr a TTY); ``False``: never.
         feature_memory_gb: the most encoder features (GiB, on the CPU) the run-wide feature store
             keeps; past it features are encoded again when needed (same results, more encoder
             passes). 0: no run-wide store (each evaluator call encodes its samples again);
             ``None``: no limit.
+        threads: torch CPU threads for the run (:func:`encslim.runtime.configure_threads`):
+            ``None``: the process's earlier choice, else ``ENCSLIM_THREADS``, else chosen from the
+            CPU affinity and the load average; ``0``: leave torch's setting as it is. Recorded in
+            ``ranking.json``'s ``evaluation.threads``.
 
     Returns:
         :class:`Ranking`.
@@ -125,6 +131,8 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
     if cache is not None:
         records_file(cache)  # a scores.json of older versions is refused here, before loading
     store = _feature_store(feature_memory_gb)
+    if threads != 0:
+        configure_threads(threads)
     model, processor, adapter, model_path = _load(model_or_path, device, dtype)
     samples, data_paths = _samples(data, categories)
     if evaluator is None:
@@ -361,8 +369,17 @@ def _finish(ranking, runner, start):
         "feature_store": None if store is None or "features" not in runner.kwargs else {
             "samples": len(store), "mib": round(store.nbytes / 2**20, 3), "refused": store.refused},
         "wall_s": round(time.perf_counter() - start, 3),
+        "threads": _threads(),
     }
     return ranking
+
+
+def _threads():
+    """The torch thread count the run used and how it was chosen."""
+    import torch
+
+    choice = thread_choice() or {"source": "not configure_threads"}
+    return {**choice, "threads": torch.get_num_threads()}
 
 
 def write_ranking(data, folder):

@@ -27,7 +27,8 @@ def _cur_summary(data):
 @click.option("--out", required=True, type=click.Path(), help="Folder to write ranking.json/.md and plots to.")
 @click.option("--subsets", default="single", show_default=True,
               type=click.Choice(["single", "pairs", "all", "greedy"]),
-              help="Mask sets: each slot alone, also pairs, every kept set (<= 6 slots), or backward elimination.")
+              help="Mask sets: each slot alone, also pairs, every kept set (<= 6 slots), or backward elimination. "
+                   "The demo recipe (recipes/demo.yaml) and recipes' default use all.")
 @click.option("--mask", "mask_mode", default="removal", show_default=True, type=click.Choice(["removal", "zero"]),
               help="removal: what prune ships; zero: the study's zeroed encoder output.")
 @click.option("--category", "categories", multiple=True, help="Rank on this category only; repeatable.")
@@ -36,19 +37,32 @@ def _cur_summary(data):
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of bootstrap and Shapley permutations.")
 @click.option("--shapley-permutations", type=click.IntRange(min=0), default=None,
               help="Sampled Shapley when not every kept set is run [default: 16 with greedy, else none].")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Samples per generate() call while evaluating each mask set (the demo recipe uses 32, "
+                   "recipes' default 16); larger is faster while memory allows.")
+@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Tokens generated per answer before scoring (the demo recipe uses 4: its answers are one "
+                   "word). Too few truncates answers.")
 @click.option("--cache", type=click.Path(), default=None, help="A previous ranking folder whose scores to reuse.")
 @click.option("--feature-memory-gb", default=4.0, show_default=True, type=click.FloatRange(min=0),
               help="CPU memory for the run's encoder features (each encoder runs once per sample for the whole "
                    "run); past it features are encoded again. 0: no run-wide feature store.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--device", default="cpu", show_default=True, help="Where the model runs: cpu, cuda or cuda:N.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Weight and activation dtype; bfloat16/float16 are for GPUs (on CPU they are slow and "
+                   "may change answers).")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads (default: the cores no other process keeps busy, or ENCSLIM_THREADS); "
+                   "recorded in ranking.json.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (its cached scores are reused).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json instead of the CUR table.")
 def rank_cmd(model_dir, data, out, subsets, mask_mode, categories, bootstrap, seed, shapley_permutations,
-             batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, overwrite, as_json):
-    """Rank MODEL_DIR's encoder slots on benchmark data: CUR, IG, Shapley values, cost frontier."""
+             batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, threads, overwrite, as_json):
+    """Rank MODEL_DIR's encoder slots on benchmark data: CUR, IG, Shapley values, cost frontier.
+
+    MODEL_DIR may be `demo` (the shipped demo model). The defaults are the quick ones; the demo
+    recipe runs `--subsets all --batch-size 32 --max-new-tokens 4` (same mask, bootstrap, seed).
+    """
     import json
     import sys
 
@@ -57,7 +71,7 @@ def rank_cmd(model_dir, data, out, subsets, mask_mode, categories, bootstrap, se
     ranking = rank(model_dir, list(data), subsets=subsets, mask_mode=mask_mode, categories=list(categories) or None,
                    out=out, bootstrap=bootstrap, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
                    shapley_permutations=shapley_permutations, cache=cache, overwrite=overwrite, device=device,
-                   dtype=dtype, progress=sys.stderr.isatty(), feature_memory_gb=feature_memory_gb)
+                   dtype=dtype, progress=sys.stderr.isatty(), feature_memory_gb=feature_memory_gb, threads=threads)
     if as_json:
         click.echo(json.dumps(ranking.data, indent=2))
         return

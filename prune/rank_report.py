@@ -112,7 +112,8 @@ def _frontier_lines(data):
 
 
 def plot_cur_heatmap(data, path):
-    """Slots x categories heatmap of CUR, diverging colours centred at 0 (negative CUR in red).
+    """Slots x categories heatmap of CUR in percent (as in the tables), diverging colours centred
+    at 0 (negative CUR in red); each cell shows the value and, with bootstrap, its interval.
 
     Undefined cells are grey; significant cells carry a ``*``.
     """
@@ -122,44 +123,88 @@ def plot_cur_heatmap(data, path):
 
     groups = [*data["categories"], OVERALL]
     slots = data["slots"]
-    grid = np.array([[np.nan if data["cur"][s][g]["value"] is None else data["cur"][s][g]["value"]
+    grid = np.array([[np.nan if data["cur"][s][g]["value"] is None else 100 * data["cur"][s][g]["value"]
                       for g in groups] for s in slots], dtype=float)
-    bound = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
-    fig = Figure(figsize=(1.6 + 1.3 * len(groups), 1.2 + 0.6 * len(slots)), layout="constrained")
+    bound = max(100.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 100.0)
+    with_ci = any(data["cur"][s][g].get("ci") for s in slots for g in groups)
+    fig = Figure(figsize=(1.8 + 1.45 * len(groups), 1.4 + (0.8 if with_ci else 0.6) * len(slots)), layout="constrained")
     ax = fig.add_subplot()
     ax.set_facecolor("0.8")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", norm=TwoSlopeNorm(0.0, -bound, bound), aspect="auto")
     for i, s in enumerate(slots):
         for j, g in enumerate(groups):
             cell = data["cur"][s][g]
-            text = "n/a" if cell["value"] is None else f"{cell['value']:.2f}" + ("*" if cell.get("significant") else "")
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if cell["value"] is not None and abs(cell["value"]) > 0.6 * bound else "black")
+            if cell["value"] is None:
+                text = "n/a"
+            else:
+                text = _pct(cell["value"]) + ("*" if cell.get("significant") else "")
+                if cell.get("ci"):
+                    text += f"\n[{_pct(cell['ci'][0])}, {_pct(cell['ci'][1])}]"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, linespacing=1.3,
+                    color="white" if cell["value"] is not None and abs(100 * cell["value"]) > 0.6 * bound else "black")
     ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set_yticks(range(len(slots)), slots)
-    ax.set_title(f"CUR ({data['mask_mode']} mask; * = CI excludes 0)")
-    fig.colorbar(image, ax=ax, label="CUR")
+    boot = data.get("bootstrap") or {}
+    cell = (f"cell: CUR [{boot['confidence']:.0%} paired bootstrap interval]; * = interval excludes 0"
+            if with_ci and boot.get("confidence") else "cell: CUR; * = interval excludes 0")
+    ax.set_title(f"CUR (%) per slot and category, {data['mask_mode']} mask\n{cell}", fontsize=10)
+    fig.colorbar(image, ax=ax, label="CUR (%)")
     fig.savefig(path, dpi=120)
 
 
-def plot_frontier(data, path):
-    """Overall accuracy vs vision GFLOPs of every evaluated kept set; the Pareto front joined."""
+def _kept_label(kept):
+    return "+".join(kept) or "(none)"
+
+
+def plot_frontier(data, path, selected=None):
+    """Overall accuracy (%) vs vision FLOPs of every evaluated kept set; the Pareto front joined.
+
+    Pareto-optimal sets are red, dominated ones grey, the full model is a star and ``selected``
+    (the kept slots a prune policy chose, if given) is ringed; all of these are in the legend.
+    Labels are placed so they neither overlap nor leave the plot.
+    """
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    from ..bench.plots import place_labels
 
     rows = [r for r in data["subsets"] if r["cost"]["vision_flops"] is not None]
     div, prefix = _flops_unit([r["cost"]["vision_flops"] for r in rows])
-    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    selected = None if selected is None else frozenset(selected)
+    fig = Figure(figsize=(8.6, 5.0))
+    fig.subplots_adjust(left=0.08, right=0.66, bottom=0.11, top=0.92)
     ax = fig.add_subplot()
+    points, labels, priority = [], [], []
     for r in rows:
-        x, y = r["cost"]["vision_flops"] / div, r["accuracy"][OVERALL]
-        ax.scatter([x], [y], color="tab:red" if r["pareto"] else "tab:gray", zorder=3)
-        ax.annotate("+".join(r["kept"]) or "(none)", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    front = sorted((r["cost"]["vision_flops"] / div, r["accuracy"][OVERALL]) for r in rows if r["pareto"])
+        x, y = r["cost"]["vision_flops"] / div, 100 * r["accuracy"][OVERALL]
+        full = not r["masked"]
+        ax.scatter([x], [y], marker="*" if full else "o", s=150 if full else 36, zorder=3,
+                   color="tab:red" if r["pareto"] else "tab:gray")
+        if selected is not None and frozenset(r["kept"]) == selected:
+            ax.scatter([x], [y], s=260, facecolors="none", edgecolors="black", linewidths=1.6, zorder=4)
+        points.append((x, y))
+        labels.append(_kept_label(r["kept"]))
+        chosen = selected is not None and frozenset(r["kept"]) == selected
+        priority.append(0 if full or chosen else (1 if r["pareto"] else 2))
+    front = sorted((r["cost"]["vision_flops"] / div, 100 * r["accuracy"][OVERALL]) for r in rows if r["pareto"])
     if front:
-        ax.step(*zip(*front), where="post", color="tab:red", lw=1, label="Pareto front")
-        ax.legend(loc="lower right")
+        ax.step(*zip(*front), where="post", color="tab:red", lw=1, zorder=2)
+    handles = [Line2D([], [], color="tab:red", marker="o", lw=1, label="Pareto-optimal (front joined)"),
+               Line2D([], [], color="tab:gray", marker="o", lw=0, label="dominated")]
+    if any(not r["masked"] for r in rows):
+        handles.append(Line2D([], [], color="0.35", marker="*", markersize=11, lw=0, label="full model (all slots)"))
+    if selected is not None:
+        kept = _kept_label(sorted(selected, key=data["slots"].index))
+        handles.append(Line2D([], [], marker="o", markersize=13, lw=0, markerfacecolor="none", markeredgecolor="black",
+                              markeredgewidth=1.6, label=f"selected: keep {kept}"))
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.67, 0.92), fontsize=8, frameon=False)
+    xmax = max([p[0] for p in points], default=1.0)
+    ax.set_xlim(-0.04 * xmax, 1.08 * xmax)
+    ax.set_ylim(0, 116)  # room above 100 % for labels
+    ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel(f"vision {prefix}FLOPs per image")
-    ax.set_ylabel("overall accuracy")
+    ax.set_ylabel("overall accuracy (%)")
     ax.set_title("Accuracy vs cost per kept set")
     ax.grid(alpha=0.3)
+    place_labels(ax, points, labels, fontsize=7, priority=priority)
     fig.savefig(path, dpi=120)

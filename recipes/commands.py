@@ -11,12 +11,15 @@ import click
 @click.option("--stage", "stages", multiple=True,
               help="Run only this stage (repeatable): data, rank, prune, finetune, export, bench.")
 @click.option("--force", is_flag=True, help="Rerun the selected stages even if their inputs are unchanged.")
-def run_cmd(recipe, overrides, stages, force):
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads (default: the cores no other process keeps busy, or ENCSLIM_THREADS).")
+def run_cmd(recipe, overrides, stages, force, threads):
     """Run RECIPE (a YAML file) end to end; OVERRIDES are key.sub=value pairs."""
     from .runner import run_recipe
     from .stages import format_summary
 
-    summary = run_recipe(_find(recipe), overrides=overrides, stages=stages, force=force, echo=click.echo)
+    summary = run_recipe(_find(recipe), overrides=overrides, stages=stages, force=force, echo=click.echo,
+                         threads=threads)
     click.echo(format_summary(summary))
 
 

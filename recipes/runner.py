@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_output_dir
+from ..runtime import configure_threads
 from .schema import load_recipe
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,12 @@ def _read_record(folder):
         return None
 
 
-def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print):
+def _elapsed(started):
+    seconds = int(time.perf_counter() - started)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print, threads=None):
     """Run a recipe. Returns the summary dict (also written to ``<run>/summary.json``).
 
     Args:
@@ -90,6 +96,12 @@ def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print):
         overrides: ``key.sub=value`` strings.
         stages: run only these stages (their upstream stages must have run before).
         force: rerun the selected stages even when their hash is unchanged.
+        echo: prints the runner's lines: ``[k/n stage] running ...``, ``[k/n stage] done in s``
+            (k counts the recipe's enabled stages); the stages' own progress bars go to stderr,
+            on a terminal only.
+        threads: torch CPU threads (:func:`encslim.runtime.configure_threads`; ``None``: the
+            process's earlier choice, else ``ENCSLIM_THREADS``, else automatic; ``0``: leave torch's
+            setting alone).
     """
     from . import stages as stage_impl
 
@@ -102,12 +114,16 @@ def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print):
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.resolved.yaml").write_text(_dump_yaml(recipe.model_dump()), encoding="utf-8")
     ctx = RunContext(recipe=recipe, run_dir=run_dir, echo=echo)
+    if threads != 0:
+        configure_threads(threads)
     started = time.perf_counter()
+    enabled = [s for s in STAGES if stage_impl.SPECS[s].enabled(recipe)]
     for stage in STAGES:
         spec = stage_impl.SPECS[stage]
         if not spec.enabled(recipe):
             ctx.records[stage] = {"stage": stage, "skipped": "disabled in the recipe", "outputs": {}}
             continue
+        tag = f"[{enabled.index(stage) + 1}/{len(enabled)} {stage}]"
         upstream = {s: ctx.records[s].get("hash") for s in spec.after if s in ctx.records}
         settings = spec.settings(recipe)
         inputs = spec.inputs(ctx)
@@ -119,12 +135,12 @@ def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print):
             if previous is None:
                 raise ConfigError(f"stage '{stage}' has not run yet in {run_dir}; run it first (drop --stage)")
             if previous.get("hash") != digest:
-                echo(f"[{stage}] out of date (inputs changed) but not selected; using the old outputs")
+                echo(f"{tag} out of date (inputs changed) but not selected; using the old outputs")
             else:
-                echo(f"[{stage}] unchanged, skipped")
+                echo(f"{tag} unchanged, skipped")
             ctx.records[stage] = previous
             continue
-        echo(f"[{stage}] running ...")
+        echo(f"{tag} running ... ({_elapsed(started)} into the run)")
         t0 = time.perf_counter()
         with atomic_output_dir(folder, overwrite=True) as tmp:
             outputs = spec.run(ctx, Path(tmp))
@@ -133,7 +149,7 @@ def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print):
                       "outputs": _relocate(outputs, Path(tmp), folder)}
             (Path(tmp) / STAGE_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
         ctx.records[stage] = record
-        echo(f"[{stage}] done in {record['seconds']:.1f} s")
+        echo(f"{tag} done in {record['seconds']:.1f} s")
     summary = stage_impl.summarize(ctx)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")

@@ -108,7 +108,8 @@ def _run_finetune(ctx, tmp):
     summary = finetune(ctx.output("prune", "model"), _data_files(ctx, "train"), tmp / "model", lora_r=f.lora_r,
                        lora_alpha=f.lora_alpha, max_steps=f.max_steps, lr=f.lr, batch_size=f.batch_size,
                        encoder_dropout=f.encoder_dropout, deepspeed=f.deepspeed, merge=f.merge, seed=f.seed)
-    outputs = {"loss_first": summary.get("loss_first"), "loss_last": summary.get("loss_last")}
+    outputs = {k: summary.get(k) for k in ("loss_first", "loss_last", "loss_start", "loss_end", "loss_window",
+                                           "loss_rose", "steps", "samples_seen")}
     if f.merge:  # unmerged LoRA output is an adapter, not a model the later stages can load
         outputs["model"] = str(tmp / "model")
     return outputs
@@ -136,11 +137,16 @@ def _run_bench(ctx, tmp):
                              min_iters=b.min_iters, min_seconds=b.min_seconds, warmup=b.warmup,
                              device=ctx.recipe.device)
     data = _data_files(ctx, "eval") if b.accuracy and ctx.recipe.data.eval else ()
-    variant = "finetuned" if _finetuned_model(ctx) else "pruned"
+    variant = _variant_name(ctx)
     report = run_bench(_model_path(ctx), [_final_model(ctx)], out=tmp / "report", settings=settings, data=data,
                        names=["full", variant])
     return {"report": str(tmp / "report"), "bench_json": str(tmp / "report" / "bench.json"),
-            "summary": _bench_summary(report)}
+            "variant": variant, "summary": _bench_summary(report)}
+
+
+def _variant_name(ctx):
+    """What the final model is called in bench and in the summary: ``finetuned`` or ``pruned``."""
+    return "finetuned" if _finetuned_model(ctx) else "pruned"
 
 
 def _bench_summary(report):
@@ -186,7 +192,11 @@ def summarize(ctx):
     slots = rank.get("slots", [])
     dropped = prune.get("dropped", [])
     summary = {"run": str(ctx.run_dir), "slots": slots, "removed": dropped,
-               "kept": [s for s in slots if s not in dropped], "outputs": {}}
+               "kept": [s for s in slots if s not in dropped], "variant": _variant_name(ctx), "outputs": {}}
+    finetune = ctx.records.get("finetune", {}).get("outputs", {})
+    if finetune.get("loss_start") is not None:
+        summary["finetune"] = {k: finetune.get(k) for k in ("loss_start", "loss_end", "loss_window", "loss_rose",
+                                                            "steps", "samples_seen")}
     for stage, record in ctx.records.items():
         for key, value in record.get("outputs", {}).items():
             if isinstance(value, str) and Path(value).exists():
@@ -230,10 +240,17 @@ def format_summary(summary):
     retained = summary.get("accuracy_retained")
     if retained:
         full, variant = summary["accuracy_full"], summary["accuracy_variant"]
-        lines.append(f"{'accuracy':<18}{'full':>8}{'pruned':>8}{'retained':>10}")
+        name = summary.get("variant") or "pruned"
+        width = max(8, len(name) + 1)
+        lines.append(f"{'accuracy':<18}{'full':>8}{name:>{width}}{'retained':>10}")
         for c, v in retained.items():
-            lines.append(f"  {c:<16}{full[c]:>8.3f}{variant.get(c, 0.0):>8.3f}"
+            lines.append(f"  {c:<16}{full[c]:>8.3f}{variant.get(c, 0.0):>{width}.3f}"
                          f"{(f'{v:.1%}' if v is not None else 'n/a'):>10}")
+    finetune = summary.get("finetune")
+    if finetune:
+        lines.append(f"finetune     {finetune['steps']} steps, {finetune['samples_seen']} samples seen; loss "
+                     f"{finetune['loss_start']:.4f} -> {finetune['loss_end']:.4f} (mean of the first/last "
+                     f"{finetune['loss_window']} steps)" + ("  WARNING: the loss rose" if finetune["loss_rose"] else ""))
     params = summary.get("params")
     if params:
         lines.append(f"params       {params['full']:,} -> {params['variant']:,} ({params['saved']:.1%} saved)")

@@ -1,5 +1,9 @@
 """DeepSpeed ZeRO-2 and ZeRO-3, single process on the CPU, through the real CLI in a fresh process.
 
+Every test here is marked slow: the first DeepSpeed use on a machine compiles two C++ extensions
+(fused_adam and deepspeed_shm_comm, cached in ~/.cache/torch_extensions) inside whichever test runs
+first: 215 s for the first test on 2 busy cores, against 18-35 s per test once they are built.
+
 Each run must save complete weights: the adapter (LoRA + the trained projector) must equal, tensor
 for tensor, the adapter of the same run without DeepSpeed. Under ZeRO-3 every parameter is
 partitioned, so a save without gathering would hold empty placeholders.
@@ -52,6 +56,7 @@ def _assert_same_adapter(folder, reference):
         assert torch.allclose(saved[key], value, atol=1e-4), (key, float((saved[key] - value).abs().max()))
 
 
+@pytest.mark.slow
 def test_zero2_single_process_cpu(tiny_model_dir, ft_data, tmp_path, reference):
     out = tmp_path / "z2"
     result = _run_cli(tiny_model_dir("A1"), "--data", ft_data, "--out", out, "--deepspeed", "zero2", *RUN)
@@ -62,6 +67,7 @@ def test_zero2_single_process_cpu(tiny_model_dir, ft_data, tmp_path, reference):
     assert _losses(out) == pytest.approx(_losses(reference), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_zero3_single_process_cpu_saves_complete_weights_and_merges(tiny_model_dir, ft_data, tmp_path, reference):
     from peft import PeftModel
 

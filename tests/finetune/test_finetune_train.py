@@ -56,7 +56,7 @@ def test_cli_lora_run_learns_loads_and_merges(tiny_model_dir, ft_data, tmp_path,
     code, stdout, stderr = _cli(capsys, "finetune", base_dir, "--data", ft_data, "--out", out, "--lora-r", 8,
                                 "--max-steps", 20)
     assert code == 0, stderr
-    assert "trained 20 steps on 24 samples" in stdout
+    assert "trained 20 steps: 160 samples seen of 24 in the data" in stdout and "mean of the first/last 5" in stdout
     losses = _losses(out)
     assert len(losses) == 20
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1  # the loss decreases
