@@ -98,6 +98,7 @@ def eval_cmd(model, data, masks, mask_mode, skip_bad, max_new_tokens, batch_size
     samples = load_samples(list(data), skip_bad=skip_bad)
     rank, _ = distributed.init_from_env()
     from ..runtime import configure_threads
+    from .environment import environment
 
     configure_threads()  # the free cores (ENCSLIM_THREADS overrides)
     net, processor, adapter = load_model(model, device=_device(device), dtype=dtype)
@@ -121,6 +122,7 @@ def eval_cmd(model, data, masks, mask_mode, skip_bad, max_new_tokens, batch_size
         "settings": {"mask_mode": mask_mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                      "mcq_mode": mcq_mode, "dtype": dtype},
         "skipped_rows": samples.skipped, "skipped": samples.skipped_rows, **result.to_dict(),
+        "environment": environment(net.device, dtype),
     }
     write_json_atomic(out / EVAL_JSON, report)
     click.echo(result.table())

@@ -86,6 +86,9 @@ def train_cmd(model_dir, data, out, lora_r, lora_alpha, lora_targets, full, trai
         cache_features=not no_cache_features, prompt_format=prompt_format, save_steps=save_steps,
         resume=resume, seed=seed,
     )
+    from ..runtime import configure_threads
+
+    configure_threads()  # the free cores (ENCSLIM_THREADS overrides); recorded in finetune.json
     summary = finetune(model_dir, list(data), out, config, overwrite=overwrite)
     if summary is None:
         return

@@ -292,7 +292,7 @@ def _write_output(final, work, out, overwrite, model_path, paths, config, info):
     """Assemble the output folder atomically from the saved weights, the log and the plot."""
     rows = read_log(work / LOG_FILE)
     losses = [r["loss"] for r in rows]
-    summary = {"schema_version": 1, **info, "config": config.to_dict(),
+    summary = {"schema_version": 1, **info, "config": config.to_dict(), "threads": _threads(),
                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                "loss": losses[-1] if losses else None, **smoothed_losses(losses),
                "merged": False}
@@ -350,6 +350,15 @@ def loss_rose_message(summary):
     return (f"the loss rose during fine-tuning ({summary['loss_start']:.4f} -> {summary['loss_end']:.4f}, mean of "
             f"the first/last {summary['loss_window']} logged step(s)); check the learning rate (--lr) and the data, "
             "and compare the model against its source before using it")
+
+
+def _threads():
+    """The torch thread count training ran with, and how it was chosen (for finetune.json)."""
+    import torch
+
+    from ..runtime import thread_choice
+
+    return thread_choice() or {"threads": torch.get_num_threads(), "source": "torch default"}
 
 
 def _manifest(folder, model_path, summary):

@@ -43,7 +43,7 @@ def ranking_markdown(data):
                     [[_mask_label(r), "+".join(r["kept"]) or "(none)", *(_pct(r["accuracy"].get(g)) for g in groups)]
                      for r in data["subsets"]])
     conf = boot.get("confidence")
-    lines += ["", f"## CUR (%) per slot and category"
+    lines += ["", "## CUR (%) per slot and category"
               + (f", {conf:.0%} paired bootstrap interval ({boot.get('resamples')} resamples); "
                  "* = interval excludes 0" if boot.get("resamples") else ""), ""]
     lines += _table(["slot", *groups], [[s, *(_cur_cell(data["cur"][s].get(g)) for g in groups)] for s in data["slots"]])
