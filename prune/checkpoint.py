@@ -3,12 +3,12 @@
 A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor
 to its dtype, shape and byte range, then the raw bytes. Reading the header alone tells a
 tensor's size and place, so surgery can plan the whole output (shard boundaries included)
-before touching a weight, write every output header first, then let the kernel copy the kept
-byte ranges (``copy_file_range``, as ``cp`` does). Memory stays at one sliced tensor, whatever
-the model size; sha256 of every file (for the manifest) is computed on worker threads.
+before touching a weight. :func:`stream_checkpoint` then writes it in one pass: each source byte is read once into
+a reused buffer, hashed for the source digest and, if kept, written and hashed for the output
+digest on worker threads (no second pass over either file, for the manifest). Memory stays at
+a few buffers plus one sliced tensor, whatever the model size.
 """
 
-import errno
 import json
 import logging
 import math
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
-from ..files import CHUNK_BYTES, INDEX_NAME, WEIGHTS_NAME, sha256_file
+from ..files import INDEX_NAME, WEIGHTS_NAME, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +236,7 @@ class FileHasher:
 
 
 class ShardWriter:
-    """Writes one output file through a raw descriptor: bytes from memory, or ranges copied by the
-    kernel (``copy_file_range``) straight from a source file, never passing through Python."""
+    """Writes one output file through a raw descriptor (no Python-level buffering)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -250,33 +249,6 @@ class ShardWriter:
         while view:
             view = view[os.write(self._fd, view):]
         self.written += total
-
-    def copy_range(self, source_fd, offset, count, name):
-        """Append ``count`` bytes of ``source_fd`` from ``offset`` (``name`` for error messages)."""
-        done = 0
-        try:
-            while done < count:
-                got = os.copy_file_range(source_fd, self._fd, min(count - done, 1 << 30), offset + done)
-                if not got:
-                    raise ModelLoadError(f"{name} ended early (truncated while reading); re-download it")
-                done += got
-        except OSError as err:
-            if done or err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            self._copy_buffered(source_fd, offset, count, name)  # no kernel copy between these file systems
-        self.written += count
-
-    def _copy_buffered(self, source_fd, offset, count, name):
-        buffer = memoryview(bytearray(min(count, CHUNK_BYTES)))
-        done = 0
-        while done < count:
-            got = os.preadv(source_fd, [buffer[: min(count - done, len(buffer))]], offset + done)
-            if not got:
-                raise ModelLoadError(f"{name} ended early (truncated while reading); re-download it")
-            view = buffer[:got]
-            while view:
-                view = view[os.write(self._fd, view):]
-            done += got
 
     def close(self):
         os.close(self._fd)
@@ -341,14 +313,226 @@ def write_checkpoint(out_dir, tensors, produce, max_shard_size, metadata=None, h
             hasher.close()
 
 
-def read_tensor_bytes(info):
-    """The raw bytes of one tensor, read with a positioned read."""
-    out = bytearray(info.nbytes)
-    view, at = memoryview(out), 0
-    with open(info.file, "rb", buffering=0) as f:
-        while at < info.nbytes:
-            got = os.preadv(f.fileno(), [view[at: at + CHUNK_BYTES]], info.start + at)
+class _Buffers:
+    """A ring of reusable read buffers; a buffer is handed out again once the work queued on it ended."""
+
+    def __init__(self, count, size):
+        self._ring = [(memoryview(bytearray(size)), []) for _ in range(count)]
+        self._next = 0
+
+    def take(self):
+        view, pending = self._ring[self._next]
+        self._next = (self._next + 1) % len(self._ring)
+        for future in pending:
+            future.result()
+        pending.clear()
+        return view, pending
+
+    def drain(self):
+        for _, pending in self._ring:
+            for future in pending:
+                future.result()
+            pending.clear()
+
+
+class StreamStats:
+    """What one streaming pass did: bytes read from the source files and written to the output."""
+
+    def __init__(self):
+        self.read = 0
+        self.written = 0
+
+    def as_dict(self):
+        return {"bytes_read": self.read, "bytes_written": self.written}
+
+
+# the one-pass copy's pieces: small enough that a piece is still in the CPU cache when it is hashed and
+# written (8 MiB pieces made the same copy 2-4x slower on a 2-core VM: every pass went to RAM)
+STREAM_CHUNK_BYTES = 1 << 20
+STREAM_BUFFERS = 8
+
+
+def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, metadata=None,
+                      chunk=STREAM_CHUNK_BYTES, buffers=STREAM_BUFFERS):
+    """One pass over the source files, front to back: every byte is read once, hashed, and written if kept.
+
+    Each source file is read in ``chunk``-sized pieces into a ring of buffers; one worker thread
+    feeds each piece to the file's sha256 (the source digest), a second writes the kept pieces to
+    their output shard and a third feeds them to the shard's sha256 (the output digest), so both
+    digests come from the same buffers and neither file is read again. ``hashlib`` and ``os``
+    calls release the GIL: reading, both hashes and writing overlap.
+
+    Args:
+        files: the source safetensors files, in the order their tensors appear in ``tensors``.
+        tensors: the output ``OutTensor`` list in output order; ``copy`` and ``slice`` ones must
+            follow their sources' storage order (as ``surgery.plan_outputs`` makes them), ``fold``
+            ones come last.
+        produce_kept: ``produce_kept(tensor, stash) -> bytes-like`` for a ``slice`` (its ``source``
+            bytes in ``stash[key]``) or ``fold`` (every part's bytes in ``stash``).
+        out_dir, max_shard_size, metadata: as :func:`write_checkpoint`.
+        chunk: bytes per read.
+        buffers: read buffers in flight (memory: ``buffers * chunk``).
+
+    Returns:
+        ``(written, source, stats)``: ``{file name: sha256}`` of the written files and of the source
+        files, and a :class:`StreamStats`.
+    """
+    import hashlib
+
+    out_dir = Path(out_dir)
+    metadata = metadata or {"format": "pt"}
+    shards = shard_layout(tensors, max_shard_size)
+    names = shard_names(len(shards))
+    shard_start = {id(shard[0]): (name, shard) for name, shard in zip(names, shards) if shard}
+    shard_of = {id(t): name for name, shard in zip(names, shards) for t in shard}
+    fold_keys = {part.key for t in tensors if t.op == "fold" for part in t.parts if not isinstance(part, tuple)}
+    by_source = {(t.source.file, t.source.start, t.source.key): t for t in tensors if t.op in ("copy", "slice")}
+    stats, stash, weight_map = StreamStats(), {}, {}
+    written, source_digests = {}, {}
+    # one worker each, so each sees its pieces in order: source digest, output digest, output writes
+    src_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-sha256-source")
+    hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-sha256-output")
+    out_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-write")
+    ring = _Buffers(buffers, chunk)
+    files = [Path(p) for p in files]
+    state = {"writer": None, "hash": None}
+
+    def open_shard(name):  # on out_pool, ordered with the writes
+        close_shard()
+        state["writer"] = ShardWriter(out_dir / name)
+
+    def close_shard():
+        writer, state["writer"] = state["writer"], None
+        if writer is not None:
+            writer.close()
+            stats.written += writer.written
+            logger.info("wrote %s (%d bytes)", writer.path.name, writer.written)
+
+    def write(data):
+        state["writer"].write(data)
+
+    def start_digest(name):  # on hash_pool, ordered with the updates
+        finish_digest()
+        state["hash"] = (name, hashlib.sha256())
+
+    def update_digest(data):
+        state["hash"][1].update(data)
+
+    def finish_digest():
+        current, state["hash"] = state["hash"], None
+        if current is not None:
+            written[current[0]] = current[1].hexdigest()
+
+    pending_out = []
+
+    def emit(data, pending=None):
+        """Queue ``data`` for the current shard: written and hashed (both in order)."""
+        pending = pending if pending is not None else pending_out
+        pending.append(out_pool.submit(write, data))
+        pending.append(hash_pool.submit(update_digest, data))
+
+    def emit_open(name, shard):
+        pending_out.append(out_pool.submit(open_shard, name))
+        pending_out.append(hash_pool.submit(start_digest, name))
+        emit(_header_bytes(shard, metadata))
+
+    def emit_close():
+        pending_out.append(out_pool.submit(close_shard))
+        pending_out.append(hash_pool.submit(finish_digest))
+
+    def begin(tensor):
+        if id(tensor) in shard_start:
+            emit_open(*shard_start[id(tensor)])
+        weight_map[tensor.key] = shard_of[id(tensor)]
+
+    next_output = iter(tensors)
+
+    def expect(tensor):
+        planned = next(next_output)
+        if planned is not tensor:
+            raise RuntimeError(f"output order: expected '{planned.key}', reached '{tensor.key}'")
+
+    def read_whole(fd, digest, start, count, name):
+        data = bytearray(count)
+        view, at = memoryview(data), 0
+        while at < count:
+            got = os.preadv(fd, [view[at: at + chunk]], start + at)
             if not got:
-                raise ModelLoadError(f"{info.file} ended early reading '{info.key}'; re-download it")
+                raise ModelLoadError(f"{name} ended early (truncated while reading); re-download it")
             at += got
-    return out
+        stats.read += count
+        pending_out.append(src_pool.submit(digest.update, view))
+        return data
+
+    def stream(fd, digest, start, count, name, keep):
+        at = 0
+        while at < count:
+            view, pending = ring.take()
+            got = os.preadv(fd, [view[: min(chunk, count - at)]], start + at)
+            if not got:
+                raise ModelLoadError(f"{name} ended early (truncated while reading); re-download it")
+            piece = view[:got]
+            pending.append(src_pool.submit(digest.update, piece))
+            if keep:
+                emit(piece, pending=pending)
+            at += got
+        stats.read += count
+
+    try:
+        if not shards[0]:  # no tensor at all: one empty shard
+            emit_open(names[0], shards[0])
+        for path in files:
+            infos, _ = read_header(path)
+            size = path.stat().st_size
+            digest = hashlib.sha256()
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                ordered = sorted(infos.values(), key=lambda info: info.start)
+                pos = 0
+                if any(a.start + a.nbytes > b.start for a, b in zip(ordered, ordered[1:])):
+                    raise ModelLoadError(f"{path} stores overlapping tensors; re-save the model")
+                for info in ordered:
+                    if info.start > pos:  # the header (and any padding) is hashed, not written
+                        stream(fd, digest, pos, info.start - pos, path, keep=False)
+                    out = by_source.get((info.file, info.start, info.key))
+                    if out is not None:
+                        expect(out)
+                        begin(out)
+                    if out is not None and out.op == "copy":
+                        stream(fd, digest, info.start, info.nbytes, path, keep=True)
+                    elif out is not None or info.key in fold_keys:
+                        stash[info.key] = read_whole(fd, digest, info.start, info.nbytes, path)
+                        if out is not None:
+                            emit(produce_kept(out, stash))
+                            del stash[info.key]
+                    else:  # deleted: hashed for the source digest, never written
+                        stream(fd, digest, info.start, info.nbytes, path, keep=False)
+                    pos = info.start + info.nbytes
+                if size > pos:
+                    stream(fd, digest, pos, size - pos, path, keep=False)
+                # no waiting here: the next file's reads overlap this one's last hashes and writes
+                source_digests[path.name] = src_pool.submit(digest.hexdigest)
+            finally:
+                os.close(fd)
+        for tensor in tensors:
+            if tensor.op == "fold":
+                expect(tensor)
+                begin(tensor)
+                emit(produce_kept(tensor, stash))
+        emit_close()
+        for future in pending_out:
+            future.result()
+        ring.drain()
+        source_digests = {name: future.result() for name, future in source_digests.items()}
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
+            text = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
+            (out_dir / INDEX_NAME).write_bytes(text)
+            written[INDEX_NAME] = hashlib.sha256(text).hexdigest()
+            stats.written += len(text)
+        return written, source_digests, stats
+    finally:
+        for pool in (src_pool, hash_pool, out_pool):
+            pool.shutdown(wait=True, cancel_futures=True)
+        if state["writer"] is not None:
+            state["writer"].close()

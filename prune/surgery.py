@@ -3,19 +3,20 @@
 Two executors produce the same tensors:
 
 * **in memory**: load the state dict, :func:`apply_plan` with torch, write;
-* **streaming**: plan every output shard (headers included) from the source headers alone, let
-  the kernel copy each kept tensor's bytes from the source file (``copy_file_range``, as ``cp``
-  does), and slice/fold the few tensors that need it with numpy on their raw bytes (any dtype).
-  Memory stays at one sliced tensor; the files' sha256 (for the manifest) are computed on
-  worker threads meanwhile.
+* **streaming**: plan every output shard (headers included) from the source headers alone, then
+  read each source file once, front to back, into reused buffers: every piece is hashed (source
+  digest), and the kept ones written and hashed (output digest) on worker threads; the few
+  tensors that need it are sliced/folded with numpy on their raw bytes (any dtype, bf16 as raw
+  16-bit words). One read and one write per byte, no second pass for the manifest; memory
+  stays at a few buffers plus one sliced tensor.
 
 The output goes to a temporary folder renamed at the end; the source is never modified.
 """
 
 import json
 import logging
-import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,9 @@ import numpy as np
 from ..errors import ConfigError, ModelLoadError, PlanError, VerificationError
 from ..files import atomic_output_dir, check_output_path
 from .checkpoint import (
-    DTYPE_SIZES, INDEX_NAME, Checkpoint, FileHasher, OutTensor, parse_size, read_tensor_bytes,
-    write_checkpoint,
+    DTYPE_SIZES, INDEX_NAME, Checkpoint, OutTensor, parse_size, stream_checkpoint, write_checkpoint,
 )
-from ..files import CONFIG_NAME, MANIFEST_NAME, read_json, sha256_file
+from ..files import CONFIG_NAME, read_json, sha256_file
 from ..models.plan import apply_json_ops, apply_plan, check_plan, describe_plan, fold_shape, json_diff
 from ..provenance import write_manifest
 
@@ -97,7 +97,9 @@ def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
         writer.write(value.contiguous().reshape(-1).view(torch.uint8).numpy())
 
     hashes = write_checkpoint(out_dir, outputs, produce, max_shard_size)
-    return hashes, {p.name: sha256_file(p) for p in checkpoint.files}
+    size = sum(p.stat().st_size for p in checkpoint.files)
+    stats = {"bytes_read": 2 * size, "bytes_written": sum((out_dir / n).stat().st_size for n in hashes)}
+    return hashes, {p.name: sha256_file(p) for p in checkpoint.files}, stats
 
 
 # ---------------------------------------------------------------------------- streaming executor
@@ -116,52 +118,45 @@ def _slice_raw(raw, info, dim, keep):
     return np.ascontiguousarray(np.concatenate(pieces, axis=dim))
 
 
-def _fold_raw(tensor):
+def _fold_raw(tensor, stash):
     pieces = []
     for part in tensor.parts:
         if isinstance(part, tuple):
             pieces.append(np.zeros((*part[1], DTYPE_SIZES[tensor.dtype]), dtype=np.uint8))
         else:
-            pieces.append(_as_array(read_tensor_bytes(part), part.shape, part.dtype))
+            pieces.append(_as_array(stash[part.key], part.shape, part.dtype))
     return np.ascontiguousarray(np.concatenate(pieces, axis=tensor.dim))
 
 
+def _produce_raw(tensor, stash):
+    """The bytes of a sliced or folded output tensor, from its sources' raw bytes in ``stash``."""
+    if tensor.op == "slice":
+        return _slice_raw(stash[tensor.source.key], tensor.source, tensor.dim, tensor.keep)
+    return _fold_raw(tensor, stash)
+
+
 def _streaming(checkpoint, outputs, out_dir, max_shard_size):
-    hasher = FileHasher()
-    for path in checkpoint.files:  # hashed from the page cache while the copy runs
-        hasher.submit(f"source:{path.name}", path)
-    fds = {path: os.open(path, os.O_RDONLY) for path in checkpoint.files}
-
-    def produce(tensor, writer):
-        if tensor.op == "copy":
-            source = tensor.source
-            writer.copy_range(fds[source.file], source.start, source.nbytes, source.file)
-        elif tensor.op == "slice":
-            writer.write(_slice_raw(read_tensor_bytes(tensor.source), tensor.source, tensor.dim, tensor.keep))
-        else:
-            writer.write(_fold_raw(tensor))
-
-    try:
-        written = write_checkpoint(out_dir, outputs, produce, max_shard_size, hasher=hasher)
-        digests = hasher.results([f"source:{p.name}" for p in checkpoint.files])
-        return written, {p.name: digests[f"source:{p.name}"] for p in checkpoint.files}
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-        hasher.close()
+    written, source, stats = stream_checkpoint(checkpoint.files, outputs, _produce_raw, out_dir, max_shard_size)
+    return written, source, stats.as_dict()
 
 
 def execute_plan(plan, checkpoint, out_dir, streaming=True, max_shard_size=DEFAULT_MAX_SHARD_SIZE):
     """Write the pruned weights of ``checkpoint`` into ``out_dir``.
 
     Returns:
-        ``(written, source)``: ``{file: sha256}`` of the written weight files and of the source ones.
+        ``(written, source, io)``: ``{file: sha256}`` of the written weight files and of the source
+        ones, and ``{"bytes_read", "bytes_written", "seconds"}`` of the weight files (in-memory:
+        bytes read counts the load and the hashing pass).
     """
     outputs = plan_outputs(plan, checkpoint)
     limit = parse_size(max_shard_size)
+    start = time.perf_counter()
     if streaming:
-        return _streaming(checkpoint, outputs, out_dir, limit)
-    return _in_memory(checkpoint, plan, outputs, out_dir, limit)
+        written, source, io = _streaming(checkpoint, outputs, out_dir, limit)
+    else:
+        written, source, io = _in_memory(checkpoint, plan, outputs, out_dir, limit)
+    io["seconds"] = round(time.perf_counter() - start, 3)
+    return written, source, io
 
 
 # ---------------------------------------------------------------------------- the whole operation
@@ -208,22 +203,56 @@ def prepare(model_dir, drop):
     return adapter, config, plan, checkpoint, summary
 
 
+# files of a model folder that describe the model itself, so the pruned one needs them (patched by
+# the plan where it says so); anything else (source weights in other formats, the source's manifest,
+# model card, plots, notes) describes the source and is left out, named in the manifest
+CARRIED_NAMES = frozenset({
+    "generation_config.json", "processor_config.json", "preprocessor_config.json", "image_processor_config.json",
+    "video_preprocessor_config.json", "feature_extractor_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "chat_template.json", "chat_template.jinja",
+})
+CARRIED_PREFIXES = ("tokenizer", "chat_template")
+CARRIED_DIRS = frozenset({"additional_chat_templates"})
+
+
+def carried(name, is_dir=False):
+    """Whether a file (or folder) of a source model folder belongs in the pruned one (besides config
+    and weights): config, processor and tokenizer files, chat templates, remote-code ``.py`` files."""
+    if is_dir:
+        return name in CARRIED_DIRS
+    return (name in CARRIED_NAMES or name.startswith(CARRIED_PREFIXES) or name.endswith(".py")
+            or name.endswith(".tiktoken"))
+
+
 def _write_side_files(model_dir, out_dir, plan):
-    """Patched config/processor files and a copy of every other non-weight file."""
-    skip = {CONFIG_NAME, INDEX_NAME, MANIFEST_NAME, *plan.drop_files, *plan.processor_patch}
+    """Patched config/processor files and a copy of every other file the output model needs.
+
+    Returns:
+        the sorted names of the source's files left out (folders end with ``/``); the weights,
+        their index and the files the plan drops are replaced, not left out.
+    """
+    replaced = {CONFIG_NAME, INDEX_NAME, *plan.processor_patch}
     data = read_json(model_dir / CONFIG_NAME, "re-save the model", ModelLoadError)
     _dump_json(out_dir / CONFIG_NAME, apply_json_ops(data, plan.config_patch))
     for name, ops in plan.processor_patch.items():
         if (model_dir / name).is_file():
             data = read_json(model_dir / name, "re-save the model with its processor", ModelLoadError)
             _dump_json(out_dir / name, apply_json_ops(data, ops))
+    left_out = []
     for path in sorted(model_dir.iterdir()):
-        if path.name in skip or path.name.startswith(".") or path.name.endswith(".safetensors"):
+        name = path.name
+        if name in replaced or name.startswith(".") or name.endswith(".safetensors"):
             continue
-        if path.is_dir():
-            shutil.copytree(path, out_dir / path.name)
+        if name in plan.drop_files or not carried(name, path.is_dir()):
+            left_out.append(name + "/" if path.is_dir() else name)
+        elif path.is_dir():
+            shutil.copytree(path, out_dir / name)
         else:
-            shutil.copy2(path, out_dir / path.name)
+            shutil.copy2(path, out_dir / name)
+    if left_out:
+        logger.info("left out of the output (they describe the source): %s", ", ".join(left_out))
+    return left_out
 
 
 def _dump_json(path, data):
@@ -279,8 +308,8 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
         logger.info("pruning %s from %s (%s executor)", ", ".join(plan.drop), model_dir,
                     "streaming" if streaming else "in-memory")
-        written, source = execute_plan(plan, checkpoint, tmp, streaming, max_shard_size)
-        _write_side_files(model_dir, tmp, plan)
+        written, source, io = execute_plan(plan, checkpoint, tmp, streaming, max_shard_size)
+        left_out = _write_side_files(model_dir, tmp, plan)
         from ..models.loading import adapter_for
         from .verify import check_structure, verify_pruned
 
@@ -296,7 +325,8 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
         manifest = write_manifest(
             tmp, stage="prune", source=model_dir, removed=plan.drop, kept=plan.kept,
             plan=plan.to_dict(), ranking=selection, verification=verification,
-            extra={"summary": summary, "executor": "streaming" if streaming else "in-memory"},
+            extra={"summary": summary, "executor": "streaming" if streaming else "in-memory", "io": io,
+                   "left_out": left_out},
             source_hashes=source, file_hashes=written,
         )
     manifest["output"] = str(Path(out).resolve())
