@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
 from ..files import INDEX_NAME, WEIGHTS_NAME, sha256_file
+from ..runtime import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -396,6 +397,8 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
     ring = _Buffers(buffers, chunk)
     files = [Path(p) for p in files]
     state = {"writer": None, "hash": None}
+    bar = progress_bar(total=sum(p.stat().st_size for p in files), desc="pruning", unit="B", unit_scale=True,
+                       unit_divisor=1024)  # drawn on a terminal only
 
     def open_shard(name):  # on out_pool, ordered with the writes
         close_shard()
@@ -461,6 +464,8 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
                 raise ModelLoadError(f"{name} ended early (truncated while reading); re-download it")
             at += got
         stats.read += count
+        bar.update(count)
+        bar.update(count)
         pending_out.append(src_pool.submit(digest.update, view))
         return data
 
@@ -532,6 +537,7 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
             stats.written += len(text)
         return written, source_digests, stats
     finally:
+        bar.close()
         for pool in (src_pool, hash_pool, out_pool):
             pool.shutdown(wait=True, cancel_futures=True)
         if state["writer"] is not None:
