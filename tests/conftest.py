@@ -70,3 +70,16 @@ def mixed_jsonl(tmp_path):
             item.update(question="What colour is the shape?", answer="red", metric="vqa" if i % 4 else "exact")
         items.append(item)
     return write_jsonl(tmp_path / "bench.jsonl", items)
+
+
+def run_main(capsys, *args):
+    """Run ``encslim ARGS`` through the console entry point in-process: ``(exit code, stdout, stderr)``."""
+    from encslim.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

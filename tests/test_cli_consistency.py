@@ -7,19 +7,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from encslim.cli import COMMANDS, MODEL_ARGUMENTS, DemoModelPath, cli, main
+from encslim.cli import COMMANDS, MODEL_ARGUMENTS, DemoModelPath, cli
 from encslim.demo.assets import demo_model_path
-
-
-def _main(capsys, *args):
-    """Run ``encslim ARGS`` through the console entry point; return (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from .conftest import run_main as _main
 
 
 # ---------------------------------------------------------------------- point 7: demo, typos, help

@@ -7,22 +7,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from encslim.cli import main
 from encslim.errors import ConfigError
 from encslim.finetune.callbacks import read_log
 from encslim.finetune.train import finetune, work_dir
 from encslim.provenance import read_manifest
-
-
-def _cli(capsys, *args):
-    """Run ``encslim ARGS`` in-process; return (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from ..conftest import run_main as _cli
 
 
 def _error_line(stderr):
