@@ -116,12 +116,13 @@ def configure_threads(requested=None):
 
     if requested is None and _choice is not None:
         return _choice["threads"]
-    threads, source = choose_threads(requested)
+    busy = busy_cpus()  # sampled once: the figure recorded is the one the choice used
+    threads, source = choose_threads(requested, load=busy)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     load = _load_1min()
     _choice = {"threads": threads, "source": source, "cpus": available_cpus(),
-               "load_1min": None if load is None else round(load, 2), "busy_cpus": busy_cpus()}
+               "load_1min": None if load is None else round(load, 2), "busy_cpus": busy}
     return threads
 
 

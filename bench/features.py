@@ -16,6 +16,7 @@ import logging
 import torch
 
 from ..errors import DataError
+from ..runtime import progress_bar
 from . import distributed
 
 logger = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def mean_features(model, processor, adapter, samples, batch_size=8, progress=Fal
         totals[s.name] = torch.zeros(s.feature_dim, dtype=torch.float64)
         totals[f"#{s.name}"] = torch.zeros(1, dtype=torch.float64)
     chunks = [with_images[i:i + batch_size] for i in range(0, len(with_images), batch_size)]
-    for chunk in _progress(chunks, progress, "mean features"):
+    for chunk in progress_bar(chunks, desc="mean features", progress=None if progress else False):
         prompts = [adapter.build_prompt(processor, "") for _ in chunk]
         features = encode_images(model, processor, adapter, [s.image for s in chunk], prompts, slots)
         for slot, value in features.items():
@@ -237,11 +238,3 @@ def counting_encoder_passes(model, adapter):
         yield counter
     finally:
         counter.close()
-
-
-def _progress(items, enabled, desc):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, disable=None)  # off without a TTY
