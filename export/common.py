@@ -131,6 +131,14 @@ def probe_batch(adapter, processor, count=2, seed=0):
     return adapter.prepare_batch(processor, probe_images(count, seed), probe_prompts(adapter, processor, count))
 
 
+def probe_logits(adapter, model, batch):
+    """The model's logits on a probe batch, through the adapter (encoders once, fusion, LLM)."""
+    import torch
+
+    with torch.no_grad():
+        return adapter.decode(model, adapter.encode(model, batch), batch).logits
+
+
 def max_abs_diff(a, b, mask=None):
     """Largest absolute difference of two arrays/tensors (as float64), over ``mask`` rows if given.
 

@@ -9,7 +9,7 @@ import logging
 
 from ..files import atomic_output_dir, check_output_path
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch,
-                     read_source)
+                     probe_logits, read_source)
 from .finish import check_card_inputs, finish_folder, slot_rows
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ def export_hf(model_dir, out, *, overwrite=False, max_shard_size=DEFAULT_SHARD, 
     source = read_source(model_dir)
     model, processor = load_source(source, dtype)
     return write_verified_folder(source, model, processor, out, "hf", overwrite=overwrite,
-                                 max_shard_size=max_shard_size, ranking=ranking, bench=bench, atol=atol)
+                                 max_shard_size=max_shard_size, ranking=ranking, bench=bench, atol=atol,
+                                 notes=source.adapter.export_notes(model.config))
 
 
 def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False, max_shard_size=DEFAULT_SHARD,
@@ -63,19 +64,15 @@ def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False
         notes: extra card lines.
         details: extra format-specific data for the manifest.
     """
-    import torch
-
     if reference is None:
         batch = probe_batch(source.adapter, processor)
-        with torch.no_grad():
-            reference = (batch, model(**batch).logits)
+        reference = (batch, probe_logits(source.adapter, model, batch))
     batch, expected = reference
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs or [source.path]) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
         reloaded, _ = source.adapter.load(str(tmp), device="cpu", dtype=model.dtype)
-        with torch.no_grad():
-            logits = reloaded.eval()(**batch).logits
+        logits = probe_logits(source.adapter, reloaded.eval(), batch)
         records = [check_logits("logits", max_abs_diff(expected, logits), atol)]
         fail_unless_matched(records, "the written folder")
         manifest = finish_folder(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import VerificationError
 from ..files import atomic_output_dir, check_output_path, sha256_file
-from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch,
+from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch, probe_logits,
                      read_source, require_target)
 from .finish import check_card_inputs, finish_folder, slot_rows
 
@@ -134,24 +134,20 @@ def export_remote_code(model_dir, out, *, overwrite=False, max_shard_size="5GB",
     Raises:
         ConfigError: not a native model. VerificationError: the folder does not reproduce the source.
     """
-    import torch
-
     check_output_path(out, overwrite, inputs=[model_dir])
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
     require_target(source, "remote-code", NEEDS, "remote code")
     model, processor = load_source(source, dtype)
     batch = probe_batch(source.adapter, processor)
-    with torch.no_grad():
-        reference = model(**batch).logits
+    reference = probe_logits(source.adapter, model, batch)
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
         code = ship_code(tmp)
         add_auto_map(tmp)
         reloaded, _ = source.adapter.load(str(tmp), dtype=model.dtype)
-        with torch.no_grad():
-            logits = reloaded.eval()(**batch).logits
+        logits = probe_logits(source.adapter, reloaded.eval(), batch)
         records = [check_logits("logits", max_abs_diff(reference, logits), atol)]
         fail_unless_matched(records, "the remote-code folder")
         manifest = finish_folder(

@@ -65,7 +65,7 @@ def build_examples(samples, processor, adapter, image_token_id, expected_image_t
     if not samples:
         raise DataError("no training samples; pass a data file with image-question-answer samples")
     tokenizer = adapter.tokenizer(processor)
-    _check_samples(samples, tokenizer.convert_ids_to_tokens(image_token_id))
+    _check_samples(samples, adapter.image_placeholder(processor))
     examples = []
     for sample in samples:
         prompt = adapter.build_prompt(processor, question_text(sample, prompt_format))

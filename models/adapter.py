@@ -25,6 +25,7 @@ from .masking import FusionClass, MaskError, check_mask_set, check_slot_names
 BUILTIN_FAMILIES = {
     "encslim": "encslim.models.native",
     "deepseek_vl_hybrid": "encslim.models.deepseek_vl_hybrid", "deepseek_vl": "encslim.models.deepseek_vl_hybrid",
+    "eagle_llama": "encslim.models.eagle.family",
 }
 
 _REGISTRY = {}
@@ -164,6 +165,11 @@ class Adapter(ABC):
         """The id of the image placeholder token in prompts (``config.image_token_id``, the transformers convention)."""
         return config.image_token_id
 
+    def image_placeholder(self, processor):
+        """The image placeholder as text in prompts (``<image>``): questions must not hold it themselves."""
+        tokenizer = self.tokenizer(processor)
+        return getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
+
     # ------------------------------------------------------------------ the split forward
     @abstractmethod
     def encode(self, model, batch, slots=None):
@@ -288,6 +294,10 @@ class Adapter(ABC):
             return []
         return [f"{fmt} is not an export target of this {self.model_type} model with slot(s) {', '.join(kept)}"]
 
+    def export_notes(self, config):
+        """Lines a model card of an ``hf`` export must carry about this family's folder (default: none)."""
+        return []
+
     def how_to_load(self, folder, model):
         """Python code (for a model card) loading an ``hf`` export folder of ``model``; default: its stock class."""
         name = type(model).__name__
@@ -338,6 +348,8 @@ def adapter_for_config(config_dict):
         adapter = get_adapter(model_type)
         if adapter.matches(config_dict):
             return adapter
+    for module in sorted(set(BUILTIN_FAMILIES.values())):  # families detected by keys (Eagle as llava_llama)
+        import_module(module)
     for adapter in _REGISTRY.values():
         if adapter.matches(config_dict):
             return adapter

@@ -18,17 +18,31 @@ def inspect_cmd(model_dir, as_json):
 
 @click.command("create-tiny")
 @click.argument("out", type=click.Path())
+@click.option("--family", type=click.Choice(("native", "eagle", "deepseek_vl_hybrid")), default="native",
+              show_default=True, help="native: encslim's own architecture; eagle: Eagle v1's original layout; "
+                                      "deepseek_vl_hybrid: transformers' DeepSeek-VL.")
 @click.option("--fusion", default="channel_concat", show_default=True,
-              help="channel_concat (A1), A2, sequence_concat (B) or cross_attention (C).")
+              help="native: channel_concat (A1), A2, sequence_concat (B) or cross_attention (C).")
 @click.option("--encoders", default="clip,siglip,dinov2", show_default=True,
-              help="Comma-separated tiny backbones: clip, siglip, dinov2, convnext, sam.")
-@click.option("--text", default="llama", show_default=True, help="Tiny LLM: llama or qwen2.")
+              help="native: comma-separated tiny backbones: clip, siglip, dinov2, convnext, sam.")
+@click.option("--towers", default="clip-448,convnext-1024,sam-1024,det-1024,pix2struct-1024", show_default=True,
+              help="eagle: comma-separated Eagle towers, in checkpoint order.")
+@click.option("--text", default="llama", show_default=True, help="native: tiny LLM, llama or qwen2.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def create_tiny_cmd(out, fusion, encoders, text, seed, overwrite):
-    """Write a tiny random native model folder to OUT (weights, processor, tokenizer)."""
-    from .tiny import create_tiny
+def create_tiny_cmd(out, family, fusion, encoders, towers, text, seed, overwrite):
+    """Write a tiny random model folder to OUT (weights, processor, tokenizer)."""
+    if family == "eagle":
+        from .eagle.tiny import create_tiny_eagle, parse_tower_list
 
-    names = tuple(e.strip() for e in encoders.split(",") if e.strip())
-    create_tiny(out, fusion=fusion, encoders=names, text=text, seed=seed, overwrite=overwrite)
+        create_tiny_eagle(out, towers=parse_tower_list(towers), seed=seed, overwrite=overwrite)
+    elif family == "deepseek_vl_hybrid":
+        from .tiny import create_tiny_hybrid
+
+        create_tiny_hybrid(out, seed=seed, overwrite=overwrite)
+    else:
+        from .tiny import create_tiny
+
+        names = tuple(e.strip() for e in encoders.split(",") if e.strip())
+        create_tiny(out, fusion=fusion, encoders=names, text=text, seed=seed, overwrite=overwrite)
     click.echo(f"wrote {out}")

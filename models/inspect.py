@@ -82,17 +82,19 @@ def inspect_model(path):
 
 def format_inspection(info):
     """A human table of :func:`inspect_model`'s result."""
+    w = max([12] + [len(s["name"]) + 2 for s in info["slots"]])
+    bw = max([10] + [len(s["backbone"]) + 2 for s in info["slots"]])
     lines = [
         f"model   {info['path']}  ({info['model_type']})",
         f"fusion  {info['fusion']['type']} (class {info['fusion']['class']}), "
         f"{info['fusion']['image_tokens']} image tokens, {info['fusion']['shared_params']:,} shared params",
         "",
-        f"{'slot':<12}{'backbone':<22}{'input':>7}{'tokens':>8}{'dim':>6}{'params':>12}{'vision FLOPs':>15}"
+        f"{'slot':<{w}}{'backbone':<{bw}}{'input':>7}{'tokens':>8}{'dim':>6}{'params':>12}{'vision FLOPs':>15}"
         f"{'share':>8}  exact removal",
     ]
     for s in info["slots"]:
         lines.append(
-            f"{s['name']:<12}{s['backbone']:<22}{s['image_size']:>7}{s['tokens']:>8}{s['feature_shape'][1]:>6}"
+            f"{s['name']:<{w}}{s['backbone']:<{bw}}{s['image_size']:>7}{s['tokens']:>8}{s['feature_shape'][1]:>6}"
             f"{s['params']:>12,}{s['vision_flops']:>15,}{s['vision_flops_share']:>8.1%}  "
             f"{'yes' if s['removal_exact'] else 'no (finetune after removal)'}"
         )

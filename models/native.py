@@ -12,7 +12,7 @@ from .adapter import Adapter, Slot, register_adapter
 from .configuration_encslim import EncslimConfig
 from .masking import EXACT_REMOVAL, FusionClass
 from .modeling_encslim import EncslimForConditionalGeneration
-from .plan import Delete, RemovalPlan, Slice, check_drop
+from .plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
 from .processing_encslim import EncslimProcessor
 
 PIXEL_PREFIX = "pixel_values_"
@@ -170,7 +170,7 @@ def removal_plan(config, drop):
     slices, notes, exact = [], [], True
     if fusion in (FusionClass.A1, FusionClass.A2):
         dims = {s: config.slot_feature_dim(s) for s in slots}
-        keep, removed = _channel_ranges(slots, dims, drop)
+        keep, removed = channel_ranges(slots, dims, drop)
         size = sum(dims.values())
         if fusion == FusionClass.A1:
             slices.append(Slice("fusion.projector.0.weight", 1, size, keep, removed))
@@ -196,21 +196,6 @@ def removal_plan(config, drop):
         slices=slices, config_patch=[{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}],
         processor_patch={"processor_config.json": processor_ops}, exact=exact, notes=notes,
     )
-
-
-def _channel_ranges(slots, dims, drop):
-    """Kept ``[start, stop)`` channel ranges (merged) and each dropped slot's range."""
-    keep, removed, offset = [], {}, 0
-    for slot in slots:
-        start, stop = offset, offset + dims[slot]
-        offset = stop
-        if slot in drop:
-            removed[slot] = (start, stop)
-        elif keep and keep[-1][1] == start:
-            keep[-1] = (keep[-1][0], stop)
-        else:
-            keep.append((start, stop))
-    return tuple(keep), removed
 
 
 def llava_blockers(config, kept=None):

@@ -123,6 +123,21 @@ class RemovalPlan:
         return data
 
 
+def channel_ranges(slots, dims, drop):
+    """Kept ``[start, stop)`` channel ranges (merged) and each dropped slot's range."""
+    keep, removed, offset = [], {}, 0
+    for slot in slots:
+        start, stop = offset, offset + dims[slot]
+        offset = stop
+        if slot in drop:
+            removed[slot] = (start, stop)
+        elif keep and keep[-1][1] == start:
+            keep[-1] = (keep[-1][0], stop)
+        else:
+            keep.append((start, stop))
+    return tuple(keep), removed
+
+
 def check_drop(slots, drop):
     """Validate a drop list against a model's slots.
 

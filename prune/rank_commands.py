@@ -7,16 +7,17 @@ def _cur_summary(data):
     """A short terminal table: CUR per slot and category (percent), significant cells starred."""
     groups = [*data["categories"], "overall"]
     width = max(12, *(len(g) + 2 for g in groups))
-    lines = [f"{'slot':<12}" + "".join(f"{g:>{width}}" for g in groups)]
+    sw = max(12, *(len(s) + 2 for s in data["slots"]))
+    lines = [f"{'slot':<{sw}}" + "".join(f"{g:>{width}}" for g in groups)]
     for slot in data["slots"]:
         cells = []
         for g in groups:
             cell = data["cur"][slot][g]
             text = "n/a" if cell["value"] is None else f"{100 * cell['value']:.1f}" + ("*" if cell.get("significant") else "")
             cells.append(f"{text:>{width}}")
-        lines.append(f"{slot:<12}" + "".join(cells))
+        lines.append(f"{slot:<{sw}}" + "".join(cells))
     igs = ["n/a" if data["ig"].get(g) is None else f"{100 * data['ig'][g]:.1f}" for g in groups]
-    lines.append(f"{'IG':<12}" + "".join(f"{text:>{width}}" for text in igs))
+    lines.append(f"{'IG':<{sw}}" + "".join(f"{text:>{width}}" for text in igs))
     return "\n".join(lines)
 
 

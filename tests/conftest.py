@@ -32,6 +32,26 @@ def tiny_model_dir(tmp_path_factory):
 
     return make
 
+
+@pytest.fixture(scope="session")
+def tiny_eagle_dir(tmp_path_factory):
+    """Factory: ``tiny_eagle_dir(towers=(...), seed=0)`` -> a tiny Eagle folder in the original layout
+    (default: the five X5 towers). Cached per argument set for the session; treat as read-only."""
+    from encslim.models.eagle.tiny import X5, create_tiny_eagle
+
+    cache = {}
+
+    def make(towers=X5, seed=0):
+        key = (tuple(towers), seed)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("eagle") / f"{'-'.join(t.split('-')[0] for t in towers)}-{seed}"
+            create_tiny_eagle(out, towers=tuple(towers), seed=seed)
+            cache[key] = out
+        return cache[key]
+
+    return make
+
+
 def make_image(seed, size=40):
     """A seeded random RGB image."""
     rng = np.random.RandomState(seed)

@@ -1,0 +1,319 @@
+"""The Eagle v1 family (X2/X4/X5) in its original checkpoint layout: adapter, loading, removal plan.
+
+Slots are the tower names of ``mm_vision_tower`` (``clip-448``, ``convnext-1024``, ``sam-1024``,
+``det-1024``, ``pix2struct-1024``). The fusion is class A1 (DESIGN §1): every tower's 32x32 grid
+is concatenated on channels and ``mm_projector.0`` is the first Linear. The paper's mask replaces
+a tower's features by zeros before the concat, which is exactly deleting its columns of
+``mm_projector.0.weight`` (bias unchanged): removal is exact for every tower. The ``mean`` mask
+(a constant per channel) is supported in masking; it would fold into the bias.
+
+Strict loading: the checkpoint's keys must equal the modules' keys; a missing or unexpected key is
+an error naming it. The one tolerated difference is ConvNeXt's classifier ``head.*``, which
+Eagle's forward never runs: its size is read from the checkpoint (absent: no head).
+"""
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ...errors import ModelLoadError
+from ...files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
+from ..adapter import Adapter, Slot, TrainableParts, register_adapter
+from ..masking import FusionClass, check_mask_set, mask_feature
+from ..plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
+from .configuration import (EAGLE_KEYS, IMAGE_TOKEN_INDEX, TOWER_NAMES, EagleConfig, is_eagle_config, join_towers,
+                            parse_towers)
+from .modeling import EagleVisionLlamaForCausalLM, register_auto_classes
+from .processing import IMAGE_PLACEHOLDER, EagleProcessor
+
+TOWER_PREFIX = "model.vision_tower.vision_towers."  # + "{i}." in checkpoint keys
+PROJECTOR_WEIGHT = "model.mm_projector.0.weight"
+CONVNEXT = "convnext-1024"
+# EVA's RoPE tables: a function of the tower's sizes. A checkpoint may hold them once (rope_win /
+# rope_glb), also under every block's alias (a torch.save of the original module), or not at all.
+DERIVED_KEY = re.compile(r"\.vision_tower\.(blocks\.\d+\.attn\.rope|rope_win|rope_glb)\.freqs_(cos|sin)$")
+HOW_TO_LOAD = """\
+import encslim
+model, processor, adapter = encslim.load_model("{name}")
+# with transformers alone, once encslim is imported (it registers eagle_llama):
+#   import encslim.models.eagle.family
+#   from transformers import AutoModelForCausalLM
+#   model = AutoModelForCausalLM.from_pretrained("{name}")
+"""
+
+
+def read_eagle_config(path):
+    """The :class:`EagleConfig` of a folder (``model_type`` ``eagle_llama`` or ``llava_llama``)."""
+    try:
+        data = json.loads(Path(path, CONFIG_NAME).read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not load: {str(err).splitlines()[0]}") from err
+    missing = [k for k in EAGLE_KEYS if k not in data]
+    if missing:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME} is not an Eagle config: it lacks {', '.join(missing)}")
+    unknown = [t for t in parse_towers(data["mm_vision_tower"]) if t not in TOWER_NAMES]
+    if unknown:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME} names unknown Eagle tower(s) {', '.join(unknown)} in "
+                             f"mm_vision_tower; known: {', '.join(TOWER_NAMES)}")
+    data.pop("model_type", None)
+    try:
+        config = EagleConfig(**data)
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not make an Eagle config: {err}") from err
+    widths = sum(config.tower_widths())
+    if config.mm_hidden_size != widths:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME}: mm_hidden_size is {config.mm_hidden_size} but the towers "
+                             f"{config.mm_vision_tower} deliver {widths} channels; fix mm_hidden_size")
+    return config
+
+
+def _header_shapes(path):
+    from safetensors import safe_open
+
+    folder = Path(path)
+    index = folder / INDEX_NAME
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+    elif (folder / WEIGHTS_NAME).is_file():
+        files = [WEIGHTS_NAME]
+    else:
+        raise ModelLoadError(f"{path} holds no {WEIGHTS_NAME} or {INDEX_NAME}; Eagle weights must be safetensors "
+                             "(convert .bin checkpoints first)")
+    shapes = {}
+    for name in files:
+        try:
+            with safe_open(str(folder / name), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"{folder / name} is not a readable safetensors file: {err}") from err
+    return shapes
+
+
+def _fit_heads(config, shapes):
+    """Size each ConvNeXt tower's unused classifier head as the checkpoint has it (0: none)."""
+    specs = dict(config.eagle_tower_specs)
+    for i, name in enumerate(config.tower_names):
+        if name == CONVNEXT:
+            fc = shapes.get(f"{TOWER_PREFIX}{i}.vision_tower.head.fc.weight")
+            specs[name] = {**specs.get(name, {}), "head_classes": int(fc[0]) if fc else 0}
+    config.eagle_tower_specs = specs
+
+
+def strict_load(path, config, dtype=None, device_map=None):
+    """``from_pretrained`` refusing any missing, unexpected or mis-shaped key (naming them)."""
+    shapes = _header_shapes(path)
+    _fit_heads(config, shapes)
+    expected = dict(_expected_shapes(config))
+    missing = sorted(set(expected) - set(shapes))
+    derived_missing = [k for k in missing if DERIVED_KEY.search(k)]
+    missing = [k for k in missing if not DERIVED_KEY.search(k)]
+    unexpected = sorted(k for k in set(shapes) - set(expected) if not DERIVED_KEY.search(k))
+    mismatched = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k]) != tuple(shapes[k]))
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
+        if keys:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            problems.append(f"{len(keys)} {label} key(s): {', '.join(keys[:3])}{more}")
+    if problems:
+        raise ModelLoadError(f"{path} does not match its Eagle config ({config.mm_vision_tower}): "
+                             f"{'; '.join(problems)}; the checkpoint and config.json must come from the same model")
+    kwargs = {"config": config}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = EagleVisionLlamaForCausalLM.from_pretrained(str(path), **kwargs)
+    if derived_missing:
+        from .eva import VisionRotaryEmbeddingFast
+
+        for module in model.modules():
+            if isinstance(module, VisionRotaryEmbeddingFast):
+                module.reset_tables()
+    return model
+
+
+def _expected_shapes(config):
+    with torch.device("meta"):
+        model = EagleVisionLlamaForCausalLM(config)
+    for key, tensor in model.state_dict().items():
+        if key == "lm_head.weight" and config.tie_word_embeddings:
+            continue
+        yield key, tuple(tensor.shape)
+
+
+class EagleAdapter(Adapter):
+    """Eagle v1 (``eagle_llama``, or ``llava_llama`` with Eagle's keys): one slot per tower, class A1."""
+
+    model_type = "eagle_llama"
+
+    def matches(self, config_dict):
+        return is_eagle_config(config_dict)
+
+    def read_config(self, path):
+        return read_eagle_config(path)
+
+    def empty_model(self, config):
+        with torch.device("meta"):
+            return EagleVisionLlamaForCausalLM(config)
+
+    def slots(self, config):
+        out = []
+        for name in config.tower_names:
+            spec = config.tower_spec(name)
+            default = 336 if name == "clip-448" else config.eagle_input_image_size
+            size = spec.get("input_image_size", spec.get("image_size", default))
+            out.append(Slot(name, name.split("-")[0], size, config.eagle_grid_size ** 2, config.tower_width(name),
+                            removal_exact=True))
+        return out
+
+    def fusion_class(self, config):
+        return FusionClass.A1
+
+    def fusion_settings(self, config):
+        return {"type": "channel_concat", "projector": config.mm_projector_type, "grid": config.eagle_grid_size,
+                "input_image_size": config.eagle_input_image_size, "mask": "zeros before the concat"}
+
+    # ------------------------------------------------------------------ loading and inputs
+    def load(self, path, device="cpu", dtype=None, device_map=None):
+        register_auto_classes()
+        config = self.read_config(path)
+        model = strict_load(path, config, dtype, device_map)
+        if device_map is None:
+            model.to(device)
+        return model.eval(), EagleProcessor.from_pretrained(path, config)
+
+    def build_prompt(self, processor, question, with_image=True):
+        return processor.build_prompt(question, with_image)
+
+    def image_token_id(self, config):
+        return IMAGE_TOKEN_INDEX
+
+    def image_placeholder(self, processor):
+        return IMAGE_PLACEHOLDER
+
+    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
+        prompts = [p if images is None or IMAGE_PLACEHOLDER in p else f"{IMAGE_PLACEHOLDER}\n{p}" for p in prompts]
+        batch = processor.text_inputs(prompts)
+        if images is not None:
+            batch["pixel_values"] = processor.pixel_values(list(images))
+        return batch
+
+    def pixel_inputs(self, processor, images, masked=frozenset()):
+        return {"pixel_values": processor.pixel_values(list(images))}
+
+    # ------------------------------------------------------------------ the split forward
+    def encode(self, model, batch, slots=None):
+        pixels = batch.get("pixel_values")
+        if pixels is None:
+            return {}
+        tower = model.model.vision_tower
+        pixels = pixels.to(model.device, model.dtype)
+        wanted = set(tower.names if slots is None else slots)
+        return {name: tower.tower_features(i, pixels) for i, name in enumerate(tower.names) if name in wanted}
+
+    def fuse(self, model, features, masked=frozenset(), mask_mode="removal", mask_values=None):
+        """The concat of every tower's features, ``masked`` ones replaced by zeros (or constants)."""
+        config = model.config
+        masked = check_mask_set(config.tower_names, masked, mask_mode, mask_values)
+        ref = next(v for k, v in features.items() if k not in masked) if set(features) - masked \
+            else next(iter(features.values()))
+        parts = []
+        for name in config.tower_names:
+            if name in masked:
+                parts.append(mask_feature(ref, config.tower_width(name), mask_mode, (mask_values or {}).get(name)))
+            else:
+                parts.append(features[name])
+        return torch.cat(parts, dim=-1)
+
+    def embed(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
+        input_ids = batch["input_ids"].to(model.device)
+        image = input_ids == IMAGE_TOKEN_INDEX
+        embeds = model.get_input_embeddings()(input_ids.masked_fill(image, 0))
+        if not features:
+            return embeds
+        fused = model.model.mm_projector(self.fuse(model, features, masked, mask_mode, mask_values).to(embeds.dtype))
+        return embeds.masked_scatter(image.unsqueeze(-1), fused.to(embeds.dtype))
+
+    # ------------------------------------------------------------------ modules and parameters
+    def encoders(self, model):
+        tower = model.model.vision_tower
+        return dict(zip(tower.names, tower.vision_towers))
+
+    def parts(self, model):
+        inner = model.model
+        llm = torch.nn.ModuleList([inner.embed_tokens, inner.layers, inner.norm, model.lm_head])
+        return {"fusion": inner.mm_projector, "language_model": llm}
+
+    def slot_parameters(self, model):
+        hidden = model.config.hidden_size
+        return {name: {"vision": sum(p.numel() for p in module.parameters()),
+                       "fusion": model.config.tower_width(name) * hidden}
+                for name, module in self.encoders(model).items()}
+
+    def trainable_parts(self, model):
+        names = model.config.tower_names
+        return TrainableParts(language_model="model.layers", fusion=("model.mm_projector",),
+                              encoders={n: f"{TOWER_PREFIX}{i}" for i, n in enumerate(names)})
+
+    # ------------------------------------------------------------------ removal and export
+    def removal_plan(self, config, drop):
+        return removal_plan(config, drop)
+
+    def export_targets(self, config, kept):
+        return ["hf"]
+
+    def export_blockers(self, config, kept, fmt):
+        if fmt == "hf":
+            return []
+        return [f"{fmt} export is not available for Eagle yet; export --format hf writes Eagle's own layout "
+                "(loads with encslim, and with NVlabs/EAGLE's code while convnext-1024 is kept)"]
+
+    def export_notes(self, config):
+        """What a model card should say about this Eagle folder."""
+        notes = ["architecture written as EagleVisionLlamaForCausalLM: EagleLlamaForCausalLM is also vLLM's "
+                 "EAGLE speculative-decoding draft model"]
+        if CONVNEXT not in config.tower_names:
+            notes.append("without convnext-1024 this folder does not load in NVlabs/EAGLE's own code (its "
+                         "multi-tower encoder takes the ConvNeXt tower's image processor); load it with encslim")
+        return notes
+
+    def how_to_load(self, folder, model):
+        return HOW_TO_LOAD.format(name=folder)
+
+
+def removal_plan(config, drop):
+    """Drop towers ``drop``: delete their prefixes, renumber later towers, slice ``mm_projector.0.weight``.
+
+    Exact for every tower (class A1 with the paper's zero mask).
+    """
+    names = list(config.tower_names)
+    drop = check_drop(names, drop)
+    widths = {n: config.tower_width(n) for n in names}
+    keep, removed = channel_ranges(names, widths, drop)
+    kept = [n for n in names if n not in drop]
+    renames = {}
+    for new, name in enumerate(kept):
+        old = names.index(name)
+        if old != new:
+            renames[f"{TOWER_PREFIX}{old}."] = f"{TOWER_PREFIX}{new}."
+    patch = [{"op": "set", "path": "mm_vision_tower", "value": join_towers(kept)},
+             {"op": "set", "path": "mm_hidden_size", "value": sum(widths[n] for n in kept)}]
+    patch += [{"op": "delete", "path": f"eagle_tower_specs.{n}", "optional": True} for n in drop]
+    notes = ["A1: a zero-masked tower's columns of mm_projector.0.weight multiply zeros, so deleting them "
+             "(and the tower) is exact"]
+    if CONVNEXT in drop:
+        notes.append("convnext-1024 dropped: NVlabs/EAGLE's own loader needs it (it takes that tower's image "
+                     "processor); the result loads with encslim")
+    return RemovalPlan(
+        model_type="eagle_llama", fusion_class=FusionClass.A1.value, slots=names, drop=drop,
+        delete_keys=[Delete(f"{TOWER_PREFIX}{names.index(n)}.", n) for n in drop],
+        slices=[Slice(PROJECTOR_WEIGHT, 1, sum(widths.values()), keep, removed)],
+        prefix_renames=renames, config_patch=patch, exact=True, notes=notes,
+    )
+
+
+register_auto_classes()
+register_adapter(EagleAdapter())

@@ -1,0 +1,150 @@
+"""Eagle v1's inputs: the 1024 px image tensor, the chat prompt and its token ids.
+
+- Images follow ``eagle/mm_utils.process_images`` with ``image_aspect_ratio: pad``: ``expand2square``
+  padded with the CLIP mean colour (``int(x * 255)`` per channel), then the ConvNeXt tower's
+  ``CLIPImageProcessor`` (``convnext_encoder.cfg`` with ``size``/``crop_size`` set to the 1024 px
+  input: shortest edge 1024, bicubic, centre crop, CLIP mean/std), which the multi-tower
+  encoder hard-codes as the model's processor. Without ``pad`` the processor runs directly.
+- Prompts follow ``eagle/conversation.py``: ``vicuna_v1`` (Eagle-X5-7B, Vicuna) or ``llama3``
+  (Eagle-X4-8B-Plus), with ``<image>\\n`` before the question as ``eagle/eval/model_vqa.py`` does.
+- Token ids follow ``eagle/mm_utils.tokenizer_image_token``: each ``<image>``-separated chunk is
+  tokenized on its own, later chunks lose their BOS, and the placeholder id ``-200`` sits between
+  them. encslim repeats the placeholder once per image token (the 32x32 grid) so the fused
+  features can be written into those positions; the LLM then sees exactly Eagle's sequence.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from .configuration import DEFAULT_GRID, DEFAULT_INPUT_SIZE, IMAGE_TOKEN_INDEX
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+IMAGE_PLACEHOLDER = "<image>"
+# encslim's record of the chat template and sizes (Eagle's own code hard-codes them and ignores it)
+PROCESSOR_FILE = "processor_config.json"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+TEMPLATES = ("vicuna_v1", "llama3")
+
+
+def expand2square(image, background):
+    """LLaVA/Eagle ``expand2square``: pad the shorter side (centred) with ``background``."""
+    from PIL import Image
+
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    result = Image.new(image.mode, (side, side), background)
+    result.paste(image, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+def chat_prompt(template, question, with_image=True):
+    """``conv_templates[template]`` with one user turn and an open assistant turn (``get_prompt``)."""
+    text = f"{IMAGE_PLACEHOLDER}\n{question}" if with_image else question
+    if template == "vicuna_v1":  # SeparatorStyle.TWO, sep " ", roles USER/ASSISTANT
+        return f"{VICUNA_SYSTEM} USER: {text} ASSISTANT:"
+    if template == "llama3":  # SeparatorStyle.MPT, sep <|eot_id|>
+        system = f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{VICUNA_SYSTEM}"
+        return (f"{system}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{text}<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    raise ValueError(f"chat template '{template}' unknown; use one of {', '.join(TEMPLATES)}")
+
+
+def guess_template(tokenizer):
+    """``llama3`` when the tokenizer knows Llama 3's ``<|eot_id|>``, else ``vicuna_v1``."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    return "llama3" if "<|eot_id|>" in vocab else "vicuna_v1"
+
+
+class EagleProcessor:
+    """Images -> ``pixel_values`` (B, 3, S, S); prompts -> ids with the placeholder run expanded."""
+
+    def __init__(self, tokenizer, image_size=DEFAULT_INPUT_SIZE, num_image_tokens=DEFAULT_GRID ** 2,
+                 template=None, pad=True):
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.num_image_tokens = int(num_image_tokens)
+        self.template = template or guess_template(tokenizer)
+        self.pad = pad
+        self.image_token = IMAGE_PLACEHOLDER
+        self.image_processor = CLIPImageProcessorPil(
+            size={"shortest_edge": self.image_size}, crop_size={"height": self.image_size, "width": self.image_size},
+            resample=3, do_center_crop=True, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+
+    @classmethod
+    def from_config(cls, tokenizer, config):
+        return cls(tokenizer, config.eagle_input_image_size, config.eagle_grid_size ** 2,
+                   pad=getattr(config, "image_aspect_ratio", "pad") == "pad")
+
+    @classmethod
+    def from_pretrained(cls, path, config):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        saved = Path(path) / PROCESSOR_FILE
+        template = json.loads(saved.read_text()).get("template") if saved.is_file() else None
+        processor = cls.from_config(tokenizer, config)
+        processor.template = template or processor.template
+        return processor
+
+    def save_pretrained(self, folder):
+        self.tokenizer.save_pretrained(str(folder))
+        Path(folder, PROCESSOR_FILE).write_text(json.dumps(
+            {"processor_class": "EagleProcessor", "template": self.template, "image_size": self.image_size,
+             "pad": self.pad}, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ images
+    def pixel_values(self, images):
+        """``process_images``: (B, 3, S, S) float tensor."""
+        background = tuple(int(x * 255) for x in CLIP_MEAN)
+        prepared = [expand2square(im.convert("RGB"), background) if self.pad else im.convert("RGB") for im in images]
+        out = self.image_processor(prepared, return_tensors="pt")["pixel_values"]
+        return torch.as_tensor(out)
+
+    # ------------------------------------------------------------------ text
+    def build_prompt(self, question, with_image=True):
+        return chat_prompt(self.template, question, with_image)
+
+    def prompt_ids(self, prompt):
+        """``tokenizer_image_token`` with each placeholder repeated ``num_image_tokens`` times."""
+        tok = self.tokenizer
+        chunks = [tok(chunk).input_ids for chunk in prompt.split(IMAGE_PLACEHOLDER)]
+        ids, offset = [], 0
+        if chunks and chunks[0] and chunks[0][0] == tok.bos_token_id:
+            offset = 1
+            ids.append(chunks[0][0])
+        for i, chunk in enumerate(chunks):
+            if i:
+                ids.extend([IMAGE_TOKEN_INDEX] * self.num_image_tokens)
+            ids.extend(chunk[offset:])
+        return ids
+
+    @property
+    def pad_token_id(self):
+        tok = self.tokenizer
+        for candidate in (tok.pad_token_id, tok.unk_token_id, tok.eos_token_id):
+            if candidate is not None:
+                return candidate
+        return 0
+
+    def text_inputs(self, prompts):
+        """LEFT-padded ``input_ids``/``attention_mask`` of ``prompts``."""
+        rows = [self.prompt_ids(p) for p in prompts]
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                input_ids[i, length - len(row):] = torch.tensor(row)
+                mask[i, length - len(row):] = 1
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def batch_decode(self, ids, **kwargs):
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, **kwargs)
