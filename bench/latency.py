@@ -27,6 +27,12 @@ BENCH_QUESTION = "What is shown in the image? Answer the question using a single
 MASK_RUN_MODES = (MaskMode.ZERO.value, MaskMode.REMOVAL.value)
 
 
+def _cache_of(out):
+    """The model output's key/value cache as the keyword the next call takes (``cache`` in newer
+    transformers, ``past_key_values`` before)."""
+    return {"cache": out.cache} if getattr(out, "cache", None) is not None else {"past_key_values": out.past_key_values}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One model to benchmark.
@@ -163,7 +169,7 @@ def run_iteration(loaded, batch, recorder, max_new_tokens, end_to_end=True):
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
                 out = adapter.lm_forward(model, input_ids=tokens[-1], attention_mask=mask,
                                          position_ids=mask.long().sum(-1, keepdim=True) - 1,
-                                         past_key_values=out.past_key_values, use_cache=True)
+                                         use_cache=True, **_cache_of(out))
                 tokens.append(_greedy(out.logits[:, -1], eos))
         if end_to_end:
             with recorder.stage("end_to_end"):

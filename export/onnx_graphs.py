@@ -22,6 +22,8 @@ import warnings
 
 from torch import nn
 
+from ..models.modeling_encslim import CACHE_KWARG
+
 logger = logging.getLogger(__name__)
 
 VISION_FILE = "vision.onnx"
@@ -79,9 +81,9 @@ class DecoderGraph(nn.Module):
         cache = DynamicCache([(key, value) for key, value in past])
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1]:]
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=positions, past_key_values=cache, use_cache=True)
+                                  position_ids=positions, use_cache=True, **{CACHE_KWARG: cache})
         present = []
-        for layer in out.past_key_values.layers:
+        for layer in getattr(out, CACHE_KWARG).layers:
             present += [layer.keys, layer.values]
         return (out.logits, *present)
 

@@ -15,6 +15,8 @@ the slot's features by zeros (the study's setting). ``mean`` replaces them by a 
 per slot (``mask_values``), e.g. the data-set mean of the features.
 """
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,11 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_encslim import EncslimConfig, backbone_info
+
+# transformers renamed the key/value cache argument and output field ``past_key_values`` -> ``cache``
+# (the old name warns, then goes in 5.40): use whichever this transformers has
+CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+               else "past_key_values")
 from .masking import MaskMode, check_mask_set, mask_feature
 
 PIXEL_PREFIX = "pixel_values_"
@@ -187,7 +194,7 @@ class EncslimPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_KWARG]
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -296,7 +303,7 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None,
                 past_key_values=None, inputs_embeds=None, labels=None, use_cache=None, image_features=None,
                 masked_slots=None, mask_mode="removal", mask_values=None, logits_to_keep=0, slot_keep=None,
-                **kwargs):
+                cache=None, **kwargs):
         """Full forward. Pixels come as ``pixel_values={slot: tensor}`` or ``pixel_values_<slot>=``.
 
         ``image_features`` (the output of :meth:`encode`) skips the vision towers. Slots masked in
@@ -305,6 +312,7 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
         per sample (training-time encoder dropout; for class A1 this is the removal mask).
         """
         pixel_values = _collect_pixels(pixel_values, kwargs)
+        cache = cache if cache is not None else past_key_values  # either name, whatever the caller uses
         if image_features is None and pixel_values:
             skip = set(masked_slots or ()) if mask_mode == "removal" else set()
             image_features = self.encode(pixel_values, [s for s in self.slot_names if s not in skip])
@@ -313,23 +321,23 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
         out = self.decode(
             image_features, input_ids=input_ids, attention_mask=attention_mask, masked_slots=masked_slots,
             mask_mode=mask_mode, mask_values=mask_values, inputs_embeds=inputs_embeds, labels=labels,
-            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
-            logits_to_keep=logits_to_keep, **kwargs,
+            position_ids=position_ids, use_cache=use_cache, logits_to_keep=logits_to_keep,
+            **{CACHE_KWARG: cache}, **kwargs,
         )
-        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values,
-                                      hidden_states=out.hidden_states, attentions=out.attentions)
+        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, hidden_states=out.hidden_states,
+                                      attentions=out.attentions, **{CACHE_KWARG: getattr(out, CACHE_KWARG)})
 
     def _validate_model_kwargs(self, model_kwargs):
         # per-slot pixel inputs arrive as pixel_values_<slot>, which no signature can list
         super()._validate_model_kwargs({k: v for k, v in model_kwargs.items() if not k.startswith(PIXEL_PREFIX)})
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      inputs_embeds=None, is_first_iteration=False, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None,
+                                      is_first_iteration=False, **kwargs):
         pixel_keys = [k for k in kwargs if k == "pixel_values" or k.startswith(PIXEL_PREFIX) or k == "image_features"]
         pixels = {k: kwargs.pop(k) for k in pixel_keys}
         inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs,
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration, **kwargs,
         )
         if is_first_iteration or not kwargs.get("use_cache", True):
             inputs.update(pixels)
