@@ -33,6 +33,16 @@ def _session(path, threads=None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def check_graph(module, path, graph, output, inputs, atol):
+    """One record: ``module(**inputs)`` (PyTorch) against the ONNX graph at ``path`` on the same inputs."""
+    import torch
+
+    with torch.no_grad():
+        reference = module(**inputs)
+    actual = _session(path).run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    return _record(graph, output, reference, actual, atol)
+
+
 def validate_vision(model, path, batch, atol):
     """Compare ``vision.onnx`` with the PyTorch encoders + fusion on the batch's pixels."""
     import torch

@@ -102,6 +102,10 @@ def export_onnx(model_dir, out, *, overwrite=False, atol=ATOL, ranking=None, ben
     source = read_source(model_dir)
     require_target(source, "onnx", NEEDS, "ONNX")
     model, processor = load_source(source, "float32")
+    front = source.adapter.vision_front_end(model, processor)
+    if front is not None:  # a family whose ONNX export is its vision front end only
+        return export_front_end(source, model, processor, front, out, overwrite=overwrite, atol=atol,
+                                ranking=ranking, bench=bench)
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
         names = write_graphs(model, tmp)
         records = validate_graphs(model, processor, tmp, atol, source.adapter)
@@ -127,4 +131,59 @@ def export_onnx(model_dir, out, *, overwrite=False, atol=ATOL, ranking=None, ben
     return manifest
 
 
-__all__ = ["export_onnx", "onnx_config", "write_graphs", "validate_graphs"]
+FRONT_END_HOW_TO_LOAD = """\
+# onnxruntime and numpy only: pixel_values as the model's processor makes them -> image embeddings
+import json, onnxruntime
+config = json.load(open("{name}/onnx_config.json"))
+session = onnxruntime.InferenceSession("{name}/" + config["graphs"]["vision"])
+image_embeds = session.run(None, {{"pixel_values": pixel_values}})[0]   # (B, tokens, hidden) for the LLM
+"""
+
+
+def export_front_end(source, model, processor, front, out, *, overwrite=False, atol=ATOL, ranking=None,
+                     bench=None):
+    """``vision.onnx`` of a family's vision front end (pixels -> projected image embeddings), validated.
+
+    Args:
+        front: ``(module, info)`` from :meth:`Adapter.vision_front_end`: ``module(pixel_values)``
+            returns the image embeddings the LLM receives; ``info`` (JSON) describes its input.
+        the rest: see :func:`export_onnx`.
+    """
+    import torch
+
+    from .onnx_graphs import quiet_export
+    from .onnx_validate import check_graph
+
+    module, info = front
+    module = module.eval()
+    pixels = probe_batch(source.adapter, processor)["pixel_values"].float()
+    with atomic_output_dir(out, overwrite=overwrite, inputs=[source.path]) as tmp:
+        path = Path(tmp) / VISION_FILE
+        with torch.no_grad(), quiet_export("vision front end"):
+            # a batch of 2 as the example: a batch of 1 would be specialised into the graph's reshapes
+            torch.onnx.export(module, (pixels,), str(path), dynamo=True, external_data=False,
+                              input_names=["pixel_values"], output_names=["image_embeds"],
+                              dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}}, verbose=False)
+        records = [check_graph(module, path, "vision", "image_embeds", {"pixel_values": p}, atol)
+                   for p in (pixels, pixels[:1])]
+        fail_unless_matched(records, "the ONNX export")
+        config = {"format_version": 1, "graphs": {"vision": VISION_FILE}, "inputs": ["pixel_values"],
+                  "outputs": ["image_embeds"], "dtype": "float32", "vision": info, "validation": records,
+                  "language_model": "not exported: only the vision front end (encoders, fusion, projector) is "
+                                    "ONNX; run the LLM on image_embeds with its own runtime"}
+        Path(tmp, ONNX_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        processor.save_pretrained(tmp)
+        model.config.save_pretrained(tmp)
+        manifest = finish_folder(
+            tmp, source, "onnx", slots=slot_rows(source.adapter, model.config), verification=records,
+            how_to_load=FRONT_END_HOW_TO_LOAD.format(name=out),
+            fusion_class=source.adapter.fusion_class(model.config),
+            parameters=sum(p.numel() for p in module.parameters()), ranking=ranking, bench=bench,
+            notes=["ONNX of the vision front end only (pixels -> image embeddings); the LLM stays in PyTorch"],
+            details={"graphs": config["graphs"], "validation_inputs": "2 probe images (batch 2, then batch 1)"},
+        )
+    logger.info("exported %s -> %s (format onnx, vision front end)", source.path, out)
+    return manifest
+
+
+__all__ = ["export_onnx", "export_front_end", "onnx_config", "write_graphs", "validate_graphs"]

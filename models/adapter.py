@@ -294,6 +294,15 @@ class Adapter(ABC):
             return []
         return [f"{fmt} is not an export target of this {self.model_type} model with slot(s) {', '.join(kept)}"]
 
+    def vision_front_end(self, model, processor):
+        """``(module, info)`` when this family's ONNX export is its vision front end alone, else ``None``.
+
+        ``module(pixel_values)`` returns the image embeddings the LLM receives (encoders, fusion,
+        projector); ``info`` is a JSON dict describing the pixel input (size, mean, std, tokens).
+        ``None`` (the default) means the family has its own full ONNX export or none.
+        """
+        return None
+
     def export_notes(self, config):
         """Lines a model card of an ``hf`` export must carry about this family's folder (default: none)."""
         return []

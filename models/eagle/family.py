@@ -263,13 +263,23 @@ class EagleAdapter(Adapter):
         return removal_plan(config, drop)
 
     def export_targets(self, config, kept):
-        return ["hf"]
+        return ["hf", "onnx"]
 
     def export_blockers(self, config, kept, fmt):
-        if fmt == "hf":
+        if fmt in self.export_targets(config, kept):
             return []
-        return [f"{fmt} export is not available for Eagle yet; export --format hf writes Eagle's own layout "
-                "(loads with encslim, and with NVlabs/EAGLE's code while convnext-1024 is kept)"]
+        return [f"{fmt} export is not available for Eagle; --format hf writes Eagle's own layout (loads with "
+                "encslim, and with NVlabs/EAGLE's code while convnext-1024 is kept), --format onnx its vision "
+                "front end"]
+
+    def vision_front_end(self, model, processor):
+        from .modeling import EagleVisionFrontEnd
+        from .processing import CLIP_MEAN, CLIP_STD
+
+        info = {"image_size": processor.image_size, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+                "expand_to_square": processor.pad, "num_image_tokens": processor.num_image_tokens,
+                "hidden_size": model.config.hidden_size, "towers": model.config.tower_names}
+        return EagleVisionFrontEnd(model), info
 
     def export_notes(self, config):
         """What a model card should say about this Eagle folder."""

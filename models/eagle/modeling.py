@@ -112,6 +112,18 @@ class EagleVisionLlamaForCausalLM(LlamaForCausalLM):
         return self.model.mm_projector(self.model.vision_tower(images))
 
 
+class EagleVisionFrontEnd(nn.Module):
+    """Pixels -> the image embeddings the LLM receives (towers, concat, projector): the ONNX export."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.vision_tower = model.model.vision_tower
+        self.mm_projector = model.model.mm_projector
+
+    def forward(self, pixel_values):
+        return self.mm_projector(self.vision_tower(pixel_values))
+
+
 def register_auto_classes():
     """Make ``AutoConfig``/``AutoModelForCausalLM`` know ``eagle_llama`` (as the original registers it)."""
     from transformers import AutoConfig, AutoModelForCausalLM
