@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ...errors import ModelLoadError
 from .configuration import DEFAULT_GRID, DEFAULT_INPUT_SIZE, IMAGE_TOKEN_INDEX
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -85,8 +86,15 @@ class EagleProcessor:
 
     @classmethod
     def from_pretrained(cls, path, config):
+        import importlib.util
+
         from transformers import AutoTokenizer
 
+        folder = Path(path)
+        if ((folder / "tokenizer.model").is_file() and not (folder / "tokenizer.json").is_file()
+                and importlib.util.find_spec("sentencepiece") is None):
+            raise ModelLoadError(f"{folder / 'tokenizer.model'} is a SentencePiece tokenizer (Eagle's Llama/Vicuna "
+                                 "one) and sentencepiece is not installed; pip install 'encslim[eagle]'")
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         saved = Path(path) / PROCESSOR_FILE
         template = json.loads(saved.read_text()).get("template") if saved.is_file() else None
