@@ -1,7 +1,9 @@
 """encslim: find and remove redundant vision encoders in multi-encoder multimodal LLMs.
 
 The public API is imported lazily so that ``import encslim`` (and ``encslim --help``) stays
-fast: torch and transformers load only when a function that needs them is first used.
+fast: torch and transformers load only when a function that needs them is first used. For the
+same reason the Auto classes of transformers learn the encslim families on request:
+``encslim.register_transformers()``.
 """
 
 from importlib import import_module
@@ -22,6 +24,7 @@ _LAZY = {
     "export_model": "encslim.export:export_model",
     "rank": "encslim.prune.rank:rank",
     "prune": "encslim.prune.surgery:prune",
+    "register_transformers": "encslim.models.loading:register_transformers",
 }
 
 

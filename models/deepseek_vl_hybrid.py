@@ -25,6 +25,7 @@ import torch
 from transformers import BatchFeature
 
 from .adapter import Adapter, Slot, register_adapter
+from .loading import load_pretrained
 from .masking import FusionClass, check_mask_set, mask_feature
 from ..errors import PlanError
 from .plan import Delete, Fold, RemovalPlan, check_drop
@@ -51,7 +52,7 @@ def _load(model_class, processor_class, path, device, dtype, device_map):
     kwargs = {"dtype": dtype} if dtype is not None else {}
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = model_class.from_pretrained(path, **kwargs)
+    model = load_pretrained(model_class, path, **kwargs)
     if device_map is None:
         model.to(device)
     return model.eval(), processor_class.from_pretrained(path)

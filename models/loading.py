@@ -1,5 +1,8 @@
-"""Load any supported model folder through its family's adapter."""
+"""Load any supported model folder through its family's adapter, refusing weights that do not fit."""
 
+import logging
+import pickle
+import re
 from pathlib import Path
 
 from ..errors import ModelLoadError
@@ -7,6 +10,112 @@ from ..files import CONFIG_NAME, read_json
 from .adapter import adapter_for_config
 
 DTYPES = ("float32", "bfloat16", "float16")
+SHOWN_KEYS = 3  # keys named per kind of problem in a load error
+LOAD_FIX = ("the weights must be the ones config.json describes: re-save the model with save_pretrained "
+            "(or encslim export --format hf), or fix the checkpoint's key names")
+
+
+def _keys(keys):
+    keys = sorted(keys)
+    more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+    return f"{', '.join(keys[:SHOWN_KEYS])}{more}"
+
+
+def _extra_prefix(missing, unexpected):
+    """The prefix (``model.``) that, stripped from the unexpected keys, gives missing ones; else ``None``."""
+    heads = {k.split(".", 1)[0] for k in unexpected if "." in k}
+    if len(heads) != 1 or not all("." in k for k in unexpected):
+        return None
+    prefix = f"{heads.pop()}."
+    stripped = {k[len(prefix):] for k in unexpected}
+    return prefix if stripped & set(missing) else None
+
+
+def check_load_report(path, info):
+    """Raise ``ModelLoadError`` if a transformers load report lists any missing, unexpected or mis-shaped key.
+
+    Args:
+        path: the model folder (named in the message).
+        info: what ``from_pretrained(..., output_loading_info=True)`` returns with the model:
+            ``missing_keys`` (parameters the checkpoint lacks: transformers initialises them
+            randomly), ``unexpected_keys`` (checkpoint tensors the model has no place for),
+            ``mismatched_keys`` (``(key, checkpoint shape, model shape)``, with
+            ``ignore_mismatched_sizes=True``) and ``error_msgs``. Keys transformers
+            legitimately skips (non-persistent buffers, a tied ``lm_head.weight``, its
+            ``_keys_to_ignore_on_load_*``) are not in it.
+
+    Raises:
+        ModelLoadError: one line naming the count and the first keys of each problem, and the fix.
+    """
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda item: item[0])
+    errors = [str(e).splitlines()[0] for e in info.get("error_msgs") or () if str(e).strip()]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) (they would be random): {_keys(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_keys(unexpected)}")
+    if mismatched:
+        shown = [f"{key} (checkpoint {list(ckpt)}, model {list(model)})" for key, ckpt, model in mismatched]
+        problems.append(f"{len(mismatched)} mis-shaped key(s): {_keys(shown)}")
+    if errors:
+        problems.append(f"{len(errors)} load error(s): {errors[0]}")
+    if not problems:
+        return
+    fix = LOAD_FIX
+    prefix = _extra_prefix(missing, unexpected)
+    if prefix:
+        fix = f"the checkpoint's keys carry an extra '{prefix}' prefix: strip it and re-save; {fix}"
+    raise ModelLoadError(f"{path}: the weights do not match config.json: {'; '.join(problems)}; {fix}")
+
+
+def unpickling_error(path, err):
+    """The ``ModelLoadError`` of a ``.bin`` weights file that ``torch.load(weights_only=True)`` refuses."""
+    bins = sorted(p.name for p in Path(path).glob("*.bin")) if Path(path).is_dir() else []
+    where = f"{path}/{bins[0]}" if len(bins) == 1 else f"{path} ({_keys(bins)})" if bins else str(path)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text, re.DOTALL)
+    reason = found.group(1).strip() if found else next((x.strip() for x in text.splitlines() if x.strip()), "")
+    return ModelLoadError(
+        f"{where} is not a plain weights file: torch.load(weights_only=True) refuses it "
+        f"({reason[:160] or type(err).__name__}); re-save the model as safetensors (save_pretrained) from a "
+        f"source you trust, or remove the file"
+    )
+
+
+class _DropLoadReport(logging.Filter):
+    """Drops transformers' multi-line LOAD REPORT table: :func:`check_load_report` says it in one line."""
+
+    def filter(self, record):
+        return "LOAD REPORT" not in str(record.msg)
+
+
+def load_pretrained(model_class, path, **kwargs):
+    """``model_class.from_pretrained(path, **kwargs)`` that refuses weights that do not fit the config.
+
+    transformers loads a checkpoint with missing keys (initialised randomly), unexpected ones
+    (dropped) or mis-shaped ones with a warning at most; this reads its load report instead and
+    raises (see :func:`check_load_report`). A ``.bin`` that ``torch.load(weights_only=True)``
+    refuses becomes a one-line error naming the file.
+
+    Raises:
+        ModelLoadError: the weights do not match, or a ``.bin`` does not unpickle safely.
+    """
+    from transformers.utils import logging as hf_logging
+
+    logger = hf_logging.get_logger("transformers.modeling_utils")
+    quiet = _DropLoadReport()
+    logger.addFilter(quiet)
+    try:
+        model, info = model_class.from_pretrained(path, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                  **kwargs)
+    except pickle.UnpicklingError as err:
+        raise unpickling_error(path, err) from err
+    finally:
+        logger.removeFilter(quiet)
+    check_load_report(path, info)
+    return model
 
 
 def read_config(path):
@@ -40,7 +149,8 @@ def load_model(path, device="cpu", dtype="float32", device_map=None):
         ``(model, processor, adapter)``.
 
     Raises:
-        ModelLoadError: not a model folder, unsupported family, or weights that do not load.
+        ModelLoadError: not a model folder, unsupported family, or weights that do not load or do not
+            match the config (missing, unexpected or mis-shaped keys: never random weights).
     """
     import torch
 
@@ -49,6 +159,26 @@ def load_model(path, device="cpu", dtype="float32", device_map=None):
     adapter = adapter_for(path)
     try:
         model, processor = adapter.load(str(path), device=device, dtype=getattr(torch, dtype), device_map=device_map)
+    except pickle.UnpicklingError as err:
+        raise unpickling_error(path, err) from err
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelLoadError(f"could not load the model in {path}: {str(err).splitlines()[0]}") from err
     return model, processor, adapter
+
+
+def register_transformers():
+    """Make transformers' Auto classes load encslim folders: the one line before plain transformers.
+
+    ``encslim.register_transformers()`` registers the native family (``model_type: encslim``)
+    with ``AutoConfig``, ``AutoModelForImageTextToText`` and ``AutoProcessor``, and Eagle
+    (``eagle_llama``) with ``AutoConfig`` and ``AutoModelForCausalLM``; call it once per process
+    (again is harmless), before or after importing transformers. It is a call rather than a side
+    effect of ``import encslim`` so that the import stays light (no torch, no transformers) and
+    does not depend on the order of imports; the DeepSeek-VL families are stock transformers
+    classes and need nothing.
+    """
+    from .eagle.modeling import register_auto_classes as register_eagle
+    from .native import register_auto_classes as register_native
+
+    register_native()
+    register_eagle()

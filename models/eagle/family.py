@@ -37,8 +37,8 @@ DERIVED_KEY = re.compile(r"\.vision_tower\.(blocks\.\d+\.attn\.rope|rope_win|rop
 HOW_TO_LOAD = """\
 import encslim
 model, processor, adapter = encslim.load_model("{name}")
-# with transformers alone, once encslim is imported (it registers eagle_llama):
-#   import encslim.models.eagle.family
+# with plain transformers: one line makes AutoModelForCausalLM know eagle_llama
+#   encslim.register_transformers()
 #   from transformers import AutoModelForCausalLM
 #   model = AutoModelForCausalLM.from_pretrained("{name}")
 """
