@@ -84,7 +84,8 @@ class EncslimConfig(PretrainedConfig):
         fusion (`dict`): ``type`` (one of ``FUSION_TYPES``), ``projector`` (channel_concat only:
             ``"linear_first"`` = Eagle's mlp2x_gelu, class A1; ``"layernorm_first"`` = Eagle2's
             LN-Linear-GELU-Linear, class A2), ``grid`` (channel_concat: the common token grid),
-            ``num_queries`` and ``num_heads`` (cross_attention).
+            ``num_queries`` and ``num_heads`` (cross_attention); after an A2 removal ``removed_dims``
+            (``{slot: channels}`` of removed slots, fed as zeros) and ``layout`` (the concat order).
         image_token_id (`int`): id of the ``<image>`` placeholder in the tokenizer.
     """
 
@@ -141,6 +142,14 @@ class EncslimConfig(PretrainedConfig):
             problems.append(f"fusion type '{fusion}' unknown; use one of {', '.join(FUSION_TYPES)}")
         if fusion == "channel_concat" and self.fusion.get("projector") not in PROJECTORS:
             problems.append(f"fusion projector must be one of {', '.join(PROJECTORS)}")
+        removed = self.fusion.get("removed_dims") or {}
+        if removed:  # A2 after removal: the removed slots' zero blocks, in the original concat order
+            layout = list(self.fusion.get("layout") or [])
+            if self.fusion.get("projector") != "layernorm_first":
+                problems.append("fusion removed_dims needs the layernorm_first projector (class A2)")
+            if sorted(layout) != sorted(set(names) | set(removed)) or len(set(layout)) != len(layout):
+                problems.append(f"fusion layout {layout} must list every slot {names} and every removed slot "
+                                f"{sorted(removed)} once")
         for enc in self.encoders:
             name = enc.get("name")
             if not isinstance(name, str) or not name.isidentifier():

@@ -45,7 +45,7 @@ class FusionClass(_Named):
     """How encoders enter the LLM (DESIGN §1); decides what masking and removal do."""
 
     A1 = "A1"  # channel concat, Linear-first projector (Eagle): removal drops weight columns, exact
-    A2 = "A2"  # channel concat, LayerNorm-first projector (Eagle2): removal changes LN statistics
+    A2 = "A2"  # channel concat, LayerNorm-first projector (Eagle2): exact when the removed block stays zeros
     A3 = "A3"  # per-encoder Linear, concat, act, Linear (DeepSeek-VL hybrid): fold the constant branch
     B = "B"  # sequence concat, per-encoder projector: removal drops the slot's tokens
     C = "C"  # cross-attention aggregation (Cambrian SVA): removal drops the slot's keys
@@ -54,7 +54,7 @@ class FusionClass(_Named):
 
 MASK_MODES = tuple(m.value for m in MaskMode)
 # classes whose removal plan computes exactly what the removal mask computes
-EXACT_REMOVAL = frozenset({FusionClass.A1, FusionClass.A3, FusionClass.B, FusionClass.C})
+EXACT_REMOVAL = frozenset({FusionClass.A1, FusionClass.A2, FusionClass.A3, FusionClass.B, FusionClass.C})
 
 
 def check_slot_names(slot_names, names, error=MaskError, what=""):

@@ -85,15 +85,26 @@ class ChannelConcatFusion(nn.Module):
         super().__init__()
         self.slots = config.slot_names
         self.dims = {s: config.slot_feature_dim(s) for s in self.slots}
-        in_dim, hidden = sum(self.dims.values()), config.text_config.hidden_size
+        # A2 after removal: removed slots keep their channel block as constant zeros (``removed_dims``),
+        # in the original concat order (``layout``), so the LayerNorm sees what the zero mask gave it
+        self.removed = dict(config.fusion.get("removed_dims") or {})
+        self.layout = list(config.fusion.get("layout") or self.slots)
+        in_dim = sum(self.dims.values()) + sum(self.removed.values())
+        hidden = config.text_config.hidden_size
         layers = [nn.LayerNorm(in_dim)] if config.fusion["projector"] == "layernorm_first" else []
         layers += [nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden)]
         self.projector = nn.Sequential(*layers)
 
     def forward(self, features, masked, mode, mask_values):
         ref = _reference(features)
-        parts = [mask_feature(ref, self.dims[slot], mode, (mask_values or {}).get(slot)) if slot in masked
-                 else features[slot] for slot in self.slots]
+        parts = []
+        for slot in self.layout:
+            if slot in self.removed:
+                parts.append(ref.new_zeros(*ref.shape[:-1], self.removed[slot]))
+            elif slot in masked:
+                parts.append(mask_feature(ref, self.dims[slot], mode, (mask_values or {}).get(slot)))
+            else:
+                parts.append(features[slot])
         return self.projector(torch.cat(parts, dim=-1))
 
 

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 from ..errors import ModelLoadError, PlanError
 from .adapter import Adapter, Slot, register_adapter
 from .configuration_encslim import EncslimConfig
+from .loading import load_pretrained
 from .masking import EXACT_REMOVAL, FusionClass
 from .modeling_encslim import EncslimForConditionalGeneration
 from .plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
@@ -20,12 +21,12 @@ LLAVA_BACKBONES = ("clip_vision_model", "siglip_vision_model")
 # model-card code loading an ``hf`` export folder of a native model
 HOW_TO_LOAD = """\
 import encslim
-model, processor, adapter = encslim.load_model("{name}")
-# or with plain transformers, once encslim is imported (it registers the Auto classes):
-#   import encslim.models.native
-#   from transformers import AutoModelForImageTextToText
+model, processor, adapter = encslim.load_model("{name}")  # refuses weights that do not fit config.json
+# or with plain transformers: one line makes its Auto classes know encslim folders
+#   encslim.register_transformers()
+#   from transformers import AutoModelForImageTextToText, AutoProcessor
 #   model = AutoModelForImageTextToText.from_pretrained("{name}")
-#   processor = encslim.EncslimProcessor.from_pretrained("{name}")
+#   processor = AutoProcessor.from_pretrained("{name}")
 batch = processor(text=[processor.build_prompt("What is in the image?")], images=[image])
 print(processor.batch_decode(model.generate(**batch, max_new_tokens=16)))
 """
@@ -88,7 +89,7 @@ class NativeAdapter(Adapter):
         kwargs = {"dtype": dtype} if dtype is not None else {}
         if device_map is not None:
             kwargs["device_map"] = device_map
-        model = EncslimForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = load_pretrained(EncslimForConditionalGeneration, path, **kwargs)
         if device_map is None:
             model.to(device)
         model.eval()
@@ -116,19 +117,18 @@ class NativeAdapter(Adapter):
         return {"fusion": model.fusion, "language_model": model.language_model}
 
     def slot_parameters(self, model):
-        """Each slot's tower, plus its share of the fusion: its projector columns (and LayerNorm
-        entries) for channel concat, its projector for sequence concat, its K/V for cross attention."""
+        """Each slot's tower, plus its share of the fusion: its projector columns for A1 channel concat
+        (none for A2, whose removal keeps them), its projector for sequence concat, its K/V for cross
+        attention."""
         config, fusion = model.config, model.fusion
         kind = self.fusion_class(config)
         out = {s: {"vision": _count(t), "fusion": 0} for s, t in model.vision_towers.items()}
         for slot in out:
-            if kind in (FusionClass.A1, FusionClass.A2):
-                first_linear = fusion.projector[1] if kind == FusionClass.A2 else fusion.projector[0]
-                dim = fusion.dims[slot]
-                out[slot]["fusion"] = dim * first_linear.out_features + (2 * dim if kind == FusionClass.A2 else 0)
+            if kind == FusionClass.A1:
+                out[slot]["fusion"] = fusion.dims[slot] * fusion.projector[0].out_features
             elif kind == FusionClass.B:
                 out[slot]["fusion"] = _count(fusion.projectors[slot])
-            else:
+            elif kind == FusionClass.C:
                 out[slot]["fusion"] = _count(fusion.k_proj[slot]) + _count(fusion.v_proj[slot])
         return out
 
@@ -168,19 +168,24 @@ def removal_plan(config, drop):
     fusion = FusionClass(config.fusion_class)
     deletes = [Delete(f"vision_towers.{s}.", s) for s in drop]
     slices, notes, exact = [], [], True
-    if fusion in (FusionClass.A1, FusionClass.A2):
+    config_patch = [{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}]
+    if fusion == FusionClass.A1:
         dims = {s: config.slot_feature_dim(s) for s in slots}
         keep, removed = channel_ranges(slots, dims, drop)
-        size = sum(dims.values())
-        if fusion == FusionClass.A1:
-            slices.append(Slice("fusion.projector.0.weight", 1, size, keep, removed))
-        else:
-            slices += [Slice("fusion.projector.0.weight", 0, size, keep, removed),
-                       Slice("fusion.projector.0.bias", 0, size, keep, removed),
-                       Slice("fusion.projector.1.weight", 1, size, keep, removed)]
-            exact = False
-            notes.append("A2 (LayerNorm-first projector): the LayerNorm now normalises over fewer "
-                         "channels, so the pruned model only approximates the masked one; fine-tune it")
+        slices.append(Slice("fusion.projector.0.weight", 1, sum(dims.values()), keep, removed))
+    elif fusion == FusionClass.A2:
+        # the LayerNorm takes its statistics over the whole concat, the zero-masked block included: the
+        # block stays as constant zeros (fusion.removed_dims, in the original order fusion.layout), so the
+        # LayerNorm and projector are unchanged and the pruned model computes the zero-masked one exactly
+        removed_dims = dict(config.fusion.get("removed_dims") or {})
+        removed_dims.update({s: config.slot_feature_dim(s) for s in drop})
+        layout = list(config.fusion.get("layout") or slots)
+        config_patch += [{"op": "set", "path": "fusion.layout", "value": layout},
+                         {"op": "set", "path": "fusion.removed_dims", "value": removed_dims}]
+        notes.append("A2 (LayerNorm-first projector): the removed slot's channels enter the LayerNorm as zeros, "
+                     "as the zero mask had them, so its statistics (over the full width) and the projector are "
+                     "unchanged; exact. The projector keeps those columns (they see the LayerNorm's output for "
+                     "the zero block, which depends on each token's statistics)")
     elif fusion == FusionClass.B:
         deletes += [Delete(f"fusion.projectors.{s}.", s) for s in drop]
         notes.append(f"B: {sum(config.slot_num_tokens(s) for s in drop)} fewer image tokens per image")
@@ -193,7 +198,7 @@ def removal_plan(config, drop):
         processor_ops += [{"op": "delete", "path": f"image_tokens.{s}", "optional": True} for s in drop]
     return RemovalPlan(
         model_type="encslim", fusion_class=fusion.value, slots=slots, drop=drop, delete_keys=deletes,
-        slices=slices, config_patch=[{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}],
+        slices=slices, config_patch=config_patch,
         processor_patch={"processor_config.json": processor_ops}, exact=exact, notes=notes,
     )
 

@@ -4,7 +4,7 @@
   config describes (built on the meta device: no memory, no weights).
 * :func:`verify_pruned`: run the source model with the dropped slots masked (removal mask) and
   the pruned model on the same K inputs; compare logits. Exact plans must agree within 1e-4
-  (fp32); inexact ones (A2) report the difference and recommend fine-tuning.
+  (fp32); inexact ones (none of the shipped families today) report the difference and recommend fine-tuning.
 """
 
 import logging

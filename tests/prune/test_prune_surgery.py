@@ -27,7 +27,7 @@ def _slot_params(model, slot):
     if cls == "A1":
         count += fusion.projector[0].out_features * dim
     elif cls == "A2":
-        count += fusion.projector[1].out_features * dim + 2 * dim
+        pass  # exact A2 removal keeps the slot's LayerNorm entries and projector columns (its block stays zeros)
     elif cls == "B":
         count += sum(p.numel() for p in fusion.projectors[slot].parameters())
     else:
@@ -65,14 +65,15 @@ def test_every_fusion_class_prunes_to_a_smaller_loadable_model(fusion, tiny_mode
     got, _ = _logits(pruned, pruned_proc, probe_images)
     diff = (ref - got).abs()[keep].max().item()
     verification = manifest["verification"]
-    if fusion == "A2":  # LayerNorm-first: inexact, reported with a recommendation
-        assert diff > 1e-3 and verification["passed"] is None and "fine-tune" in verification["recommendation"]
-        assert manifest["plan"]["exact"] is False
-    else:
-        assert diff <= 1e-4 and verification["passed"] is True and verification["max_abs_diff"] <= 1e-4
-        unmasked, _ = _logits(full, full_proc, probe_images)
-        if fusion != "B":  # B changes the sequence length; elsewhere masking must matter
-            assert (unmasked - ref).abs()[keep].max().item() > 1e-3
+    # every class is exact; A2 (LayerNorm-first) because the removed block enters the LayerNorm as zeros
+    assert diff <= 1e-4 and verification["passed"] is True and verification["max_abs_diff"] <= 1e-4
+    assert manifest["plan"]["exact"] is True
+    unmasked, _ = _logits(full, full_proc, probe_images)
+    if fusion != "B":  # B changes the sequence length; elsewhere masking must matter
+        assert (unmasked - ref).abs()[keep].max().item() > 1e-3
+    if fusion == "A2":
+        assert pruned.config.fusion["removed_dims"] == {DROP: full.config.slot_feature_dim(DROP)}
+        assert pruned.config.fusion["layout"] == full.config.slot_names
     assert abs(verification["max_abs_diff"] - diff) < 1e-5
 
 
