@@ -10,7 +10,10 @@ projector, and a causal LM. A native encslim model maps onto it exactly when:
   ``linear_first``) or class B (``sequence_concat``, its one projector);
 * the slot delivers its own token grid (no pooling), CLS dropped or kept whole.
 
-Whether a model can is its adapter's call (``export_targets`` / ``export_blockers``).
+Whether a model can is its adapter's call (``export_targets`` / ``export_blockers``). A family kept in
+its original checkpoint layout (I-MoF without DINOv2) converts itself: an adapter with a
+``to_llava(model, processor) -> (LlavaConfig, state_dict, LlavaProcessor)`` method is used instead of
+the native rules below (a processor without a chat template gets one from the adapter's ``build_prompt``).
 
 Weight layout (transformers 5): ``model.vision_tower.*`` <- the slot encoder's ``backbone.*``,
 ``model.multi_modal_projector.linear_{1,2}`` <- the projector's Linear layers,
@@ -178,12 +181,21 @@ def export_llava(model_dir, out, *, overwrite=False, max_shard_size="5GB", ranki
     with torch.no_grad():
         reference = model(**source.adapter.prepare_batch(processor, images, prompts)).logits
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
-        state = llava_state_dict(model.state_dict(), model.config, source.adapter.trainable_parts(model))
-        llava = LlavaForConditionalGeneration(llava_config(model.config)).eval()
+        # a family in its own layout converts itself (adapter.to_llava); native models by the rules above
+        to_llava = getattr(source.adapter, "to_llava", None)
+        if to_llava is not None:
+            target_config, state, target_processor = to_llava(model, processor)
+            if getattr(target_processor, "chat_template", None) is None:
+                template = source.adapter.build_prompt(processor, "{prompt}", with_image=False)
+                target_processor.chat_template = chat_template(template, target_processor.image_token)
+        else:
+            state = llava_state_dict(model.state_dict(), model.config, source.adapter.trainable_parts(model))
+            target_config, target_processor = llava_config(model.config), llava_processor(processor, model.config)
+        llava = LlavaForConditionalGeneration(target_config).eval()
         llava.load_state_dict(state, strict=True)
         llava.generation_config = model.generation_config
         llava.save_pretrained(tmp, max_shard_size=max_shard_size)
-        llava_processor(processor, model.config).save_pretrained(tmp)
+        target_processor.save_pretrained(tmp)
         records = _verify(tmp, images, prompts, reference, atol)
         manifest = finish_folder(
             tmp, source, "llava", slots=slot_rows(source.adapter, model.config), verification=records,

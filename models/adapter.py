@@ -26,6 +26,7 @@ BUILTIN_FAMILIES = {
     "encslim": "encslim.models.native",
     "deepseek_vl_hybrid": "encslim.models.deepseek_vl_hybrid", "deepseek_vl": "encslim.models.deepseek_vl_hybrid",
     "eagle_llama": "encslim.models.eagle.family",
+    "imof_llama": "encslim.models.imof",
 }
 
 _REGISTRY = {}
