@@ -77,6 +77,9 @@ def load_samples(paths, skip_bad=False, category=None):
 def _check_paths(paths):
     stems = {}
     for path in paths:
+        if path.is_dir():
+            raise DataError(f"data path {path} is a folder, not a file{_files_inside(path)}; pass a benchmark file: "
+                            ".tsv (VLMEvalKit), .jsonl or .json (LLaVA)")
         if not path.is_file():
             raise DataError(f"data file {path} not found; check the path")
         if path.suffix.lower() not in READERS:
@@ -87,6 +90,18 @@ def _check_paths(paths):
         if stem in stems:
             raise DataError(f"{stems[stem]} and {path} share the data set name '{stem}'; rename one of them")
         stems[stem] = path
+
+
+def _files_inside(folder, limit=3):
+    """`` (it holds a.jsonl, b.tsv)``: the data files directly in ``folder``, or ``""`` if none."""
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in READERS)
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f" (it holds {', '.join(names[:limit])}{more})"
 
 
 def _read_file(path, skip_bad, category):

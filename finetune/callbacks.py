@@ -1,4 +1,5 @@
-"""Trainer callbacks: the loss log (JSONL), a progress bar, the dropout epoch, step timing; the loss plot."""
+"""Trainer callbacks: the loss log (JSONL), a progress bar, the dropout epoch, checkpoint digests, step timing;
+the loss plot."""
 
 import json
 import logging
@@ -80,6 +81,34 @@ class DropoutEpoch(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.collator.epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
+
+
+class CheckpointDigest(TrainerCallback):
+    """After every checkpoint save, record the sha256 of its files (:func:`.saving.record_checkpoint`), so
+    that ``--resume`` only continues from checkpoints this run wrote. Rank 0 records, once every
+    process has written its part (DeepSpeed shards, per-rank RNG states)."""
+
+    def __init__(self, record):
+        self.record = Path(record)
+
+    def on_save(self, args, state, control, **kwargs):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        from .saving import record_checkpoint
+
+        _barrier()
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                record_checkpoint(folder, self.record)
+        _barrier()  # no process goes on (and may be interrupted) before the record is written
+
+
+def _barrier():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 class StepTimer(TrainerCallback):

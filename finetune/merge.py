@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 MERGE_TOLERANCE = 1e-5
 CHECK_QUESTION = "What colour is the shape?"
+ADAPTER_FIX = "re-run `encslim finetune` or copy the adapter folder again from where it was written"
 
 
 def adapter_base(adapter_dir, base=None):
@@ -32,8 +33,12 @@ def adapter_base(adapter_dir, base=None):
     if not config_file.is_file():
         raise ConfigError(f"{adapter_dir} holds no {ADAPTER_CONFIG}, so it is not a LoRA adapter folder; "
                           "pass the output of `encslim finetune` (or its adapter/ folder)")
+    config = read_json(config_file, ADAPTER_FIX)  # read even with --base: peft reads it next
+    if not isinstance(config, dict):
+        raise ConfigError(f"{config_file} holds a JSON {type(config).__name__}, not the object of a LoRA adapter "
+                          f"config; {ADAPTER_FIX}")
     if base is None:
-        base = read_json(config_file, "re-run `encslim finetune`").get("base_model_name_or_path")
+        base = config.get("base_model_name_or_path")
     if not base or not Path(base).is_dir():
         raise ConfigError(f"the base model of {adapter_dir} ({base}) is not a folder here; pass it with --base")
     return Path(base)
@@ -90,7 +95,12 @@ def write_merged(adapter_dir, dest, base=None, tolerance=MERGE_TOLERANCE):
     model, processor, adapter = load_model(base, device="cpu", dtype="float32")
     with warnings.catch_warnings():  # peft reads transformers' deprecated is_gradient_checkpointing
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+        try:
+            peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+        except (ValueError, TypeError, KeyError, RuntimeError) as err:
+            raise ConfigError(f"could not apply the LoRA adapter in {adapter_dir} to {base}: "
+                              f"{(str(err).splitlines() or [type(err).__name__])[0]}; pass the base model it was "
+                              f"trained from with --base, or {ADAPTER_FIX}") from err
     batch = _check_batch(adapter, processor)
     with torch.no_grad():  # LoRA lives inside the base model's layers, so the adapter drives it unwrapped
         before = adapter.decode(model, adapter.encode(model, batch), batch).logits

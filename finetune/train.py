@@ -11,7 +11,9 @@ before the first training step), trains, and writes one output folder atomically
   per step) and ``loss.png``.
 
 Checkpoints go to ``<out>.checkpoints/`` while training (removed on success), so an interrupted
-run continues with ``resume``.
+run continues with ``resume``; the sha256 of every checkpoint's files is recorded as it is saved,
+and ``resume`` refuses a checkpoint this run did not write or that changed since
+(:func:`encslim.finetune.saving.check_checkpoint`).
 
 Single process (CPU or one GPU)::
 
@@ -48,9 +50,9 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..files import atomic_output_dir, check_output_path, sha256_file
 from ..provenance import write_manifest
-from .callbacks import DropoutEpoch, LossLog, ProgressBar, plot_loss, read_log
+from .callbacks import CheckpointDigest, DropoutEpoch, LossLog, ProgressBar, plot_loss, read_log
 from .config import FinetuneConfig
-from .saving import check_saved, expected_saved
+from .saving import DIGEST_FILE, check_checkpoint, check_saved, expected_saved
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +226,7 @@ def _resume_point(work, config):
         if not checkpoints:
             raise ConfigError(f"nothing to resume: {work} holds no checkpoint; run without --resume")
         _check_same_run(work, config)
+        check_checkpoint(checkpoints[-1], work / DIGEST_FILE)  # before anything unpickles it
         return checkpoints[-1]
     if checkpoints:
         raise ConfigError(f"{work} holds checkpoints of an interrupted run; pass --resume to continue it "
@@ -280,7 +283,8 @@ def _trainer(model, processor, adapter, examples, features, config, ds_config, w
         disable_tqdm=True, use_cpu=not torch.cuda.is_available(), deepspeed=ds_config, bf16=config.bf16,
         dataloader_num_workers=0, ddp_find_unused_parameters=config.encoder_dropout > 0,
     )
-    own = [LossLog(work / LOG_FILE), ProgressBar(_progress(config)), DropoutEpoch(collator)]
+    own = [LossLog(work / LOG_FILE), ProgressBar(_progress(config)), DropoutEpoch(collator),
+           CheckpointDigest(work / DIGEST_FILE)]
     trainer = EncslimTrainer(adapter=adapter, model=model, args=args, train_dataset=IndexDataset(len(examples)),
                              data_collator=collator, processing_class=processor, callbacks=own + list(callbacks))
     for default in (PrinterCallback, ProgressCallback):

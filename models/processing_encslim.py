@@ -17,6 +17,9 @@ from transformers import AutoTokenizer, BatchFeature
 PROCESSOR_CONFIG = "processor_config.json"
 IMAGE_TOKEN = "<image>"
 DEFAULT_TEMPLATE = "USER: {prompt}\nASSISTANT:"
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "vocab.json", "chat_template.json")
+RESAVE = "re-save the model with its processor (EncslimProcessor.save_pretrained) or copy the file from the original model"
 
 
 class EncslimProcessor:
@@ -139,11 +142,26 @@ class EncslimProcessor:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Read ``processor_config.json`` and the tokenizer of a model folder.
+
+        Raises:
+            ProcessorFileError: (a ``ValueError``) naming the processor or tokenizer file that is
+                missing, not JSON, or lacks the ``encoders`` list.
+        """
         path = str(pretrained_model_name_or_path)
-        with open(os.path.join(path, PROCESSOR_CONFIG), encoding="utf-8") as f:
-            data = json.load(f)
+        config_file = os.path.join(path, PROCESSOR_CONFIG)
+        if not os.path.isfile(config_file):
+            raise ProcessorFileError(f"{config_file} not found; {RESAVE}")
+        data = _read_json_file(config_file)
+        if not isinstance(data, dict) or not isinstance(data.get("encoders"), list):
+            raise ProcessorFileError(f"{config_file} holds no 'encoders' list, so it is not an encslim processor "
+                                     f"config; {RESAVE}")
         # a remote-code folder (auto_map in config.json) needs the caller's trust_remote_code here too
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs.get("trust_remote_code", False))
+        except Exception as err:
+            _check_tokenizer_files(path, err)  # names the unreadable file, if one is
+            raise
         return cls(
             tokenizer,
             data["encoders"],
@@ -158,6 +176,31 @@ class EncslimProcessor:
         cls._auto_class = auto_class
 
 
+class ProcessorFileError(ValueError):
+    """A processor or tokenizer file of a model folder is missing or unreadable; the message names it."""
+
+
+def _read_json_file(path, fix=RESAVE):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ProcessorFileError(f"{path} is not valid JSON ({err}); {fix}") from err
+
+
+def _check_tokenizer_files(path, cause):
+    """Raise ``ProcessorFileError`` (from ``cause``) naming the first tokenizer JSON file in ``path``
+    that does not parse; return if they all do (the tokenizer failed for another reason)."""
+    for name in TOKENIZER_JSON_FILES:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            try:
+                _read_json_file(file, fix="re-save the tokenizer (tokenizer.save_pretrained) or copy the file "
+                                          "from the original model")
+            except ProcessorFileError as err:
+                raise err from cause
+
+
 def _to_rgb(image):
     if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as img:
@@ -167,4 +210,4 @@ def _to_rgb(image):
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-__all__ = ["EncslimProcessor"]
+__all__ = ["EncslimProcessor", "ProcessorFileError"]

@@ -198,9 +198,40 @@ def prepare(model_dir, drop):
     summary["processor_diff"] = {}
     for name, ops in plan.processor_patch.items():
         if (model_dir / name).is_file():
-            data = read_json(model_dir / name, "re-save the model with its processor", ModelLoadError)
-            summary["processor_diff"][name] = json_diff(data, apply_json_ops(data, ops))
+            data, patched = _patched_json(model_dir / name, ops)
+            summary["processor_diff"][name] = json_diff(data, patched)
+    _check_carried_json(model_dir, plan)
     return adapter, config, plan, checkpoint, summary
+
+
+PROCESSOR_FIX = "re-save the model with its processor and tokenizer, or copy the file from the original model"
+
+
+def _patched_json(path, ops):
+    """``(document, patched document)`` of the JSON file ``path`` under the plan's ``ops``.
+
+    Raises:
+        ModelLoadError: the file is not JSON; PlanError: the patch does not fit it (both name the file).
+    """
+    data = read_json(path, PROCESSOR_FIX, ModelLoadError)
+    try:
+        return data, apply_json_ops(data, ops)
+    except PlanError as err:
+        raise PlanError(f"{path}: {err}") from err
+
+
+def _check_carried_json(model_dir, plan):
+    """Every JSON file the pruned folder carries over unpatched (processor, tokenizer, generation config)
+    must parse, so that a broken one fails here, naming it, and not in verification or at the user's.
+
+    Raises:
+        ModelLoadError: naming the first file that is not JSON.
+    """
+    for path in sorted(model_dir.iterdir()):
+        name = path.name
+        if (name.endswith(".json") and path.is_file() and name not in plan.processor_patch
+                and name not in plan.drop_files and carried(name)):
+            read_json(path, PROCESSOR_FIX, ModelLoadError)
 
 
 # files of a model folder that describe the model itself, so the pruned one needs them (patched by
@@ -237,8 +268,7 @@ def _write_side_files(model_dir, out_dir, plan):
     _dump_json(out_dir / CONFIG_NAME, apply_json_ops(data, plan.config_patch))
     for name, ops in plan.processor_patch.items():
         if (model_dir / name).is_file():
-            data = read_json(model_dir / name, "re-save the model with its processor", ModelLoadError)
-            _dump_json(out_dir / name, apply_json_ops(data, ops))
+            _dump_json(out_dir / name, _patched_json(model_dir / name, ops)[1])
     left_out = []
     for path in sorted(model_dir.iterdir()):
         name = path.name
