@@ -389,3 +389,33 @@ def test_inspect_eval_rank(tiny, pruned, mc_tsv, tmp_path, capsys):
     code, stdout, stderr = run_main(capsys, "eval", pruned("dinov2"), "--data", mc_tsv, "--out", out)
     assert code == 0, stdout + stderr
     assert json.loads((out / "eval.json").read_text())["results"][0]["accuracy"] == rank_acc[("dinov2",)]
+
+
+def test_finetune_and_bench(tiny, pruned, tmp_path, capsys):
+    """LoRA on the LLM + both projectors leaves the towers untouched; bench compares full and pruned."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i in range(4):
+        make_image(200 + i).save(images / f"{i}.png")
+        rows.append(json.dumps({"id": f"t{i}", "image": f"images/{i}.png", "question": "What colour is it?",
+                                "answer": "red", "category": "General"}))
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "tuned"
+    code, stdout, stderr = run_main(capsys, "finetune", tiny["folder"], "--data", tmp_path / "train.jsonl",
+                                    "--max-steps", 2, "--merge", "--out", out)  # one step would be the warm-up step (lr 0)
+    assert code == 0, stdout + stderr
+    before, after = _keys(tiny["folder"]), _keys(out)
+    assert before == after
+    src = load_file(str(tiny["folder"] / "model.safetensors"))
+    tuned = load_file(str(out / "model.safetensors"))
+    changed = {k for k in src if not torch.equal(src[k], tuned[k])}
+    assert changed and all(k.startswith(("model.layers.", "model.mm_projector.", "model.dino_mm_projector."))
+                           for k in changed)
+
+    report = tmp_path / "bench"
+    code, stdout, stderr = run_main(capsys, "bench", tiny["folder"], pruned("dinov2"), "--batch-sizes", 1,
+                                    "--max-new-tokens", 2, "--out", report)
+    assert code == 0, stdout + stderr
+    models = json.loads((report / "bench.json").read_text())["models"]
+    assert [m["encoders_run"] for m in models] == [list(TOWERS), ["clip"]]
