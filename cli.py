@@ -36,7 +36,7 @@ SHORT_HELP = {
     "run": "Run a YAML recipe end to end (rank, prune, finetune, export, bench).",
     "recipes": "List and validate recipes.",
     "inspect": "Show a model's encoder slots, fusion, parameters and FLOPs.",
-    "create-tiny": "Write a tiny random model folder (native, eagle, imof, deepseek_vl_hybrid).",
+    "create-tiny": "Write a tiny random model folder (native, eagle, eagle2, imof, deepseek_vl_hybrid).",
     "eval": "Evaluate a model on benchmark files (VLMEvalKit TSV, JSONL) under encoder masks.",
     "bench": "Benchmark a full model against variants: latency per stage, memory, FLOPs, accuracy.",
     "rank": "Rank encoder slots per category: CUR, IG, Shapley values, cost frontier.",

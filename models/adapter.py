@@ -27,6 +27,7 @@ BUILTIN_FAMILIES = {
     "deepseek_vl_hybrid": "encslim.models.deepseek_vl_hybrid", "deepseek_vl": "encslim.models.deepseek_vl_hybrid",
     "eagle_llama": "encslim.models.eagle.family",
     "imof_llama": "encslim.models.imof",
+    "eagle_chat": "encslim.models.eagle2",
 }
 
 _REGISTRY = {}

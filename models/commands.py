@@ -18,10 +18,11 @@ def inspect_cmd(model_dir, as_json):
 
 @click.command("create-tiny")
 @click.argument("out", type=click.Path())
-@click.option("--family", type=click.Choice(("native", "eagle", "imof", "deepseek_vl_hybrid")), default="native",
-              show_default=True, help="native: encslim's own architecture; eagle: Eagle v1's original layout; "
-                                      "imof: I-MoF's (CLIP + DINOv2, LLaVA-1.5 layout); deepseek_vl_hybrid: "
-                                      "transformers' DeepSeek-VL.")
+@click.option("--family", type=click.Choice(("native", "eagle", "eagle2", "imof", "deepseek_vl_hybrid")),
+              default="native", show_default=True,
+              help="native: encslim's own architecture; eagle: Eagle v1's original layout; eagle2: Eagle2's "
+                   "(SigLIP + ConvNeXt, Qwen2); imof: I-MoF's (CLIP + DINOv2, LLaVA-1.5 layout); "
+                   "deepseek_vl_hybrid: transformers' DeepSeek-VL.")
 @click.option("--fusion", default="channel_concat", show_default=True,
               help="native: channel_concat (A1), A2, sequence_concat (B) or cross_attention (C).")
 @click.option("--encoders", default="clip,siglip,dinov2", show_default=True,
@@ -37,6 +38,10 @@ def create_tiny_cmd(out, family, fusion, encoders, towers, text, seed, overwrite
         from .eagle.tiny import create_tiny_eagle, parse_tower_list
 
         create_tiny_eagle(out, towers=parse_tower_list(towers), seed=seed, overwrite=overwrite)
+    elif family == "eagle2":
+        from .eagle2 import create_tiny_eagle2
+
+        create_tiny_eagle2(out, seed=seed, overwrite=overwrite)
     elif family == "imof":
         from .imof import create_tiny_imof
 
