@@ -10,6 +10,7 @@ import math
 import string
 from pathlib import Path
 
+from .benchmarks import benchmark_for
 from .images import decode_base64_image, load_image_file, looks_like_base64, resolve_image_path
 from .scorers import METRICS
 
@@ -23,7 +24,7 @@ METRIC_BY_DATASET = (
     ("chartqa", "relaxed"), ("plotqa", "relaxed"),
     ("ocrbench", "ocrbench"),
     ("textvqa", "vqa"), ("vqav2", "vqa"), ("okvqa", "vqa"), ("ok-vqa", "vqa"), ("vizwiz", "vqa"),
-    ("gqa", "exact"),
+    ("gqa", "strict"), ("ocrvqa", "strict"),
 )
 
 
@@ -120,10 +121,14 @@ def mcq_answer(answers, options):
 def default_metric(dataset, has_options):
     """The metric a data set is scored with: MCQ when it has options, else by its name.
 
-    Names follow VLMEvalKit's (``DocVQA_VAL`` -> ANLS, ``ChartQA_TEST`` -> relaxed accuracy,
-    ``OCRBench`` -> substring match, ``TextVQA_VAL`` -> VQA accuracy); other open questions
-    get VQA accuracy.
+    A study benchmark (:mod:`encslim.data.benchmarks`, e.g. ``MME`` -> yes/no) decides first.
+    Otherwise names follow VLMEvalKit's prefixes (``DocVQA_VAL`` -> ANLS, ``ChartQA_TEST`` ->
+    relaxed accuracy, ``OCRBench`` -> substring match, ``TextVQA_VAL`` -> VQA accuracy,
+    ``GQA`` -> strict accuracy); other open questions get VQA accuracy.
     """
+    benchmark = benchmark_for(dataset)
+    if benchmark is not None:
+        return benchmark.metric_for(has_options)
     if has_options:
         return "mcq"
     name = dataset.lower()

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from ..errors import DataError
+from .benchmarks import study_category
 from .jsonl import json_rows, jsonl_rows
 from .tsv import tsv_rows
 
@@ -45,7 +46,9 @@ def load_samples(paths, skip_bad=False, category=None):
     Args:
         paths: a path or a list of paths (``.tsv``, ``.jsonl``, ``.json``).
         skip_bad: skip bad rows (counted in ``.skipped``) instead of raising.
-        category: category of rows that carry none; default: the file's stem.
+        category: category of rows that carry none; default: the study's category when the
+            file's stem names one of its benchmarks (:mod:`encslim.data.benchmarks`, e.g.
+            ``MMBench_DEV_EN`` -> ``General``), else the file's stem.
 
     Returns:
         SampleList of Sample, in file order. With several files every id is qualified by its
@@ -109,7 +112,7 @@ def _read_file(path, skip_bad, category):
     reader = READERS[path.suffix.lower()]
     samples, skipped, seen = [], [], {}
     try:
-        rows = list(reader(path, path.stem, category or path.stem))
+        rows = list(reader(path, path.stem, category or study_category(path.stem) or path.stem))
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     for label, build in rows:
