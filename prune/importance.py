@@ -19,6 +19,13 @@ with and without a slot are strongly correlated. Resampling samples (not mask se
 the same resample for every mask set keeps that pairing, which gives far tighter and honest
 intervals than treating the two accuracies as independent. Resampling is stratified by
 category, because a benchmark's category mix is fixed by design, not drawn at random.
+
+Why a *clustered* bootstrap: benchmarks often ask several questions about one image (MMBench's
+circular variants, GQA, TextVQA); those answers are not independent, so resampling rows treats
+them as more evidence than they are and the intervals come out too narrow. When clusters (here:
+questions sharing an image) exist, whole clusters are resampled within each category, every
+question of a drawn cluster entering as often as the cluster is drawn. With one question per
+cluster this is exactly the row bootstrap (same draws for the same seed).
 """
 
 import numpy as np
@@ -82,26 +89,55 @@ def flips(full_scores, masked_scores, threshold=RIGHT_THRESHOLD):
     }
 
 
-def bootstrap_weights(categories, n_boot, seed=0):
+def bootstrap_weights(categories, n_boot, seed=0, clusters=None):
     """Stratified bootstrap resamples as per-sample multiplicities.
 
     Args:
         categories: per-sample category names, shape ``(n,)``.
         n_boot: number of resamples.
         seed: seed of the generator, so intervals are reproducible.
+        clusters: optional per-sample cluster ids, shape ``(n,)`` (hashable; e.g. an image id).
+            Within each category the clusters are resampled, not the samples: a cluster drawn
+            ``k`` times gives each of its samples weight ``k``. ``None``, or one sample per
+            cluster, is the row bootstrap (bit for bit the same draws).
 
     Returns:
         ``(n_boot, n)`` integer array: how often each sample is drawn in each resample. Within
-        every category the counts sum to the category's size. Use the same array for every mask
-        set: that is what pairs the samples across mask sets.
+        every category the counts sum to the category's size (with clusters: the draws of its
+        clusters sum to its number of clusters). Use the same array for every mask set: that is
+        what pairs the samples across mask sets.
     """
     categories = np.asarray(categories)
     rng = np.random.default_rng(seed)
     weights = np.zeros((n_boot, categories.size), dtype=np.int32)
+    members = None if clusters is None else np.asarray(_cluster_index(clusters, categories))
     for cat in category_order(categories):
         idx = np.flatnonzero(categories == cat)
-        weights[:, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=n_boot)
+        if members is None:
+            weights[:, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=n_boot)
+            continue
+        # the category's clusters in order of first appearance (singletons: the samples' own order)
+        local = {}
+        which = np.array([local.setdefault(c, len(local)) for c in members[idx].tolist()])
+        draws = rng.multinomial(len(local), np.full(len(local), 1.0 / len(local)), size=n_boot)
+        weights[:, idx] = draws[:, which]
     return weights
+
+
+def _cluster_index(clusters, categories):
+    """Clusters as small integers; a cluster is split by category (the strata are resampled apart)."""
+    index = {}
+    return [index.setdefault((cat, c), len(index)) for cat, c in zip(np.asarray(categories).tolist(), clusters)]
+
+
+def bootstrap_unit(categories, clusters=None):
+    """``(unit, clusters)``: ``"image"`` when some cluster holds several samples of a category, else
+    ``"sample"``; and the number of resampling units (clusters within categories, or samples)."""
+    categories = np.asarray(categories)
+    if clusters is None:
+        return "sample", int(categories.size)
+    k = len(set(_cluster_index(clusters, categories)))
+    return ("image" if k < categories.size else "sample"), k
 
 
 def resampled_accuracy(scores, weights, select):
@@ -178,7 +214,7 @@ def cur_entry(full, masked, select, weights, alpha=0.05):
     return entry
 
 
-def cur_table(full, masked_by_slot, categories, n_boot=1000, seed=0, alpha=0.05):
+def cur_table(full, masked_by_slot, categories, n_boot=1000, seed=0, alpha=0.05, clusters=None):
     """CUR of every slot, per category and overall, with paired bootstrap intervals.
 
     Args:
@@ -188,12 +224,16 @@ def cur_table(full, masked_by_slot, categories, n_boot=1000, seed=0, alpha=0.05)
         n_boot: bootstrap resamples (0: no intervals).
         seed: bootstrap seed.
         alpha: 1 - confidence level.
+        clusters: per-sample cluster ids for a clustered bootstrap (see :func:`bootstrap_weights`);
+            used only when some cluster holds several samples (:func:`bootstrap_unit`).
 
     Returns:
         ``{slot: {"overall" | category: entry}}`` (see :func:`cur_entry`).
     """
     categories = np.asarray(categories)
-    weights = bootstrap_weights(categories, n_boot, seed) if n_boot > 0 else None
+    if clusters is not None and bootstrap_unit(categories, clusters)[0] == "sample":
+        clusters = None  # one sample per cluster: the row bootstrap
+    weights = bootstrap_weights(categories, n_boot, seed, clusters) if n_boot > 0 else None
     groups = {OVERALL: np.ones(categories.size, dtype=bool)}
     groups.update({cat: categories == cat for cat in category_order(categories)})
     return {

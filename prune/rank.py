@@ -30,7 +30,7 @@ from ..models.masking import MaskMode
 from ..runtime import configure_threads, thread_choice
 from .importance import OVERALL
 from .rank_cache import RECORDS_FILE, RankKeys, ScoreTable, read_records, records_file
-from .rank_compute import check_ranking, compute_ranking
+from .rank_compute import check_ranking, compute_ranking, image_clusters
 from .shapley import is_complete, permutation_coalitions, sample_permutations
 from .subsets import MODES, greedy_elimination, mask_sets, slot_costs
 
@@ -352,6 +352,7 @@ def _run(runner, subsets, shapley_permutations, seed, bootstrap, alpha, latency_
     data = compute_ranking(
         slots, [s.category for s in runner.samples], scores, slot_costs(*runner.loaded), subsets=subsets,
         greedy_path=path, perms=perms, bootstrap=bootstrap, seed=seed, alpha=alpha, latency_ms=latency_ms,
+        clusters=image_clusters(runner.samples),
     )
     data["model"] = str(model_path) if model_path else "<in-memory model>"
     data["mask_mode"] = runner.mask_mode

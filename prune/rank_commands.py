@@ -22,9 +22,18 @@ def _cur_summary(data):
 
 
 @click.command("rank")
-@click.argument("model_dir", type=click.Path())
-@click.option("--data", "data", multiple=True, required=True, type=click.Path(),
-              help="Benchmark file (VLMEvalKit TSV, JSONL, LLaVA JSON); repeat for several.")
+@click.argument("model_dir", type=click.Path(), required=False)
+@click.option("--data", "data", multiple=True, type=click.Path(),
+              help="Benchmark file (VLMEvalKit TSV, JSONL, LLaVA JSON); repeat for several. Required unless "
+                   "--predictions is given (then optional: answers, categories and images by index).")
+@click.option("--predictions", "predictions", multiple=True, metavar="KEY=PATH",
+              help="Rank from prediction files made elsewhere instead of running a model: KEY is full, "
+                   "masked:SLOT[+SLOT] or kept:SLOT[+SLOT]; PATH a VLMEvalKit prediction file (.xlsx/.tsv/.json) or "
+                   "lmms-eval samples_<task>.jsonl, or a folder of them. Repeat per mask set; full and each slot "
+                   "masked alone are required.")
+@click.option("--model", "model_opt", type=click.Path(), default=None,
+              help="With --predictions: the model whose slots the keys name and whose costs to report "
+                   "(same as MODEL_DIR).")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write ranking.json/.md and plots to.")
 @click.option("--subsets", default="single", show_default=True,
               type=click.Choice(["single", "pairs", "all", "greedy"]),
@@ -57,17 +66,30 @@ def _cur_summary(data):
                    "recorded in ranking.json.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (its cached scores are reused).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json instead of the CUR table.")
-def rank_cmd(model_dir, data, out, subsets, mask_mode, categories, bootstrap, seed, shapley_permutations,
-             batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, threads, overwrite, as_json):
+def rank_cmd(model_dir, data, predictions, model_opt, out, subsets, mask_mode, categories, bootstrap, seed,
+             shapley_permutations, batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, threads,
+             overwrite, as_json):
     """Rank MODEL_DIR's encoder slots on benchmark data: CUR, IG, Shapley values, cost frontier.
 
     MODEL_DIR may be `demo` (the shipped demo model). The defaults are the quick ones; the demo
     recipe runs `--subsets all --batch-size 32 --max-new-tokens 4` (same mask, bootstrap, seed).
+    With --predictions no model runs: the per-sample predictions of each mask set are read and
+    scored (MODEL_DIR or --model optional, for the slot list and costs).
     """
     import json
     import sys
 
     from .rank import rank
+
+    if predictions:
+        if model_dir and model_opt and model_dir != model_opt:
+            raise click.UsageError("give the model once: MODEL_DIR or --model")
+        return _rank_predictions(predictions, model_opt or model_dir, data, out, mask_mode, categories, bootstrap,
+                                 seed, device, dtype, overwrite, as_json)
+    if not model_dir:
+        raise click.UsageError("missing MODEL_DIR (or rank from prediction files with --predictions KEY=PATH)")
+    if not data:
+        raise click.UsageError("missing option '--data'")
 
     ranking = rank(model_dir, list(data), subsets=subsets, mask_mode=mask_mode, categories=list(categories) or None,
                    out=out, bootstrap=bootstrap, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -81,4 +103,24 @@ def rank_cmd(model_dir, data, out, subsets, mask_mode, categories, bootstrap, se
     click.echo(f"\nCUR in % ({ranking.data['mask_mode']} mask; * = CI excludes 0). "
                f"{ev['mask_sets_evaluated']} mask sets evaluated, {ev['mask_sets_cached']} from cache, "
                f"{ev['encoder_passes_per_sample']:g} encoder passes per sample (whole run), {ev['wall_s']:.1f} s.")
+    click.echo(f"wrote {out}/ranking.json, ranking.md, cur_heatmap.png, frontier.png")
+
+
+def _rank_predictions(predictions, model, data, out, mask_mode, categories, bootstrap, seed, device, dtype,
+                      overwrite, as_json):
+    import json
+
+    from .rank_predictions import rank_predictions
+
+    ranking = rank_predictions(list(predictions), model=model, data=list(data) or None,
+                               categories=list(categories) or None, out=out, bootstrap=bootstrap, seed=seed,
+                               mask_mode=mask_mode, overwrite=overwrite, device=device, dtype=dtype)
+    if as_json:
+        click.echo(json.dumps(ranking.data, indent=2))
+        return
+    boot = ranking.data["bootstrap"]
+    click.echo(_cur_summary(ranking.data))
+    click.echo(f"\nCUR in % from {len(predictions)} prediction sets (* = CI excludes 0); bootstrap over "
+               f"{boot['clusters']} {boot['unit']}s."
+               + ("" if model else " No --model: costs unknown."))
     click.echo(f"wrote {out}/ranking.json, ranking.md, cur_heatmap.png, frontier.png")

@@ -1,10 +1,11 @@
 """From a table of per-sample scores by mask set to the content of ``ranking.json``. Pure."""
 
+import hashlib
 import itertools
 
 import numpy as np
 
-from .importance import OVERALL, RIGHT_THRESHOLD, accuracy, category_order, cur_table, ig_table
+from .importance import OVERALL, RIGHT_THRESHOLD, accuracy, bootstrap_unit, category_order, cur_table, ig_table
 from .shapley import exact_shapley, interaction_at_full, interactions, is_complete, sampled_shapley
 from .subsets import frontier, kept_of
 
@@ -13,7 +14,7 @@ REQUIRED_KEYS = ("schema_version", "model", "slots", "mask_mode", "categories", 
 
 
 def compute_ranking(slots, categories, scores, costs, subsets="single", greedy_path=None, perms=None,
-                    bootstrap=1000, seed=0, alpha=0.05, latency_ms=None):
+                    bootstrap=1000, seed=0, alpha=0.05, latency_ms=None, clusters=None):
     """The ranking (``ranking.json`` content, less ``model``/``mask_mode``) from evaluated scores.
 
     Args:
@@ -26,6 +27,8 @@ def compute_ranking(slots, categories, scores, costs, subsets="single", greedy_p
         perms: the permutations of a sampled Shapley estimate, if run.
         bootstrap, seed, alpha: the paired bootstrap's resamples, seed and 1 - confidence.
         latency_ms: optional ``{frozenset(kept): ms}`` for the frontier.
+        clusters: optional ``(n,)`` cluster id of every sample (:func:`image_clusters`); when some
+            image carries several questions the bootstrap resamples images, not rows.
 
     Returns:
         A JSON-able dict.
@@ -36,7 +39,8 @@ def compute_ranking(slots, categories, scores, costs, subsets="single", greedy_p
     acc = {m: accuracy(s, categories) for m, s in scores.items()}
     full = scores[frozenset()]
     singles = {s: scores[frozenset({s})] for s in slots}
-    curs = cur_table(full, singles, categories, n_boot=bootstrap, seed=seed, alpha=alpha)
+    curs = cur_table(full, singles, categories, n_boot=bootstrap, seed=seed, alpha=alpha, clusters=clusters)
+    unit, units = bootstrap_unit(categories, clusters)
     values = {frozenset(kept_of(slots, m)): np.array([acc[m][g] for g in groups]) for m in scores}
     data = {
         "schema_version": 1,
@@ -49,7 +53,7 @@ def compute_ranking(slots, categories, scores, costs, subsets="single", greedy_p
         "overall_is": "mean over samples",
         "subsets_mode": subsets,
         "bootstrap": {"resamples": bootstrap, "seed": seed, "confidence": 1 - alpha, "paired": True,
-                      "stratified_by": "category", "interval": "percentile"},
+                      "stratified_by": "category", "interval": "percentile", "unit": unit, "clusters": units},
         "right_threshold": RIGHT_THRESHOLD,
         "accuracy": {"full": acc[frozenset()]},
         "subsets": frontier(slots, acc, {s: c.get("vision_flops") for s, c in costs.items()}, latency_ms),
@@ -61,6 +65,30 @@ def compute_ranking(slots, categories, scores, costs, subsets="single", greedy_p
     data.update(_shapley(slots, groups, values, perms))
     data.update(_interactions(slots, groups, values))
     return data
+
+
+def image_clusters(samples):
+    """The bootstrap cluster id of every sample: its image's identity.
+
+    Two samples share a cluster when their images are the same pixels (mode, size and bytes).
+    Readers share one image object per path, base64 string or VLMEvalKit index reference, so
+    such images are hashed once. A sample without an image is its own cluster.
+
+    Returns:
+        list of strings, one per sample.
+    """
+    digests, out = {}, []
+    for number, sample in enumerate(samples):
+        image = getattr(sample, "image", None)
+        if image is None:
+            out.append(f"row:{number}")
+            continue
+        if id(image) not in digests:
+            digest = hashlib.sha1(f"{image.mode}{image.size}".encode())
+            digest.update(image.tobytes())
+            digests[id(image)] = (image, digest.hexdigest())  # holding the object keeps its id unique
+        out.append(f"image:{digests[id(image)][1]}")
+    return out
 
 
 def _by_group(groups, vector):

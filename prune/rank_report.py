@@ -54,6 +54,8 @@ def ranking_markdown(data):
     lines += _shapley_lines(data, groups)
     lines += _frontier_lines(data)
     notes = sorted({c["note"] for cells in data["cur"].values() for c in cells.values() if c.get("note")})
+    if data.get("costs_note"):
+        notes.append(data["costs_note"])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -198,13 +200,13 @@ def plot_frontier(data, path, selected=None):
         handles.append(Line2D([], [], marker="o", markersize=13, lw=0, markerfacecolor="none", markeredgecolor="black",
                               markeredgewidth=1.6, label=f"selected: keep {kept}"))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.67, 0.92), fontsize=8, frameon=False)
-    xmax = max([p[0] for p in points], default=1.0)
+    xmax = max([p[0] for p in points], default=0.0) or 1.0  # no known costs (predictions without a model)
     ax.set_xlim(-0.04 * xmax, 1.08 * xmax)
     ax.set_ylim(0, 116)  # room above 100 % for labels
     ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel(f"vision {prefix}FLOPs per image")
     ax.set_ylabel("overall accuracy (%)")
-    ax.set_title("Accuracy vs cost per kept set")
+    ax.set_title("Accuracy vs cost per kept set" + (" (costs unknown: no model)" if data.get("costs_note") else ""))
     ax.grid(alpha=0.3)
     place_labels(ax, points, labels, fontsize=7, priority=priority)
     fig.savefig(path, dpi=120)

@@ -1,0 +1,535 @@
+"""``encslim rank --predictions``: a ranking from per-sample prediction files made elsewhere.
+
+Instead of running a model, ``rank`` reads one set of prediction files per kept set (the full
+model, each slot masked alone, optionally more) and scores every prediction with encslim's own
+scorers (:func:`encslim.data.scorers.score`, the metric chosen as the data readers choose it),
+then computes CUR, IG, bootstrap intervals, Shapley values and the frontier with the same code
+as a model run (:func:`encslim.prune.rank_compute.compute_ranking`).
+
+Keys name the mask set of a file (or a folder of files): ``full``, ``masked:sam`` or
+``masked:sam+clip`` (the masked slots), ``kept:clip`` (the kept slots). Without ``--model`` the
+slots are the names the keys use, in order of first appearance, and costs are unknown.
+
+Formats (by extension, and for ``.jsonl`` by content):
+
+* VLMEvalKit prediction files ``{model}_{dataset}.xlsx`` / ``.tsv`` / ``.json`` (a list of row
+  objects, or pandas' column orientation): columns ``index``, ``prediction``, ``answer``, and
+  optionally ``question``, ``category`` / ``l2-category``, option columns ``A``..``Z`` (then the
+  answer is a letter or an option's text), ``hint``, ``metric`` (encslim's extension),
+  ``image`` (base64, or a short cell naming another row's ``index``) / ``image_path`` (only
+  their identity is used, for the clustered bootstrap). ``.xlsx`` needs openpyxl.
+* lmms-eval per-sample logs ``samples_<task>.jsonl`` (``--log_samples``): ``doc_id``,
+  ``target``, ``filtered_resps`` (else ``resps``): the first generated text, and from ``doc``:
+  ``question``, ``category`` / ``l2-category``, options ``A``..``Z`` or ``options`` (a list),
+  ``metric``, and ``image_id`` / ``image_path`` / ``image`` (a string) as the image identity.
+* A ``.jsonl`` whose rows lack ``doc_id`` is read as VLMEvalKit rows (same columns).
+
+The metric: a ``metric`` column, else MCQ with options, else by data set name as the readers do
+(:func:`encslim.data.fields.default_metric`), the name being the part of the file stem after the
+model name that starts with a known benchmark (``mymodel_DocVQA_VAL`` -> ANLS; none: VQA accuracy).
+With ``--data`` the benchmark files decide answers, options, metric, category and image (and so
+the bootstrap clusters), the prediction files only the predictions, matched by index.
+"""
+
+import csv
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data.fields import LETTERS, METRIC_BY_DATASET, check_metric, default_metric, is_missing, mcq_answer, \
+    parse_answers, parse_options, text_of
+from ..data.samples import Sample
+from ..data.scorers import score
+from ..errors import ConfigError, DataError
+from ..files import atomic_output_dir, check_output_path
+from .rank_compute import compute_ranking, image_clusters
+from .shapley import is_complete
+
+FORMATS = (".xlsx", ".tsv", ".json", ".jsonl")
+MAX_REFERENCE_LENGTH = 64  # a VLMEvalKit image cell this short names another row's index
+SHOWN_IDS = 5
+
+
+def parse_key(key):
+    """``("full", [])``, ``("masked", [slots])`` or ``("kept", [slots])`` from a --predictions key.
+
+    Raises:
+        ConfigError: another form.
+    """
+    text = str(key).strip()
+    if text == "full":
+        return "full", []
+    kind, _, names = text.partition(":")
+    slots = [s.strip() for s in names.split("+") if s.strip()]
+    if kind not in ("masked", "kept") or not slots or len(set(slots)) != len(slots):
+        raise ConfigError(f"--predictions key '{key}' not understood; use full, masked:SLOT[+SLOT...] "
+                          f"or kept:SLOT[+SLOT...]")
+    return kind, slots
+
+
+def parse_predictions(pairs):
+    """``[(key, path)]`` from ``KEY=PATH`` strings (or pairs), in the given order."""
+    out = []
+    for item in pairs:
+        if isinstance(item, str):
+            key, sep, path = item.partition("=")
+            if not sep or not key.strip() or not path.strip():
+                raise ConfigError(f"--predictions '{item}' is not KEY=PATH (e.g. full=preds/ or masked:sam=preds_nosam/)")
+            item = (key.strip(), path.strip())
+        out.append((str(item[0]), Path(item[1])))
+    keys = [k for k, _ in out]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--predictions key '{next(k for k in keys if keys.count(k) > 1)}' is given twice")
+    return out
+
+
+def prediction_files(path):
+    """The prediction files of a path: the file itself, or a folder's files of known formats (sorted)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
+        if not files:
+            raise DataError(f"{path} holds no prediction files ({', '.join(FORMATS)})")
+        return files
+    if not path.is_file():
+        raise DataError(f"prediction file {path} not found; check the path")
+    if path.suffix.lower() not in FORMATS:
+        raise DataError(f"{path}: unknown prediction format '{path.suffix}'; use {', '.join(FORMATS)}")
+    return [path]
+
+
+# ---------------------------------------------------------------- reading
+def read_rows(path):
+    """``[row dict]`` of one prediction file, in file order (cells as the format stores them)."""
+    suffix = path.suffix.lower()
+    if suffix == ".tsv":
+        return _read_tsv(path)
+    if suffix == ".xlsx":
+        return _read_xlsx(path)
+    if suffix == ".jsonl":
+        return _read_jsonl(path)
+    return _read_json(path)
+
+
+def _read_tsv(path):
+    old = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter="\t")
+            header = [h.strip() for h in next(reader, [])]
+            rows = [dict(zip(header, cells)) for cells in reader if any(c.strip() for c in cells)]
+    finally:
+        csv.field_size_limit(old)
+    return rows
+
+
+def _read_xlsx(path):
+    try:
+        import openpyxl
+    except ImportError:
+        raise DataError(f"{path}: reading .xlsx predictions needs openpyxl (pip install openpyxl); "
+                        f"or save the file as .tsv") from None
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        cells = list(book.active.iter_rows(values_only=True))
+    finally:
+        book.close()
+    if not cells:
+        return []
+    header = ["" if h is None else str(h).strip() for h in cells[0]]
+    return [dict(zip(header, row)) for row in cells[1:] if any(c is not None and str(c).strip() for c in row)]
+
+
+def _read_jsonl(path):
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {number} is not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {number} is not a JSON object")
+            rows.append(row)
+    return rows
+
+
+def _read_json(path):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not JSON ({err.msg} at line {err.lineno})") from None
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return data
+    if isinstance(data, dict) and data and all(isinstance(v, (dict, list)) for v in data.values()):
+        columns = {k: (list(v.values()) if isinstance(v, dict) else list(v)) for k, v in data.items()}
+        n = {len(v) for v in columns.values()}
+        if len(n) == 1:  # pandas' column orientation {column: {row: value}} or {column: [values]}
+            return [{k: v[i] for k, v in columns.items()} for i in range(n.pop())]
+    raise DataError(f"{path}: expected a list of prediction rows (or pandas' column orientation)")
+
+
+def _metric_dataset(stem):
+    """The part of ``{model}_{dataset}`` that starts with a known benchmark name (else the stem)."""
+    parts = stem.split("_")
+    for i in range(len(parts)):
+        candidate = "_".join(parts[i:])
+        if any(candidate.lower().startswith(prefix) for prefix, _ in METRIC_BY_DATASET):
+            return candidate
+    return stem
+
+
+def _cell(row, name):
+    value = row.get(name)
+    return None if is_missing(value) else value
+
+
+def _prediction_text(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return text_of(value) if isinstance(value, float) else str(value)
+
+
+class _Row:
+    """One parsed prediction row: id, prediction, and what a sample needs when no --data is given."""
+
+    __slots__ = ("index", "prediction", "fields", "image_ref")
+
+    def __init__(self, index, prediction, fields, image_ref):
+        self.index, self.prediction, self.fields, self.image_ref = index, prediction, fields, image_ref
+
+
+def _vlmeval_row(row, images):
+    index = _cell(row, "index")
+    if index is None:
+        raise ValueError("no index")
+    if "prediction" not in row:
+        raise ValueError("no prediction column")
+    fields = {"question": _cell(row, "question"), "answer": row.get("answer"),
+              "options": {k: row[k] for k in LETTERS if k in row}, "hint": _cell(row, "hint"),
+              "category": _cell(row, "category") or _cell(row, "l2-category"), "metric": _cell(row, "metric")}
+    return _Row(text_of(index), _prediction_text(row.get("prediction")), fields, _vlmeval_image(row, images))
+
+
+def _vlmeval_image(row, images):
+    cell = _cell(row, "image")
+    if cell is not None:
+        cell = str(cell).strip()
+        if len(cell) <= MAX_REFERENCE_LENGTH:  # another row's index: that row's image
+            return images.get(cell, f"index:{cell}")
+        return "b64:" + hashlib.sha1(cell.encode()).hexdigest()
+    path = _cell(row, "image_path")
+    return None if path is None else f"path:{str(path).strip()}"
+
+
+def _lmms_row(row):
+    doc = row.get("doc") if isinstance(row.get("doc"), dict) else {}
+    responses = row.get("filtered_resps", row.get("resps"))
+    prediction = responses
+    while isinstance(prediction, (list, tuple)) and prediction:
+        prediction = prediction[0]
+    if isinstance(prediction, (list, tuple)) or prediction is None:
+        prediction = ""
+    if not isinstance(prediction, str):
+        raise ValueError("its responses are not generated text (a loglikelihood task?); only generation "
+                         "tasks are supported")
+    options = {k: doc[k] for k in LETTERS if k in doc}
+    if not options and isinstance(doc.get("options"), list):
+        options = dict(zip(LETTERS, doc["options"]))
+    target = row.get("target")
+    if (not target) if isinstance(target, (list, tuple)) else is_missing(target):
+        target = doc.get("answers", doc.get("answer"))
+    fields = {"question": doc.get("question"), "answer": target, "options": options, "hint": doc.get("hint"),
+              "category": _cell(doc, "category") or _cell(doc, "l2-category"), "metric": _cell(doc, "metric")}
+    ref = next((doc[k] for k in ("image_id", "image_path", "image") if isinstance(doc.get(k), (str, int))), None)
+    return _Row(text_of(row["doc_id"]), prediction, fields, None if ref is None else f"doc:{ref}")
+
+
+def read_prediction_file(path):
+    """``(kind, [_Row])`` of one file; kind ``"lmms-eval"`` or ``"vlmevalkit"``.
+
+    Raises:
+        DataError: an unreadable file, no rows, or a bad row (file and row named).
+    """
+    rows = read_rows(path)
+    if not rows:
+        raise DataError(f"{path} holds no predictions")
+    kind = "lmms-eval" if "doc_id" in rows[0] else "vlmevalkit"
+    images = {}
+    if kind == "vlmevalkit":
+        for row in rows:  # rows with their own image, for the short cells that reference them
+            cell, index = _cell(row, "image"), _cell(row, "index")
+            if cell is not None and index is not None and len(str(cell).strip()) > MAX_REFERENCE_LENGTH:
+                images[text_of(index)] = "b64:" + hashlib.sha1(str(cell).strip().encode()).hexdigest()
+    out, seen = [], set()
+    for number, row in enumerate(rows, 1):
+        try:
+            parsed = _lmms_row(row) if kind == "lmms-eval" else _vlmeval_row(row, images)
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{path} row {number}: {' '.join(str(err).split())}") from None
+        if parsed.index in seen:
+            raise DataError(f"{path} row {number}: index '{parsed.index}' appears twice")
+        seen.add(parsed.index)
+        out.append(parsed)
+    return kind, out
+
+
+def _dataset_names(files, kinds, data_stems=None):
+    """A data set name per file: lmms-eval's task, a VLMEvalKit stem less the shared model prefix,
+    or (with --data) the data file stem the name ends with."""
+    names = []
+    for path, kind in zip(files, kinds):
+        stem = path.stem
+        if kind == "lmms-eval" and "samples_" in stem:
+            stem = stem.split("samples_", 1)[1]
+        names.append(stem)
+    if data_stems:
+        matched = []
+        for path, stem in zip(files, names):
+            hits = [d for d in data_stems if stem == d or stem.endswith("_" + d)]
+            if not hits:
+                raise DataError(f"prediction file {path} names none of the --data sets ({', '.join(data_stems)}); "
+                                f"name it <model>_<data set>")
+            matched.append(max(hits, key=len))
+        return matched
+    vlm = [i for i, k in enumerate(kinds) if k == "vlmevalkit"]
+    if len(vlm) > 1:  # strip the model name all of them start with
+        split = [names[i].split("_") for i in vlm]
+        common = 0
+        while all(len(p) > common + 1 and p[common] == split[0][common] for p in split):
+            common += 1
+        for i, parts in zip(vlm, split):
+            names[i] = "_".join(parts[common:])
+    return names
+
+
+def _read_key(key, path, data_stems=None, qualify=None):
+    """``({id: _Row}, [files], {id: dataset})`` of one --predictions entry."""
+    files = prediction_files(path)
+    parsed = [read_prediction_file(f) for f in files]
+    kinds = [k for k, _ in parsed]
+    datasets = _dataset_names(files, kinds, data_stems)
+    if qualify is None:
+        qualify = len(files) > 1
+    rows, origin = {}, {}
+    for file, dataset, (_, file_rows) in zip(files, datasets, parsed):
+        for row in file_rows:
+            sid = f"{dataset}/{row.index}" if qualify else row.index
+            if sid in rows:
+                raise DataError(f"predictions {key}: sample '{sid}' appears in {origin[sid][1]} and {file}")
+            rows[sid], origin[sid] = row, (dataset, file)
+    return rows, files, {sid: o[0] for sid, o in origin.items()}
+
+
+def _sample(sid, row, dataset):
+    f = row.fields
+    answers = parse_answers(f["answer"])
+    options = parse_options(f["options"])
+    metric = check_metric(str(f["metric"]).strip()) if f["metric"] is not None else \
+        default_metric(_metric_dataset(dataset), bool(options))
+    if metric == "mcq":
+        if not options:
+            raise ValueError("metric 'mcq' needs option columns A, B, ...")
+        answers = [mcq_answer(answers, options)]
+    return Sample(id=sid, question="" if f["question"] is None else str(f["question"]).strip(), answers=answers,
+                  options=options if metric == "mcq" else {}, hint="" if f["hint"] is None else str(f["hint"]).strip(),
+                  category=text_of(f["category"]) if f["category"] is not None else dataset, metric=metric,
+                  source=sid, dataset=dataset)
+
+
+def _id_list(ids):
+    shown = ", ".join(map(str, ids[:SHOWN_IDS]))
+    return f"{len(ids)} sample(s): {shown}" + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
+
+
+def _check_same_samples(key, ids, reference, reference_name):
+    have = set(ids)
+    missing = [i for i in reference if i not in have]
+    extra = [i for i in ids if i not in set(reference)]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"lack {_id_list(missing)} that {reference_name} has")
+        if extra:
+            parts.append(f"hold {_id_list(extra)} that {reference_name} lacks")
+        raise DataError(f"predictions {key} {' and '.join(parts)}; every prediction set must cover the same samples")
+
+
+# ---------------------------------------------------------------- the ranking
+def _mask_sets(entries, slots):
+    """``{key: frozenset(masked)}``; unknown slots and repeated mask sets refused."""
+    out = {}
+    for key, (kind, names) in entries.items():
+        unknown = [s for s in names if s not in slots]
+        if unknown:
+            raise ConfigError(f"--predictions {key}: unknown slot(s) {', '.join(unknown)}; the model's slots are "
+                              f"{', '.join(slots)}")
+        masked = frozenset(slots) - set(names) if kind == "kept" else frozenset(names)
+        clash = next((k for k, m in out.items() if m == masked), None)
+        if clash is not None:
+            raise ConfigError(f"--predictions {clash} and {key} name the same mask set; give each mask set once")
+        out[key] = masked
+    return out
+
+
+def _slots_from_keys(entries):
+    slots = []
+    for kind, names in entries.values():
+        slots.extend(s for s in names if s not in slots)
+    return slots
+
+
+def _subsets_mode(slots, masks):
+    kept = {frozenset(slots) - m: m for m in masks}
+    if is_complete(slots, kept):
+        return "all"
+    pairs = [frozenset({a, b}) for i, a in enumerate(slots) for b in slots[i + 1:]]
+    return "pairs" if all(p in masks for p in pairs) else "single"
+
+
+def rank_predictions(predictions, model=None, data=None, categories=None, out=None, bootstrap=1000, seed=0,
+                     alpha=0.05, mask_mode="removal", overwrite=False, device="cpu", dtype="float32"):
+    """Rank slots from prediction files, one set per mask set (see the module doc for formats).
+
+    Args:
+        predictions: ``KEY=PATH`` strings or ``(key, path)`` pairs; ``full`` is required, and each
+            slot masked alone (for CUR).
+        model: optional model folder: its slots (keys are checked against them) and costs.
+        data: optional benchmark file(s): answers, options, metric, category, images by index.
+        categories: keep only these categories.
+        out: folder to write ``ranking.json``, ``ranking.md`` and the plots to (``None``: nothing).
+        bootstrap, seed, alpha: as for :func:`encslim.prune.rank.rank` (clustered by image when
+            images carry several questions).
+        mask_mode: the mask the predictions were made with (recorded only).
+        overwrite: replace an existing ``out``.
+        device, dtype: where and how to load ``model`` (for its costs).
+
+    Returns:
+        :class:`encslim.prune.rank.Ranking`.
+
+    Raises:
+        ConfigError: bad keys or options; DataError: unreadable files, mismatched samples.
+    """
+    from .rank import Ranking, _check_options, write_ranking
+
+    start = time.perf_counter()
+    _check_options("single", mask_mode, bootstrap, alpha, None)
+    pairs = parse_predictions(predictions)
+    entries = {key: parse_key(key) for key, _ in pairs}
+    if "full" not in entries:
+        raise ConfigError("--predictions needs full=PATH: the full model's predictions (every slot kept)")
+    inputs = [p for _, p in pairs] + ([] if model is None else [model]) + \
+        ([] if data is None else ([data] if isinstance(data, (str, Path)) else list(data)))
+    if out is not None:
+        check_output_path(out, overwrite, inputs=inputs)
+
+    loaded = None
+    if model is not None:
+        from ..models.loading import load_model
+
+        loaded = load_model(model, device=device, dtype=dtype)
+        slots = list(loaded[2].slot_names(loaded[0].config))
+    else:
+        slots = _slots_from_keys(entries)
+        if not slots:
+            raise ConfigError("--predictions names no slot; add masked:SLOT=PATH for each slot (or pass --model)")
+    masks = _mask_sets(entries, slots)
+    missing = [s for s in slots if frozenset({s}) not in masks.values()]
+    if missing:
+        raise ConfigError(f"no predictions with {', '.join(missing)} masked alone; CUR needs the full model and "
+                          f"each slot masked alone: add " + " ".join(f"--predictions masked:{s}=PATH" for s in missing))
+
+    samples, clusters, table, files = _load(pairs, data, categories)
+    scores = {}
+    for key, _ in pairs:
+        rows = table[key]
+        scores[masks[key]] = np.array([score(s.metric, rows[s.id].prediction, s.answers, s.options, s.category)
+                                       for s in samples], dtype=float)
+    costs = _costs(loaded, slots)
+    masks_done = list(scores)
+    data_out = compute_ranking(slots, [s.category for s in samples], scores, costs,
+                               subsets=_subsets_mode(slots, masks_done), bootstrap=bootstrap, seed=seed, alpha=alpha,
+                               clusters=clusters)
+    data_out["model"] = str(model) if model is not None else "<predictions>"
+    data_out["mask_mode"] = mask_mode
+    data_out["empty_set_mask"] = "as in the prediction files"
+    data_out["source"] = "predictions"
+    data_out["predictions"] = {key: {"masked": [s for s in slots if s in masks[key]],
+                                     "files": [str(f) for f in files[key]]} for key, _ in pairs}
+    if loaded is None:
+        data_out["costs_note"] = ("no --model: slot costs (vision FLOPs, parameters) are unknown, so the frontier "
+                                  "has no costs; pass --model to report them")
+    data_out["evaluation"] = {"mask_sets_evaluated": 0, "mask_sets_cached": 0,
+                              "mask_sets_from_predictions": len(pairs), "encoder_passes_per_sample": 0.0,
+                              "feature_store": None, "wall_s": round(time.perf_counter() - start, 3), "threads": None}
+    ranking = Ranking(data_out)
+    if out is not None:
+        with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
+            write_ranking(ranking.data, tmp)
+        ranking.out = Path(out)
+    return ranking
+
+
+def _costs(loaded, slots):
+    if loaded is None:
+        return {s: {"vision_flops": None, "params": None} for s in slots}
+    from .subsets import slot_costs
+
+    return slot_costs(*loaded)
+
+
+def _load(pairs, data, categories):
+    """``(samples, clusters, {key: {id: _Row}}, {key: [files]})``: samples in reference order."""
+    from ..data.load import load_samples
+
+    data_samples = None
+    data_stems = None
+    if data is not None:
+        paths = [Path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
+        data_samples = load_samples(paths)
+        data_stems = [p.stem for p in paths] if len(paths) > 1 else None
+    table, files, datasets = {}, {}, {}
+    for key, path in pairs:
+        qualify = None if data is None else data_stems is not None
+        table[key], files[key], datasets[key] = _read_key(key, path, data_stems, qualify)
+    full = table["full"]
+    if data_samples is not None:
+        reference = [s.id for s in data_samples]
+        _check_same_samples("full", list(full), reference, "--data")
+    else:
+        reference = list(full)
+    for key, _ in pairs:
+        if key != "full":
+            _check_same_samples(key, list(table[key]), reference, "full")
+
+    if data_samples is not None:
+        samples = list(data_samples)
+        clusters = image_clusters(samples)
+    else:
+        samples, clusters = [], []
+        for sid in reference:
+            row = full[sid]
+            try:
+                samples.append(_sample(sid, row, datasets["full"][sid]))
+            except ValueError as err:
+                raise DataError(f"predictions full, sample '{sid}': {' '.join(str(err).split())}") from None
+            clusters.append(row.image_ref if row.image_ref is not None else f"row:{sid}")
+        clusters = [f"{s.dataset}:{c}" for s, c in zip(samples, clusters)]
+    if categories:
+        available = sorted({s.category for s in samples})
+        unknown = [c for c in categories if c not in available]
+        if unknown:
+            raise DataError(f"categor{'y' if len(unknown) == 1 else 'ies'} {unknown} not in the predictions; "
+                            f"available: {', '.join(available)}")
+        keep = [i for i, s in enumerate(samples) if s.category in set(categories)]
+        samples, clusters = [samples[i] for i in keep], [clusters[i] for i in keep]
+    return samples, clusters, table, files
+
