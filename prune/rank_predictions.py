@@ -133,7 +133,7 @@ def _read_xlsx(path):
     try:
         import openpyxl
     except ImportError:
-        raise DataError(f"{path}: reading .xlsx predictions needs openpyxl (pip install openpyxl); "
+        raise DataError(f"{path}: reading .xlsx predictions needs openpyxl (pip install 'encslim[vlmeval]'); "
                         f"or save the file as .tsv") from None
     book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     try:
