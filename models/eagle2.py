@@ -50,8 +50,9 @@ from transformers import PretrainedConfig, PreTrainedModel, Qwen2Config, Qwen2Fo
 
 from ..errors import ConfigError, ModelLoadError
 from ..files import CONFIG_NAME, atomic_output_dir
-from .adapter import Adapter, Slot, TrainableParts, register_adapter
-from .eagle.family import _header_shapes
+from .adapter import Slot, TrainableParts, register_adapter
+from .layout import (LayoutAdapter, TokenizerMixin, check_keys, from_pretrained, header_shapes, left_pad, make_config,
+                     meta_shapes, read_config_json, under_vision_model)
 from .eagle.towers import ConvNextVisionTower
 from .masking import FusionClass, check_mask_set, mask_feature
 from .plan import Delete, RemovalPlan, check_drop
@@ -259,18 +260,11 @@ def _image_context_id(folder):
 
 def read_eagle2_config(path):
     """The :class:`Eagle2ChatConfig` of a folder (``config.json`` only, checked)."""
-    try:
-        data = json.loads(Path(path, CONFIG_NAME).read_text())
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not load: {str(err).splitlines()[0]}") from err
+    data = read_config_json(path)
     if not is_eagle2_config(data):
         raise ModelLoadError(f"{path}/{CONFIG_NAME} is not an Eagle2 MOB config (vision_config.model_type MOB, "
                              f"moe_version_type {MOE_VERSION}, llm_config)")
-    data.pop("model_type", None)
-    try:
-        config = Eagle2ChatConfig(**data)
-    except (TypeError, ValueError) as err:
-        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not make an Eagle2 config: {err}") from err
+    config = make_config(Eagle2ChatConfig, data, path, "Eagle2")
     check_config(config, f"{path}/{CONFIG_NAME}")
     config.img_context_token_id = _image_context_id(path)
     try:
@@ -297,8 +291,8 @@ class SiglipVisionTower(nn.Module):
 
         spec = {k: v for k, v in spec.items() if k not in ("model_type", "architectures", "transformers_version")}
         self.input_image_size = int(spec["image_size"])
-        self.vision_tower = nn.Module()
-        self.vision_tower.vision_model = SiglipVisionModel(SiglipVisionConfig(**{**spec, "vision_use_head": use_head}))
+        config = SiglipVisionConfig(**{**spec, "vision_use_head": use_head})
+        self.vision_tower = under_vision_model(SiglipVisionModel(config))
         self.hidden_size = int(spec["hidden_size"])
 
     def forward(self, images):
@@ -477,38 +471,20 @@ def _fit_to_checkpoint(shapes, config):
 
 def fit_to_checkpoint(path, config):
     """Size the unused heads in ``config`` (in memory) as the folder's checkpoint has them; its key shapes."""
-    shapes = _header_shapes(path)
+    shapes = header_shapes(path, "Eagle2")
     config.convnext_head_classes, config.siglip_use_head = _fit_to_checkpoint(shapes, config)
     return shapes
 
 
 def expected_shapes(config):
-    with torch.device("meta"):
-        model = Eagle2ChatModel(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return meta_shapes(Eagle2ChatModel, config)
 
 
 def strict_load(path, config, dtype=None, device_map=None):
     """``from_pretrained`` refusing any missing, unexpected or mis-shaped key (naming them)."""
     shapes = fit_to_checkpoint(path, config)
-    expected = expected_shapes(config)
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k]) != tuple(shapes[k]))
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
-        if keys:
-            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-            problems.append(f"{len(keys)} {label} key(s): {', '.join(keys[:3])}{more}")
-    if problems:
-        raise ModelLoadError(f"{path} does not match its Eagle2 config ({config.vision_config.get('vision_path')}): "
-                             f"{'; '.join(problems)}; the checkpoint and config.json must come from the same model")
-    kwargs = {"config": config}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    return Eagle2ChatModel.from_pretrained(str(path), **kwargs)
+    check_keys(path, shapes, expected_shapes(config), f"Eagle2 config ({config.vision_config.get('vision_path')})")
+    return from_pretrained(Eagle2ChatModel, path, config, dtype, device_map)
 
 
 # ---------------------------------------------------------------------------------------------- processor
@@ -521,8 +497,10 @@ def chat_prompt(template, question, with_image=True, system=SYSTEM_MESSAGE):
             "<|im_start|>assistant\n")
 
 
-class Eagle2Processor:
+class Eagle2Processor(TokenizerMixin):
     """One tile per image -> ``pixel_values`` (B, 3, S, S); prompts -> ids with ``<img><IMG_CONTEXT>*N</img>``."""
+
+    PAD_FALLBACKS = ("pad_token_id", "eos_token_id")
 
     def __init__(self, tokenizer, image_size, num_image_tokens, template="qwen2-chat"):
         self.tokenizer = tokenizer
@@ -579,45 +557,24 @@ class Eagle2Processor:
     def expand(self, prompt):
         return prompt.replace(IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * self.num_image_tokens + IMG_END)
 
-    @property
-    def pad_token_id(self):
-        tok = self.tokenizer
-        for candidate in (tok.pad_token_id, tok.eos_token_id):
-            if candidate is not None:
-                return candidate
-        return 0
-
     def text_inputs(self, prompts):
         """LEFT-padded ``input_ids``/``attention_mask``."""
         rows = [self.tokenizer(self.expand(p), add_special_tokens=False).input_ids for p in prompts]
-        length = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            if row:
-                input_ids[i, length - len(row):] = torch.tensor(row)
-                mask[i, length - len(row):] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
-
-    def batch_decode(self, ids, **kwargs):
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, **kwargs)
+        return left_pad(rows, self.pad_token_id)
 
 
 # ---------------------------------------------------------------------------------------------- adapter
-class Eagle2Adapter(Adapter):
+class Eagle2Adapter(LayoutAdapter):
     """Eagle2 (``eagle_chat`` with a MOB vision config): slots ``siglip`` and ``convnext``, class A2."""
 
     model_type = MODEL_TYPE
+    model_class = Eagle2ChatModel
 
     def matches(self, config_dict):
         return is_eagle2_config(config_dict)
 
     def read_config(self, path):
         return read_eagle2_config(path)
-
-    def empty_model(self, config):
-        with torch.device("meta"):
-            return Eagle2ChatModel(config)
 
     def slots(self, config):
         sizes = {SIGLIP: config.siglip_spec()["image_size"], CONVNEXT: config.convnext_img_size}
@@ -653,19 +610,6 @@ class Eagle2Adapter(Adapter):
         if token is None:
             raise ConfigError(f"the model's tokenizer has no {IMG_CONTEXT} token")
         return token
-
-    def image_placeholder(self, processor):
-        return IMAGE_PLACEHOLDER
-
-    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
-        prompts = [p if images is None or IMAGE_PLACEHOLDER in p else f"{IMAGE_PLACEHOLDER}\n{p}" for p in prompts]
-        batch = processor.text_inputs(prompts)
-        if images is not None:
-            batch["pixel_values"] = processor.pixel_values(list(images))
-        return batch
-
-    def pixel_inputs(self, processor, images, masked=frozenset()):
-        return {"pixel_values": processor.pixel_values(list(images))}
 
     # ------------------------------------------------------------------ the split forward
     def encode(self, model, batch, slots=None):
@@ -736,9 +680,6 @@ class Eagle2Adapter(Adapter):
             notes.append(f"tower(s) removed: {removed} before mlp1 (config.json encslim_removed_dims); this folder "
                          "loads with encslim, not with NVlabs' Eagle2 remote code (it needs both towers)")
         return notes
-
-    def how_to_load(self, folder, model):
-        return f'import encslim\nmodel, processor, adapter = encslim.load_model("{folder}")\n'
 
 
 def removal_plan(config, drop):

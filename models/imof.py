@@ -51,8 +51,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from ..errors import ConfigError, ModelLoadError
-from ..files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME, atomic_output_dir
-from .adapter import Adapter, Slot, TrainableParts, register_adapter
+from ..files import CONFIG_NAME, atomic_output_dir
+from .adapter import Slot, TrainableParts, register_adapter
+from .layout import (LayoutAdapter, Mlp, TokenizerMixin, check_keys, from_pretrained, header_shapes, left_pad,
+                     make_config, meta_shapes, read_config_json, under_vision_model)
 from .masking import FusionClass, check_mask_set, mask_feature
 from .plan import Delete, RemovalPlan, check_drop
 
@@ -172,19 +174,12 @@ def _check_config(config, where):
 
 def read_imof_config(path):
     """The :class:`ImofConfig` of a folder (``model_type`` ``imof_llama``, ``llava`` or ``llava_llama``)."""
-    try:
-        data = json.loads(Path(path, CONFIG_NAME).read_text())
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not load: {str(err).splitlines()[0]}") from err
+    data = read_config_json(path)
     if not is_imof_config(data):
         missing = [k for k in IMOF_KEYS if k not in data]
         raise ModelLoadError(f"{path}/{CONFIG_NAME} is not an I-MoF config"
                              + (f": it lacks {', '.join(missing)}" if missing else ""))
-    data.pop("model_type", None)
-    try:
-        config = ImofConfig(**data)
-    except (TypeError, ValueError) as err:
-        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not make an I-MoF config: {err}") from err
+    config = make_config(ImofConfig, data, path, "I-MoF")
     return _check_config(config, f"{path}/{CONFIG_NAME}")
 
 
@@ -228,19 +223,6 @@ class LayerScale(nn.Module):
 
     def forward(self, x):
         return x * self.gamma
-
-
-class Mlp(nn.Module):
-    """dinov2/layers/mlp.py ``Mlp``: fc1 -> GELU -> fc2."""
-
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
@@ -329,9 +311,7 @@ def _clip_holder(config):
     (transformers 5's ``CLIPVisionModel`` holds the transformer's modules itself)."""
     from transformers import CLIPVisionModel
 
-    holder = nn.Module()
-    holder.vision_model = CLIPVisionModel(config.clip_vision_config())
-    return holder
+    return under_vision_model(CLIPVisionModel(config.clip_vision_config()))
 
 
 def _select(features, select_feature):
@@ -452,7 +432,7 @@ def register_auto_classes():
 
 
 # ----------------------------------------------------------------------------------------- processor
-class ImofProcessor:
+class ImofProcessor(TokenizerMixin):
     """Images -> ``pixel_values`` (B, 3, S, S) for both towers; prompts -> ids with the placeholder run expanded.
 
     Images follow ``mm_utils.process_images``: ``expand2square`` with the CLIP mean colour when
@@ -515,70 +495,19 @@ class ImofProcessor:
 
     def prompt_ids(self, prompt, num_image_tokens):
         """``tokenizer_image_token`` with each placeholder repeated ``num_image_tokens`` times."""
-        tok = self.tokenizer
-        chunks = [tok(chunk).input_ids for chunk in prompt.split(IMAGE_PLACEHOLDER)]
-        ids, offset = [], 0
-        if chunks and chunks[0] and chunks[0][0] == tok.bos_token_id:
-            offset = 1
-            ids.append(chunks[0][0])
-        for i, chunk in enumerate(chunks):
-            if i:
-                ids.extend([IMAGE_TOKEN_INDEX] * num_image_tokens)
-            ids.extend(chunk[offset:])
-        return ids
+        from .eagle.processing import tokenizer_image_token
 
-    @property
-    def pad_token_id(self):
-        tok = self.tokenizer
-        return next((c for c in (tok.pad_token_id, tok.unk_token_id, tok.eos_token_id) if c is not None), 0)
+        return tokenizer_image_token(self.tokenizer, prompt, num_image_tokens)
 
     def text_inputs(self, prompts, num_image_tokens):
         """LEFT-padded ``input_ids``/``attention_mask`` of ``prompts``."""
-        rows = [self.prompt_ids(p, num_image_tokens) for p in prompts]
-        length = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            if row:
-                input_ids[i, length - len(row):] = torch.tensor(row)
-                mask[i, length - len(row):] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
-
-    def batch_decode(self, ids, **kwargs):
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, **kwargs)
+        return left_pad([self.prompt_ids(p, num_image_tokens) for p in prompts], self.pad_token_id)
 
 
 # ------------------------------------------------------------------------------------------- loading
-def _header_shapes(path):
-    from safetensors import safe_open
-
-    folder = Path(path)
-    index = folder / INDEX_NAME
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-    elif (folder / WEIGHTS_NAME).is_file():
-        files = [WEIGHTS_NAME]
-    else:
-        raise ModelLoadError(f"{path} holds no {WEIGHTS_NAME} or {INDEX_NAME}; I-MoF weights must be safetensors "
-                             "(convert .bin checkpoints first)")
-    shapes = {}
-    for name in files:
-        try:
-            with safe_open(str(folder / name), framework="pt") as handle:
-                for key in handle.keys():
-                    shapes[key] = tuple(handle.get_slice(key).get_shape())
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"{folder / name} is not a readable safetensors file: {err}") from err
-    return shapes
-
-
 def _expected_shapes(config):
-    with torch.device("meta"):
-        model = ImofLlamaForCausalLM(config)
-    for key, tensor in model.state_dict().items():
-        if key == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        yield key, tuple(tensor.shape)
+    tied = ("lm_head.weight",) if config.tie_word_embeddings else ()
+    return meta_shapes(ImofLlamaForCausalLM, config, skip=tied)
 
 
 def strict_load(path, config, dtype=None, device_map=None):
@@ -587,47 +516,28 @@ def strict_load(path, config, dtype=None, device_map=None):
     The one tolerated difference: the DINO tower's unused CLIP copy
     (``model.dino_tower.clip_vision_tower.*``) is built exactly when the checkpoint holds it.
     """
-    shapes = _header_shapes(path)
+    shapes = header_shapes(path, "I-MoF")
     if "dinov2" in config.imof_towers:
         if not any(k.startswith(DINO_PREFIX) for k in shapes):
             raise ModelLoadError(f"{path} holds no DINOv2 tower ({DINO_PREFIX}vision_tower.*): a LLaVA-1.5 "
                                  "checkpoint without it is not I-MoF (or set imof_towers to [\"clip\"])")
         config.imof_dino_clip_copy = any(k.startswith(DINO_CLIP_COPY) for k in shapes)
-    expected = dict(_expected_shapes(config))
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k]) != tuple(shapes[k]))
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
-        if keys:
-            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-            problems.append(f"{len(keys)} {label} key(s): {', '.join(keys[:3])}{more}")
-    if problems:
-        raise ModelLoadError(f"{path} does not match its I-MoF config (towers {', '.join(config.imof_towers)}): "
-                             f"{'; '.join(problems)}; the checkpoint and config.json must come from the same model")
-    kwargs = {"config": config}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    return ImofLlamaForCausalLM.from_pretrained(str(path), **kwargs)
+    check_keys(path, shapes, _expected_shapes(config), f"I-MoF config (towers {', '.join(config.imof_towers)})")
+    return from_pretrained(ImofLlamaForCausalLM, path, config, dtype, device_map)
 
 
 # ------------------------------------------------------------------------------------------- adapter
-class ImofAdapter(Adapter):
+class ImofAdapter(LayoutAdapter):
     """I-MoF (``imof_llama``, or MMVP's ``llava``/``llava_llama`` configs): slots ``clip`` and ``dinov2``, class B."""
 
     model_type = MODEL_TYPE
+    model_class = ImofLlamaForCausalLM
 
     def matches(self, config_dict):
         return is_imof_config(config_dict)
 
     def read_config(self, path):
         return read_imof_config(path)
-
-    def empty_model(self, config):
-        with torch.device("meta"):
-            return ImofLlamaForCausalLM(config)
 
     def slots(self, config):
         return [Slot(t, t, config.image_size, config.tower_tokens(t), config.tower_width(t), removal_exact=True)
@@ -652,18 +562,8 @@ class ImofAdapter(Adapter):
     def image_token_id(self, config):
         return IMAGE_TOKEN_INDEX
 
-    def image_placeholder(self, processor):
-        return IMAGE_PLACEHOLDER
-
-    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
-        prompts = [p if images is None or IMAGE_PLACEHOLDER in p else f"{IMAGE_PLACEHOLDER}\n{p}" for p in prompts]
-        batch = processor.text_inputs(prompts, processor.num_image_tokens(masked, mask_mode))
-        if images is not None:
-            batch["pixel_values"] = processor.pixel_values(list(images))
-        return batch
-
-    def pixel_inputs(self, processor, images, masked=frozenset()):
-        return {"pixel_values": processor.pixel_values(list(images))}
+    def prompt_inputs(self, processor, prompts, masked=frozenset(), mask_mode="removal"):
+        return processor.text_inputs(prompts, processor.num_image_tokens(masked, mask_mode))
 
     # ------------------------------------------------------------------ the split forward
     def encode(self, model, batch, slots=None):
@@ -748,9 +648,6 @@ class ImofAdapter(Adapter):
         if "clip" not in config.imof_towers:
             notes.append("without the CLIP tower this folder does not load in MMVP's own code; load it with encslim")
         return notes
-
-    def how_to_load(self, folder, model):
-        return f'import encslim\nmodel, processor, adapter = encslim.load_model("{folder}")\n'
 
     def to_llava(self, model, processor):
         """``(LlavaConfig, state_dict, LlavaProcessor)`` of a CLIP-only I-MoF: stock

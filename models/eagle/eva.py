@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layout import BackboneDeviceMixin
+
 ORIGINAL_KEYS_NOTE = """\
 state_dict keys of EVAVITVisionTower (prefix in the Eagle checkpoint:
 ``model.vision_tower.vision_towers.{i}.``), in the original's order:
@@ -331,7 +333,7 @@ class EVAViT(nn.Module):
         return x.permute(0, 3, 1, 2)  # B, C, H, W (no final norm)
 
 
-class EVAVITVisionTower(nn.Module):
+class EVAVITVisionTower(BackboneDeviceMixin, nn.Module):
     """``eva_vit.EVAVITVisionTower`` for det-1024: ``vision_tower`` is the :class:`EVAViT`.
 
     ``forward(images)``: (B, 3, S, S) -> (B, embed_dim, S/16, S/16), channel-first, exactly what
@@ -368,14 +370,6 @@ class EVAVITVisionTower(nn.Module):
     @property
     def num_patches(self):
         return self.config["num_patches"]
-
-    @property
-    def dtype(self):
-        return next(self.vision_tower.parameters()).dtype
-
-    @property
-    def device(self):
-        return next(self.vision_tower.parameters()).device
 
     def forward(self, images):
         if isinstance(images, (list, tuple)):

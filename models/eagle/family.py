@@ -12,21 +12,21 @@ an error naming it. The one tolerated difference is ConvNeXt's classifier ``head
 Eagle's forward never runs: its size is read from the checkpoint (absent: no head).
 """
 
-import json
 import re
-from pathlib import Path
 
 import torch
 
 from ...errors import ModelLoadError
-from ...files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
-from ..adapter import Adapter, Slot, TrainableParts, register_adapter
+from ...files import CONFIG_NAME
+from ..adapter import Slot, TrainableParts, register_adapter
+from ..layout import (LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes,
+                      read_config_json)
 from ..masking import FusionClass, check_mask_set, mask_feature
 from ..plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
 from .configuration import (EAGLE_KEYS, IMAGE_TOKEN_INDEX, TOWER_NAMES, EagleConfig, is_eagle_config, join_towers,
                             parse_towers)
 from .modeling import EagleVisionLlamaForCausalLM, register_auto_classes
-from .processing import IMAGE_PLACEHOLDER, EagleProcessor
+from .processing import EagleProcessor
 
 TOWER_PREFIX = "model.vision_tower.vision_towers."  # + "{i}." in checkpoint keys
 PROJECTOR_WEIGHT = "model.mm_projector.0.weight"
@@ -46,10 +46,7 @@ model, processor, adapter = encslim.load_model("{name}")
 
 def read_eagle_config(path):
     """The :class:`EagleConfig` of a folder (``model_type`` ``eagle_llama`` or ``llava_llama``)."""
-    try:
-        data = json.loads(Path(path, CONFIG_NAME).read_text())
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not load: {str(err).splitlines()[0]}") from err
+    data = read_config_json(path)
     missing = [k for k in EAGLE_KEYS if k not in data]
     if missing:
         raise ModelLoadError(f"{path}/{CONFIG_NAME} is not an Eagle config: it lacks {', '.join(missing)}")
@@ -57,39 +54,12 @@ def read_eagle_config(path):
     if unknown:
         raise ModelLoadError(f"{path}/{CONFIG_NAME} names unknown Eagle tower(s) {', '.join(unknown)} in "
                              f"mm_vision_tower; known: {', '.join(TOWER_NAMES)}")
-    data.pop("model_type", None)
-    try:
-        config = EagleConfig(**data)
-    except (TypeError, ValueError) as err:
-        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not make an Eagle config: {err}") from err
+    config = make_config(EagleConfig, data, path, "Eagle")
     widths = sum(config.tower_widths())
     if config.mm_hidden_size != widths:
         raise ModelLoadError(f"{path}/{CONFIG_NAME}: mm_hidden_size is {config.mm_hidden_size} but the towers "
                              f"{config.mm_vision_tower} deliver {widths} channels; fix mm_hidden_size")
     return config
-
-
-def _header_shapes(path):
-    from safetensors import safe_open
-
-    folder = Path(path)
-    index = folder / INDEX_NAME
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-    elif (folder / WEIGHTS_NAME).is_file():
-        files = [WEIGHTS_NAME]
-    else:
-        raise ModelLoadError(f"{path} holds no {WEIGHTS_NAME} or {INDEX_NAME}; Eagle weights must be safetensors "
-                             "(convert .bin checkpoints first)")
-    shapes = {}
-    for name in files:
-        try:
-            with safe_open(str(folder / name), framework="pt") as handle:
-                for key in handle.keys():
-                    shapes[key] = tuple(handle.get_slice(key).get_shape())
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"{folder / name} is not a readable safetensors file: {err}") from err
-    return shapes
 
 
 def _fit_heads(config, shapes):
@@ -104,28 +74,11 @@ def _fit_heads(config, shapes):
 
 def strict_load(path, config, dtype=None, device_map=None):
     """``from_pretrained`` refusing any missing, unexpected or mis-shaped key (naming them)."""
-    shapes = _header_shapes(path)
+    shapes = header_shapes(path, "Eagle")
     _fit_heads(config, shapes)
-    expected = dict(_expected_shapes(config))
-    missing = sorted(set(expected) - set(shapes))
-    derived_missing = [k for k in missing if DERIVED_KEY.search(k)]
-    missing = [k for k in missing if not DERIVED_KEY.search(k)]
-    unexpected = sorted(k for k in set(shapes) - set(expected) if not DERIVED_KEY.search(k))
-    mismatched = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k]) != tuple(shapes[k]))
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
-        if keys:
-            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
-            problems.append(f"{len(keys)} {label} key(s): {', '.join(keys[:3])}{more}")
-    if problems:
-        raise ModelLoadError(f"{path} does not match its Eagle config ({config.mm_vision_tower}): "
-                             f"{'; '.join(problems)}; the checkpoint and config.json must come from the same model")
-    kwargs = {"config": config}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    model = EagleVisionLlamaForCausalLM.from_pretrained(str(path), **kwargs)
+    derived_missing = check_keys(path, shapes, _expected_shapes(config),
+                                 f"Eagle config ({config.mm_vision_tower})", tolerated=DERIVED_KEY)
+    model = from_pretrained(EagleVisionLlamaForCausalLM, path, config, dtype, device_map)
     if derived_missing:
         from .eva import VisionRotaryEmbeddingFast
 
@@ -136,28 +89,21 @@ def strict_load(path, config, dtype=None, device_map=None):
 
 
 def _expected_shapes(config):
-    with torch.device("meta"):
-        model = EagleVisionLlamaForCausalLM(config)
-    for key, tensor in model.state_dict().items():
-        if key == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        yield key, tuple(tensor.shape)
+    tied = ("lm_head.weight",) if config.tie_word_embeddings else ()
+    return meta_shapes(EagleVisionLlamaForCausalLM, config, skip=tied)
 
 
-class EagleAdapter(Adapter):
+class EagleAdapter(LayoutAdapter):
     """Eagle v1 (``eagle_llama``, or ``llava_llama`` with Eagle's keys): one slot per tower, class A1."""
 
     model_type = "eagle_llama"
+    model_class = EagleVisionLlamaForCausalLM
 
     def matches(self, config_dict):
         return is_eagle_config(config_dict)
 
     def read_config(self, path):
         return read_eagle_config(path)
-
-    def empty_model(self, config):
-        with torch.device("meta"):
-            return EagleVisionLlamaForCausalLM(config)
 
     def slots(self, config):
         out = []
@@ -190,19 +136,6 @@ class EagleAdapter(Adapter):
 
     def image_token_id(self, config):
         return IMAGE_TOKEN_INDEX
-
-    def image_placeholder(self, processor):
-        return IMAGE_PLACEHOLDER
-
-    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
-        prompts = [p if images is None or IMAGE_PLACEHOLDER in p else f"{IMAGE_PLACEHOLDER}\n{p}" for p in prompts]
-        batch = processor.text_inputs(prompts)
-        if images is not None:
-            batch["pixel_values"] = processor.pixel_values(list(images))
-        return batch
-
-    def pixel_inputs(self, processor, images, masked=frozenset()):
-        return {"pixel_values": processor.pixel_values(list(images))}
 
     # ------------------------------------------------------------------ the split forward
     def encode(self, model, batch, slots=None):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ...errors import ModelLoadError
+from ..layout import TokenizerMixin, left_pad
 from .configuration import DEFAULT_GRID, DEFAULT_INPUT_SIZE, IMAGE_TOKEN_INDEX
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -62,7 +63,22 @@ def guess_template(tokenizer):
     return "llama3" if "<|eot_id|>" in vocab else "vicuna_v1"
 
 
-class EagleProcessor:
+def tokenizer_image_token(tokenizer, prompt, num_image_tokens):
+    """LLaVA/Eagle ``mm_utils.tokenizer_image_token``: each ``<image>``-separated chunk tokenized on its own,
+    later chunks without their BOS, ``IMAGE_TOKEN_INDEX`` repeated ``num_image_tokens`` times between them."""
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_PLACEHOLDER)]
+    ids, offset = [], 0
+    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        ids.append(chunks[0][0])
+    for i, chunk in enumerate(chunks):
+        if i:
+            ids.extend([IMAGE_TOKEN_INDEX] * num_image_tokens)
+        ids.extend(chunk[offset:])
+    return ids
+
+
+class EagleProcessor(TokenizerMixin):
     """Images -> ``pixel_values`` (B, 3, S, S); prompts -> ids with the placeholder run expanded."""
 
     def __init__(self, tokenizer, image_size=DEFAULT_INPUT_SIZE, num_image_tokens=DEFAULT_GRID ** 2,
@@ -122,37 +138,8 @@ class EagleProcessor:
 
     def prompt_ids(self, prompt):
         """``tokenizer_image_token`` with each placeholder repeated ``num_image_tokens`` times."""
-        tok = self.tokenizer
-        chunks = [tok(chunk).input_ids for chunk in prompt.split(IMAGE_PLACEHOLDER)]
-        ids, offset = [], 0
-        if chunks and chunks[0] and chunks[0][0] == tok.bos_token_id:
-            offset = 1
-            ids.append(chunks[0][0])
-        for i, chunk in enumerate(chunks):
-            if i:
-                ids.extend([IMAGE_TOKEN_INDEX] * self.num_image_tokens)
-            ids.extend(chunk[offset:])
-        return ids
-
-    @property
-    def pad_token_id(self):
-        tok = self.tokenizer
-        for candidate in (tok.pad_token_id, tok.unk_token_id, tok.eos_token_id):
-            if candidate is not None:
-                return candidate
-        return 0
+        return tokenizer_image_token(self.tokenizer, prompt, self.num_image_tokens)
 
     def text_inputs(self, prompts):
         """LEFT-padded ``input_ids``/``attention_mask`` of ``prompts``."""
-        rows = [self.prompt_ids(p) for p in prompts]
-        length = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            if row:
-                input_ids[i, length - len(row):] = torch.tensor(row)
-                mask[i, length - len(row):] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
-
-    def batch_decode(self, ids, **kwargs):
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, **kwargs)
+        return left_pad([self.prompt_ids(p) for p in prompts], self.pad_token_id)

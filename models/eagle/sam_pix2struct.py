@@ -23,6 +23,8 @@ from torch import nn
 from transformers import Pix2StructVisionConfig, Pix2StructVisionModel, SamVisionConfig
 from transformers.models.sam.modeling_sam import SamVisionEncoder
 
+from ..layout import BackboneDeviceMixin
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -143,7 +145,7 @@ class ShortSamVisionNeck(nn.Module):
         return self.layer_norm1(hidden_states).permute(0, 2, 3, 1)
 
 
-class SAMVisionTower(nn.Module):
+class SAMVisionTower(BackboneDeviceMixin, nn.Module):
     """Eagle's ``sam_encoder.SAMVisionTower`` as built for ``'sam-1024'``.
 
     ``vision_tower`` is ``SamModel.vision_encoder`` (``SamVisionEncoder``) with ``neck`` swapped
@@ -174,14 +176,6 @@ class SAMVisionTower(nn.Module):
         self.input_image_size = s["image_size"]
         self.pixel_shuffle = bool(s["pixel_shuffle"])
         self.hidden_size = s["output_channels"] * (4 if self.pixel_shuffle else 1)
-
-    @property
-    def dtype(self):
-        return next(self.vision_tower.parameters()).dtype
-
-    @property
-    def device(self):
-        return next(self.vision_tower.parameters()).device
 
     def forward(self, images):
         images = images.to(device=self.device, dtype=self.dtype)
@@ -230,7 +224,7 @@ def pix2struct_preprocess(images, max_patches=2048, patch_size=16):
     return result, (result.sum(dim=-1) != 0).to(result.dtype)
 
 
-class Pix2StructLargeVisionTower(nn.Module):
+class Pix2StructLargeVisionTower(BackboneDeviceMixin, nn.Module):
     """Eagle's ``pix2struct_encoder.Pix2StructLargeVisionTower`` as built for ``'pix2struct-1024'``.
 
     ``vision_tower`` is ``Pix2StructForConditionalGeneration.encoder`` (a ``Pix2StructVisionModel``).
@@ -262,14 +256,6 @@ class Pix2StructLargeVisionTower(nn.Module):
         self.patch_size = p
         self.do_resize = bool(s["do_resize"])
         self.grid_size = s["grid_size"]
-
-    @property
-    def dtype(self):
-        return next(self.vision_tower.parameters()).dtype
-
-    @property
-    def device(self):
-        return next(self.vision_tower.parameters()).device
 
     def forward(self, images):
         mean = torch.tensor(CLIP_MEAN, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layout import Mlp, under_vision_model  # Mlp: timm's, as convnext.py's blocks use it
+
 CLIP_DEFAULT_SPEC = {  # openai/clip-vit-large-patch14-336
     "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
     "image_size": 336, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu",
@@ -71,10 +73,7 @@ class HRCLIPVisionTower(nn.Module):
 
         spec = _spec(CLIP_DEFAULT_SPEC, spec)
         self.input_image_size = spec.pop("input_image_size")
-        # transformers 5's CLIPVisionModel holds the transformer's modules itself; Eagle's checkpoint
-        # (transformers 4.37) names them under ``vision_model.``, so the model sits one level down
-        self.vision_tower = nn.Module()
-        self.vision_tower.vision_model = CLIPVisionModel(CLIPVisionConfig(**spec))
+        self.vision_tower = under_vision_model(CLIPVisionModel(CLIPVisionConfig(**spec)))  # 4.37's key names
         self.hidden_size = spec["hidden_size"]
 
     def embeddings(self, pixel_values):
@@ -105,19 +104,6 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
-
-
-class Mlp(nn.Module):
-    """timm ``Mlp`` (fc1 -> GELU -> fc2; dropout 0, no norm), as convnext.py's blocks use it."""
-
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class ConvNeXtBlock(nn.Module):

@@ -1,0 +1,250 @@
+"""Shared pieces of the families that load an original checkpoint layout (Eagle, Eagle2, I-MoF).
+
+Each family keeps its own modules, key names and tolerated differences; what is the same for all of
+them lives here:
+
+- reading ``config.json`` into the family's config class (:func:`read_config_json`, :func:`make_config`);
+- the key shapes of a safetensors folder, from the headers only (:func:`header_shapes`);
+- the strict key check against a meta-device model (:func:`meta_shapes`, :func:`check_keys`) and the
+  ``from_pretrained`` call after it (:func:`from_pretrained`);
+- LEFT-padded token rows and the tokenizer helpers of the processors (:func:`left_pad`,
+  :func:`pad_token_id`, :class:`TokenizerMixin`);
+- the adapter methods that are the same for all three (:class:`LayoutAdapter`);
+- module-tree helpers of the towers: a backbone one level down under ``vision_model`` (transformers
+  4.37's key names, :func:`under_vision_model`), the ``dtype``/``device`` of a tower's backbone
+  (:class:`BackboneDeviceMixin`) and the plain fc1 -> GELU -> fc2 :class:`Mlp` (timm's and DINOv2's).
+
+Every error is a one-line :class:`~encslim.errors.ModelLoadError` that names the family and folder.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelLoadError
+from ..files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
+from .adapter import Adapter
+
+SHOWN_KEYS = 3  # keys named per kind of problem in a strict-load error
+SAME_MODEL = "the checkpoint and config.json must come from the same model"
+IMAGE_PLACEHOLDER = "<image>"
+
+
+# ------------------------------------------------------------------------------------------- config
+def read_config_json(path):
+    """The dict of ``path/config.json``; ``ModelLoadError`` (its first line) when it does not load."""
+    try:
+        return json.loads(Path(path, CONFIG_NAME).read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not load: {str(err).splitlines()[0]}") from err
+
+
+def make_config(config_class, data, path, family):
+    """``config_class(**data)`` without ``model_type``; ``ModelLoadError`` naming ``family`` when it refuses."""
+    data = {k: v for k, v in data.items() if k != "model_type"}
+    try:
+        return config_class(**data)
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME} does not make an {family} config: {err}") from err
+
+
+# ------------------------------------------------------------------------------------------ weights
+def header_shapes(path, family):
+    """``{key: shape}`` of a folder's safetensors weights, read from the file headers (no tensor loaded).
+
+    The files are those of ``model.safetensors.index.json`` when present, else ``model.safetensors``.
+
+    Args:
+        path: the model folder.
+        family: the family's name for the message (``"Eagle"``, ``"Eagle2"``, ``"I-MoF"``).
+
+    Raises:
+        ModelLoadError: no safetensors weights, or a file that does not read.
+    """
+    from safetensors import safe_open
+
+    folder = Path(path)
+    index = folder / INDEX_NAME
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+    elif (folder / WEIGHTS_NAME).is_file():
+        files = [WEIGHTS_NAME]
+    else:
+        raise ModelLoadError(f"{path} holds no {WEIGHTS_NAME} or {INDEX_NAME}; {family} weights must be safetensors "
+                             "(convert .bin checkpoints first)")
+    shapes = {}
+    for name in files:
+        try:
+            with safe_open(str(folder / name), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"{folder / name} is not a readable safetensors file: {err}") from err
+    return shapes
+
+
+def meta_shapes(model_class, config, skip=()):
+    """``{key: shape}`` of ``model_class(config)``'s state dict, built on the meta device (no memory);
+    keys in ``skip`` (a tied ``lm_head.weight``) left out."""
+    with torch.device("meta"):
+        model = model_class(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in set(skip)}
+
+
+def _listed(keys):
+    more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
+    return f"{', '.join(keys[:SHOWN_KEYS])}{more}"
+
+
+def check_keys(path, shapes, expected, what, tolerated=None):
+    """Refuse a checkpoint whose keys are not exactly the model's: missing, unexpected or mis-shaped.
+
+    Args:
+        path: the model folder (named in the message).
+        shapes: ``{key: shape}`` of the checkpoint (:func:`header_shapes`).
+        expected: ``{key: shape}`` of the model (:func:`meta_shapes`).
+        what: what the checkpoint must match, e.g. ``"Eagle config (clip-448;convnext-1024)"``.
+        tolerated: a compiled pattern; keys it ``search``-es may be missing or unexpected (they
+            are derived, or built to fit). ``None``: none.
+
+    Returns:
+        The sorted tolerated keys the checkpoint lacks (the caller recomputes them).
+
+    Raises:
+        ModelLoadError: one line, ``N missing/unexpected/mis-shaped key(s): first keys (+M more)``.
+    """
+    def ok(key):
+        return tolerated is not None and tolerated.search(key) is not None
+
+    missing = sorted(set(expected) - set(shapes))
+    derived_missing = [k for k in missing if ok(k)]
+    missing = [k for k in missing if not ok(k)]
+    unexpected = sorted(k for k in set(shapes) - set(expected) if not ok(k))
+    mismatched = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k]) != tuple(shapes[k]))
+    problems = [f"{len(keys)} {label} key(s): {_listed(keys)}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
+                if keys]
+    if problems:
+        raise ModelLoadError(f"{path} does not match its {what}: {'; '.join(problems)}; {SAME_MODEL}")
+    return derived_missing
+
+
+def from_pretrained(model_class, path, config, dtype=None, device_map=None):
+    """``model_class.from_pretrained(path, config=config)``, passing ``dtype``/``device_map`` only when set."""
+    kwargs = {"config": config}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return model_class.from_pretrained(str(path), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------- tokens
+def pad_token_id(tokenizer, fallbacks=("pad_token_id", "unk_token_id", "eos_token_id")):
+    """The first of the tokenizer's ``fallbacks`` ids that is set; 0 when none is."""
+    return next((i for i in (getattr(tokenizer, name, None) for name in fallbacks) if i is not None), 0)
+
+
+def left_pad(rows, pad_id):
+    """``{"input_ids", "attention_mask"}`` (B, L) long tensors of the id lists ``rows``, LEFT-padded with
+    ``pad_id`` to the longest (mask 1 on the real tokens)."""
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            input_ids[i, length - len(row):] = torch.tensor(row)
+            mask[i, length - len(row):] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+class TokenizerMixin:
+    """``pad_token_id`` and ``batch_decode`` of a processor holding ``self.tokenizer``.
+
+    ``PAD_FALLBACKS``: the tokenizer ids tried in order for padding (:func:`pad_token_id`).
+    """
+
+    PAD_FALLBACKS = ("pad_token_id", "unk_token_id", "eos_token_id")
+
+    @property
+    def pad_token_id(self):
+        return pad_token_id(self.tokenizer, self.PAD_FALLBACKS)
+
+    def batch_decode(self, ids, **kwargs):
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ adapter
+class LayoutAdapter(Adapter):
+    """What the original-layout adapters share: ``<image>`` prompts, the processor's inputs, the meta model.
+
+    ``model_class``: the family's top-level model class (built by :meth:`empty_model`). A family whose
+    token rows depend on the mask overrides :meth:`prompt_inputs`.
+    """
+
+    model_class = None
+
+    def empty_model(self, config):
+        with torch.device("meta"):
+            return self.model_class(config)
+
+    def image_placeholder(self, processor):
+        return IMAGE_PLACEHOLDER
+
+    def prompt_inputs(self, processor, prompts, masked=frozenset(), mask_mode="removal"):
+        """The processor's LEFT-padded ``input_ids``/``attention_mask`` of ``prompts``."""
+        return processor.text_inputs(prompts)
+
+    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
+        """Prompts with ``<image>`` first where they lack it (when there are images); pixels of every image."""
+        prompts = [p if images is None or IMAGE_PLACEHOLDER in p else f"{IMAGE_PLACEHOLDER}\n{p}" for p in prompts]
+        batch = self.prompt_inputs(processor, prompts, masked, mask_mode)
+        if images is not None:
+            batch["pixel_values"] = processor.pixel_values(list(images))
+        return batch
+
+    def pixel_inputs(self, processor, images, masked=frozenset()):
+        return {"pixel_values": processor.pixel_values(list(images))}
+
+    def how_to_load(self, folder, model):
+        return f'import encslim\nmodel, processor, adapter = encslim.load_model("{folder}")\n'
+
+
+# ------------------------------------------------------------------------------------------- towers
+def under_vision_model(model):
+    """A plain module holding ``model`` as ``vision_model``.
+
+    transformers 5's ``CLIPVisionModel``/``SiglipVisionModel`` hold the transformer's modules
+    themselves; the original checkpoints (transformers 4.37) name them under ``vision_model.``, so the
+    model sits one level down.
+    """
+    holder = nn.Module()
+    holder.vision_model = model
+    return holder
+
+
+class BackboneDeviceMixin:
+    """``dtype`` and ``device`` of a tower: those of its backbone ``self.vision_tower``'s first parameter."""
+
+    @property
+    def dtype(self):
+        return next(self.vision_tower.parameters()).dtype
+
+    @property
+    def device(self):
+        return next(self.vision_tower.parameters()).device
+
+
+class Mlp(nn.Module):
+    """timm's / DINOv2's ``Mlp``: fc1 -> GELU -> fc2 (dropout 0, no norm)."""
+
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
