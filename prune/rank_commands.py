@@ -21,6 +21,11 @@ def _cur_summary(data):
     return "\n".join(lines)
 
 
+# options of a run that evaluates the model: meaningless when ranking from prediction files
+EVALUATION_ONLY = ("subsets", "shapley_permutations", "batch_size", "max_new_tokens", "cache", "feature_memory_gb",
+                   "threads")
+
+
 @click.command("rank")
 @click.argument("model_dir", type=click.Path(), required=False)
 @click.option("--data", "data", multiple=True, type=click.Path(),
@@ -84,6 +89,12 @@ def rank_cmd(model_dir, data, predictions, model_opt, out, subsets, mask_mode, c
     if predictions:
         if model_dir and model_opt and model_dir != model_opt:
             raise click.UsageError("give the model once: MODEL_DIR or --model")
+        ctx = click.get_current_context()
+        ignored = [f"--{name.replace('_', '-')}" for name in EVALUATION_ONLY
+                   if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if ignored:
+            raise click.UsageError(f"{', '.join(ignored)} only apply when rank runs the model; with --predictions "
+                                   "the mask sets are the prediction files given")
         return _rank_predictions(predictions, model_opt or model_dir, data, out, mask_mode, categories, bootstrap,
                                  seed, device, dtype, overwrite, as_json)
     if not model_dir:

@@ -259,3 +259,11 @@ def test_image_clusters_by_identity_and_bytes():
     ids = image_clusters(samples)
     assert ids[0] == ids[1] == ids[2] != ids[3]
     assert ids[4] != ids[5] and len(set(ids)) == 4
+
+
+def test_evaluation_options_are_refused_with_predictions(tmp_path, capsys):
+    """--subsets, --batch-size ... choose how the model is run; with prediction files they would be ignored."""
+    code, _, err = run_main(capsys, "rank", "--predictions", f"full={tmp_path}", "--predictions",
+                            f"masked:a={tmp_path}", "--subsets", "all", "--max-new-tokens", "4", "--out", tmp_path / "o")
+    assert code == 2 and "--subsets, --max-new-tokens only apply when rank runs the model" in err
+    assert not (tmp_path / "o").exists()
