@@ -106,14 +106,11 @@ class EagleAdapter(LayoutAdapter):
         return read_eagle_config(path)
 
     def slots(self, config):
-        out = []
-        for name in config.tower_names:
-            spec = config.tower_spec(name)
-            default = 336 if name == "clip-448" else config.eagle_input_image_size
-            size = spec.get("input_image_size", spec.get("image_size", default))
-            out.append(Slot(name, name.split("-")[0], size, config.eagle_grid_size ** 2, config.tower_width(name),
-                            removal_exact=True))
-        return out
+        from .towers import tower_input_size
+
+        return [Slot(name, name.split("-")[0], tower_input_size(name, config.tower_spec(name)),
+                     config.eagle_grid_size ** 2, config.tower_width(name), removal_exact=True)
+                for name in config.tower_names]
 
     def fusion_class(self, config):
         return FusionClass.A1

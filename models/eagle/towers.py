@@ -214,6 +214,25 @@ def tower_class(name):
                      "pix2struct-1024")
 
 
+def tower_input_size(name, spec):
+    """Side of the image tower ``name`` runs at with ``spec`` (the model input is resized to it)."""
+    spec = spec or {}
+    if name == "clip-448":
+        return spec.get("input_image_size", CLIP_DEFAULT_SPEC["input_image_size"])
+    if name == "convnext-1024":
+        return spec.get("input_image_size", CONVNEXT_DEFAULT_SPEC["input_image_size"])
+    if name == "det-1024":
+        from .eva import DEFAULT_SPEC
+
+        return spec.get("input_image_size", DEFAULT_SPEC["input_image_size"])
+    if name in ("sam-1024", "pix2struct-1024"):
+        from .sam_pix2struct import PIX2STRUCT_DEFAULT_SPEC, SAM_DEFAULT_SPEC
+
+        defaults = SAM_DEFAULT_SPEC if name == "sam-1024" else PIX2STRUCT_DEFAULT_SPEC
+        return spec.get("image_size", defaults["image_size"])
+    raise ValueError(f"unknown Eagle tower '{name}'")
+
+
 def tower_width(name, spec):
     """Feature channels tower ``name`` delivers with ``spec`` (without building it)."""
     spec = spec or {}
