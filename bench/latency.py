@@ -27,12 +27,6 @@ BENCH_QUESTION = "What is shown in the image? Answer the question using a single
 MASK_RUN_MODES = (MaskMode.ZERO.value, MaskMode.REMOVAL.value)
 
 
-def _cache_of(out):
-    """The model output's key/value cache as the keyword the next call takes (``cache`` in newer
-    transformers, ``past_key_values`` before)."""
-    return {"cache": out.cache} if getattr(out, "cache", None) is not None else {"past_key_values": out.past_key_values}
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """One model to benchmark.
@@ -149,6 +143,8 @@ def run_iteration(loaded, batch, recorder, max_new_tokens, end_to_end=True):
     """
     import torch
 
+    from ..models.modeling_encslim import CACHE_KWARG  # the cache keyword of this transformers
+
     model, spec, adapter = loaded.model, loaded.spec, loaded.adapter
     eos, masked = _eos_ids(model), frozenset(spec.masked)
     with torch.inference_mode():
@@ -169,7 +165,7 @@ def run_iteration(loaded, batch, recorder, max_new_tokens, end_to_end=True):
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
                 out = adapter.lm_forward(model, input_ids=tokens[-1], attention_mask=mask,
                                          position_ids=mask.long().sum(-1, keepdim=True) - 1,
-                                         use_cache=True, **_cache_of(out))
+                                         use_cache=True, **{CACHE_KWARG: getattr(out, CACHE_KWARG)})
                 tokens.append(_greedy(out.logits[:, -1], eos))
         if end_to_end:
             with recorder.stage("end_to_end"):
