@@ -36,7 +36,7 @@ SHORT_HELP = {
     "run": "Run a YAML recipe end to end (rank, prune, finetune, export, bench).",
     "recipes": "List and validate recipes.",
     "inspect": "Show a model's encoder slots, fusion, parameters and FLOPs.",
-    "create-tiny": "Write a tiny random model folder (native, eagle, eagle2, imof, deepseek_vl_hybrid).",
+    "create-tiny": "Write a tiny random model folder (native, eagle, eagle2, imof, cambrian, deepseek_vl_hybrid).",
     "eval": "Evaluate a model on benchmark files (VLMEvalKit TSV, JSONL) under encoder masks.",
     "bench": "Benchmark a full model against variants: latency per stage, memory, FLOPs, accuracy.",
     "rank": "Rank encoder slots per category: CUR, IG, Shapley values, cost frontier.",
@@ -46,6 +46,9 @@ SHORT_HELP = {
     "export": "Export a model: HF folder, stock LLaVA / DeepSeek-VL, remote code, ONNX (verified).",
 }
 
+
+# commands that load a model folder, so take --encoder SLOT=PATH (encoders outside the checkpoint)
+ENCODER_COMMANDS = frozenset({"inspect", "eval", "bench", "rank", "prune", "finetune", "export", "run"})
 
 # command (or "group sub-command") -> its arguments that name a model folder; each accepts ``demo``
 # (the shipped demo model, as in recipes), resolved by encslim.demo.assets.resolve_model_arg
@@ -89,6 +92,33 @@ class DemoModelPath(click.ParamType):
         return self.inner.get_metavar(*args, **kwargs)
 
 
+def _set_encoders(ctx, param, values):
+    """``--encoder NAME=PATH`` callback: name the local encoder folders for this process (Cambrian)."""
+    if values:
+        from .models.external import parse_encoder_args, set_encoder_paths
+
+        try:
+            set_encoder_paths(parse_encoder_args(values))
+        except EncslimError as err:
+            raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+
+ENCODER_HELP = ("Local folder of an encoder the checkpoint does not hold, as SLOT=PATH (repeat per slot; "
+                "Cambrian-1 keeps its encoders outside the checkpoint). Saved in encslim's outputs.")
+
+
+def accept_encoders(command):
+    """Give ``command`` (and the sub-commands of a group) the ``--encoder SLOT=PATH`` option."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_encoders(sub)
+        return command
+    if not any(p.name == "encoder" for p in command.params):
+        command.params.append(click.Option(["--encoder"], multiple=True, metavar="SLOT=PATH", expose_value=False,
+                                           is_eager=True, callback=_set_encoders, help=ENCODER_HELP))
+    return command
+
+
 def accept_demo(command, path):
     """Let the model arguments of ``command`` (named ``path`` in :data:`MODEL_ARGUMENTS`) take ``demo``."""
     if getattr(command, "_encslim_accepts_demo", False):
@@ -114,7 +144,8 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        return accept_demo(getattr(import_module(module), attr), name)
+        command = accept_demo(getattr(import_module(module), attr), name)
+        return accept_encoders(command) if name in ENCODER_COMMANDS else command
 
     def resolve_command(self, ctx, args):
         name = click.utils.make_str(args[0]) if args else ""

@@ -28,6 +28,7 @@ BUILTIN_FAMILIES = {
     "eagle_llama": "encslim.models.eagle.family",
     "imof_llama": "encslim.models.imof",
     "eagle_chat": "encslim.models.eagle2",
+    "cambrian_llama": "encslim.models.cambrian.family",
 }
 
 _REGISTRY = {}

@@ -18,10 +18,11 @@ def inspect_cmd(model_dir, as_json):
 
 @click.command("create-tiny")
 @click.argument("out", type=click.Path())
-@click.option("--family", type=click.Choice(("native", "eagle", "eagle2", "imof", "deepseek_vl_hybrid")),
+@click.option("--family", type=click.Choice(("native", "eagle", "eagle2", "imof", "cambrian", "deepseek_vl_hybrid")),
               default="native", show_default=True,
               help="native: encslim's own architecture; eagle: Eagle v1's original layout; eagle2: Eagle2's "
-                   "(SigLIP + ConvNeXt, Qwen2); imof: I-MoF's (CLIP + DINOv2, LLaVA-1.5 layout); "
+                   "(SigLIP + ConvNeXt, Qwen2); imof: I-MoF's (CLIP + DINOv2, LLaVA-1.5 layout); cambrian: "
+                   "Cambrian-1's (SVA connector; its four encoders written to OUT/encoders/); "
                    "deepseek_vl_hybrid: transformers' DeepSeek-VL.")
 @click.option("--fusion", default="channel_concat", show_default=True,
               help="native: channel_concat (A1), A2, sequence_concat (B) or cross_attention (C).")
@@ -46,6 +47,13 @@ def create_tiny_cmd(out, family, fusion, encoders, towers, text, seed, overwrite
         from .imof import create_tiny_imof
 
         create_tiny_imof(out, seed=seed, overwrite=overwrite)
+    elif family == "cambrian":
+        from .cambrian.tiny import create_tiny_cambrian
+
+        paths = create_tiny_cambrian(out, seed=seed, overwrite=overwrite)
+        click.echo(f"wrote {out}; its encoders are outside the checkpoint, as Cambrian's: pass "
+                   + " ".join(f"--encoder {slot}={path}" for slot, path in paths.items()))
+        return
     elif family == "deepseek_vl_hybrid":
         from .tiny import create_tiny_hybrid
 

@@ -5,7 +5,7 @@ import pickle
 import re
 from pathlib import Path
 
-from ..errors import ModelLoadError
+from ..errors import ConfigError, ModelLoadError
 from ..files import CONFIG_NAME, read_json
 from .adapter import adapter_for_config
 
@@ -161,6 +161,8 @@ def load_model(path, device="cpu", dtype="float32", device_map=None):
         model, processor = adapter.load(str(path), device=device, dtype=getattr(torch, dtype), device_map=device_map)
     except pickle.UnpicklingError as err:
         raise unpickling_error(path, err) from err
+    except ConfigError:
+        raise  # a user error that already names the problem and the fix (e.g. a missing --encoder folder)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelLoadError(f"could not load the model in {path}: {str(err).splitlines()[0]}") from err
     return model, processor, adapter

@@ -1,0 +1,319 @@
+"""The Cambrian-1 family in its original checkpoint layout: adapter, loading, removal plan.
+
+Slots are the encoders of ``mm_vision_tower_aux_list`` (``siglip``, ``clip``, ``dinov2``,
+``convnext`` for Cambrian-8B/13B/34B). The fusion is class C (DESIGN §1): learned queries
+cross-attend to every encoder's local window in the SVA connector and again in the sampler layers
+inside the LLM. Two masks:
+
+- ``removal`` (default): the encoder's keys leave every cross attention (connector and LLM
+  samplers), which is exactly what the connector without it computes. Removing encoder 0 (SigLIP)
+  also moves the global context (the token mean of encoder 0) to the first encoder kept, as the
+  pruned connector does; the plan says so in its notes, since ``proj_context`` was trained on
+  SigLIP's mean and the drop in accuracy is then larger than the keys alone explain.
+- ``zero`` (the study's): the encoder's features are zeros after its ``mm_projector_aux_i``; they
+  still get their position embedding and LayerNorm and still enter every attention as keys, so
+  the zero-masked model is not the model without the encoder (``Slot.removal_exact`` describes the
+  removal mask; rank reports which mask it used).
+
+The encoders are not in the checkpoint: :mod:`.encoders` loads them from local folders named per slot
+(``--encoder siglip=PATH``, :mod:`encslim.models.external`); the folders are saved in encslim's
+outputs (``encslim_encoder_paths`` in ``config.json``) so that later stages find them.
+"""
+
+import torch
+
+from ...errors import ConfigError, ModelLoadError
+from ...files import CONFIG_NAME
+from ..adapter import Slot, TrainableParts, register_adapter
+from ..external import CONFIG_KEY, encoder_paths
+from ..layout import LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes, read_config_json
+from ..masking import FusionClass, MaskError, check_mask_set
+from ..plan import Delete, RemovalPlan, check_drop
+from .configuration import CAMBRIAN_KEYS, KINDS, MODEL_TYPE, IMAGE_TOKEN_INDEX, CambrianConfig, is_cambrian_config, tower_kind
+from .modeling import CambrianLlamaForCausalLM, register_auto_classes
+from .processing import IMAGE_PLACEHOLDER, CambrianProcessor
+
+HOW_TO_LOAD = """\
+import encslim
+from encslim.models.external import set_encoder_paths
+set_encoder_paths({paths})  # the local encoder folders (saved in config.json as encslim_encoder_paths)
+model, processor, adapter = encslim.load_model("{name}")
+"""
+
+
+def read_cambrian_config(path):
+    """The :class:`CambrianConfig` of a folder, with the encoder folders named in this process merged in."""
+    data = read_config_json(path)
+    missing = [k for k in CAMBRIAN_KEYS if k not in data]
+    if missing:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME} is not a Cambrian SVA config: it lacks {', '.join(missing)}")
+    towers, lens = data["mm_vision_tower_aux_list"], data["mm_vision_tower_aux_token_len_list"]
+    unknown = [t for t in towers if tower_kind(t) is None]
+    if unknown:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME} names encoder(s) {', '.join(unknown)} that encslim does not know; "
+                             f"Cambrian's SVA models use {', '.join(KINDS)}")
+    if len(lens) != len(towers) or not towers:
+        raise ModelLoadError(f"{path}/{CONFIG_NAME}: mm_vision_tower_aux_token_len_list has {len(lens)} entries for "
+                             f"{len(towers)} encoders; they must match")
+    config = make_config(CambrianConfig, data, path, "Cambrian")
+    named = {k: v for k, v in encoder_paths().items() if k in config.slot_names}
+    paths = {**config.encoder_paths, **named}
+    if paths:
+        setattr(config, CONFIG_KEY, paths)
+    return config
+
+
+def _sampler_prefixes(config):
+    """``(prefix, window sides)`` of every cross-attention layer: connector groups, then LLM samplers."""
+    out = []
+    for g, query_num in enumerate(config.query_num_list):
+        sides = config.window_sides(query_num)
+        out += [(f"model.vision_sampler_{g}.layers.{layer}.", sides) for layer in range(config.connector_depth)]
+    if not config.connector_only:
+        sides = config.window_sides(config.image_token_len)
+        out += [(f"model.vision_sampler_layers.{j}.layers.0.", sides) for j in range(config.num_of_vision_sampler_layers)]
+    return out
+
+
+def removal_plan(config, drop):
+    """Drop encoders ``drop``: their aux projector, their K/V projections and position embedding in every
+    cross-attention layer; renumber the rest; shrink the config lists. Exact for every encoder (class C)."""
+    names = config.slot_names
+    drop = check_drop(names, drop)
+    kept = [n for n in names if n not in drop]
+    deletes, renames, prefix_renames = [], {}, {}
+    layers = _sampler_prefixes(config)
+    for slot in drop:
+        i = names.index(slot)
+        deletes.append(Delete(f"model.mm_projector_aux_{i}.", slot))
+        for prefix, sides in layers:
+            deletes += [Delete(f"{prefix}cross_attn.k_proj_{i}.", slot), Delete(f"{prefix}cross_attn.v_proj_{i}.", slot)]
+            if sides[i] > 1:
+                deletes.append(Delete(f"{prefix}pos_embed_{i}", slot, prefix=False))
+    for new, slot in enumerate(kept):
+        old = names.index(slot)
+        if old == new:
+            continue
+        prefix_renames[f"model.mm_projector_aux_{old}."] = f"model.mm_projector_aux_{new}."
+        for prefix, sides in layers:
+            for proj in ("k_proj", "v_proj"):
+                prefix_renames[f"{prefix}cross_attn.{proj}_{old}."] = f"{prefix}cross_attn.{proj}_{new}."
+            if sides[old] > 1:
+                renames[f"{prefix}pos_embed_{old}"] = f"{prefix}pos_embed_{new}"
+    keep_index = [names.index(n) for n in kept]
+    patch = [{"op": "set", "path": "mm_vision_tower_aux_list",
+              "value": [config.mm_vision_tower_aux_list[i] for i in keep_index]},
+             {"op": "set", "path": "mm_vision_tower_aux_token_len_list",
+              "value": [config.mm_vision_tower_aux_token_len_list[i] for i in keep_index]}]
+    patch += [{"op": "delete", "path": f"cambrian_encoder_specs.{n}", "optional": True} for n in drop]
+    paths = config.encoder_paths
+    if paths:
+        patch.append({"op": "set", "path": CONFIG_KEY, "value": {n: paths[n] for n in kept if n in paths}})
+    notes = ["C: a removal-masked encoder's keys take no part in any cross attention, so deleting its aux "
+             "projector, K/V projections and position embeddings is exact"]
+    if names[0] in drop:
+        notes.append(f"{names[0]} supplied the SVA's global context (the token mean of encoder 0); {kept[0]} "
+                     f"supplies it now, exactly as the removal mask computed, but proj_context was trained on "
+                     f"{names[0]}'s mean: expect a larger drop than its keys alone explain")
+    return RemovalPlan(model_type=MODEL_TYPE, fusion_class=FusionClass.C.value, slots=names, drop=drop,
+                       delete_keys=deletes, renames=renames, prefix_renames=prefix_renames, config_patch=patch,
+                       exact=True, notes=notes)
+
+
+def strict_load(path, config, dtype=None, device_map=None):
+    """``from_pretrained`` refusing any missing, unexpected or mis-shaped key (naming them)."""
+    shapes = header_shapes(path, "Cambrian")
+    tied = ("lm_head.weight",) if config.tie_word_embeddings else ()
+    check_keys(path, shapes, meta_shapes(CambrianLlamaForCausalLM, config, skip=tied),
+               f"Cambrian config ({', '.join(config.slot_names)})")
+    return from_pretrained(CambrianLlamaForCausalLM, path, config, dtype, device_map)
+
+
+def attach_towers(model, config, path, device="cpu", dtype=None):
+    """Load every slot's encoder from its folder and attach it (outside the module tree, as the original)."""
+    from .encoders import build_tower, check_encoder_folders, folder_kind
+
+    paths = check_encoder_folders(config, config.encoder_paths, path)
+    towers = []
+    for slot in config.slot_names:
+        tower = build_tower(slot, folder_kind(paths[slot])[0], paths[slot], config)
+        towers.append(tower.to(device=device, dtype=dtype).eval().requires_grad_(False))
+    model.model.vision_tower_aux_list = towers
+    setattr(model.config, CONFIG_KEY, paths)
+    return {t.slot: t.preprocess for t in towers}
+
+
+class CambrianAdapter(LayoutAdapter):
+    """Cambrian-1 (``llava_llama``/``cambrian_llama`` with ``mm_projector_type: sva``): one slot per encoder, class C."""
+
+    model_type = MODEL_TYPE
+    model_class = CambrianLlamaForCausalLM
+
+    def matches(self, config_dict):
+        return is_cambrian_config(config_dict)
+
+    def read_config(self, path):
+        return read_cambrian_config(path)
+
+    def slots(self, config):
+        return [Slot(s, config.kind(s), int(config.geometry(s)["image_size"]), config.token_len(s),
+                     int(config.geometry(s)["width"]), removal_exact=True) for s in config.slot_names]
+
+    def fusion_class(self, config):
+        return FusionClass.C
+
+    def fusion_settings(self, config):
+        return {"type": "sva", "queries": config.query_num_list, "depth": config.connector_depth,
+                "vision_hidden_size": config.vision_hidden_size, "image_token_len": config.image_token_len,
+                "sampler_layers_after": config.sampler_layer_indices, "global_context": config.slot_names[0],
+                "mask": "removal: keys out of every cross attention; zero: zeros after the aux projector"}
+
+    def check_mask(self, config, masked, mask_mode="removal", mask_values=None):
+        if mask_mode == "mean":
+            raise MaskError("the mean mask is not defined for Cambrian's SVA; use --mask removal or zero")
+        return super().check_mask(config, masked, mask_mode, mask_values)
+
+    def image_tokens(self, config, masked=frozenset(), mask_mode="removal"):
+        side = int(config.image_token_len ** 0.5)
+        return side * (side + 1)
+
+    # ------------------------------------------------------------------ loading and inputs
+    def load(self, path, device="cpu", dtype=None, device_map=None):
+        register_auto_classes()
+        config = self.read_config(path)
+        from .encoders import check_encoder_folders
+
+        check_encoder_folders(config, config.encoder_paths, path)  # before the LLM weights are read
+        model = strict_load(path, config, dtype, device_map)
+        if device_map is None:
+            model.to(device)
+        preprocess = attach_towers(model, config, path, model.device, model.dtype)
+        return model.eval(), CambrianProcessor.from_pretrained(path, model.config, preprocess)
+
+    def image_token_id(self, config):
+        return IMAGE_TOKEN_INDEX
+
+    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
+        prompts = [p if images is None or IMAGE_PLACEHOLDER in p else f"{IMAGE_PLACEHOLDER}\n{p}" for p in prompts]
+        sizes = None if images is None else [im.size for im in images]
+        batch = processor.text_inputs(prompts, sizes)
+        if images is not None:
+            batch.update(self.pixel_inputs(processor, images, masked if mask_mode == "removal" else ()))
+        return batch
+
+    def pixel_inputs(self, processor, images, masked=frozenset()):
+        return processor.pixel_inputs(list(images), [s for s in processor.slots if s not in set(masked)])
+
+    # ------------------------------------------------------------------ the split forward
+    def encode(self, model, batch, slots=None):
+        towers = model.towers
+        wanted = [s for s in model.config.slot_names if f"pixel_values_{s}" in batch and (slots is None or s in slots)]
+        out = {}
+        for slot in wanted:
+            if slot not in towers:
+                raise ConfigError(f"slot {slot} has no encoder loaded; load the model with encslim.load_model "
+                                  "and its encoder folders")
+            out[slot] = towers[slot](batch[f"pixel_values_{slot}"]).to(model.device, model.dtype)
+        return out
+
+    def embed(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
+        config = model.config
+        masked = check_mask_set(config.slot_names, masked, mask_mode, mask_values)
+        input_ids = batch["input_ids"].to(model.device)
+        if not features:
+            image = input_ids == IMAGE_TOKEN_INDEX
+            return model.get_input_embeddings()(input_ids.masked_fill(image, 0))
+        removed = masked if mask_mode == "removal" else frozenset()
+        zeroed = masked if mask_mode == "zero" else frozenset()
+        sizes = batch.get("image_sizes")
+        if sizes is None:
+            side = int(config.image_token_len ** 0.5)
+            sizes = [(side, side)] * input_ids.shape[0]
+        else:
+            sizes = [tuple(int(v) for v in row) for row in sizes.tolist()]
+        embeds, context = model.connector(features, input_ids, sizes, removed, zeroed)
+        embeds.vision_context = context  # read by lm_forward: the LLM's sampler layers need it
+        return embeds
+
+    def lm_forward(self, model, **kwargs):
+        context = getattr(kwargs.get("inputs_embeds"), "vision_context", None)
+        if context is not None:
+            kwargs["vision_context"] = context
+        return model(**kwargs)
+
+    def generate(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None,
+                 max_new_tokens=16, **generate_kwargs):
+        if features is None:
+            run = [s for s in self.slot_names(model.config) if not (mask_mode == "removal" and s in set(masked))]
+            features = self.encode(model, batch, run)
+        embeds = self.embed(model, features, batch, masked, mask_mode, mask_values)
+        kwargs = {"do_sample": False, "num_beams": 1, **generate_kwargs}
+        context = getattr(embeds, "vision_context", None)
+        if context is not None:
+            kwargs["vision_context"] = context
+        return model.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(embeds.device),
+                              max_new_tokens=max_new_tokens, **kwargs)
+
+    # ------------------------------------------------------------------ modules and parameters
+    def encoders(self, model):
+        return model.towers
+
+    def _connector_names(self, config):
+        names = ["model.mm_projector"] + [f"model.mm_projector_aux_{i}" for i in range(len(config.slot_names))]
+        names += [f"model.vision_sampler_{g}" for g in range(config.num_query_group)]
+        return names + ([] if config.connector_only else ["model.vision_sampler_layers"])
+
+    def parts(self, model):
+        inner = model.model
+        modules = dict(model.named_modules())
+        fusion = torch.nn.ModuleList([modules[n] for n in self._connector_names(model.config)])
+        llm = torch.nn.ModuleList([inner.embed_tokens, inner.layers, inner.norm, model.lm_head])
+        return {"fusion": fusion, "language_model": llm}
+
+    def slot_parameters(self, model):
+        config, inner = model.config, model.model
+        out = {}
+        for i, slot in enumerate(config.slot_names):
+            fusion = sum(p.numel() for p in getattr(inner, f"mm_projector_aux_{i}").parameters())
+            for prefix, _ in _sampler_prefixes(config):
+                for name, param in model.named_parameters():
+                    if name.startswith(prefix) and (f".k_proj_{i}." in name or f".v_proj_{i}." in name
+                                                    or name == f"{prefix}pos_embed_{i}"):
+                        fusion += param.numel()
+            tower = model.towers.get(slot)
+            out[slot] = {"vision": sum(p.numel() for p in tower.parameters()) if tower is not None else 0,
+                         "fusion": fusion}
+        return out
+
+    def trainable_parts(self, model):
+        return TrainableParts(language_model="model.layers", fusion=tuple(self._connector_names(model.config)),
+                              encoders={})
+
+    # ------------------------------------------------------------------ removal and export
+    def removal_plan(self, config, drop):
+        return removal_plan(config, drop)
+
+    def export_targets(self, config, kept):
+        return ["hf"]
+
+    def export_blockers(self, config, kept, fmt):
+        if fmt in self.export_targets(config, kept):
+            return []
+        if fmt == "onnx":
+            return ["onnx export is not available for Cambrian: its SVA runs inside the LLM too (sampler layers after "
+                    f"decoder layers {config.sampler_layer_indices}), so no front-end graph computes the image "
+                    "embeddings alone; --format hf writes Cambrian's own layout"]
+        return [f"{fmt} export is not available for Cambrian (no stock or native class has its SVA connector); "
+                "--format hf writes Cambrian's own layout, with the encoder folders named in config.json"]
+
+    def export_notes(self, config):
+        notes = ["the vision encoders are not in this folder (as in Cambrian's own checkpoints); "
+                 f"config.json's {CONFIG_KEY} names the local folders encslim loads them from"]
+        return notes
+
+    def how_to_load(self, folder, model):
+        return HOW_TO_LOAD.format(name=folder, paths=dict(model.config.encoder_paths))
+
+
+register_auto_classes()
+register_adapter(CambrianAdapter())
