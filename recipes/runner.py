@@ -106,6 +106,10 @@ def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print, 
     from . import stages as stage_impl
 
     recipe = load_recipe(recipe_path, overrides)
+    if recipe.encoders:
+        from ..models.external import parse_encoder_args, set_encoder_paths
+
+        set_encoder_paths(parse_encoder_args([f"{k}={v}" for k, v in recipe.encoders.items()], what="encoders:"))
     wanted = list(STAGES) if not stages else list(stages)
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:

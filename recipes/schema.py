@@ -6,7 +6,7 @@ Every section is a pydantic model with ``extra="forbid"``: a misspelt key fails 
 
 import difflib
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Dict, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -101,6 +101,8 @@ class Recipe(Section):
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="run folder name under out/")
     model: str = Field(..., description="model folder (relative to the recipe file) or 'demo'")
+    encoders: Dict[str, str] = Field(default_factory=dict, description=(
+        "local folder per encoder slot the checkpoint does not hold (Cambrian-1), as with --encoder SLOT=PATH"))
     out: str = Field("runs", description="parent folder of the run folder")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -195,6 +197,7 @@ def _resolve_paths(recipe, base):
         return p if p == DEMO else str((base / p).resolve()) if not Path(p).is_absolute() else p
 
     recipe.model = resolve(recipe.model)
+    recipe.encoders = {slot: resolve(p) for slot, p in recipe.encoders.items()}
     recipe.data.eval = [resolve(p) for p in recipe.data.eval]
     recipe.data.train = [resolve(p) for p in recipe.data.train]
     if recipe.finetune.deepspeed:

@@ -52,6 +52,16 @@ def tiny_eagle_dir(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_cambrian(tmp_path_factory):
+    """``(folder, {slot: encoder folder})``: a tiny Cambrian checkpoint in the original layout (no encoders in
+    it, no encoder folders named) and its four encoder folders; built once per session, read-only."""
+    from encslim.models.cambrian.tiny import create_tiny_cambrian
+
+    out = tmp_path_factory.mktemp("cambrian") / "cambrian"
+    return out, create_tiny_cambrian(out)
+
+
 def make_image(seed, size=40):
     """A seeded random RGB image."""
     rng = np.random.RandomState(seed)

@@ -261,7 +261,8 @@ class CambrianAdapter(LayoutAdapter):
     def _connector_names(self, config):
         names = ["model.mm_projector"] + [f"model.mm_projector_aux_{i}" for i in range(len(config.slot_names))]
         names += [f"model.vision_sampler_{g}" for g in range(config.num_query_group)]
-        return names + ([] if config.connector_only else ["model.vision_sampler_layers"])
+        layers = 0 if config.connector_only else config.num_of_vision_sampler_layers
+        return names + [f"model.vision_sampler_layers.{j}" for j in range(layers)]  # peft wraps modules, not lists
 
     def parts(self, model):
         inner = model.model
