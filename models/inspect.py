@@ -60,7 +60,9 @@ def inspect_model(path):
             "vision_flops_share": flops[slot.name] / total_flops,
             "removal_exact": slot.removal_exact,
         })
-    total = sum(p.numel() for p in model.parameters())
+    # encoders a family keeps outside the module tree (Cambrian's) count too, each parameter once
+    params = {id(p): p for m in (model, *adapter.encoders(model).values()) for p in m.parameters()}
+    total = sum(p.numel() for p in params.values())
     fusion_class, settings = adapter.fusion_class(config), adapter.fusion_settings(config)
     text = getattr(config, "text_config", config)
     return {

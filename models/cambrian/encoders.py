@@ -43,10 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError, ModelLoadError
+from ..eagle.processing import CLIP_MEAN, CLIP_STD, expand2square  # LLaVA's expand2square, as Cambrian's mm_utils
 from ..layout import Mlp
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -394,19 +393,6 @@ def check_encoder_folders(config, paths, model_dir):
 
 
 # ------------------------------------------------------------------------------------ pixels
-def expand2square(image, background):
-    """``mm_utils.expand2square``: pad the shorter side (centred) with ``background``."""
-    from PIL import Image
-
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    result = Image.new(image.mode, (side, side), background)
-    result.paste(image, ((side - width) // 2, (side - height) // 2))
-    return result
-
-
 def pixel_tensor(image, preprocess):
     """``process_images`` for one encoder: pad square, resize (bicubic), ``/255``, normalise: (3, S, S)."""
     import numpy as np
@@ -418,7 +404,3 @@ def pixel_tensor(image, preprocess):
     mean = np.asarray(preprocess["mean"], dtype=np.float32)
     std = np.asarray(preprocess["std"], dtype=np.float32)
     return torch.from_numpy(((array - mean) / std).transpose(2, 0, 1).copy())
-
-
-def no_encoder_error(slot):
-    return ConfigError(f"slot {slot} has no encoder loaded; load the model with its encoder folders")
