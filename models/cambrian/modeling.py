@@ -29,6 +29,9 @@ Deviations:
   batch size 1, no left padding); encslim finds each row's image tokens in ``input_ids`` (the
   placeholder run), which is the same position for the original's own prompts and also holds for
   left-padded batches.
+- The study's ``zero`` mask: the original code has no mask; encslim zeroes the encoder's features right
+  after its ``mm_projector_aux_i`` (FAMILIES.md, from the authors' masking code), before the global
+  context is taken, so a zero-masked encoder 0 also gives a zero global context.
 - Removing an encoder by mask (the ``removal`` mode) leaves its keys out of every cross attention
   (:mod:`.sva`); when that encoder is encoder 0, the global context is the token mean of the first
   encoder kept, which is what the connector without it computes.
