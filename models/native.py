@@ -7,13 +7,13 @@ live in ``ModuleDict``s keyed by slot name, so the removal plan deletes keys and
 
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from ..errors import ModelLoadError, PlanError
+from ..errors import ModelLoadError
 from .adapter import Adapter, Slot, register_adapter
 from .configuration_encslim import EncslimConfig
 from .loading import load_pretrained
 from .masking import EXACT_REMOVAL, FusionClass
 from .modeling_encslim import EncslimForConditionalGeneration
-from .plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
+from .native_plan import removal_plan  # the plan reads config.json only (torch-free, re-exported)
 from .processing_encslim import EncslimProcessor
 
 PIXEL_PREFIX = "pixel_values_"
@@ -148,59 +148,6 @@ class NativeAdapter(Adapter):
 
     def how_to_load(self, folder, model):
         return HOW_TO_LOAD.format(name=folder)
-
-
-def removal_plan(config, drop):
-    """The removal plan of a native ``encslim`` model (fusion classes A1, A2, B, C).
-
-    Args:
-        config: an ``EncslimConfig``.
-        drop: slot names to remove.
-
-    Returns:
-        a :class:`RemovalPlan`.
-
-    Raises:
-        PlanError: unknown slot or removing every slot.
-    """
-    slots = list(config.slot_names)
-    drop = check_drop(slots, drop)
-    fusion = FusionClass(config.fusion_class)
-    deletes = [Delete(f"vision_towers.{s}.", s) for s in drop]
-    slices, notes, exact = [], [], True
-    config_patch = [{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}]
-    if fusion == FusionClass.A1:
-        dims = {s: config.slot_feature_dim(s) for s in slots}
-        keep, removed = channel_ranges(slots, dims, drop)
-        slices.append(Slice("fusion.projector.0.weight", 1, sum(dims.values()), keep, removed))
-    elif fusion == FusionClass.A2:
-        # the LayerNorm takes its statistics over the whole concat, the zero-masked block included: the
-        # block stays as constant zeros (fusion.removed_dims, in the original order fusion.layout), so the
-        # LayerNorm and projector are unchanged and the pruned model computes the zero-masked one exactly
-        removed_dims = dict(config.fusion.get("removed_dims") or {})
-        removed_dims.update({s: config.slot_feature_dim(s) for s in drop})
-        layout = list(config.fusion.get("layout") or slots)
-        config_patch += [{"op": "set", "path": "fusion.layout", "value": layout},
-                         {"op": "set", "path": "fusion.removed_dims", "value": removed_dims}]
-        notes.append("A2 (LayerNorm-first projector): the removed slot's channels enter the LayerNorm as zeros, "
-                     "as the zero mask had them, so its statistics (over the full width) and the projector are "
-                     "unchanged; exact. The projector keeps those columns (they see the LayerNorm's output for "
-                     "the zero block, which depends on each token's statistics)")
-    elif fusion == FusionClass.B:
-        deletes += [Delete(f"fusion.projectors.{s}.", s) for s in drop]
-        notes.append(f"B: {sum(config.slot_num_tokens(s) for s in drop)} fewer image tokens per image")
-    elif fusion == FusionClass.C:
-        deletes += [Delete(f"fusion.{proj}.{s}.", s) for s in drop for proj in ("k_proj", "v_proj")]
-    else:  # pragma: no cover - the config validates its fusion type
-        raise PlanError(f"fusion class {fusion} has no removal rule")
-    processor_ops = [{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}]
-    if fusion == FusionClass.B:
-        processor_ops += [{"op": "delete", "path": f"image_tokens.{s}", "optional": True} for s in drop]
-    return RemovalPlan(
-        model_type="encslim", fusion_class=fusion.value, slots=slots, drop=drop, delete_keys=deletes,
-        slices=slices, config_patch=config_patch,
-        processor_patch={"processor_config.json": processor_ops}, exact=exact, notes=notes,
-    )
 
 
 def llava_blockers(config, kept=None):

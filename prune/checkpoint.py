@@ -5,8 +5,9 @@ to its dtype, shape and byte range, then the raw bytes. Reading the header alone
 tensor's size and place, so surgery can plan the whole output (shard boundaries included)
 before touching a weight. :func:`stream_checkpoint` then writes it in one pass: each source byte is read once into
 a reused buffer, hashed for the source digest and, if kept, written and hashed for the output
-digest on worker threads (no second pass over either file, for the manifest). Memory stays at
-a few buffers plus one sliced tensor, whatever the model size.
+digest on worker threads (no second pass over either file, for the manifest); the output's
+writeback starts every 64 MiB instead of at the end. Memory stays at a few buffers plus one
+sliced tensor, whatever the model size.
 """
 
 import json
@@ -237,12 +238,19 @@ class FileHasher:
 
 
 class ShardWriter:
-    """Writes one output file through a raw descriptor (no Python-level buffering)."""
+    """Writes one output file through a raw descriptor (no Python-level buffering).
 
-    def __init__(self, path):
+    With ``writeback`` (bytes), every time that much more is written the kernel is asked to start
+    writing it to disk (``posix_fadvise(DONTNEED)``: asynchronous writeback, then the page cache of
+    the range is dropped once clean), so the disk works during the copy and not only at the end.
+    """
+
+    def __init__(self, path, writeback=0):
         self.path = Path(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.written = 0
+        self._writeback = writeback if hasattr(os, "posix_fadvise") else 0
+        self._flushed = 0
 
     def write(self, data):
         view = memoryview(data).cast("B")
@@ -250,6 +258,9 @@ class ShardWriter:
         while view:
             view = view[os.write(self._fd, view):]
         self.written += total
+        if self._writeback and self.written - self._flushed >= self._writeback:
+            os.posix_fadvise(self._fd, self._flushed, self.written - self._flushed, os.POSIX_FADV_DONTNEED)
+            self._flushed = self.written
 
     def close(self):
         os.close(self._fd)
@@ -347,14 +358,36 @@ class StreamStats:
         return {"bytes_read": self.read, "bytes_written": self.written}
 
 
+class _Inline:
+    """An executor that runs each submitted call at once, on the caller's thread (the sequential copy)."""
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as err:  # noqa: BLE001 - handed to whoever waits on it, as a pool would
+            future.set_exception(err)
+        return future
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
 # the one-pass copy's pieces: small enough that a piece is still in the CPU cache when it is hashed and
 # written (8 MiB pieces made the same copy 2-4x slower on a 2-core VM: every pass went to RAM)
 STREAM_CHUNK_BYTES = 1 << 20
 STREAM_BUFFERS = 8
+# reading, the two digests and writing on their own threads (they overlap); False: all on one thread,
+# in turn (measured by bench/perf/prune_speed.py --modes)
+STREAM_THREADS = True
+# start the output's writeback every this many bytes (0: leave it to the kernel's dirty-page limits)
+STREAM_WRITEBACK_BYTES = 64 << 20
 
 
 def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, metadata=None,
-                      chunk=STREAM_CHUNK_BYTES, buffers=STREAM_BUFFERS):
+                      chunk=None, buffers=None, threads=None):
     """One pass over the source files, front to back: every byte is read once, hashed, and written if kept.
 
     Each source file is read in ``chunk``-sized pieces into a ring of buffers; one worker thread
@@ -371,8 +404,10 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
         produce_kept: ``produce_kept(tensor, stash) -> bytes-like`` for a ``slice`` (its ``source``
             bytes in ``stash[key]``) or ``fold`` (every part's bytes in ``stash``).
         out_dir, max_shard_size, metadata: as :func:`write_checkpoint`.
-        chunk: bytes per read.
-        buffers: read buffers in flight (memory: ``buffers * chunk``).
+        chunk: bytes per read (default :data:`STREAM_CHUNK_BYTES`).
+        buffers: read buffers in flight (memory: ``buffers * chunk``; default :data:`STREAM_BUFFERS`).
+        threads: overlap reading, hashing and writing on worker threads (default :data:`STREAM_THREADS`);
+            ``False`` does each piece's work in turn on the calling thread. The bytes are the same.
 
     Returns:
         ``(written, source, stats)``: ``{file name: sha256}`` of the written files and of the source
@@ -391,10 +426,15 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
     stats, stash, weight_map = StreamStats(), {}, {}
     written, source_digests = {}, {}
     # one worker each, so each sees its pieces in order: source digest, output digest, output writes
-    src_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-sha256-source")
-    hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-sha256-output")
-    out_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-write")
-    ring = _Buffers(buffers, chunk)
+    chunk = chunk or STREAM_CHUNK_BYTES
+    threads = STREAM_THREADS if threads is None else threads
+    if threads:
+        src_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-sha256-source")
+        hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-sha256-output")
+        out_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-write")
+    else:
+        src_pool = hash_pool = out_pool = _Inline()
+    ring = _Buffers((buffers or STREAM_BUFFERS) if threads else 1, chunk)
     files = [Path(p) for p in files]
     state = {"writer": None, "hash": None}
     bar = progress_bar(total=sum(p.stat().st_size for p in files), desc="pruning", unit="B", unit_scale=True,
@@ -402,7 +442,7 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
 
     def open_shard(name):  # on out_pool, ordered with the writes
         close_shard()
-        state["writer"] = ShardWriter(out_dir / name)
+        state["writer"] = ShardWriter(out_dir / name, STREAM_WRITEBACK_BYTES)
 
     def close_shard():
         writer, state["writer"] = state["writer"], None
@@ -465,7 +505,6 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
             at += got
         stats.read += count
         bar.update(count)
-        bar.update(count)
         pending_out.append(src_pool.submit(digest.update, view))
         return data
 
@@ -482,6 +521,7 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
                 emit(piece, pending=pending)
             at += got
         stats.read += count
+        bar.update(count)
 
     try:
         if not shards[0]:  # no tensor at all: one empty shard

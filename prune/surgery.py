@@ -11,6 +11,10 @@ Two executors produce the same tensors:
   stays at a few buffers plus one sliced tensor.
 
 The output goes to a temporary folder renamed at the end; the source is never modified.
+
+Streaming without verification never builds the model: for a family of :data:`TORCH_FREE_PLANS`
+(the native one) the plan comes from ``config.json`` alone and the weights are checked by their
+headers, so neither torch nor transformers is imported (start-up: numpy and the standard library).
 """
 
 import json
@@ -27,6 +31,7 @@ from .checkpoint import (
     DTYPE_SIZES, INDEX_NAME, Checkpoint, OutTensor, parse_size, stream_checkpoint, write_checkpoint,
 )
 from ..files import CONFIG_NAME, read_json, sha256_file
+from ..models.adapter import Adapter
 from ..models.plan import apply_json_ops, apply_plan, check_plan, describe_plan, fold_shape, json_diff
 from ..provenance import write_manifest
 
@@ -160,6 +165,14 @@ def execute_plan(plan, checkpoint, out_dir, streaming=True, max_shard_size=DEFAU
 
 
 # ---------------------------------------------------------------------------- the whole operation
+# families whose removal plan can be built from config.json without torch or transformers:
+# model_type -> a module with ``plan_config(config_dict)`` (a config object, or ``None`` when only the
+# family's full config can tell), ``removal_plan(config, drop)`` and ``check_header(config, shapes, where)``
+# (a header-shape check standing in for the meta-model structure check); every other family, and
+# these whenever the model is built anyway (verification, in-memory executor), take the adapter
+TORCH_FREE_PLANS = {"encslim": "encslim.models.native_plan"}
+
+
 def _adapter_and_config(model_dir):
     from ..models.loading import adapter_for
 
@@ -167,31 +180,76 @@ def _adapter_and_config(model_dir):
     return adapter, adapter.read_config(model_dir)
 
 
+def _torch_free(model_dir):
+    """``(family module, config)`` of the torch-free plan of the model in ``model_dir``, or ``None``.
+
+    Raises:
+        ModelLoadError: no folder, no ``config.json`` or not JSON (as the adapter's path would).
+    """
+    from importlib import import_module
+
+    from ..models.loading import read_config
+
+    data = read_config(model_dir)
+    name = TORCH_FREE_PLANS.get(data.get("model_type"))
+    if name is None:
+        return None
+    module = import_module(name)
+    config = module.plan_config(data)
+    return None if config is None else (module, config)
+
+
 def model_slots(model_dir):
     """The slot names of the model in ``model_dir`` (reads config.json only)."""
+    found = _torch_free(Path(model_dir))
+    if found is not None:
+        return list(found[1].slot_names)
     adapter, config = _adapter_and_config(Path(model_dir))
     return adapter.slot_names(config)
 
 
-def prepare(model_dir, drop):
+def _check_structure(model_dir, shapes, where):
+    """The meta-model structure check of ``model_dir``'s weights (builds the empty model: torch)."""
+    from .verify import check_structure
+
+    adapter, config = _adapter_and_config(Path(model_dir))
+    check_structure(adapter, config, shapes, where)
+
+
+def prepare(model_dir, drop, torch_free=False):
     """Read a model folder and build its removal plan, checking weights against config.
+
+    Args:
+        model_dir: the model folder.
+        drop: slot names to remove.
+        torch_free: for a family of :data:`TORCH_FREE_PLANS` whose config it can read, build the plan
+            from config.json and check the weights by their header (:func:`check_header` of the
+            family) instead of against an empty model: neither torch nor transformers is imported.
 
     Returns:
         ``(adapter, config, plan, checkpoint, summary)``; ``summary`` is :func:`describe_plan`'s dict
-        plus ``config_diff`` and ``processor_diff`` lines.
+        plus ``config_diff`` and ``processor_diff`` lines. On the torch-free path ``adapter`` is the
+        family module and ``config`` its light config (see :data:`TORCH_FREE_PLANS`).
 
     Raises:
         ModelLoadError, PlanError, ConfigError: see :func:`prune`.
     """
-    from .verify import check_structure
-
     model_dir = Path(model_dir)
-    adapter, config = _adapter_and_config(model_dir)
+    found = _torch_free(model_dir) if torch_free else None
+    if found is not None:
+        adapter, config = found
+    else:
+        adapter, config = _adapter_and_config(model_dir)
     plan = adapter.removal_plan(config, list(drop))
     checkpoint = Checkpoint.open(model_dir)
     shapes = checkpoint.shapes()
     check_plan(plan, shapes)
-    check_structure(adapter, config, shapes, f"{model_dir}")
+    if found is not None:
+        adapter.check_header(config, shapes, f"{model_dir}")
+    else:
+        from .verify import check_structure
+
+        check_structure(adapter, config, shapes, f"{model_dir}")
     summary = describe_plan(plan, shapes, {k: DTYPE_SIZES[t.dtype] for k, t in checkpoint.tensors.items()})
     old = read_json(model_dir / CONFIG_NAME, "re-save the model", ModelLoadError)
     summary["config_diff"] = json_diff(old, apply_json_ops(old, plan.config_patch))
@@ -202,6 +260,23 @@ def prepare(model_dir, drop):
             summary["processor_diff"][name] = json_diff(data, patched)
     _check_carried_json(model_dir, plan)
     return adapter, config, plan, checkpoint, summary
+
+
+def _check_output(tmp, torch_free):
+    """Check the pruned folder's weights against its config.json (header check on the torch-free path).
+
+    Raises:
+        VerificationError: they do not fit (a bug in the removal plan).
+    """
+    try:
+        shapes = Checkpoint.open(tmp).shapes()
+        found = _torch_free(tmp) if torch_free else None
+        if found is not None:
+            found[0].check_header(found[1], shapes, "the pruned output")
+        else:
+            _check_structure(tmp, shapes, "the pruned output")
+    except ModelLoadError as err:
+        raise VerificationError(f"{err} (a bug in the removal plan: report it); nothing was written") from err
 
 
 PROCESSOR_FIX = "re-save the model with its processor and tokenizer, or copy the file from the original model"
@@ -329,26 +404,27 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
             raise ConfigError("no output folder; pass --out DIR (or --dry-run to only see the plan)")
         check_output_path(out, overwrite, inputs=[model_dir])
     parse_size(max_shard_size)
-    adapter, config, plan, checkpoint, summary = prepare(model_dir, drop)
+    # torch-free start-up when the model may never be built: streaming without verification
+    torch_free = not dry_run and verify is not True and streaming is not False
+    adapter, config, plan, checkpoint, summary = prepare(model_dir, drop, torch_free=torch_free)
     if dry_run:
         return {"dry_run": True, "plan": plan.to_dict(), "summary": summary}
     fits = _fits_in_memory(checkpoint)
     streaming = (not fits) if streaming is None else streaming
     verify = fits if verify is None else verify
+    torch_free = not isinstance(adapter, Adapter)  # the plan came from config.json alone
+    if torch_free and (verify or not streaming):  # the model is built after all: the full structure check
+        torch_free = False
+        _check_structure(model_dir, checkpoint.shapes(), f"{model_dir}")
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
         logger.info("pruning %s from %s (%s executor)", ", ".join(plan.drop), model_dir,
                     "streaming" if streaming else "in-memory")
         written, source, io = execute_plan(plan, checkpoint, tmp, streaming, max_shard_size)
         left_out = _write_side_files(model_dir, tmp, plan)
-        from ..models.loading import adapter_for
-        from .verify import check_structure, verify_pruned
-
-        try:
-            out_adapter = adapter_for(tmp)
-            check_structure(out_adapter, out_adapter.read_config(tmp), Checkpoint.open(tmp).shapes(), "the pruned output")
-        except ModelLoadError as err:
-            raise VerificationError(f"{err} (a bug in the removal plan: report it); nothing was written") from err
+        _check_output(tmp, torch_free)
         if verify:
+            from .verify import verify_pruned
+
             verification = verify_pruned(model_dir, tmp, plan, data=data, num_samples=num_samples)
         else:
             verification = {"skipped": True, "reason": "--no-verify" if fits else "the model does not fit in memory"}

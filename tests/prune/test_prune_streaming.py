@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from encslim.models.plan import Delete, Fold, RemovalPlan, Slice, check_plan
+from encslim.prune import checkpoint as checkpoint_module
 from encslim.prune.checkpoint import Checkpoint, OutTensor, write_checkpoint
 from encslim.prune.surgery import execute_plan
 
@@ -68,9 +69,13 @@ def _sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("threads", [True, False], ids=["threads", "sequential"])
 @pytest.mark.parametrize("max_shard_size", [10**9, 150])
 @pytest.mark.parametrize("op", list(PLANS))
-def test_streaming_output_is_byte_identical_to_the_in_memory_executor(op, max_shard_size, tmp_path):
+def test_streaming_output_is_byte_identical_to_the_in_memory_executor(op, max_shard_size, threads, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setattr(checkpoint_module, "STREAM_THREADS", threads)
+    monkeypatch.setattr(checkpoint_module, "STREAM_WRITEBACK_BYTES", 64)  # early writeback on every few pieces
     source = _write_source(tmp_path / "source")
     checkpoint = Checkpoint.open(source)
     assert len(checkpoint.files) > 1
