@@ -38,13 +38,14 @@ class FinetuneCollator:
         features: ``{slot: (N, T, D) tensor}`` cached encoder features, or ``None`` for pixels.
         encoder_dropout: probability of masking each slot (see :mod:`encslim.finetune.dropout`).
         seed: the run's seed; dropout draws depend on it, the epoch and the batch's indices.
+        targets: the teacher's :class:`~encslim.finetune.distill.TeacherTargets` (distillation), or ``None``.
 
     Attributes:
         epoch: the current epoch, set by the trainer's epoch callback.
     """
 
     def __init__(self, examples, processor, adapter, config, pad_token_id, features=None,
-                 encoder_dropout=0.0, seed=0):
+                 encoder_dropout=0.0, seed=0, targets=None):
         self.examples = examples
         self.processor = processor
         self.adapter, self.config = adapter, config
@@ -56,6 +57,7 @@ class FinetuneCollator:
         self.seed = seed
         self.epoch = 0
         self.image_token_id = adapter.image_token_id(config)
+        self.targets = targets
 
     def __call__(self, indices):
         indices = [int(i) for i in indices]
@@ -72,6 +74,10 @@ class FinetuneCollator:
             batch["masked_slots"] = list(masked)
         if keep:
             batch["slot_keep"] = keep
+        if self.targets is not None:
+            from .distill import TARGET_KEY
+
+            batch[TARGET_KEY] = self.targets.batch(indices)
         return batch
 
     def dropout_masks(self, indices):

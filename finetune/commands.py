@@ -71,10 +71,20 @@ def finetune_group():
 @click.option("--save-steps", default=100, show_default=True, type=int, help="Checkpoint every N steps.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out from its last checkpoint.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--distill-from", "distill_from", default=None, type=click.Path(), metavar="FULL_MODEL",
+              help="Distil from this full model: KL to its answer distribution (computed once) beside the label loss.")
+@click.option("--distill-temperature", default=2.0, show_default=True, type=float, help="Temperature T of the KL.")
+@click.option("--distill-weight", default=0.5, show_default=True, type=float,
+              help="a in loss = (1-a)*CE + a*T^2*KL (1: the teacher only).")
+@click.option("--distill-hidden-weight", default=0.0, show_default=True, type=float,
+              help="Weight of an MSE between the fused image tokens of student and teacher (where shapes match).")
+@click.option("--distill-top-k", default=None, type=int,
+              help="Teacher log-probs kept per answer token [default: whole vocabulary up to 4096, else 64 + tail].")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def train_cmd(model_dir, data, out, lora_r, lora_alpha, lora_targets, full, train_encoders, max_steps, epochs, lr,
               batch_size, grad_accum, deepspeed, bf16, merge, encoder_dropout, no_cache_features, prompt_format,
-              save_steps, resume, seed, overwrite):
+              save_steps, resume, seed, distill_from, distill_temperature, distill_weight, distill_hidden_weight,
+              distill_top_k, overwrite):
     """Fine-tune MODEL_DIR on --data and write --out (a LoRA adapter, or a plain model with --merge/--full)."""
     from .config import FinetuneConfig
     from .train import finetune
@@ -84,7 +94,8 @@ def train_cmd(model_dir, data, out, lora_r, lora_alpha, lora_targets, full, trai
         max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
         deepspeed=deepspeed, bf16=bf16, merge=merge, encoder_dropout=encoder_dropout,
         cache_features=not no_cache_features, prompt_format=prompt_format, save_steps=save_steps,
-        resume=resume, seed=seed,
+        resume=resume, seed=seed, distill_from=distill_from, distill_temperature=distill_temperature,
+        distill_weight=distill_weight, distill_hidden_weight=distill_hidden_weight, distill_top_k=distill_top_k,
     )
     from ..runtime import configure_threads
 
@@ -114,6 +125,11 @@ def summary_lines(summary):
                      f"logged step(s); single steps {summary['loss_first']:.4f} -> {summary['loss_last']:.4f})")
     else:
         lines.append("loss: none logged")
+    distill = summary.get("distill")
+    if distill and distill.get("kl_start") is not None:
+        lines.append(f"distilled from {distill['teacher']} ({distill['stored']}, T={distill['temperature']:g}, "
+                     f"weight {distill['weight']:g}; hidden: {distill['hidden']}): KL to the teacher "
+                     f"{distill['kl_start']:.4f} -> {distill['kl_end']:.4f}")
     return lines
 
 

@@ -49,6 +49,14 @@ class FinetuneConfig:
         resume: continue from the latest checkpoint of an interrupted run of the same output.
         progress: show a progress bar; ``None``: only on a terminal.
         feature_batch_size: batch size of the one-off feature computation.
+        distill_from: the full model folder to distil from (:mod:`encslim.finetune.distill`), or ``None``.
+        distill_temperature: softmax temperature ``T`` of teacher and student in the KL term.
+        distill_weight: ``a`` in ``loss = (1 - a) * CE + a * T^2 * KL``; 1 trains on the teacher alone.
+        distill_hidden_weight: weight of the MSE between the fused image tokens of student and
+            teacher (0: off; skipped where the shapes differ).
+        distill_top_k: answer-token log-probabilities kept per position: ``None`` = the whole
+            vocabulary up to 4096 tokens, else the top 64 plus a renormalised tail bin; 0 = whole.
+        distill_memory_gb: the most host memory the cached teacher targets may take.
     """
 
     lora_r: int = 8
@@ -77,6 +85,12 @@ class FinetuneConfig:
     resume: bool = False
     progress: bool = None
     feature_batch_size: int = 32
+    distill_from: str = None
+    distill_temperature: float = 2.0
+    distill_weight: float = 0.5
+    distill_hidden_weight: float = 0.0
+    distill_top_k: int = None
+    distill_memory_gb: float = 4.0
 
     def __post_init__(self):
         if isinstance(self.lora_targets, str):
@@ -134,6 +148,18 @@ class FinetuneConfig:
             out.append(f"--epochs must be positive, got {self.epochs}")
         if self.lr is not None and not self.lr > 0:
             out.append(f"--lr must be positive, got {self.lr}")
+        if not self.distill_temperature > 0:
+            out.append(f"--distill-temperature must be positive, got {self.distill_temperature}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            out.append(f"--distill-weight must be in [0, 1], got {self.distill_weight}")
+        if not self.distill_hidden_weight >= 0:
+            out.append(f"--distill-hidden-weight must be >= 0, got {self.distill_hidden_weight}")
+        if self.distill_top_k is not None and (not isinstance(self.distill_top_k, int) or self.distill_top_k < 0):
+            out.append(f"--distill-top-k must be a whole number >= 0, got {self.distill_top_k}")
+        if not self.distill_memory_gb > 0:
+            out.append(f"--distill-memory-gb must be positive, got {self.distill_memory_gb}")
+        if not self.distill_from and (self.distill_hidden_weight or self.distill_top_k is not None):
+            out.append("--distill-hidden-weight/--distill-top-k need --distill-from FULL_MODEL")
         if not 0.0 <= self.warmup_ratio < 1.0:
             out.append(f"warmup ratio must be in [0, 1), got {self.warmup_ratio}")
         return out
@@ -143,6 +169,8 @@ class FinetuneConfig:
         data["lora_targets"] = list(self.lora_targets)
         data["learning_rate"] = self.learning_rate
         data["lora_alpha"] = self.alpha
+        if data["distill_from"] is not None:
+            data["distill_from"] = str(data["distill_from"])
         return data
 
     @classmethod

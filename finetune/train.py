@@ -101,7 +101,8 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
         config = FinetuneConfig.from_dict({**_fields(config), **options})
     model_path = Path(model_path).resolve()
     paths = _data_paths(data)
-    check_output_path(out, overwrite, inputs=[model_path, *paths])
+    teacher_path = _teacher_path(config)
+    check_output_path(out, overwrite, inputs=[model_path, *paths, *([teacher_path] if teacher_path else [])])
     work = work_dir(out)
     resume_from = _resume_point(work, config)
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
@@ -112,6 +113,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     examples = _examples(model, processor, adapter, samples, config)
     torch.manual_seed(config.seed)
     features = _features(model, processor, adapter, examples, config)
+    targets = _teacher_targets(teacher_path, samples, model, processor, adapter, examples, config, torch)
     from .trainable import prepare_trainable
 
     with warnings.catch_warnings():
@@ -120,7 +122,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
         model, parts = prepare_trainable(model, adapter, config)
         expected = expected_saved(model, config)
         trainer, collator = _trainer(model, processor, adapter, examples, features, config, ds_config, work,
-                                     callbacks)
+                                     callbacks, targets)
         _write_run_config(work, config)
         started = time.time()
         final = work / "final"
@@ -136,7 +138,8 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
             "deepspeed": {"file": str(config.deepspeed), "stage": _stage(ds_config)} if ds_config else None,
             "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 3),
             "world_size": trainer.args.world_size,
-            "samples_seen": samples_seen(trainer.state.global_step, config, trainer.args.world_size, len(examples))}
+            "samples_seen": samples_seen(trainer.state.global_step, config, trainer.args.world_size, len(examples)),
+            "distill": _distill_info(teacher_path, targets, trainer, config)}
     summary = _write_output(final, work, out, overwrite, model_path, paths, config, info)
     shutil.rmtree(work, ignore_errors=True)
     return summary
@@ -176,13 +179,56 @@ def _load(model_path, torch):
 
 
 def _examples(model, processor, adapter, samples, config):
+    return _examples_for(model, processor, adapter, samples, config.prompt_format)
+
+
+def _examples_for(model, processor, adapter, samples, prompt_format):
     from .examples import build_examples
 
     expected = adapter.image_tokens(model.config)
     text_config = getattr(model.config, "text_config", model.config)
     max_length = getattr(text_config, "max_position_embeddings", None)
     return build_examples(samples, processor, adapter, adapter.image_token_id(model.config), expected,
-                          config.prompt_format, max_length)
+                          prompt_format, max_length)
+
+
+def _teacher_path(config):
+    """The folder to distil from (resolved), or ``None``; refuses one that is not a folder."""
+    if not config.distill_from:
+        return None
+    path = Path(config.distill_from).resolve()
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"--distill-from {config.distill_from} is not a model folder (no config.json); pass the "
+                          "full model the student was pruned from")
+    return path
+
+
+def _teacher_targets(teacher_path, samples, model, processor, adapter, examples, config, torch):
+    """The full model's answer distributions over the training examples, computed once (or ``None``)."""
+    if teacher_path is None:
+        return None
+    from .distill import compute_teacher_targets
+
+    def build(samples, t_processor, t_adapter, teacher):
+        return _examples_for(teacher, t_processor, t_adapter, samples, config.prompt_format)
+
+    device = next(model.parameters()).device
+    return compute_teacher_targets(teacher_path, samples, (model, processor, adapter, examples), config, build,
+                                   device=device, progress=_progress(config))
+
+
+def _distill_info(teacher_path, targets, trainer, config):
+    """What ``finetune.json`` records of a distilled run (``None`` without one)."""
+    if targets is None:
+        return None
+    parts = getattr(trainer, "distill_parts", [])
+    kls = [p["kl"] for p in parts]
+    k = max(1, min(LOSS_WINDOW, len(kls) // 4)) if kls else 0
+    return {"teacher": str(teacher_path), "temperature": config.distill_temperature, "weight": config.distill_weight,
+            "hidden_weight": config.distill_hidden_weight, "hidden": getattr(targets, "hidden_note", "off"),
+            "stored": "full vocabulary" if targets.top_k is None else f"top-{targets.top_k} + tail",
+            "vocab_size": targets.vocab_size, "targets_mb": round(targets.nbytes / 1e6, 3),
+            "kl_start": sum(kls[:k]) / k if kls else None, "kl_end": sum(kls[-k:]) / k if kls else None}
 
 
 def _features(model, processor, adapter, examples, config):
@@ -257,7 +303,7 @@ def _write_run_config(work, config):
     (work / RUN_CONFIG).write_text(json.dumps(_comparable(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _trainer(model, processor, adapter, examples, features, config, ds_config, work, callbacks):
+def _trainer(model, processor, adapter, examples, features, config, ds_config, work, callbacks, targets=None):
     import torch
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -271,7 +317,7 @@ def _trainer(model, processor, adapter, examples, features, config, ds_config, w
         logger.warning("--encoder-dropout has no effect on a model with one encoder slot")
     collator = FinetuneCollator(
         examples, processor, adapter, base.config, adapter.tokenizer(processor).pad_token_id, features=features,
-        encoder_dropout=config.encoder_dropout, seed=config.seed,
+        encoder_dropout=config.encoder_dropout, seed=config.seed, targets=targets,
     )
     args = TrainingArguments(
         output_dir=str(work / "checkpoints"), per_device_train_batch_size=config.batch_size,
@@ -285,7 +331,7 @@ def _trainer(model, processor, adapter, examples, features, config, ds_config, w
     )
     own = [LossLog(work / LOG_FILE), ProgressBar(_progress(config)), DropoutEpoch(collator),
            CheckpointDigest(work / DIGEST_FILE)]
-    trainer = EncslimTrainer(adapter=adapter, model=model, args=args, train_dataset=IndexDataset(len(examples)),
+    trainer = EncslimTrainer(adapter=adapter, distill=config if targets is not None else None, model=model, args=args, train_dataset=IndexDataset(len(examples)),
                              data_collator=collator, processing_class=processor, callbacks=own + list(callbacks))
     for default in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(default)
