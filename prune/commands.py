@@ -68,6 +68,9 @@ def _print_verification(verification):
 @click.option("--budget", type=float, help="Most accurate kept set whose --cost is at most B.")
 @click.option("--cost", type=click.Choice(COSTS), default="vision_flops", show_default=True)
 @click.option("--category", default="overall", show_default=True, help="Ranking category to decide on ('each': every category, with --min-retained).")
+@click.option("--on", "on", type=click.Choice(["masked", "recovered"]), default="masked", show_default=True,
+              help="With --min-retained: decide on masked accuracy, or on the accuracy after recovery "
+                   "(a ranking made with `rank --recover`).")
 @click.option("--out", "-o", help="Output folder.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--verify/--no-verify", default=None, help="Compare logits (default: when the model fits in memory).")
@@ -77,7 +80,7 @@ def _print_verification(verification):
 @click.option("--data", multiple=True, help="Benchmark file(s) for verification samples.")
 @click.option("--samples", "num_samples", type=int, default=4, show_default=True, help="Verification samples K.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def prune_cmd(model, drop, ranking, keep, min_retained, drop_negative, budget, cost, category, out, dry_run,
+def prune_cmd(model, drop, ranking, keep, min_retained, drop_negative, budget, cost, category, on, out, dry_run,
               verify, overwrite, streaming, max_shard_size, data, num_samples, as_json):
     """Remove encoder slots from MODEL and write the pruned model to --out."""
     from .select import read_ranking, select
@@ -87,7 +90,7 @@ def prune_cmd(model, drop, ranking, keep, min_retained, drop_negative, budget, c
     slots = model_slots(model)
     selection = select(slots, drop=names, ranking=read_ranking(ranking) if ranking else None, keep=keep,
                        min_retained=min_retained, drop_negative=drop_negative, budget=budget, category=category,
-                       cost=cost)
+                       cost=cost, on=on)
     if selection.basis != "explicit":
         click.echo(f"selected: drop {', '.join(selection.drop)} ({selection.reason})", err=as_json)
     result = prune(model, selection.drop, out, verify=verify, streaming=streaming, max_shard_size=max_shard_size,

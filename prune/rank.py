@@ -82,7 +82,8 @@ class Ranking:
 def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=None, out=None,
          bootstrap=1000, seed=0, alpha=0.05, batch_size=8, max_new_tokens=8, shapley_permutations=None,
          cache=None, overwrite=False, device="cpu", dtype="float32", latency_ms=None, evaluator=None,
-         progress=None, feature_memory_gb=DEFAULT_FEATURE_MEMORY_GB, threads=None):
+         progress=None, feature_memory_gb=DEFAULT_FEATURE_MEMORY_GB, threads=None, recover=None, echo=None,
+         resume_recovery=None):
     """Rank a multi-encoder model's slots on benchmark data.
 
     Args:
@@ -116,6 +117,12 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
             ``None``: the process's earlier choice, else ``ENCSLIM_THREADS``, else chosen from the
             CPU affinity and the load average; ``0``: leave torch's setting as it is. Recorded in
             ``ranking.json``'s ``evaluation.threads``.
+        recover: a :class:`~encslim.prune.recover.RecoverySettings`: after the masked ranking,
+            recover the frontier's candidate kept sets and add their recovered accuracy
+            (:mod:`encslim.prune.recover`); needs a model folder and ``out``.
+        echo: prints the recovery's progress lines (default: the log).
+        resume_recovery: a previous ranking folder whose recovered candidates to reuse (default:
+            ``out`` itself when it exists, with ``overwrite``).
 
     Returns:
         :class:`Ranking`.
@@ -125,6 +132,8 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
         ModelLoadError: the model does not load; OutputExistsError: ``out`` exists.
     """
     _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations)
+    if recover is not None:
+        _check_recover(recover, model_or_path, out, data)
     start = time.perf_counter()
     if out is not None:  # refuse a bad output before spending time on loading and evaluating
         _check_out(out, overwrite, model_or_path, data)
@@ -160,8 +169,32 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
         _reuse(table, previous, sources)
         ranking = _finish(_run(runner, **options), runner, start)
         write_ranking(ranking.data, tmp)
+        resume_from = resume_recovery or (out if Path(out).is_dir() else None)
+        if recover is not None and resume_from is not None:
+            from .recover import carry_over
+
+            carry_over(resume_from, tmp)  # the previous run's recovered candidates, to resume from
     ranking.out = Path(out)
+    if recover is not None:
+        from .recover import recover as run_recovery, rewrite_ranking
+
+        del runner, table, loaded, model, store, kwargs  # the recovery loads its own models
+        run_recovery(ranking.data, Path(model_path).resolve(), samples, out, recover,
+                     {"batch_size": batch_size, "max_new_tokens": max_new_tokens}, device=device, dtype=dtype,
+                     echo=echo)
+        ranking.data["evaluation"]["wall_s"] = round(time.perf_counter() - start, 3)
+        rewrite_ranking(ranking.data, out)
     return ranking
+
+
+def _check_recover(recover, model_or_path, out, data):
+    from .recover import check_settings
+
+    if isinstance(model_or_path, (tuple, list)):
+        raise ConfigError("--recover needs a model folder (it prunes and fine-tunes copies), not a loaded model")
+    if out is None:
+        raise ConfigError("--recover needs --out (each candidate is recovered into OUT/recover/)")
+    check_settings(recover, [data] if isinstance(data, (str, Path)) else list(data))
 
 
 def _check_out(out, overwrite, model_or_path, data):

@@ -23,7 +23,8 @@ def _cur_summary(data):
 
 # options of a run that evaluates the model: meaningless when ranking from prediction files
 EVALUATION_ONLY = ("subsets", "shapley_permutations", "batch_size", "max_new_tokens", "cache", "feature_memory_gb",
-                   "threads")
+                   "threads", "recover", "recover_top", "recover_data", "recover_distill", "recover_lr",
+                   "recover_batch_size", "recover_lora_r")
 
 
 @click.command("rank")
@@ -69,10 +70,23 @@ EVALUATION_ONLY = ("subsets", "shapley_permutations", "batch_size", "max_new_tok
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (default: the cores no other process keeps busy, or ENCSLIM_THREADS); "
                    "recorded in ranking.json.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT (its cached scores are reused).")
+@click.option("--recover", "recover", type=click.IntRange(min=1), default=None, metavar="STEPS",
+              help="After masking, recover the frontier's candidate kept sets with STEPS LoRA steps each and report "
+                   "their accuracy after recovery (prune --on recovered decides on it).")
+@click.option("--recover-top", default=3, show_default=True, type=click.IntRange(min=1),
+              help="How many frontier candidates to recover.")
+@click.option("--recover-data", multiple=True, type=click.Path(),
+              help="Training file(s) for the recovery (required with --recover; not the ranking data).")
+@click.option("--recover-distill", default="off", show_default=True, type=click.Choice(["off", "on", "both"]),
+              help="Recover with plain LoRA, distilled from the full model, or both (reported side by side).")
+@click.option("--recover-lr", default=1e-3, show_default=True, type=float, help="Learning rate of the recovery.")
+@click.option("--recover-batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--recover-lora-r", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--overwrite", is_flag=True, help="Replace OUT (its cached scores and recovered candidates are reused).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json instead of the CUR table.")
 def rank_cmd(model_dir, data, predictions, model_opt, out, subsets, mask_mode, categories, bootstrap, seed,
              shapley_permutations, batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, threads,
+             recover, recover_top, recover_data, recover_distill, recover_lr, recover_batch_size, recover_lora_r,
              overwrite, as_json):
     """Rank MODEL_DIR's encoder slots on benchmark data: CUR, IG, Shapley values, cost frontier.
 
@@ -102,10 +116,23 @@ def rank_cmd(model_dir, data, predictions, model_opt, out, subsets, mask_mode, c
     if not data:
         raise click.UsageError("missing option '--data'")
 
+    settings = None
+    if recover is not None:
+        from .recover import RecoverySettings
+
+        settings = RecoverySettings(steps=recover, data=list(recover_data), top=recover_top, distill=recover_distill,
+                                    lr=recover_lr, batch_size=recover_batch_size, lora_r=recover_lora_r, seed=seed)
+    else:
+        ctx = click.get_current_context()
+        stray = [f"--{name.replace('_', '-')}" for name in EVALUATION_ONLY if name.startswith("recover_")
+                 and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if stray:
+            raise click.UsageError(f"{', '.join(stray)} only work with --recover STEPS")
     ranking = rank(model_dir, list(data), subsets=subsets, mask_mode=mask_mode, categories=list(categories) or None,
                    out=out, bootstrap=bootstrap, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
                    shapley_permutations=shapley_permutations, cache=cache, overwrite=overwrite, device=device,
-                   dtype=dtype, progress=sys.stderr.isatty(), feature_memory_gb=feature_memory_gb, threads=threads)
+                   dtype=dtype, progress=sys.stderr.isatty(), feature_memory_gb=feature_memory_gb, threads=threads,
+                   recover=settings, echo=lambda line: click.echo(line, err=as_json))
     if as_json:
         click.echo(json.dumps(ranking.data, indent=2))
         return
@@ -114,7 +141,27 @@ def rank_cmd(model_dir, data, predictions, model_opt, out, subsets, mask_mode, c
     click.echo(f"\nCUR in % ({ranking.data['mask_mode']} mask; * = CI excludes 0). "
                f"{ev['mask_sets_evaluated']} mask sets evaluated, {ev['mask_sets_cached']} from cache, "
                f"{ev['encoder_passes_per_sample']:g} encoder passes per sample (whole run), {ev['wall_s']:.1f} s.")
+    if ranking.data.get("recovery"):
+        click.echo("")
+        click.echo(recovery_summary(ranking.data))
     click.echo(f"wrote {out}/ranking.json, ranking.md, cur_heatmap.png, frontier.png")
+
+
+def recovery_summary(data):
+    """Masked vs recovered accuracy per candidate (percent), one line per variant."""
+    block = data["recovery"]
+    groups = [*data["categories"], "overall"]
+    width = max(10, *(len(g) + 2 for g in groups))
+    kw = max(22, *(len("+".join(c["kept"])) + 2 for c in block["candidates"]))
+    lines = [f"accuracy (%) after {block['steps']} recovery steps (prune --on recovered uses {block['primary']})",
+             f"{'kept':<{kw}}{'':<12}" + "".join(f"{g:>{width}}" for g in groups)]
+    for entry in block["candidates"]:
+        kept = "+".join(entry["kept"])
+        lines.append(f"{kept:<{kw}}{'masked':<12}" + "".join(f"{100 * entry['accuracy_masked'][g]:>{width}.1f}"
+                                                             for g in groups))
+        for variant, acc in entry["accuracy_recovered"].items():
+            lines.append(f"{'':<{kw}}{variant:<12}" + "".join(f"{100 * acc[g]:>{width}.1f}" for g in groups))
+    return "\n".join(lines)
 
 
 def _rank_predictions(predictions, model, data, out, mask_mode, categories, bootstrap, seed, device, dtype,

@@ -53,12 +53,37 @@ def ranking_markdown(data):
     lines += _table(["slot", *groups], [[s, *(_flip_cell(data["cur"][s].get(g)) for g in groups)] for s in data["slots"]])
     lines += _shapley_lines(data, groups)
     lines += _frontier_lines(data)
+    lines += _recovery_lines(data, groups)
     notes = sorted({c["note"] for cells in data["cur"].values() for c in cells.values() if c.get("note")})
     if data.get("costs_note"):
         notes.append(data["costs_note"])
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _recovery_lines(data, groups):
+    """Masked vs recovered accuracy (and CUR of the removed set) of each recovered candidate."""
+    block = data.get("recovery")
+    if not block:
+        return []
+    distill = {"off": "plain LoRA", "on": "distilled from the full model", "both": "plain LoRA and distilled"}
+    lines = ["", f"## Accuracy (%) after recovery ({block['steps']} LoRA steps, {distill[block['distill']]}; "
+             f"prune --on recovered uses `{block['primary']}`)", ""]
+    rows = []
+    for entry in block["candidates"]:
+        kept = "+".join(entry["kept"])
+        rows.append([kept, "masked", *(_pct(entry["accuracy_masked"].get(g)) for g in groups),
+                     _pct(entry["cur_masked"].get(OVERALL))])
+        for variant, acc in entry["accuracy_recovered"].items():
+            rows.append([kept, f"recovered ({variant})", *(_pct(acc.get(g)) for g in groups),
+                         _pct(entry["cur_recovered"][variant].get(OVERALL))])
+    lines += _table(["kept", "accuracy", *groups, "CUR of removed (overall)"], rows)
+    if data.get("recovered_cur"):
+        lines += ["", "Recovered CUR (%) of single slots:", ""]
+        lines += _table(["slot", *groups], [[s, *(_pct(cells.get(g)) for g in groups)]
+                                            for s, cells in data["recovered_cur"].items()])
+    return lines
 
 
 def _cur_cell(cell):

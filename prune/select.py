@@ -12,7 +12,8 @@ information, so dropping both hurts. Without the table, policies fall back to CU
 * ``--drop-negative``: drop slots whose removal improves accuracy (CUR < 0), one by one, each
   only if the kept set's measured accuracy does not fall.
 * ``--min-retained X``: the smallest kept set whose accuracy is at least ``X`` times the full
-  model's (table needed); with ``--category each``, in every category at once.
+  model's (table needed); with ``--category each``, in every category at once; with
+  ``--on recovered``, on the accuracy after recovery of the sets ``rank --recover`` recovered.
 * ``--budget B``: the most accurate kept set whose cost (``vision_flops``, ``params`` or
   ``latency_ms``) is at most ``B``.
 """
@@ -81,12 +82,18 @@ def _check_category(ranking, category):
         raise PlanError(f"category '{category}' is not in the ranking; use one of {', '.join(_categories(ranking))}")
 
 
-def _subsets(ranking, slots, category):
-    """``{frozenset(kept): accuracy}`` of measured proper, non-empty kept sets."""
+ON = ("masked", "recovered")
+
+
+def _subsets(ranking, slots, category, on="masked"):
+    """``{frozenset(kept): accuracy}`` of measured proper, non-empty kept sets.
+
+    ``on="recovered"``: the accuracy after recovery (``rank --recover``), of the rows that have it.
+    """
     table = {}
     for row in ranking.get("subsets") or []:
         kept = frozenset(row["kept"])
-        value = (row.get("accuracy") or {}).get(category)
+        value = (row.get("accuracy" if on == "masked" else "recovered") or {}).get(category)
         if value is not None and kept and kept < set(slots):
             table[kept] = value
     return table
@@ -197,13 +204,13 @@ def select_drop_negative(ranking, slots, category="overall"):
 EACH = "each"
 
 
-def _retained_table(ranking, slots, category):
+def _retained_table(ranking, slots, category, on="masked"):
     """``{kept: share of the full accuracy retained}``; for ``each``, the smallest share over categories.
 
     Categories where the full model scores 0 have no share and are left out.
     """
     names = list(ranking.get("categories", [])) if category == EACH else [category]
-    tables = {c: _subsets(ranking, slots, c) for c in names}
+    tables = {c: _subsets(ranking, slots, c, on) for c in names}
     full = {c: _full_accuracy(ranking, c) for c in names}
     names = [c for c in names if full[c] > 0]
     if not names:
@@ -212,17 +219,19 @@ def _retained_table(ranking, slots, category):
     return {kept: min(tables[c][kept] / full[c] for c in names) for kept in kept_sets}
 
 
-def select_min_retained(ranking, slots, fraction, category="overall"):
+def select_min_retained(ranking, slots, fraction, category="overall", on="masked"):
     """The smallest kept set whose accuracy is at least ``fraction`` of the full model's.
 
     ``category="each"`` asks it of every category of the ranking at once (those the full model
-    scores above 0), the safe choice when one category depends on one encoder.
+    scores above 0), the safe choice when one category depends on one encoder. ``on="recovered"``
+    decides on the accuracy after recovery of the candidates ``rank --recover`` recovered,
+    against the full model's accuracy.
     """
     if category != EACH:
         _check_category(ranking, category)
     if not 0 < fraction <= 1:
         raise PlanError(f"--min-retained must be in (0, 1], got {fraction}")
-    retained = _retained_table(ranking, slots, category)
+    retained = _retained_table(ranking, slots, category, on)
     if not retained:
         raise PlanError("--min-retained needs the subset table of the ranking; rerun `encslim rank` with subsets")
     eligible = [kept for kept, share in retained.items() if share >= fraction - 1e-9]
@@ -232,10 +241,11 @@ def select_min_retained(ranking, slots, fraction, category="overall"):
                         "lower --min-retained")
     smallest = min(len(kept) for kept in eligible)
     best = _best([kept for kept in eligible if len(kept) == smallest], retained, ranking)
-    overall = _subsets(ranking, slots, "overall").get(best)
-    return _selection(slots, best, "min-retained", "subsets",
-                      f"the smallest kept set with accuracy >= {fraction:.0%} of full in {where}", overall,
-                      fraction=fraction, category=category, retained=round(retained[best], 4))
+    overall = _subsets(ranking, slots, "overall", on).get(best)
+    after = " after recovery" if on == "recovered" else ""
+    return _selection(slots, best, "min-retained", "subsets" if on == "masked" else "recovered",
+                      f"the smallest kept set with accuracy{after} >= {fraction:.0%} of full in {where}", overall,
+                      fraction=fraction, category=category, retained=round(retained[best], 4), on=on)
 
 
 def select_budget(ranking, slots, budget, cost="vision_flops", category="overall"):
@@ -263,8 +273,15 @@ def select_budget(ranking, slots, budget, cost="vision_flops", category="overall
                       budget=budget, cost=cost, category=category, kept_cost=_cost(ranking, best, cost))
 
 
+def check_recovered(ranking):
+    """Raise ``PlanError`` unless the ranking holds recovered accuracy (``rank --recover``)."""
+    if not any(row.get("recovered") for row in ranking.get("subsets") or []):
+        raise PlanError("the ranking has no recovered accuracy; rerun `encslim rank` with --recover STEPS "
+                        "--recover-data TRAIN (or decide on masked accuracy: drop --on recovered)")
+
+
 def select(slots, *, drop=None, ranking=None, keep=None, min_retained=None, drop_negative=False, budget=None,
-           category="overall", cost="vision_flops"):
+           category="overall", cost="vision_flops", on="masked"):
     """Run exactly one policy; see the module docstring.
 
     Args:
@@ -275,6 +292,8 @@ def select(slots, *, drop=None, ranking=None, keep=None, min_retained=None, drop
         category: ``overall`` or a ranking category to decide on; ``each`` (``min_retained`` only):
             every category at once.
         cost: the cost ``budget`` refers to.
+        on: ``masked`` (the subset table) or ``recovered`` (``min_retained`` only: the accuracy
+            after ``rank --recover``).
 
     Returns:
         a :class:`Selection`.
@@ -296,10 +315,16 @@ def select(slots, *, drop=None, ranking=None, keep=None, min_retained=None, drop
     check_ranking(ranking, slots)
     if category == EACH and min_retained is None:
         raise ConfigError("--category each works with --min-retained only; name one category for the other policies")
+    if on not in ON:
+        raise ConfigError(f"--on '{on}' unknown; use masked or recovered")
+    if on == "recovered":
+        if min_retained is None:
+            raise ConfigError("--on recovered works with --min-retained only")
+        check_recovered(ranking)
     if keep is not None:
         result = select_keep(ranking, slots, keep, category)
     elif min_retained is not None:
-        result = select_min_retained(ranking, slots, min_retained, category)
+        result = select_min_retained(ranking, slots, min_retained, category, on)
     elif drop_negative:
         result = select_drop_negative(ranking, slots, category)
     else:

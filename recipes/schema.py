@@ -31,6 +31,17 @@ class DataConfig(Section):
     demo_n_train: Optional[int] = Field(None, description="demo train samples (default: the generator's)")
 
 
+class RecoverConfig(Section):
+    """``rank.recover``: recover the frontier's candidates (``encslim rank --recover``) on data.train."""
+
+    steps: int = Field(30, ge=1, description="LoRA steps per candidate and variant")
+    top: int = Field(3, ge=1, description="how many frontier candidates to recover")
+    distill: Literal["off", "on", "both"] = Field("off", description="plain LoRA, distilled from the full model, or both")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    lora_r: int = Field(8, ge=1)
+
+
 class RankConfig(Section):
     mask: Literal["removal", "zero"] = Field("removal", description="removal-consistent mask or the study's zero mask")
     subsets: Literal["single", "pairs", "all", "greedy"] = "all"
@@ -39,6 +50,7 @@ class RankConfig(Section):
     seed: int = 0
     batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(8, ge=1)
+    recover: Optional[RecoverConfig] = Field(None, description="recovery-aware ranking (needs data.train)")
 
 
 class SelectConfig(Section):
@@ -51,9 +63,14 @@ class SelectConfig(Section):
     min_retained: float = Field(0.95, gt=0, le=1.0, description="policy 'min_retained': accuracy share to keep")
     budget: Optional[float] = Field(None, gt=0, description="policy 'budget': cost limit (see prune --budget)")
     cost: Literal["vision_flops", "params", "latency_ms"] = "vision_flops"
+    accuracy: Literal["masked", "recovered"] = Field("masked", description=(
+        "policy 'min_retained': decide on masked accuracy or on the accuracy after rank.recover "
+        "(prune --on; not named 'on', which YAML reads as true)"))
 
     @model_validator(mode="after")
     def _policy_needs(self):
+        if self.accuracy == "recovered" and self.policy != "min_retained":
+            raise ValueError("select.accuracy 'recovered' works with select.policy 'min_retained' only")
         if self.policy == "drop" and not self.drop:
             raise ValueError("select.policy 'drop' needs select.drop: [slot, ...]")
         if self.policy == "keep" and self.keep is None:
@@ -113,6 +130,14 @@ class Recipe(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @model_validator(mode="after")
+    def _recovery_needs(self):
+        if self.select.accuracy == "recovered" and self.rank.recover is None:
+            raise ValueError("select.accuracy 'recovered' needs rank.recover (steps: N) to measure recovered accuracy")
+        if self.rank.recover is not None and not self.data.train:
+            raise ValueError("rank.recover needs data.train files (or ['demo']) to recover on")
+        return self
 
     @field_validator("model")
     @classmethod

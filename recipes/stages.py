@@ -67,12 +67,24 @@ def _run_rank(ctx, tmp):
     from ..prune.rank import rank
 
     r = ctx.recipe.rank
+    recover = None
+    if r.recover is not None:
+        from ..prune.recover import RecoverySettings
+
+        recover = RecoverySettings(data=_data_files(ctx, "train"), seed=r.seed, **r.recover.model_dump())
+    previous = ctx.stage_dir("rank") / "ranking"  # a rerun resumes its recovered candidates
     ranking = rank(_model_path(ctx), _data_files(ctx, "eval"), subsets=r.subsets, mask_mode=r.mask,
                    categories=r.categories, out=tmp / "ranking", bootstrap=r.bootstrap, seed=r.seed,
                    batch_size=r.batch_size, max_new_tokens=r.max_new_tokens, device=ctx.recipe.device,
-                   dtype=ctx.recipe.dtype, overwrite=True)
-    return {"ranking": str(tmp / "ranking"), "slots": list(ranking.data["slots"]),
-            "accuracy_full": ranking.data["accuracy"]["full"]}
+                   dtype=ctx.recipe.dtype, overwrite=True, recover=recover, echo=ctx.echo,
+                   cache=previous if (previous / "records.jsonl").is_file() else None,
+                   resume_recovery=previous if recover is not None and previous.is_dir() else None)
+    outputs = {"ranking": str(tmp / "ranking"), "slots": list(ranking.data["slots"]),
+               "accuracy_full": ranking.data["accuracy"]["full"]}
+    if ranking.data.get("recovery"):
+        outputs["recovery"] = [{k: c[k] for k in ("kept", "accuracy_masked", "accuracy_recovered")}
+                               for c in ranking.data["recovery"]["candidates"]]
+    return outputs
 
 
 # ---------------------------------------------------------------------- prune
@@ -83,7 +95,7 @@ def _select(ctx):
     ranking = select.read_ranking(ctx.output("rank", "ranking"))
     policy = {"drop": {"drop": s.drop}, "keep": {"keep": s.keep}, "min_retained": {"min_retained": s.min_retained},
               "drop_negative": {"drop_negative": True}, "budget": {"budget": s.budget}}[s.policy]
-    return select.select(ranking["slots"], ranking=ranking, category=s.category, cost=s.cost, **policy)
+    return select.select(ranking["slots"], ranking=ranking, category=s.category, cost=s.cost, on=s.accuracy, **policy)
 
 
 def _run_prune(ctx, tmp):
@@ -197,6 +209,9 @@ def summarize(ctx):
     if finetune.get("loss_start") is not None:
         summary["finetune"] = {k: finetune.get(k) for k in ("loss_start", "loss_end", "loss_window", "loss_rose",
                                                             "steps", "samples_seen")}
+    recovery = _kept_recovery(rank.get("recovery"), summary["kept"])
+    if recovery:
+        summary["recovery"] = recovery
     for stage, record in ctx.records.items():
         for key, value in record.get("outputs", {}).items():
             if isinstance(value, str) and Path(value).exists():
@@ -205,6 +220,14 @@ def summarize(ctx):
     if bench_json and Path(bench_json).is_file():
         summary.update(_savings(bench_json, rank.get("accuracy_full", {})))
     return summary
+
+
+def _kept_recovery(candidates, kept):
+    """Masked vs recovered accuracy of the kept set, when ``rank.recover`` recovered it."""
+    for entry in candidates or []:
+        if entry["kept"] == kept:
+            return {"masked": entry["accuracy_masked"], **entry["accuracy_recovered"]}
+    return None
 
 
 def _savings(bench_json, accuracy_full):
@@ -246,6 +269,13 @@ def format_summary(summary):
         for c, v in retained.items():
             lines.append(f"  {c:<16}{full[c]:>8.3f}{variant.get(c, 0.0):>{width}.3f}"
                          f"{(f'{v:.1%}' if v is not None else 'n/a'):>10}")
+    recovery = summary.get("recovery")
+    if recovery:
+        names = list(recovery)
+        lines.append("kept set before/after recovery (rank.recover; accuracy)")
+        lines.append(f"  {'':<16}" + "".join(f"{n:>10}" for n in names))
+        for c in recovery["masked"]:
+            lines.append(f"  {c:<16}" + "".join(f"{recovery[n].get(c, 0.0):>10.3f}" for n in names))
     finetune = summary.get("finetune")
     if finetune:
         lines.append(f"finetune     {finetune['steps']} steps, {finetune['samples_seen']} samples seen; loss "

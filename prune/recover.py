@@ -1,0 +1,324 @@
+"""Recovery-aware ranking: the accuracy a kept set reaches after a short recovery, not only masked.
+
+Masking a trained model measures how much it relies on an encoder; a model retrained without
+that encoder may do better, and the ranking by recovered accuracy can differ from the ranking by
+masking (an encoder the others can stand in for costs a lot masked and little after recovery).
+``encslim rank --recover STEPS`` therefore takes candidate kept sets from the frontier and, for
+each:
+
+1. prunes the model to it (``prune``, verification off: the masked ranking already measured it);
+2. recovers it with ``STEPS`` LoRA steps on the recovery data (``--recover-data``; never the
+   evaluation data), merged; with ``distill`` also, or instead, a run distilled from the full
+   model (:mod:`encslim.finetune.distill`);
+3. evaluates the recovered model on the ranking's own samples with the ranking's settings.
+
+**Candidates.** The Pareto rows of the subset table (accuracy against vision FLOPs), proper and
+non-empty. First the most accurate Pareto row of each size (so the budget spans small and large
+kept sets), ordered by masked accuracy; then the remaining Pareto rows by masked accuracy. The
+first ``top`` are recovered.
+
+**What it writes.** Into ``ranking.json``: ``recovery`` (settings, per candidate the masked and
+recovered accuracy per category, the masked and recovered CUR of the removed set, the recovered
+model folders, relative to the ranking folder), ``recovered`` in each recovered row of ``subsets`` (the primary variant: distilled
+when run, else plain LoRA; ``recovered_variants`` holds each), and ``recovered_cur``: per slot
+whose single removal was recovered, CUR after recovery. ``prune --on recovered`` decides on the
+``recovered`` rows.
+
+**Resumable.** Each candidate works in ``<out>/recover/<kept>/``: every variant's model is
+written atomically, its evaluation into ``<variant>.json``, and ``result.json`` marks the
+candidate done, with a fingerprint of the settings. A rerun (``--overwrite`` of the same out)
+carries the folder over and redoes only what is missing or was made with other settings.
+
+Deviation from a full retraining study: the full model is not given the same recovery steps,
+so ``recovered_cur`` compares a recovered pruned model against the unrecovered full one.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..files import sha256_file
+from .importance import OVERALL, accuracy
+
+logger = logging.getLogger(__name__)
+
+RECOVER_DIR = "recover"
+RESULT_FILE = "result.json"
+DISTILL_CHOICES = ("off", "on", "both")
+PLAIN, DISTILLED = "lora", "distill"
+
+
+@dataclass
+class RecoverySettings:
+    """How ``rank --recover`` recovers each candidate (see the module docstring).
+
+    Attributes:
+        steps: LoRA steps per candidate and variant.
+        data: recovery training file(s) (never the evaluation data).
+        top: how many frontier candidates to recover.
+        distill: ``off`` (plain LoRA), ``on`` (distilled from the full model) or ``both``.
+        lr, batch_size, lora_r, seed: the LoRA run's settings.
+        distill_weight, distill_temperature: as ``finetune --distill-weight/--distill-temperature``.
+    """
+
+    steps: int
+    data: list = field(default_factory=list)
+    top: int = 3
+    distill: str = "off"
+    lr: float = 1e-3
+    batch_size: int = 16
+    lora_r: int = 8
+    seed: int = 0
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
+
+    def problems(self):
+        out = []
+        if not isinstance(self.steps, int) or self.steps < 1:
+            out.append(f"--recover must be a whole number of steps >= 1, got {self.steps!r}")
+        if not isinstance(self.top, int) or self.top < 1:
+            out.append(f"--recover-top must be a whole number >= 1, got {self.top!r}")
+        if self.distill not in DISTILL_CHOICES:
+            out.append(f"--recover-distill '{self.distill}' unknown; use one of {', '.join(DISTILL_CHOICES)}")
+        if not self.data:
+            out.append("--recover needs --recover-data TRAIN_FILE (training samples for the recovery; "
+                       "not the evaluation data)")
+        if not self.lr > 0:
+            out.append(f"--recover-lr must be positive, got {self.lr}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            out.append(f"--recover-batch-size must be >= 1, got {self.batch_size!r}")
+        return out
+
+    @property
+    def variants(self):
+        return {"off": [PLAIN], "on": [DISTILLED], "both": [PLAIN, DISTILLED]}[self.distill]
+
+    @property
+    def primary(self):
+        """The variant ``recovered`` (and so ``prune --on recovered``) reports."""
+        return self.variants[-1]
+
+
+def check_settings(settings, evaluation_data):
+    """Raise ``ConfigError`` for bad recovery settings (before any model is loaded)."""
+    problems = settings.problems()
+    if problems:
+        raise ConfigError(problems[0])
+    train = {str(Path(p).resolve()) for p in settings.data if isinstance(p, (str, Path))}
+    same = sorted(train & {str(Path(p).resolve()) for p in evaluation_data if isinstance(p, (str, Path))})
+    if same:
+        raise ConfigError(f"--recover-data {same[0]} is also ranking data; recover on training samples, "
+                          "or the recovered accuracy is measured on what the model was trained on")
+    missing = [p for p in settings.data if not Path(p).exists()]
+    if missing:
+        raise ConfigError(f"--recover-data {missing[0]} does not exist; pass a training file (JSONL, LLaVA JSON, TSV)")
+
+
+# ---------------------------------------------------------------------------- candidates
+def candidates(ranking, top):
+    """The kept sets to recover, in order (lists of slot names); see the module docstring."""
+    slots = ranking["slots"]
+    rows = [r for r in ranking.get("subsets") or []
+            if r.get("pareto") and r["kept"] and len(r["kept"]) < len(slots)]
+    by_accuracy = sorted(rows, key=lambda r: (-r["accuracy"][OVERALL], len(r["kept"])))
+    best_per_size = {}
+    for row in by_accuracy:
+        best_per_size.setdefault(len(row["kept"]), row)
+    first = [r for r in by_accuracy if best_per_size[len(r["kept"])] is r]
+    ordered = first + [r for r in by_accuracy if r not in first]
+    return [list(r["kept"]) for r in ordered[:top]]
+
+
+def candidate_name(kept):
+    return "+".join(kept)
+
+
+# ---------------------------------------------------------------------------- running
+def _fingerprint(model_path, settings, eval_settings):
+    data = [{"path": str(Path(p).resolve()), "sha256": sha256_file(p) if Path(p).is_file() else None}
+            for p in settings.data]
+    payload = {"model": str(model_path), "settings": {k: v for k, v in asdict(settings).items() if k != "data"},
+               "data": data, "evaluation": eval_settings}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def carry_over(previous_out, new_out):
+    """Link (or copy) the ``recover/`` folder of a previous ranking into the new one (resume)."""
+    source = Path(previous_out) / RECOVER_DIR
+    if not source.is_dir():
+        return
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, Path(new_out) / RECOVER_DIR, copy_function=link, dirs_exist_ok=True)
+
+
+def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cpu", dtype="float32", echo=None):
+    """Recover the frontier candidates of ``ranking`` and add what they reach to it (in place).
+
+    Args:
+        ranking: the ranking dict (masked), as :func:`encslim.prune.rank.rank` computed it.
+        model_path: the full model folder it ranks.
+        samples: the ranking's samples (evaluation data).
+        out: the ranking folder; candidates work in ``out/recover/``.
+        settings: :class:`RecoverySettings`.
+        eval_kwargs: ``batch_size``, ``max_new_tokens`` of the ranking's evaluation.
+        echo: a function printing progress lines (``None``: the log).
+
+    Returns:
+        the ``recovery`` block (also stored in ``ranking``).
+    """
+    from ..data.load import load_samples
+
+    echo = echo or logger.info
+    started = time.perf_counter()
+    train = load_samples([Path(p) for p in settings.data])
+    eval_settings = {"max_new_tokens": eval_kwargs.get("max_new_tokens"), "samples": [s.id for s in samples]}
+    fingerprint = _fingerprint(model_path, settings, eval_settings)
+    work = Path(out) / RECOVER_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    full = ranking["accuracy"]["full"]
+    rows = {tuple(r["kept"]): r for r in ranking["subsets"]}
+    chosen = candidates(ranking, settings.top)
+    if not chosen:
+        raise ConfigError("the ranking has no frontier kept set to recover (it needs the subset table of at least "
+                          "two slots); rank with --subsets all or greedy")
+    results = []
+    for number, kept in enumerate(chosen, 1):
+        row = rows[tuple(kept)]
+        masked = [s for s in ranking["slots"] if s not in kept]
+        folder = work / candidate_name(kept)
+        echo(f"recover {number}/{len(chosen)}: keep {', '.join(kept)} (drop {', '.join(masked)})")
+        result = _recover_one(folder, model_path, masked, train, samples, settings, eval_kwargs, fingerprint,
+                              device, dtype, echo)
+        entry = {"kept": kept, "masked": masked, "accuracy_masked": row["accuracy"],
+                 "accuracy_recovered": result["accuracy"], "cur_masked": _cur(full, row["accuracy"]),
+                 "cur_recovered": {v: _cur(full, acc) for v, acc in result["accuracy"].items()},
+                 "models": result["models"], "seconds": result["seconds"], "reused": result["reused"]}
+        results.append(entry)
+        row["recovered"] = result["accuracy"][settings.primary]
+        row["recovered_variants"] = result["accuracy"]
+    block = {"steps": settings.steps, "top": settings.top, "distill": settings.distill,
+             "variants": settings.variants, "primary": settings.primary,
+             "train_data": [str(Path(p).resolve()) for p in settings.data],
+             "settings": {k: v for k, v in asdict(settings).items() if k != "data"},
+             "candidates_rule": "best Pareto row of each size, then the other Pareto rows, by masked accuracy",
+             "full_model_recovered": False, "candidates": results,
+             "wall_s": round(time.perf_counter() - started, 3)}
+    ranking["recovery"] = block
+    ranking["recovered_cur"] = _recovered_cur(ranking, results, settings.primary)
+    return block
+
+
+def _cur(full, acc):
+    """CUR of the removed set per category: ``(full - acc) / full`` (``None`` where full is 0)."""
+    return {c: ((full[c] - acc[c]) / full[c] if full.get(c) else None) for c in full if c in acc}
+
+
+def _recovered_cur(ranking, results, primary):
+    """Per slot whose single removal was recovered: its CUR after recovery, per category."""
+    out = {}
+    for entry in results:
+        if len(entry["masked"]) == 1:
+            out[entry["masked"][0]] = entry["cur_recovered"][primary]
+    return out
+
+
+def _read(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _recover_one(folder, model_path, masked, train, samples, settings, eval_kwargs, fingerprint, device, dtype,
+                 echo):
+    """One candidate, resumable: ``{"accuracy": {variant: {...}}, "models", "seconds", "reused"}``."""
+    done = _read(folder / RESULT_FILE)
+    if done and done.get("fingerprint") == fingerprint:
+        echo("  reused (done before with the same settings)")
+        return {**done, "reused": True}
+    if done or (folder.exists() and (_read(folder / "fingerprint.json") or {}).get("fingerprint") != fingerprint):
+        shutil.rmtree(folder, ignore_errors=True)  # made with other settings: start over
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "fingerprint.json").write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+    started = time.perf_counter()
+    accuracies, models = {}, {}
+    for variant in settings.variants:
+        model_dir = folder / variant
+        scored = _read(folder / f"{variant}.json")
+        if scored is None:
+            if not (model_dir / "config.json").is_file():
+                _train(folder, model_path, masked, train, settings, variant, model_dir, echo)
+            scored = _evaluate(model_dir, samples, eval_kwargs, device, dtype)
+            _write_json(folder / f"{variant}.json", scored)
+        accuracies[variant] = scored["accuracy"]
+        models[variant] = f"{RECOVER_DIR}/{folder.name}/{variant}"  # relative to the ranking folder
+        echo(f"  {variant}: overall {scored['accuracy'][OVERALL]:.3f}")
+    shutil.rmtree(folder / "pruned", ignore_errors=True)
+    result = {"fingerprint": fingerprint, "accuracy": accuracies, "models": models,
+              "seconds": round(time.perf_counter() - started, 3)}
+    _write_json(folder / RESULT_FILE, result)
+    return {**result, "reused": False}
+
+
+def _train(folder, model_path, masked, train, settings, variant, model_dir, echo):
+    from ..finetune.train import finetune
+    from .surgery import prune
+
+    pruned = folder / "pruned"
+    if not (pruned / "config.json").is_file():
+        prune(model_path, masked, pruned, verify=False, overwrite=True)
+    options = dict(max_steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size, lora_r=settings.lora_r,
+                   seed=settings.seed, merge=True, progress=False)
+    if variant == DISTILLED:
+        options.update(distill_from=str(model_path), distill_weight=settings.distill_weight,
+                       distill_temperature=settings.distill_temperature)
+    summary = finetune(pruned, train, model_dir, overwrite=True, **options)
+    echo(f"  {variant}: {summary['steps']} steps, loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}")
+
+
+def _evaluate(model_dir, samples, eval_kwargs, device, dtype):
+    from ..bench.evaluate import evaluate
+    from ..models.loading import load_model
+
+    model, processor, adapter = load_model(model_dir, device=device, dtype=dtype)
+    result = evaluate(model, processor, adapter, samples, mask_sets=[frozenset()],
+                      batch_size=eval_kwargs.get("batch_size", 8),
+                      max_new_tokens=eval_kwargs.get("max_new_tokens", 8))
+    scores = result.scores[frozenset()]
+    return {"accuracy": accuracy([scores[s.id] for s in samples], [s.category for s in samples]), "n": len(samples)}
+
+
+def _write_json(path, data):
+    tmp = Path(path).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def rewrite_ranking(ranking, folder):
+    """Write the ranking (now with its recovery) into ``folder`` again, each file replaced atomically."""
+    from .rank import write_ranking
+
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=".ranking.tmp-", dir=folder))
+    try:
+        write_ranking(ranking, tmp)
+        for item in tmp.iterdir():
+            os.replace(item, folder / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+__all__ = ["RecoverySettings", "candidates", "carry_over", "check_settings", "recover", "rewrite_ranking"]
