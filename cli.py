@@ -58,7 +58,7 @@ MODEL_ARGUMENTS = {
     "rank": ("model_dir",),
     "prune": ("model",),
     "bench": ("full", "variants"),
-    "finetune train": ("model_dir",),
+    "finetune train": ("model_dir", "distill_from"),
     "export": ("model_dir",),
 }
 
@@ -120,12 +120,12 @@ def accept_encoders(command):
 
 
 def accept_demo(command, path):
-    """Let the model arguments of ``command`` (named ``path`` in :data:`MODEL_ARGUMENTS`) take ``demo``."""
+    """Let the model arguments and options of ``command`` (named ``path`` in :data:`MODEL_ARGUMENTS`) take ``demo``."""
     if getattr(command, "_encslim_accepts_demo", False):
         return command
     names = MODEL_ARGUMENTS.get(path, ())
     for param in command.params:
-        if isinstance(param, click.Argument) and param.name in names and not isinstance(param.type, DemoModelPath):
+        if param.name in names and not isinstance(param.type, DemoModelPath):
             param.type = DemoModelPath(param.type)
     for sub_name, sub in getattr(command, "commands", {}).items():
         accept_demo(sub, f"{path} {sub_name}")

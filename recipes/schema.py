@@ -95,6 +95,9 @@ class FinetuneConfig(Section):
     batch_size: int = Field(8, ge=1)
     encoder_dropout: float = Field(0.0, ge=0, lt=1)
     deepspeed: Optional[str] = Field(None, description="a DeepSpeed JSON config (e.g. recipes/deepspeed/zero2.json)")
+    distill: bool = Field(False, description="distil from the full model (finetune --distill-from)")
+    distill_weight: float = Field(0.5, ge=0, le=1, description="a in (1-a)*CE + a*T^2*KL")
+    distill_temperature: float = Field(2.0, gt=0)
     merge: bool = True
     seed: int = 0
 

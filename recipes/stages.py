@@ -119,9 +119,11 @@ def _run_finetune(ctx, tmp):
         raise ConfigError("finetune.enabled needs data.train files (or ['demo'])")
     summary = finetune(ctx.output("prune", "model"), _data_files(ctx, "train"), tmp / "model", lora_r=f.lora_r,
                        lora_alpha=f.lora_alpha, max_steps=f.max_steps, lr=f.lr, batch_size=f.batch_size,
-                       encoder_dropout=f.encoder_dropout, deepspeed=f.deepspeed, merge=f.merge, seed=f.seed)
+                       encoder_dropout=f.encoder_dropout, deepspeed=f.deepspeed, merge=f.merge, seed=f.seed,
+                       **({"distill_from": _model_path(ctx), "distill_weight": f.distill_weight,
+                           "distill_temperature": f.distill_temperature} if f.distill else {}))
     outputs = {k: summary.get(k) for k in ("loss_first", "loss_last", "loss_start", "loss_end", "loss_window",
-                                           "loss_rose", "steps", "samples_seen")}
+                                           "loss_rose", "steps", "samples_seen", "distill")}
     if f.merge:  # unmerged LoRA output is an adapter, not a model the later stages can load
         outputs["model"] = str(tmp / "model")
     return outputs
@@ -208,7 +210,7 @@ def summarize(ctx):
     finetune = ctx.records.get("finetune", {}).get("outputs", {})
     if finetune.get("loss_start") is not None:
         summary["finetune"] = {k: finetune.get(k) for k in ("loss_start", "loss_end", "loss_window", "loss_rose",
-                                                            "steps", "samples_seen")}
+                                                            "steps", "samples_seen", "distill")}
     recovery = _kept_recovery(rank.get("recovery"), summary["kept"])
     if recovery:
         summary["recovery"] = recovery
@@ -281,6 +283,10 @@ def format_summary(summary):
         lines.append(f"finetune     {finetune['steps']} steps, {finetune['samples_seen']} samples seen; loss "
                      f"{finetune['loss_start']:.4f} -> {finetune['loss_end']:.4f} (mean of the first/last "
                      f"{finetune['loss_window']} steps)" + ("  WARNING: the loss rose" if finetune["loss_rose"] else ""))
+        distill = finetune.get("distill")
+        if distill and distill.get("kl_start") is not None:
+            lines.append(f"distilled    from the full model (T={distill['temperature']:g}, weight {distill['weight']:g}); "
+                         f"KL to it {distill['kl_start']:.4f} -> {distill['kl_end']:.4f}")
     params = summary.get("params")
     if params:
         lines.append(f"params       {params['full']:,} -> {params['variant']:,} ({params['saved']:.1%} saved)")

@@ -25,7 +25,7 @@ def test_every_model_argument_accepts_demo():
         command = cli.get_command(ctx, path.split()[0])
         for sub in path.split()[1:]:
             command = command.commands[sub]
-        arguments = {p.name: p for p in command.params if isinstance(p, click.Argument)}
+        arguments = {p.name: p for p in command.params}  # arguments, and options such as --distill-from
         assert set(names) <= set(arguments), path
         for name in names:
             assert isinstance(arguments[name].type, DemoModelPath), (path, name)
