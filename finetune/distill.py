@@ -278,18 +278,7 @@ def student_forward(adapter, model, inputs, base, want_hidden):
     """
     if not want_hidden:
         return adapter.train_forward(model, inputs, base=base), None
-    inputs = dict(inputs)
-    features = inputs.pop("image_features", None)
-    masked = frozenset(inputs.pop("masked_slots", None) or ())
-    keep = inputs.pop("slot_keep", None)
-    labels = inputs.pop("labels", None)
-    if features is None:
-        run = [s for s in adapter.slot_names(base.config) if s not in masked]
-        features = adapter.encode(base, inputs, run)
-    if keep:
-        features = {s: f * keep[s].to(f).reshape(-1, *([1] * (f.dim() - 1))) if s in keep else f
-                    for s, f in features.items()}
-    embeds = adapter.embed(base, features, inputs, masked, "removal")
+    embeds, inputs, labels, masked = adapter.train_embeds(base, inputs)
     outputs = adapter.lm_forward(model, inputs_embeds=embeds, attention_mask=inputs["attention_mask"], labels=labels)
     image = inputs["input_ids"] == adapter.image_token_id(base.config)
     counts = image.sum(1)

@@ -262,6 +262,12 @@ class Adapter(ABC):
             base: the unwrapped model (its encoders and fusion are called directly).
         """
         base = base if base is not None else model
+        embeds, inputs, labels, _ = self.train_embeds(base, inputs)
+        return self.lm_forward(model, inputs_embeds=embeds, attention_mask=inputs["attention_mask"], labels=labels)
+
+    def train_embeds(self, base, inputs):
+        """The encode and fuse steps of :meth:`train_forward`: ``(inputs_embeds, rest of inputs,
+        labels, masked slots)`` of a training batch (``base``: the unwrapped model)."""
         inputs = dict(inputs)
         features = inputs.pop("image_features", None)
         masked = frozenset(inputs.pop("masked_slots", None) or ())
@@ -273,8 +279,7 @@ class Adapter(ABC):
         if keep:
             features = {s: f * keep[s].to(f).reshape(-1, *([1] * (f.dim() - 1))) if s in keep else f
                         for s, f in features.items()}
-        embeds = self.embed(base, features, inputs, masked, "removal")
-        return self.lm_forward(model, inputs_embeds=embeds, attention_mask=inputs["attention_mask"], labels=labels)
+        return self.embed(base, features, inputs, masked, "removal"), inputs, labels, masked
 
     # ------------------------------------------------------------------ removal and export
     def removal_plan(self, config, drop):

@@ -44,7 +44,7 @@ from torch import nn
 
 from ...errors import ConfigError, ModelLoadError
 from ..eagle.processing import CLIP_MEAN, CLIP_STD, expand2square  # LLaVA's expand2square, as Cambrian's mm_utils
-from ..layout import Mlp
+from ..layout import BackboneDeviceMixin, Mlp
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -138,7 +138,7 @@ def resample_tokens(features, tokens):
     return grid.to(features.dtype).permute(0, 2, 3, 1).flatten(1, 2)
 
 
-class Tower(nn.Module):
+class Tower(BackboneDeviceMixin, nn.Module):
     """One encoder: ``forward(pixels)`` -> (B, token_len, width); ``vision_tower`` is the backbone."""
 
     def __init__(self, slot, kind, vision_tower, token_len, preprocess):
@@ -146,14 +146,6 @@ class Tower(nn.Module):
         self.slot, self.kind, self.token_len = slot, kind, int(token_len)
         self.vision_tower = vision_tower
         self.preprocess = preprocess  # {"image_size", "mean", "std", "pad_mean"}
-
-    @property
-    def dtype(self):
-        return next(self.vision_tower.parameters()).dtype
-
-    @property
-    def device(self):
-        return next(self.vision_tower.parameters()).device
 
 
 class SiglipTower(Tower):
