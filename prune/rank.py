@@ -14,6 +14,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +195,9 @@ def _check_recover(recover, model_or_path, out, data):
         raise ConfigError("--recover needs a model folder (it prunes and fine-tunes copies), not a loaded model")
     if out is None:
         raise ConfigError("--recover needs --out (each candidate is recovered into OUT/recover/)")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ConfigError("--recover runs in one process (each candidate's LoRA run is small); start rank without "
+                          "torchrun, or rank under torchrun first and then rerun with --recover and --overwrite")
     check_settings(recover, [data] if isinstance(data, (str, Path)) else list(data))
 
 

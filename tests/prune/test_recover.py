@@ -153,6 +153,13 @@ def test_recover_input_errors_are_one_line(demo_data, capsys, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_recover_refuses_a_distributed_run(demo_data, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_main(capsys, *RANK, "--data", demo_data / "eval.jsonl", "--out", tmp_path / "r", "--recover",
+                            "2", "--recover-data", demo_data / "train.jsonl")
+    assert code == 2 and "error: --recover runs in one process" in err and not (tmp_path / "r").exists()
+
+
 def test_prune_on_recovered_without_recovery_is_one_line(demo_data, capsys, tmp_path):
     code, _, _ = run_main(capsys, *RANK, "--data", demo_data / "eval.jsonl", "--out", tmp_path / "r", "--subsets",
                           "pairs", "--bootstrap", "0")
