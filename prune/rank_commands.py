@@ -157,6 +157,9 @@ def recovery_summary(data):
              f"{'kept':<{kw}}{'':<12}" + "".join(f"{g:>{width}}" for g in groups)]
     for entry in block["candidates"]:
         kept = "+".join(entry["kept"])
+        if "skipped" in entry:
+            lines.append(f"{kept:<{kw}}skipped: {entry['skipped']}")
+            continue
         lines.append(f"{kept:<{kw}}{'masked':<12}" + "".join(f"{100 * entry['accuracy_masked'][g]:>{width}.1f}"
                                                              for g in groups))
         for variant, acc in entry["accuracy_recovered"].items():

@@ -73,6 +73,9 @@ def _recovery_lines(data, groups):
     rows = []
     for entry in block["candidates"]:
         kept = "+".join(entry["kept"])
+        if "skipped" in entry:
+            rows.append([kept, f"skipped: {entry['skipped']}", *("" for _ in groups), ""])
+            continue
         rows.append([kept, "masked", *(_pct(entry["accuracy_masked"].get(g)) for g in groups),
                      _pct(entry["cur_masked"].get(OVERALL))])
         for variant, acc in entry["accuracy_recovered"].items():

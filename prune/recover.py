@@ -24,6 +24,9 @@ when run, else plain LoRA; ``recovered_variants`` holds each), and ``recovered_c
 whose single removal was recovered, CUR after recovery. ``prune --on recovered`` decides on the
 ``recovered`` rows.
 
+A candidate the family cannot remove (a ``PlanError`` from ``prune``) is listed with ``skipped``
+and its reason; the others go on.
+
 **Resumable.** Each candidate works in ``<out>/recover/<kept>/``: every variant's model is
 written atomically, its evaluation into ``<variant>.json``, and ``result.json`` marks the
 candidate done, with a fingerprint of the settings. A rerun (``--overwrite`` of the same out)
@@ -43,7 +46,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PlanError
 from ..files import sha256_file
 from .importance import OVERALL, accuracy
 
@@ -200,8 +203,14 @@ def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cp
         masked = [s for s in ranking["slots"] if s not in kept]
         folder = work / candidate_name(kept)
         echo(f"recover {number}/{len(chosen)}: keep {', '.join(kept)} (drop {', '.join(masked)})")
-        result = _recover_one(folder, model_path, masked, train, samples, settings, eval_kwargs, fingerprint,
-                              device, dtype, echo)
+        try:
+            result = _recover_one(folder, model_path, masked, train, samples, settings, eval_kwargs, fingerprint,
+                                  device, dtype, echo)
+        except PlanError as err:  # the family cannot remove this set: report it, recover the others
+            echo(f"  skipped: {err}")
+            results.append({"kept": kept, "masked": masked, "accuracy_masked": row["accuracy"], "skipped": str(err)})
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
         entry = {"kept": kept, "masked": masked, "accuracy_masked": row["accuracy"],
                  "accuracy_recovered": result["accuracy"], "cur_masked": _cur(full, row["accuracy"]),
                  "cur_recovered": {v: _cur(full, acc) for v, acc in result["accuracy"].items()},
@@ -230,7 +239,7 @@ def _recovered_cur(ranking, results, primary):
     """Per slot whose single removal was recovered: its CUR after recovery, per category."""
     out = {}
     for entry in results:
-        if len(entry["masked"]) == 1:
+        if len(entry["masked"]) == 1 and "skipped" not in entry:
             out[entry["masked"][0]] = entry["cur_recovered"][primary]
     return out
 

@@ -83,7 +83,7 @@ def _run_rank(ctx, tmp):
                "accuracy_full": ranking.data["accuracy"]["full"]}
     if ranking.data.get("recovery"):
         outputs["recovery"] = [{k: c[k] for k in ("kept", "accuracy_masked", "accuracy_recovered")}
-                               for c in ranking.data["recovery"]["candidates"]]
+                               for c in ranking.data["recovery"]["candidates"] if "skipped" not in c]
     return outputs
 
 

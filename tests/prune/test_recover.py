@@ -168,3 +168,40 @@ def test_prune_on_recovered_without_recovery_is_one_line(demo_data, capsys, tmp_
                             "recovered", "--out", tmp_path / "p")
     assert code == 2 and err.strip().startswith("error: the ranking has no recovered accuracy")
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "p").exists()
+
+
+def test_a_candidate_the_family_cannot_remove_is_skipped_with_its_reason(tmp_path):
+    """DeepSeek-VL hybrid: keeping SAM alone (removing siglip) is refused by its removal plan; the
+    recovery reports that candidate as skipped and recovers the other (siglip alone)."""
+    from encslim.data.load import load_samples
+    from encslim.models.deepseek_vl_hybrid import SIGLIP_REFUSAL
+    from encslim.models.tiny import create_tiny_hybrid
+    from encslim.prune.recover import RecoverySettings, recover
+    from tests.conftest import make_image, write_jsonl
+
+    full = create_tiny_hybrid(tmp_path / "hybrid")
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(6):
+        make_image(i, 48).save(tmp_path / "images" / f"{i}.png")
+        rows.append({"id": f"s{i}", "image": f"images/{i}.png", "question": "What colour is the shape?",
+                     "answer": "red", "category": "General", "metric": "exact"})
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    samples = load_samples([train])
+    accuracy = {"overall": 0.5, "General": 0.5}
+    ranking = {"slots": ["siglip", "sam"], "categories": ["General"], "accuracy": {"full": accuracy},
+               "subsets": [{"kept": ["siglip", "sam"], "masked": [], "accuracy": accuracy, "pareto": True},
+                           {"kept": ["siglip"], "masked": ["sam"], "accuracy": accuracy, "pareto": True},
+                           {"kept": ["sam"], "masked": ["siglip"], "accuracy": accuracy, "pareto": True}]}
+    out = tmp_path / "ranking"
+    out.mkdir()
+    block = recover(ranking, full, samples, out, RecoverySettings(steps=1, data=[train], top=2, batch_size=2),
+                    {"batch_size": 4, "max_new_tokens": 2})
+    by_kept = {tuple(c["kept"]): c for c in block["candidates"]}
+    assert by_kept[("sam",)]["skipped"] == SIGLIP_REFUSAL and not (out / "recover" / "sam").exists()
+    assert set(by_kept[("siglip",)]["accuracy_recovered"]["lora"]) == {"overall", "General"}
+    assert "recovered" in ranking["subsets"][1] and "recovered" not in ranking["subsets"][2]
+    assert list(ranking["recovered_cur"]) == ["sam"]  # the single removal that was recovered
+    from encslim.prune.rank_report import _recovery_lines
+
+    assert any("skipped: removing 'siglip'" in line for line in _recovery_lines(ranking, ["General", "overall"]))
