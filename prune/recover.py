@@ -13,9 +13,10 @@ each:
 3. evaluates the recovered model on the ranking's own samples with the ranking's settings.
 
 **Candidates.** The Pareto rows of the subset table (accuracy against vision FLOPs), proper and
-non-empty. First the most accurate Pareto row of each size (so the budget spans small and large
-kept sets), ordered by masked accuracy; then the remaining Pareto rows by masked accuracy. The
-first ``top`` are recovered.
+non-empty (every proper row when none is, as when all tie with the empty set). First the most
+accurate Pareto row of each size (so the budget spans small and large kept sets), ordered by
+masked accuracy; then the remaining Pareto rows by masked accuracy. The first ``top`` are
+recovered.
 
 **What it writes.** Into ``ranking.json``: ``recovery`` (settings, per candidate the masked and
 recovered accuracy per category, the masked and recovered CUR of the removed set, the recovered
@@ -128,8 +129,8 @@ def check_settings(settings, evaluation_data):
 def candidates(ranking, top):
     """The kept sets to recover, in order (lists of slot names); see the module docstring."""
     slots = ranking["slots"]
-    rows = [r for r in ranking.get("subsets") or []
-            if r.get("pareto") and r["kept"] and len(r["kept"]) < len(slots)]
+    proper = [r for r in ranking.get("subsets") or [] if r["kept"] and len(r["kept"]) < len(slots)]
+    rows = [r for r in proper if r.get("pareto")] or proper  # none on the frontier (ties with the empty set)
     by_accuracy = sorted(rows, key=lambda r: (-r["accuracy"][OVERALL], len(r["kept"])))
     best_per_size = {}
     for row in by_accuracy:

@@ -33,6 +33,10 @@ def test_candidates_take_the_best_pareto_row_of_each_size_first():
     # full and empty sets are never candidates; non-Pareto rows neither
     assert candidates(ranking, 5) == [["b", "c"], ["a"], ["a", "b"]]
     assert candidates(ranking, 2) == [["b", "c"], ["a"]]
+    # nothing proper on the frontier (everything ties with the empty set): every proper row is a candidate
+    flat = _ranking([_row(SLOTS, 0.0, False), _row(["a", "b"], 0.0, False), _row(["c"], 0.0, False),
+                     _row([], 0.0, True)])
+    assert candidates(flat, 3) == [["c"], ["a", "b"]]
 
 
 def test_min_retained_on_recovered_decides_on_the_recovered_rows():
