@@ -79,7 +79,8 @@ EVALUATION_ONLY = ("subsets", "shapley_permutations", "batch_size", "max_new_tok
               help="Training file(s) for the recovery (required with --recover; not the ranking data).")
 @click.option("--recover-distill", default="off", show_default=True, type=click.Choice(["off", "on", "both"]),
               help="Recover with plain LoRA, distilled from the full model, or both (reported side by side).")
-@click.option("--recover-lr", default=1e-3, show_default=True, type=float, help="Learning rate of the recovery.")
+@click.option("--recover-lr", default=5e-4, show_default=True, type=float,
+              help="Learning rate of the recovery (lower than a plain finetune's: the candidates start trained).")
 @click.option("--recover-batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--recover-lora-r", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--overwrite", is_flag=True, help="Replace OUT (its cached scores and recovered candidates are reused).")

@@ -76,7 +76,7 @@ class RecoverySettings:
     data: list = field(default_factory=list)
     top: int = 3
     distill: str = "off"
-    lr: float = 1e-3
+    lr: float = 5e-4
     batch_size: int = 16
     lora_r: int = 8
     seed: int = 0

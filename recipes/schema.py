@@ -37,7 +37,7 @@ class RecoverConfig(Section):
     steps: int = Field(30, ge=1, description="LoRA steps per candidate and variant")
     top: int = Field(3, ge=1, description="how many frontier candidates to recover")
     distill: Literal["off", "on", "both"] = Field("off", description="plain LoRA, distilled from the full model, or both")
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(5e-4, gt=0)
     batch_size: int = Field(16, ge=1)
     lora_r: int = Field(8, ge=1)
 
