@@ -1,6 +1,6 @@
 """Distillation (``finetune --distill-from``) beyond LoRA on the demo model: full fine-tuning, the hidden-state
-term (on where the fused image tokens match, skipped on class B), an Eagle, a DeepSeek-VL and a Cambrian
-student, DeepSpeed ZeRO-2/3 (slow), and the CLI refusing a teacher folder without ``config.json``.
+term (on where the fused image tokens match, skipped on class B), Eagle, Eagle2, I-MoF, DeepSeek-VL and Cambrian
+students, DeepSpeed ZeRO-2/3 (slow), and the CLI refusing a teacher folder without ``config.json``.
 
 Tiny seeded models on the CPU, pruned of one encoder, distilled for a few steps from the folder they were pruned
 from. The per-step loss parts are recorded by wrapping :func:`encslim.finetune.distill.distill_loss` (the trainer
@@ -136,6 +136,20 @@ def test_eagle_student(tiny_eagle_dir, data, tmp_path, parts):
     summary = finetune(_pruned(full, "sam-1024", tmp_path), data, out, distill_from=str(full), **RUN)
     _check_distilled(summary, out, full)
     assert summary["slots"] == ["clip-448"] and len(parts) == 3
+
+
+@pytest.mark.parametrize("family, drop, kept", [("eagle2", "convnext", ["siglip"]), ("imof", "dinov2", ["clip"])])
+def test_eagle2_and_imof_students(family, drop, kept, data, tmp_path, parts):
+    """Eagle2 (SigLIP + ConvNeXt, Qwen2) and I-MoF (CLIP + DINOv2, LLaVA-1.5 layout), original layouts."""
+    from encslim.models.eagle2 import create_tiny_eagle2
+    from encslim.models.imof import create_tiny_imof
+
+    full = tmp_path / family
+    {"eagle2": create_tiny_eagle2, "imof": create_tiny_imof}[family](full, seed=0)
+    out = tmp_path / "out"
+    summary = finetune(_pruned(full, drop, tmp_path), data, out, distill_from=str(full), **RUN)
+    _check_distilled(summary, out, full)
+    assert summary["slots"] == kept and len(parts) == 3
 
 
 def test_deepseek_vl_student_of_the_hybrid(data, tmp_path, parts):
