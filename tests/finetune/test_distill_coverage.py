@@ -9,9 +9,6 @@ looks it up at every step).
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,9 +19,9 @@ from encslim.finetune.train import finetune
 from encslim.prune.surgery import prune
 
 from ..conftest import make_image, run_main, write_jsonl
+from .test_finetune_deepspeed import _losses, _run_cli  # the CLI in a fresh process, as the DeepSpeed tests run it
 
 RUN = dict(max_steps=3, batch_size=4, lr=1e-3, seed=0, progress=False)
-DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
 @pytest.fixture(scope="module")
@@ -196,17 +193,6 @@ def test_cli_refuses_a_teacher_folder_without_config_json(demo_student, data, tm
 
 
 # ---------------------------------------------------------------------------------------- DeepSpeed (slow)
-def _run_cli(*args):
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}  # encslim sets them itself
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "encslim.cli", "finetune", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _losses(out):
-    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def reference(a1, data, tmp_path_factory):
     """The DeepSpeed runs' options without DeepSpeed, in this process."""
