@@ -8,12 +8,15 @@ with ``a`` = ``distill_weight``, ``T`` = ``distill_temperature`` and ``h`` = ``d
 The KL is token-level, on the answer tokens only (the positions the label loss learns), averaged
 over them.
 
-**Teacher targets are computed once.** Before training, the full model runs once over the
-training examples (its own prompt ids, built from the same question text, so it sees the same
-prompt tokens; only a class-B teacher has more image tokens) and its log-probabilities at the
-answer positions are kept in host memory, keyed by example, and fed through the collator. So a
-distilled run costs one extra forward pass of the teacher over the data, then exactly the steps of
-plain LoRA. What is stored per answer token:
+**Teacher targets are computed once.** The full model runs on each training example (its own
+prompt ids, built from the same question text, so it sees the same prompt tokens; only a class-B
+teacher has more image tokens) and its log-probabilities at the answer positions are kept in host
+memory, keyed by example, and fed through the collator. When the run will see every example,
+that is one pass over the data before training, after which the teacher is freed; when
+``max_steps`` lets it draw fewer examples than the file holds, the teacher stays loaded and runs
+on each example the first time a batch draws it (``finetune.json``: ``targets: on demand`` and how
+many it computed; the data loader reads one batch ahead, so a few more than were trained on). So a distilled run costs at most one teacher forward per example it trains on,
+then exactly the steps of plain LoRA. What is stored per answer token:
 
 * the full vocabulary's log-probabilities when the vocabulary has at most
   :data:`FULL_VOCAB_MAX` tokens (the tiny and demo models) or ``distill_top_k`` is 0;
@@ -63,9 +66,19 @@ class TeacherTargets:
         temperature: the temperature the log-probabilities are taken at.
     """
 
-    def __init__(self, logp, index, tail, hidden, vocab_size, top_k, temperature):
+    def __init__(self, logp, index, tail, hidden, vocab_size, top_k, temperature, fill=None):
         self.logp, self.index, self.tail, self.hidden = logp, index, tail, hidden
         self.vocab_size, self.top_k, self.temperature = vocab_size, top_k, temperature
+        self.fill = fill  # on demand: fill(indices) -> (logp, index, tail, hidden) lists for them
+
+    @property
+    def mode(self):
+        return "on demand" if self.fill is not None else "precomputed"
+
+    @property
+    def computed(self):
+        """How many examples' targets the teacher has computed so far."""
+        return sum(1 for t in self.logp if t is not None)
 
     def __len__(self):
         return len(self.logp)
@@ -77,8 +90,22 @@ class TeacherTargets:
             total += sum(t.numel() * t.element_size() for t in (group or []) if t is not None)
         return total
 
+    def _ensure(self, indices):
+        missing = sorted({i for i in indices if self.logp[i] is None})
+        if not missing:
+            return
+        logp, index, tail, hidden = self.fill(missing)
+        for k, i in enumerate(missing):
+            self.logp[i] = logp[k]
+            if self.index is not None:
+                self.index[i], self.tail[i] = index[k], tail[k]
+            if self.hidden is not None:
+                self.hidden[i] = hidden[k]
+
     def batch(self, indices):
-        """The targets of ``indices`` padded to the longest answer: a dict of tensors for the collator."""
+        """The targets of ``indices`` padded to the longest answer: a dict of tensors for the collator
+        (computed by the teacher first where they are not yet, in on-demand mode)."""
+        self._ensure(indices)
         rows = [self.logp[i] for i in indices]
         width = rows[0].shape[-1]
         longest = max(r.shape[0] for r in rows)
@@ -219,30 +246,58 @@ def compute_teacher_targets(teacher_path, samples, student, config, build, devic
                           "distil from the model the student was pruned from")
     top_k = resolve_top_k(vocab, config.distill_top_k)
     hidden_shape, hidden_note = _hidden_shape(s_model, s_adapter, teacher, t_adapter, config)
-    need = target_bytes(t_examples, vocab, top_k, hidden_shape)
+    used = samples_used(config, len(t_examples))
+    need = target_bytes(t_examples, vocab, top_k, hidden_shape) * min(1.0, used / max(1, len(t_examples)))
     limit = config.distill_memory_gb * 2**30
     if need > limit:
         raise ConfigError(f"the teacher's targets would take {need / 2**30:.2f} GiB, over --distill-memory-gb "
                           f"{config.distill_memory_gb:g}; lower --distill-top-k or raise --distill-memory-gb")
-    logger.info("teacher %s: %d answer tokens of %d examples, %s, %.1f MB", teacher_path,
-                sum(len(e.answer_ids) for e in t_examples), len(t_examples),
-                "full vocabulary" if top_k is None else f"top-{top_k} + tail", need / 1e6)
-    logps, hiddens = answer_log_probs(teacher, t_processor, t_adapter, t_examples, config.distill_temperature,
-                                      config.feature_batch_size, hidden=hidden_shape is not None)
-    del teacher
-    index = tail = None
-    if top_k is not None:
-        index, tail, kept = [], [], []
-        for lp in logps:
-            values, ids = lp.topk(top_k, dim=-1)
-            rest = torch.log1p(-values.exp().sum(-1).clamp(max=1 - 1e-7))
-            kept.append(values)
-            index.append(ids)
-            tail.append(rest)
-        logps = kept
-    targets = TeacherTargets(logps, index, tail, hiddens, vocab, top_k, config.distill_temperature)
+    on_demand = used < len(t_examples)
+    logger.info("teacher %s: %d examples, %s, about %.1f MB, %s", teacher_path, len(t_examples),
+                "full vocabulary" if top_k is None else f"top-{top_k} + tail", need / 1e6,
+                f"on demand (the run sees at most {used} of them)" if on_demand else "computed now")
+
+    def fill(indices):
+        logps, hiddens = answer_log_probs(teacher, t_processor, t_adapter, [t_examples[i] for i in indices],
+                                          config.distill_temperature, config.feature_batch_size,
+                                          hidden=hidden_shape is not None)
+        return (*_stored(logps, top_k), hiddens)
+
+    n = len(t_examples)
+    empty = [None] * n
+    targets = TeacherTargets(list(empty), None if top_k is None else list(empty),
+                             None if top_k is None else list(empty), None if hidden_shape is None else list(empty),
+                             vocab, top_k, config.distill_temperature, fill=fill)
+    if not on_demand:  # every example will be seen: one pass now, then the teacher is freed
+        targets._ensure(range(n))
+        targets.fill = None
+        del teacher
     targets.hidden_note = hidden_note
     return targets
+
+
+def samples_used(config, n_examples):
+    """The most training examples a run can draw: all of them, or ``max_steps`` x batch x
+    accumulation x processes when that is fewer (the examples are drawn at random)."""
+    if not config.max_steps:
+        return n_examples
+    import os
+
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    return min(n_examples, config.max_steps * config.batch_size * config.grad_accum * world)
+
+
+def _stored(logps, top_k):
+    """``(logp, index, tail)`` as stored: the full rows, or the top-k values, their ids and the tail bin."""
+    if top_k is None:
+        return logps, None, None
+    index, tail, kept = [], [], []
+    for lp in logps:
+        values, ids = lp.topk(top_k, dim=-1)
+        kept.append(values)
+        index.append(ids)
+        tail.append(torch.log1p(-values.exp().sum(-1).clamp(max=1 - 1e-7)))
+    return kept, index, tail
 
 
 def _lm_vocab(model):

@@ -227,6 +227,7 @@ def _distill_info(teacher_path, targets, trainer, config):
     return {"teacher": str(teacher_path), "temperature": config.distill_temperature, "weight": config.distill_weight,
             "hidden_weight": config.distill_hidden_weight, "hidden": getattr(targets, "hidden_note", "off"),
             "stored": "full vocabulary" if targets.top_k is None else f"top-{targets.top_k} + tail",
+            "targets": targets.mode, "teacher_examples": targets.computed,
             "vocab_size": targets.vocab_size, "targets_mb": round(targets.nbytes / 1e6, 3),
             "kl_start": sum(kls[:k]) / k if kls else None, "kl_end": sum(kls[-k:]) / k if kls else None}
 
