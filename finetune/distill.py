@@ -215,7 +215,7 @@ def answer_log_probs(model, processor, adapter, examples, temperature=1.0, batch
     return logps, (hiddens if hidden else None)
 
 
-def compute_teacher_targets(teacher_path, samples, student, config, build, device="cpu", progress=False):
+def compute_teacher_targets(teacher_path, samples, student, config, build, device="cpu"):
     """Run the full model once over the training samples: :class:`TeacherTargets`.
 
     Args:
@@ -385,13 +385,15 @@ def teacher_kl(student_path, teacher_path, data, prompt_format="eval", batch_siz
     """Mean token-level KL(teacher || student) at temperature 1 on the answers of ``data``.
 
     The measure distillation optimises, for checking a recovered model against its full model.
-    ``student_path`` may be a plain model folder or a LoRA output of ``encslim finetune``.
+    Both are model folders (a LoRA run: its ``--merge`` output).
     """
+    from ..models.loading import load_model
+
     from .train import _examples_for, _samples, _data_paths
 
     samples = _samples(data, _data_paths(data))
-    student, s_processor, s_adapter = _load_any(student_path)
-    teacher, t_processor, t_adapter = _load_any(teacher_path)
+    student, s_processor, s_adapter = load_model(student_path)
+    teacher, t_processor, t_adapter = load_model(teacher_path)
     check_same_tokenizer(s_adapter, s_processor, t_adapter, t_processor, teacher_path)
     s_examples = _examples_for(student, s_processor, s_adapter, samples, prompt_format)
     t_examples = _examples_for(teacher, t_processor, t_adapter, samples, prompt_format)
@@ -399,21 +401,3 @@ def teacher_kl(student_path, teacher_path, data, prompt_format="eval", batch_siz
     p, _ = answer_log_probs(teacher, t_processor, t_adapter, t_examples, 1.0, batch_size)
     total = sum(float((lp.exp() * (lp - lq)).sum()) for lp, lq in zip(p, q))
     return total / sum(lp.shape[0] for lp in p)
-
-
-def _load_any(path):
-    """A plain model folder, or a LoRA output (adapter merged in memory over its base)."""
-    from pathlib import Path
-
-    from ..models.loading import load_model
-
-    path = Path(path)
-    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        from peft import PeftModel
-
-        from .merge import adapter_base
-
-        model, processor, adapter = load_model(adapter_base(path))
-        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-        return model, processor, adapter
-    return load_model(path)

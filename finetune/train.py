@@ -113,7 +113,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     examples = _examples(model, processor, adapter, samples, config)
     torch.manual_seed(config.seed)
     features = _features(model, processor, adapter, examples, config)
-    targets = _teacher_targets(teacher_path, samples, model, processor, adapter, examples, config, torch)
+    targets = _teacher_targets(teacher_path, samples, model, processor, adapter, examples, config)
     from .trainable import prepare_trainable
 
     with warnings.catch_warnings():
@@ -203,7 +203,7 @@ def _teacher_path(config):
     return path
 
 
-def _teacher_targets(teacher_path, samples, model, processor, adapter, examples, config, torch):
+def _teacher_targets(teacher_path, samples, model, processor, adapter, examples, config):
     """The full model's answer distributions over the training examples, computed once (or ``None``)."""
     if teacher_path is None:
         return None
@@ -214,7 +214,7 @@ def _teacher_targets(teacher_path, samples, model, processor, adapter, examples,
 
     device = next(model.parameters()).device
     return compute_teacher_targets(teacher_path, samples, (model, processor, adapter, examples), config, build,
-                                   device=device, progress=_progress(config))
+                                   device=device)
 
 
 def _distill_info(teacher_path, targets, trainer, config):

@@ -21,8 +21,8 @@ def pruned(tmp_path_factory):
 
 def test_distilled_student_is_closer_to_the_full_model_than_plain_lora(pruned, tmp_path):
     model, data = pruned
-    plain = finetune(model, data, tmp_path / "plain", max_steps=15, lr=1e-3, batch_size=16, seed=0)
-    dist = finetune(model, data, tmp_path / "dist", max_steps=15, lr=1e-3, batch_size=16, seed=0,
+    plain = finetune(model, data, tmp_path / "plain", max_steps=15, lr=1e-3, batch_size=16, seed=0, merge=True)
+    dist = finetune(model, data, tmp_path / "dist", max_steps=15, lr=1e-3, batch_size=16, seed=0, merge=True,
                     distill_from=str(DEMO_MODEL_DIR), distill_weight=0.5)
     assert plain["distill"] is None and dist["distill"]["stored"] == "full vocabulary"
     # 15 steps x 16 draw more than the 64 examples: the teacher ran once over all of them, up front

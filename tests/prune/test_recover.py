@@ -8,7 +8,7 @@ import pytest
 from encslim.errors import PlanError
 from encslim.prune.recover import candidates
 from encslim.prune.select import select
-from tests.conftest import run_main
+from ..conftest import make_image, run_main, write_jsonl
 
 SLOTS = ["a", "b", "c"]
 
@@ -181,7 +181,6 @@ def test_a_candidate_the_family_cannot_remove_is_skipped_with_its_reason(tmp_pat
     from encslim.models.deepseek_vl_hybrid import SIGLIP_REFUSAL
     from encslim.models.tiny import create_tiny_hybrid
     from encslim.prune.recover import RecoverySettings, recover
-    from tests.conftest import make_image, write_jsonl
 
     full = create_tiny_hybrid(tmp_path / "hybrid")
     (tmp_path / "images").mkdir()
