@@ -14,17 +14,18 @@ __version__ = "0.1.0"
 _LAZY = {
     "EncslimError": "encslim.errors:EncslimError",
     "load_model": "encslim.models.loading:load_model",
-    "create_tiny": "encslim.models.tiny:create_tiny",
+    "create_tiny": "encslim.models.families.native.tiny:create_tiny",
     "inspect_model": "encslim.models.inspect:inspect_model",
-    "get_adapter": "encslim.models.adapter:get_adapter",
-    "register_adapter": "encslim.models.adapter:register_adapter",
-    "EncslimConfig": "encslim.models.configuration_encslim:EncslimConfig",
-    "EncslimForConditionalGeneration": "encslim.models.modeling_encslim:EncslimForConditionalGeneration",
-    "EncslimProcessor": "encslim.models.processing_encslim:EncslimProcessor",
+    "get_adapter": "encslim.models.registry:get_adapter",
+    "register_family": "encslim.models.registry:register_family",
+    "Family": "encslim.models.registry:Family",
+    "EncslimConfig": "encslim.models.families.native.configuration:EncslimConfig",
+    "EncslimForConditionalGeneration": "encslim.models.families.native.modeling:EncslimForConditionalGeneration",
+    "EncslimProcessor": "encslim.models.families.native.processing:EncslimProcessor",
     "export_model": "encslim.export:export_model",
     "rank": "encslim.prune.rank:rank",
     "prune": "encslim.prune.surgery:prune",
-    "register_transformers": "encslim.models.loading:register_transformers",
+    "register_transformers": "encslim.models.registry:register_transformers",
 }
 
 

@@ -36,15 +36,26 @@ SHORT_HELP = {
     "run": "Run a YAML recipe end to end (rank, prune, finetune, export, bench).",
     "recipes": "List and validate recipes.",
     "inspect": "Show a model's encoder slots, fusion, parameters and FLOPs.",
-    "create-tiny": "Write a tiny random model folder (native, eagle, eagle2, imof, cambrian, deepseek_vl_hybrid).",
     "eval": "Evaluate a model on benchmark files (VLMEvalKit TSV, JSONL) under encoder masks.",
     "bench": "Benchmark a full model against variants: latency per stage, memory, FLOPs, accuracy.",
     "rank": "Rank encoder slots per category: CUR, IG, Shapley values, cost frontier.",
     "prune": "Remove encoder slots (explicit or from a ranking) and write the pruned model.",
     "demo": "Planted-specialization demo: write its data, train its model.",
     "finetune": "Fine-tune a (pruned) model: LoRA or full, DeepSpeed ZeRO-2/3, merge.",
-    "export": "Export a model: HF folder, stock LLaVA / DeepSeek-VL, remote code, ONNX (verified).",
 }
+
+
+def short_help(name):
+    """The one-line help of command ``name``; the family-dependent ones come from the registry's records."""
+    if name == "create-tiny":
+        from .models.registry import families
+
+        return f"Write a tiny random model folder ({', '.join(families())})."
+    if name == "export":
+        from .models.registry import export_formats
+
+        return f"Export a model ({', '.join(export_formats())}), verified against the source."
+    return SHORT_HELP.get(name, "")
 
 
 # commands that load a model folder, so take --encoder SLOT=PATH (encoders outside the checkpoint)
@@ -93,7 +104,7 @@ class DemoModelPath(click.ParamType):
 
 
 def _set_encoders(ctx, param, values):
-    """``--encoder NAME=PATH`` callback: name the local encoder folders for this process (Cambrian)."""
+    """``--encoder NAME=PATH`` callback: name the local encoder folders for this process."""
     if values:
         from .models.external import parse_encoder_args, set_encoder_paths
 
@@ -104,7 +115,7 @@ def _set_encoders(ctx, param, values):
 
 
 ENCODER_HELP = ("Local folder of an encoder the checkpoint does not hold, as SLOT=PATH (repeat per slot; "
-                "Cambrian-1 keeps its encoders outside the checkpoint). Saved in encslim's outputs.")
+                "for families that keep their encoders outside the checkpoint). Saved in encslim's outputs.")
 
 
 def accept_encoders(command):
@@ -156,7 +167,7 @@ class LazyGroup(click.Group):
 
     def format_commands(self, ctx, formatter):
         """List sub-commands from SHORT_HELP, without importing their modules."""
-        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        rows = [(name, short_help(name)) for name in self.list_commands(ctx)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

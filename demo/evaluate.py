@@ -54,7 +54,7 @@ def evaluate_demo(model, processor, samples, mask_sets=((),), batch_size=50, max
     """
     from .data import to_samples
     from ..bench.evaluate import evaluate
-    from ..models.adapter import get_adapter
+    from ..models.registry import get_adapter
 
     model.eval()
     result = evaluate(model, processor, get_adapter(model.config.model_type), to_samples(samples),

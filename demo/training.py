@@ -105,10 +105,10 @@ class DemoTrainConfig:
 
 def build_demo_model(seed=0):
     """``(model, processor)``: the untrained demo architecture, weights drawn from ``seed``."""
-    from ..models.configuration_encslim import EncslimConfig
-    from ..models.modeling_encslim import EncslimForConditionalGeneration
-    from ..models.native import register_auto_classes
-    from ..models.processing_encslim import EncslimProcessor
+    from ..models.families.native.configuration import EncslimConfig
+    from ..models.families.native.modeling import EncslimForConditionalGeneration
+    from ..models.families.native.adapter import register_auto_classes
+    from ..models.families.native.processing import EncslimProcessor
     from ..models.tokenizer import build_tokenizer
 
     register_auto_classes()

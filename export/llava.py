@@ -48,7 +48,7 @@ def llava_config(config):
     """The ``LlavaConfig`` equal to a LLaVA-compatible native config."""
     from transformers import LlavaConfig
 
-    from ..models.configuration_encslim import backbone_info
+    from ..models.families.native.configuration import backbone_info
 
     slot = config.slot_names[0]
     enc = config.encoder(slot)
@@ -109,7 +109,7 @@ def llava_processor(processor, config):
     from transformers import LlavaProcessor
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-    from ..models.configuration_encslim import backbone_info
+    from ..models.families.native.configuration import backbone_info
 
     slot = config.slot_names[0]
     enc = config.encoder(slot)

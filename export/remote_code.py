@@ -14,11 +14,12 @@ the code it loads the folder with, and compares the folder's logits with the sou
 import ast
 import json
 import logging
-import shutil
+import re
 import sys
 from pathlib import Path
 
-from ..errors import VerificationError
+from ..errors import ConfigError, VerificationError
+from ..models.capabilities import supports_remote_code
 from ..files import atomic_output_dir, check_output_path, sha256_file
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch, probe_logits,
                      read_source, require_target)
@@ -26,17 +27,7 @@ from .finish import check_card_inputs, finish_folder, slot_rows
 
 logger = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-# the native code and what it imports (masking: torch only; its encslim import is optional)
-CODE_FILES = ("configuration_encslim.py", "modeling_encslim.py", "processing_encslim.py", "masking.py")
-NEEDS = "a native encslim model (model_type 'encslim')"
-MODEL_AUTO_MAP = {
-    "AutoConfig": "configuration_encslim.EncslimConfig",
-    "AutoModel": "modeling_encslim.EncslimForConditionalGeneration",
-    "AutoModelForImageTextToText": "modeling_encslim.EncslimForConditionalGeneration",
-    "AutoProcessor": "processing_encslim.EncslimProcessor",
-}
-PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_encslim.EncslimProcessor"}
+NEEDS = "a model whose family ships its code (the native family)"
 # what the shipped files may import: the standard library, torch, transformers, numpy, PIL
 ALLOWED_IMPORTS = {"torch", "transformers", "numpy", "PIL"}
 # the folder is the same model saved again: stricter than provenance.VERIFY_TOLERANCE (the round trip is exact)
@@ -52,14 +43,38 @@ print(processor.batch_decode(model.generate(**batch, max_new_tokens=16)))
 """
 
 
-def foreign_imports(path):
-    """Modules a source file imports that a bare torch+transformers install lacks. Pure (reads the file).
+RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+)([\w.]*)(\s+import\b)", re.M)
 
-    Relative imports must name another shipped file. Imports inside ``try: ... except ImportError``
-    are optional (the file runs without them; transformers' remote-code check skips them too).
+
+def flatten_imports(text, source, files):
+    """``text`` (the file ``source``) with each relative import of another shipped file rewritten to its
+    shipped name (``from ...masking import`` -> ``from .masking import``); others are left as they are.
+
+    Args:
+        files: ``{shipped name: source file}`` of the whole export.
     """
-    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    shipped = {Path(f).stem for f in CODE_FILES}
+    shipped = {Path(src).resolve(): Path(name).stem for name, src in files.items()}
+
+    def flat(match):
+        base = Path(source).resolve().parent
+        for _ in range(len(match.group(2)) - 1):
+            base = base.parent
+        target = base.joinpath(*match.group(3).split(".")).with_suffix(".py") if match.group(3) else None
+        stem = shipped.get(target) if target is not None else None
+        return f"{match.group(1)}.{stem}{match.group(4)}" if stem else match.group(0)
+
+    return RELATIVE_IMPORT.sub(flat, text)
+
+
+def foreign_imports(text, shipped):
+    """Modules a source text imports that a bare torch+transformers install lacks. Pure.
+
+    Relative imports must name another shipped file (``shipped``: their module stems). Imports inside
+    ``try: ... except ImportError`` are optional (the file runs without them; transformers'
+    remote-code check skips them too).
+    """
+    tree = ast.parse(text)
+    shipped = set(shipped)
     optional = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Try) and _catches_import_error(node)
                 for stmt in node.body for inner in ast.walk(stmt)}
     bad = []
@@ -70,7 +85,7 @@ def foreign_imports(path):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                if (node.module or "").split(".")[0] not in shipped:
+                if node.level != 1 or (node.module or "").split(".")[0] not in shipped:
                     bad.append("." * node.level + (node.module or ""))
                 continue
             names = [node.module]
@@ -92,27 +107,33 @@ def _catches_import_error(node):
     return False
 
 
-def ship_code(folder):
-    """Copy the native code files into ``folder``; return ``{file: sha256}``.
+def ship_code(folder, code):
+    """Write the family's code files (``code``: a :class:`~encslim.models.capabilities.RemoteCode`) into
+    ``folder``, flat, their relative imports rewritten to the shipped names; return ``{file: sha256}``.
 
     Raises:
         VerificationError: a file imports something a plain transformers install lacks.
     """
     hashes = {}
-    for name in CODE_FILES:
-        bad = foreign_imports(MODELS_DIR / name)
+    stems = {Path(name).stem for name in code.files}
+    for name, source in code.files.items():
+        text = flatten_imports(Path(source).read_text(encoding="utf-8"), source, code.files)
+        bad = foreign_imports(text, stems)
         if bad:
             raise VerificationError(f"{name} imports {', '.join(bad)}, so it cannot ship as remote code; keep the "
-                                    f"models/ code self-contained (torch and transformers only)")
-        shutil.copyfile(MODELS_DIR / name, Path(folder) / name)
+                                    f"family's modeling code self-contained (torch and transformers only)")
+        (Path(folder) / name).write_text(text, encoding="utf-8")
         hashes[name] = sha256_file(Path(folder) / name)
     return hashes
 
 
-def add_auto_map(folder):
-    """Write the ``auto_map`` entries into ``config.json`` and ``processor_config.json``."""
-    for file_name, auto_map in (("config.json", MODEL_AUTO_MAP), ("processor_config.json", PROCESSOR_AUTO_MAP)):
+def add_auto_map(folder, code):
+    """Write the ``auto_map`` entries of ``code`` into ``config.json`` and ``processor_config.json``."""
+    for file_name, auto_map in (("config.json", code.model_auto_map),
+                                ("processor_config.json", code.processor_auto_map)):
         path = Path(folder) / file_name
+        if not auto_map or not path.is_file():
+            continue
         data = json.loads(path.read_text(encoding="utf-8"))
         data["auto_map"] = dict(auto_map)
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -138,14 +159,17 @@ def export_remote_code(model_dir, out, *, overwrite=False, max_shard_size="5GB",
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
     require_target(source, "remote-code", NEEDS, "remote code")
+    if not supports_remote_code(source.adapter):
+        raise ConfigError(f"{model_dir}: its family ships no modeling code; export it as --format hf instead")
+    code = source.adapter.remote_code()
     model, processor = load_source(source, dtype)
     batch = probe_batch(source.adapter, processor)
     reference = probe_logits(source.adapter, model, batch)
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
-        code = ship_code(tmp)
-        add_auto_map(tmp)
+        hashes = ship_code(tmp, code)
+        add_auto_map(tmp, code)
         reloaded, _ = source.adapter.load(str(tmp), dtype=model.dtype)
         logits = probe_logits(source.adapter, reloaded.eval(), batch)
         records = [check_logits("logits", max_abs_diff(reference, logits), atol)]
@@ -154,11 +178,11 @@ def export_remote_code(model_dir, out, *, overwrite=False, max_shard_size="5GB",
             tmp, source, "remote-code", slots=slot_rows(source.adapter, model.config), verification=records,
             how_to_load=HOW_TO_LOAD.format(name=out), parameters=count_parameters(model),
             fusion_class=source.adapter.fusion_class(model.config), ranking=ranking, bench=bench,
-            details={"code_files": code, "auto_map": MODEL_AUTO_MAP},
+            details={"code_files": hashes, "auto_map": dict(code.model_auto_map)},
             notes=["The modeling code ships in this folder; read it before loading with trust_remote_code=True."],
         )
     logger.info("exported %s -> %s (format remote-code)", model_dir, out)
     return manifest
 
 
-__all__ = ["export_remote_code", "ship_code", "add_auto_map", "foreign_imports"]
+__all__ = ["export_remote_code", "ship_code", "add_auto_map", "flatten_imports", "foreign_imports"]

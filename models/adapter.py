@@ -6,8 +6,8 @@ into ``encode`` (each slot's encoder once) and the rest with some slots masked (
 ``decode`` / ``generate`` / ``next_token_logits``), which modules belong to which slot, what
 trains in fine-tuning, how to build a removal plan and which stock export targets a kept set
 allows. Stages call these methods and nothing else of a model: no stage reads a family's
-attributes or classes. Adding a family is one file that defines an adapter and calls
-:func:`register_adapter` once.
+attributes or classes. Adding a family is one package that defines an adapter and registers one
+:class:`~encslim.models.registry.Family` record naming it (:mod:`encslim.models.registry`).
 
 Most methods have a default that fits any model whose LLM is reached by
 ``model(inputs_embeds=..., attention_mask=...)`` (the transformers convention); a family
@@ -16,22 +16,10 @@ overrides what differs. The abstract ones are what no default can know.
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from importlib import import_module
 
-from ..errors import ConfigError, ModelLoadError, PlanError, UnsupportedModelError
+from ..errors import ConfigError, ModelLoadError, PlanError
 from .masking import FusionClass, MaskError, check_mask_set, check_slot_names
 
-# families shipped with encslim: model_type -> module that registers its adapter on import
-BUILTIN_FAMILIES = {
-    "encslim": "encslim.models.native",
-    "deepseek_vl_hybrid": "encslim.models.deepseek_vl_hybrid", "deepseek_vl": "encslim.models.deepseek_vl_hybrid",
-    "eagle_llama": "encslim.models.eagle.family",
-    "imof_llama": "encslim.models.imof",
-    "eagle_chat": "encslim.models.eagle2",
-    "cambrian_llama": "encslim.models.cambrian.family",
-}
-
-_REGISTRY = {}
 
 
 @dataclass(frozen=True)
@@ -321,53 +309,3 @@ class Adapter(ABC):
         return (f"from transformers import AutoProcessor, {name}\n"
                 f"model = {name}.from_pretrained(\"{folder}\")\n"
                 f"processor = AutoProcessor.from_pretrained(\"{folder}\")\n")
-
-
-def register_adapter(adapter):
-    """Register an adapter instance for its ``model_type``; duplicates and bad names are rejected."""
-    if not isinstance(adapter, Adapter):
-        raise TypeError(f"expected an Adapter instance, got {type(adapter).__name__}")
-    name = adapter.model_type
-    if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
-        raise ValueError(f"adapter model_type must be a non-empty identifier, got {name!r}")
-    if name in _REGISTRY:
-        raise ValueError(f"an adapter for model_type '{name}' is already registered")
-    _REGISTRY[name] = adapter
-    return adapter
-
-
-def unregister_adapter(model_type):
-    """Remove a registered adapter (tests that define a family of their own clean up with it)."""
-    _REGISTRY.pop(model_type, None)
-
-
-def supported_families():
-    """Every model_type encslim can handle (built-in and registered)."""
-    return sorted(set(BUILTIN_FAMILIES) | set(_REGISTRY))
-
-
-def get_adapter(model_type):
-    """The adapter for ``model_type``; raises ``UnsupportedModelError`` listing the supported ones."""
-    if model_type not in _REGISTRY and model_type in BUILTIN_FAMILIES:
-        import_module(BUILTIN_FAMILIES[model_type])
-    adapter = _REGISTRY.get(model_type)
-    if adapter is None:
-        raise UnsupportedModelError(
-            f"model_type '{model_type}' is not supported; supported families: {', '.join(supported_families())}"
-        )
-    return adapter
-
-
-def adapter_for_config(config_dict):
-    """The adapter whose family a ``config.json`` belongs to: by ``model_type``, else by ``matches``."""
-    model_type = config_dict.get("model_type")
-    if model_type in _REGISTRY or model_type in BUILTIN_FAMILIES:
-        adapter = get_adapter(model_type)
-        if adapter.matches(config_dict):
-            return adapter
-    for module in sorted(set(BUILTIN_FAMILIES.values())):  # families detected by keys (Eagle as llava_llama)
-        import_module(module)
-    for adapter in _REGISTRY.values():
-        if adapter.matches(config_dict):
-            return adapter
-    return get_adapter(model_type)

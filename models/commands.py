@@ -1,8 +1,15 @@
-"""CLI commands of the models package: ``inspect`` and ``create-tiny``."""
+"""CLI commands of the models package: ``inspect`` and ``create-tiny``.
+
+``create-tiny``'s ``--family`` choices and its family options are generated from the registry's
+records (:class:`~encslim.models.registry.TinyOption`), so a new family needs no edit here.
+"""
 
 import json
 
 import click
+
+from ..errors import ConfigError
+from .registry import families, resolve
 
 
 @click.command("inspect")
@@ -16,51 +23,46 @@ def inspect_cmd(model_dir, as_json):
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
 
 
-@click.command("create-tiny")
-@click.argument("out", type=click.Path())
-@click.option("--family", type=click.Choice(("native", "eagle", "eagle2", "imof", "cambrian", "deepseek_vl_hybrid")),
-              default="native", show_default=True,
-              help="native: encslim's own architecture; eagle: Eagle v1's original layout; eagle2: Eagle2's "
-                   "(SigLIP + ConvNeXt, Qwen2); imof: I-MoF's (CLIP + DINOv2, LLaVA-1.5 layout); cambrian: "
-                   "Cambrian-1's (SVA connector; its four encoders written to OUT/encoders/); "
-                   "deepseek_vl_hybrid: transformers' DeepSeek-VL.")
-@click.option("--fusion", default="channel_concat", show_default=True,
-              help="native: channel_concat (A1), A2, sequence_concat (B) or cross_attention (C).")
-@click.option("--encoders", default="clip,siglip,dinov2", show_default=True,
-              help="native: comma-separated tiny backbones: clip, siglip, dinov2, convnext, sam.")
-@click.option("--towers", default="clip-448,convnext-1024,sam-1024,det-1024,pix2struct-1024", show_default=True,
-              help="eagle: comma-separated Eagle towers, in checkpoint order.")
-@click.option("--text", default="llama", show_default=True, help="native: tiny LLM, llama or qwen2.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def create_tiny_cmd(out, family, fusion, encoders, towers, text, seed, overwrite):
-    """Write a tiny random model folder to OUT (weights, processor, tokenizer)."""
-    if family == "eagle":
-        from .eagle.tiny import create_tiny_eagle, parse_tower_list
+def _tiny_options():
+    """``{option name: (default, help, [family, ...])}`` over every registered family."""
+    options = {}
+    for family in families().values():
+        for opt in family.tiny_options:
+            default, help_, owners = options.setdefault(opt.name, (opt.default, opt.help, []))
+            if default != opt.default:
+                raise ValueError(f"create-tiny option --{opt.name}: families disagree on its default")
+            owners.append(family.name)
+    return options
 
-        create_tiny_eagle(out, towers=parse_tower_list(towers), seed=seed, overwrite=overwrite)
-    elif family == "eagle2":
-        from .eagle2 import create_tiny_eagle2
 
-        create_tiny_eagle2(out, seed=seed, overwrite=overwrite)
-    elif family == "imof":
-        from .imof import create_tiny_imof
+def _create_tiny(ctx, out, family, seed, overwrite, **options):
+    record = families()[family]
+    takes = {opt.name for opt in record.tiny_options}
+    given = [name for name in options if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    foreign = [f"--{name.replace('_', '-')}" for name in given if name not in takes]
+    if foreign:
+        raise ConfigError(f"create-tiny --family {family} takes no {', '.join(foreign)}; "
+                          f"see encslim create-tiny --help for which family each option belongs to")
+    note = resolve(record.tiny)(out, seed=seed, overwrite=overwrite,
+                                **{name: value for name, value in options.items() if name in takes})
+    click.echo(f"wrote {out}" + (f"; {note}" if note else ""))
 
-        create_tiny_imof(out, seed=seed, overwrite=overwrite)
-    elif family == "cambrian":
-        from .cambrian.tiny import create_tiny_cambrian
 
-        paths = create_tiny_cambrian(out, seed=seed, overwrite=overwrite)
-        click.echo(f"wrote {out}; its encoders are outside the checkpoint, as Cambrian's: pass "
-                   + " ".join(f"--encoder {slot}={path}" for slot, path in paths.items()))
-        return
-    elif family == "deepseek_vl_hybrid":
-        from .tiny import create_tiny_hybrid
+def _build_create_tiny():
+    records = families()
+    family_help = "; ".join(f"{name}: {f.description}" for name, f in records.items())
+    params = [
+        click.Argument(["out"], type=click.Path()),
+        click.Option(["--family"], type=click.Choice(tuple(records)), default="native", show_default=True,
+                     help=family_help + "."),
+    ]
+    for name, (default, help_, owners) in _tiny_options().items():
+        params.append(click.Option([f"--{name.replace('_', '-')}", name], default=default, show_default=True,
+                                   help=f"{', '.join(owners)}: {help_}"))
+    params += [click.Option(["--seed"], default=0, show_default=True, type=int),
+               click.Option(["--overwrite"], is_flag=True, help="Replace OUT if it exists.")]
+    return click.Command("create-tiny", callback=click.pass_context(_create_tiny), params=params,
+                         help="Write a tiny random model folder to OUT (weights, processor, tokenizer).")
 
-        create_tiny_hybrid(out, seed=seed, overwrite=overwrite)
-    else:
-        from .tiny import create_tiny
 
-        names = tuple(e.strip() for e in encoders.split(",") if e.strip())
-        create_tiny(out, fusion=fusion, encoders=names, text=text, seed=seed, overwrite=overwrite)
-    click.echo(f"wrote {out}")
+create_tiny_cmd = _build_create_tiny()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
 from ..files import CONFIG_NAME, read_json
-from .adapter import adapter_for_config
+from .registry import adapter_for_config
 
 DTYPES = ("float32", "bfloat16", "float16")
 SHOWN_KEYS = 3  # keys named per kind of problem in a load error
@@ -166,21 +166,3 @@ def load_model(path, device="cpu", dtype="float32", device_map=None):
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelLoadError(f"could not load the model in {path}: {str(err).splitlines()[0]}") from err
     return model, processor, adapter
-
-
-def register_transformers():
-    """Make transformers' Auto classes load encslim folders: the one line before plain transformers.
-
-    ``encslim.register_transformers()`` registers the native family (``model_type: encslim``)
-    with ``AutoConfig``, ``AutoModelForImageTextToText`` and ``AutoProcessor``, and Eagle
-    (``eagle_llama``) with ``AutoConfig`` and ``AutoModelForCausalLM``; call it once per process
-    (again is harmless), before or after importing transformers. It is a call rather than a side
-    effect of ``import encslim`` so that the import stays light (no torch, no transformers) and
-    does not depend on the order of imports; the DeepSeek-VL families are stock transformers
-    classes and need nothing.
-    """
-    from .eagle.modeling import register_auto_classes as register_eagle
-    from .native import register_auto_classes as register_native
-
-    register_native()
-    register_eagle()

@@ -12,7 +12,7 @@ Two executors produce the same tensors:
 
 The output goes to a temporary folder renamed at the end; the source is never modified.
 
-Streaming without verification never builds the model: for a family of :data:`TORCH_FREE_PLANS`
+Streaming without verification never builds the model: for a family of the registry's torch-free plans (``Family.plan``)
 (the native one) the plan comes from ``config.json`` alone and the weights are checked by their
 headers, so neither torch nor transformers is imported (start-up: numpy and the standard library).
 """
@@ -165,14 +165,6 @@ def execute_plan(plan, checkpoint, out_dir, streaming=True, max_shard_size=DEFAU
 
 
 # ---------------------------------------------------------------------------- the whole operation
-# families whose removal plan can be built from config.json without torch or transformers:
-# model_type -> a module with ``plan_config(config_dict)`` (a config object, or ``None`` when only the
-# family's full config can tell), ``removal_plan(config, drop)`` and ``check_header(config, shapes, where)``
-# (a header-shape check standing in for the meta-model structure check); every other family, and
-# these whenever the model is built anyway (verification, in-memory executor), take the adapter
-TORCH_FREE_PLANS = {"encslim": "encslim.models.native_plan"}
-
-
 def _adapter_and_config(model_dir):
     from ..models.loading import adapter_for
 
@@ -186,15 +178,13 @@ def _torch_free(model_dir):
     Raises:
         ModelLoadError: no folder, no ``config.json`` or not JSON (as the adapter's path would).
     """
-    from importlib import import_module
-
     from ..models.loading import read_config
+    from ..models.registry import torch_free_plan
 
     data = read_config(model_dir)
-    name = TORCH_FREE_PLANS.get(data.get("model_type"))
-    if name is None:
+    module = torch_free_plan(data)
+    if module is None:
         return None
-    module = import_module(name)
     config = module.plan_config(data)
     return None if config is None else (module, config)
 
@@ -222,14 +212,14 @@ def prepare(model_dir, drop, torch_free=False):
     Args:
         model_dir: the model folder.
         drop: slot names to remove.
-        torch_free: for a family of :data:`TORCH_FREE_PLANS` whose config it can read, build the plan
+        torch_free: for a family of the registry's torch-free plans (``Family.plan``) whose config it can read, build the plan
             from config.json and check the weights by their header (:func:`check_header` of the
             family) instead of against an empty model: neither torch nor transformers is imported.
 
     Returns:
         ``(adapter, config, plan, checkpoint, summary)``; ``summary`` is :func:`describe_plan`'s dict
         plus ``config_diff`` and ``processor_diff`` lines. On the torch-free path ``adapter`` is the
-        family module and ``config`` its light config (see :data:`TORCH_FREE_PLANS`).
+        family module and ``config`` its light config (see the registry's torch-free plans (``Family.plan``)).
 
     Raises:
         ModelLoadError, PlanError, ConfigError: see :func:`prune`.

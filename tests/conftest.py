@@ -18,7 +18,7 @@ def tiny_model_dir(tmp_path_factory):
 
     Folders are cached per argument set for the whole session; treat them as read-only.
     """
-    from encslim.models.tiny import create_tiny
+    from encslim.models.families.native.tiny import create_tiny
 
     cache = {}
 
@@ -37,7 +37,7 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_eagle_dir(tmp_path_factory):
     """Factory: ``tiny_eagle_dir(towers=(...), seed=0)`` -> a tiny Eagle folder in the original layout
     (default: the five X5 towers). Cached per argument set for the session; treat as read-only."""
-    from encslim.models.eagle.tiny import X5, create_tiny_eagle
+    from encslim.models.families.eagle.tiny import X5, create_tiny_eagle
 
     cache = {}
 
@@ -56,7 +56,7 @@ def tiny_eagle_dir(tmp_path_factory):
 def tiny_cambrian(tmp_path_factory):
     """``(folder, {slot: encoder folder})``: a tiny Cambrian checkpoint in the original layout (no encoders in
     it, no encoder folders named) and its four encoder folders; built once per session, read-only."""
-    from encslim.models.cambrian.tiny import create_tiny_cambrian
+    from encslim.models.families.cambrian.tiny import create_tiny_cambrian
 
     out = tmp_path_factory.mktemp("cambrian") / "cambrian"
     return out, create_tiny_cambrian(out)

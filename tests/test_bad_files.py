@@ -149,7 +149,7 @@ def test_eval_non_json_processor_or_tokenizer_names_it(tiny_model_dir, eval_data
 
 
 def test_processor_config_without_encoders_names_it(tiny_model_dir, tmp_path):
-    from encslim.models.processing_encslim import EncslimProcessor, ProcessorFileError
+    from encslim.models.families.native.processing import EncslimProcessor, ProcessorFileError
 
     model = broken_copy(tiny_model_dir("A1"), tmp_path / "model", "processor_config.json", "{}")
     with pytest.raises(ProcessorFileError, match="processor_config.json holds no 'encoders' list"):

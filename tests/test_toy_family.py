@@ -17,7 +17,8 @@ from torch import nn
 from transformers import GenerationMixin, LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from encslim.models.adapter import Adapter, Slot, register_adapter, unregister_adapter
+from encslim.models.adapter import Adapter, Slot
+from encslim.models.registry import Family, register_family, unregister_family
 from encslim.models.masking import FusionClass, check_mask_set, mask_feature
 from encslim.models.plan import Delete, RemovalPlan, Slice, check_drop
 
@@ -214,9 +215,10 @@ class ToyAdapter(Adapter):
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def toy_adapter():
-    adapter = register_adapter(ToyAdapter())
+    adapter = ToyAdapter()
+    register_family(Family(name=TOY, description="a family defined in one test file", adapters={TOY: adapter}))
     yield adapter
-    unregister_adapter(TOY)
+    unregister_family(TOY)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pathlib import Path
 def main(argv=None):
     from encslim.data.load import load_samples
     from encslim.demo.data import write_demo_data
-    from encslim.models.eagle.tiny import create_tiny_eagle
+    from encslim.models.families.eagle.tiny import create_tiny_eagle
     from encslim.models.loading import load_model
     from encslim.prune.rank import rank
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...models.adapter import get_adapter
+from ...models.registry import get_adapter
 from ..evaluate import evaluate
 from ...data.samples import Sample
 from .models import random_model, text, vision
@@ -112,7 +112,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    from ...models.tiny import build_tiny
+    from ...models.families.native.tiny import build_tiny
 
     figures = {"threads": torch.get_num_threads(), "tiny": {}, "small": {}}
     samples = synthetic_samples(args.samples)

@@ -25,7 +25,7 @@ from pathlib import Path
 from . import models
 from .models import text, vision
 
-SCALES = {  # sizes over those of encslim.models.tiny ("tiny": those sizes as they are)
+SCALES = {  # sizes over those of encslim.models.families.native.tiny ("tiny": those sizes as they are)
     "tiny": {"vit": {}, "vit_size": 32, "convnext": {}, "conv_size": 64, "llm": {}},
     "small": {"vit": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4},
               "vit_size": 64, "convnext": {"hidden_sizes": [64, 128], "depths": [2, 2]}, "conv_size": 128,

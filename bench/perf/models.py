@@ -1,6 +1,6 @@
 """The one model builder of the speed scripts: configs, random native models, saved folders.
 
-Sizes start from the tiny backbones and tiny Llama of :mod:`encslim.models.tiny` and are
+Sizes start from the tiny backbones and tiny Llama of :mod:`encslim.models.families.native.tiny` and are
 overridden per script::
 
     encoders = {"clip": (vision("clip", hidden_size=128, patch_size=8), 64)}
@@ -14,7 +14,7 @@ that is never built (no tokenizer) takes ``vocab_size`` in ``text`` and an ``ima
 """
 
 from ...errors import ConfigError
-from ...models.tiny import FUSION_ALIASES, TINY_BACKBONES, TINY_TEXT
+from ...models.families.native.tiny import FUSION_ALIASES, TINY_BACKBONES, TINY_TEXT
 
 
 def vision(backbone, **sizes):
@@ -36,12 +36,12 @@ def build_config(encoders, text_config, fusion="A1", grid=4, tokenizer=None, ima
     Args:
         encoders: ``{slot: (vision_config, image_size)}``, in fusion order.
         text_config: the LLM's config (see :func:`text`).
-        fusion: a fusion name of :data:`encslim.models.tiny.FUSION_ALIASES` (``"A1"``, ...).
+        fusion: a fusion name of :data:`encslim.models.families.native.tiny.FUSION_ALIASES` (``"A1"``, ...).
         grid: the channel-concat token grid.
         tokenizer: fills the vocabulary size and special token ids; without one ``text_config``
             needs ``vocab_size`` and ``image_token_id`` must be given.
     """
-    from ...models.configuration_encslim import EncslimConfig
+    from ...models.families.native.configuration import EncslimConfig
 
     if fusion not in FUSION_ALIASES:
         raise ConfigError(f"fusion '{fusion}' unknown; use one of {', '.join(FUSION_ALIASES)}")
@@ -63,9 +63,9 @@ def build_model(config, tokenizer, seed=0):
     """``(model, processor)``: the random model ``config`` describes (weights from ``seed``), in eval mode."""
     import torch
 
-    from ...models.modeling_encslim import EncslimForConditionalGeneration
-    from ...models.native import register_auto_classes
-    from ...models.processing_encslim import EncslimProcessor
+    from ...models.families.native.modeling import EncslimForConditionalGeneration
+    from ...models.families.native.adapter import register_auto_classes
+    from ...models.families.native.processing import EncslimProcessor
 
     register_auto_classes()
     torch.manual_seed(seed)
@@ -97,8 +97,8 @@ def write_model(folder, encoders, text_config, fusion="A1", grid=4, seed=0):
 
 def saved_shapes(config):
     """``{key: shape}`` of the checkpoint ``save_pretrained`` writes for ``config`` (no model built)."""
-    from ...models.adapter import get_adapter
-    from ...models.native import register_auto_classes
+    from ...models.registry import get_adapter
+    from ...models.families.native.adapter import register_auto_classes
     from ...prune.verify import expected_layouts
 
     register_auto_classes()

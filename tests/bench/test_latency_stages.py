@@ -9,8 +9,8 @@ from encslim.bench.costs import count_flops, count_params
 from encslim.bench.latency import LoadedModel, LoopSettings, ModelSpec, run_interleaved, run_iteration
 from encslim.bench.timing import CpuTimer, make_timer
 from encslim.errors import ConfigError
-from encslim.models.adapter import get_adapter
-from encslim.models.tiny import build_tiny
+from encslim.models.registry import get_adapter
+from encslim.models.families.native.tiny import build_tiny
 
 
 def loaded(fusion="A1", encoders=("clip", "siglip", "sam"), masked=(), mask_mode="removal", name="m"):

@@ -6,9 +6,9 @@ import warnings
 import torch
 
 from encslim.bench.latency import LoadedModel, ModelSpec, run_iteration
-from encslim.models.adapter import get_adapter
-from encslim.models.eagle.tiny import build_tiny_eagle
-from encslim.models.tiny import build_tiny
+from encslim.models.registry import get_adapter
+from encslim.models.families.eagle.tiny import build_tiny_eagle
+from encslim.models.families.native.tiny import build_tiny
 
 
 class _Null:

@@ -10,11 +10,11 @@ def write_native(out, fusion="A1", encoders=("clip",), seed=0, **encoder_changes
     """
     import torch
 
-    from encslim.models.configuration_encslim import EncslimConfig
-    from encslim.models.modeling_encslim import EncslimForConditionalGeneration
-    from encslim.models.native import register_auto_classes
-    from encslim.models.processing_encslim import EncslimProcessor
-    from encslim.models.tiny import tiny_config
+    from encslim.models.families.native.configuration import EncslimConfig
+    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
+    from encslim.models.families.native.adapter import register_auto_classes
+    from encslim.models.families.native.processing import EncslimProcessor
+    from encslim.models.families.native.tiny import tiny_config
     from encslim.models.tokenizer import build_tokenizer
 
     register_auto_classes()
@@ -52,7 +52,7 @@ def custom_native(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_hybrid_dir(tmp_path_factory):
     """A tiny random deepseek_vl_hybrid folder (siglip + sam)."""
-    from encslim.models.tiny import create_tiny_hybrid
+    from encslim.models.families.deepseek_vl_hybrid.tiny import create_tiny_hybrid
 
     return create_tiny_hybrid(tmp_path_factory.mktemp("hybrid") / "hybrid")
 

@@ -61,8 +61,11 @@ def remote_folders(tiny_model_dir, tmp_path_factory):
 
 
 def test_folder_ships_code_and_auto_map(remote_folders):
-    from encslim.export.remote_code import CODE_FILES, MODELS_DIR
+    from encslim.export.remote_code import flatten_imports
     from encslim.files import sha256_file
+    from encslim.models.registry import get_adapter
+
+    code = get_adapter("encslim").remote_code()
 
     for out, (_, manifest) in remote_folders.items():
         config = json.loads((out / "config.json").read_text())
@@ -70,8 +73,16 @@ def test_folder_ships_code_and_auto_map(remote_folders):
         assert config["auto_map"]["AutoConfig"] == "configuration_encslim.EncslimConfig"
         processor_config = json.loads((out / "processor_config.json").read_text())
         assert processor_config["auto_map"] == {"AutoProcessor": "processing_encslim.EncslimProcessor"}
-        for name in CODE_FILES:
-            assert sha256_file(out / name) == sha256_file(MODELS_DIR / name) == manifest["export"]["code_files"][name]
+        assert set(manifest["export"]["code_files"]) == set(code.files) == {
+            "configuration_encslim.py", "modeling_encslim.py", "processing_encslim.py", "masking.py"}
+        for name, source in code.files.items():
+            shipped = (out / name).read_text()
+            # the family's source, only its relative imports flattened to the shipped names
+            assert shipped == flatten_imports(source.read_text(), source, code.files)
+            assert sha256_file(out / name) == manifest["export"]["code_files"][name]
+        modeling = (out / "modeling_encslim.py").read_text()
+        assert "from .configuration_encslim import" in modeling and "from .masking import" in modeling
+        assert "from ..." not in modeling
         assert "trust_remote_code=True" in (out / "README.md").read_text()
 
 
@@ -109,14 +120,14 @@ def test_loads_without_encslim(remote_folders, tmp_path):
 def test_foreign_imports_are_detected(tmp_path):
     from encslim.export.remote_code import foreign_imports
 
-    bad = tmp_path / "modeling_x.py"
-    bad.write_text("import os\nimport torch\nfrom encslim.models import tiny\nfrom .helpers import x\n"
-                   "from .configuration_encslim import EncslimConfig\nimport yaml\n")
-    assert foreign_imports(bad) == ["encslim.models", ".helpers", "yaml"]
+    text = ("import os\nimport torch\nfrom encslim.models import tiny\nfrom .helpers import x\n"
+            "from .configuration_encslim import EncslimConfig\nfrom ..masking import f\nimport yaml\n")
+    assert foreign_imports(text, {"configuration_encslim", "masking"}) == ["encslim.models", ".helpers", "..masking",
+                                                                          "yaml"]
 
 
 def test_non_native_refused(tiny_hybrid_dir, tmp_path):
     from encslim.export import export_remote_code
 
-    with pytest.raises(ConfigError, match="--format remote-code needs a native encslim model"):
+    with pytest.raises(ConfigError, match="--format remote-code needs a model whose family ships its code"):
         export_remote_code(tiny_hybrid_dir, tmp_path / "out")

@@ -71,8 +71,8 @@ def test_zero2_single_process_cpu(tiny_model_dir, ft_data, tmp_path, reference):
 def test_zero3_single_process_cpu_saves_complete_weights_and_merges(tiny_model_dir, ft_data, tmp_path, reference):
     from peft import PeftModel
 
-    from encslim.models.modeling_encslim import EncslimForConditionalGeneration
-    from encslim.models.processing_encslim import EncslimProcessor
+    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
+    from encslim.models.families.native.processing import EncslimProcessor
 
     from PIL import Image
 

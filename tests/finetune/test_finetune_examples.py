@@ -8,8 +8,8 @@ from encslim.errors import DataError
 from encslim.finetune.collator import IGNORE_INDEX, FinetuneCollator
 from encslim.finetune.dropout import batch_seed, draw_masks, per_batch_masked, per_sample_keep
 from encslim.finetune.examples import build_examples as _build_examples
-from encslim.models.adapter import get_adapter
-from encslim.models.tiny import build_tiny
+from encslim.models.registry import get_adapter
+from encslim.models.families.native.tiny import build_tiny
 
 ADAPTER = get_adapter("encslim")
 
@@ -87,7 +87,7 @@ def test_slot_keep_zeroes_one_sample_like_removal(tiny_a1, sample_factory):
 
 def test_cached_features_give_the_same_loss_as_pixels(tiny_a1, sample_factory):
     from encslim.finetune.features import compute_features
-    from encslim.models.adapter import get_adapter
+    from encslim.models.registry import get_adapter
 
     model, processor = tiny_a1
     examples = build_examples(sample_factory(5), processor, model.config.num_image_tokens())

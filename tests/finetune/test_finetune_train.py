@@ -24,7 +24,7 @@ def _error_line(stderr):
 def _batch(model_dir):
     from PIL import Image
 
-    from encslim.models.processing_encslim import EncslimProcessor
+    from encslim.models.families.native.processing import EncslimProcessor
 
     processor = EncslimProcessor.from_pretrained(model_dir)
     images = [Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))]
@@ -39,7 +39,7 @@ def test_cli_lora_run_learns_loads_and_merges(tiny_model_dir, ft_data, tmp_path,
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    from encslim.models.modeling_encslim import EncslimForConditionalGeneration
+    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
 
     base_dir, out, merged_dir = tiny_model_dir("A1"), tmp_path / "lora", tmp_path / "merged"
     code, stdout, stderr = _cli(capsys, "finetune", base_dir, "--data", ft_data, "--out", out, "--lora-r", 8,
@@ -119,7 +119,7 @@ def test_seeded_runs_repeat_resume_continues_and_cache_matches_recompute(tiny_mo
 
 
 def test_full_finetuning_with_trained_encoders_and_batch_dropout(tiny_model_dir, ft_data, tmp_path):
-    from encslim.models.modeling_encslim import EncslimForConditionalGeneration
+    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
 
     model_dir = tiny_model_dir("B")
     out = tmp_path / "full"

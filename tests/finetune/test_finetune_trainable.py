@@ -6,10 +6,10 @@ from torch import nn
 from encslim.errors import ConfigError
 from encslim.finetune.config import FinetuneConfig
 from encslim.finetune.trainable import llm_lora_targets, prepare_trainable
-from encslim.models.adapter import get_adapter
+from encslim.models.registry import get_adapter
 
 ADAPTER = get_adapter("encslim")
-from encslim.models.tiny import build_tiny
+from encslim.models.families.native.tiny import build_tiny
 
 
 def _numel(module):

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from encslim.models.loading import load_model
-from encslim.models.tiny import build_tiny
+from encslim.models.families.native.tiny import build_tiny
 
 FUSIONS = ["A1", "A2", "B", "C"]
 ENCODERS = ("clip", "siglip", "dinov2", "convnext", "sam")
@@ -151,7 +151,7 @@ def test_load_options_dtype_and_device_map(tiny_model_dir):
 def test_auto_classes_load_the_native_folder(tiny_model_dir):
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    import encslim.models.native  # noqa: F401  (registers the family)
+    import encslim.models.families.native.adapter  # noqa: F401  (registers the family)
 
     folder = tiny_model_dir("B")
     assert AutoConfig.from_pretrained(folder).model_type == "encslim"

@@ -70,7 +70,7 @@ def folders(tiny_model_dir, tmp_path_factory):
     import torch
     from safetensors import safe_open
 
-    from encslim.models.tiny import create_tiny_hybrid
+    from encslim.models.families.deepseek_vl_hybrid.tiny import create_tiny_hybrid
 
     good = tiny_model_dir("A1")
     root = tmp_path_factory.mktemp("broken")
@@ -177,9 +177,9 @@ def test_what_transformers_skips_still_loads(tiny_model_dir, folders, tmp_path):
     ``base_model_prefix``) are no problems: they load, with the weights of the file."""
     import torch
 
-    from encslim.models.configuration_encslim import EncslimConfig
+    from encslim.models.families.native.configuration import EncslimConfig
     from encslim.models.loading import load_model
-    from encslim.models.modeling_encslim import EncslimForConditionalGeneration
+    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
 
     config = EncslimConfig.from_pretrained(str(tiny_model_dir("A1")))
     config.text_config.tie_word_embeddings = True
@@ -229,8 +229,8 @@ def test_register_transformers_is_the_one_line_before_plain_transformers(tiny_mo
 def test_readme_and_model_card_show_the_one_line():
     from pathlib import Path
 
-    from encslim.models.native import HOW_TO_LOAD
+    from encslim.models.families.native.adapter import HOW_TO_LOAD
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "import encslim; encslim.register_transformers()" in readme
-    assert "encslim.register_transformers()" in HOW_TO_LOAD and "import encslim.models.native" not in HOW_TO_LOAD
+    assert "encslim.register_transformers()" in HOW_TO_LOAD and "import encslim.models.families.native.adapter" not in HOW_TO_LOAD

@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture(scope="session")
 def hybrid_dir(tmp_path_factory):
     """A tiny random ``deepseek_vl_hybrid`` folder (read-only for tests)."""
-    from encslim.models.tiny import create_tiny_hybrid
+    from encslim.models.families.deepseek_vl_hybrid.tiny import create_tiny_hybrid
 
     return create_tiny_hybrid(tmp_path_factory.mktemp("hybrid") / "hybrid")
 

@@ -12,8 +12,8 @@ DROP = "siglip"  # the middle slot: A1/A2 keep two separate channel ranges
 
 
 def _load(path):
-    from encslim.models.modeling_encslim import EncslimForConditionalGeneration
-    from encslim.models.processing_encslim import EncslimProcessor
+    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
+    from encslim.models.families.native.processing import EncslimProcessor
 
     model, info = EncslimForConditionalGeneration.from_pretrained(path, output_loading_info=True)
     return model.eval(), EncslimProcessor.from_pretrained(path), info

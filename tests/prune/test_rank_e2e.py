@@ -100,7 +100,7 @@ def test_cli_user_errors_are_one_line(tiny_model_dir, demo_eval, tmp_path, capsy
 
 
 def test_other_family_deepseek_vl_hybrid(demo_eval, tmp_path):
-    from encslim.models.tiny import create_tiny_hybrid
+    from encslim.models.families.deepseek_vl_hybrid.tiny import create_tiny_hybrid
 
     model = tmp_path / "hybrid"
     create_tiny_hybrid(model)

@@ -178,8 +178,8 @@ def test_a_candidate_the_family_cannot_remove_is_skipped_with_its_reason(tmp_pat
     """DeepSeek-VL hybrid: keeping SAM alone (removing siglip) is refused by its removal plan; the
     recovery reports that candidate as skipped and recovers the other (siglip alone)."""
     from encslim.data.load import load_samples
-    from encslim.models.deepseek_vl_hybrid import SIGLIP_REFUSAL
-    from encslim.models.tiny import create_tiny_hybrid
+    from encslim.models.families.deepseek_vl_hybrid.adapter import SIGLIP_REFUSAL
+    from encslim.models.families.deepseek_vl_hybrid.tiny import create_tiny_hybrid
     from encslim.prune.recover import RecoverySettings, recover
 
     full = create_tiny_hybrid(tmp_path / "hybrid")

@@ -43,9 +43,9 @@ def test_tables_match_the_full_config():
 
 @pytest.mark.parametrize("fusion", list(FUSIONS))
 def test_plan_from_config_json_equals_the_adapters(fusion):
-    from encslim.models.configuration_encslim import EncslimConfig
-    from encslim.models.native import NativeAdapter
-    from encslim.models.tiny import tiny_config
+    from encslim.models.families.native.configuration import EncslimConfig
+    from encslim.models.families.native.adapter import NativeAdapter
+    from encslim.models.families.native.tiny import tiny_config
 
     config = tiny_config(fusion, FUSIONS[fusion])
     adapter = NativeAdapter()
@@ -66,7 +66,7 @@ def test_plan_from_config_json_equals_the_adapters(fusion):
 
 
 def _spoilt(fusion, change):
-    from encslim.models.tiny import tiny_config
+    from encslim.models.families.native.tiny import tiny_config
 
     data = _saved(tiny_config(fusion, FUSIONS[fusion]))
     change(data)
@@ -143,7 +143,7 @@ def test_cli_prune_streaming_no_verify_imports_neither_torch_nor_transformers(ti
     assert run.stdout.strip().splitlines()[-1] == "[]"
     assert "verification: skipped" in run.stdout
 
-    monkeypatch.setattr(surgery, "TORCH_FREE_PLANS", {})  # today's path: adapter, meta-model structure checks
+    monkeypatch.setattr(surgery, "_torch_free", lambda model_dir: None)  # the adapter's path: meta-model checks
     full = tmp_path / "full"
     surgery.prune(source, ["siglip"], full, verify=False, streaming=True, max_shard_size="20kB")
     assert len([n for n in _files(out) if n.endswith(".safetensors")]) > 1

@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 
 from encslim.bench.perf import eval_speed, finetune_speed, models, prune_speed
-from encslim.models.tiny import build_tiny
+from encslim.models.families.native.tiny import build_tiny
 from encslim.models.tokenizer import build_tokenizer
 
 TWO = {"clip": (models.vision("clip"), 32), "siglip": (models.vision("siglip"), 32)}
@@ -46,7 +46,7 @@ def test_write_model_saves_a_loadable_folder_whose_layout_is_saved_shapes(tmp_pa
 
 
 def test_prune_speed_writes_a_checkpoint_that_fits_its_config(tmp_path, monkeypatch):
-    from encslim.models.adapter import get_adapter
+    from encslim.models.registry import get_adapter
     from encslim.prune.verify import check_structure
 
     big = prune_speed.synthetic_config(1)  # the real one: config only, on the meta device

@@ -59,7 +59,7 @@ def logits(model, adapter, batch, masked=frozenset(), mode="removal"):
 
 
 def test_detected_by_keys_with_the_real_key_names_and_no_encoders(tiny_cambrian, tmp_path):
-    from encslim.models.adapter import adapter_for_config
+    from encslim.models.registry import adapter_for_config
 
     folder, _ = tiny_cambrian
     config = json.loads((folder / "config.json").read_text())
@@ -88,7 +88,7 @@ def test_token_counts_follow_unpadding(loaded):
 
 
 def test_sampler_layers_in_the_llm_change_the_output_and_generation_uses_them(loaded):
-    from encslim.models.modeling_encslim import CACHE_KWARG
+    from encslim.models.families.native.modeling import CACHE_KWARG
 
     model, processor, adapter = loaded
     batch = inputs(adapter, processor)
@@ -179,7 +179,7 @@ def test_siglip_trunk_equals_transformers_siglip_with_the_same_weights():
     activation: equal within 1e-5 on random weights."""
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    from encslim.models.cambrian.encoders import TimmViT
+    from encslim.models.families.cambrian.encoders import TimmViT
 
     torch.manual_seed(0)
     trunk = TimmViT(embed_dim=32, depth=2, num_heads=2, mlp_hidden=64, patch_size=14, image_size=84).eval()

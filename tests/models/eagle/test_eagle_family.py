@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import encslim
-from encslim.models.eagle.tiny import X5
+from encslim.models.families.eagle.tiny import X5
 
 from ...conftest import make_image, run_main
 
@@ -303,7 +303,7 @@ def test_llava_llama_config_loads_as_eagle(x5, tmp_path):
 
 # ---------------------------------------------------------------------------------- 6. create-tiny
 def test_create_tiny_eagle_cli(tmp_path, capsys):
-    from encslim.models.eagle.towers import tiny_specs, tower_width
+    from encslim.models.families.eagle.towers import tiny_specs, tower_width
 
     out = tmp_path / "x2"
     code, stdout, stderr = run_main(capsys, "create-tiny", out, "--family", "eagle", "--towers", "clip-448,sam-1024")
@@ -364,7 +364,7 @@ def _with_bos(folder):
 
 @pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])
 def test_prompt_ids_follow_tokenizer_image_token(x5, bos):
-    from encslim.models.eagle.processing import EagleProcessor
+    from encslim.models.families.eagle.processing import EagleProcessor
 
     processor = x5["processor"]
     if bos:

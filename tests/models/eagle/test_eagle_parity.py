@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from encslim.models.eagle import processing as eagle_processing
-from encslim.models.eagle.processing import CLIP_MEAN, CLIP_STD, EagleProcessor
-from encslim.models.eagle.towers import (CLIP_TINY_SPEC, CONVNEXT_DEFAULT_SPEC, HRCLIPVisionTower,
+from encslim.models.families.eagle import processing as eagle_processing
+from encslim.models.families.eagle.processing import CLIP_MEAN, CLIP_STD, EagleProcessor
+from encslim.models.families.eagle.towers import (CLIP_TINY_SPEC, CONVNEXT_DEFAULT_SPEC, HRCLIPVisionTower,
                                          ConvNextVisionTower, resample_pos_embed)
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -273,7 +273,7 @@ def _resize_ac(t, size, dtype=torch.float32):
 
 @pytest.fixture(scope="module")
 def tiny_x5():
-    from encslim.models.eagle.tiny import build_tiny_eagle
+    from encslim.models.families.eagle.tiny import build_tiny_eagle
 
     model, _ = build_tiny_eagle(seed=0)
     return model.eval()

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 import encslim
 from encslim.cli import main
-from encslim.models.eagle.tiny import X5
+from encslim.models.families.eagle.tiny import X5
 
 from ...conftest import make_image, png_base64, run_main, write_jsonl, write_tsv
 

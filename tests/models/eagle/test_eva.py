@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from encslim.models.eagle.eva import (DEFAULT_SPEC, TINY_SPEC, EVAVITVisionTower, VisionRotaryEmbeddingFast,
+from encslim.models.families.eagle.eva import (DEFAULT_SPEC, TINY_SPEC, EVAVITVisionTower, VisionRotaryEmbeddingFast,
                                       window_partition, window_unpartition)
 
 # Read off eva_vit.py: EVAViT registers patch_embed, pos_embed, rope_win, rope_glb, blocks (own

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.pix2struct.image_processing_pil_pix2struct import Pix2StructImageProcessorPil
 
-from encslim.models.eagle.sam_pix2struct import (
+from encslim.models.families.eagle.sam_pix2struct import (
     CLIP_MEAN, CLIP_STD, PIX2STRUCT_TINY_SPEC, SAM_TINY_SPEC, Pix2StructLargeVisionTower,
     SAMVisionTower, pix2struct_patch_grid, pix2struct_preprocess,
 )

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ...errors import ModelLoadError
-from ..layout import TokenizerMixin, left_pad
+from ....errors import ModelLoadError
+from ...layout import TokenizerMixin, left_pad
 from .configuration import DEFAULT_GRID, DEFAULT_INPUT_SIZE, IMAGE_TOKEN_INDEX
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

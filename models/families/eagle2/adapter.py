@@ -48,14 +48,14 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-from ..errors import ConfigError, ModelLoadError
-from ..files import CONFIG_NAME, atomic_output_dir
-from .adapter import Slot, TrainableParts, register_adapter
-from .layout import (LayoutAdapter, TokenizerMixin, check_keys, from_pretrained, header_shapes, left_pad, make_config,
+from ....errors import ConfigError, ModelLoadError
+from ....files import CONFIG_NAME, atomic_output_dir
+from ...adapter import Slot, TrainableParts
+from ...layout import (LayoutAdapter, TokenizerMixin, check_keys, from_pretrained, header_shapes, left_pad, make_config,
                      meta_shapes, read_config_json, under_vision_model)
-from .eagle.towers import ConvNextVisionTower
-from .masking import FusionClass, check_mask_set, mask_feature
-from .plan import Delete, RemovalPlan, check_drop
+from ..eagle.towers import ConvNextVisionTower
+from ...masking import FusionClass, check_mask_set, mask_feature
+from ...plan import Delete, RemovalPlan, check_drop
 
 MODEL_TYPE = "eagle_chat"
 MOE_VERSION = "convnext_512_siglip_448"
@@ -743,7 +743,7 @@ def tiny_eagle2_config(tokenizer, order=TINY_ORDER):
 
 
 def tiny_tokenizer():
-    from .tokenizer import build_tokenizer
+    from ...tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(["You are a helpful assistant. system user assistant"])
     tokenizer.add_tokens([IMG_START, IMG_END, IMG_CONTEXT, "<|im_start|>", "<|im_end|>"], special_tokens=True)
@@ -792,7 +792,7 @@ def _create(out, seed=0, overwrite=False, order=TINY_ORDER):
 
 
 register_auto_classes()
-register_adapter(Eagle2Adapter())
+ADAPTER = Eagle2Adapter()
 
 __all__ = ["Eagle2Adapter", "Eagle2ChatConfig", "Eagle2ChatModel", "Eagle2Processor", "build_tiny_eagle2",
            "create_tiny_eagle2", "is_eagle2_config", "pixel_shuffle", "read_eagle2_config", "removal_plan",

@@ -24,11 +24,11 @@ The stock classes load as they are: the adapter computes the fused image embeddi
 import torch
 from transformers import BatchFeature
 
-from .adapter import Adapter, Slot, register_adapter
-from .loading import load_pretrained
-from .masking import FusionClass, check_mask_set, mask_feature
-from ..errors import PlanError
-from .plan import Delete, Fold, RemovalPlan, check_drop
+from ...adapter import Adapter, Slot
+from ...loading import load_pretrained
+from ...masking import FusionClass, check_mask_set, mask_feature
+from ....errors import PlanError
+from ...plan import Delete, Fold, RemovalPlan, check_drop
 
 SIGLIP, SAM = "siglip", "sam"
 PIXEL_KEYS = {SIGLIP: "pixel_values", SAM: "high_res_pixel_values"}
@@ -288,5 +288,5 @@ class DeepseekVLAdapter(Adapter):
         return ["hf", "deepseek_vl"]
 
 
-register_adapter(DeepseekVLHybridAdapter())
-register_adapter(DeepseekVLAdapter())
+HYBRID_ADAPTER = DeepseekVLHybridAdapter()
+STOCK_ADAPTER = DeepseekVLAdapter()

@@ -16,7 +16,7 @@ cross_attention      its own K/V projections under learnable queries      C
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .masking import FusionClass
+from ...masking import FusionClass
 
 FUSION_TYPES = ("channel_concat", "sequence_concat", "cross_attention")
 PROJECTORS = ("linear_first", "layernorm_first")

@@ -5,18 +5,32 @@ in :mod:`.configuration_encslim`, the processor in :mod:`.processing_encslim`. P
 live in ``ModuleDict``s keyed by slot name, so the removal plan deletes keys and renumbers nothing.
 """
 
+from pathlib import Path
+
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from ..errors import ModelLoadError
-from .adapter import Adapter, Slot, register_adapter
-from .configuration_encslim import EncslimConfig
-from .loading import load_pretrained
-from .masking import EXACT_REMOVAL, FusionClass
-from .modeling_encslim import EncslimForConditionalGeneration
-from .native_plan import removal_plan  # the plan reads config.json only (torch-free, re-exported)
-from .processing_encslim import EncslimProcessor
+from ....errors import ModelLoadError
+from ...adapter import Adapter, Slot
+from ...capabilities import RemoteCode
+from .configuration import EncslimConfig
+from ...loading import load_pretrained
+from ...masking import EXACT_REMOVAL, FusionClass
+from .modeling import EncslimForConditionalGeneration
+from .plan import removal_plan  # the plan reads config.json only (torch-free, re-exported)
+from .processing import EncslimProcessor
 
 PIXEL_PREFIX = "pixel_values_"
+HERE = Path(__file__).resolve().parent
+# a remote-code export ships these files, flat: {shipped name: source}
+REMOTE_CODE_FILES = {"configuration_encslim.py": HERE / "configuration.py", "modeling_encslim.py": HERE / "modeling.py",
+                     "processing_encslim.py": HERE / "processing.py", "masking.py": HERE.parents[1] / "masking.py"}
+REMOTE_MODEL_AUTO_MAP = {
+    "AutoConfig": "configuration_encslim.EncslimConfig",
+    "AutoModel": "modeling_encslim.EncslimForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_encslim.EncslimForConditionalGeneration",
+    "AutoProcessor": "processing_encslim.EncslimProcessor",
+}
+REMOTE_PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_encslim.EncslimProcessor"}
 LLAVA_BACKBONES = ("clip_vision_model", "siglip_vision_model")
 # model-card code loading an ``hf`` export folder of a native model
 HOW_TO_LOAD = """\
@@ -149,13 +163,18 @@ class NativeAdapter(Adapter):
     def how_to_load(self, folder, model):
         return HOW_TO_LOAD.format(name=folder)
 
+    def remote_code(self):
+        """The native code, flat, under transformers' file names (masking: torch only)."""
+        return RemoteCode(files={name: source for name, source in REMOTE_CODE_FILES.items()},
+                          model_auto_map=REMOTE_MODEL_AUTO_MAP, processor_auto_map=REMOTE_PROCESSOR_AUTO_MAP)
+
 
 def llava_blockers(config, kept=None):
     """Why a native model keeping slots ``kept`` (default: all) cannot become a stock LLaVA model.
 
     A list of reasons, empty when it can. Pure: reads the config only.
     """
-    from .configuration_encslim import backbone_info, native_grid
+    from .configuration import backbone_info, native_grid
 
     slots = list(config.slot_names) if kept is None else [s for s in config.slot_names if s in set(kept)]
     if len(slots) != 1:
@@ -183,4 +202,4 @@ def llava_blockers(config, kept=None):
 
 
 register_auto_classes()
-register_adapter(NativeAdapter())
+ADAPTER = NativeAdapter()

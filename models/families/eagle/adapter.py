@@ -16,13 +16,13 @@ import re
 
 import torch
 
-from ...errors import ModelLoadError
-from ...files import CONFIG_NAME
-from ..adapter import Slot, TrainableParts, register_adapter
-from ..layout import (LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes,
+from ....errors import ModelLoadError
+from ....files import CONFIG_NAME
+from ...adapter import Slot, TrainableParts
+from ...layout import (LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes,
                       read_config_json)
-from ..masking import FusionClass, check_mask_set, mask_feature
-from ..plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
+from ...masking import FusionClass, check_mask_set, mask_feature
+from ...plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
 from .configuration import (EAGLE_KEYS, IMAGE_TOKEN_INDEX, TOWER_NAMES, EagleConfig, is_eagle_config, join_towers,
                             parse_towers)
 from .modeling import EagleVisionLlamaForCausalLM, register_auto_classes
@@ -256,4 +256,4 @@ def removal_plan(config, drop):
 
 
 register_auto_classes()
-register_adapter(EagleAdapter())
+ADAPTER = EagleAdapter()

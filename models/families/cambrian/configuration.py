@@ -27,7 +27,7 @@ import re
 
 from transformers import LlamaConfig
 
-from ..external import CONFIG_KEY
+from ...external import CONFIG_KEY
 
 MODEL_TYPE = "cambrian_llama"
 IMAGE_TOKEN_INDEX = -200  # cambrian/constants.py

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layout import Mlp, under_vision_model  # Mlp: timm's, as convnext.py's blocks use it
+from ...layout import Mlp, under_vision_model  # Mlp: timm's, as convnext.py's blocks use it
 
 CLIP_DEFAULT_SPEC = {  # openai/clip-vit-large-patch14-336
     "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,

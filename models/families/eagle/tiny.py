@@ -6,8 +6,8 @@ The towers keep every module of the real ones at small widths and depths; the in
 
 import torch
 
-from ...errors import ConfigError
-from ...files import atomic_output_dir
+from ....errors import ConfigError
+from ....files import atomic_output_dir
 from .configuration import TOWER_NAMES, EagleConfig, join_towers
 from .towers import tiny_specs
 
@@ -32,7 +32,7 @@ def parse_tower_list(towers):
 
 
 def tiny_eagle_config(towers=X5, tokenizer=None):
-    from ..tokenizer import build_tokenizer
+    from ...tokenizer import build_tokenizer
 
     towers = parse_tower_list(towers)
     tokenizer = tokenizer or build_tokenizer()
@@ -49,7 +49,7 @@ def tiny_eagle_config(towers=X5, tokenizer=None):
 def build_tiny_eagle(towers=X5, seed=0, tokenizer=None):
     """``(model, processor)``: a tiny random Eagle, seeded. Layer scales and norms get seeded noise so
     that every tower visibly changes the output."""
-    from ..tokenizer import build_tokenizer
+    from ...tokenizer import build_tokenizer
     from .modeling import EagleVisionLlamaForCausalLM, register_auto_classes
     from .processing import EagleProcessor
 
@@ -73,3 +73,8 @@ def create_tiny_eagle(out, towers=X5, seed=0, overwrite=False):
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return out
+
+
+def create(out, *, seed=0, overwrite=False, towers=",".join(X5)):
+    """``create-tiny --family eagle``: :func:`create_tiny_eagle` with the towers as the CLI spells them (``a,b``)."""
+    create_tiny_eagle(out, towers=parse_tower_list(towers), seed=seed, overwrite=overwrite)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ...files import atomic_output_dir
+from ....files import atomic_output_dir
 from .configuration import CambrianConfig
 
 HUB_IDS = ["siglip/CLIP-ViT-SO400M-14-384", "openai/clip-vit-large-patch14-336", "facebook/dinov2-giant-res378",
@@ -102,7 +102,7 @@ def write_tiny_encoders(root, seed=0):
 
 def build_tiny_cambrian(seed=0, tokenizer=None):
     """``(model, tokenizer)``: a tiny random Cambrian LLM + connector (no encoders attached), seeded."""
-    from ..tokenizer import build_tokenizer
+    from ...tokenizer import build_tokenizer
     from .modeling import CambrianLlamaForCausalLM, register_auto_classes
 
     register_auto_classes()
@@ -134,3 +134,10 @@ def create_tiny_cambrian(out, seed=0, overwrite=False):
         CambrianProcessor(tokenizer, model.config, {}).save_pretrained(tmp)
         write_tiny_encoders(Path(tmp) / "encoders", seed)
     return {s: str(Path(out).resolve() / "encoders" / s) for s in SLOTS}
+
+
+def create(out, *, seed=0, overwrite=False):
+    """``create-tiny --family cambrian``: the folder and its encoders; returns the note naming the encoder folders."""
+    paths = create_tiny_cambrian(out, seed=seed, overwrite=overwrite)
+    return ("its encoders are outside the checkpoint, as Cambrian's: pass "
+            + " ".join(f"--encoder {slot}={path}" for slot, path in paths.items()))

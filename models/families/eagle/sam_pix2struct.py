@@ -23,7 +23,7 @@ from torch import nn
 from transformers import Pix2StructVisionConfig, Pix2StructVisionModel, SamVisionConfig
 from transformers.models.sam.modeling_sam import SamVisionEncoder
 
-from ..layout import BackboneDeviceMixin
+from ...layout import BackboneDeviceMixin
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

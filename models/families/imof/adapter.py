@@ -50,13 +50,13 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
-from ..errors import ConfigError, ModelLoadError
-from ..files import CONFIG_NAME, atomic_output_dir
-from .adapter import Slot, TrainableParts, register_adapter
-from .layout import (LayoutAdapter, Mlp, TokenizerMixin, check_keys, from_pretrained, header_shapes, left_pad,
+from ....errors import ConfigError, ModelLoadError
+from ....files import CONFIG_NAME, atomic_output_dir
+from ...adapter import Slot, TrainableParts
+from ...layout import (LayoutAdapter, Mlp, TokenizerMixin, check_keys, from_pretrained, header_shapes, left_pad,
                      make_config, meta_shapes, read_config_json, under_vision_model)
-from .masking import FusionClass, check_mask_set, mask_feature
-from .plan import Delete, RemovalPlan, check_drop
+from ...masking import FusionClass, check_mask_set, mask_feature
+from ...plan import Delete, RemovalPlan, check_drop
 
 MODEL_TYPE = "imof_llama"
 ORIGINAL_MODEL_TYPES = ("llava", "llava_llama")  # MMVP's LlavaConfig says "llava"; later LLaVA "llava_llama"
@@ -445,7 +445,7 @@ class ImofProcessor(TokenizerMixin):
     def __init__(self, tokenizer, image_size, tower_tokens, template=None, pad=True):
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-        from .eagle.processing import CLIP_MEAN, CLIP_STD, guess_template
+        from ..eagle.processing import CLIP_MEAN, CLIP_STD, guess_template
 
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
@@ -482,20 +482,20 @@ class ImofProcessor(TokenizerMixin):
         return sum(n for t, n in self.tower_tokens.items() if t not in gone)
 
     def pixel_values(self, images):
-        from .eagle.processing import expand2square
+        from ..eagle.processing import expand2square
 
         background = tuple(int(x * 255) for x in self.image_mean)
         prepared = [expand2square(im.convert("RGB"), background) if self.pad else im.convert("RGB") for im in images]
         return torch.as_tensor(self.image_processor(prepared, return_tensors="pt")["pixel_values"])
 
     def build_prompt(self, question, with_image=True):
-        from .eagle.processing import chat_prompt
+        from ..eagle.processing import chat_prompt
 
         return chat_prompt(self.template, question, with_image)
 
     def prompt_ids(self, prompt, num_image_tokens):
         """``tokenizer_image_token`` with each placeholder repeated ``num_image_tokens`` times."""
-        from .eagle.processing import tokenizer_image_token
+        from ..eagle.processing import tokenizer_image_token
 
         return tokenizer_image_token(self.tokenizer, prompt, num_image_tokens)
 
@@ -734,7 +734,7 @@ def llava_conversion(model, processor):
 
 # ---------------------------------------------------------------------------------------------- tiny
 def tiny_imof_config(tokenizer=None):
-    from .tokenizer import build_tokenizer
+    from ...tokenizer import build_tokenizer
 
     tokenizer = tokenizer or build_tokenizer()
     return ImofConfig(
@@ -749,7 +749,7 @@ def tiny_imof_config(tokenizer=None):
 def build_tiny_imof(seed=0, tokenizer=None):
     """``(model, processor)``: a tiny random I-MoF, seeded; the towers' weights (layer scales, norms,
     position tables) get seeded noise so that each tower visibly changes the output."""
-    from .tokenizer import build_tokenizer
+    from ...tokenizer import build_tokenizer
 
     register_auto_classes()
     tokenizer = tokenizer or build_tokenizer()
@@ -775,7 +775,7 @@ def create_tiny_imof(out, seed=0, overwrite=False):
 
 
 register_auto_classes()
-register_adapter(ImofAdapter())
+ADAPTER = ImofAdapter()
 
 __all__ = ["ImofAdapter", "ImofConfig", "ImofLlamaForCausalLM", "ImofProcessor", "DinoVisionTransformer",
            "build_tiny_imof", "create_tiny_imof", "interleave", "is_imof_config", "read_imof_config",

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layout import BackboneDeviceMixin
+from ...layout import BackboneDeviceMixin
 
 ORIGINAL_KEYS_NOTE = """\
 state_dict keys of EVAVITVisionTower (prefix in the Eagle checkpoint:

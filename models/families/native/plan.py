@@ -5,7 +5,7 @@ only to read a config would be most of its start-up. This module gives the famil
 needs from the JSON dict:
 
 * :func:`plan_config`: a :class:`PlanConfig` (the attributes :func:`removal_plan` reads, computed as
-  :class:`~encslim.models.configuration_encslim.EncslimConfig` computes them), or ``None`` when the
+  :class:`~encslim.models.families.native.configuration.EncslimConfig` computes them), or ``None`` when the
   document is anything the light reading cannot vouch for (missing sizes that would come from
   transformers' defaults, anything ``EncslimConfig.validate`` would refuse...): the caller then
   takes the full path, which reports the problem as before;
@@ -14,13 +14,13 @@ needs from the JSON dict:
   per-slot fusion weights present for exactly the config's slots, fusion input widths), standing in
   for the meta-model structure check when the model is not built.
 
-``encslim.models.native`` re-exports :func:`removal_plan`; this module imports only the standard
+``encslim.models.families.native.adapter`` re-exports :func:`removal_plan`; this module imports only the standard
 library and encslim's torch-free modules.
 """
 
-from ..errors import ModelLoadError, PlanError
-from .masking import FusionClass
-from .plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
+from ....errors import ModelLoadError, PlanError
+from ...masking import FusionClass
+from ...plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
 
 # as configuration_encslim (a test keeps them equal): model_type -> feature layout
 BACKBONES = {

@@ -22,13 +22,13 @@ outputs (``encslim_encoder_paths`` in ``config.json``) so that later stages find
 
 import torch
 
-from ...errors import ConfigError, ModelLoadError
-from ...files import CONFIG_NAME
-from ..adapter import Slot, TrainableParts, register_adapter
-from ..external import CONFIG_KEY, encoder_paths
-from ..layout import LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes, read_config_json
-from ..masking import FusionClass, MaskError, check_mask_set
-from ..plan import Delete, RemovalPlan, check_drop
+from ....errors import ConfigError, ModelLoadError
+from ....files import CONFIG_NAME
+from ...adapter import Slot, TrainableParts
+from ...external import CONFIG_KEY, encoder_paths
+from ...layout import LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes, read_config_json
+from ...masking import FusionClass, MaskError, check_mask_set
+from ...plan import Delete, RemovalPlan, check_drop
 from .configuration import CAMBRIAN_KEYS, KINDS, MODEL_TYPE, IMAGE_TOKEN_INDEX, CambrianConfig, is_cambrian_config, tower_kind
 from .modeling import CambrianLlamaForCausalLM, register_auto_classes
 from .processing import IMAGE_PLACEHOLDER, CambrianProcessor
@@ -317,4 +317,4 @@ class CambrianAdapter(LayoutAdapter):
 
 
 register_auto_classes()
-register_adapter(CambrianAdapter())
+ADAPTER = CambrianAdapter()

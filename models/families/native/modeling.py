@@ -23,13 +23,13 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .configuration_encslim import EncslimConfig, backbone_info
+from .configuration import EncslimConfig, backbone_info
 
 # transformers renamed the key/value cache argument and output field ``past_key_values`` -> ``cache``
 # (the old name warns, then goes in 5.40): use whichever this transformers has
 CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
                else "past_key_values")
-from .masking import MaskMode, check_mask_set, mask_feature
+from ...masking import MaskMode, check_mask_set, mask_feature
 
 PIXEL_PREFIX = "pixel_values_"
 

@@ -1,7 +1,7 @@
 """Cambrian-1's inputs: one pixel tensor per encoder, the chat prompt and its token ids.
 
 - Images follow ``cambrian/mm_utils.process_images``: for every encoder its own ``expand2square``
-  colour, size and normalisation (:func:`~encslim.models.cambrian.encoders.pixel_tensor`); the batch
+  colour, size and normalisation (:func:`~encslim.models.families.cambrian.encoders.pixel_tensor`); the batch
   holds ``pixel_values_<slot>`` per encoder that runs and ``image_sizes`` (the images' ``(width,
   height)`` before padding, which the connector's unpadding reads, as the original's ``image_sizes``).
 - Prompts follow ``cambrian/conversation.py``: ``llama_3`` (Cambrian-8B), ``vicuna_v1`` (13B) or
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..eagle.processing import tokenizer_image_token
-from ..layout import TokenizerMixin, left_pad
+from ...layout import TokenizerMixin, left_pad
 from .encoders import pixel_tensor
 from .sva import unpadded_size
 
@@ -70,7 +70,7 @@ class CambrianProcessor(TokenizerMixin):
 
     Args:
         tokenizer: the LLM's tokenizer.
-        config: the model's :class:`~encslim.models.cambrian.configuration.CambrianConfig`.
+        config: the model's :class:`~encslim.models.families.cambrian.configuration.CambrianConfig`.
         preprocess: ``{slot: {"image_size", "mean", "std", "pad_mean"}}`` of the loaded encoders.
         template: the chat template (default: guessed from the tokenizer).
     """

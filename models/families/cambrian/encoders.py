@@ -19,7 +19,7 @@ in the folder layout the hub id has:
   resized to 24x24.
 - ``convnext`` (``clip_convnext_encoder.CLIPConvNextTower``): an open_clip folder of
   ``laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg-soup``; the timm ConvNeXt trunk's stem and
-  four stages (Eagle's re-implementation, :mod:`encslim.models.eagle.towers`, with timm's ``gamma``
+  four stages (Eagle's re-implementation, :mod:`encslim.models.families.eagle.towers`, with timm's ``gamma``
   for the layer scale), each stage's output resized to 96x96 and concatenated (``multi-stage``).
 
 Every resize is ``F.interpolate(bilinear, align_corners=False)`` in float32, as the towers'
@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ConfigError, ModelLoadError
+from ....errors import ConfigError, ModelLoadError
 from ..eagle.processing import CLIP_MEAN, CLIP_STD, expand2square  # LLaVA's expand2square, as Cambrian's mm_utils
-from ..layout import BackboneDeviceMixin, Mlp
+from ...layout import BackboneDeviceMixin, Mlp
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -338,7 +338,7 @@ def hf_encoder(model_class, folder, slot, ignored):
     mis-shaped keys and unexpected ones outside the ``ignored`` prefixes (parts Cambrian never runs)."""
     from transformers.utils import logging as hf_logging
 
-    from ..loading import _DropLoadReport, check_load_report
+    from ...loading import _DropLoadReport, check_load_report
 
     logger = hf_logging.get_logger("transformers.modeling_utils")
     quiet = _DropLoadReport()

@@ -1,0 +1,12 @@
+"""transformers' DeepSeek-VL (``deepseek_vl_hybrid``, class A3, and its SAM-free ``deepseek_vl``)."""
+
+from ...registry import Family, register_family
+
+register_family(Family(
+    name="deepseek_vl_hybrid",
+    description="transformers' DeepSeek-VL hybrid (SigLIP + SAM, class A3) and its stock deepseek_vl",
+    adapters={"deepseek_vl_hybrid": "encslim.models.families.deepseek_vl_hybrid.adapter:HYBRID_ADAPTER",
+              "deepseek_vl": "encslim.models.families.deepseek_vl_hybrid.adapter:STOCK_ADAPTER"},
+    tiny="encslim.models.families.deepseek_vl_hybrid.tiny:create_tiny_hybrid",
+    exports=("deepseek_vl",),
+))
