@@ -1,0 +1,412 @@
+"""A model folder, read once: ``ModelFolder.open(path)``.
+
+Every command starts from a folder holding ``config.json``, weights and side files (tokenizer,
+processor, generation config, chat template, remote code). :class:`ModelFolder` reads the config
+ONCE, resolves the family ONCE from the registry's records (no adapter, no torch), reads every
+weight file's header ONCE (safetensors: one file or shards with an index) and checks each file
+against its header (a truncated or garbled shard is refused here, in one line naming the file and
+the fix, before any work starts). Side files are listed by one policy (:func:`carried`) and read
+at most once each (:meth:`ModelFolder.side_bytes` caches the bytes, whose sha256 the manifest reuses).
+
+The header API (standard library only):
+
+* :func:`read_header` -> ``({key: TensorInfo}, metadata)`` of one safetensors file;
+* :class:`WeightFile` one weight file (format, tensors, metadata, size); a ``.bin`` reader plugs in
+  at :meth:`WeightFile.open`;
+* :class:`Checkpoint` the weights of a folder (``files``, ``tensors``, :meth:`~Checkpoint.shapes`);
+* :func:`key_problems` the one strict key comparison every checker uses.
+"""
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ModelLoadError, UnsupportedModelError
+from ..files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
+from . import external
+
+MAX_HEADER_BYTES = 100 << 20
+# bytes per element of every safetensors dtype
+DTYPE_SIZES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "C64": 8,
+}
+SHOWN_KEYS = 3  # keys named per kind of problem
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, dtype, shape and absolute byte offset of its data."""
+
+    key: str
+    file: Path
+    dtype: str
+    shape: tuple
+    start: int
+    nbytes: int
+
+    @property
+    def numel(self):
+        return math.prod(self.shape)
+
+
+def _corrupt(path, why):
+    return ModelLoadError(f"{path} is truncated or corrupt ({why}); re-download or re-save this file")
+
+
+def read_header(path, size=None):
+    """Parse one safetensors file's header and check it against the file's size (the shard check).
+
+    Args:
+        path: the ``.safetensors`` file.
+        size: its size in bytes, when already known (else ``stat``-ed).
+
+    Returns:
+        ``(infos, metadata)``: ``{key: TensorInfo}`` in storage order, and the ``__metadata__`` dict.
+
+    Raises:
+        ModelLoadError: one line naming the file: shorter than its header says, header not JSON,
+            a tensor whose byte range does not fit its shape, or bytes past the last tensor.
+    """
+    path = Path(path)
+    size = path.stat().st_size if size is None else size
+    if size < 8:
+        raise _corrupt(path, f"{size} bytes, shorter than the 8-byte header length")
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise _corrupt(path, f"header length {length} does not fit in {size} bytes")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _corrupt(path, f"header is not valid JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise _corrupt(path, "header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    infos, end = [], 0
+    for key, entry in header.items():
+        try:
+            dtype, shape, (begin, stop) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            itemsize = DTYPE_SIZES[dtype]
+        except (KeyError, TypeError, ValueError):
+            raise _corrupt(path, f"bad header entry for '{key}'") from None
+        if stop - begin != math.prod(shape) * itemsize or begin < 0:
+            raise _corrupt(path, f"'{key}' has {stop - begin} bytes for shape {list(shape)} {dtype}")
+        infos.append(TensorInfo(key, path, dtype, shape, 8 + length + begin, stop - begin))
+        end = max(end, stop)
+    if 8 + length + end != size:
+        raise _corrupt(path, f"expected {8 + length + end} bytes, found {size}")
+    infos.sort(key=lambda info: info.start)
+    return {info.key: info for info in infos}, metadata
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weight file of a folder: its format, tensors (``{key: TensorInfo}``, storage order), metadata, size."""
+
+    path: Path
+    format: str
+    tensors: dict
+    metadata: dict
+    size: int
+
+    @classmethod
+    def open(cls, path):
+        """Read and check one weight file's header (safetensors; other formats plug in here).
+
+        Raises:
+            ModelLoadError: the file is truncated or corrupt, or of a format without a header reader.
+        """
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            raise ModelLoadError(f"{path}: no header reader for this format; convert it to safetensors")
+        size = path.stat().st_size
+        tensors, metadata = read_header(path, size)
+        return cls(path, "safetensors", tensors, metadata, size)
+
+
+class Checkpoint:
+    """The safetensors weights of a model folder (single file or sharded with an index)."""
+
+    def __init__(self, folder, files, tensors, weight_files=()):
+        self.folder = Path(folder)
+        self.files = files
+        self.tensors = tensors
+        self.weight_files = tuple(weight_files)
+
+    @classmethod
+    def open(cls, folder, index=None):
+        """Read every header of the folder's weights, once.
+
+        Args:
+            folder: the model folder.
+            index: the index document (``model.safetensors.index.json``) when already read.
+
+        Raises:
+            ModelLoadError: no safetensors weights, a file named by the index is missing, the index
+                disagrees with the files, or a file is truncated or corrupt.
+        """
+        folder = Path(folder)
+        index_file = folder / INDEX_NAME
+        if index is not None or index_file.is_file():
+            try:
+                index = json.loads(index_file.read_bytes()) if index is None else index
+                weight_map = index["weight_map"]
+                names = sorted(set(weight_map.values()))
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise ModelLoadError(f"{index_file} is not a valid index ({err}); re-save the model") from None
+        elif (folder / WEIGHTS_NAME).is_file():
+            weight_map, names = None, [WEIGHTS_NAME]
+        else:
+            other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+            hint = f" (found {', '.join(other)}: convert them to safetensors first)" if other else ""
+            raise ModelLoadError(f"{folder} holds no safetensors weights{hint}")
+        tensors, files = {}, []
+        for name in names:
+            if not (folder / name).is_file():
+                raise ModelLoadError(f"{folder / name} is listed in {INDEX_NAME} but missing; re-download it")
+            weight_file = WeightFile.open(folder / name)
+            files.append(weight_file)
+            for key, info in weight_file.tensors.items():
+                if key in tensors:
+                    raise ModelLoadError(f"tensor '{key}' is stored twice ({tensors[key].file.name}, {name})")
+                if weight_map is not None and weight_map.get(key) != name:
+                    raise ModelLoadError(f"{INDEX_NAME} does not list '{key}' of {name}; re-save the model")
+                tensors[key] = info
+        if weight_map is not None and set(weight_map) != set(tensors):
+            missing = sorted(set(weight_map) - set(tensors))
+            raise ModelLoadError(f"{INDEX_NAME} lists tensors no file holds (e.g. '{missing[0]}'); re-download")
+        return cls(folder, [f.path for f in files], tensors, files)
+
+    @property
+    def total_bytes(self):
+        return sum(info.nbytes for info in self.tensors.values())
+
+    def shapes(self):
+        """``{key: shape}`` of every tensor."""
+        return {key: info.shape for key, info in self.tensors.items()}
+
+    def itemsizes(self):
+        """``{key: bytes per element}`` of every tensor."""
+        return {key: DTYPE_SIZES[info.dtype] for key, info in self.tensors.items()}
+
+
+# ---------------------------------------------------------------------------- the one strict key check
+def _listed(keys, shown=SHOWN_KEYS):
+    keys = list(keys)
+    more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+    return f"{', '.join(keys[:shown])}{more}"
+
+
+@dataclass(frozen=True)
+class KeyProblems:
+    """What a checkpoint's keys contradict in a model's: each list sorted.
+
+    ``mismatched`` holds ``(key, found shape, expected shape)``; ``tolerated_missing`` the expected keys
+    the checkpoint lacks that the caller tolerates (it recomputes them).
+    """
+
+    missing: tuple = ()
+    unexpected: tuple = ()
+    mismatched: tuple = ()
+    tolerated_missing: tuple = ()
+
+    def __bool__(self):
+        return bool(self.missing or self.unexpected or self.mismatched)
+
+    def listed(self, missing_note=""):
+        """``["N missing key(s)<note>: a, b, c (+M more)", "N unexpected key(s): ...", "N mis-shaped key(s): ..."]``."""
+        shaped = [f"{k} (checkpoint {list(found)}, model {list(want)})" for k, found, want in self.mismatched]
+        return [f"{len(keys)} {label} key(s){note}: {_listed(keys)}"
+                for label, keys, note in (("missing", self.missing, missing_note),
+                                          ("unexpected", self.unexpected, ""), ("mis-shaped", shaped, ""))
+                if keys]
+
+    def examples(self):
+        """``["N missing (e.g. a)", "N unexpected (e.g. b)", "N of another shape (e.g. c: [..] vs [..])"]``."""
+        parts = [f"{len(keys)} {label} (e.g. {keys[0]})"
+                 for label, keys in (("missing", self.missing), ("unexpected", self.unexpected)) if keys]
+        if self.mismatched:
+            key, found, want = self.mismatched[0]
+            parts.append(f"{len(self.mismatched)} of another shape (e.g. {key}: {list(found)} vs {list(want)})")
+        return parts
+
+
+def _fits(found, want):
+    found, want = tuple(found), tuple(want)
+    return len(found) == len(want) and all(w is None or f == w for f, w in zip(found, want))
+
+
+def key_problems(expected, found, tolerated=None, optional=()):
+    """Compare a checkpoint's ``{key: shape}`` with a model's: the one strict key check.
+
+    Args:
+        expected: ``{key: shape}`` the model has; a ``None`` dimension matches any size.
+        found: ``{key: shape}`` the checkpoint holds.
+        tolerated: a compiled pattern; keys it ``search``-es may be missing or unexpected.
+        optional: keys that may be missing (tied weights, keys ignored when absent).
+
+    Returns:
+        a :class:`KeyProblems` (false when the keys fit).
+    """
+    def ok(key):
+        return tolerated is not None and tolerated.search(key) is not None
+
+    optional = set(optional)
+    absent = sorted(k for k in expected if k not in found and k not in optional)
+    return KeyProblems(
+        missing=tuple(k for k in absent if not ok(k)),
+        unexpected=tuple(sorted(k for k in found if k not in expected and not ok(k))),
+        mismatched=tuple((k, tuple(found[k]), tuple(expected[k])) for k in sorted(found)
+                         if k in expected and not _fits(found[k], expected[k])),
+        tolerated_missing=tuple(k for k in absent if ok(k)),
+    )
+
+
+# ---------------------------------------------------------------------------- side files
+# the files of a model folder that describe the model itself besides config and weights, so a model
+# made from it (pruned, or re-written by export) needs them: processor, tokenizer, generation config,
+# chat templates, remote code. Anything else (source weights in other formats, the source's manifest,
+# model card, plots, notes) describes the source: it is left out, and named in the manifest.
+CARRIED_NAMES = frozenset({
+    "generation_config.json", "processor_config.json", "preprocessor_config.json", "image_processor_config.json",
+    "video_preprocessor_config.json", "feature_extractor_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+    "chat_template.json", "chat_template.jinja",
+})
+CARRIED_PREFIXES = ("tokenizer", "chat_template")
+CARRIED_DIRS = frozenset({"additional_chat_templates"})
+
+
+def carried(name, is_dir=False):
+    """Whether a file (or folder) of a model folder belongs in a model made from it (besides config and
+    weights): processor and tokenizer files, chat templates, remote-code ``.py`` files."""
+    if is_dir:
+        return name in CARRIED_DIRS
+    return (name in CARRIED_NAMES or name.startswith(CARRIED_PREFIXES) or name.endswith(".py")
+            or name.endswith(".tiktoken"))
+
+
+def _is_weights(name):
+    """The safetensors weights and their index (read as :class:`Checkpoint`); weights of other formats
+    describe the source and are left out."""
+    return name == INDEX_NAME or name.endswith(".safetensors")
+
+
+# ---------------------------------------------------------------------------- the folder
+def parse_json(path, raw, fix, error=ModelLoadError):
+    """The JSON document of ``raw`` (the bytes of ``path``); ``error`` naming the file and ``fix`` if not JSON."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path} is not valid JSON ({err}); {fix}") from err
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model folder read once (see the module docstring); build it with :meth:`open`.
+
+    Attributes:
+        path: the folder.
+        config: the ``config.json`` document (a dict; treat it as read-only).
+        config_bytes: the bytes of ``config.json`` (for its digest).
+        family: the registry's :class:`~encslim.models.registry.Family` record.
+        model_type: the model_type the family handles it as (``llava`` configs may be Eagle's).
+        weights: the :class:`Checkpoint` (every header read and checked), or ``None`` when opened
+            without weights.
+        side_files: names of the files (and folders, ending in ``/``) a model made from this one
+            carries over (:func:`carried`), sorted.
+        other_files: names of the files that describe the source only (left out of a derived model).
+        encoders: ``{slot: folder}`` of encoders the checkpoint does not hold (Cambrian): the ones
+            saved in ``config.json``, then this process's ``--encoder`` folders, then ``encoders``.
+    """
+
+    path: Path
+    config: dict
+    config_bytes: bytes
+    family: object
+    model_type: str
+    weights: object
+    side_files: tuple
+    other_files: tuple
+    encoders: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def open(cls, path, encoders=None, weights=True):
+        """Read ``config.json``, resolve the family and read every weight header, once each.
+
+        Args:
+            path: the model folder.
+            encoders: ``{slot: folder}`` of external encoders (over the saved and process-wide ones).
+            weights: read the weight headers (``False``: a folder whose weights are not needed).
+
+        Returns:
+            the :class:`ModelFolder`.
+
+        Raises:
+            ModelLoadError: not a folder, no or broken ``config.json``, no ``model_type``, no
+                safetensors weights, a truncated or garbled shard (naming it and the fix).
+            UnsupportedModelError: no family handles the ``model_type``.
+        """
+        from .registry import detect_family, get_adapter
+
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ModelLoadError(f"{path} is not a folder; pass a model folder that holds config.json")
+        config_file = folder / CONFIG_NAME
+        if not config_file.is_file():
+            raise ModelLoadError(f"{path} holds no config.json, so it is not a model folder; "
+                                 "pass a saved model folder")
+        raw = config_file.read_bytes()
+        config = parse_json(config_file, raw, "re-save the model")
+        if not isinstance(config, dict) or not config.get("model_type"):
+            raise ModelLoadError(f"{path}/config.json has no model_type; it is not a transformers model folder")
+        found = detect_family(config)
+        if found is None:
+            get_adapter(str(config["model_type"]))  # raises, listing the supported families
+            raise UnsupportedModelError(f"no family handles {path}/config.json")
+        side, other = [], []
+        for entry in sorted(folder.iterdir()):
+            name = entry.name
+            if name == CONFIG_NAME or name.startswith(".") or (entry.is_file() and _is_weights(name)):
+                continue
+            is_dir = entry.is_dir()
+            label = name + "/" if is_dir else name
+            (side if carried(name, is_dir) else other).append(label)
+        paths = {**dict(config.get(external.CONFIG_KEY) or {}), **external.encoder_paths(), **dict(encoders or {})}
+        return cls(path=folder, config=config, config_bytes=raw, family=found[0], model_type=found[1],
+                   weights=Checkpoint.open(folder) if weights else None, side_files=tuple(side),
+                   other_files=tuple(other), encoders=paths)
+
+    @property
+    def adapter(self):
+        """The family's adapter for this folder (imports the family's modules: torch)."""
+        from .registry import get_adapter
+
+        return get_adapter(self.model_type)
+
+    def side_bytes(self, name):
+        """The bytes of side file ``name``, read once (later calls reuse them)."""
+        if name not in self._cache:
+            self._cache[name] = (self.path / name).read_bytes()
+        return self._cache[name]
+
+    def side_json(self, name, fix):
+        """The JSON document of side file ``name`` (read once); ``ModelLoadError`` naming it and ``fix``."""
+        return parse_json(self.path / name, self.side_bytes(name), fix)
+
+    def digests(self):
+        """``{file name: sha256}`` of ``config.json`` and every side file read so far (the manifest reuses them)."""
+        known = {CONFIG_NAME: hashlib.sha256(self.config_bytes).hexdigest()}
+        known.update({name: hashlib.sha256(raw).hexdigest() for name, raw in self._cache.items()})
+        return known
+
+
+__all__ = ["CARRIED_DIRS", "CARRIED_NAMES", "CARRIED_PREFIXES", "Checkpoint", "DTYPE_SIZES", "KeyProblems",
+           "ModelFolder", "TensorInfo", "WeightFile", "carried", "key_problems", "parse_json",
+           "read_header"]
