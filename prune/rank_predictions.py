@@ -31,16 +31,14 @@ With ``--data`` the benchmark files decide answers, options, metric, category an
 the bootstrap clusters), the prediction files only the predictions, matched by index.
 """
 
-import csv
 import hashlib
-import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..data.predictions import prediction_files, read_rows
 from ..data.fields import LETTERS, METRIC_BY_DATASET, check_metric, default_metric, is_missing, mcq_answer, \
     parse_answers, parse_options, text_of
 from ..data.samples import Sample
@@ -50,7 +48,6 @@ from ..files import atomic_output_dir, check_output_path
 from .rank_compute import compute_ranking, image_clusters
 from .shapley import is_complete
 
-FORMATS = (".xlsx", ".tsv", ".json", ".jsonl")
 MAX_REFERENCE_LENGTH = 64  # a VLMEvalKit image cell this short names another row's index
 SHOWN_IDS = 5
 
@@ -86,95 +83,6 @@ def parse_predictions(pairs):
     if len(set(keys)) != len(keys):
         raise ConfigError(f"--predictions key '{next(k for k in keys if keys.count(k) > 1)}' is given twice")
     return out
-
-
-def prediction_files(path):
-    """The prediction files of a path: the file itself, or a folder's files of known formats (sorted)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FORMATS)
-        if not files:
-            raise DataError(f"{path} holds no prediction files ({', '.join(FORMATS)})")
-        return files
-    if not path.is_file():
-        raise DataError(f"prediction file {path} not found; check the path")
-    if path.suffix.lower() not in FORMATS:
-        raise DataError(f"{path}: unknown prediction format '{path.suffix}'; use {', '.join(FORMATS)}")
-    return [path]
-
-
-# ---------------------------------------------------------------- reading
-def read_rows(path):
-    """``[row dict]`` of one prediction file, in file order (cells as the format stores them)."""
-    suffix = path.suffix.lower()
-    if suffix == ".tsv":
-        return _read_tsv(path)
-    if suffix == ".xlsx":
-        return _read_xlsx(path)
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    return _read_json(path)
-
-
-def _read_tsv(path):
-    old = csv.field_size_limit()
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter="\t")
-            header = [h.strip() for h in next(reader, [])]
-            rows = [dict(zip(header, cells)) for cells in reader if any(c.strip() for c in cells)]
-    finally:
-        csv.field_size_limit(old)
-    return rows
-
-
-def _read_xlsx(path):
-    try:
-        import openpyxl
-    except ImportError:
-        raise DataError(f"{path}: reading .xlsx predictions needs openpyxl (pip install 'encslim[vlmeval]'); "
-                        f"or save the file as .tsv") from None
-    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    try:
-        cells = list(book.active.iter_rows(values_only=True))
-    finally:
-        book.close()
-    if not cells:
-        return []
-    header = ["" if h is None else str(h).strip() for h in cells[0]]
-    return [dict(zip(header, row)) for row in cells[1:] if any(c is not None and str(c).strip() for c in row)]
-
-
-def _read_jsonl(path):
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {number} is not JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path} line {number} is not a JSON object")
-            rows.append(row)
-    return rows
-
-
-def _read_json(path):
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not JSON ({err.msg} at line {err.lineno})") from None
-    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
-        return data
-    if isinstance(data, dict) and data and all(isinstance(v, (dict, list)) for v in data.values()):
-        columns = {k: (list(v.values()) if isinstance(v, dict) else list(v)) for k, v in data.items()}
-        n = {len(v) for v in columns.values()}
-        if len(n) == 1:  # pandas' column orientation {column: {row: value}} or {column: [values]}
-            return [{k: v[i] for k, v in columns.items()} for i in range(n.pop())]
-    raise DataError(f"{path}: expected a list of prediction rows (or pandas' column orientation)")
 
 
 def _metric_dataset(stem):
