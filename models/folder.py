@@ -20,7 +20,9 @@ The header API (standard library only):
 import hashlib
 import json
 import math
+import os
 import struct
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,12 +59,23 @@ def _corrupt(path, why):
     return ModelLoadError(f"{path} is truncated or corrupt ({why}); re-download or re-save this file")
 
 
-def read_header(path, size=None):
+def _pread(fd, count, offset):
+    data = bytearray()
+    while len(data) < count:
+        piece = os.pread(fd, count - len(data), offset + len(data))
+        if not piece:
+            break
+        data += piece
+    return bytes(data)
+
+
+def read_header(path, size=None, fd=None):
     """Parse one safetensors file's header and check it against the file's size (the shard check).
 
     Args:
         path: the ``.safetensors`` file.
         size: its size in bytes, when already known (else ``stat``-ed).
+        fd: an open descriptor of the file to read through (default: the file is opened and closed).
 
     Returns:
         ``(infos, metadata)``: ``{key: TensorInfo}`` in storage order, and the ``__metadata__`` dict.
@@ -75,11 +88,16 @@ def read_header(path, size=None):
     size = path.stat().st_size if size is None else size
     if size < 8:
         raise _corrupt(path, f"{size} bytes, shorter than the 8-byte header length")
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
+    own = fd is None
+    fd = os.open(path, os.O_RDONLY) if own else fd
+    try:
+        (length,) = struct.unpack("<Q", _pread(fd, 8, 0))
         if length > MAX_HEADER_BYTES or 8 + length > size:
             raise _corrupt(path, f"header length {length} does not fit in {size} bytes")
-        raw = f.read(length)
+        raw = _pread(fd, length, 8)
+    finally:
+        if own:
+            os.close(fd)
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -104,19 +122,33 @@ def read_header(path, size=None):
     return {info.key: info for info in infos}, metadata
 
 
+# weight files whose descriptor stays open from the header read to the streaming read (so each is opened
+# once); the files past this many are opened again when streamed (the descriptor limit is often 1024)
+KEEP_OPEN_FILES = 256
+
+
 @dataclass(frozen=True)
 class WeightFile:
-    """One weight file of a folder: its format, tensors (``{key: TensorInfo}``, storage order), metadata, size."""
+    """One weight file of a folder: its format, tensors (``{key: TensorInfo}``, storage order), metadata, size.
+
+    ``fd`` is the descriptor its header was read through, kept open for the executor's one read of
+    the data (``None`` once closed or when not kept): :meth:`take_fd` hands it over.
+    """
 
     path: Path
     format: str
     tensors: dict
     metadata: dict
     size: int
+    _fd: list = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
-    def open(cls, path):
+    def open(cls, path, keep_open=False):
         """Read and check one weight file's header (safetensors; other formats plug in here).
+
+        Args:
+            path: the file.
+            keep_open: keep the descriptor open for :meth:`take_fd` (closed when the object goes).
 
         Raises:
             ModelLoadError: the file is truncated or corrupt, or of a format without a header reader.
@@ -124,27 +156,53 @@ class WeightFile:
         path = Path(path)
         if path.suffix != ".safetensors":
             raise ModelLoadError(f"{path}: no header reader for this format; convert it to safetensors")
-        size = path.stat().st_size
-        tensors, metadata = read_header(path, size)
-        return cls(path, "safetensors", tensors, metadata, size)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            tensors, metadata = read_header(path, size, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not keep_open:
+            os.close(fd)
+            return cls(path, "safetensors", tensors, metadata, size)
+        holder = [fd]
+        weight_file = cls(path, "safetensors", tensors, metadata, size, holder)
+        weakref.finalize(weight_file, _close_all, holder)
+        return weight_file
+
+    def take_fd(self):
+        """The open descriptor of the file (the caller closes it), opened now if it was not kept open."""
+        return self._fd.pop() if self._fd else os.open(self.path, os.O_RDONLY)
+
+    def close(self):
+        """Close the kept descriptor, if any."""
+        _close_all(self._fd)
+
+
+def _close_all(fds):
+    while fds:
+        os.close(fds.pop())
 
 
 class Checkpoint:
     """The safetensors weights of a model folder (single file or sharded with an index)."""
 
-    def __init__(self, folder, files, tensors, weight_files=()):
+    def __init__(self, folder, files, tensors, weight_files=(), index_digest=None):
         self.folder = Path(folder)
         self.files = files
         self.tensors = tensors
         self.weight_files = tuple(weight_files)
+        self.index_digest = index_digest  # sha256 of the index file, when there is one
 
     @classmethod
-    def open(cls, folder, index=None):
+    def open(cls, folder, keep_open=False):
         """Read every header of the folder's weights, once.
 
         Args:
             folder: the model folder.
-            index: the index document (``model.safetensors.index.json``) when already read.
+            keep_open: keep up to :data:`KEEP_OPEN_FILES` files' descriptors open for the executor
+                (see :meth:`WeightFile.take_fd`).
 
         Raises:
             ModelLoadError: no safetensors weights, a file named by the index is missing, the index
@@ -152,10 +210,12 @@ class Checkpoint:
         """
         folder = Path(folder)
         index_file = folder / INDEX_NAME
-        if index is not None or index_file.is_file():
+        index_digest = None
+        if index_file.is_file():
             try:
-                index = json.loads(index_file.read_bytes()) if index is None else index
-                weight_map = index["weight_map"]
+                raw = index_file.read_bytes()
+                index_digest = hashlib.sha256(raw).hexdigest()
+                weight_map = json.loads(raw)["weight_map"]
                 names = sorted(set(weight_map.values()))
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
                 raise ModelLoadError(f"{index_file} is not a valid index ({err}); re-save the model") from None
@@ -169,7 +229,7 @@ class Checkpoint:
         for name in names:
             if not (folder / name).is_file():
                 raise ModelLoadError(f"{folder / name} is listed in {INDEX_NAME} but missing; re-download it")
-            weight_file = WeightFile.open(folder / name)
+            weight_file = WeightFile.open(folder / name, keep_open and len(files) < KEEP_OPEN_FILES)
             files.append(weight_file)
             for key, info in weight_file.tensors.items():
                 if key in tensors:
@@ -180,7 +240,12 @@ class Checkpoint:
         if weight_map is not None and set(weight_map) != set(tensors):
             missing = sorted(set(weight_map) - set(tensors))
             raise ModelLoadError(f"{INDEX_NAME} lists tensors no file holds (e.g. '{missing[0]}'); re-download")
-        return cls(folder, [f.path for f in files], tensors, files)
+        return cls(folder, [f.path for f in files], tensors, files, index_digest)
+
+    def close(self):
+        """Close the descriptors kept open (see :meth:`open`)."""
+        for weight_file in self.weight_files:
+            weight_file.close()
 
     @property
     def total_bytes(self):
@@ -380,7 +445,7 @@ class ModelFolder:
             (side if carried(name, is_dir) else other).append(label)
         paths = {**dict(config.get(external.CONFIG_KEY) or {}), **external.encoder_paths(), **dict(encoders or {})}
         return cls(path=folder, config=config, config_bytes=raw, family=found[0], model_type=found[1],
-                   weights=Checkpoint.open(folder) if weights else None, side_files=tuple(side),
+                   weights=Checkpoint.open(folder, keep_open=True) if weights else None, side_files=tuple(side),
                    other_files=tuple(other), encoders=paths)
 
     @property
@@ -403,6 +468,8 @@ class ModelFolder:
     def digests(self):
         """``{file name: sha256}`` of ``config.json`` and every side file read so far (the manifest reuses them)."""
         known = {CONFIG_NAME: hashlib.sha256(self.config_bytes).hexdigest()}
+        if self.weights is not None and self.weights.index_digest:
+            known[INDEX_NAME] = self.weights.index_digest
         known.update({name: hashlib.sha256(raw).hexdigest() for name, raw in self._cache.items()})
         return known
 

@@ -26,6 +26,7 @@ from torch import nn
 from ..errors import ModelLoadError
 from ..files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
 from .adapter import Adapter
+from .folder import key_problems
 
 SHOWN_KEYS = 3  # keys named per kind of problem in a strict-load error
 SAME_MODEL = "the checkpoint and config.json must come from the same model"
@@ -93,11 +94,6 @@ def meta_shapes(model_class, config, skip=()):
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in set(skip)}
 
 
-def _listed(keys):
-    more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
-    return f"{', '.join(keys[:SHOWN_KEYS])}{more}"
-
-
 def check_keys(path, shapes, expected, what, tolerated=None):
     """Refuse a checkpoint whose keys are not exactly the model's: missing, unexpected or mis-shaped.
 
@@ -113,22 +109,13 @@ def check_keys(path, shapes, expected, what, tolerated=None):
         The sorted tolerated keys the checkpoint lacks (the caller recomputes them).
 
     Raises:
-        ModelLoadError: one line, ``N missing/unexpected/mis-shaped key(s): first keys (+M more)``.
+        ModelLoadError: one line, ``N missing/unexpected/mis-shaped key(s): first keys (+M more)``
+            (:func:`~encslim.models.folder.key_problems`, the one strict comparison).
     """
-    def ok(key):
-        return tolerated is not None and tolerated.search(key) is not None
-
-    missing = sorted(set(expected) - set(shapes))
-    derived_missing = [k for k in missing if ok(k)]
-    missing = [k for k in missing if not ok(k)]
-    unexpected = sorted(k for k in set(shapes) - set(expected) if not ok(k))
-    mismatched = sorted(k for k in set(expected) & set(shapes) if tuple(expected[k]) != tuple(shapes[k]))
-    problems = [f"{len(keys)} {label} key(s): {_listed(keys)}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched))
-                if keys]
+    problems = key_problems(expected, shapes, tolerated)
     if problems:
-        raise ModelLoadError(f"{path} does not match its {what}: {'; '.join(problems)}; {SAME_MODEL}")
-    return derived_missing
+        raise ModelLoadError(f"{path} does not match its {what}: {'; '.join(problems.listed())}; {SAME_MODEL}")
+    return list(problems.tolerated_missing)
 
 
 def from_pretrained(model_class, path, config, dtype=None, device_map=None):

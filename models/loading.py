@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
 from ..files import CONFIG_NAME, read_json
+from .folder import KeyProblems
 from .registry import adapter_for_config
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -51,14 +52,10 @@ def check_load_report(path, info):
     unexpected = sorted(info.get("unexpected_keys") or ())
     mismatched = sorted(info.get("mismatched_keys") or (), key=lambda item: item[0])
     errors = [str(e).splitlines()[0] for e in info.get("error_msgs") or () if str(e).strip()]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s) (they would be random): {_keys(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_keys(unexpected)}")
-    if mismatched:
-        shown = [f"{key} (checkpoint {list(ckpt)}, model {list(model)})" for key, ckpt, model in mismatched]
-        problems.append(f"{len(mismatched)} mis-shaped key(s): {_keys(shown)}")
+    # transformers made the key comparison; the report is phrased as every strict check phrases it
+    report = KeyProblems(missing=tuple(missing), unexpected=tuple(unexpected),
+                         mismatched=tuple((key, tuple(ckpt), tuple(model)) for key, ckpt, model in mismatched))
+    problems = report.listed(missing_note=" (they would be random)")
     if errors:
         problems.append(f"{len(errors)} load error(s): {errors[0]}")
     if not problems:

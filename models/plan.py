@@ -13,9 +13,9 @@ A plan is built from a model's config alone (by the family's adapter) and holds
   processor files, applied together with the weights;
 * ``exact``: whether the pruned model computes exactly what the removal-masked model computed.
 
-The executors apply plans: :func:`apply_plan` to a state dict in memory (used by ``encslim
-prune`` and ``encslim export``), the streaming one in ``encslim.prune.surgery``;
-``describe_plan`` reports one against a checkpoint's header (the ``--dry-run`` view). The
+One executor applies plans (:mod:`encslim.models.executor`: in memory or streaming over shards,
+used by ``encslim prune`` and ``encslim export`` alike); ``describe_plan`` reports one against a
+checkpoint's header (the ``--dry-run`` view). The
 adapters build plans, so the plan vocabulary lives with the models; each family's plan
 builder is in its own family file.
 """
@@ -331,33 +331,3 @@ def describe_plan(plan, shapes, itemsizes=None):
         "renamed": len([k for k in shapes if k not in consumed and not plan.is_deleted(k)
                         and plan.output_name(k) != k]),
     }
-
-
-# ---------------------------------------------------------------------------- in-memory executor
-def apply_plan(state_dict, plan):
-    """Apply a removal plan to a state dict with torch; returns a new ``{key: tensor}``.
-
-    Args:
-        state_dict: ``{key: tensor}`` of the source model (checkpoint key names).
-        plan: a :class:`RemovalPlan`.
-
-    Returns:
-        the pruned state dict (source order, folds last), keys as :meth:`RemovalPlan.output_name` names them.
-    """
-    import torch
-
-    consumed = {k for fold in plan.folds for k in fold.sources}
-    slices = {sl.key: sl for sl in plan.slices}
-    out = {}
-    for key, tensor in state_dict.items():
-        if key in consumed or plan.is_deleted(key):
-            continue
-        sl = slices.get(key)
-        if sl is not None:
-            tensor = torch.cat([tensor.narrow(sl.dim, a, b - a) for a, b in sl.keep], dim=sl.dim)
-        out[plan.output_name(key)] = tensor.contiguous()
-    for fold in plan.folds:
-        dtype = state_dict[fold.sources[0]].dtype
-        parts = [state_dict[p["key"]] if "key" in p else torch.zeros(p["zeros"], dtype=dtype) for p in fold.parts]
-        out[fold.key] = torch.cat(parts, dim=fold.dim).contiguous()
-    return out

@@ -1,9 +1,9 @@
-"""Safetensors checkpoints read and written tensor by tensor, without torch and without mmap.
+"""Safetensors shards written tensor by tensor, without torch and without mmap.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor
-to its dtype, shape and byte range, then the raw bytes. Reading the header alone tells a
-tensor's size and place, so surgery can plan the whole output (shard boundaries included)
-before touching a weight. :func:`stream_checkpoint` then writes it in one pass: each source byte is read once into
+to its dtype, shape and byte range, then the raw bytes. The source headers (read once by
+:class:`~encslim.models.folder.Checkpoint`) tell each tensor's size and place, so the executor
+plans the whole output (shard boundaries included) before touching a weight. :func:`stream_checkpoint` then writes it in one pass: each source byte is read once into
 a reused buffer, hashed for the source digest and, if kept, written and hashed for the output
 digest on worker threads (no second pass over either file, for the manifest); the output's
 writeback starts every 64 MiB instead of at the end. Memory stays at a few buffers plus one
@@ -23,35 +23,12 @@ from pathlib import Path
 from ..errors import ConfigError, ModelLoadError
 from ..files import INDEX_NAME, WEIGHTS_NAME, sha256_file
 from ..runtime import progress_bar
+from .folder import DTYPE_SIZES, WeightFile
 
 logger = logging.getLogger(__name__)
 
-MAX_HEADER_BYTES = 100 << 20
-
-# bytes per element of every safetensors dtype
-DTYPE_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "C64": 8,
-}
-
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
                "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives: file, dtype, shape and absolute byte offset of its data."""
-
-    key: str
-    file: Path
-    dtype: str
-    shape: tuple
-    start: int
-    nbytes: int
-
-    @property
-    def numel(self):
-        return math.prod(self.shape)
 
 
 def parse_size(text):
@@ -71,106 +48,6 @@ def parse_size(text):
     if value <= 0:
         raise ConfigError(f"size '{text}' must be positive")
     return value
-
-
-def read_header(path):
-    """Parse and check one safetensors file's header.
-
-    Returns:
-        ``(infos, metadata)``: ``{key: TensorInfo}`` in storage order, and the ``__metadata__`` dict.
-
-    Raises:
-        ModelLoadError: the file is truncated or corrupt (named in the message).
-    """
-    path = Path(path)
-    size = path.stat().st_size
-
-    def corrupt(why):
-        return ModelLoadError(f"{path} is truncated or corrupt ({why}); re-download or re-save this file")
-
-    if size < 8:
-        raise corrupt(f"{size} bytes, shorter than the 8-byte header length")
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        if length > MAX_HEADER_BYTES or 8 + length > size:
-            raise corrupt(f"header length {length} does not fit in {size} bytes")
-        raw = f.read(length)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise corrupt(f"header is not valid JSON: {err}") from None
-    if not isinstance(header, dict):
-        raise corrupt("header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    infos, end = [], 0
-    for key, entry in header.items():
-        try:
-            dtype, shape, (begin, stop) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
-            itemsize = DTYPE_SIZES[dtype]
-        except (KeyError, TypeError, ValueError):
-            raise corrupt(f"bad header entry for '{key}'") from None
-        if stop - begin != math.prod(shape) * itemsize or begin < 0:
-            raise corrupt(f"'{key}' has {stop - begin} bytes for shape {list(shape)} {dtype}")
-        infos.append(TensorInfo(key, path, dtype, shape, 8 + length + begin, stop - begin))
-        end = max(end, stop)
-    if 8 + length + end != size:
-        raise corrupt(f"expected {8 + length + end} bytes, found {size}")
-    infos.sort(key=lambda info: info.start)
-    return {info.key: info for info in infos}, metadata
-
-
-class Checkpoint:
-    """The safetensors weights of a model folder (single file or sharded with an index)."""
-
-    def __init__(self, folder, files, tensors):
-        self.folder = Path(folder)
-        self.files = files
-        self.tensors = tensors
-
-    @classmethod
-    def open(cls, folder):
-        """Read every header of the folder's weights.
-
-        Raises:
-            ModelLoadError: no safetensors weights, a file named by the index is missing, the index
-                disagrees with the files, or a file is truncated or corrupt.
-        """
-        folder = Path(folder)
-        index_file = folder / INDEX_NAME
-        if index_file.is_file():
-            try:
-                weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ModelLoadError(f"{index_file} is not a valid index ({err}); re-save the model") from None
-            names = sorted(set(weight_map.values()))
-        elif (folder / WEIGHTS_NAME).is_file():
-            weight_map, names = None, [WEIGHTS_NAME]
-        else:
-            other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-            hint = f" (found {', '.join(other)}: convert them to safetensors first)" if other else ""
-            raise ModelLoadError(f"{folder} holds no safetensors weights{hint}")
-        tensors = {}
-        for name in names:
-            if not (folder / name).is_file():
-                raise ModelLoadError(f"{folder / name} is listed in {INDEX_NAME} but missing; re-download it")
-            infos, _ = read_header(folder / name)
-            for key, info in infos.items():
-                if key in tensors:
-                    raise ModelLoadError(f"tensor '{key}' is stored twice ({tensors[key].file.name}, {name})")
-                if weight_map is not None and weight_map.get(key) != name:
-                    raise ModelLoadError(f"{INDEX_NAME} does not list '{key}' of {name}; re-save the model")
-                tensors[key] = info
-        if weight_map is not None and set(weight_map) != set(tensors):
-            missing = sorted(set(weight_map) - set(tensors))
-            raise ModelLoadError(f"{INDEX_NAME} lists tensors no file holds (e.g. '{missing[0]}'); re-download")
-        return cls(folder, [folder / n for n in names], tensors)
-
-    @property
-    def total_bytes(self):
-        return sum(info.nbytes for info in self.tensors.values())
-
-    def shapes(self):
-        return {key: info.shape for key, info in self.tensors.items()}
 
 
 @dataclass(frozen=True)
@@ -397,9 +274,10 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
     calls release the GIL: reading, both hashes and writing overlap.
 
     Args:
-        files: the source safetensors files, in the order their tensors appear in ``tensors``.
+        files: the source weight files (:class:`~encslim.models.folder.WeightFile`, headers already read;
+            paths are read here), in the order their tensors appear in ``tensors``.
         tensors: the output ``OutTensor`` list in output order; ``copy`` and ``slice`` ones must
-            follow their sources' storage order (as ``surgery.plan_outputs`` makes them), ``fold``
+            follow their sources' storage order (as ``executor.plan_outputs`` makes them), ``fold``
             ones come last.
         produce_kept: ``produce_kept(tensor, stash) -> bytes-like`` for a ``slice`` (its ``source``
             bytes in ``stash[key]``) or ``fold`` (every part's bytes in ``stash``).
@@ -435,9 +313,9 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
     else:
         src_pool = hash_pool = out_pool = _Inline()
     ring = _Buffers((buffers or STREAM_BUFFERS) if threads else 1, chunk)
-    files = [Path(p) for p in files]
+    files = [f if isinstance(f, WeightFile) else WeightFile.open(f) for f in files]
     state = {"writer": None, "hash": None}
-    bar = progress_bar(total=sum(p.stat().st_size for p in files), desc="pruning", unit="B", unit_scale=True,
+    bar = progress_bar(total=sum(f.size for f in files), desc="pruning", unit="B", unit_scale=True,
                        unit_divisor=1024)  # drawn on a terminal only
 
     def open_shard(name):  # on out_pool, ordered with the writes
@@ -526,11 +404,10 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
     try:
         if not shards[0]:  # no tensor at all: one empty shard
             emit_open(names[0], shards[0])
-        for path in files:
-            infos, _ = read_header(path)
-            size = path.stat().st_size
+        for weight_file in files:
+            path, infos, size = weight_file.path, weight_file.tensors, weight_file.size
             digest = hashlib.sha256()
-            fd = os.open(path, os.O_RDONLY)
+            fd = weight_file.take_fd()  # the descriptor the header was read through, when kept open
             try:
                 ordered = sorted(infos.values(), key=lambda info: info.start)
                 pos = 0

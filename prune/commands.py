@@ -84,9 +84,10 @@ def prune_cmd(model, drop, ranking, keep, min_retained, drop_negative, budget, c
               verify, overwrite, streaming, max_shard_size, data, num_samples, as_json):
     """Remove encoder slots from MODEL and write the pruned model to --out."""
     from .select import read_ranking, select
-    from .surgery import model_slots, prune
+    from .surgery import model_slots, open_folder, prune
 
     names = [n.strip() for item in drop for n in item.split(",") if n.strip()] or None
+    model = open_folder(model)  # config, family and weight headers read once for both calls below
     slots = model_slots(model)
     selection = select(slots, drop=names, ranking=read_ranking(ranking) if ranking else None, keep=keep,
                        min_retained=min_retained, drop_negative=drop_negative, budget=budget, category=category,

@@ -11,6 +11,7 @@ import logging
 import math
 
 from ..errors import DataError, ModelLoadError, VerificationError
+from ..models.folder import key_problems
 from ..provenance import VERIFY_TOLERANCE as TOLERANCE
 
 logger = logging.getLogger(__name__)
@@ -50,18 +51,7 @@ def expected_layouts(adapter, config):
 
 
 def _layout_problems(expected, optional, shapes):
-    missing = sorted(k for k in expected if k not in shapes and k not in optional)
-    unexpected = sorted(k for k in shapes if k not in expected)
-    wrong = sorted(k for k in shapes if k in expected and tuple(shapes[k]) != expected[k])
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if wrong:
-        k = wrong[0]
-        parts.append(f"{len(wrong)} of another shape (e.g. {k}: {list(shapes[k])} vs {list(expected[k])})")
-    return parts
+    return key_problems(expected, shapes, optional=optional).examples()
 
 
 def check_structure(adapter, config, shapes, where):

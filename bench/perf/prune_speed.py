@@ -38,7 +38,7 @@ from .models import build_config, saved_shapes, text, vision
 CHILD = """
 import json, sys, time
 start = time.perf_counter()
-from encslim.prune import checkpoint
+from encslim.models import shards as checkpoint
 from encslim.prune.surgery import prune  # torch-free, as everything the streaming --no-verify path imports
 imported = time.perf_counter()
 checkpoint.STREAM_THREADS = sys.argv[3] == "threads"
@@ -66,7 +66,7 @@ def synthetic_config(layers):
 
 def write_synthetic(folder, layers, seed=0):
     """Write config.json and random bf16 shards (1 GB each) of the saved native layout; returns bytes."""
-    from encslim.prune.checkpoint import OutTensor, write_checkpoint
+    from encslim.models.shards import OutTensor, write_checkpoint
 
     config = synthetic_config(layers)
     config.save_pretrained(folder)

@@ -24,8 +24,8 @@ def _keys(folder):
 
 
 def test_prefix_rename_in_both_executors_and_dry_run(tiny_model_dir, tmp_path):
-    from encslim.prune.checkpoint import Checkpoint
-    from encslim.prune.surgery import execute_plan
+    from encslim.models.folder import Checkpoint
+    from encslim.models.executor import execute_plan
 
     source = tiny_model_dir("B", ("clip", "siglip", "dinov2"))
     checkpoint = Checkpoint.open(source)
@@ -52,7 +52,7 @@ def test_prefix_rename_in_both_executors_and_dry_run(tiny_model_dir, tmp_path):
 
 
 def test_prefix_rename_matching_nothing_is_a_plan_error(tiny_model_dir):
-    from encslim.prune.checkpoint import Checkpoint
+    from encslim.models.folder import Checkpoint
 
     checkpoint = Checkpoint.open(tiny_model_dir("B", ("clip", "siglip", "dinov2")))
     plan = _renumbering_plan(["clip", "siglip", "dinov2"], "clip")

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from encslim.models.plan import Delete, Fold, RemovalPlan, Slice, check_plan
-from encslim.prune import checkpoint as checkpoint_module
-from encslim.prune.checkpoint import Checkpoint, OutTensor, write_checkpoint
-from encslim.prune.surgery import execute_plan
+from encslim.models import shards as checkpoint_module
+from encslim.models.folder import Checkpoint
+from encslim.models.shards import OutTensor, write_checkpoint
+from encslim.models.executor import execute_plan
 
 # key -> (dtype, shape); bf16 and f16 are raw 16-bit words to the streaming executor
 TENSORS = {
@@ -126,8 +127,8 @@ def test_streaming_executor_imports_neither_torch_nor_transformers(tmp_path):
     code = (
         "import sys\n"
         "from encslim.models.plan import Delete, RemovalPlan, Slice\n"
-        "from encslim.prune.checkpoint import Checkpoint\n"
-        "from encslim.prune.surgery import execute_plan\n"
+        "from encslim.models.folder import Checkpoint\n"
+        "from encslim.models.executor import execute_plan\n"
         f"c = Checkpoint.open({str(source)!r})\n"
         "plan = RemovalPlan(model_type='x', fusion_class='A1', slots=['a', 'b'], drop=['a'],\n"
         "                   delete_keys=[Delete('tower.a.', 'a')], slices=[Slice('proj.weight', 1, 12, ((0, 4),))])\n"

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from encslim.errors import ModelLoadError
-from encslim.models import native_plan
+from encslim.models.families.native import plan as native_plan
 from encslim.models.plan import apply_json_ops
 from encslim.prune import surgery
 
@@ -34,7 +34,7 @@ def _saved(config):
 
 
 def test_tables_match_the_full_config():
-    from encslim.models import configuration_encslim as full
+    from encslim.models.families.native import configuration as full
 
     assert native_plan.BACKBONES == full.BACKBONES
     assert native_plan.FUSION_TYPES == full.FUSION_TYPES
@@ -92,7 +92,7 @@ def test_plan_config_declines_what_only_the_full_config_can_decide(change):
 
 @pytest.mark.parametrize("fusion", ["A1", "B", "C"])
 def test_header_check_accepts_saved_models_and_their_pruned_outputs(fusion, tiny_model_dir, tmp_path):
-    from encslim.prune.checkpoint import Checkpoint
+    from encslim.models.folder import Checkpoint
 
     source = tiny_model_dir(fusion, FUSIONS[fusion])
     light = native_plan.plan_config(json.loads((source / "config.json").read_text()))
@@ -104,7 +104,7 @@ def test_header_check_accepts_saved_models_and_their_pruned_outputs(fusion, tiny
 
 
 def test_header_check_refuses_weights_of_another_config(tiny_model_dir, tmp_path):
-    from encslim.prune.checkpoint import Checkpoint
+    from encslim.models.folder import Checkpoint
 
     source = tmp_path / "spoilt"
     shutil.copytree(tiny_model_dir("B", FUSIONS["B"]), source)
@@ -143,7 +143,7 @@ def test_cli_prune_streaming_no_verify_imports_neither_torch_nor_transformers(ti
     assert run.stdout.strip().splitlines()[-1] == "[]"
     assert "verification: skipped" in run.stdout
 
-    monkeypatch.setattr(surgery, "_torch_free", lambda model_dir: None)  # the adapter's path: meta-model checks
+    monkeypatch.setattr(surgery, "_torch_free", lambda folder, config=None: None)  # the adapter's path: meta-model checks
     full = tmp_path / "full"
     surgery.prune(source, ["siglip"], full, verify=False, streaming=True, max_shard_size="20kB")
     assert len([n for n in _files(out) if n.endswith(".safetensors")]) > 1

@@ -20,6 +20,7 @@ library and encslim's torch-free modules.
 
 from ....errors import ModelLoadError, PlanError
 from ...masking import FusionClass
+from ...folder import key_problems
 from ...plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
 
 # as configuration_encslim (a test keeps them equal): model_type -> feature layout
@@ -254,12 +255,10 @@ def header_problems(config, shapes):
             problems.append(f"{len(found[extra[0]])} unexpected (e.g. {sorted(found[extra[0]])[0]}): "
                             f"slot '{extra[0]}' is not in config.json")
 
-    def width(key, dim, expected):
-        shape = shapes.get(key)
-        if shape is None:
-            problems.append(f"1 missing (e.g. {key})")
-        elif len(shape) <= dim or shape[dim] != expected:
-            problems.append(f"1 of another shape (e.g. {key}: {list(shape)}, expected size {expected} in dim {dim})")
+    widths = {}  # key -> expected shape, None for the sizes the config does not decide
+
+    def width(key, dim, expected, ndim=2):
+        widths[key] = tuple(expected if i == dim else None for i in range(ndim))
 
     same_slots("vision_towers.", "vision tower")
     fusion = FusionClass(config.fusion_class)
@@ -269,7 +268,7 @@ def header_problems(config, shapes):
         if fusion == FusionClass.A1:
             width("fusion.projector.0.weight", 1, in_dim)
         else:
-            width("fusion.projector.0.weight", 0, in_dim)
+            width("fusion.projector.0.weight", 0, in_dim, ndim=1)  # the LayerNorm
             width("fusion.projector.1.weight", 1, in_dim)
     elif fusion == FusionClass.B:
         same_slots("fusion.projectors.", "projector")
@@ -282,6 +281,11 @@ def header_problems(config, shapes):
             for s in slots:
                 if f"fusion.{proj}.{s}.weight" in shapes:
                     width(f"fusion.{proj}.{s}.weight", 1, config.slot_feature_dim(s))
+    checked = key_problems(widths, {k: shapes[k] for k in widths if k in shapes})
+    problems += [f"1 missing (e.g. {key})" for key in checked.missing]
+    for key, got, want in checked.mismatched:
+        dim = next(i for i, size in enumerate(want) if size is not None)
+        problems.append(f"1 of another shape (e.g. {key}: {list(got)}, expected size {want[dim]} in dim {dim})")
     return problems
 
 
