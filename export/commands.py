@@ -6,22 +6,26 @@ import sys
 
 import click
 
-FORMAT_NAMES = ("hf", "llava", "deepseek_vl", "remote-code", "onnx")
-# options each format takes beyond model_dir/out/overwrite/ranking/bench/atol
+from ..models.registry import GENERIC_EXPORTS, export_formats
+
+# every format: the generic ones, then each family's stock formats (from the registry's records)
+FORMAT_NAMES = export_formats()
+STOCK_NAMES = tuple(f for f in FORMAT_NAMES if f not in GENERIC_EXPORTS)
+# options each of the stage's own formats takes beyond model_dir/out/overwrite/ranking/bench/atol
 FORMAT_OPTIONS = {
     "hf": ("max_shard_size", "dtype"),
     "llava": ("max_shard_size",),
-    "deepseek_vl": ("max_shard_size",),
     "remote-code": ("max_shard_size", "dtype"),
     "onnx": (),
 }
+STOCK_OPTIONS = ("max_shard_size",)  # a family's stock format (encslim.export.stock)
 
 
 @click.command("export")
 @click.argument("model_dir", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(FORMAT_NAMES), default="hf", show_default=True,
-              help="hf: transformers folder; llava / deepseek_vl: stock classes; remote-code: loads without "
-                   "encslim; onnx: onnxruntime graphs.")
+              help=f"hf: transformers folder; {' / '.join(STOCK_NAMES)}: stock transformers classes; remote-code: "
+                   "loads without encslim; onnx: onnxruntime graphs.")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--ranking", type=click.Path(), default=None,
@@ -32,7 +36,7 @@ FORMAT_OPTIONS = {
               show_default=True, help="Weight dtype (hf, remote-code); ONNX and LLaVA checks use float32.")
 @click.option("--atol", type=float, default=None,
               help="Largest allowed difference against the source (default per format: 1e-5 hf/remote-code, "
-                   "1e-4 llava/deepseek_vl/onnx).")
+                   f"1e-4 {'/'.join((*STOCK_NAMES, 'onnx'))}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def export_cmd(model_dir, fmt, out, overwrite, ranking, bench, max_shard_size, dtype, atol, as_json):
     """Export MODEL_DIR as a deployable folder and verify it against the source.
@@ -45,7 +49,7 @@ def export_cmd(model_dir, fmt, out, overwrite, ranking, bench, max_shard_size, d
 
     options = {"overwrite": overwrite, "ranking": ranking, "bench": bench}
     given = {"max_shard_size": max_shard_size, "dtype": dtype}
-    options.update({k: given[k] for k in FORMAT_OPTIONS[fmt]})
+    options.update({k: given[k] for k in FORMAT_OPTIONS.get(fmt, STOCK_OPTIONS)})
     if atol is not None:
         options["atol"] = atol
     # libraries print to stdout while saving (e.g. deepspeed, imported by accelerate); keep stdout for

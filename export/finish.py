@@ -109,7 +109,7 @@ def slot_rows(adapter, config):
 
 
 def finish_folder(folder, source, fmt, *, slots, verification, how_to_load, parameters=None,
-                  fusion_class=None, ranking=None, bench=None, notes=(), details=None):
+                  fusion_class=None, ranking=None, bench=None, notes=(), details=None, format_title=None):
     """Write ``README.md`` then the manifest into ``folder`` (the temporary output folder).
 
     Args:
@@ -124,6 +124,8 @@ def finish_folder(folder, source, fmt, *, slots, verification, how_to_load, para
         bench: ``--bench`` path.
         notes: extra lines for the card.
         details: format-specific data recorded in the manifest.
+        format_title: the card's description of the format (a family's stock format says which classes load
+            it); default: :data:`~encslim.export.model_card.FORMAT_TITLES`.
 
     Returns:
         The manifest dict.
@@ -131,7 +133,7 @@ def finish_folder(folder, source, fmt, *, slots, verification, how_to_load, para
     ranking_data = load_ranking_arg(ranking) if ranking is not None else ranking_from_manifest(source)
     info = {
         "name": Path(str(folder)).name.split(".tmp-")[0].lstrip("."),
-        "format": fmt, "source": str(source.path), "model_type": source.model_type,
+        "format": fmt, "format_title": format_title, "source": str(source.path), "model_type": source.model_type,
         "fusion_class": fusion_class, "slots": slots, "removed": removed_slots(source),
         "origin": origin_path(source), "lineage": lineage_rows(source, fmt, [s["name"] for s in slots]),
         "parameters": parameters, "ranking": ranking_data,

@@ -50,7 +50,8 @@ def export_hf(model_dir, out, *, overwrite=False, max_shard_size=DEFAULT_SHARD, 
 
 
 def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False, max_shard_size=DEFAULT_SHARD,
-                          ranking=None, bench=None, atol=ATOL, reference=None, inputs=None, notes=(), details=None):
+                          ranking=None, bench=None, atol=ATOL, reference=None, inputs=None, notes=(), details=None,
+                          format_title=None):
     """Save ``model`` and ``processor`` to ``out``, reload the folder, compare logits, add card and manifest.
 
     Args:
@@ -63,6 +64,13 @@ def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False
         inputs: folders ``out`` must not overlap (default: the source).
         notes: extra card lines.
         details: extra format-specific data for the manifest.
+        format_title: the card's description of the format (default: the generic formats' own).
+
+    Returns:
+        The manifest dict.
+
+    Raises:
+        VerificationError: the reloaded folder's logits differ from ``reference`` by more than ``atol``.
     """
     if reference is None:
         batch = probe_batch(source.adapter, processor)
@@ -79,6 +87,7 @@ def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False
             tmp, source, fmt, slots=slot_rows(source.adapter, model.config), verification=records,
             how_to_load=source.adapter.how_to_load(out, model), parameters=count_parameters(model),
             fusion_class=source.adapter.fusion_class(model.config), ranking=ranking, bench=bench, notes=notes,
+            format_title=format_title,
             details={"architecture": type(model).__name__, "dtype": str(model.dtype).replace("torch.", ""),
                      "max_shard_size": str(max_shard_size), **(details or {})},
         )

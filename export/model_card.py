@@ -7,10 +7,10 @@ the removal were verified, the benchmark figures when known, and how to load the
 
 import json
 
+# the export stage's own formats; a family's stock format brings its title (StockExport.title) as format_title
 FORMAT_TITLES = {
     "hf": "native encslim (transformers folder)",
     "llava": "stock transformers LlavaForConditionalGeneration",
-    "deepseek_vl": "stock transformers DeepseekVLForConditionalGeneration",
     "remote-code": "native encslim with remote code (trust_remote_code=True)",
     "onnx": "ONNX graphs for onnxruntime",
 }
@@ -20,7 +20,8 @@ def render_card(info):
     """Markdown model card.
 
     Args:
-        info: dict with ``name``, ``format``, ``source``, ``model_type``, ``fusion_class`` (optional),
+        info: dict with ``name``, ``format``, ``format_title`` (optional: the format in prose, default
+            :data:`FORMAT_TITLES`), ``source``, ``model_type``, ``fusion_class`` (optional),
             ``slots`` (kept: list of dicts with name/backbone/image_size/num_tokens), ``removed`` (slot
             names, over the whole lineage), ``origin`` (the original model's path), ``lineage`` (one
             line per stage), ``parameters``, ``ranking`` (ranking.json dict or None), ``source_verification``
@@ -31,7 +32,7 @@ def render_card(info):
         The card text.
     """
     lines = [f"# {info['name']}", "",
-             f"Exported by encslim {info.get('encslim_version', '')} as **{FORMAT_TITLES.get(info['format'], info['format'])}** "
+             f"Exported by encslim {info.get('encslim_version', '')} as **{_title(info)}** "
              f"from `{info['source']}`.", ""]
     lines += _summary(info)
     lines += _lineage(info)
@@ -44,6 +45,10 @@ def render_card(info):
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     lines += ["Every file's sha256 is listed in `encslim_manifest.json`.", ""]
     return "\n".join(lines)
+
+
+def _title(info):
+    return info.get("format_title") or FORMAT_TITLES.get(info["format"], info["format"])
 
 
 def _summary(info):

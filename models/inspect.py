@@ -1,6 +1,113 @@
-"""``encslim inspect``: what a multi-encoder model is made of, slot by slot."""
+"""``encslim inspect``: what a multi-encoder model is made of, slot by slot, from the folder alone.
 
-from .loading import load_model
+No weight is read: the family's own loader runs (its config reading, its strict key check against
+the safetensors headers, its config fitting to the checkpoint) with the weight read replaced by a
+build on the meta device (:func:`meta_load`). Parameters are counted on that meta model and
+checked against the headers; FLOPs are counted with ``FlopCounterMode`` running each slot's
+encoder on meta tensors of its input shape. A 7B-class folder is inspected in seconds, in well
+under 1 GB.
+"""
+
+import contextlib
+
+from .folder import Checkpoint
+from .loading import adapter_for
+
+FLOPS_META = "meta"  # counted on meta tensors: exact for the architecture
+FLOPS_ASSUMED = "meta, data-dependent branch(es) taken as True"
+
+
+@contextlib.contextmanager
+def _weights_on_meta(model_class):
+    """Within the block, ``model_class.from_pretrained(path, config=...)`` builds the model on the
+    meta device instead of reading weights (and reports no load problem when asked for its report)."""
+    import torch
+
+    original = model_class.__dict__.get("from_pretrained")
+
+    def build(cls, path, *args, config=None, output_loading_info=False, **kwargs):
+        config = config if config is not None else cls.config_class.from_pretrained(str(path))
+        with torch.device("meta"):
+            model = cls(config)
+        model.eval()
+        report = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+        return (model, report) if output_loading_info else model
+
+    model_class.from_pretrained = classmethod(build)
+    try:
+        yield
+    finally:
+        if original is None:
+            del model_class.from_pretrained
+        else:
+            model_class.from_pretrained = original
+
+
+def meta_load(path):
+    """``(model, processor, adapter)`` of a folder with the model on the meta device: no weight read.
+
+    The family's loader does everything it does in :func:`~encslim.models.loading.load_model` (reads
+    the config, checks the checkpoint keys against the headers and refuses what does not fit, sizes
+    parts the checkpoint decides, loads the processor) except reading tensors.
+
+    Raises:
+        ModelLoadError: not a model folder, unsupported family, or a checkpoint that does not fit.
+    """
+    adapter = adapter_for(path)
+    model_class = type(adapter.empty_model(adapter.read_config(path)))
+    with _weights_on_meta(model_class):
+        model, processor = adapter.load(str(path), device="meta")
+    return model, processor, adapter
+
+
+class _MetaScalars:
+    """A dispatch mode answering ``bool(t)``/``t.item()`` of a meta bool tensor with ``True``.
+
+    Meta tensors hold no data; code that branches on one (transformers' "is the padding mask all
+    ones?" fast path) would stop. One blank unpadded image makes such checks true; the count of
+    answered branches is kept so that the method can be reported.
+    """
+
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Mode(TorchDispatchMode):
+            answered = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                import torch
+
+                scalar = func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+                if scalar and args[0].device.type == "meta" and args[0].dtype == torch.bool:
+                    type(self).answered += 1
+                    return True
+                return func(*args, **(kwargs or {}))
+
+        return Mode()
+
+
+def _slot_flops(model, processor, adapter, slot, side):
+    """``(FLOPs, method)`` of one forward of ``slot``'s encoder on one blank image (``None`` if it cannot run)."""
+    import torch
+    from PIL import Image
+    from torch.utils.flop_counter import FlopCounterMode
+
+    names = adapter.slot_names(model.config)
+    others = frozenset(s for s in names if s != slot)
+    batch = adapter.prepare_batch(processor, [Image.new("RGB", (side, side))], [adapter.build_prompt(processor, "")],
+                                  masked=others)
+    meta = model.device.type == "meta"
+    if meta:
+        batch = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in batch.items()}
+    mode = _MetaScalars() if meta else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter, mode:
+            adapter.encode(model, batch, [slot])
+    except (RuntimeError, NotImplementedError) as err:
+        return None, f"not counted: the encoder does not run on meta tensors ({str(err).splitlines()[0]})"
+    if not meta:
+        return int(counter.get_total_flops()), "measured"
+    return int(counter.get_total_flops()), FLOPS_ASSUMED if type(mode).answered else FLOPS_META
 
 
 def vision_flops(model, processor, adapter, slots=None):
@@ -8,46 +115,51 @@ def vision_flops(model, processor, adapter, slots=None):
 
     Counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions; a
     multiply-add counts as 2 FLOPs) around :meth:`Adapter.encode` of that slot alone, so the
-    figure is exact for the architecture.
-    """
-    import torch
-    from PIL import Image
-    from torch.utils.flop_counter import FlopCounterMode
+    figure is exact for the architecture. ``model`` may be on the meta device (:func:`meta_load`).
 
-    names = adapter.slot_names(model.config)
+    Returns:
+        ``{slot: FLOPs}`` (``None`` for a slot whose encoder cannot run on meta tensors).
+    """
+    return {slot: flops for slot, (flops, _) in _flops_and_methods(model, processor, adapter, slots).items()}
+
+
+def _flops_and_methods(model, processor, adapter, slots=None):
     side = max(s.image_size for s in adapter.slots(model.config))
-    prompt = adapter.build_prompt(processor, "")
-    out = {}
-    for slot in slots or names:
-        others = frozenset(s for s in names if s != slot)
-        batch = adapter.prepare_batch(processor, [Image.new("RGB", (side, side))], [prompt], masked=others)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            adapter.encode(model, batch, [slot])
-        out[slot] = int(counter.get_total_flops())
-    return out
+    return {slot: _slot_flops(model, processor, adapter, slot, side)
+            for slot in slots or adapter.slot_names(model.config)}
 
 
 def _count(module):
     return sum(p.numel() for p in module.parameters())
 
 
-def inspect_model(path):
-    """Describe a model folder: slots, fusion, parameters, FLOPs. Returns a JSON-able dict.
+def header_parameters(path, model):
+    """Elements of the checkpoint's tensors that are parameters of ``model`` (buffers left out),
+    summed from the safetensors headers; ``None`` when the folder has no safetensors weights."""
+    from ..errors import ModelLoadError
 
-    Raises:
-        ModelLoadError: the folder is not a model, or its family is unsupported.
-    """
-    model, processor, adapter = load_model(path)
-    config = model.config
-    per_slot = adapter.slot_parameters(model)
-    parts = adapter.parts(model)
-    shared = _count(parts["fusion"]) - sum(p["fusion"] for p in per_slot.values())
-    llm = _count(parts["language_model"])
-    flops = vision_flops(model, processor, adapter)
-    total_flops = sum(flops.values()) or 1
-    slots = []
+    try:
+        shapes = Checkpoint.open(path).shapes()
+    except ModelLoadError:
+        return None
+    buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)}
+    total = 0
+    for key, shape in shapes.items():
+        if key not in buffers:
+            n = 1
+            for d in shape:
+                n *= int(d)
+            total += n
+    return total
+
+
+def _slot_rows(config, adapter, per_slot, flops):
+    counted = [f for f, _ in flops.values() if f is not None]
+    total_flops = sum(counted) or 1
+    rows = []
     for slot in adapter.slots(config):
-        slots.append({
+        value, method = flops[slot.name]
+        rows.append({
             "name": slot.name,
             "backbone": slot.backbone,
             "image_size": slot.image_size,
@@ -56,13 +168,34 @@ def inspect_model(path):
             "params": per_slot[slot.name]["vision"] + per_slot[slot.name]["fusion"],
             "params_vision": per_slot[slot.name]["vision"],
             "params_fusion": per_slot[slot.name]["fusion"],
-            "vision_flops": flops[slot.name],
-            "vision_flops_share": flops[slot.name] / total_flops,
+            "vision_flops": value,
+            "vision_flops_share": None if value is None else value / total_flops,
+            "vision_flops_method": method,
             "removal_exact": slot.removal_exact,
         })
+    return rows
+
+
+def inspect_model(path):
+    """Describe a model folder: slots, fusion, parameters, FLOPs. Returns a JSON-able dict.
+
+    Nothing is loaded but the config, the safetensors headers and the processor (:func:`meta_load`).
+    ``params_total`` is counted on the meta model; ``params_in_headers`` sums the checkpoint's
+    parameter tensors from the headers, and ``params_match`` says whether the two agree.
+
+    Raises:
+        ModelLoadError: the folder is not a model, its family is unsupported, or its checkpoint
+            does not fit its config.
+    """
+    model, processor, adapter = meta_load(path)
+    config = model.config
+    per_slot = adapter.slot_parameters(model)
+    parts = adapter.parts(model)
+    shared = _count(parts["fusion"]) - sum(p["fusion"] for p in per_slot.values())
     # encoders a family keeps outside the module tree (Cambrian's) count too, each parameter once
     params = {id(p): p for m in (model, *adapter.encoders(model).values()) for p in m.parameters()}
     total = sum(p.numel() for p in params.values())
+    in_headers = header_parameters(path, model)
     fusion_class, settings = adapter.fusion_class(config), adapter.fusion_settings(config)
     text = getattr(config, "text_config", config)
     return {
@@ -75,11 +208,20 @@ def inspect_model(path):
             "shared_params": shared,
             "image_tokens": adapter.image_tokens(config),
         },
-        "slots": slots,
-        "llm": {"model_type": text.model_type, "params": llm, "hidden_size": text.hidden_size},
+        "slots": _slot_rows(config, adapter, per_slot, _flops_and_methods(model, processor, adapter)),
+        "llm": {"model_type": text.model_type, "params": _count(parts["language_model"]),
+                "hidden_size": text.hidden_size},
         "params_total": total,
+        "params_in_headers": in_headers,
+        "params_match": in_headers is None or in_headers == total - _outside_tree(model, adapter),
         "export_targets": adapter.export_targets(config, adapter.slot_names(config)),
     }
+
+
+def _outside_tree(model, adapter):
+    """Parameters of encoders the checkpoint does not hold (kept outside the model's module tree)."""
+    inside = {id(p) for p in model.parameters()}
+    return sum(p.numel() for m in adapter.encoders(model).values() for p in m.parameters() if id(p) not in inside)
 
 
 def format_inspection(info):
@@ -94,15 +236,22 @@ def format_inspection(info):
         f"{'slot':<{w}}{'backbone':<{bw}}{'input':>7}{'tokens':>8}{'dim':>6}{'params':>12}{'vision FLOPs':>15}"
         f"{'share':>8}  exact removal",
     ]
+    notes = []
     for s in info["slots"]:
+        flops = "?" if s["vision_flops"] is None else f"{s['vision_flops']:,}"
+        share = "?" if s["vision_flops_share"] is None else f"{s['vision_flops_share']:.1%}"
         lines.append(
             f"{s['name']:<{w}}{s['backbone']:<{bw}}{s['image_size']:>7}{s['tokens']:>8}{s['feature_shape'][1]:>6}"
-            f"{s['params']:>12,}{s['vision_flops']:>15,}{s['vision_flops_share']:>8.1%}  "
+            f"{s['params']:>12,}{flops:>15}{share:>8}  "
             f"{'yes' if s['removal_exact'] else 'no (finetune after removal)'}"
         )
-    lines += [
+        if s["vision_flops_method"] not in (FLOPS_META, "measured"):
+            notes.append(f"        {s['name']}: FLOPs {s['vision_flops_method']}")
+    lines += notes + [
         "",
         f"LLM     {info['llm']['model_type']}, {info['llm']['params']:,} params",
         f"total   {info['params_total']:,} params",
     ]
+    if not info["params_match"]:
+        lines.append(f"        the safetensors headers hold {info['params_in_headers']:,} parameters")
     return "\n".join(lines)

@@ -103,7 +103,22 @@ class FinetuneConfig(Section):
 
 
 class ExportConfig(Section):
-    formats: list[Literal["hf", "llava", "deepseek_vl", "remote-code", "onnx"]] = Field(default_factory=lambda: ["hf"])
+    formats: list[str] = Field(default_factory=lambda: ["hf"], description=(
+        "export formats: the generic ones (hf, remote-code, onnx) and the families' stock formats "
+        "(encslim export --help lists them)"))
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, value):
+        from ..models.registry import export_formats
+
+        known = export_formats()
+        unknown = [f for f in value if f not in known]
+        if unknown:
+            hints = [f"'{f}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(f, known, n=1)) else "")
+                     for f in unknown]
+            raise ValueError(f"unknown export format(s) {', '.join(hints)}; use {', '.join(known)}")
+        return value
 
 
 class BenchConfig(Section):
@@ -122,7 +137,8 @@ class Recipe(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="run folder name under out/")
     model: str = Field(..., description="model folder (relative to the recipe file) or 'demo'")
     encoders: Dict[str, str] = Field(default_factory=dict, description=(
-        "local folder per encoder slot the checkpoint does not hold (Cambrian-1), as with --encoder SLOT=PATH"))
+        "local folder per encoder slot the checkpoint does not hold (families that keep their encoders outside "
+        "it), as with --encoder SLOT=PATH"))
     out: str = Field("runs", description="parent folder of the run folder")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -1,4 +1,5 @@
-"""``--format deepseek_vl``: hybrid (sam removed here or by prune) -> stock DeepseekVLForConditionalGeneration."""
+"""``--format deepseek_vl`` (the DeepSeek-VL family's stock format, written by encslim.export.stock):
+hybrid (sam removed here or by prune) -> stock DeepseekVLForConditionalGeneration."""
 
 import pytest
 import torch
@@ -25,11 +26,11 @@ def _stock(folder):
 
 
 def test_hybrid_directly_becomes_stock_deepseek_vl(tiny_hybrid_dir, tmp_path):
-    from encslim.export import export_deepseek_vl
+    from encslim.export import export_model
     from encslim.export.common import probe_images
 
     out = tmp_path / "dsvl"
-    manifest = export_deepseek_vl(tiny_hybrid_dir, out)
+    manifest = export_model(tiny_hybrid_dir, out, "deepseek_vl")
     assert manifest["removed_slots"] == ["sam"] and manifest["kept_slots"] == ["siglip"]
     assert manifest["source"]["path"] == str(tiny_hybrid_dir.resolve())
     assert manifest["source_stage"] == "prune" and manifest["source_verification"]["passed"]
@@ -51,24 +52,43 @@ def test_hybrid_directly_becomes_stock_deepseek_vl(tiny_hybrid_dir, tmp_path):
     # the card reports the gap measured on the export's probe images
     assert (stock_batch["pixel_values"] - batch["pixel_values"]).abs().max().item() > 0.01
     assert manifest["export"]["processor_gap"]["pixel_max_abs_diff"] > 0.01
-    assert "resizes once" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "resizes once" in card and "as **stock transformers DeepseekVLForConditionalGeneration**" in card
+    assert f"differ by up to {manifest['export']['processor_gap']['pixel_max_abs_diff']:.3g}" in card
 
 
 def test_pruned_hybrid_reexported(tiny_hybrid_dir, tmp_path):
-    from encslim.export import export_deepseek_vl
+    from encslim.export import export_stock
     from encslim.prune.surgery import prune
 
     pruned = tmp_path / "pruned"
     prune(tiny_hybrid_dir, ["sam"], pruned)
-    manifest = export_deepseek_vl(pruned, tmp_path / "out")
+    manifest = export_stock(pruned, tmp_path / "out", fmt="deepseek_vl")
     assert manifest["removed_slots"] == ["sam"] and manifest["verification"]["export"][0]["max_abs_diff"] == 0.0
     assert manifest["export"]["architecture"] == "DeepseekVLForConditionalGeneration"
     _stock(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "as **stock transformers DeepseekVLForConditionalGeneration**" in card
+    assert "resizes once" not in card  # nothing was removed here: the pruned folder's processor is the stock one
 
 
 def test_native_model_refused(tiny_model_dir, tmp_path):
-    from encslim.export import export_deepseek_vl
+    from encslim.export import export_stock
 
     with pytest.raises(ConfigError, match="needs a deepseek_vl_hybrid model .* holds model_type 'encslim'"):
-        export_deepseek_vl(tiny_model_dir(fusion="A1"), tmp_path / "out")
+        export_stock(tiny_model_dir(fusion="A1"), tmp_path / "out", fmt="deepseek_vl")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_formats_refused(tiny_model_dir, tmp_path):
+    """A format no family declares is refused by the dispatcher and by the stock writer, listing what exists."""
+    from encslim.export import export_model, export_stock
+
+    with pytest.raises(ConfigError, match="export format 'deepseek-vl' unknown; use one of hf, remote-code, onnx, ") \
+            as err:
+        export_model(tiny_model_dir(fusion="A1"), tmp_path / "out", "deepseek-vl")
+    assert sorted(str(err.value).split("use one of ")[1].split(", ")[3:]) == ["deepseek_vl", "llava"]
+    with pytest.raises(ConfigError, match=r"'llava' is not a stock format any family reaches by removing slots; "
+                                          r"stock formats: deepseek_vl \(generic: hf, remote-code, onnx\)"):
+        export_stock(tiny_model_dir(fusion="A1"), tmp_path / "out", fmt="llava")
     assert not (tmp_path / "out").exists()

@@ -106,5 +106,6 @@ def test_structure_llava_cannot_hold_is_named(custom_native, tmp_path, name):
 def test_non_native_model_is_refused(tiny_hybrid_dir, tmp_path):
     from encslim.export import export_llava
 
-    with pytest.raises(ConfigError, match="needs a native encslim model .* model_type 'deepseek_vl_hybrid'"):
+    with pytest.raises(ConfigError, match="needs a model with one encoder slot and a projector that LLaVA holds; "
+                                          ".* model_type 'deepseek_vl_hybrid'"):
         export_llava(tiny_hybrid_dir, tmp_path / "out")

@@ -38,6 +38,19 @@ def test_all_problems_are_reported_at_once():
     assert "select.policy 'keep' needs select.keep" in message
 
 
+def test_export_formats_come_from_the_registry():
+    """export.formats accepts every registered format (generic and the families' stock ones) and nothing else."""
+    from encslim.models.registry import export_formats
+
+    recipe = validate_recipe({"name": "x", "model": "demo", "export": {"formats": list(export_formats())}})
+    assert recipe.export.formats == list(export_formats()) and "deepseek_vl" in recipe.export.formats
+    with pytest.raises(ConfigError) as err:
+        validate_recipe({"name": "x", "model": "demo", "export": {"formats": ["hf", "deepseek-vl", "gguf"]}})
+    message = str(err.value)
+    assert "'export.formats': unknown export format(s) 'deepseek-vl' (did you mean 'deepseek_vl'?), 'gguf'; " \
+           f"use {', '.join(export_formats())}" in message
+
+
 def test_overrides_are_parsed_as_yaml(tmp_path):
     data = apply_overrides({"rank": {"subsets": "all"}}, ["rank.subsets=single", "finetune.enabled=false",
                                                           "data.eval=[a.tsv, b.tsv]"])

@@ -29,6 +29,7 @@ from ...loading import load_pretrained
 from ...masking import FusionClass, check_mask_set, mask_feature
 from ....errors import PlanError
 from ...plan import Delete, Fold, RemovalPlan, check_drop
+from .export import DEEPSEEK_VL, stock_export, stock_notes
 
 SIGLIP, SAM = "siglip", "sam"
 PIXEL_KEYS = {SIGLIP: "pixel_values", SAM: "high_res_pixel_values"}
@@ -199,7 +200,13 @@ class DeepseekVLHybridAdapter(Adapter):
         return sam_removal_plan(config)
 
     def export_targets(self, config, kept):
-        return ["hf", "deepseek_vl"] if list(kept) == [SIGLIP] else ["hf"]
+        return ["hf", DEEPSEEK_VL.format] if list(kept) == [SIGLIP] else ["hf"]
+
+    def stock_export(self, fmt):
+        return stock_export(fmt)
+
+    def stock_notes(self, fmt, drop, gap):
+        return stock_notes(fmt, drop, gap)
 
 
 def sam_removal_plan(config):
@@ -285,7 +292,13 @@ class DeepseekVLAdapter(Adapter):
         check_drop([SIGLIP], drop)  # always raises: the only slot cannot go
 
     def export_targets(self, config, kept):
-        return ["hf", "deepseek_vl"]
+        return ["hf", DEEPSEEK_VL.format]
+
+    def stock_export(self, fmt):
+        return stock_export(fmt)
+
+    def stock_notes(self, fmt, drop, gap):
+        return stock_notes(fmt, drop, gap)
 
 
 HYBRID_ADAPTER = DeepseekVLHybridAdapter()

@@ -160,6 +160,16 @@ class NativeAdapter(Adapter):
             return llava_blockers(config, kept)
         return super().export_blockers(config, kept, fmt)
 
+    def llava_blockers(self, config, kept):
+        """Why ``kept`` cannot become a stock LLaVA model (:func:`llava_blockers`); empty when it can."""
+        return llava_blockers(config, kept)
+
+    def to_llava(self, model, processor):
+        """``(LlavaConfig, state_dict, LlavaProcessor)`` of a one-slot model (:mod:`.llava`)."""
+        from .llava import to_llava
+
+        return to_llava(model, processor, self.trainable_parts(model))
+
     def how_to_load(self, folder, model):
         return HOW_TO_LOAD.format(name=folder)
 

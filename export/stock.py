@@ -1,28 +1,30 @@
-"""``--format deepseek_vl``: a stock transformers ``DeepseekVLForConditionalGeneration`` folder.
+"""Stock formats a family reaches by removing slots: ``encslim export MODEL --format F`` for a family's ``F``.
 
-Whether a model can become one is its adapter's call: ``export_targets(config, kept)`` names
-``deepseek_vl`` for the kept slot sets that make one. Accepted inputs:
+A family declares the format in its record (``Family.exports``) and implements
+:class:`~encslim.models.capabilities.StockConvertible`; its adapter's ``export_targets(config, kept)``
+names the format for the kept slot sets that make one. Accepted inputs:
 
-* a model whose slots already allow it (a ``deepseek_vl`` folder, e.g. a hybrid whose ``sam`` slot
-  ``encslim prune`` removed): re-written and checked with the stock class;
-* a model that allows it once some slots are gone (a ``deepseek_vl_hybrid``: ``sam``): those slots
-  are removed first with the adapter's removal plan (the exact fold of DESIGN §3, applied in memory
-  by :func:`encslim.models.plan.apply_plan`) into a scratch folder, then written; the stock
-  folder's logits are compared with the **masked source's** (the removed slots masked) on the same
-  images and prompts.
+* a model whose slots already allow it (e.g. a folder ``encslim prune`` already converted):
+  re-written and checked with the stock classes;
+* a model that allows it once some slots are gone: those slots are removed first with the
+  adapter's exact removal plan (weights, config and processor files; applied by the one plan
+  executor, :mod:`encslim.models.executor`) into a scratch folder, then written; the stock folder's logits are compared with the **masked
+  source's** (the removed slots masked) on the same images and prompts. The family's
+  ``stock_notes`` explain, for the card, how far the stock processor's pixels are from the source
+  processor's on the same raw images (:func:`processor_gap`).
 """
 
-import json
 import logging
 import math
-import shutil
 import tempfile
 from itertools import combinations
 from pathlib import Path
 
 from ..errors import ConfigError, VerificationError
-from ..files import CONFIG_NAME, INDEX_NAME, MANIFEST_NAME, WEIGHTS_NAME, check_output_path
-from ..models.plan import apply_json_ops, apply_plan, check_plan
+from ..files import check_output_path
+from ..models.capabilities import supports_stock_export
+from ..models.plan import check_plan
+from ..models.registry import GENERIC_EXPORTS, families, get_adapter
 from ..provenance import VERIFY_TOLERANCE
 from .common import Source, load_source, max_abs_diff, probe_images, probe_prompts, read_source, require_target
 from .finish import check_card_inputs
@@ -31,20 +33,38 @@ from .hf_folder import DEFAULT_SHARD, write_verified_folder
 logger = logging.getLogger(__name__)
 
 ATOL = VERIFY_TOLERANCE
-FORMAT = "deepseek_vl"
-NEEDS = "a deepseek_vl_hybrid model (its 'sam' slot is removed) or a deepseek_vl one"
 # the stage the in-memory removal is recorded as: the same plan `encslim prune` applies
 REMOVAL_STAGE = "prune"
 
 
-def export_deepseek_vl(model_dir, out, *, overwrite=False, max_shard_size=DEFAULT_SHARD, ranking=None, bench=None,
-                       atol=ATOL):
-    """Write a stock ``deepseek_vl`` folder from a ``deepseek_vl`` or ``deepseek_vl_hybrid`` model.
+def stock_format(fmt):
+    """The :class:`~encslim.models.capabilities.StockExport` of ``fmt``, from the family that declares it.
+
+    Raises:
+        ConfigError: no registered family reaches ``fmt`` by removing slots (the message lists those that do).
+    """
+    offered = {}
+    for family in families().values():
+        for name in family.exports:
+            for model_type in family.model_types:
+                adapter = get_adapter(model_type)
+                spec = adapter.stock_export(name) if supports_stock_export(adapter) else None
+                if spec is not None:
+                    offered.setdefault(name, spec)
+    if fmt not in offered:
+        raise ConfigError(f"export format '{fmt}' is not a stock format any family reaches by removing slots; "
+                          f"stock formats: {', '.join(offered) or 'none'} (generic: {', '.join(GENERIC_EXPORTS)})")
+    return offered[fmt]
+
+
+def export_stock(model_dir, out, *, fmt, overwrite=False, max_shard_size=DEFAULT_SHARD, ranking=None, bench=None,
+                 atol=ATOL):
+    """Write a folder of stock format ``fmt`` (its family's stock transformers classes) from ``model_dir``.
 
     Args:
-        model_dir: a model whose adapter allows ``deepseek_vl`` with all its slots (a ``deepseek_vl``
-            folder) or with some removed (a ``deepseek_vl_hybrid``: its ``sam`` slot is removed).
+        model_dir: a model whose adapter allows ``fmt`` with all its slots or with some removed.
         out: output folder (written atomically).
+        fmt: the stock format (a family's ``Family.exports`` entry with a ``StockExport``).
         overwrite, max_shard_size, ranking, bench: as for :func:`encslim.export.hf_folder.export_hf`.
         atol: largest allowed logit difference against the source (with the removed slots masked).
 
@@ -52,25 +72,27 @@ def export_deepseek_vl(model_dir, out, *, overwrite=False, max_shard_size=DEFAUL
         The manifest dict.
 
     Raises:
-        ConfigError: no kept slot set of the model allows the format. VerificationError: logits
-        differ by more than ``atol``.
+        ConfigError: ``fmt`` is no stock format, or no kept slot set of the model allows it.
+        VerificationError: logits differ by more than ``atol``.
     """
+    spec = stock_format(fmt)
     check_output_path(out, overwrite, inputs=[model_dir])
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
-    kept = target_slots(source)
+    kept = target_slots(source, fmt)
     if kept is None:
-        require_target(source, FORMAT, NEEDS, "stock DeepSeek-VL")  # raises: names why and what it allows
-        raise ConfigError(f"--format {FORMAT} needs {NEEDS}; no slot set of {model_dir} allows it")
+        require_target(source, fmt, spec.needs, spec.title)  # raises: names why and what it allows
+        raise ConfigError(f"--format {fmt} needs {spec.needs}; no slot set of {model_dir} allows it")
     if kept == source.slot_names:
         model, processor = load_source(source, "auto")
-        return write_verified_folder(source, model, processor, out, FORMAT, overwrite=overwrite,
-                                     max_shard_size=max_shard_size, ranking=ranking, bench=bench, atol=atol)
+        return write_verified_folder(source, model, processor, out, fmt, overwrite=overwrite,
+                                     max_shard_size=max_shard_size, ranking=ranking, bench=bench, atol=atol,
+                                     format_title=spec.title)
     drop = [s for s in source.slot_names if s not in kept]
-    return _remove_then_export(source, drop, out, overwrite, max_shard_size, ranking, bench, atol)
+    return _remove_then_export(source, spec, drop, out, overwrite, max_shard_size, ranking, bench, atol)
 
 
-def target_slots(source, fmt=FORMAT):
+def target_slots(source, fmt):
     """The largest kept slot set (in slot order) whose export targets include ``fmt``; ``None`` if none does."""
     slots = source.slot_names
     for size in range(len(slots), 0, -1):
@@ -80,7 +102,7 @@ def target_slots(source, fmt=FORMAT):
     return None
 
 
-def _remove_then_export(source, drop, out, overwrite, max_shard_size, ranking, bench, atol):
+def _remove_then_export(source, spec, drop, out, overwrite, max_shard_size, ranking, bench, atol):
     plan = source.adapter.removal_plan(source.model_config, drop)
     if not plan.exact:
         raise ConfigError(f"removing {', '.join(plan.drop)} from {source.path} is not exact; prune it (encslim prune), "
@@ -102,64 +124,44 @@ def _remove_then_export(source, drop, out, overwrite, max_shard_size, ranking, b
         origin = Source(path=source.path, config=removed.config, adapter=removed.adapter, manifest=record,
                         model_config=removed.model_config)
         dropped = ", ".join(f"'{s}'" for s in plan.drop)
+        family_notes = source.adapter.stock_notes(spec.format, plan.drop, gap) if supports_stock_export(
+            source.adapter) else []
         return write_verified_folder(
-            origin, model, processor, out, FORMAT, overwrite=overwrite, max_shard_size=max_shard_size,
+            origin, model, processor, out, spec.format, overwrite=overwrite, max_shard_size=max_shard_size,
             ranking=ranking, bench=bench, atol=atol, reference=(batch, logits), inputs=[source.path],
-            details={"processor_gap": gap}, notes=[
+            details={"processor_gap": gap}, format_title=spec.title, notes=[
                 f"{dropped} was removed from the {source.model_type} source with the removal plan `encslim prune` "
                 f"applies; the export check compares this folder's logits with the source's with {dropped} masked, "
-                "on the same pixels.",
-                "transformers' hybrid image processor resizes an image to the SAM size and then to the SigLIP "
-                "size; the stock DeepseekVLImageProcessor resizes once. From the same raw probe images their pixels "
-                f"differ by up to {gap['pixel_max_abs_diff']:.3g} and the logits by up to "
-                f"{gap['logits_max_abs_diff']:.3g}. For the hybrid's exact preprocessing, feed pixel_values "
-                "computed by the hybrid's processor.",
-            ])
+                "on the same pixels.", *family_notes])
 
 
 def write_removed(source_dir, out_dir, plan):
-    """Write the model folder ``plan`` makes of ``source_dir`` into ``out_dir``, in memory.
+    """Write the model folder ``plan`` makes of ``source_dir`` into ``out_dir`` (created here).
 
-    Weights: the source's safetensors files through :func:`~encslim.models.plan.apply_plan`, saved as
-    one ``model.safetensors``. ``config.json`` and the processor files: patched with the plan's JSON
-    operations. Every other file (tokenizer, generation config...) is copied.
+    Through the one plan executor (:func:`encslim.models.executor.execute`, streaming over the
+    shards as ``encslim prune`` does), with its side-file policy: ``config.json`` and the processor
+    files patched, the tokenizer/processor/generation files copied, the rest left out.
 
     Raises:
         PlanError: the checkpoint or files do not fit the plan.
     """
-    from safetensors.torch import load_file, save_file
+    from ..models.executor import check_side_files, execute
+    from ..models.folder import ModelFolder
 
-    source_dir, out_dir = Path(source_dir), Path(out_dir)
-    out_dir.mkdir(parents=True)
-    state = {}
-    for path in sorted(source_dir.glob("*.safetensors")):
-        state.update(load_file(str(path)))
-    check_plan(plan, {k: tuple(v.shape) for k, v in state.items()})
-    save_file(apply_plan(state, plan), str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
-    del state
-    patched = {CONFIG_NAME: plan.config_patch, **plan.processor_patch}
-    for name, ops in patched.items():
-        if (source_dir / name).is_file():
-            data = json.loads((source_dir / name).read_text(encoding="utf-8"))
-            text = json.dumps(apply_json_ops(data, ops), indent=2, sort_keys=True) + "\n"
-            (out_dir / name).write_text(text, encoding="utf-8")
-    skip = {INDEX_NAME, MANIFEST_NAME, *plan.drop_files, *patched}
-    for path in sorted(source_dir.iterdir()):
-        if path.name in skip or path.name.startswith(".") or path.name.endswith(".safetensors"):
-            continue
-        if path.is_dir():
-            shutil.copytree(path, out_dir / path.name)
-        else:
-            shutil.copy2(path, out_dir / path.name)
+    folder = ModelFolder.open(source_dir)
+    check_plan(plan, folder.weights.shapes())
+    check_side_files(folder, plan)
+    Path(out_dir).mkdir(parents=True)
+    execute(plan, folder, out_dir, streaming=True)
 
 
 def _masked_reference(source, drop, stock_adapter, stock_processor):
     """``(batch, logits of the source with drop masked, the stock processor's batch)`` on probe inputs.
 
-    The batch carries the source processor's pixels: transformers' hybrid image processor resizes
-    to the SAM size first and then to the SigLIP size, the stock one resizes once, so the two
-    processors give slightly different pixels for the same raw image (see :func:`processor_gap`).
-    The model equivalence is checked on identical pixels.
+    The batch carries the source processor's pixels: a source processor may resize differently from
+    the stock one (e.g. in two steps where the stock one resizes once), so the two can give slightly
+    different pixels for the same raw image (see :func:`processor_gap`). The model equivalence is
+    checked on identical pixels.
     """
     import torch
 
@@ -201,7 +203,7 @@ def _removal_verification(adapter, model, batch, reference, plan, gap):
 
 
 def processor_gap(model, reference_batch, reference_logits, stock_batch):
-    """How far the stock processor's pixels (and the logits they give) are from the hybrid processor's."""
+    """How far the stock processor's pixels (and the logits they give) are from the source processor's."""
     import torch
 
     with torch.no_grad():
@@ -210,4 +212,4 @@ def processor_gap(model, reference_batch, reference_logits, stock_batch):
             "logits_max_abs_diff": max_abs_diff(reference_logits, logits)}
 
 
-__all__ = ["export_deepseek_vl", "target_slots", "write_removed"]
+__all__ = ["export_stock", "stock_format", "target_slots", "write_removed"]
