@@ -16,10 +16,11 @@ in the folder layout the hub id has:
   (-2), the CLS token dropped (``patch``).
 - ``dinov2`` (``dino_encoder.DinoVisionTower``): a transformers folder of ``facebook/dinov2-giant``;
   ``Dinov2Model`` run at the id's ``-res`` size (378), ``last_hidden_state`` without CLS, 27x27
-  resized to 24x24.
+  resized to 24x24. Its position table is resampled as transformers 4.37.2 (Cambrian's pin) does,
+  not as transformers 5 does (:func:`interpolate_pos_encoding_437`; tests/parity/cambrian/).
 - ``convnext`` (``clip_convnext_encoder.CLIPConvNextTower``): an open_clip folder of
   ``laion/CLIP-convnext_xxlarge-laion2B-s34B-b82K-augreg-soup``; the timm ConvNeXt trunk's stem and
-  four stages (Eagle's re-implementation, :mod:`encslim.models.families.eagle.towers`, with timm's ``gamma``
+  four stages (Eagle's re-implementation, :mod:`encslim.models.convnext`, with timm's ``gamma``
   for the layer scale), each stage's output resized to 96x96 and concatenated (``multi-stage``).
 
 Every resize is ``F.interpolate(bilinear, align_corners=False)`` in float32, as the towers'
@@ -36,6 +37,8 @@ quirk of the original is kept.
 """
 
 import json
+import math
+import types
 from pathlib import Path
 
 import torch
@@ -43,8 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ....errors import ConfigError, ModelLoadError
-from ..eagle.processing import CLIP_MEAN, CLIP_STD, expand2square  # LLaVA's expand2square, as Cambrian's mm_utils
+from ...convnext import ConvNeXt
 from ...layout import BackboneDeviceMixin, Mlp
+from ...llava_processing import CLIP_MEAN, CLIP_STD, expand2square  # LLaVA's, as Cambrian's mm_utils
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -165,6 +169,33 @@ class ClipTower(Tower):
         if self.select_feature == "patch":
             features = features[:, 1:]
         return resample_tokens(features.to(images.dtype), self.token_len)
+
+
+def interpolate_pos_encoding_437(embeddings, tokens, height, width):
+    """DINOv2's position table resampled as transformers 4.37 does (Cambrian's pinned version).
+
+    ``Dinov2Embeddings.interpolate_pos_encoding`` of transformers 4.37.2: bicubic (align_corners False)
+    with ``scale_factor = (h // patch + 0.1) / sqrt(N)`` per side. transformers 5 resizes to an explicit
+    ``size`` instead, which samples other points of the 37x37 table: at Cambrian's 378 px the tower's
+    outputs move by O(1) (tests/parity/cambrian/: 1.2 of 3.9 on a small random tower; 2e-6 with this).
+    Installed on the ``Dinov2Model``'s embeddings as a bound method (``embeddings`` is that module).
+    """
+    num_patches = tokens.shape[1] - 1
+    num_positions = embeddings.position_embeddings.shape[1] - 1
+    if num_patches == num_positions and height == width:
+        return embeddings.position_embeddings
+    class_pos = embeddings.position_embeddings[:, :1]
+    patch_pos = embeddings.position_embeddings[:, 1:]
+    dim = tokens.shape[-1]
+    patch = embeddings.config.patch_size
+    side = math.sqrt(num_positions)
+    rows, cols = height // patch + 0.1, width // patch + 0.1
+    grid = patch_pos.reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.to(torch.float32), scale_factor=(float(rows / side), float(cols / side)),
+                         mode="bicubic", align_corners=False).to(patch_pos.dtype)
+    if grid.shape[-2:] != (int(rows), int(cols)):
+        raise ValueError(f"DINOv2 position table resampled to {tuple(grid.shape[-2:])}, not {(int(rows), int(cols))}")
+    return torch.cat((class_pos, grid.permute(0, 2, 3, 1).reshape(1, -1, dim)), dim=1)
 
 
 class DinoTower(Tower):
@@ -307,8 +338,6 @@ def build_tower(slot, kind, folder, config):
                             args.get("image_size", geometry["image_size"]))
             strict_fill(trunk, state, folder, slot)
             return SiglipTower(slot, kind, trunk, token_len, preprocess)
-        from ..eagle.towers import ConvNeXt
-
         trunk = ConvNeXt(args["depths"], args["dims"], args["norm_eps"], 1e-6, 0)
         state = {k[:-len("gamma")] + "weight" if k.endswith(".gamma") else k: v for k, v in state.items()}
         strict_fill(trunk, state, folder, slot)
@@ -327,6 +356,7 @@ def build_tower(slot, kind, folder, config):
     from transformers import Dinov2Model
 
     model = hf_encoder(Dinov2Model, folder, slot, ())
+    model.embeddings.interpolate_pos_encoding = types.MethodType(interpolate_pos_encoding_437, model.embeddings)
     mean = tuple(pre.get("image_mean", IMAGENET_MEAN))
     preprocess = {"image_size": geometry["image_size"], "mean": mean, "std": tuple(pre.get("image_std", IMAGENET_STD)),
                   "pad_mean": mean}
