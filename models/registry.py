@@ -157,7 +157,8 @@ def _load_builtins() -> None:
 def families() -> dict[str, Family]:
     """Every registered family, built-in ones first: ``{name: Family}``."""
     _load_builtins()
-    return dict(_FAMILIES)
+    order = {name: i for i, name in enumerate(BUILTIN_PACKAGES)}  # a stable order, whatever was imported first
+    return {name: _FAMILIES[name] for name in sorted(_FAMILIES, key=lambda n: (order.get(n, len(order)), n))}
 
 
 def get_family(name: str) -> Family:
