@@ -10,6 +10,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -68,10 +69,11 @@ def test_inspect_real_shape_eagle_x5_reads_headers_only(tiny_eagle_dir, tmp_path
     assert sum(p.stat().st_size for p in folder.glob("*.safetensors")) > 17e9  # bf16 Eagle-X5-7B: ~18 GB
     del model, state
 
+    start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "encslim.cli", "inspect", str(folder), "--json"],
                           capture_output=True, text=True, timeout=600)
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child's peak, in KiB
-    print(f"peak RSS of encslim inspect: {peak_kib / 1024:.0f} MiB")
+    print(f"encslim inspect: {time.perf_counter() - start:.1f} s, peak RSS {peak_kib / 1024:.0f} MiB")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert peak_kib < 1 << 20, f"peak RSS {peak_kib / 1024:.0f} MiB"
