@@ -11,6 +11,7 @@ import torch
 from .dropout import PER_SAMPLE_CLASSES, batch_seed, per_batch_masked, per_sample_keep
 
 IGNORE_INDEX = -100
+TARGET_KEY = "distill_targets"  # the batch key of a distilled run's teacher targets (encslim.finetune.distill)
 
 
 class IndexDataset(torch.utils.data.Dataset):
@@ -75,8 +76,6 @@ class FinetuneCollator:
         if keep:
             batch["slot_keep"] = keep
         if self.targets is not None:
-            from .distill import TARGET_KEY
-
             batch[TARGET_KEY] = self.targets.batch(indices)
         return batch
 

@@ -45,12 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .collator import pad_right
+from .inputs import data_paths, load_training_samples, model_examples
 
 logger = logging.getLogger(__name__)
 
 FULL_VOCAB_MAX = 4096  # vocabularies up to this size are stored whole
 DEFAULT_TOP_K = 64
-TARGET_KEY = "distill_targets"
 
 
 class TeacherTargets:
@@ -163,8 +164,6 @@ def _vocab(tokenizer):
 
 
 def _pixel_batch(model, processor, adapter, examples):
-    from .collator import pad_right
-
     tokenizer = adapter.tokenizer(processor)
     batch = pad_right([e.prompt_ids for e in examples], [e.answer_ids for e in examples], tokenizer.pad_token_id)
     batch.update(adapter.pixel_inputs(processor, [e.image for e in examples]))
@@ -389,14 +388,12 @@ def teacher_kl(student_path, teacher_path, data, prompt_format="eval", batch_siz
     """
     from ..models.loading import load_model
 
-    from .train import _examples_for, _samples, _data_paths
-
-    samples = _samples(data, _data_paths(data))
+    samples = load_training_samples(data, data_paths(data))
     student, s_processor, s_adapter = load_model(student_path)
     teacher, t_processor, t_adapter = load_model(teacher_path)
     check_same_tokenizer(s_adapter, s_processor, t_adapter, t_processor, teacher_path)
-    s_examples = _examples_for(student, s_processor, s_adapter, samples, prompt_format)
-    t_examples = _examples_for(teacher, t_processor, t_adapter, samples, prompt_format)
+    s_examples = model_examples(student, s_processor, s_adapter, samples, prompt_format)
+    t_examples = model_examples(teacher, t_processor, t_adapter, samples, prompt_format)
     q, _ = answer_log_probs(student, s_processor, s_adapter, s_examples, 1.0, batch_size)
     p, _ = answer_log_probs(teacher, t_processor, t_adapter, t_examples, 1.0, batch_size)
     total = sum(float((lp.exp() * (lp - lq)).sum()) for lp, lq in zip(p, q))

@@ -52,6 +52,7 @@ from ..files import atomic_output_dir, check_output_path, sha256_file
 from ..provenance import write_manifest
 from .callbacks import CheckpointDigest, DropoutEpoch, LossLog, ProgressBar, plot_loss, read_log
 from .config import FinetuneConfig
+from .inputs import data_paths, load_training_samples, model_examples
 from .saving import DIGEST_FILE, check_checkpoint, check_saved, expected_saved
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     if options:
         config = FinetuneConfig.from_dict({**_fields(config), **options})
     model_path = Path(model_path).resolve()
-    paths = _data_paths(data)
+    paths = data_paths(data)
     teacher_path = _teacher_path(config)
     check_output_path(out, overwrite, inputs=[model_path, *paths, *([teacher_path] if teacher_path else [])])
     work = work_dir(out)
@@ -108,7 +109,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
         os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed warns on every import that it fell back to CPU
     ds_config = _deepspeed(config)
-    samples = _samples(data, paths)
+    samples = load_training_samples(data, paths)
     model, processor, adapter = _load(model_path, torch)
     examples = _examples(model, processor, adapter, samples, config)
     torch.manual_seed(config.seed)
@@ -154,21 +155,6 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _data_paths(data):
-    if isinstance(data, (str, Path)):
-        return [Path(data)]
-    items = list(data)
-    return [Path(d) for d in items] if items and isinstance(items[0], (str, Path)) else []
-
-
-def _samples(data, paths):
-    if paths:
-        from ..data.load import load_samples
-
-        return load_samples(paths)
-    return list(data)
-
-
 def _load(model_path, torch):
     from ..models.loading import load_model
 
@@ -179,17 +165,7 @@ def _load(model_path, torch):
 
 
 def _examples(model, processor, adapter, samples, config):
-    return _examples_for(model, processor, adapter, samples, config.prompt_format)
-
-
-def _examples_for(model, processor, adapter, samples, prompt_format):
-    from .examples import build_examples
-
-    expected = adapter.image_tokens(model.config)
-    text_config = getattr(model.config, "text_config", model.config)
-    max_length = getattr(text_config, "max_position_embeddings", None)
-    return build_examples(samples, processor, adapter, adapter.image_token_id(model.config), expected,
-                          prompt_format, max_length)
+    return model_examples(model, processor, adapter, samples, config.prompt_format)
 
 
 def _teacher_path(config):
@@ -210,7 +186,7 @@ def _teacher_targets(teacher_path, samples, model, processor, adapter, examples,
     from .distill import compute_teacher_targets
 
     def build(samples, t_processor, t_adapter, teacher):
-        return _examples_for(teacher, t_processor, t_adapter, samples, config.prompt_format)
+        return model_examples(teacher, t_processor, t_adapter, samples, config.prompt_format)
 
     device = next(model.parameters()).device
     return compute_teacher_targets(teacher_path, samples, (model, processor, adapter, examples), config, build,
@@ -246,9 +222,12 @@ def _features(model, processor, adapter, examples, config):
 def _deepspeed(config):
     if not config.deepspeed:
         return None
-    from .ds_config import ensure_distributed_env, load_deepspeed_config
+    import torch
 
-    ds_config = load_deepspeed_config(config.deepspeed)
+    from .ds_config import ensure_distributed_env, load_deepspeed_config, prepare_deepspeed
+
+    # on the CPU nothing is compiled; where a build may happen, a stale build lock stops the run here
+    ds_config = prepare_deepspeed(load_deepspeed_config(config.deepspeed), cuda=torch.cuda.is_available())
     added = ensure_distributed_env()
     if added:
         logger.info("single-process DeepSpeed: set %s", ", ".join(f"{k}={v}" for k, v in added.items()))

@@ -46,16 +46,16 @@ def test_teacher_targets_on_demand_equal_the_precomputed_ones(pruned):
 
     from encslim.finetune.config import FinetuneConfig
     from encslim.finetune.distill import compute_teacher_targets, samples_used
-    from encslim.finetune.train import _examples_for, _samples
+    from encslim.finetune.inputs import load_training_samples, model_examples
     from encslim.models.loading import load_model
 
     model, data = pruned
     student, processor, adapter = load_model(model)
-    samples = _samples(data, [data])
-    examples = _examples_for(student, processor, adapter, samples, "eval")
+    samples = load_training_samples(data, [data])
+    examples = model_examples(student, processor, adapter, samples, "eval")
 
     def build(samples, t_processor, t_adapter, teacher):
-        return _examples_for(teacher, t_processor, t_adapter, samples, "eval")
+        return model_examples(teacher, t_processor, t_adapter, samples, "eval")
 
     def targets(**options):
         config = FinetuneConfig(distill_from=str(DEMO_MODEL_DIR), **options)
