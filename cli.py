@@ -24,7 +24,7 @@ COMMANDS = {
     "create-tiny": "encslim.models.commands:create_tiny_cmd",
     "eval": "encslim.bench.commands:eval_cmd",
     "bench": "encslim.bench.bench_commands:bench_cmd",
-    "rank": "encslim.prune.rank_commands:rank_cmd",
+    "rank": "encslim.recipes.rank_commands:rank_cmd",  # the masked ranking (prune) + --recover (pipeline)
     "prune": "encslim.prune.commands:prune_cmd",
     "demo": "encslim.demo.commands:demo_group",
     "finetune": "encslim.finetune.commands:finetune_group",

@@ -14,7 +14,6 @@ import functools
 import inspect
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +49,13 @@ class Ranking:
     Attributes:
         data: the ranking (see the README for the schema).
         out: the folder it was written to, or ``None``.
+        samples: the samples it ranked on (not written; the recovery of
+            :mod:`encslim.recipes.recover` evaluates its candidates on them).
     """
 
     data: dict
     out: Path = None
+    samples: list = None
 
     def __getitem__(self, key):
         return self.data[key]
@@ -83,8 +85,7 @@ class Ranking:
 def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=None, out=None,
          bootstrap=1000, seed=0, alpha=0.05, batch_size=8, max_new_tokens=8, shapley_permutations=None,
          cache=None, overwrite=False, device="cpu", dtype="float32", latency_ms=None, evaluator=None,
-         progress=None, feature_memory_gb=DEFAULT_FEATURE_MEMORY_GB, threads=None, recover=None, echo=None,
-         resume_recovery=None):
+         progress=None, feature_memory_gb=DEFAULT_FEATURE_MEMORY_GB, threads=None):
     """Rank a multi-encoder model's slots on benchmark data.
 
     Args:
@@ -118,23 +119,16 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
             ``None``: the process's earlier choice, else ``ENCSLIM_THREADS``, else chosen from the
             CPU affinity and the load average; ``0``: leave torch's setting as it is. Recorded in
             ``ranking.json``'s ``evaluation.threads``.
-        recover: a :class:`~encslim.prune.recover.RecoverySettings`: after the masked ranking,
-            recover the frontier's candidate kept sets and add their recovered accuracy
-            (:mod:`encslim.prune.recover`); needs a model folder and ``out``.
-        echo: prints the recovery's progress lines (default: the log).
-        resume_recovery: a previous ranking folder whose recovered candidates to reuse (default:
-            ``out`` itself when it exists, with ``overwrite``).
 
     Returns:
-        :class:`Ranking`.
+        :class:`Ranking` (recovery-aware ranking, ``rank --recover``, is
+        :func:`encslim.recipes.recover.rank_and_recover`: it composes this with prune and finetune).
 
     Raises:
         ConfigError: bad option values; DataError: no samples or unknown categories;
         ModelLoadError: the model does not load; OutputExistsError: ``out`` exists.
     """
     _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations)
-    if recover is not None:
-        _check_recover(recover, model_or_path, out, data)
     start = time.perf_counter()
     if out is not None:  # refuse a bad output before spending time on loading and evaluating
         _check_out(out, overwrite, model_or_path, data)
@@ -159,7 +153,9 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
                    alpha=alpha, latency_ms=latency_ms, model_path=model_path)
     if out is None:
         _reuse(table, previous, sources)
-        return _finish(_run(runner, **options), runner, start)
+        ranking = _finish(_run(runner, **options), runner, start)
+        ranking.samples = samples
+        return ranking
 
     inputs = [p for p in [model_path, *data_paths] if p is not None]
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
@@ -170,35 +166,9 @@ def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=
         _reuse(table, previous, sources)
         ranking = _finish(_run(runner, **options), runner, start)
         write_ranking(ranking.data, tmp)
-        resume_from = resume_recovery or (out if Path(out).is_dir() else None)
-        if recover is not None and resume_from is not None:
-            from .recover import carry_over
-
-            carry_over(resume_from, tmp)  # the previous run's recovered candidates, to resume from
     ranking.out = Path(out)
-    if recover is not None:
-        from .recover import recover as run_recovery, rewrite_ranking
-
-        del runner, table, loaded, model, store, kwargs  # the recovery loads its own models
-        run_recovery(ranking.data, Path(model_path).resolve(), samples, out, recover,
-                     {"batch_size": batch_size, "max_new_tokens": max_new_tokens}, device=device, dtype=dtype,
-                     echo=echo)
-        ranking.data["evaluation"]["wall_s"] = round(time.perf_counter() - start, 3)
-        rewrite_ranking(ranking.data, out)
+    ranking.samples = samples
     return ranking
-
-
-def _check_recover(recover, model_or_path, out, data):
-    from .recover import check_settings
-
-    if isinstance(model_or_path, (tuple, list)):
-        raise ConfigError("--recover needs a model folder (it prunes and fine-tunes copies), not a loaded model")
-    if out is None:
-        raise ConfigError("--recover needs --out (each candidate is recovered into OUT/recover/)")
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        raise ConfigError("--recover runs in one process (each candidate's LoRA run is small); start rank without "
-                          "torchrun, or rank under torchrun first and then rerun with --recover and --overwrite")
-    check_settings(recover, [data] if isinstance(data, (str, Path)) else list(data))
 
 
 def _check_out(out, overwrite, model_or_path, data):

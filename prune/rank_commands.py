@@ -1,4 +1,10 @@
-"""CLI command ``encslim rank``: a thin layer over :func:`encslim.prune.rank.rank`."""
+"""The masked ranking's CLI command: a thin layer over :func:`encslim.prune.rank.rank`.
+
+``encslim rank`` is this command plus the recovery options (``--recover STEPS``), added at the
+pipeline level by :mod:`encslim.recipes.rank_commands`: recovery composes prune, finetune and
+evaluation, which prune does not import. :func:`rank_arguments` and :func:`show_ranking` are
+shared with it.
+"""
 
 import click
 
@@ -23,8 +29,21 @@ def _cur_summary(data):
 
 # options of a run that evaluates the model: meaningless when ranking from prediction files
 EVALUATION_ONLY = ("subsets", "shapley_permutations", "batch_size", "max_new_tokens", "cache", "feature_memory_gb",
-                   "threads", "recover", "recover_top", "recover_data", "recover_distill", "recover_lr",
-                   "recover_batch_size", "recover_lora_r")
+                   "threads")
+
+
+def refuse_with_predictions(names):
+    """Refuse, with --predictions, the options among ``names`` given on the command line.
+
+    Raises:
+        click.UsageError: naming them.
+    """
+    ctx = click.get_current_context()
+    ignored = [f"--{name.replace('_', '-')}" for name in names
+               if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+    if ignored:
+        raise click.UsageError(f"{', '.join(ignored)} only apply when rank runs the model; with --predictions "
+                               "the mask sets are the prediction files given")
 
 
 @click.command("rank")
@@ -70,25 +89,9 @@ EVALUATION_ONLY = ("subsets", "shapley_permutations", "batch_size", "max_new_tok
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (default: the cores no other process keeps busy, or ENCSLIM_THREADS); "
                    "recorded in ranking.json.")
-@click.option("--recover", "recover", type=click.IntRange(min=1), default=None, metavar="STEPS",
-              help="After masking, recover the frontier's candidate kept sets with STEPS LoRA steps each and report "
-                   "their accuracy after recovery (prune --on recovered decides on it).")
-@click.option("--recover-top", default=3, show_default=True, type=click.IntRange(min=1),
-              help="How many frontier candidates to recover.")
-@click.option("--recover-data", multiple=True, type=click.Path(),
-              help="Training file(s) for the recovery (required with --recover; not the ranking data).")
-@click.option("--recover-distill", default="off", show_default=True, type=click.Choice(["off", "on", "both"]),
-              help="Recover with plain LoRA, distilled from the full model, or both (reported side by side).")
-@click.option("--recover-lr", default=5e-4, show_default=True, type=float,
-              help="Learning rate of the recovery (lower than a plain finetune's: the candidates start trained).")
-@click.option("--recover-batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--recover-lora-r", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--overwrite", is_flag=True, help="Replace OUT (its cached scores and recovered candidates are reused).")
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json instead of the CUR table.")
-def rank_cmd(model_dir, data, predictions, model_opt, out, subsets, mask_mode, categories, bootstrap, seed,
-             shapley_permutations, batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, threads,
-             recover, recover_top, recover_data, recover_distill, recover_lr, recover_batch_size, recover_lora_r,
-             overwrite, as_json):
+def rank_cmd(**options):
     """Rank MODEL_DIR's encoder slots on benchmark data: CUR, IG, Shapley values, cost frontier.
 
     MODEL_DIR may be `demo` (the shipped demo model). The defaults are the quick ones; the demo
@@ -96,84 +99,63 @@ def rank_cmd(model_dir, data, predictions, model_opt, out, subsets, mask_mode, c
     With --predictions no model runs: the per-sample predictions of each mask set are read and
     scored (MODEL_DIR or --model optional, for the slot list and costs).
     """
-    import json
     import sys
 
     from .rank import rank
 
-    if predictions:
-        if model_dir and model_opt and model_dir != model_opt:
-            raise click.UsageError("give the model once: MODEL_DIR or --model")
-        ctx = click.get_current_context()
-        ignored = [f"--{name.replace('_', '-')}" for name in EVALUATION_ONLY
-                   if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
-        if ignored:
-            raise click.UsageError(f"{', '.join(ignored)} only apply when rank runs the model; with --predictions "
-                                   "the mask sets are the prediction files given")
-        return _rank_predictions(predictions, model_opt or model_dir, data, out, mask_mode, categories, bootstrap,
-                                 seed, device, dtype, overwrite, as_json)
+    if options["predictions"]:
+        refuse_with_predictions(EVALUATION_ONLY)
+        return _rank_predictions(**options)
+    model_dir, data, kwargs = rank_arguments(**options)
+    ranking = rank(model_dir, data, progress=sys.stderr.isatty(), **kwargs)
+    show_ranking(ranking.data, options["out"], options["as_json"])
+
+
+def rank_arguments(model_dir, data, out, subsets, mask_mode, categories, bootstrap, seed, shapley_permutations,
+                   batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, threads, overwrite, **_):
+    """``(model_dir, data, keyword arguments of rank())`` for the command's options.
+
+    Raises:
+        click.UsageError: no MODEL_DIR or no --data.
+    """
     if not model_dir:
         raise click.UsageError("missing MODEL_DIR (or rank from prediction files with --predictions KEY=PATH)")
     if not data:
         raise click.UsageError("missing option '--data'")
+    return model_dir, list(data), dict(
+        subsets=subsets, mask_mode=mask_mode, categories=list(categories) or None, out=out, bootstrap=bootstrap,
+        seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens, shapley_permutations=shapley_permutations,
+        cache=cache, overwrite=overwrite, device=device, dtype=dtype, feature_memory_gb=feature_memory_gb,
+        threads=threads)
 
-    settings = None
-    if recover is not None:
-        from .recover import RecoverySettings
 
-        settings = RecoverySettings(steps=recover, data=list(recover_data), top=recover_top, distill=recover_distill,
-                                    lr=recover_lr, batch_size=recover_batch_size, lora_r=recover_lora_r, seed=seed)
-    else:
-        ctx = click.get_current_context()
-        stray = [f"--{name.replace('_', '-')}" for name in EVALUATION_ONLY if name.startswith("recover_")
-                 and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
-        if stray:
-            raise click.UsageError(f"{', '.join(stray)} only work with --recover STEPS")
-    ranking = rank(model_dir, list(data), subsets=subsets, mask_mode=mask_mode, categories=list(categories) or None,
-                   out=out, bootstrap=bootstrap, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                   shapley_permutations=shapley_permutations, cache=cache, overwrite=overwrite, device=device,
-                   dtype=dtype, progress=sys.stderr.isatty(), feature_memory_gb=feature_memory_gb, threads=threads,
-                   recover=settings, echo=lambda line: click.echo(line, err=as_json))
+def show_ranking(data, out, as_json, more=""):
+    """Print ranking.json (``as_json``) or the CUR table, the run's figures, ``more`` and the files written."""
+    import json
+
     if as_json:
-        click.echo(json.dumps(ranking.data, indent=2))
+        click.echo(json.dumps(data, indent=2))
         return
-    ev = ranking.data["evaluation"]
-    click.echo(_cur_summary(ranking.data))
-    click.echo(f"\nCUR in % ({ranking.data['mask_mode']} mask; * = CI excludes 0). "
+    ev = data["evaluation"]
+    click.echo(_cur_summary(data))
+    click.echo(f"\nCUR in % ({data['mask_mode']} mask; * = CI excludes 0). "
                f"{ev['mask_sets_evaluated']} mask sets evaluated, {ev['mask_sets_cached']} from cache, "
                f"{ev['encoder_passes_per_sample']:g} encoder passes per sample (whole run), {ev['wall_s']:.1f} s.")
-    if ranking.data.get("recovery"):
+    if more:
         click.echo("")
-        click.echo(recovery_summary(ranking.data))
+        click.echo(more)
     click.echo(f"wrote {out}/ranking.json, ranking.md, cur_heatmap.png, frontier.png")
 
 
-def recovery_summary(data):
-    """Masked vs recovered accuracy per candidate (percent), one line per variant."""
-    block = data["recovery"]
-    groups = [*data["categories"], "overall"]
-    width = max(10, *(len(g) + 2 for g in groups))
-    kw = max(22, *(len("+".join(c["kept"])) + 2 for c in block["candidates"]))
-    lines = [f"accuracy (%) after {block['steps']} recovery steps (prune --on recovered uses {block['primary']})",
-             f"{'kept':<{kw}}{'':<12}" + "".join(f"{g:>{width}}" for g in groups)]
-    for entry in block["candidates"]:
-        kept = "+".join(entry["kept"])
-        if "skipped" in entry:
-            lines.append(f"{kept:<{kw}}skipped: {entry['skipped']}")
-            continue
-        lines.append(f"{kept:<{kw}}{'masked':<12}" + "".join(f"{100 * entry['accuracy_masked'][g]:>{width}.1f}"
-                                                             for g in groups))
-        for variant, acc in entry["accuracy_recovered"].items():
-            lines.append(f"{'':<{kw}}{variant:<12}" + "".join(f"{100 * acc[g]:>{width}.1f}" for g in groups))
-    return "\n".join(lines)
-
-
-def _rank_predictions(predictions, model, data, out, mask_mode, categories, bootstrap, seed, device, dtype,
-                      overwrite, as_json):
+def _rank_predictions(predictions, model_dir, model_opt, data, out, mask_mode, categories, bootstrap, seed, device,
+                      dtype, overwrite, as_json, **_):
     import json
 
     from .rank_predictions import rank_predictions
 
+    if model_dir and model_opt and model_dir != model_opt:
+        raise click.UsageError("give the model once: MODEL_DIR or --model")
+    model = model_opt or model_dir
     ranking = rank_predictions(list(predictions), model=model, data=list(data) or None,
                                categories=list(categories) or None, out=out, bootstrap=bootstrap, seed=seed,
                                mask_mode=mask_mode, overwrite=overwrite, device=device, dtype=dtype)

@@ -1,5 +1,10 @@
 """Recovery-aware ranking: the accuracy a kept set reaches after a short recovery, not only masked.
 
+Recovery composes three stages (prune, finetune, evaluation), so it lives in the pipeline layer:
+:func:`rank_and_recover` runs the masked ranking (:func:`encslim.prune.rank.rank`) and then
+:func:`recover`; ``encslim rank --recover`` (:mod:`encslim.recipes.rank_commands`) and the recipes'
+``rank.recover`` (:mod:`encslim.recipes.stages`) both call it.
+
 Masking a trained model measures how much it relies on an encoder; a model retrained without
 that encoder may do better, and the ranking by recovered accuracy can differ from the ranking by
 masking (an encoder the others can stand in for costs a lot masked and little after recovery).
@@ -31,7 +36,8 @@ and its reason; the others go on.
 **Resumable.** Each candidate works in ``<out>/recover/<kept>/``: every variant's model is
 written atomically, its evaluation into ``<variant>.json``, and ``result.json`` marks the
 candidate done, with a fingerprint of the settings. A rerun (``--overwrite`` of the same out)
-carries the folder over and redoes only what is missing or was made with other settings.
+carries the folder over (linked aside while the ranking replaces the folder) and redoes only what
+is missing or was made with other settings.
 
 Deviation from a full retraining study: the full model is not given the same recovery steps,
 so ``recovered_cur`` compares a recovered pruned model against the unrecovered full one.
@@ -44,12 +50,13 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, PlanError
 from ..files import sha256_file
-from .importance import OVERALL, accuracy
+from ..prune.importance import OVERALL, accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +117,29 @@ class RecoverySettings:
         return self.variants[-1]
 
 
+def check_recovery(settings, model_path, out, evaluation_data):
+    """Refuse a recovery that cannot run, before anything is loaded.
+
+    Args:
+        settings: :class:`RecoverySettings`.
+        model_path: the full model (a folder; a loaded model is refused).
+        out: the ranking folder (required).
+        evaluation_data: the ranking's data (file paths or samples).
+
+    Raises:
+        ConfigError: the first problem found.
+    """
+    if isinstance(model_path, (tuple, list)):
+        raise ConfigError("--recover needs a model folder (it prunes and fine-tunes copies), not a loaded model")
+    if out is None:
+        raise ConfigError("--recover needs --out (each candidate is recovered into OUT/recover/)")
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        raise ConfigError("--recover runs in one process (each candidate's LoRA run is small); start rank without "
+                          "torchrun, or rank under torchrun first and then rerun with --recover and --overwrite")
+    data = [evaluation_data] if isinstance(evaluation_data, (str, Path)) else list(evaluation_data)
+    check_settings(settings, data)
+
+
 def check_settings(settings, evaluation_data):
     """Raise ``ConfigError`` for bad recovery settings (before any model is loaded)."""
     problems = settings.problems()
@@ -155,6 +185,8 @@ def _fingerprint(model_path, settings, eval_settings):
 
 def carry_over(previous_out, new_out):
     """Link (or copy) the ``recover/`` folder of a previous ranking into the new one (resume)."""
+    if previous_out is None:
+        return
     source = Path(previous_out) / RECOVER_DIR
     if not source.is_dir():
         return
@@ -166,6 +198,68 @@ def carry_over(previous_out, new_out):
             shutil.copy2(src, dst)
 
     shutil.copytree(source, Path(new_out) / RECOVER_DIR, copy_function=link, dirs_exist_ok=True)
+
+
+@contextmanager
+def _kept_aside(previous_out, out):
+    """The ``recover/`` folder of ``previous_out``, linked into a folder next to ``out`` (or ``None``).
+
+    The ranking replaces ``out`` as a whole (atomically); when the previous ranking is ``out``
+    itself, its recovered candidates must be held elsewhere meanwhile. The links go when the
+    block ends.
+    """
+    if previous_out is None or not (Path(previous_out) / RECOVER_DIR).is_dir():
+        yield None
+        return
+    parent = Path(out).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=".recover-resume-", dir=parent))
+    try:
+        carry_over(previous_out, aside)
+        yield aside
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def rank_and_recover(model_path, data, settings, out, overwrite=False, resume_from=None, batch_size=8,
+                     max_new_tokens=8, device="cpu", dtype="float32", echo=None, **rank_options):
+    """Rank ``model_path`` on ``data``, then recover the frontier's candidates (``rank --recover``).
+
+    Args:
+        model_path: the full model folder.
+        data: the ranking's benchmark file(s), or its samples.
+        settings: :class:`RecoverySettings`.
+        out: the ranking folder: ``ranking.json``/``.md`` (with the recovery), plots, ``recover/``.
+        overwrite: replace ``out``; its finished candidates are reused.
+        resume_from: a previous ranking folder whose recovered candidates to reuse (default:
+            ``out`` itself, when it exists and ``overwrite`` is set).
+        batch_size, max_new_tokens, device, dtype: the ranking's evaluation settings, which the
+            candidates' evaluation uses too.
+        echo: prints the recovery's progress lines (default: the log).
+        **rank_options: the other keyword arguments of :func:`encslim.prune.rank.rank`.
+
+    Returns:
+        :class:`encslim.prune.rank.Ranking` whose ``data`` holds ``recovery`` (see :func:`recover`).
+
+    Raises:
+        ConfigError: bad recovery settings (before anything is loaded); and what
+        :func:`encslim.prune.rank.rank` and :func:`recover` raise.
+    """
+    from ..prune.rank import rank
+
+    check_recovery(settings, model_path, out, data)
+    started = time.perf_counter()
+    if resume_from is None and overwrite and Path(out).is_dir():
+        resume_from = out
+    with _kept_aside(resume_from, out) as previous:
+        ranking = rank(model_path, data, out=out, overwrite=overwrite, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens, device=device, dtype=dtype, **rank_options)
+        carry_over(previous, out)
+    recover(ranking.data, Path(model_path).resolve(), ranking.samples, out, settings,
+            {"batch_size": batch_size, "max_new_tokens": max_new_tokens}, device=device, dtype=dtype, echo=echo)
+    ranking.data["evaluation"]["wall_s"] = round(time.perf_counter() - started, 3)
+    rewrite_ranking(ranking.data, out)
+    return ranking
 
 
 def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cpu", dtype="float32", echo=None):
@@ -285,7 +379,7 @@ def _recover_one(folder, model_path, masked, train, samples, settings, eval_kwar
 
 def _train(folder, model_path, masked, train, settings, variant, model_dir, echo):
     from ..finetune.train import finetune
-    from .surgery import prune
+    from ..prune.surgery import prune
 
     pruned = folder / "pruned"
     if not (pruned / "config.json").is_file():
@@ -319,7 +413,7 @@ def _write_json(path, data):
 
 def rewrite_ranking(ranking, folder):
     """Write the ranking (now with its recovery) into ``folder`` again, each file replaced atomically."""
-    from .rank import write_ranking
+    from ..prune.rank import write_ranking
 
     folder = Path(folder)
     tmp = Path(tempfile.mkdtemp(prefix=".ranking.tmp-", dir=folder))
@@ -331,4 +425,5 @@ def rewrite_ranking(ranking, folder):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["RecoverySettings", "candidates", "carry_over", "check_settings", "recover", "rewrite_ranking"]
+__all__ = ["RecoverySettings", "candidates", "carry_over", "check_recovery", "check_settings", "rank_and_recover",
+           "recover", "rewrite_ranking"]

@@ -67,18 +67,19 @@ def _run_rank(ctx, tmp):
     from ..prune.rank import rank
 
     r = ctx.recipe.rank
-    recover = None
-    if r.recover is not None:
-        from ..prune.recover import RecoverySettings
+    previous = ctx.stage_dir("rank") / "ranking"  # a rerun reuses its scores and recovered candidates
+    options = dict(subsets=r.subsets, mask_mode=r.mask, categories=r.categories, out=tmp / "ranking",
+                   bootstrap=r.bootstrap, seed=r.seed, batch_size=r.batch_size, max_new_tokens=r.max_new_tokens,
+                   device=ctx.recipe.device, dtype=ctx.recipe.dtype, overwrite=True,
+                   cache=previous if (previous / "records.jsonl").is_file() else None)
+    if r.recover is None:
+        ranking = rank(_model_path(ctx), _data_files(ctx, "eval"), **options)
+    else:
+        from .recover import RecoverySettings, rank_and_recover
 
-        recover = RecoverySettings(data=_data_files(ctx, "train"), seed=r.seed, **r.recover.model_dump())
-    previous = ctx.stage_dir("rank") / "ranking"  # a rerun resumes its recovered candidates
-    ranking = rank(_model_path(ctx), _data_files(ctx, "eval"), subsets=r.subsets, mask_mode=r.mask,
-                   categories=r.categories, out=tmp / "ranking", bootstrap=r.bootstrap, seed=r.seed,
-                   batch_size=r.batch_size, max_new_tokens=r.max_new_tokens, device=ctx.recipe.device,
-                   dtype=ctx.recipe.dtype, overwrite=True, recover=recover, echo=ctx.echo,
-                   cache=previous if (previous / "records.jsonl").is_file() else None,
-                   resume_recovery=previous if recover is not None and previous.is_dir() else None)
+        settings = RecoverySettings(data=_data_files(ctx, "train"), seed=r.seed, **r.recover.model_dump())
+        ranking = rank_and_recover(_model_path(ctx), _data_files(ctx, "eval"), settings, echo=ctx.echo,
+                                   resume_from=previous if previous.is_dir() else None, **options)
     outputs = {"ranking": str(tmp / "ranking"), "slots": list(ranking.data["slots"]),
                "accuracy_full": ranking.data["accuracy"]["full"]}
     if ranking.data.get("recovery"):

@@ -1,4 +1,4 @@
-"""Recovery-aware ranking (encslim.prune.recover): rank --recover on the shipped demo model, and
+"""Recovery-aware ranking (encslim.recipes.recover): rank --recover on the shipped demo model, and
 prune --min-retained --on recovered deciding on what it wrote."""
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 
 from encslim.errors import PlanError
-from encslim.prune.recover import candidates
+from encslim.recipes.recover import candidates
 from encslim.prune.select import select
 from ..conftest import make_image, run_main, write_jsonl
 
@@ -178,9 +178,9 @@ def test_a_candidate_the_family_cannot_remove_is_skipped_with_its_reason(tmp_pat
     """DeepSeek-VL hybrid: keeping SAM alone (removing siglip) is refused by its removal plan; the
     recovery reports that candidate as skipped and recovers the other (siglip alone)."""
     from encslim.data.load import load_samples
-    from encslim.models.families.deepseek_vl_hybrid.adapter import SIGLIP_REFUSAL
+    from encslim.models.families.deepseek_vl_hybrid.plan import SIGLIP_REFUSAL
     from encslim.models.families.deepseek_vl_hybrid.tiny import create_tiny_hybrid
-    from encslim.prune.recover import RecoverySettings, recover
+    from encslim.recipes.recover import RecoverySettings, recover
 
     full = create_tiny_hybrid(tmp_path / "hybrid")
     (tmp_path / "images").mkdir()

@@ -1,0 +1,85 @@
+"""CLI command ``encslim rank``: the masked ranking, and with ``--recover STEPS`` its recovery.
+
+The ranking's own options and output come from :mod:`encslim.prune.rank_commands`; this module
+adds the recovery's options and runs :func:`encslim.recipes.recover.rank_and_recover`. The command
+sits in the pipeline layer because recovery composes prune, finetune and evaluation.
+"""
+
+import click
+
+from ..prune import rank_commands as masked
+
+RECOVER_OPTIONS = [
+    click.Option(["--recover", "recover"], type=click.IntRange(min=1), default=None, metavar="STEPS",
+                 help="After masking, recover the frontier's candidate kept sets with STEPS LoRA steps each and "
+                      "report their accuracy after recovery (prune --on recovered decides on it)."),
+    click.Option(["--recover-top"], default=3, show_default=True, type=click.IntRange(min=1),
+                 help="How many frontier candidates to recover."),
+    click.Option(["--recover-data"], multiple=True, type=click.Path(),
+                 help="Training file(s) for the recovery (required with --recover; not the ranking data)."),
+    click.Option(["--recover-distill"], default="off", show_default=True, type=click.Choice(["off", "on", "both"]),
+                 help="Recover with plain LoRA, distilled from the full model, or both (reported side by side)."),
+    click.Option(["--recover-lr"], default=5e-4, show_default=True, type=float,
+                 help="Learning rate of the recovery (lower than a plain finetune's: the candidates start trained)."),
+    click.Option(["--recover-batch-size"], default=16, show_default=True, type=click.IntRange(min=1)),
+    click.Option(["--recover-lora-r"], default=8, show_default=True, type=click.IntRange(min=1)),
+]
+RECOVER_NAMES = tuple(option.name for option in RECOVER_OPTIONS)
+
+
+def _rank_with_recovery(recover, recover_top, recover_data, recover_distill, recover_lr, recover_batch_size,
+                        recover_lora_r, **options):
+    """The masked ranking (prune's command), then, with ``--recover``, the recovery of its candidates."""
+    import sys
+
+    if options["predictions"]:
+        masked.refuse_with_predictions((*masked.EVALUATION_ONLY, *RECOVER_NAMES))
+    if recover is None:
+        ctx = click.get_current_context()
+        stray = [f"--{name.replace('_', '-')}" for name in RECOVER_NAMES
+                 if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if stray:
+            raise click.UsageError(f"{', '.join(stray)} only work with --recover STEPS")
+        return masked.rank_cmd.callback(**options)
+
+    from .recover import RecoverySettings, rank_and_recover
+
+    model_dir, data, kwargs = masked.rank_arguments(**options)
+    settings = RecoverySettings(steps=recover, data=list(recover_data), top=recover_top, distill=recover_distill,
+                                lr=recover_lr, batch_size=recover_batch_size, lora_r=recover_lora_r,
+                                seed=options["seed"])
+    as_json = options["as_json"]
+    ranking = rank_and_recover(model_dir, data, settings, progress=sys.stderr.isatty(),
+                               echo=lambda line: click.echo(line, err=as_json), **kwargs)
+    masked.show_ranking(ranking.data, options["out"], as_json, more=recovery_summary(ranking.data))
+
+
+def recovery_summary(data):
+    """Masked vs recovered accuracy per candidate (percent), one line per variant."""
+    block = data["recovery"]
+    groups = [*data["categories"], "overall"]
+    width = max(10, *(len(g) + 2 for g in groups))
+    kw = max(22, *(len("+".join(c["kept"])) + 2 for c in block["candidates"]))
+    lines = [f"accuracy (%) after {block['steps']} recovery steps (prune --on recovered uses {block['primary']})",
+             f"{'kept':<{kw}}{'':<12}" + "".join(f"{g:>{width}}" for g in groups)]
+    for entry in block["candidates"]:
+        kept = "+".join(entry["kept"])
+        if "skipped" in entry:
+            lines.append(f"{kept:<{kw}}skipped: {entry['skipped']}")
+            continue
+        lines.append(f"{kept:<{kw}}{'masked':<12}" + "".join(f"{100 * entry['accuracy_masked'][g]:>{width}.1f}"
+                                                             for g in groups))
+        for variant, acc in entry["accuracy_recovered"].items():
+            lines.append(f"{'':<{kw}}{variant:<12}" + "".join(f"{100 * acc[g]:>{width}.1f}" for g in groups))
+    return "\n".join(lines)
+
+
+def _params():
+    """prune's rank options, the recovery options placed before --overwrite and --json."""
+    params = list(masked.rank_cmd.params)
+    at = next(i for i, p in enumerate(params) if p.name == "overwrite")
+    return params[:at] + RECOVER_OPTIONS + params[at:]
+
+
+rank_cmd = click.Command("rank", callback=_rank_with_recovery, params=_params(), help=masked.rank_cmd.help,
+                         short_help=masked.rank_cmd.short_help)
