@@ -143,7 +143,7 @@ def run_iteration(loaded, batch, recorder, max_new_tokens, end_to_end=True):
     """
     import torch
 
-    from ..models.families.native.modeling import CACHE_KWARG  # the cache keyword of this transformers
+    from ..models.layout import CACHE_KWARG  # the cache keyword of this transformers
 
     model, spec, adapter = loaded.model, loaded.spec, loaded.adapter
     eos, masked = _eos_ids(model), frozenset(spec.masked)

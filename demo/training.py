@@ -104,26 +104,30 @@ class DemoTrainConfig:
 
 
 def build_demo_model(seed=0):
-    """``(model, processor)``: the untrained demo architecture, weights drawn from ``seed``."""
-    from ..models.families.native.configuration import EncslimConfig
-    from ..models.families.native.modeling import EncslimForConditionalGeneration
-    from ..models.families.native.adapter import register_auto_classes
-    from ..models.families.native.processing import EncslimProcessor
+    """``(model, processor)``: the untrained demo architecture, weights drawn from ``seed``.
+
+    The native family's classes come through the registry and transformers' Auto classes (no stage
+    imports a family package).
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+    from ..models.registry import get_family, resolve
     from ..models.tokenizer import build_tokenizer
 
-    register_auto_classes()
+    resolve(get_family("native").transformers)()  # registers model_type "encslim" with the Auto classes
     tokenizer = build_tokenizer(corpus=demo_corpus(), vocab_size=1024)
     text = dict(DEMO_TEXT, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    config = EncslimConfig(text_config=text, encoders=[dict(e) for e in DEMO_ENCODERS],
+    config = AutoConfig.for_model("encslim", text_config=text, encoders=[dict(e) for e in DEMO_ENCODERS],
                            fusion={"type": "channel_concat", "projector": "linear_first", "grid": DEMO_GRID},
                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    model = EncslimForConditionalGeneration(config)
+    model = AutoModelForImageTextToText.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, EncslimProcessor.from_config(tokenizer, config)
+    return model, PROCESSOR_MAPPING[type(config)].from_config(tokenizer, config)
 
 
 def make_batch(processor, samples, rng):

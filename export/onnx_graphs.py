@@ -22,7 +22,7 @@ import warnings
 
 from torch import nn
 
-from ..models.families.native.modeling import CACHE_KWARG
+from ..models.layout import CACHE_KWARG
 
 logger = logging.getLogger(__name__)
 
