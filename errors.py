@@ -36,3 +36,7 @@ class VerificationError(EncslimError):
 
 class OutputExistsError(EncslimError):
     """An output folder exists and ``overwrite`` was not requested."""
+
+
+class BuildLockError(EncslimError):
+    """A C++ extension build lock is left from an interrupted build, and a run would wait on it forever."""

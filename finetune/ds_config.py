@@ -9,8 +9,15 @@ Under ZeRO-3 every parameter is partitioned across processes; the adapter and pr
 at the end are gathered only with ``stage3_gather_16bit_weights_on_model_save: true``, otherwise
 the files hold empty placeholders. encslim turns it on when the key is absent and refuses a
 file that sets it to false.
+
+On the CPU nothing is compiled (:func:`prepare_deepspeed`): DeepSpeed's Adam kernels and its shared-memory
+collectives are C++ extensions it would build on first use (minutes on a small machine, and a build killed
+half-way leaves a lock that makes every later run wait), so a CPU run takes torch's own AdamW and
+torch.distributed's gloo collectives. On a GPU DeepSpeed's fused optimizers stay, and a stale build lock is
+refused before anything loads (:mod:`encslim.finetune.build_locks`).
 """
 
+import copy
 import difflib
 import json
 import os
@@ -34,6 +41,8 @@ use_data_before_expert_parallelism vocabulary_size tensor_parallel sequence_para
 EXTRA_ZERO_KEYS = frozenset({"mics_shard_size", "mics_hierarchical_params_gather"})
 GATHER_KEY = "stage3_gather_16bit_weights_on_model_save"
 SHIPPED = ("zero2", "zero3")
+TORCH_BACKED = frozenset({"adam", "adamw"})  # optimizer types DeepSpeed builds from torch.optim with torch_adam
+SHM_COMM_OP = "deepspeed_shm_comm"  # DeepSpeed's compiled shared-memory collectives for CPU process groups
 
 
 def shipped_config(name):
@@ -133,3 +142,78 @@ def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def prepare_deepspeed(ds_config, cuda):
+    """Make a checked DeepSpeed dict ready for this machine; call before the Trainer initialises DeepSpeed.
+
+    On the CPU: torch's optimizer (:func:`cpu_config`) and torch.distributed's collectives
+    (:func:`use_torch_collectives`), so nothing is compiled. Where a build may still happen (any GPU run, or a
+    CPU run whose file asks for a DeepSpeed-only optimizer), a stale extension build lock stops the run first.
+
+    Args:
+        ds_config: the dict from :func:`load_deepspeed_config`.
+        cuda: whether the run uses CUDA.
+
+    Returns:
+        the dict to hand to the Trainer (a copy on the CPU).
+
+    Raises:
+        BuildLockError: a build lock that an interrupted build left and no process holds.
+    """
+    from .build_locks import check_build_locks
+
+    if not cuda:
+        ds_config = cpu_config(ds_config)
+    if cuda or compiles_optimizer(ds_config):
+        check_build_locks()
+    if not cuda:
+        use_torch_collectives()
+    return ds_config
+
+
+def cpu_config(ds_config):
+    """The DeepSpeed dict for a CPU run: torch's AdamW instead of DeepSpeed's compiled Adam.
+
+    DeepSpeed builds Adam/AdamW from its C++ extensions (``fused_adam``; ``cpu_adam`` under ZeRO-Offload) unless
+    the optimizer's ``torch_adam`` parameter asks for ``torch.optim.Adam``/``AdamW``, the optimizer of a run
+    without DeepSpeed. ``zero_force_ds_cpu_optimizer: false`` lets ZeRO-Offload keep it, and a file without an
+    optimizer section gets the Trainer's torch AdamW. Values the file sets are kept, and other optimizer types
+    are left as written (see :func:`compiles_optimizer`).
+
+    Args:
+        ds_config: a checked DeepSpeed dict (not modified).
+
+    Returns:
+        a new dict.
+    """
+    data = copy.deepcopy(ds_config)
+    optimizer = data.get("optimizer")
+    if isinstance(optimizer, dict) and str(optimizer.get("type", "")).lower() in TORCH_BACKED:
+        optimizer["params"] = {**(optimizer.get("params") or {})}
+        optimizer["params"].setdefault("torch_adam", True)
+    data.setdefault("zero_force_ds_cpu_optimizer", False)
+    return data
+
+
+def compiles_optimizer(ds_config):
+    """Whether DeepSpeed may compile an extension for the optimizer of a CPU run's dict (after :func:`cpu_config`):
+    an optimizer type other than Adam/AdamW (Lamb, Lion, Adagrad under offload...) or ``torch_adam: false``."""
+    optimizer = ds_config.get("optimizer")
+    if not isinstance(optimizer, dict):
+        return False
+    params = optimizer.get("params") or {}
+    return str(optimizer.get("type", "")).lower() not in TORCH_BACKED or params.get("torch_adam") is False
+
+
+def use_torch_collectives():
+    """Keep DeepSpeed's CPU process groups on torch.distributed's own collectives (gloo).
+
+    Every DeepSpeed process group on the CPU accelerator first compiles DeepSpeed's shared-memory collectives
+    (``deepspeed_shm_comm``) when ``deepspeed.ops.__compatible_ops__`` marks them buildable; that dict is probed once
+    per process and edits to it persist, so marking the op unavailable makes DeepSpeed fall back to
+    ``torch.distributed``, as it does on platforms without the op.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False

@@ -1,9 +1,19 @@
-"""Fine-tuning fixtures: small colour-square data sets written as JSONL / LLaVA JSON with PNG images."""
+"""Fine-tuning fixtures: small colour-square data sets written as JSONL / LLaVA JSON with PNG images, and
+:func:`run_logged`, which runs a command in a fresh process and turns a hang into a failure that shows its output."""
 
 import json
+import os
 import random
+import signal
+import subprocess
 
 import pytest
+
+# A DeepSpeed run of these tests takes 20-40 s on 2 idle cores and compiles nothing (on the CPU DeepSpeed runs torch's
+# optimizer and collectives); the limit leaves room for busy cores and still ends a hung run (a wait on a build lock,
+# a collective that never completes) as a failure with its last output, not a silent stall.
+SUBPROCESS_TIMEOUT = 360
+OUTPUT_TAIL = 3000
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 190, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 
@@ -67,3 +77,36 @@ def sample_factory():
 def jsonl_writer():
     """``jsonl_writer(folder, n=24, seed=0, answers=True)`` -> path of a JSONL file with images."""
     return write_jsonl
+
+
+def run_logged(cmd, env=None, timeout=SUBPROCESS_TIMEOUT):
+    """Run ``cmd`` (text output captured) and return its ``CompletedProcess``.
+
+    The command runs in its own process group; past ``timeout`` seconds (or when the test is interrupted) the whole
+    group is killed (torchrun's workers too), and on a timeout the test fails with the command and the last
+    ``OUTPUT_TAIL`` characters of its stdout and stderr.
+    """
+    import pytest
+
+    cmd = [str(c) for c in cmd]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} ran past {timeout} s and was killed; its last output:\n"
+                    f"--- stdout ---\n{out[-OUTPUT_TAIL:]}\n--- stderr ---\n{err[-OUTPUT_TAIL:]}", pytrace=False)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
