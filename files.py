@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -59,13 +60,16 @@ def check_output_path(out, overwrite=False, inputs=()):
 def atomic_output_dir(out, overwrite=False, inputs=()):
     """Yield a temporary folder next to ``out``; on success it replaces ``out`` in one rename.
 
-    On any error the temporary folder is deleted and ``out`` is left as it was.
+    The folder and everything in it get the modes the user's umask gives new files and folders (as ``mkdir`` and
+    a new file would: 0755/0644 under umask 022), not the 0700 of the temporary folder nor the modes of copied
+    sources. On any error the temporary folder is deleted and ``out`` is left as it was.
     """
     out = check_output_path(out, overwrite, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        apply_umask(tmp)
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / out.name)
@@ -76,6 +80,38 @@ def atomic_output_dir(out, overwrite=False, inputs=()):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def current_umask():
+    """The process's umask: read from ``/proc/self/status`` where it is there, else set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(folder):
+    """Give ``folder`` and everything under it the modes the umask gives new ones: folders and executable files
+    ``0777 & ~umask``, other files ``0666 & ~umask``; symbolic links are left alone.
+
+    Args:
+        folder: a folder this process wrote (e.g. the temporary folder of :func:`atomic_output_dir`).
+    """
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, names in os.walk(folder):
+        for name in dirs + names:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            full = 0o777 if stat.S_ISDIR(mode) or mode & 0o111 else 0o666
+            os.chmod(path, full & ~mask)
 
 
 def sha256_file(path, chunk=CHUNK_BYTES):
