@@ -8,6 +8,8 @@ logits compared with the source's on probe inputs before the folder is published
 import logging
 
 from ..files import atomic_output_dir, check_output_path
+from ..models.registry import family_of
+from .compat import carry_slow_tokenizer, write_legacy_rope_keys
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch,
                      probe_logits, read_source)
 from .finish import check_card_inputs, finish_folder, slot_rows
@@ -44,14 +46,17 @@ def export_hf(model_dir, out, *, overwrite=False, max_shard_size=DEFAULT_SHARD, 
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
     model, processor = load_source(source, dtype)
+    family = family_of(source.model_type)
+    title = f"{family.description if family else source.model_type}, as a transformers folder"
     return write_verified_folder(source, model, processor, out, "hf", overwrite=overwrite,
                                  max_shard_size=max_shard_size, ranking=ranking, bench=bench, atol=atol,
-                                 notes=source.adapter.export_notes(model.config))
+                                 notes=source.adapter.export_notes(model.config), format_title=title,
+                                 same_tokenizer=True)
 
 
 def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False, max_shard_size=DEFAULT_SHARD,
                           ranking=None, bench=None, atol=ATOL, reference=None, inputs=None, notes=(), details=None,
-                          format_title=None):
+                          format_title=None, same_tokenizer=False):
     """Save ``model`` and ``processor`` to ``out``, reload the folder, compare logits, add card and manifest.
 
     Args:
@@ -65,6 +70,8 @@ def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False
         notes: extra card lines.
         details: extra format-specific data for the manifest.
         format_title: the card's description of the format (default: the generic formats' own).
+        same_tokenizer: the folder holds the source's tokenizer unchanged, so the source's slow-tokenizer
+            files (``tokenizer.model``) are carried byte for byte (:func:`~encslim.export.compat.carry_slow_tokenizer`).
 
     Returns:
         The manifest dict.
@@ -79,6 +86,8 @@ def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs or [source.path]) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
+        write_legacy_rope_keys(tmp)  # beside rope_parameters: what transformers 4.4x reads
+        carried = carry_slow_tokenizer(source.path, tmp) if same_tokenizer else []
         reloaded, _ = source.adapter.load(str(tmp), device="cpu", dtype=model.dtype)
         logits = probe_logits(source.adapter, reloaded.eval(), batch)
         records = [check_logits("logits", max_abs_diff(expected, logits), atol)]
@@ -89,7 +98,7 @@ def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False
             fusion_class=source.adapter.fusion_class(model.config), ranking=ranking, bench=bench, notes=notes,
             format_title=format_title,
             details={"architecture": type(model).__name__, "dtype": str(model.dtype).replace("torch.", ""),
-                     "max_shard_size": str(max_shard_size), **(details or {})},
+                     "max_shard_size": str(max_shard_size), "carried_tokenizer_files": carried, **(details or {})},
         )
     logger.info("exported %s -> %s (format %s)", source.path, out, fmt)
     return manifest

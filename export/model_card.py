@@ -9,9 +9,9 @@ import json
 
 # the export stage's own formats; a family's stock format brings its title (StockExport.title) as format_title
 FORMAT_TITLES = {
-    "hf": "native encslim (transformers folder)",
+    "hf": "a transformers folder in the family's own layout",
     "llava": "stock transformers LlavaForConditionalGeneration",
-    "remote-code": "native encslim with remote code (trust_remote_code=True)",
+    "remote-code": "a transformers folder with its modeling code (trust_remote_code=True)",
     "onnx": "ONNX graphs for onnxruntime",
 }
 

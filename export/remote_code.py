@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import ConfigError, VerificationError
 from ..models.capabilities import supports_remote_code
 from ..files import atomic_output_dir, check_output_path, sha256_file
+from .compat import carry_slow_tokenizer, write_legacy_rope_keys
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch, probe_logits,
                      read_source, require_target)
 from .finish import check_card_inputs, finish_folder, slot_rows
@@ -170,6 +171,8 @@ def export_remote_code(model_dir, out, *, overwrite=False, max_shard_size="5GB",
         processor.save_pretrained(tmp)
         hashes = ship_code(tmp, code)
         add_auto_map(tmp, code)
+        write_legacy_rope_keys(tmp)
+        carry_slow_tokenizer(source.path, tmp)
         reloaded, _ = source.adapter.load(str(tmp), dtype=model.dtype)
         logits = probe_logits(source.adapter, reloaded.eval(), batch)
         records = [check_logits("logits", max_abs_diff(reference, logits), atol)]
