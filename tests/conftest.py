@@ -86,20 +86,32 @@ def write_jsonl(path, items):
     return path
 
 
-@pytest.fixture
-def mixed_jsonl(tmp_path):
-    """12 samples in 3 categories: open questions (vqa, exact) and MCQ, PNG files in images/."""
-    (tmp_path / "images").mkdir()
+def write_mixed_jsonl(folder, size=40):
+    """Write ``folder/bench.jsonl``: 12 samples in 3 categories, open questions (vqa, exact) and MCQ, with
+    ``size`` x ``size`` PNG files in ``folder/images``; returns the file's path."""
+    (folder / "images").mkdir()
     items = []
     for i in range(12):
-        make_image(i).save(tmp_path / "images" / f"{i}.png")
+        make_image(i, size).save(folder / "images" / f"{i}.png")
         item = {"id": f"q{i}", "image": f"images/{i}.png", "category": ["OCR & Chart", "General", "Knowledge"][i % 3]}
         if i % 2:
             item.update(question="Which colour is it?", options=["red", "blue", "green"], answer="B")
         else:
             item.update(question="What colour is the shape?", answer="red", metric="vqa" if i % 4 else "exact")
         items.append(item)
-    return write_jsonl(tmp_path / "bench.jsonl", items)
+    return write_jsonl(folder / "bench.jsonl", items)
+
+
+@pytest.fixture
+def mixed_jsonl(tmp_path):
+    """12 samples in 3 categories: open questions (vqa, exact) and MCQ, PNG files in images/."""
+    return write_mixed_jsonl(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shared_mixed_jsonl(tmp_path_factory):
+    """:func:`mixed_jsonl`'s 12 samples (48 px images), written once per session; read-only."""
+    return write_mixed_jsonl(tmp_path_factory.mktemp("mixed"), size=48)
 
 
 def run_main(capsys, *args):

@@ -1,249 +1,28 @@
-"""A fourth model family defined in this file alone, driven by every stage through its adapter.
+"""What is particular to the ``toyvlm`` family (tests/toy_family.py), a family defined in the tests alone.
 
-``toyvlm``: two tiny encoders of its own (a strided conv at 32 px, a linear patch embedding at
-16 px), channel concat (class A1) into a Linear-GELU-Linear projector, and a stock transformers
-Llama. Its config, modules, processor and adapter live here and nowhere else: if any stage
-reached past the adapter into the native family's attributes, these tests would fail.
+Every stage's CLI runs on it in tests/test_conformance.py, as on every registered family; here: its
+parameter and FLOP counts as ``inspect`` reports them, the feature cache under ``eval`` (each encoder
+once per sample, whatever the masks), and the weights ``prune`` writes (its slot's tower keys gone,
+its projector columns sliced).
 """
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-from torch import nn
-from transformers import GenerationMixin, LlamaConfig, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from safetensors import safe_open
 
-from encslim.models.adapter import Adapter, Slot
-from encslim.models.registry import Family, register_family, unregister_family
-from encslim.models.masking import FusionClass, check_mask_set, mask_feature
-from encslim.models.plan import Delete, RemovalPlan, Slice, check_drop
-
-TOY = "toyvlm"
-PROCESSOR_FILE = "toy_processor.json"
-ENCODERS = [{"name": "conv", "image_size": 32, "dim": 24}, {"name": "patch", "image_size": 16, "dim": 12}]
-GRID = 4  # every encoder delivers a 4x4 token grid
-
-
-# ---------------------------------------------------------------------------- config and modules
-class ToyConfig(PretrainedConfig):
-    model_type = TOY
-
-    def __init__(self, encoders=None, text_config=None, image_token_id=4, **kwargs):
-        self.encoders = [dict(e) for e in (encoders or ENCODERS)]
-        text = text_config if text_config is not None else {}
-        self.text_config = LlamaConfig(**text) if isinstance(text, dict) else text
-        self.image_token_id = image_token_id
-        super().__init__(**kwargs)
-
-    def to_dict(self):
-        out = super().to_dict()
-        out["text_config"] = self.text_config.to_dict()
-        return out
-
-
-class ConvEncoder(nn.Module):
-    def __init__(self, dim, size):
-        super().__init__()
-        self.conv = nn.Conv2d(3, dim, kernel_size=size // GRID, stride=size // GRID)
-
-    def forward(self, pixels):
-        return self.conv(pixels).flatten(2).transpose(1, 2)
-
-
-class PatchEncoder(nn.Module):
-    def __init__(self, dim, size):
-        super().__init__()
-        self.patch = size // GRID
-        self.proj = nn.Linear(3 * self.patch * self.patch, dim)
-
-    def forward(self, pixels):
-        b = pixels.shape[0]
-        x = pixels.unfold(2, self.patch, self.patch).unfold(3, self.patch, self.patch)
-        return self.proj(x.permute(0, 2, 3, 1, 4, 5).reshape(b, GRID * GRID, -1))
-
-
-class ToyForConditionalGeneration(PreTrainedModel, GenerationMixin):
-    config_class = ToyConfig
-    base_model_prefix = "toy"
-
-    def __init__(self, config):
-        super().__init__(config)
-        kinds = {"conv": ConvEncoder, "patch": PatchEncoder}
-        self.towers = nn.ModuleDict({e["name"]: kinds[e["name"]](e["dim"], e["image_size"]) for e in config.encoders})
-        hidden = config.text_config.hidden_size
-        self.projector = nn.Sequential(nn.Linear(sum(e["dim"] for e in config.encoders), hidden), nn.GELU(),
-                                       nn.Linear(hidden, hidden))
-        self.llm = LlamaForCausalLM(config.text_config)
-        self.post_init()
-
-    def get_input_embeddings(self):
-        return self.llm.get_input_embeddings()
-
-    def get_output_embeddings(self):
-        return self.llm.get_output_embeddings()
-
-    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, labels=None, **kwargs):
-        out = self.llm(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                       labels=labels, **kwargs)
-        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, past_key_values=out.past_key_values)
-
-
-class ToyProcessor:
-    """Resizes an image to each encoder's size; tokenises prompts with the image token expanded."""
-
-    def __init__(self, tokenizer, encoders):
-        self.tokenizer = tokenizer
-        self.encoders = [dict(e) for e in encoders]
-        self.image_token = "<image>"
-
-    def to_dict(self):
-        return {"encoders": self.encoders}
-
-    def pixels(self, images, slots):
-        out = {}
-        for e in self.encoders:
-            if e["name"] in slots:
-                arrays = [np.asarray(im.convert("RGB").resize((e["image_size"],) * 2), np.float32) / 255.0
-                          for im in images]
-                out[f"pixels_{e['name']}"] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-        return out
-
-    def save_pretrained(self, folder):
-        Path(folder, PROCESSOR_FILE).write_text(json.dumps(self.to_dict()), encoding="utf-8")
-        self.tokenizer.save_pretrained(folder)
-
-    @classmethod
-    def from_pretrained(cls, folder):
-        from transformers import AutoTokenizer
-
-        data = json.loads(Path(folder, PROCESSOR_FILE).read_text(encoding="utf-8"))
-        return cls(AutoTokenizer.from_pretrained(str(folder)), data["encoders"])
-
-
-# ---------------------------------------------------------------------------- the adapter
-def _count(module):
-    return sum(p.numel() for p in module.parameters())
-
-
-class ToyAdapter(Adapter):
-    model_type = TOY
-
-    def read_config(self, path):
-        return ToyConfig.from_pretrained(str(path))
-
-    def empty_model(self, config):
-        with torch.device("meta"):
-            return ToyForConditionalGeneration(config)
-
-    def slots(self, config):
-        return [Slot(e["name"], e["name"], e["image_size"], GRID * GRID, e["dim"], True) for e in config.encoders]
-
-    def fusion_class(self, config):
-        return FusionClass.A1
-
-    def load(self, path, device="cpu", dtype=None, device_map=None):
-        model = ToyForConditionalGeneration.from_pretrained(str(path), **({"dtype": dtype} if dtype else {}))
-        return model.to(device).eval(), ToyProcessor.from_pretrained(path)
-
-    def build_prompt(self, processor, question, with_image=True):
-        return (f"{processor.image_token}\n" if with_image else "") + f"Q: {question} A:"
-
-    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
-        tokenizer = processor.tokenizer
-        tokenizer.padding_side = "left"
-        texts = [p.replace(processor.image_token, processor.image_token * GRID * GRID) for p in prompts]
-        batch = dict(tokenizer(texts, padding=True, return_tensors="pt"))
-        if images is not None:
-            skip = set(masked) if mask_mode == "removal" else set()
-            batch.update(processor.pixels(images, [e["name"] for e in processor.encoders if e["name"] not in skip]))
-        return batch
-
-    def encode(self, model, batch, slots=None):
-        wanted = self.slot_names(model.config) if slots is None else slots
-        return {s: model.towers[s](batch[f"pixels_{s}"].to(model.device, model.dtype))
-                for s in wanted if f"pixels_{s}" in batch}
-
-    def embed(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
-        ids = batch["input_ids"].to(model.device)
-        embeds = model.get_input_embeddings()(ids)
-        if not features:
-            return embeds
-        masked = check_mask_set(self.slot_names(model.config), masked, mask_mode, mask_values)
-        ref = next(iter(features.values()))
-        parts = [mask_feature(ref, e["dim"], mask_mode, (mask_values or {}).get(e["name"])) if e["name"] in masked
-                 else features[e["name"]] for e in model.config.encoders]
-        image = model.projector(torch.cat(parts, dim=-1))
-        positions = (ids == model.config.image_token_id).unsqueeze(-1)
-        return embeds.masked_scatter(positions, image.to(embeds.dtype))
-
-    def encoders(self, model):
-        return dict(model.towers.items())
-
-    def parts(self, model):
-        return {"fusion": model.projector, "language_model": model.llm}
-
-    def slot_parameters(self, model):
-        hidden = model.projector[0].out_features
-        return {e["name"]: {"vision": _count(model.towers[e["name"]]), "fusion": e["dim"] * hidden}
-                for e in model.config.encoders}
-
-    def removal_plan(self, config, drop):
-        slots = self.slot_names(config)
-        drop = check_drop(slots, drop)
-        dims = {e["name"]: e["dim"] for e in config.encoders}
-        keep, removed, offset = [], {}, 0
-        for slot in slots:
-            span = (offset, offset + dims[slot])
-            offset = span[1]
-            if slot in drop:
-                removed[slot] = span
-            else:
-                keep.append(span)
-        ops = [{"op": "remove_items", "path": "encoders", "field": "name", "values": drop}]
-        return RemovalPlan(
-            model_type=TOY, fusion_class="A1", slots=slots, drop=drop,
-            delete_keys=[Delete(f"towers.{s}.", s) for s in drop],
-            slices=[Slice("projector.0.weight", 1, offset, tuple(keep), removed)],
-            config_patch=ops, processor_patch={PROCESSOR_FILE: ops},
-        )
-
-
-# ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def toy_adapter():
-    adapter = ToyAdapter()
-    register_family(Family(name=TOY, description="a family defined in one test file", adapters={TOY: adapter}))
-    yield adapter
-    unregister_family(TOY)
+from . import toy_family
+from .toy_family import TOY
 
 
 @pytest.fixture(scope="module")
-def toy_dir(toy_adapter, tmp_path_factory):
-    from encslim.models.tokenizer import build_tokenizer
-
-    tokenizer = build_tokenizer()
-    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "vocab_size": len(tokenizer), "max_position_embeddings": 256,
-            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id}
-    config = ToyConfig(text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(0)
-    model = ToyForConditionalGeneration(config).eval()
-    folder = tmp_path_factory.mktemp("toy") / "toy"
-    model.save_pretrained(folder)
-    ToyProcessor(tokenizer, config.encoders).save_pretrained(folder)
-    return folder
+def toy_dir(tmp_path_factory):
+    with toy_family.registered():
+        folder = tmp_path_factory.mktemp("toy") / "toy"
+        toy_family.create(folder)
+        yield folder
 
 
-def _image(seed):
-    return Image.fromarray(np.random.RandomState(seed).randint(0, 255, (40, 40, 3), dtype=np.uint8))
-
-
-# ---------------------------------------------------------------------------- every stage
 def test_inspect_counts_the_toy_slots(toy_dir):
     from encslim.models.inspect import inspect_model
 
@@ -256,7 +35,7 @@ def test_inspect_counts_the_toy_slots(toy_dir):
     assert info["export_targets"] == ["hf"]
 
 
-def test_eval_cli_scores_under_masks(toy_dir, mixed_jsonl, tmp_path):
+def test_eval_cli_runs_each_encoder_once_per_sample(toy_dir, mixed_jsonl, tmp_path):
     from click.testing import CliRunner
 
     from encslim.cli import cli
@@ -269,38 +48,17 @@ def test_eval_cli_scores_under_masks(toy_dir, mixed_jsonl, tmp_path):
     assert data["encoder_passes_per_sample"] == pytest.approx(2.0)  # both encoders once per sample
 
 
-def test_rank_prune_verify_finetune_bench(toy_dir, mixed_jsonl, tmp_path):
-    from safetensors import safe_open
-
-    from encslim.bench.benchmark import BenchSettings, run_bench
-    from encslim.finetune.train import finetune
-    from encslim.prune.rank import rank
+def test_prune_deletes_the_tower_and_slices_the_projector(toy_dir, tmp_path):
     from encslim.prune.surgery import prune
-
-    ranking = rank(toy_dir, mixed_jsonl, subsets="all", bootstrap=50, batch_size=4, out=tmp_path / "rank")
-    assert ranking.data["slots"] == ["conv", "patch"]
-    assert ranking.data["evaluation"]["encoder_passes_per_sample"] == pytest.approx(2.0)
-    assert (tmp_path / "rank" / "ranking.json").is_file()
 
     manifest = prune(toy_dir, ["patch"], tmp_path / "pruned", verify=True)
     assert manifest["verification"]["passed"] and manifest["verification"]["max_abs_diff"] <= 1e-4
     with safe_open(str(tmp_path / "pruned" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
         assert not any(k.startswith("towers.patch.") for k in keys)
+        assert any(k.startswith("towers.conv.") for k in keys)
         assert tuple(f.get_slice("projector.0.weight").get_shape()) == (32, 24)
     pruned_config = json.loads((tmp_path / "pruned" / "config.json").read_text())
     assert [e["name"] for e in pruned_config["encoders"]] == ["conv"]
-
-    summary = finetune(tmp_path / "pruned", mixed_jsonl, tmp_path / "ft", max_steps=2, batch_size=4, lora_r=4,
-                       progress=False)
-    assert summary["steps"] == 2 and summary["slots"] == ["conv"]
-    assert (tmp_path / "ft" / "adapter_model.safetensors").is_file()
-
-    settings = BenchSettings(batch_sizes=(1,), max_new_tokens=2, warmup=0, min_iters=1, min_seconds=0.0,
-                             memory=False, device="cpu")
-    report = run_bench(toy_dir, [tmp_path / "pruned"], tmp_path / "bench", settings=settings, data=[mixed_jsonl])
-    full, variant = report["models"]
-    assert full["encoders_run"] == ["conv", "patch"] and variant["encoders_run"] == ["conv"]
-    assert variant["params"]["total"] < full["params"]["total"]
-    assert full["stage_tokens_match_generate"] and variant["stage_tokens_match_generate"]
-    assert variant["accuracy"] is not None
+    processor = json.loads((tmp_path / "pruned" / toy_family.PROCESSOR_FILE).read_text())
+    assert [e["name"] for e in processor["encoders"]] == ["conv"]
