@@ -12,16 +12,20 @@ them lives here:
 - the adapter methods that are the same for all three (:class:`LayoutAdapter`);
 - module-tree helpers of the towers: a backbone one level down under ``vision_model`` (transformers
   4.37's key names, :func:`under_vision_model`), the ``dtype``/``device`` of a tower's backbone
-  (:class:`BackboneDeviceMixin`) and the plain fc1 -> GELU -> fc2 :class:`Mlp` (timm's and DINOv2's).
+  (:class:`BackboneDeviceMixin`), the plain fc1 -> GELU -> fc2 :class:`Mlp` (timm's and DINOv2's) and
+  a tower's sizes over its defaults (:func:`tower_spec`);
+- the name of transformers' key/value cache argument (:data:`CACHE_KWARG`).
 
 Every error is a one-line :class:`~encslim.errors.ModelLoadError` that names the family and folder.
 """
 
+import inspect
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import GenerationMixin
 
 from ..errors import ModelLoadError
 from ..files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
@@ -31,6 +35,11 @@ from .folder import key_problems
 SHOWN_KEYS = 3  # keys named per kind of problem in a strict-load error
 SAME_MODEL = "the checkpoint and config.json must come from the same model"
 IMAGE_PLACEHOLDER = "<image>"
+# transformers renamed the key/value cache argument and output field ``past_key_values`` -> ``cache`` (the old
+# name warns, then goes in 5.40): use whichever this transformers has. The native family keeps its own copy of
+# this line: its modeling file ships alone as remote code.
+CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+               else "past_key_values")
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -235,3 +244,22 @@ class Mlp(nn.Module):
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
+
+
+def tower_spec(defaults, spec):
+    """A tower's sizes: ``spec`` over ``defaults``.
+
+    Args:
+        defaults: the real model's sizes.
+        spec: the overrides (``None``: none); a ``model_type`` key is ignored.
+
+    Returns:
+        The merged dict.
+
+    Raises:
+        ValueError: ``spec`` names a size the tower does not have.
+    """
+    unknown = set(spec or {}) - set(defaults) - {"model_type"}
+    if unknown:
+        raise ValueError(f"unknown tower size key(s) {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **(spec or {})}

@@ -138,8 +138,8 @@ def test_eagle_student(tiny_eagle_dir, data, tmp_path, parts):
 @pytest.mark.parametrize("family, drop, kept", [("eagle2", "convnext", ["siglip"]), ("imof", "dinov2", ["clip"])])
 def test_eagle2_and_imof_students(family, drop, kept, data, tmp_path, parts):
     """Eagle2 (SigLIP + ConvNeXt, Qwen2) and I-MoF (CLIP + DINOv2, LLaVA-1.5 layout), original layouts."""
-    from encslim.models.families.eagle2.adapter import create_tiny_eagle2
-    from encslim.models.families.imof.adapter import create_tiny_imof
+    from encslim.models.families.eagle2.tiny import create_tiny_eagle2
+    from encslim.models.families.imof.tiny import create_tiny_imof
 
     full = tmp_path / family
     {"eagle2": create_tiny_eagle2, "imof": create_tiny_imof}[family](full, seed=0)

@@ -12,7 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import encslim
-from encslim.models.families.eagle2.adapter import _create, pixel_shuffle
+from encslim.models.families.eagle2.modeling import pixel_shuffle
+from encslim.models.families.eagle2.tiny import _create
 
 from ..conftest import make_image, png_base64, run_main, write_jsonl, write_tsv
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import encslim
 from encslim.models.registry import adapter_for_config
-from encslim.models.families.imof.adapter import IMOF_KEYS, is_imof_config
+from encslim.models.families.imof.configuration import IMOF_KEYS, is_imof_config
 
 from ..conftest import make_image, png_base64, run_main, write_tsv
 
@@ -101,7 +101,7 @@ def _cli(*args):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny I-MoF folder, loaded once: folder, model, processor, adapter, batch, features, logits."""
-    from encslim.models.families.imof.adapter import create_tiny_imof
+    from encslim.models.families.imof.tiny import create_tiny_imof
 
     folder = create_tiny_imof(tmp_path_factory.mktemp("imof") / "tiny", seed=0)
     model, processor, adapter = encslim.load_model(str(folder))
@@ -209,7 +209,7 @@ def test_interleaving_equals_the_original(tiny):
 
 def test_prompt_and_forward(tiny):
     """Vicuna v1 prompt (LLaVA-1.5); the model's own forward (pixels + ids) equals the split forward."""
-    from encslim.models.families.eagle.processing import VICUNA_SYSTEM
+    from encslim.models.llava_processing import VICUNA_SYSTEM
 
     processor, model, adapter, batch = tiny["processor"], tiny["model"], tiny["adapter"], tiny["batch"]
     assert adapter.build_prompt(processor, "Q?") == f"{VICUNA_SYSTEM} USER: <image>\nQ? ASSISTANT:"

@@ -46,7 +46,7 @@ from transformers import LlamaForCausalLM, LlamaModel
 from transformers.models.llama import modeling_llama as _llama
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
-from ..native.modeling import CACHE_KWARG
+from ...layout import CACHE_KWARG
 from .configuration import IMAGE_TOKEN_INDEX, CambrianConfig
 from .sva import VisionTokenSampler, rearrange_windows, unpad_image
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ..eagle.processing import tokenizer_image_token
 from ...layout import TokenizerMixin, left_pad
+from ...llava_processing import VICUNA_SYSTEM, tokenizer_image_token
 from .encoders import pixel_tensor
 from .sva import unpadded_size
 
@@ -40,8 +40,6 @@ CAMBRIAN_SYSTEM = ("You are Cambrian, a highly intelligent multimodal AI trained
                    "conversation, very carefully examine it and consider its content when formulating your response. "
                    "You should give concise responses to very simple questions, but provide thorough responses to "
                    "more complex and open-ended questions.")
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 
 
 def chat_prompt(template, question, with_image=True):

@@ -77,7 +77,7 @@ def write_tiny_encoders(root, seed=0):
     """Write the four tiny encoder folders under ``root``; returns ``{slot: folder}``."""
     from transformers import CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
 
-    from ..eagle.towers import ConvNeXt
+    from ...convnext import ConvNeXt
     from .encoders import TimmViT
 
     root = Path(root)

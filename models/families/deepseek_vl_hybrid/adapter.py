@@ -19,26 +19,20 @@ Removing ``siglip`` is refused: the hybrid class always runs its low-resolution 
 
 The stock classes load as they are: the adapter computes the fused image embeddings itself
 (:func:`hybrid_fuse`) and hands the LLM ``inputs_embeds``, which the stock forward accepts.
+The removal plan is in :mod:`.plan`, the prompt and input helpers in :mod:`.processing`.
 """
 
 import torch
-from transformers import BatchFeature
 
 from ...adapter import Adapter, Slot
 from ...loading import load_pretrained
 from ...masking import FusionClass, check_mask_set, mask_feature
-from ....errors import PlanError
-from ...plan import Delete, Fold, RemovalPlan, check_drop
+from ...plan import check_drop
+from .plan import SAM, SIGLIP, removal_plan
+from .processing import build_prompt, model_inputs
 from .export import DEEPSEEK_VL, stock_export, stock_notes
 
-SIGLIP, SAM = "siglip", "sam"
 PIXEL_KEYS = {SIGLIP: "pixel_values", SAM: "high_res_pixel_values"}
-DEFAULT_TEMPLATE = "User: {prompt}\n\nAssistant:"
-SIGLIP_REFUSAL = (
-    "removing 'siglip' from deepseek_vl_hybrid has no exact loadable result: the hybrid class always runs its "
-    "low-resolution SigLIP tower (whose grid also sets the SAM feature grid) and no stock transformers class "
-    "holds SAM alone; keep siglip (drop 'sam' instead), or rank with masking to measure it"
-)
 
 
 def _low_res_tokens(config):
@@ -57,32 +51,6 @@ def _load(model_class, processor_class, path, device, dtype, device_map):
     if device_map is None:
         model.to(device)
     return model.eval(), processor_class.from_pretrained(path)
-
-
-def build_prompt(processor, question, with_image=True):
-    """The chat prompt for ``question`` (the processor's chat template, else DeepSeek-VL's format)."""
-    if getattr(processor, "chat_template", None):
-        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
-        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
-    prompt = f"{processor.image_token}\n{question}" if with_image else question
-    return DEFAULT_TEMPLATE.format(prompt=prompt)
-
-
-def model_inputs(processor, images, prompts):
-    """``input_ids``/``attention_mask`` (image token expanded, left padding) and the images' pixels.
-
-    Text is expanded here rather than by the processor call, so prompts with image tokens can
-    also be tokenised without images (when cached features stand in for them).
-    """
-    token, count = processor.image_token, processor.num_image_tokens
-    texts = [p if images is None or token in p else f"{token}\n{p}" for p in prompts]
-    tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"
-    data = dict(tokenizer([t.replace(token, token * count) for t in texts], padding=True, return_tensors="pt"))
-    if images is not None:
-        data.update(processor.image_processor(list(images), return_tensors="pt"))
-    return BatchFeature(data)
 
 
 def _merge(model, image_embeds, batch):
@@ -194,10 +162,7 @@ class DeepseekVLHybridAdapter(Adapter):
         }
 
     def removal_plan(self, config, drop):
-        drop = check_drop([SIGLIP, SAM], drop)
-        if SIGLIP in drop:
-            raise PlanError(SIGLIP_REFUSAL)
-        return sam_removal_plan(config)
+        return removal_plan(config, drop)
 
     def export_targets(self, config, kept):
         return ["hf", DEEPSEEK_VL.format] if list(kept) == [SIGLIP] else ["hf"]
@@ -207,45 +172,6 @@ class DeepseekVLHybridAdapter(Adapter):
 
     def stock_notes(self, fmt, drop, gap):
         return stock_notes(fmt, drop, gap)
-
-
-def sam_removal_plan(config):
-    """The exact plan turning a ``deepseek_vl_hybrid`` checkpoint into a stock ``deepseek_vl`` one."""
-    hidden, low_dim = config.text_config.hidden_size, config.vision_config.hidden_size
-    aligner = "model.aligner."
-    why = "SAM masked = zero input to high_res_vision_proj, whose output is then its bias"
-    folds = [
-        Fold(aligner + "linear1.weight", 0, ({"zeros": [hidden // 2, low_dim]}, {"key": aligner + "vision_proj.weight"}),
-             SAM, why),
-        Fold(aligner + "linear1.bias", 0,
-             ({"key": aligner + "high_res_vision_proj.bias"}, {"key": aligner + "vision_proj.bias"}), SAM, why),
-    ]
-    high_res = [f"high_res_{k}" for k in ("size", "resample", "image_mean", "image_std", "background_color")]
-    nested = [{"op": "set", "path": "processor_class", "value": "DeepseekVLProcessor"},
-              {"op": "set", "path": "image_processor.image_processor_type", "value": "DeepseekVLImageProcessor",
-               "optional": True}]
-    nested += [{"op": "delete", "path": f"image_processor.{k}", "optional": True} for k in high_res]
-    flat = [{"op": "set", "path": "image_processor_type", "value": "DeepseekVLImageProcessor"},
-            {"op": "set", "path": "processor_class", "value": "DeepseekVLProcessor"}]
-    flat += [{"op": "delete", "path": k, "optional": True} for k in high_res]
-    return RemovalPlan(
-        model_type="deepseek_vl_hybrid", fusion_class=FusionClass.A3.value, slots=[SIGLIP, SAM], drop=[SAM],
-        delete_keys=[Delete("model.high_res_vision_model.", SAM), Delete("model.high_res_vision_neck.", SAM),
-                     Delete("model.high_res_vision_proj.", SAM), Delete("model.high_res_vision_alpha", SAM, False),
-                     Delete(aligner + "high_res_vision_proj.", SAM)],
-        folds=folds,
-        renames={aligner + "proj.weight": aligner + "linear2.weight", aligner + "proj.bias": aligner + "linear2.bias"},
-        config_patch=[{"op": "set", "path": "model_type", "value": "deepseek_vl"},
-                      {"op": "set", "path": "architectures", "value": ["DeepseekVLForConditionalGeneration"]},
-                      {"op": "delete", "path": "high_res_vision_config"}],
-        processor_patch={"processor_config.json": nested, "preprocessor_config.json": flat},
-        exact=True, target_model_type="deepseek_vl",
-        notes=["A3: the SAM branch becomes the constant bias of high_res_vision_proj, folded into "
-               "linear1.bias; linear1.weight = [0 ; vision_proj.weight], linear2 = proj",
-               "stock DeepseekVLImageProcessor resizes the original image straight to `size`, the hybrid's "
-               "low-res image was resized from the high-res one: pixels can differ slightly unless images "
-               "already are high_res_size squares"],
-    )
 
 
 class DeepseekVLAdapter(Adapter):

@@ -1,11 +1,11 @@
-"""The Eagle v1 family (X2/X4/X5) in its original checkpoint layout: adapter, loading, removal plan.
+"""The Eagle v1 family (X2/X4/X5) in its original checkpoint layout: the adapter and strict loading.
 
 Slots are the tower names of ``mm_vision_tower`` (``clip-448``, ``convnext-1024``, ``sam-1024``,
 ``det-1024``, ``pix2struct-1024``). The fusion is class A1 (DESIGN §1): every tower's 32x32 grid
 is concatenated on channels and ``mm_projector.0`` is the first Linear. The paper's mask replaces
 a tower's features by zeros before the concat, which is exactly deleting its columns of
-``mm_projector.0.weight`` (bias unchanged): removal is exact for every tower. The ``mean`` mask
-(a constant per channel) is supported in masking; it would fold into the bias.
+``mm_projector.0.weight`` (bias unchanged): removal is exact for every tower (:mod:`.plan`). The
+``mean`` mask (a constant per channel) is supported in masking; it would fold into the bias.
 
 Strict loading: the checkpoint's keys must equal the modules' keys; a missing or unexpected key is
 an error naming it. The one tolerated difference is ConvNeXt's classifier ``head.*``, which
@@ -22,15 +22,12 @@ from ...adapter import Slot, TrainableParts
 from ...layout import (LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes,
                       read_config_json)
 from ...masking import FusionClass, check_mask_set, mask_feature
-from ...plan import Delete, RemovalPlan, Slice, channel_ranges, check_drop
-from .configuration import (EAGLE_KEYS, IMAGE_TOKEN_INDEX, TOWER_NAMES, EagleConfig, is_eagle_config, join_towers,
-                            parse_towers)
+from .configuration import (CONVNEXT, EAGLE_KEYS, IMAGE_TOKEN_INDEX, TOWER_NAMES, TOWER_PREFIX, EagleConfig,
+                            is_eagle_config, parse_towers)
 from .modeling import EagleVisionLlamaForCausalLM, register_auto_classes
+from .plan import removal_plan
 from .processing import EagleProcessor
 
-TOWER_PREFIX = "model.vision_tower.vision_towers."  # + "{i}." in checkpoint keys
-PROJECTOR_WEIGHT = "model.mm_projector.0.weight"
-CONVNEXT = "convnext-1024"
 # EVA's RoPE tables: a function of the tower's sizes. A checkpoint may hold them once (rope_win /
 # rope_glb), also under every block's alias (a torch.save of the original module), or not at all.
 DERIVED_KEY = re.compile(r"\.vision_tower\.(blocks\.\d+\.attn\.rope|rope_win|rope_glb)\.freqs_(cos|sin)$")
@@ -203,8 +200,8 @@ class EagleAdapter(LayoutAdapter):
                 "front end"]
 
     def vision_front_end(self, model, processor):
+        from ...llava_processing import CLIP_MEAN, CLIP_STD
         from .modeling import EagleVisionFrontEnd
-        from .processing import CLIP_MEAN, CLIP_STD
 
         info = {"image_size": processor.image_size, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
                 "expand_to_square": processor.pad, "num_image_tokens": processor.num_image_tokens,
@@ -222,37 +219,6 @@ class EagleAdapter(LayoutAdapter):
 
     def how_to_load(self, folder, model):
         return HOW_TO_LOAD.format(name=folder)
-
-
-def removal_plan(config, drop):
-    """Drop towers ``drop``: delete their prefixes, renumber later towers, slice ``mm_projector.0.weight``.
-
-    Exact for every tower (class A1 with the paper's zero mask).
-    """
-    names = list(config.tower_names)
-    drop = check_drop(names, drop)
-    widths = {n: config.tower_width(n) for n in names}
-    keep, removed = channel_ranges(names, widths, drop)
-    kept = [n for n in names if n not in drop]
-    renames = {}
-    for new, name in enumerate(kept):
-        old = names.index(name)
-        if old != new:
-            renames[f"{TOWER_PREFIX}{old}."] = f"{TOWER_PREFIX}{new}."
-    patch = [{"op": "set", "path": "mm_vision_tower", "value": join_towers(kept)},
-             {"op": "set", "path": "mm_hidden_size", "value": sum(widths[n] for n in kept)}]
-    patch += [{"op": "delete", "path": f"eagle_tower_specs.{n}", "optional": True} for n in drop]
-    notes = ["A1: a zero-masked tower's columns of mm_projector.0.weight multiply zeros, so deleting them "
-             "(and the tower) is exact"]
-    if CONVNEXT in drop:
-        notes.append("convnext-1024 dropped: NVlabs/EAGLE's own loader needs it (it takes that tower's image "
-                     "processor); the result loads with encslim")
-    return RemovalPlan(
-        model_type="eagle_llama", fusion_class=FusionClass.A1.value, slots=names, drop=drop,
-        delete_keys=[Delete(f"{TOWER_PREFIX}{names.index(n)}.", n) for n in drop],
-        slices=[Slice(PROJECTOR_WEIGHT, 1, sum(widths.values()), keep, removed)],
-        prefix_renames=renames, config_patch=patch, exact=True, notes=notes,
-    )
 
 
 register_auto_classes()

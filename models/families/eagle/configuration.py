@@ -30,6 +30,9 @@ DEFAULT_INPUT_SIZE = 1024
 DEFAULT_GRID = 32
 IMAGE_TOKEN_INDEX = -200  # eagle/constants.py: the placeholder id spliced into input_ids
 EAGLE_KEYS = ("mm_vision_tower", "mm_projector_type", "mm_hidden_size")
+TOWER_PREFIX = "model.vision_tower.vision_towers."  # + "{i}." in checkpoint keys
+PROJECTOR_WEIGHT = "model.mm_projector.0.weight"
+CONVNEXT = "convnext-1024"
 
 
 def parse_towers(value):

@@ -11,6 +11,9 @@
   tokenized on its own, later chunks lose their BOS, and the placeholder id ``-200`` sits between
   them. encslim repeats the placeholder once per image token (the 32x32 grid) so the fused
   features can be written into those positions; the LLM then sees exactly Eagle's sequence.
+
+``expand2square``, the templates and ``tokenizer_image_token`` are LLaVA's, shared with I-MoF and
+Cambrian: :mod:`encslim.models.llava_processing`.
 """
 
 import json
@@ -20,62 +23,12 @@ import torch
 
 from ....errors import ModelLoadError
 from ...layout import TokenizerMixin, left_pad
-from .configuration import DEFAULT_GRID, DEFAULT_INPUT_SIZE, IMAGE_TOKEN_INDEX
+from ...llava_processing import (CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, chat_prompt, expand2square,
+                                 guess_template, tokenizer_image_token)
+from .configuration import DEFAULT_GRID, DEFAULT_INPUT_SIZE
 
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-IMAGE_PLACEHOLDER = "<image>"
 # encslim's record of the chat template and sizes (Eagle's own code hard-codes them and ignores it)
 PROCESSOR_FILE = "processor_config.json"
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-TEMPLATES = ("vicuna_v1", "llama3")
-
-
-def expand2square(image, background):
-    """LLaVA/Eagle ``expand2square``: pad the shorter side (centred) with ``background``."""
-    from PIL import Image
-
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    result = Image.new(image.mode, (side, side), background)
-    result.paste(image, ((side - width) // 2, (side - height) // 2))
-    return result
-
-
-def chat_prompt(template, question, with_image=True):
-    """``conv_templates[template]`` with one user turn and an open assistant turn (``get_prompt``)."""
-    text = f"{IMAGE_PLACEHOLDER}\n{question}" if with_image else question
-    if template == "vicuna_v1":  # SeparatorStyle.TWO, sep " ", roles USER/ASSISTANT
-        return f"{VICUNA_SYSTEM} USER: {text} ASSISTANT:"
-    if template == "llama3":  # SeparatorStyle.MPT, sep <|eot_id|>
-        system = f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{VICUNA_SYSTEM}"
-        return (f"{system}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{text}<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n")
-    raise ValueError(f"chat template '{template}' unknown; use one of {', '.join(TEMPLATES)}")
-
-
-def guess_template(tokenizer):
-    """``llama3`` when the tokenizer knows Llama 3's ``<|eot_id|>``, else ``vicuna_v1``."""
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    return "llama3" if "<|eot_id|>" in vocab else "vicuna_v1"
-
-
-def tokenizer_image_token(tokenizer, prompt, num_image_tokens):
-    """LLaVA/Eagle ``mm_utils.tokenizer_image_token``: each ``<image>``-separated chunk tokenized on its own,
-    later chunks without their BOS, ``IMAGE_TOKEN_INDEX`` repeated ``num_image_tokens`` times between them."""
-    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_PLACEHOLDER)]
-    ids, offset = [], 0
-    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
-        offset = 1
-        ids.append(chunks[0][0])
-    for i, chunk in enumerate(chunks):
-        if i:
-            ids.extend([IMAGE_TOKEN_INDEX] * num_image_tokens)
-        ids.extend(chunk[offset:])
-    return ids
 
 
 class EagleProcessor(TokenizerMixin):

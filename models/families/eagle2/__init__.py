@@ -6,7 +6,7 @@ register_family(Family(
     name="eagle2",
     description="Eagle2 in NVlabs/Eagle's layout (SigLIP + ConvNeXt, Qwen2; LayerNorm-first, class A2)",
     adapters={"eagle_chat": "encslim.models.families.eagle2.adapter:ADAPTER"},
-    detect="encslim.models.families.eagle2.adapter:is_eagle2_config",
-    tiny="encslim.models.families.eagle2.adapter:create_tiny_eagle2",
-    transformers="encslim.models.families.eagle2.adapter:register_auto_classes",
+    detect="encslim.models.families.eagle2.configuration:is_eagle2_config",
+    tiny="encslim.models.families.eagle2.tiny:create_tiny_eagle2",
+    transformers="encslim.models.families.eagle2.modeling:register_auto_classes",
 ))

@@ -6,8 +6,8 @@ register_family(Family(
     name="imof",
     description="I-MoF in MMVP's LLaVA-1.5 layout (CLIP + DINOv2 tokens interleaved, class B)",
     adapters={"imof_llama": "encslim.models.families.imof.adapter:ADAPTER"},
-    detect="encslim.models.families.imof.adapter:is_imof_config",
-    tiny="encslim.models.families.imof.adapter:create_tiny_imof",
+    detect="encslim.models.families.imof.configuration:is_imof_config",
+    tiny="encslim.models.families.imof.tiny:create_tiny_imof",
     exports=("llava",),
-    transformers="encslim.models.families.imof.adapter:register_auto_classes",
+    transformers="encslim.models.families.imof.modeling:register_auto_classes",
 ))

@@ -1,6 +1,6 @@
 """Independent parity checks of the Eagle v1 re-implementation against other implementations.
 
-- ``convnext-1024`` (towers.ConvNextVisionTower, Eagle's vendored timm ConvNeXt) against
+- ``convnext-1024`` (models.convnext.ConvNextVisionTower, Eagle's vendored timm ConvNeXt) against
   transformers' own ``ConvNextModel``: same math, different parameter names.
 - ``clip-448`` (towers.HRCLIPVisionTower = Eagle's ``hr_clip_encoder``) against a composition of
   stock transformers CLIP modules (CLS dropped BEFORE ``pre_layrnorm``, no ``post_layernorm``), against
@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from encslim.models.families.eagle import processing as eagle_processing
-from encslim.models.families.eagle.processing import CLIP_MEAN, CLIP_STD, EagleProcessor
-from encslim.models.families.eagle.towers import (CLIP_TINY_SPEC, CONVNEXT_DEFAULT_SPEC, HRCLIPVisionTower,
-                                         ConvNextVisionTower, resample_pos_embed)
+from encslim.models import llava_processing
+from encslim.models.convnext import CONVNEXT_DEFAULT_SPEC, ConvNextVisionTower
+from encslim.models.families.eagle.processing import EagleProcessor
+from encslim.models.families.eagle.towers import CLIP_TINY_SPEC, HRCLIPVisionTower, resample_pos_embed
+from encslim.models.llava_processing import CLIP_MEAN, CLIP_STD
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -393,7 +394,7 @@ def test_clip_constants_and_pad_colour():
 def test_expand2square_matches_eagle(width, height):
     img = _noise_image(width, height, seed=width)
     bg = (122, 116, 104)
-    ours = np.asarray(eagle_processing.expand2square(img, bg))
+    ours = np.asarray(llava_processing.expand2square(img, bg))
     want = np.asarray(eagle_expand2square(img, bg))
     assert np.array_equal(ours, want)
     side = max(width, height)
