@@ -24,7 +24,7 @@ import sys
 logger = logging.getLogger(__name__)
 
 # imported once by the fork server, so that each per-model process starts warm
-PRELOAD = ("torch", "transformers", "encslim.bench.latency", "encslim.models.families.native.adapter")
+PRELOAD = ("torch", "transformers", "encslim.bench.latency", "encslim.models.loading")
 
 METHOD = ("a fresh process per model (forked from a fork server) loads only that model and runs one "
           "iteration at each batch size; RSS from psutil/ru_maxrss, CUDA peaks from "
