@@ -1,6 +1,6 @@
 """What ``encslim export --format deepseek_vl`` needs to know about this family (:class:`StockConvertible`).
 
-The conversion itself is the removal plan (:func:`.adapter.sam_removal_plan`: the exact fold of
+The conversion itself is the removal plan (:func:`.plan.sam_removal_plan`: the exact fold of
 DESIGN §3, the config rewritten to ``deepseek_vl``, the processor files to the stock
 ``DeepseekVLProcessor``); the export stage applies it generically. This module holds the rest: the
 format's description and the card note on the processors' different resizing.
