@@ -145,14 +145,22 @@ def check_settings(settings, evaluation_data):
     problems = settings.problems()
     if problems:
         raise ConfigError(problems[0])
-    train = {str(Path(p).resolve()) for p in settings.data if isinstance(p, (str, Path))}
-    same = sorted(train & {str(Path(p).resolve()) for p in evaluation_data if isinstance(p, (str, Path))})
-    if same:
-        raise ConfigError(f"--recover-data {same[0]} is also ranking data; recover on training samples, "
-                          "or the recovered accuracy is measured on what the model was trained on")
     missing = [p for p in settings.data if not Path(p).exists()]
     if missing:
         raise ConfigError(f"--recover-data {missing[0]} does not exist; pass a training file (JSONL, LLaVA JSON, TSV)")
+    ranked = {_content_key(p): p for p in evaluation_data if isinstance(p, (str, Path)) and Path(p).exists()}
+    for path in settings.data:
+        same = ranked.get(_content_key(path))
+        if same is not None:
+            also = "" if Path(same).resolve() == Path(path).resolve() else f" (the same content as {same})"
+            raise ConfigError(f"--recover-data {path} is also ranking data{also}; recover on training samples, "
+                              "or the recovered accuracy is measured on what the model was trained on")
+
+
+def _content_key(path):
+    """What makes two data paths the same data: the sha256 of a file's bytes, a folder's resolved path."""
+    path = Path(path)
+    return sha256_file(path) if path.is_file() else str(path.resolve())
 
 
 # ---------------------------------------------------------------------------- candidates
@@ -247,7 +255,10 @@ def rank_and_recover(model_path, data, settings, out, overwrite=False, resume_fr
     """
     from ..prune.rank import rank
 
+    from ..data.load import load_samples
+
     check_recovery(settings, model_path, out, data)
+    train = load_samples([Path(p) for p in settings.data])  # broken rows refused before the ranking is written
     started = time.perf_counter()
     if resume_from is None and overwrite and Path(out).is_dir():
         resume_from = out
@@ -256,13 +267,15 @@ def rank_and_recover(model_path, data, settings, out, overwrite=False, resume_fr
                        max_new_tokens=max_new_tokens, device=device, dtype=dtype, **rank_options)
         carry_over(previous, out)
     recover(ranking.data, Path(model_path).resolve(), ranking.samples, out, settings,
-            {"batch_size": batch_size, "max_new_tokens": max_new_tokens}, device=device, dtype=dtype, echo=echo)
+            {"batch_size": batch_size, "max_new_tokens": max_new_tokens}, device=device, dtype=dtype, echo=echo,
+            train=train)
     ranking.data["evaluation"]["wall_s"] = round(time.perf_counter() - started, 3)
     rewrite_ranking(ranking.data, out)
     return ranking
 
 
-def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cpu", dtype="float32", echo=None):
+def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cpu", dtype="float32", echo=None,
+            train=None):
     """Recover the frontier candidates of ``ranking`` and add what they reach to it (in place).
 
     Args:
@@ -273,6 +286,7 @@ def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cp
         settings: :class:`RecoverySettings`.
         eval_kwargs: ``batch_size``, ``max_new_tokens`` of the ranking's evaluation.
         echo: a function printing progress lines (``None``: the log).
+        train: the training samples of ``settings.data`` when already loaded (else read here).
 
     Returns:
         the ``recovery`` block (also stored in ``ranking``).
@@ -281,7 +295,8 @@ def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cp
 
     echo = echo or logger.info
     started = time.perf_counter()
-    train = load_samples([Path(p) for p in settings.data])
+    if train is None:
+        train = load_samples([Path(p) for p in settings.data])
     eval_settings = {"max_new_tokens": eval_kwargs.get("max_new_tokens"), "samples": [s.id for s in samples]}
     fingerprint = _fingerprint(model_path, settings, eval_settings)
     work = Path(out) / RECOVER_DIR

@@ -150,11 +150,20 @@ def test_recover_input_errors_are_one_line(demo_data, capsys, tmp_path):
         ([*base, "--recover", "2", "--recover-data", tmp_path / "missing.jsonl"], "does not exist"),
         ([*base, "--recover-top", "2"], "--recover-top only work with --recover STEPS"),
     ]
+    copy = tmp_path / "copy-of-eval.jsonl"  # the ranking data under another name: the same samples
+    copy.write_bytes((demo_data / "eval.jsonl").read_bytes())
+    broken = tmp_path / "broken-train.jsonl"  # a row that is not JSON
+    broken.write_text((demo_data / "train.jsonl").read_text() + "{not json\n")
+    cases += [
+        ([*base, "--recover", "2", "--recover-data", copy], f"the same content as {demo_data / 'eval.jsonl'}"),
+        ([*base, "--recover", "2", "--recover-data", broken], str(broken)),
+    ]
     for args, message in cases:
         code, _, err = run_main(capsys, *args)
         assert code == 2 and message in err, (args, err)
         assert "Traceback" not in err
-    assert not (tmp_path / "r").exists()
+        assert len(err.strip().splitlines()) == 1 or "--recover-top" in message, err  # a usage error shows usage
+    assert not (tmp_path / "r").exists()  # refused before the ranking (or its plots) is written
 
 
 def test_recover_refuses_a_distributed_run(demo_data, capsys, tmp_path, monkeypatch):
