@@ -18,7 +18,6 @@ import pytest
 import encslim
 from encslim.cli import main
 from encslim.errors import PlanError
-from encslim.models.external import clear_encoder_paths
 from encslim.models.registry import adapter_for_config, families
 
 from . import toy_family
@@ -32,12 +31,7 @@ BENCH_ARGS = ("--batch-sizes", 1, "--max-new-tokens", 2, "--min-iters", 1, "--mi
 
 
 def cli(*args):
-    """``encslim ARGS`` in this process: ``(exit code, stdout, stdout + stderr)``.
-
-    The ``--encoder`` paths a command sets are process-wide; they are cleared before each call so that
-    every command gets exactly the encoder folders it is given (a pruned folder names its own).
-    """
-    clear_encoder_paths()
+    """``encslim ARGS`` in this process: ``(exit code, stdout, stdout + stderr)``."""
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -45,8 +39,6 @@ def cli(*args):
         code = 0
     except SystemExit as exit_:
         code = exit_.code
-    finally:
-        clear_encoder_paths()
     return code, out.getvalue(), out.getvalue() + err.getvalue()
 
 
