@@ -52,6 +52,15 @@ def _print_verification(verification):
         click.echo(f"verification: skipped ({verification['reason']})")
         return
     status = {True: "passed", False: "FAILED", None: "reported"}[verification["passed"]]
+    if verification.get("method") == "module-local":
+        click.echo(f"verification (module-local: {verification['reason']}): {status}; "
+                   f"{verification['tensors_byte_equal']} kept tensors byte-equal to the source; "
+                   f"{len(verification['modules'])} changed module(s), max |diff| "
+                   f"{verification['max_module_diff']:.3g} on {verification['samples']} random inputs "
+                   f"(tolerance {verification['tolerance']:g})")
+        for name, entry in verification["modules"].items():
+            click.echo(f"  {name}: max |diff| {entry['max_abs_diff']:.3g} ({'; '.join(entry['checks'])})")
+        return
     click.echo(f"verification: {status}; max |logit diff| {verification['max_abs_diff']:.3g} over "
                f"{verification['samples']} {verification['inputs']} sample(s) (tolerance {verification['tolerance']:g})")
     if verification.get("recommendation"):
@@ -73,7 +82,10 @@ def _print_verification(verification):
                    "(a ranking made with `rank --recover`).")
 @click.option("--out", "-o", help="Output folder.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
-@click.option("--verify/--no-verify", default=None, help="Compare logits (default: when the model fits in memory).")
+@click.option("--verify/--no-verify", default=None, help="Verify the pruned model against the masked one (default: verify).")
+@click.option("--verify-method", type=click.Choice(["auto", "full", "module-local"]), default="auto", show_default=True,
+              help="full: compare logits (builds both models); module-local: kept tensors byte-equal and each sliced "
+                   "or folded module on random inputs (no model built); auto: full when both fit in memory.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--streaming/--in-memory", default=None, help="Executor (default: streaming when it does not fit).")
 @click.option("--max-shard-size", default="2GB", show_default=True)
@@ -81,7 +93,7 @@ def _print_verification(verification):
 @click.option("--samples", "num_samples", type=int, default=4, show_default=True, help="Verification samples K.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def prune_cmd(model, drop, ranking, keep, min_retained, drop_negative, budget, cost, category, on, out, dry_run,
-              verify, overwrite, streaming, max_shard_size, data, num_samples, as_json):
+              verify, verify_method, overwrite, streaming, max_shard_size, data, num_samples, as_json):
     """Remove encoder slots from MODEL and write the pruned model to --out."""
     from .select import read_ranking, select
     from .surgery import model_slots, open_folder, prune
@@ -96,7 +108,7 @@ def prune_cmd(model, drop, ranking, keep, min_retained, drop_negative, budget, c
         click.echo(f"selected: drop {', '.join(selection.drop)} ({selection.reason})", err=as_json)
     result = prune(model, selection.drop, out, verify=verify, streaming=streaming, max_shard_size=max_shard_size,
                    overwrite=overwrite, dry_run=dry_run, data=list(data) or None, num_samples=num_samples,
-                   selection=selection.to_dict())
+                   selection=selection.to_dict(), verify_method=verify_method)
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
         return

@@ -8,7 +8,9 @@ model against the masked one, and write the manifest. Every source file is read 
 
 The output goes to a temporary folder renamed at the end; the source is never modified.
 
-A dry run, and streaming without verification, never build the model: for a family with a
+A dry run, and streaming without verification or with module-local verification (the automatic choice
+when the model does not fit in memory: :func:`~encslim.prune.verify.verify_module_local`), never build
+the model: for a family with a
 torch-free plan (``Family.plan``, the native one) the plan comes from ``config.json`` alone and the
 weights are checked by their headers, so neither torch nor transformers is imported.
 """
@@ -143,8 +145,50 @@ def _fits_in_memory(checkpoint):
     return 2.5 * fp32 < psutil.virtual_memory().available
 
 
+VERIFY_METHODS = ("auto", "full", "module-local")
+
+
+def verification_method(verify, method, fits):
+    """``(method, reason)``: which verification runs (``"full"``, ``"module-local"`` or ``None``) and why.
+
+    Args:
+        verify: ``False`` skips it; ``None``/``True`` verify.
+        method: one of :data:`VERIFY_METHODS`; ``"auto"``: full logits when both models fit in memory,
+            else module-local.
+        fits: whether they fit (:func:`_fits_in_memory`).
+
+    Raises:
+        ConfigError: an unknown method, or a method named together with ``verify=False``.
+    """
+    method = method or "auto"
+    if method not in VERIFY_METHODS:
+        raise ConfigError(f"verification method '{method}' unknown; use one of {', '.join(VERIFY_METHODS)}")
+    if verify is False:
+        if method != "auto":
+            raise ConfigError(f"--no-verify contradicts --verify-method {method}; pass one of them")
+        return None, "--no-verify"
+    if method != "auto":
+        return method, f"--verify-method {method}"
+    if fits:
+        return "full", "the masked and the pruned model fit in memory"
+    return "module-local", "the model does not fit in memory (full verification builds both models in fp32)"
+
+
+def _verify(method, reason, checkpoint, tmp, plan, data, num_samples):
+    """The manifest's verification entry: run ``method`` on the pruned folder ``tmp`` (see :func:`prune`)."""
+    if method is None:
+        return {"skipped": True, "reason": reason}
+    if method == "module-local":
+        from .verify import verify_module_local
+
+        return verify_module_local(checkpoint, tmp, plan, reason=reason)
+    from .verify import verify_pruned
+
+    return {**verify_pruned(checkpoint.folder, tmp, plan, data=data, num_samples=num_samples), "reason": reason}
+
+
 def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_size=DEFAULT_MAX_SHARD_SIZE,
-          overwrite=False, dry_run=False, data=None, num_samples=4, selection=None):
+          overwrite=False, dry_run=False, data=None, num_samples=4, selection=None, verify_method="auto"):
     """Remove encoder slots ``drop`` from the model in ``model_dir`` and write the result to ``out``.
 
     Args:
@@ -152,7 +196,10 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
             :class:`~encslim.models.folder.ModelFolder` (every source file is then read once).
         drop: slot names to remove.
         out: the output folder (not needed with ``dry_run``); must not exist unless ``overwrite``.
-        verify: compare masked-full and pruned logits (default: when both fit in memory).
+        verify: verify the pruned model (``False``: skip; default: verify).
+        verify_method: ``"full"`` (masked-full vs pruned logits), ``"module-local"`` (kept tensors byte-equal,
+            each sliced/folded module on random inputs; no model built) or ``"auto"``: full when both
+            models fit in memory, else module-local.
         streaming: stream over shards (default: when the model does not fit in memory).
         max_shard_size: largest output shard, e.g. ``"2GB"``.
         overwrite: replace an existing ``out``.
@@ -168,7 +215,8 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
         PlanError: unknown slot, every slot, keys that do not match the config.
         ModelLoadError: not a model folder, unsupported family, corrupt safetensors.
         ConfigError / OutputExistsError: bad output path.
-        VerificationError: an exact plan whose pruned logits differ from the masked model's.
+        VerificationError: an exact plan whose pruned logits (or, module-local, a changed module or a kept
+            tensor) differ from the masked model's.
     """
     folder = open_folder(model_dir)
     model_dir = folder.path
@@ -177,17 +225,18 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
             raise ConfigError("no output folder; pass --out DIR (or --dry-run to only see the plan)")
         check_output_path(out, overwrite, inputs=[model_dir])
     parse_size(max_shard_size)
-    # torch-free when the model may never be built: a dry run, or streaming without verification
-    torch_free = dry_run or (verify is not True and streaming is not False)
+    verification_method(verify, verify_method, True)  # a contradiction fails before any work
+    # torch-free when the model may never be built: a dry run, or streaming without full verification
+    torch_free = dry_run or (verify_method != "full" and streaming is not False)
     adapter, config, plan, folder, summary = prepare(folder, drop, torch_free=torch_free)
     if dry_run:
         return {"dry_run": True, "plan": plan.to_dict(), "summary": summary}
     checkpoint = folder.weights
     fits = _fits_in_memory(checkpoint)
     streaming = (not fits) if streaming is None else streaming
-    verify = fits if verify is None else verify
+    method, reason = verification_method(verify, verify_method, fits)
     torch_free = not isinstance(adapter, Adapter)  # the plan came from config.json alone
-    if torch_free and (verify or not streaming):  # the model is built after all: the full structure check
+    if torch_free and (method == "full" or not streaming):  # the model is built after all: the full structure check
         torch_free = False
         _check_structure(folder, checkpoint.shapes(), f"{model_dir}")
     with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
@@ -195,12 +244,7 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
                     "streaming" if streaming else "in-memory")
         result = execute(plan, folder, tmp, streaming, max_shard_size)
         _check_output(tmp, torch_free, result["config"])
-        if verify:
-            from .verify import verify_pruned
-
-            verification = verify_pruned(model_dir, tmp, plan, data=data, num_samples=num_samples)
-        else:
-            verification = {"skipped": True, "reason": "--no-verify" if fits else "the model does not fit in memory"}
+        verification = _verify(method, reason, checkpoint, tmp, plan, data, num_samples)
         manifest = write_manifest(
             tmp, stage="prune", source=model_dir, removed=plan.drop, kept=plan.kept,
             plan=plan.to_dict(), ranking=selection, verification=verification,
