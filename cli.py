@@ -16,12 +16,12 @@ import click
 from . import __version__
 from .errors import EncslimError
 
-# command name -> "module:attribute" of a click.Command; imported on first use
+# command name -> "module:attribute" of a click.Command (or of a function building one); imported on first use
 COMMANDS = {
     "run": "encslim.recipes.commands:run_cmd",
     "recipes": "encslim.recipes.commands:recipes_group",
     "inspect": "encslim.models.commands:inspect_cmd",
-    "create-tiny": "encslim.models.commands:create_tiny_cmd",
+    "create-tiny": "encslim.models.commands:create_tiny_command",
     "eval": "encslim.bench.commands:eval_cmd",
     "bench": "encslim.bench.bench_commands:bench_cmd",
     "rank": "encslim.recipes.rank_commands:rank_cmd",  # the masked ranking (prune) + --recover (pipeline)
@@ -155,7 +155,10 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, attr = target.split(":")
-        command = accept_demo(getattr(import_module(module), attr), name)
+        command = getattr(import_module(module), attr)
+        if not isinstance(command, click.Command):  # a factory: commands generated from the registry
+            command = command()
+        command = accept_demo(command, name)
         return accept_encoders(command) if name in ENCODER_COMMANDS else command
 
     def resolve_command(self, ctx, args):

@@ -1,7 +1,8 @@
 """CLI commands of the models package: ``inspect`` and ``create-tiny``.
 
 ``create-tiny``'s ``--family`` choices and its family options are generated from the registry's
-records (:class:`~encslim.models.registry.TinyOption`), so a new family needs no edit here.
+records (:class:`~encslim.models.registry.TinyOption`) each time the command is built
+(:func:`create_tiny_command`), so a new family needs no edit here.
 """
 
 import json
@@ -48,7 +49,9 @@ def _create_tiny(ctx, out, family, seed, overwrite, **options):
     click.echo(f"wrote {out}" + (f"; {note}" if note else ""))
 
 
-def _build_create_tiny():
+def create_tiny_command():
+    """The ``create-tiny`` command as the registry stands now (the CLI builds it when it is invoked, so a
+    family registered after start-up, by a plugin or a test, is offered too)."""
     records = families()
     family_help = "; ".join(f"{name}: {f.description}" for name, f in records.items())
     params = [
@@ -64,5 +67,3 @@ def _build_create_tiny():
     return click.Command("create-tiny", callback=click.pass_context(_create_tiny), params=params,
                          help="Write a tiny random model folder to OUT (weights, processor, tokenizer).")
 
-
-create_tiny_cmd = _build_create_tiny()

@@ -244,15 +244,10 @@ def family():
 
 @contextlib.contextmanager
 def registered():
-    """Register the toy family for the ``with`` block, and rebuild ``create-tiny`` so that its ``--family``
-    choices include it (the command reads the registry once, when its module is first imported)."""
-    import encslim.models.commands as commands
-
-    before = commands.create_tiny_cmd
+    """Register the toy family for the ``with`` block (``create-tiny`` offers it: the CLI builds that command
+    from the registry when it is invoked)."""
     register_family(family())
-    commands.create_tiny_cmd = commands._build_create_tiny()
     try:
         yield ADAPTER
     finally:
         unregister_family(TOY)
-        commands.create_tiny_cmd = before
