@@ -115,14 +115,15 @@ def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print, 
     if unknown:
         raise ConfigError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
     run_dir = Path(recipe.out) / recipe.name
+    enabled = [s for s in STAGES if stage_impl.SPECS[s].enabled(recipe)]
+    through = _stages_through(wanted, enabled, run_dir)  # checked before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.resolved.yaml").write_text(_dump_yaml(recipe.model_dump()), encoding="utf-8")
     ctx = RunContext(recipe=recipe, run_dir=run_dir, echo=echo)
     if threads != 0:
         configure_threads(threads)
     started = time.perf_counter()
-    enabled = [s for s in STAGES if stage_impl.SPECS[s].enabled(recipe)]
-    for stage in STAGES:
+    for stage in through:
         spec = stage_impl.SPECS[stage]
         if not spec.enabled(recipe):
             ctx.records[stage] = {"stage": stage, "skipped": "disabled in the recipe", "outputs": {}}
@@ -158,6 +159,25 @@ def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print, 
     summary["seconds"] = round(time.perf_counter() - started, 2)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
     return summary
+
+
+def _stages_through(wanted, enabled, run_dir):
+    """The stages a run goes through: every stage up to the last one ``wanted`` (later ones are left
+    alone). Each enabled stage before it that is not ``wanted`` must have run in ``run_dir`` already.
+
+    Raises:
+        ConfigError: no wanted stage is enabled in the recipe, or an earlier stage has not run yet.
+    """
+    chosen = [s for s in wanted if s in enabled]
+    if not chosen:
+        raise ConfigError(f"stage(s) {', '.join(wanted)} are disabled in the recipe; enable them or pick one of "
+                          f"{', '.join(enabled)}")
+    through = list(STAGES[:max(STAGES.index(s) for s in chosen) + 1])
+    for stage in through:
+        if stage in enabled and stage not in wanted and _read_record(Path(run_dir) / stage) is None:
+            raise ConfigError(f"stage '{stage}' has not run yet in {run_dir}, and '{chosen[0]}' needs it; run it "
+                              f"first (--stage {stage}), or drop --stage to run the recipe from the start")
+    return through
 
 
 def _relocate(outputs, tmp, final):

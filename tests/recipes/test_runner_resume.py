@@ -74,3 +74,17 @@ def test_force_and_stage_selection(recipe, monkeypatch):
     calls.clear()
     runner.run_recipe(recipe, stages=["prune"], force=True)
     assert calls == ["prune"]
+
+
+def test_stage_selection_stops_after_the_last_selected_stage(recipe, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(stages, "SPECS", _counting_specs(calls))
+    monkeypatch.setattr(stages, "summarize", lambda ctx: {})
+    run_dir = tmp_path / "runs" / "t"
+    with pytest.raises(runner.ConfigError, match="stage 'data' has not run yet .* and 'rank' needs it"):
+        runner.run_recipe(recipe, stages=["rank"])
+    assert calls == [] and not (tmp_path / "runs").exists()  # refused before anything is written
+    runner.run_recipe(recipe, stages=["data"])
+    runner.run_recipe(recipe, stages=["rank"])
+    assert calls == ["data", "rank"]  # the later stages are left alone, not refused
+    assert not (run_dir / "prune").exists()
