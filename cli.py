@@ -6,6 +6,7 @@ only when invoked, so ``encslim --help`` never imports torch. User errors
 """
 
 import difflib
+import functools
 import logging
 import os
 import sys
@@ -103,15 +104,14 @@ class DemoModelPath(click.ParamType):
         return self.inner.get_metavar(*args, **kwargs)
 
 
-def _set_encoders(ctx, param, values):
-    """``--encoder NAME=PATH`` callback: name the local encoder folders for this process."""
-    if values:
-        from .models.external import parse_encoder_args, set_encoder_paths
+def _parse_encoders(ctx, param, values):
+    """``--encoder NAME=PATH`` callback: the ``{slot: absolute folder}`` mapping the command receives."""
+    from .models.external import parse_encoder_args
 
-        try:
-            set_encoder_paths(parse_encoder_args(values))
-        except EncslimError as err:
-            raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+    try:
+        return parse_encoder_args(values)
+    except EncslimError as err:
+        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
 
 
 ENCODER_HELP = ("Local folder of an encoder the checkpoint does not hold, as SLOT=PATH (repeat per slot; "
@@ -119,15 +119,39 @@ ENCODER_HELP = ("Local folder of an encoder the checkpoint does not hold, as SLO
 
 
 def accept_encoders(command):
-    """Give ``command`` (and the sub-commands of a group) the ``--encoder SLOT=PATH`` option."""
+    """Give ``command`` (and the sub-commands of a group) the ``--encoder SLOT=PATH`` option.
+
+    The option's value reaches the command function as its ``encoders`` parameter (``{slot: folder}``,
+    empty when not given); the command passes it on to the API that opens the model
+    (``ModelFolder.open(path, encoders=...)``, ``load_model(..., encoders=...)``). A command function
+    that takes no ``encoders`` parameter (it opens no model) accepts ``--encoder`` only empty.
+    """
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             accept_encoders(sub)
         return command
-    if not any(p.name == "encoder" for p in command.params):
-        command.params.append(click.Option(["--encoder"], multiple=True, metavar="SLOT=PATH", expose_value=False,
-                                           is_eager=True, callback=_set_encoders, help=ENCODER_HELP))
+    if not any(p.name == "encoders" for p in command.params):
+        command.params.append(click.Option(["--encoder", "encoders"], multiple=True, metavar="SLOT=PATH",
+                                           is_eager=True, callback=_parse_encoders, help=ENCODER_HELP))
+        command.callback = _taking_encoders(command.callback, command.name)
     return command
+
+
+def _taking_encoders(callback, name):
+    """``callback`` called with ``encoders`` only when it takes that parameter; else a non-empty value is refused."""
+    import inspect
+
+    params = inspect.signature(callback).parameters.values() if callback is not None else ()
+    if callback is None or any(p.name == "encoders" or p.kind is p.VAR_KEYWORD for p in params):
+        return callback
+
+    @functools.wraps(callback)
+    def call(*args, encoders=None, **kwargs):
+        if encoders:
+            raise click.UsageError(f"{name} opens no model folder; drop --encoder")
+        return callback(*args, **kwargs)
+
+    return call
 
 
 def accept_demo(command, path):

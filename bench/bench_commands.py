@@ -42,15 +42,17 @@ def parse_batch_sizes(text):
 @click.option("--limit", type=int, default=None, help="Evaluate at most this many samples.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
 def bench_cmd(full, variants, data, out, batch_sizes, max_new_tokens, min_iters, min_seconds, warmup, masks,
-              mask_skip, device, dtype, threads, no_memory, eval_batch_size, limit, overwrite):
+              mask_skip, device, dtype, threads, no_memory, eval_batch_size, limit, overwrite, encoders=None):
     """Benchmark FULL against VARIANT folders: latency per stage, memory, FLOPs, accuracy.
 
     Models are measured interleaved (A B A B ...); speedups are ratios to FULL. Writes
     bench.json, bench.md, latency_breakdown.png and (with --data) accuracy_vs_latency.png.
     """
+    from ..models.loading import open_folder
     from ..runtime import configure_threads
     from .benchmark import BenchSettings, run_bench
 
+    full = open_folder(full, encoders)  # --encoder names FULL's encoders; run_bench opens the variants
     configure_threads(threads)
     settings = BenchSettings(batch_sizes=parse_batch_sizes(batch_sizes), max_new_tokens=max_new_tokens,
                              warmup=warmup, min_iters=min_iters, min_seconds=min_seconds, device=device,

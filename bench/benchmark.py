@@ -108,17 +108,25 @@ def build_specs(full, variants=(), masks=(), mask_skip=False, names=None):
         raise ConfigError(f"{len(names)} name(s) for {1 + len(variants)} model(s); name the full model and each variant")
     labels = list(names) if names is not None else [Path(p).resolve().name for p in (full, *variants)]
     full_name = unique(labels[0])
-    specs = [latency.ModelSpec(full_name, str(full), role="full")]
-    specs += [latency.ModelSpec(unique(label), str(v)) for label, v in zip(labels[1:], variants)]
+    # a ModelFolder stays one (its encoder folders reach load_model); a path is kept as text
+    full, variants = _as_model(full), [_as_model(v) for v in variants]
+    specs = [latency.ModelSpec(full_name, full, role="full")]
+    specs += [latency.ModelSpec(unique(label), v) for label, v in zip(labels[1:], variants)]
     for mask in masks:
         slots = tuple(s.strip() for s in mask.split(",") if s.strip())
         if not slots:
             raise ConfigError(f"--mask '{mask}' names no slot; pass slot names such as --mask sam")
         label = "+".join(slots)
-        specs.append(latency.ModelSpec(unique(f"{full_name}[mask {label}]"), str(full), slots, "zero"))
+        specs.append(latency.ModelSpec(unique(f"{full_name}[mask {label}]"), full, slots, "zero"))
         if mask_skip:
-            specs.append(latency.ModelSpec(unique(f"{full_name}[skip {label}]"), str(full), slots, "removal"))
+            specs.append(latency.ModelSpec(unique(f"{full_name}[skip {label}]"), full, slots, "removal"))
     return specs
+
+
+def _as_model(path):
+    from ..models.folder import ModelFolder
+
+    return path if isinstance(path, ModelFolder) else str(path)
 
 
 def check_masks(full, specs):
@@ -161,7 +169,7 @@ def describe(loaded, settings):
                                             min_new_tokens=settings.max_new_tokens)
     staged = latency.run_iteration(loaded, batch, _Null(), settings.max_new_tokens, end_to_end=False)
     return {
-        "name": spec.name, "path": spec.path, "role": spec.role,
+        "name": spec.name, "path": str(spec.path), "role": spec.role,
         "masked": list(spec.masked), "mask_mode": spec.mask_mode if spec.masked else None,
         "slots": loaded.slots, "encoders_run": loaded.encoders_run,
         "fusion_class": loaded.adapter.fusion_class(config).value,
@@ -262,6 +270,10 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
     """
 
     settings = (settings or BenchSettings()).validate()
+    from ..models.loading import open_folder
+
+    # every folder opened (config, family, each shard checked) before any work; a ModelFolder passes through
+    full, variants = open_folder(full), [open_folder(v) for v in variants]
     specs = build_specs(full, variants, masks, mask_skip, names)
     inputs = [full, *variants]
     check_output_path(out, overwrite, inputs)

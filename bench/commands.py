@@ -79,14 +79,14 @@ def _device(name):
 @click.option("--out", required=True, help="Output folder: eval.json and records.jsonl (an earlier run there is resumed).")
 @click.option("--overwrite", is_flag=True, help="Discard earlier records in --out and start afresh.")
 def eval_cmd(model, data, masks, mask_mode, skip_bad, max_new_tokens, batch_size, mcq_mode, device, dtype, out,
-             overwrite):
+             overwrite, encoders=None):
     """Evaluate MODEL on benchmark files under encoder masks; print a per-category table.
 
     Encoders run once per sample whatever the number of --mask sets (feature cache). Under
     torchrun the samples are split across the processes.
     """
     from ..errors import ConfigError
-    from ..models.loading import load_model
+    from ..models.loading import load_model, open_folder
     from . import distributed
     from ..data.load import load_samples
     from .evaluate import evaluate, normalize_mask_sets
@@ -94,6 +94,7 @@ def eval_cmd(model, data, masks, mask_mode, skip_bad, max_new_tokens, batch_size
 
     if batch_size < 1 or max_new_tokens < 1:
         raise ConfigError("--batch-size and --max-new-tokens must be at least 1")
+    model = open_folder(model, encoders)  # config, family and every shard checked before any work
     out = prepare_output(out, overwrite, [model, *data])
     samples = load_samples(list(data), skip_bad=skip_bad)
     rank, _ = distributed.init_from_env()

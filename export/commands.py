@@ -38,15 +38,17 @@ STOCK_OPTIONS = ("max_shard_size",)  # a family's stock format (encslim.export.s
               help="Largest allowed difference against the source (default per format: 1e-5 hf/remote-code, "
                    f"1e-4 {'/'.join((*STOCK_NAMES, 'onnx'))}).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def export_cmd(model_dir, fmt, out, overwrite, ranking, bench, max_shard_size, dtype, atol, as_json):
+def export_cmd(model_dir, fmt, out, overwrite, ranking, bench, max_shard_size, dtype, atol, as_json, encoders=None):
     """Export MODEL_DIR as a deployable folder and verify it against the source.
 
     \b
     An ONNX folder runs with onnxruntime alone:
       python -m encslim.export.ort_generate OUT --image photo.png --prompt "What is in the image?"
     """
+    from ..models.loading import open_folder
     from . import exporter
 
+    model_dir = open_folder(model_dir, encoders)  # config, family and every shard checked before any work
     options = {"overwrite": overwrite, "ranking": ranking, "bench": bench}
     given = {"max_shard_size": max_shard_size, "dtype": dtype}
     options.update({k: given[k] for k in FORMAT_OPTIONS.get(fmt, STOCK_OPTIONS)})

@@ -53,7 +53,7 @@ def read_source(model_dir):
     """
     path = Path(model_dir)
     config = read_config(path)
-    adapter = adapter_for(path)
+    adapter = adapter_for(model_dir)  # a ModelFolder keeps its encoder folders; every shard is checked
     manifest = {}
     if (path / MANIFEST_NAME).is_file():
         manifest = read_json(path / MANIFEST_NAME, fix="re-run the step that wrote it", error=ModelLoadError)

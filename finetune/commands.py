@@ -84,10 +84,13 @@ def finetune_group():
 def train_cmd(model_dir, data, out, lora_r, lora_alpha, lora_targets, full, train_encoders, max_steps, epochs, lr,
               batch_size, grad_accum, deepspeed, bf16, merge, encoder_dropout, no_cache_features, prompt_format,
               save_steps, resume, seed, distill_from, distill_temperature, distill_weight, distill_hidden_weight,
-              distill_top_k, overwrite):
+              distill_top_k, overwrite, encoders=None):
     """Fine-tune MODEL_DIR on --data and write --out (a LoRA adapter, or a plain model with --merge/--full)."""
+    from ..models.loading import open_folder
     from .config import FinetuneConfig
     from .train import finetune
+
+    model_dir = open_folder(model_dir, encoders)  # config, family and every shard checked before any work
 
     config = FinetuneConfig(
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, full=full, train_encoders=train_encoders,

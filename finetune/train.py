@@ -100,7 +100,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     config = config or FinetuneConfig()
     if options:
         config = FinetuneConfig.from_dict({**_fields(config), **options})
-    model_path = Path(model_path).resolve()
+    source, model_path = model_path, Path(model_path).resolve()  # a ModelFolder keeps its encoder folders
     paths = data_paths(data)
     teacher_path = _teacher_path(config)
     check_output_path(out, overwrite, inputs=[model_path, *paths, *([teacher_path] if teacher_path else [])])
@@ -110,7 +110,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
         os.environ["DS_ACCELERATOR"] = "cpu"  # else DeepSpeed warns on every import that it fell back to CPU
     ds_config = _deepspeed(config)
     samples = load_training_samples(data, paths)
-    model, processor, adapter = _load(model_path, torch)
+    model, processor, adapter = _load(source, torch)
     examples = _examples(model, processor, adapter, samples, config)
     torch.manual_seed(config.seed)
     features = _features(model, processor, adapter, examples, config)

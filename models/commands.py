@@ -16,11 +16,11 @@ from .registry import families, resolve
 @click.command("inspect")
 @click.argument("model_dir", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def inspect_cmd(model_dir, as_json):
+def inspect_cmd(model_dir, as_json, encoders=None):
     """Show MODEL_DIR's encoder slots, fusion, parameters and vision FLOPs."""
     from .inspect import format_inspection, inspect_model
 
-    info = inspect_model(model_dir)
+    info = inspect_model(model_dir, encoders)
     click.echo(json.dumps(info, indent=2) if as_json else format_inspection(info))
 
 

@@ -2,11 +2,13 @@
 
 Cambrian checkpoints hold the connector and the LLM but not the vision encoders: the original
 loads each one from its hub id at run time. encslim never downloads, so the user names a local
-folder per slot, once per process: ``--encoder siglip=PATH`` on any command (:func:`parse_encoder_args`),
-``model_encoders:`` in a recipe, or :func:`set_encoder_paths` in Python. A family's ``read_config``
-merges these into the config it reads (the saved ``encslim_encoder_paths`` of encslim's own outputs
-first, what the user named now over them), so every later stage of a pruned or exported folder
-finds its encoders without being told again.
+folder per slot: ``--encoder siglip=PATH`` on a command (:func:`parse_encoder_args`; the command passes
+the mapping on), ``encoders:`` in a recipe, or ``encoders=`` in Python (``encslim.load_model(path,
+encoders={...})``, ``ModelFolder.open(path, encoders={...})``). No process-wide state: the mapping
+travels with the :class:`~encslim.models.folder.ModelFolder` (its ``encoders``), whose ``adapter``
+reads the family's config with them (the saved ``encslim_encoder_paths`` of encslim's own outputs
+first, what the user named over them), so every later stage of a pruned or exported folder finds
+its encoders without being told again.
 
 Standard library only: the CLI parses ``--encoder`` before anything heavy is imported.
 """
@@ -16,7 +18,6 @@ from pathlib import Path
 from ..errors import ConfigError
 
 CONFIG_KEY = "encslim_encoder_paths"  # config.json key of encslim's outputs: {slot: absolute folder}
-_PATHS = {}
 
 
 def parse_encoder_args(values, what="--encoder"):
@@ -48,18 +49,3 @@ def check_folder(name, path, what="--encoder"):
     if not folder.is_dir():
         raise ConfigError(f"{what} {name}={path}: no such folder; pass the local folder of the {name} encoder")
     return str(folder.resolve())
-
-
-def set_encoder_paths(mapping):
-    """Add ``{slot: folder}`` to this process's encoder folders (later calls override earlier ones)."""
-    _PATHS.update({str(k): str(v) for k, v in dict(mapping or {}).items()})
-
-
-def clear_encoder_paths():
-    """Forget every folder named in this process (tests)."""
-    _PATHS.clear()
-
-
-def encoder_paths():
-    """The encoder folders named in this process: ``{slot: folder}``."""
-    return dict(_PATHS)

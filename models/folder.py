@@ -26,7 +26,7 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ModelLoadError, UnsupportedModelError
+from ..errors import ConfigError, ModelLoadError, UnsupportedModelError
 from ..files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
 from . import external
 
@@ -371,9 +371,35 @@ def parse_json(path, raw, fix, error=ModelLoadError):
         raise error(f"{path} is not valid JSON ({err}); {fix}") from err
 
 
-@dataclass(frozen=True)
+def _has_safetensors(folder):
+    return (folder / INDEX_NAME).is_file() or (folder / WEIGHTS_NAME).is_file()
+
+
+def _named_encoders(folder, config, family, encoders):
+    """``encoders`` checked against the model's external encoder slots (the family's record says which)."""
+    from .registry import resolve
+
+    encoders = {str(k): str(v) for k, v in dict(encoders or {}).items()}
+    if not encoders:
+        return {}
+    if family.external_encoders is None:
+        raise ConfigError(f"--encoder {', '.join(sorted(encoders))}: {folder} is a {family.name} model, whose "
+                          f"checkpoint holds every encoder; drop --encoder")
+    slots = list(resolve(family.external_encoders)(config))
+    unknown = sorted(set(encoders) - set(slots))
+    if unknown:
+        raise ConfigError(f"--encoder names {', '.join(unknown)}, which {folder} does not have; its encoder "
+                          f"slots are {', '.join(slots)}")
+    return encoders
+
+
+@dataclass(frozen=True, eq=False)
 class ModelFolder:
     """A model folder read once (see the module docstring); build it with :meth:`open`.
+
+    It stands for its folder wherever a path is taken (``os.fspath``, ``Path(...)``, ``str(...)`` give
+    the folder), so a command opens it once and hands it to the stages: ``load_model(folder)``,
+    ``rank(folder, ...)``, ``prune(folder, ...)`` reuse it (its shard check, its encoder folders).
 
     Attributes:
         path: the folder.
@@ -387,7 +413,7 @@ class ModelFolder:
             carries over (:func:`carried`), sorted.
         other_files: names of the files that describe the source only (left out of a derived model).
         encoders: ``{slot: folder}`` of encoders the checkpoint does not hold (Cambrian): the ones
-            saved in ``config.json``, then this process's ``--encoder`` folders, then ``encoders``.
+            saved in ``config.json``, with the ones passed to :meth:`open` over them.
     """
 
     path: Path
@@ -402,13 +428,17 @@ class ModelFolder:
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def open(cls, path, encoders=None, weights=True):
+    def open(cls, path, encoders=None, weights=True, other_formats=False):
         """Read ``config.json``, resolve the family and read every weight header, once each.
 
         Args:
-            path: the model folder.
-            encoders: ``{slot: folder}`` of external encoders (over the saved and process-wide ones).
-            weights: read the weight headers (``False``: a folder whose weights are not needed).
+            path: the model folder (a ``ModelFolder`` passes through when no ``encoders`` are given,
+                else it is opened again with them).
+            encoders: ``{slot: folder}`` of encoders the checkpoint does not hold (``--encoder``, a
+                recipe's ``encoders:``), over the ones saved in ``config.json``.
+            weights: read and check the weight headers (``False``: a folder whose weights are not needed).
+            other_formats: a folder whose weights are in another format only (``.bin``) opens with
+                ``weights=None`` (its loader reads them) instead of being refused.
 
         Returns:
             the :class:`ModelFolder`.
@@ -417,9 +447,15 @@ class ModelFolder:
             ModelLoadError: not a folder, no or broken ``config.json``, no ``model_type``, no
                 safetensors weights, a truncated or garbled shard (naming it and the fix).
             UnsupportedModelError: no family handles the ``model_type``.
+            ConfigError: ``encoders`` names a slot the model does not have, or the family keeps every
+                encoder in its checkpoint (naming the model's slots).
         """
         from .registry import detect_family, get_adapter
 
+        if isinstance(path, ModelFolder):
+            if not encoders and (path.weights is not None or not weights):
+                return path
+            path = path.path
         folder = Path(path)
         if not folder.is_dir():
             raise ModelLoadError(f"{path} is not a folder; pass a model folder that holds config.json")
@@ -443,17 +479,29 @@ class ModelFolder:
             is_dir = entry.is_dir()
             label = name + "/" if is_dir else name
             (side if carried(name, is_dir) else other).append(label)
-        paths = {**dict(config.get(external.CONFIG_KEY) or {}), **external.encoder_paths(), **dict(encoders or {})}
+        paths = {**dict(config.get(external.CONFIG_KEY) or {}), **_named_encoders(folder, config, found[0], encoders)}
+        checkpoint = None
+        if weights and not (other_formats and not _has_safetensors(folder)):
+            checkpoint = Checkpoint.open(folder, keep_open=True)
         return cls(path=folder, config=config, config_bytes=raw, family=found[0], model_type=found[1],
-                   weights=Checkpoint.open(folder, keep_open=True) if weights else None, side_files=tuple(side),
-                   other_files=tuple(other), encoders=paths)
+                   weights=checkpoint, side_files=tuple(side), other_files=tuple(other), encoders=paths)
+
+    def __fspath__(self):
+        return str(self.path)
+
+    def __str__(self):
+        return str(self.path)
 
     @property
     def adapter(self):
-        """The family's adapter for this folder (imports the family's modules: torch)."""
+        """The family's adapter for this folder (imports the family's modules: torch); for a family that
+        keeps encoders outside its checkpoint, bound to :attr:`encoders` (``adapter.with_encoders``)."""
         from .registry import get_adapter
 
-        return get_adapter(self.model_type)
+        adapter = get_adapter(self.model_type)
+        if self.family.external_encoders is not None and self.encoders:
+            adapter = adapter.with_encoders(self.encoders)
+        return adapter
 
     def side_bytes(self, name):
         """The bytes of side file ``name``, read once (later calls reuse them)."""

@@ -10,17 +10,45 @@ under 1 GB.
 
 import contextlib
 
-from .folder import Checkpoint
-from .loading import adapter_for
+from .folder import Checkpoint, key_problems
+from .loading import load_model, open_folder
 
 FLOPS_META = "meta"  # counted on meta tensors: exact for the architecture
 FLOPS_ASSUMED = "meta, data-dependent branch(es) taken as True"
 
 
+def _saved_state(model):
+    """The meta model's state dict under the keys ``save_pretrained`` writes (transformers' weight
+    conversions reverted, as the checkpoint holds them)."""
+    state = model.state_dict()
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # a transformers without weight conversions: the keys are the module's
+        return state
+    return revert_weight_conversion(model, state)
+
+
+def header_report(model, shapes):
+    """The load report ``from_pretrained`` would give for a checkpoint of header ``shapes`` (``{key: shape}``)
+    into ``model`` (meta), for the loaders that check transformers' report: the model's state-dict keys
+    against the headers, a tied key may be absent, and a checkpoint whose every key carries the model's
+    ``base_model_prefix`` once more (which transformers strips) fits when the stripped keys do."""
+    expected = {k: tuple(v.shape) for k, v in _saved_state(model).items()}
+    tied = getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or ()
+    problems = key_problems(expected, shapes, optional=tied)
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    if problems and prefix != "." and shapes and all(k.startswith(prefix) for k in shapes):
+        stripped = key_problems(expected, {k[len(prefix):]: v for k, v in shapes.items()}, optional=tied)
+        problems = stripped if not stripped else problems
+    return {"missing_keys": list(problems.missing), "unexpected_keys": list(problems.unexpected),
+            "mismatched_keys": list(problems.mismatched), "error_msgs": []}
+
+
 @contextlib.contextmanager
-def _weights_on_meta(model_class):
+def _weights_on_meta(model_class, shapes):
     """Within the block, ``model_class.from_pretrained(path, config=...)`` builds the model on the
-    meta device instead of reading weights (and reports no load problem when asked for its report)."""
+    meta device instead of reading weights; asked for its load report, it compares the model with the
+    checkpoint's header ``shapes`` (:func:`header_report`), so the loader's strict check still runs."""
     import torch
 
     original = model_class.__dict__.get("from_pretrained")
@@ -30,8 +58,7 @@ def _weights_on_meta(model_class):
         with torch.device("meta"):
             model = cls(config)
         model.eval()
-        report = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
-        return (model, report) if output_loading_info else model
+        return (model, header_report(model, shapes)) if output_loading_info else model
 
     model_class.from_pretrained = classmethod(build)
     try:
@@ -43,20 +70,30 @@ def _weights_on_meta(model_class):
             model_class.from_pretrained = original
 
 
-def meta_load(path):
+def meta_load(path, encoders=None):
     """``(model, processor, adapter)`` of a folder with the model on the meta device: no weight read.
 
-    The family's loader does everything it does in :func:`~encslim.models.loading.load_model` (reads
+    The folder is opened first (:func:`~encslim.models.loading.open_folder`: each shard checked). The
+    family's loader then does everything it does in :func:`~encslim.models.loading.load_model` (reads
     the config, checks the checkpoint keys against the headers and refuses what does not fit, sizes
-    parts the checkpoint decides, loads the processor) except reading tensors.
+    parts the checkpoint decides, loads the processor) except reading tensors. A folder with ``.bin``
+    weights only (no headers to check) is loaded as ``load_model`` does.
+
+    Args:
+        path: the model folder, or a :class:`~encslim.models.folder.ModelFolder`.
+        encoders: ``{slot: folder}`` of encoders the checkpoint does not hold (Cambrian).
 
     Raises:
-        ModelLoadError: not a model folder, unsupported family, or a checkpoint that does not fit.
+        ModelLoadError: not a model folder, unsupported family, a truncated or corrupt shard, or a
+            checkpoint that does not fit.
     """
-    adapter = adapter_for(path)
-    model_class = type(adapter.empty_model(adapter.read_config(path)))
-    with _weights_on_meta(model_class):
-        model, processor = adapter.load(str(path), device="meta")
+    folder = open_folder(path, encoders)
+    if folder.weights is None:
+        return load_model(folder)
+    adapter = folder.adapter
+    model_class = type(adapter.empty_model(adapter.read_config(str(folder.path))))
+    with _weights_on_meta(model_class, folder.weights.shapes()):
+        model, processor = adapter.load(str(folder.path), device="meta")
     return model, processor, adapter
 
 
@@ -176,7 +213,7 @@ def _slot_rows(config, adapter, per_slot, flops):
     return rows
 
 
-def inspect_model(path):
+def inspect_model(path, encoders=None):
     """Describe a model folder: slots, fusion, parameters, FLOPs. Returns a JSON-able dict.
 
     Nothing is loaded but the config, the safetensors headers and the processor (:func:`meta_load`).
@@ -187,7 +224,7 @@ def inspect_model(path):
         ModelLoadError: the folder is not a model, its family is unsupported, or its checkpoint
             does not fit its config.
     """
-    model, processor, adapter = meta_load(path)
+    model, processor, adapter = meta_load(path, encoders)
     config = model.config
     per_slot = adapter.slot_parameters(model)
     parts = adapter.parts(model)

@@ -8,7 +8,6 @@ from pathlib import Path
 from ..errors import ConfigError, ModelLoadError
 from ..files import CONFIG_NAME, read_json
 from .folder import KeyProblems
-from .registry import adapter_for_config
 
 DTYPES = ("float32", "bfloat16", "float16")
 SHOWN_KEYS = 3  # keys named per kind of problem in a load error
@@ -125,35 +124,57 @@ def read_config(path):
     return read_json(folder / CONFIG_NAME, "re-save the model", ModelLoadError)
 
 
-def adapter_for(path):
-    """The adapter of the model family stored at ``path``."""
-    data = read_config(path)
-    if not data.get("model_type"):
-        raise ModelLoadError(f"{path}/config.json has no model_type; it is not a transformers model folder")
-    return adapter_for_config(data)
+def open_folder(path, encoders=None, weights=True):
+    """``path`` as a checked :class:`~encslim.models.folder.ModelFolder` (one passes through): the config,
+    the family and every safetensors header read once, each shard checked before any work.
+
+    A folder whose weights are ``.bin`` only opens without headers (the loader reads them safely).
+
+    Raises:
+        ModelLoadError: not a model folder, a truncated or garbled shard (one line naming it and the fix).
+        ConfigError: ``encoders`` names a slot the model does not have.
+    """
+    from .folder import ModelFolder
+
+    return ModelFolder.open(path, encoders=encoders, weights=weights, other_formats=True)
 
 
-def load_model(path, device="cpu", dtype="float32", device_map=None):
+def adapter_for(path, encoders=None):
+    """The adapter of the model family stored at ``path`` (a folder or a ``ModelFolder``), its weights
+    checked (:func:`open_folder`) and bound to the folder's encoder folders."""
+    return open_folder(path, encoders).adapter
+
+
+def load_model(path, device="cpu", dtype="float32", device_map=None, encoders=None):
     """Load a model folder.
 
+    The folder is opened first (:func:`open_folder`: one read of config and headers, the shard check)
+    so a truncated or garbled shard is refused in one line before any weight is read.
+
     Args:
-        path: a local folder with ``config.json`` and safetensors weights.
+        path: a local folder with ``config.json`` and safetensors weights, or a
+            :class:`~encslim.models.folder.ModelFolder` (its encoder folders are used).
         device: where to put the model (ignored with ``device_map``).
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         device_map: e.g. ``"auto"`` to spread a model larger than one device (needs accelerate).
+        encoders: ``{slot: folder}`` of encoders the checkpoint does not hold (Cambrian).
 
     Returns:
-        ``(model, processor, adapter)``.
+        ``(model, processor, adapter)``; the adapter is bound to the folder's encoder folders.
 
     Raises:
-        ModelLoadError: not a model folder, unsupported family, or weights that do not load or do not
-            match the config (missing, unexpected or mis-shaped keys: never random weights).
+        ModelLoadError: not a model folder, unsupported family, a truncated or corrupt shard, or weights
+            that do not load or do not match the config (missing, unexpected or mis-shaped keys: never
+            random weights).
+        ConfigError: ``encoders`` names a slot the model does not have.
     """
     import torch
 
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype '{dtype}' unknown; use one of {', '.join(DTYPES)}")
-    adapter = adapter_for(path)
+    folder = open_folder(path, encoders)
+    adapter = folder.adapter
+    path = folder.path
     try:
         model, processor = adapter.load(str(path), device=device, dtype=getattr(torch, dtype), device_map=device_map)
     except pickle.UnpicklingError as err:

@@ -85,6 +85,10 @@ class Family:
             Auto classes (:func:`encslim.register_transformers`); ``None``: stock classes.
         serving: ``"module:Class"`` of the family's vLLM model, for the vLLM plugin (``None``: not
             served, or served by a stock vLLM class after export).
+        external_encoders: ``"module:function"`` taking a ``config.json`` dict and returning the slots
+            whose encoders the checkpoint does not hold (named by ``--encoder SLOT=PATH``; standard
+            library only); the family's adapter then has ``with_encoders({slot: folder})``, the
+            adapter reading its configs with those folders. ``None``: the checkpoint holds every encoder.
     """
 
     name: str
@@ -97,6 +101,7 @@ class Family:
     exports: tuple[str, ...] = ()
     transformers: str | None = None
     serving: str | None = None
+    external_encoders: str | None = None
     model_types: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +114,7 @@ class Family:
                 raise ValueError(f"family '{self.name}': model_type must be an identifier, got {model_type!r}")
         if self.plan is not None and (not isinstance(self.plan, str) or ":" in self.plan):
             raise ValueError(f"family '{self.name}': plan must name a module, got {self.plan!r}")
-        for ref in (self.detect, self.tiny, self.transformers, self.serving,
+        for ref in (self.detect, self.tiny, self.transformers, self.serving, self.external_encoders,
                     *(a for a in self.adapters.values() if isinstance(a, str))):
             if ref is not None and (not isinstance(ref, str) or ref.count(":") != 1):
                 raise ValueError(f"family '{self.name}': {ref!r} is not a 'module:attribute' reference")

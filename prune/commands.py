@@ -93,13 +93,13 @@ def _print_verification(verification):
 @click.option("--samples", "num_samples", type=int, default=4, show_default=True, help="Verification samples K.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def prune_cmd(model, drop, ranking, keep, min_retained, drop_negative, budget, cost, category, on, out, dry_run,
-              verify, verify_method, overwrite, streaming, max_shard_size, data, num_samples, as_json):
+              verify, verify_method, overwrite, streaming, max_shard_size, data, num_samples, as_json, encoders=None):
     """Remove encoder slots from MODEL and write the pruned model to --out."""
     from .select import read_ranking, select
     from .surgery import model_slots, open_folder, prune
 
     names = [n.strip() for item in drop for n in item.split(",") if n.strip()] or None
-    model = open_folder(model)  # config, family and weight headers read once for both calls below
+    model = open_folder(model, encoders)  # config, family and weight headers read once for both calls below
     slots = model_slots(model)
     selection = select(slots, drop=names, ranking=read_ranking(ranking) if ranking else None, keep=keep,
                        min_retained=min_retained, drop_negative=drop_negative, budget=budget, category=category,

@@ -112,17 +112,21 @@ def rank_cmd(**options):
 
 
 def rank_arguments(model_dir, data, out, subsets, mask_mode, categories, bootstrap, seed, shapley_permutations,
-                   batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, threads, overwrite, **_):
-    """``(model_dir, data, keyword arguments of rank())`` for the command's options.
+                   batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, threads, overwrite,
+                   encoders=None, **_):
+    """``(model, data, keyword arguments of rank())`` for the command's options; ``model`` is MODEL_DIR
+    opened with its ``--encoder`` folders (a ModelFolder: config, family and every shard checked).
 
     Raises:
         click.UsageError: no MODEL_DIR or no --data.
     """
+    from ..models.loading import open_folder
+
     if not model_dir:
         raise click.UsageError("missing MODEL_DIR (or rank from prediction files with --predictions KEY=PATH)")
     if not data:
         raise click.UsageError("missing option '--data'")
-    return model_dir, list(data), dict(
+    return open_folder(model_dir, encoders), list(data), dict(
         subsets=subsets, mask_mode=mask_mode, categories=list(categories) or None, out=out, bootstrap=bootstrap,
         seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens, shapley_permutations=shapley_permutations,
         cache=cache, overwrite=overwrite, device=device, dtype=dtype, feature_memory_gb=feature_memory_gb,

@@ -31,9 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- reading the model
-def open_folder(model_dir):
-    """``model_dir`` as a :class:`~encslim.models.folder.ModelFolder` (opened once; one passes through)."""
-    return model_dir if isinstance(model_dir, ModelFolder) else ModelFolder.open(model_dir)
+def open_folder(model_dir, encoders=None):
+    """``model_dir`` as a :class:`~encslim.models.folder.ModelFolder` (opened once; one passes through),
+    with the encoder folders ``encoders`` (``{slot: folder}``, ``--encoder``)."""
+    return ModelFolder.open(model_dir, encoders=encoders)
 
 
 def _adapter_and_config(folder):
@@ -174,7 +175,7 @@ def verification_method(verify, method, fits):
     return "module-local", "the model does not fit in memory (full verification builds both models in fp32)"
 
 
-def _verify(method, reason, checkpoint, tmp, plan, data, num_samples):
+def _verify(method, reason, checkpoint, tmp, plan, data, num_samples, source=None):
     """The manifest's verification entry: run ``method`` on the pruned folder ``tmp`` (see :func:`prune`)."""
     if method is None:
         return {"skipped": True, "reason": reason}
@@ -184,7 +185,8 @@ def _verify(method, reason, checkpoint, tmp, plan, data, num_samples):
         return verify_module_local(checkpoint, tmp, plan, reason=reason)
     from .verify import verify_pruned
 
-    return {**verify_pruned(checkpoint.folder, tmp, plan, data=data, num_samples=num_samples), "reason": reason}
+    source = checkpoint.folder if source is None else source  # the ModelFolder: its encoder folders too
+    return {**verify_pruned(source, tmp, plan, data=data, num_samples=num_samples), "reason": reason}
 
 
 def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_size=DEFAULT_MAX_SHARD_SIZE,
@@ -244,7 +246,7 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
                     "streaming" if streaming else "in-memory")
         result = execute(plan, folder, tmp, streaming, max_shard_size)
         _check_output(tmp, torch_free, result["config"])
-        verification = _verify(method, reason, checkpoint, tmp, plan, data, num_samples)
+        verification = _verify(method, reason, checkpoint, tmp, plan, data, num_samples, source=folder)
         manifest = write_manifest(
             tmp, stage="prune", source=model_dir, removed=plan.drop, kept=plan.kept,
             plan=plan.to_dict(), ranking=selection, verification=verification,

@@ -13,13 +13,13 @@ import click
 @click.option("--force", is_flag=True, help="Rerun the selected stages even if their inputs are unchanged.")
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (default: the cores no other process keeps busy, or ENCSLIM_THREADS).")
-def run_cmd(recipe, overrides, stages, force, threads):
+def run_cmd(recipe, overrides, stages, force, threads, encoders=None):
     """Run RECIPE (a YAML file) end to end; OVERRIDES are key.sub=value pairs."""
     from .runner import run_recipe
     from .stages import format_summary
 
     summary = run_recipe(_find(recipe), overrides=overrides, stages=stages, force=force, echo=click.echo,
-                         threads=threads)
+                         threads=threads, encoders=encoders)
     click.echo(format_summary(summary))
 
 

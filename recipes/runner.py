@@ -88,7 +88,7 @@ def _elapsed(started):
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print, threads=None):
+def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print, threads=None, encoders=None):
     """Run a recipe. Returns the summary dict (also written to ``<run>/summary.json``).
 
     Args:
@@ -102,14 +102,17 @@ def run_recipe(recipe_path, overrides=(), stages=None, force=False, echo=print, 
         threads: torch CPU threads (:func:`encslim.runtime.configure_threads`; ``None``: the
             process's earlier choice, else ``ENCSLIM_THREADS``, else automatic; ``0``: leave torch's
             setting alone).
+        encoders: ``{slot: folder}`` (``--encoder``) over the recipe's ``encoders:``; the stages open the
+            recipe's model with them.
     """
     from . import stages as stage_impl
 
     recipe = load_recipe(recipe_path, overrides)
-    if recipe.encoders:
-        from ..models.external import parse_encoder_args, set_encoder_paths
+    if recipe.encoders:  # checked now; the stages open the model with them (stages.source_model)
+        from ..models.external import parse_encoder_args
 
-        set_encoder_paths(parse_encoder_args([f"{k}={v}" for k, v in recipe.encoders.items()], what="encoders:"))
+        recipe.encoders = parse_encoder_args([f"{k}={v}" for k, v in recipe.encoders.items()], what="encoders:")
+    recipe.encoders = {**recipe.encoders, **dict(encoders or {})}
     wanted = list(STAGES) if not stages else list(stages)
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:

@@ -30,6 +30,14 @@ def _model_path(ctx):
     return ctx.recipe.model
 
 
+def source_model(ctx):
+    """The recipe's model opened with its ``encoders:`` (a ModelFolder: config, family and every shard
+    checked before the stage's work; the stages pass it on, so the encoder folders travel with it)."""
+    from ..models.loading import open_folder
+
+    return open_folder(_model_path(ctx), ctx.recipe.encoders)
+
+
 def _data_files(ctx, split):
     files = getattr(ctx.recipe.data, split)
     if files == [DEMO]:
@@ -73,12 +81,12 @@ def _run_rank(ctx, tmp):
                    device=ctx.recipe.device, dtype=ctx.recipe.dtype, overwrite=True,
                    cache=previous if (previous / "records.jsonl").is_file() else None)
     if r.recover is None:
-        ranking = rank(_model_path(ctx), _data_files(ctx, "eval"), **options)
+        ranking = rank(source_model(ctx), _data_files(ctx, "eval"), **options)
     else:
         from .recover import RecoverySettings, rank_and_recover
 
         settings = RecoverySettings(data=_data_files(ctx, "train"), seed=r.seed, **r.recover.model_dump())
-        ranking = rank_and_recover(_model_path(ctx), _data_files(ctx, "eval"), settings, echo=ctx.echo,
+        ranking = rank_and_recover(source_model(ctx), _data_files(ctx, "eval"), settings, echo=ctx.echo,
                                    resume_from=previous if previous.is_dir() else None, **options)
     outputs = {"ranking": str(tmp / "ranking"), "slots": list(ranking.data["slots"]),
                "accuracy_full": ranking.data["accuracy"]["full"]}
@@ -104,7 +112,7 @@ def _run_prune(ctx, tmp):
 
     selection = _select(ctx)
     p = ctx.recipe.prune
-    manifest = prune(_model_path(ctx), selection.drop, tmp / "model", verify=p.verify, streaming=p.streaming,
+    manifest = prune(source_model(ctx), selection.drop, tmp / "model", verify=p.verify, streaming=p.streaming,
                      max_shard_size=p.max_shard_size, data=_data_files(ctx, "eval") if p.verify else None,
                      selection=selection.to_dict())
     return {"model": str(tmp / "model"), "dropped": list(selection.drop), "selection": selection.reason,
@@ -153,7 +161,7 @@ def _run_bench(ctx, tmp):
                              device=ctx.recipe.device)
     data = _data_files(ctx, "eval") if b.accuracy and ctx.recipe.data.eval else ()
     variant = _variant_name(ctx)
-    report = run_bench(_model_path(ctx), [_final_model(ctx)], out=tmp / "report", settings=settings, data=data,
+    report = run_bench(source_model(ctx), [_final_model(ctx)], out=tmp / "report", settings=settings, data=data,
                        names=["full", variant])
     return {"report": str(tmp / "report"), "bench_json": str(tmp / "report" / "bench.json"),
             "variant": variant, "summary": _bench_summary(report)}

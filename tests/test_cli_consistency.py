@@ -202,7 +202,7 @@ def test_bench_console_shows_every_batch_size_accuracy_and_the_flag_reason(monke
     monkeypatch.setattr(benchmark, "run_bench", fake_run_bench)
     result = CliRunner().invoke(cli, ["bench", "demo", str(variant), "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
-    assert seen["full"] == str(demo_model_path())
+    assert str(seen["full"]) == str(demo_model_path())  # opened (a ModelFolder) before the benchmark
     out = result.output
     assert "batch size 1" in out and "batch size 4" in out
     assert "1.29x" in out and "1.02x" in out

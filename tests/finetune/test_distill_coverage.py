@@ -163,18 +163,19 @@ def test_deepseek_vl_student_of_the_hybrid(data, tmp_path, parts):
 
 
 def test_cambrian_student(tiny_cambrian, data, tmp_path, parts):
-    """The full Cambrian folder names no encoder folders: they are registered for the pruning and the teacher."""
-    from encslim.models.external import clear_encoder_paths, set_encoder_paths
+    """A full Cambrian folder whose config.json names its encoder folders (as encslim's outputs do): the pruning
+    and the teacher find them there."""
+    import shutil
 
-    full, paths = tiny_cambrian
-    clear_encoder_paths()
-    set_encoder_paths(paths)
-    try:
-        student = _pruned(full, "dinov2", tmp_path)
-        out = tmp_path / "out"
-        summary = finetune(student, data, out, distill_from=str(full), **RUN)
-    finally:
-        clear_encoder_paths()
+    from encslim.models.external import CONFIG_KEY
+
+    source, paths = tiny_cambrian
+    full = shutil.copytree(source, tmp_path / "full")
+    config = json.loads((full / "config.json").read_text())
+    (full / "config.json").write_text(json.dumps({**config, CONFIG_KEY: paths}))
+    student = _pruned(full, "dinov2", tmp_path)
+    out = tmp_path / "out"
+    summary = finetune(student, data, out, distill_from=str(full), **RUN)
     _check_distilled(summary, out, full)
     assert summary["slots"] == ["siglip", "clip", "convnext"] and len(parts) == 3
 

@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from encslim.models.external import CONFIG_KEY, clear_encoder_paths
+from encslim.models.external import CONFIG_KEY
 
 from ..conftest import make_image, run_main, write_jsonl
 
@@ -14,7 +14,6 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "cambrian_8b_prune.ya
 
 def test_cambrian_recipe_ranks_prunes_exports_and_benches(tiny_cambrian, tmp_path, capsys):
     folder, paths = tiny_cambrian
-    clear_encoder_paths()
     images = tmp_path / "images"
     images.mkdir()
     rows = []
@@ -25,13 +24,10 @@ def test_cambrian_recipe_ranks_prunes_exports_and_benches(tiny_cambrian, tmp_pat
     data = write_jsonl(tmp_path / "eval.jsonl", rows)
     recipe = shutil.copy(RECIPE, tmp_path / RECIPE.name)
     encoders = [f"encoders.{slot}={path}" for slot, path in paths.items()]
-    try:
-        code, out, err = run_main(
-            capsys, "run", recipe, f"model={folder}", f"data.eval=[{data}]", "device=cpu", "dtype=float32", *encoders,
-            f"out={tmp_path / 'runs'}", "rank.subsets=single", "rank.max_new_tokens=2", "select.policy=drop",
-            "select.drop=[dinov2]", "bench.batch_sizes=[1]", "bench.max_new_tokens=2")
-    finally:
-        clear_encoder_paths()
+    code, out, err = run_main(
+        capsys, "run", recipe, f"model={folder}", f"data.eval=[{data}]", "device=cpu", "dtype=float32", *encoders,
+        f"out={tmp_path / 'runs'}", "rank.subsets=single", "rank.max_new_tokens=2", "select.policy=drop",
+        "select.drop=[dinov2]", "bench.batch_sizes=[1]", "bench.max_new_tokens=2")
     assert code == 0, err
     run = tmp_path / "runs" / "cambrian_8b_prune"
     ranking = json.loads((run / "rank" / "ranking" / "ranking.json").read_text())

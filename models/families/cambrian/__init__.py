@@ -9,4 +9,5 @@ register_family(Family(
     detect="encslim.models.families.cambrian.configuration:is_cambrian_config",
     tiny="encslim.models.families.cambrian.tiny:create",
     transformers="encslim.models.families.cambrian.modeling:register_auto_classes",
+    external_encoders="encslim.models.families.cambrian.configuration:external_slots",
 ))

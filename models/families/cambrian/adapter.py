@@ -20,12 +20,14 @@ The encoders are not in the checkpoint: :mod:`.encoders` loads them from local f
 outputs (``encslim_encoder_paths`` in ``config.json``) so that later stages find them.
 """
 
+import copy
+
 import torch
 
 from ....errors import ConfigError, ModelLoadError
 from ....files import CONFIG_NAME
 from ...adapter import Slot, TrainableParts
-from ...external import CONFIG_KEY, encoder_paths
+from ...external import CONFIG_KEY
 from ...layout import LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes, read_config_json
 from ...masking import FusionClass, MaskError, check_mask_set
 from .configuration import CAMBRIAN_KEYS, KINDS, MODEL_TYPE, IMAGE_TOKEN_INDEX, CambrianConfig, is_cambrian_config, tower_kind
@@ -35,14 +37,14 @@ from .processing import IMAGE_PLACEHOLDER, CambrianProcessor
 
 HOW_TO_LOAD = """\
 import encslim
-from encslim.models.external import set_encoder_paths
-set_encoder_paths({paths})  # the local encoder folders (saved in config.json as encslim_encoder_paths)
-model, processor, adapter = encslim.load_model("{name}")
+# the local encoder folders are saved in config.json (encslim_encoder_paths); others: encoders={{slot: folder}}
+model, processor, adapter = encslim.load_model("{name}", encoders={paths})
 """
 
 
-def read_cambrian_config(path):
-    """The :class:`CambrianConfig` of a folder, with the encoder folders named in this process merged in."""
+def read_cambrian_config(path, encoders=None):
+    """The :class:`CambrianConfig` of a folder, with the encoder folders ``encoders`` (``{slot: folder}``,
+    those of its slots) over the ones saved in its ``config.json``."""
     data = read_config_json(path)
     missing = [k for k in CAMBRIAN_KEYS if k not in data]
     if missing:
@@ -56,7 +58,7 @@ def read_cambrian_config(path):
         raise ModelLoadError(f"{path}/{CONFIG_NAME}: mm_vision_tower_aux_token_len_list has {len(lens)} entries for "
                              f"{len(towers)} encoders; they must match")
     config = make_config(CambrianConfig, data, path, "Cambrian")
-    named = {k: v for k, v in encoder_paths().items() if k in config.slot_names}
+    named = {k: v for k, v in dict(encoders or {}).items() if k in config.slot_names}
     paths = {**config.encoder_paths, **named}
     if paths:
         setattr(config, CONFIG_KEY, paths)
@@ -91,12 +93,19 @@ class CambrianAdapter(LayoutAdapter):
 
     model_type = MODEL_TYPE
     model_class = CambrianLlamaForCausalLM
+    encoder_folders = {}  # {slot: folder} this adapter reads configs with (with_encoders)
+
+    def with_encoders(self, encoders):
+        """A copy of this adapter reading every config with the encoder folders ``encoders`` ({slot: folder})."""
+        bound = copy.copy(self)
+        bound.encoder_folders = {**self.encoder_folders, **dict(encoders or {})}
+        return bound
 
     def matches(self, config_dict):
         return is_cambrian_config(config_dict)
 
     def read_config(self, path):
-        return read_cambrian_config(path)
+        return read_cambrian_config(path, self.encoder_folders)
 
     def slots(self, config):
         return [Slot(s, config.kind(s), int(config.geometry(s)["image_size"]), config.token_len(s),

@@ -84,6 +84,12 @@ def slot_names(hub_ids):
     return names
 
 
+def external_slots(config_dict):
+    """The slots of a ``config.json`` dict, whose encoders the checkpoint does not hold (every one):
+    what ``--encoder SLOT=PATH`` may name (the family record's ``external_encoders``)."""
+    return slot_names(config_dict.get("mm_vision_tower_aux_list") or [])
+
+
 def is_cambrian_config(config_dict):
     """Whether a ``config.json`` dict is Cambrian-1 with the SVA connector (by its keys, not ``model_type``)."""
     return (str(config_dict.get("mm_projector_type", "")) == "sva"

@@ -10,19 +10,12 @@ from safetensors import safe_open
 
 import encslim
 from encslim.errors import ConfigError
-from encslim.models.external import CONFIG_KEY, clear_encoder_paths, set_encoder_paths
+from encslim.models.external import CONFIG_KEY
 
 from ...conftest import make_image, run_main, write_jsonl
 
 SLOTS = ["siglip", "clip", "dinov2", "convnext"]
 ATOL = 1e-4
-
-
-@pytest.fixture(autouse=True)
-def _fresh_registry():
-    clear_encoder_paths()
-    yield
-    clear_encoder_paths()
 
 
 def encoder_args(paths):
@@ -46,10 +39,7 @@ def inputs(adapter, processor, masked=frozenset()):
 @pytest.fixture(scope="module")
 def loaded(tiny_cambrian):
     folder, paths = tiny_cambrian
-    set_encoder_paths(paths)
-    model, processor, adapter = encslim.load_model(folder)
-    clear_encoder_paths()
-    return model, processor, adapter
+    return encslim.load_model(folder, encoders=paths)
 
 
 def logits(model, adapter, batch, masked=frozenset(), mode="removal"):
@@ -125,14 +115,14 @@ def test_zero_mask_is_not_the_removal_mask(loaded):
 
 @pytest.mark.parametrize("slot", SLOTS)
 def test_pruned_model_computes_the_removal_masked_one(loaded, tiny_cambrian, tmp_path, slot):
+    from encslim.models.folder import ModelFolder
     from encslim.prune.surgery import prune
 
     folder, paths = tiny_cambrian
     model, processor, adapter = loaded
-    set_encoder_paths(paths)
     out = tmp_path / f"no-{slot}"
-    prune(folder, [slot], out, verify=False, streaming=True)
-    clear_encoder_paths()  # the pruned folder names its encoders itself
+    prune(ModelFolder.open(folder, encoders=paths), [slot], out, verify=False, streaming=True)
+    # the pruned folder names its encoders itself
     config = json.loads((out / "config.json").read_text())
     kept = [s for s in SLOTS if s != slot]
     assert len(config["mm_vision_tower_aux_list"]) == 3 and len(config["mm_vision_tower_aux_token_len_list"]) == 3
@@ -231,12 +221,11 @@ def test_rank_prune_eval_finetune_export_through_the_cli(tiny_cambrian, tmp_path
         ranking = json.loads((tmp_path / f"rank-{mode}" / "ranking.json").read_text())
         assert ranking["mask_mode"] == mode and ranking["slots"] == SLOTS
         assert f"{mode} mask" in out
-    clear_encoder_paths()
     pruned = tmp_path / "pruned"
     code, out, err = run_main(capsys, "prune", folder, "--drop", "dinov2", "-o", pruned, *encoder_args(paths))
     assert code == 0, err
     assert "verification: passed" in out
-    clear_encoder_paths()  # from here on the pruned folder's own encslim_encoder_paths are enough
+    # from here on the pruned folder's own encslim_encoder_paths are enough
     code, out, err = run_main(capsys, "eval", pruned, "--data", data, "--out", tmp_path / "eval",
                               "--max-new-tokens", "2")
     assert code == 0, err
