@@ -272,8 +272,13 @@ def _batch_features(run, items, mask_sets):
 
 
 def _text_inputs(run, items, rows, masked=frozenset()):
-    batch = run.adapter.prepare_batch(run.processor, None, [items[i].prompt for i in rows], masked=masked,
-                                      mask_mode=run.mask_mode)
+    prompts = [items[i].prompt for i in rows]
+    images = [items[i].sample.image for i in rows]
+    with_images = getattr(run.adapter, "image_text_inputs", None)  # text that depends on the images (tiles)
+    if with_images is not None and all(im is not None for im in images):
+        batch = with_images(run.processor, images, prompts, masked=masked, mask_mode=run.mask_mode)
+    else:
+        batch = run.adapter.prepare_batch(run.processor, None, prompts, masked=masked, mask_mode=run.mask_mode)
     device = run.model.device
     return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
 

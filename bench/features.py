@@ -139,8 +139,20 @@ class FeatureStore:
         for slot in slots:
             parts = [fresh[(row, slot)] if (row, slot) in fresh else self.get(key, slot).to(device)
                      for row, key in enumerate(keys)]
-            out[slot] = torch.stack([p.to(device) for p in parts])
+            out[slot] = stack_padded([p.to(device) for p in parts])
         return out
+
+
+def stack_padded(rows):
+    """``(B, N_max, D)`` from per-sample ``(N_i, D)`` features, zeros after a shorter row's own tokens (an
+    image tiled into fewer tiles than another's: its prompt holds only its own ``N_i`` image tokens)."""
+    longest = max(r.shape[0] for r in rows)
+    if all(r.shape[0] == longest for r in rows):
+        return torch.stack(rows)
+    out = rows[0].new_zeros(len(rows), longest, *rows[0].shape[1:])
+    for i, row in enumerate(rows):
+        out[i, :row.shape[0]] = row
+    return out
 
 
 def with_placeholders(features, adapter, config, batch_size, device, dtype):
@@ -189,14 +201,27 @@ def mean_features(model, processor, adapter, samples, batch_size=8, progress=Fal
     chunks = [with_images[i:i + batch_size] for i in range(0, len(with_images), batch_size)]
     for chunk in progress_bar(chunks, desc="mean features", progress=None if progress else False):
         prompts = [adapter.build_prompt(processor, "") for _ in chunk]
-        features = encode_images(model, processor, adapter, [s.image for s in chunk], prompts, slots)
+        images = [s.image for s in chunk]
+        features = encode_images(model, processor, adapter, images, prompts, slots)
+        lengths = _feature_lengths(adapter, processor, images)
         for slot, value in features.items():
-            totals[slot] += value.detach().double().sum(dim=(0, 1)).cpu()
-            totals[f"#{slot}"] += value.shape[0] * value.shape[1]
+            if lengths is None:  # every row all real tokens
+                totals[slot] += value.detach().double().sum(dim=(0, 1)).cpu()
+                totals[f"#{slot}"] += value.shape[0] * value.shape[1]
+                continue
+            for row, n in zip(value, lengths):  # padded rows (tiles): only each image's own tokens
+                totals[slot] += row[:n].detach().double().sum(dim=0).cpu()
+                totals[f"#{slot}"] += n
     totals = distributed.all_reduce_sum(totals)
     if any(float(totals[f"#{s}"]) == 0 for s in slots):
         raise DataError("mask mode 'mean' needs samples with images to average features over; add some")
     return {s: (totals[s] / totals[f"#{s}"]).float() for s in slots}
+
+
+def _feature_lengths(adapter, processor, images):
+    """Per image its real feature tokens when the family pads rows (``adapter.feature_lengths``), else None."""
+    lengths = getattr(adapter, "feature_lengths", None)
+    return None if lengths is None else list(lengths(processor, images))
 
 
 class EncoderCounter:

@@ -6,8 +6,10 @@ positions), strict loading, and the stage CLIs (inspect/eval/rank/prune/bench/fi
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -276,3 +278,118 @@ def test_finetune_lora_one_step(tiny, tmp_path, capsys):
     saved = load_file(str(out / "adapter_model.safetensors"))
     assert any(".lora_" in k and "language_model.model.layers." in k for k in saved)
     assert not any("vision_towers" in k for k in saved)
+
+
+# ------------------------------------------------------------------------------------------ dynamic tiles
+def _image(seed, width, height):
+    rng = np.random.RandomState(seed)
+    return Image.fromarray(rng.randint(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def test_800x600_gives_the_originals_tile_counts():
+    """Eagle2's find_closest_aspect_ratio (area-weighted): 3x2 grid + thumbnail at max 6, 4x3 + thumbnail at 12."""
+    from encslim.models.families.eagle2.processing import count_tiles, split_tiles, tile_grid
+
+    assert tile_grid(800, 600, 448, 1, 6) == (3, 2) and count_tiles(800, 600, 448, 1, 6) == 7
+    assert tile_grid(800, 600, 448, 1, 12) == (4, 3) and count_tiles(800, 600, 448, 1, 12) == 13
+    assert count_tiles(448, 448, 448, 1, 12) == 1  # one tile: no thumbnail
+    assert tile_grid(1000, 1000, 448, 1, 12) == (2, 2)  # a large square is tiled too (the area term)
+    tiles = split_tiles(_image(0, 800, 600), 448, 1, 6)
+    assert [t.size for t in tiles] == [(448, 448)] * 7
+
+
+def test_processor_tiles_and_expands_by_the_config(tiny):
+    processor, adapter = tiny["processor"], tiny["adapter"]
+    assert (processor.dynamic, processor.thumbnail, processor.max_tiles) == (True, True, 12)
+    wide, square = _image(1, 200, 150), _image(2, 40, 40)  # tile 112: 4x3 + thumbnail; one tile
+    batch = adapter.prepare_batch(processor, [wide, square], [adapter.build_prompt(processor, q) for q in QUESTIONS])
+    assert batch["num_tiles"].tolist() == [13, 1] and tuple(batch["pixel_values"].shape) == (14, 3, 112, 112)
+    context = adapter.image_token_id(tiny["model"].config)
+    assert (batch["input_ids"] == context).sum(dim=1).tolist() == [13 * 16, 16]
+    # the thumbnail (last tile of the wide image) is the whole image at 112 px, as one untiled view
+    torch.testing.assert_close(batch["pixel_values"][12], processor.pixel_values([wide], tiled=False)[0])
+
+
+def test_a_batch_of_different_tile_counts_equals_each_image_alone(tiny):
+    model, processor, adapter = tiny["model"], tiny["processor"], tiny["adapter"]
+    images = [_image(3, 200, 150), _image(4, 40, 40), _image(5, 90, 200)]
+    prompts = [adapter.build_prompt(processor, q) for q in QUESTIONS + ["Why?"]]
+    batch = adapter.prepare_batch(processor, images, prompts)
+    with torch.no_grad():
+        together = adapter.next_token_logits(model, adapter.encode(model, batch), batch)
+        for i, (image, prompt) in enumerate(zip(images, prompts)):
+            alone = adapter.prepare_batch(processor, [image], [prompt])
+            logits = adapter.next_token_logits(model, adapter.encode(model, alone), alone)
+            assert (logits[0] - together[i]).abs().max().item() < 1e-5
+        # the original's forward (all tiles concatenated, every <IMG_CONTEXT> replaced in order) agrees
+        full = model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"],
+                     attention_mask=batch["attention_mask"]).logits
+        split = adapter.decode(model, adapter.encode(model, batch), batch).logits
+    assert (full - split).abs().max().item() < 1e-5
+
+
+def test_tiles_round_trip_through_the_feature_store(tiny):
+    """Features kept per sample (different lengths) and text built from the images' sizes give the pixel
+    path's logits; evaluate() with the store equals evaluate() without any cache, in every mask mode."""
+    from encslim.bench.evaluate import evaluate
+    from encslim.bench.features import FeatureStore, mean_features
+    from encslim.data.samples import Sample
+
+    model, processor, adapter = tiny["model"], tiny["processor"], tiny["adapter"]
+    sizes = [(200, 150), (40, 40), (90, 200), (160, 60), (48, 48)]
+    samples = [Sample(id=f"s{i}", question="Which option?", answers=["A"], image=_image(10 + i, *size),
+                      options={"A": "red", "B": "blue"}, metric="mcq", dataset="t") for i, size in enumerate(sizes)]
+    assert [processor.num_tiles(s.image) for s in samples] == [13, 1, 3, 11, 1]
+    values = mean_features(model, processor, adapter, samples, batch_size=3)
+    for mode in ("removal", "zero", "mean"):
+        masks = [frozenset(), frozenset({"siglip"})] + ([frozenset({"siglip", "convnext"})] if mode != "removal" else [])
+        kwargs = dict(mask_mode=mode, batch_size=2, max_new_tokens=2, mask_values=values if mode == "mean" else None)
+        store = FeatureStore()
+        stored = [evaluate(model, processor, adapter, samples, mask_sets=[m], features=store, **kwargs) for m in masks]
+        assert len(store) == len(samples)
+        for masked, result in zip(masks, stored):
+            plain = evaluate(model, processor, adapter, samples, mask_sets=[masked], feature_cache=False, **kwargs)
+            assert plain.predictions[masked] == result.predictions[masked]
+    # the mean counts each image's own tokens only (not the padding after a 1-tile image's row)
+    batch = adapter.prepare_batch(processor, [s.image for s in samples], ["<image>"] * len(samples))
+    with torch.no_grad():
+        features = adapter.encode(model, batch)
+    lengths = [processor.num_tiles(s.image) * 16 for s in samples]
+    for slot, value in features.items():
+        mean = torch.cat([row[:n] for row, n in zip(value, lengths)]).double().mean(dim=0).float()
+        torch.testing.assert_close(values[slot], mean, atol=1e-5, rtol=0)
+
+
+def test_cached_features_and_image_sized_text_equal_the_pixel_path(tiny):
+    from encslim.bench.features import FeatureStore
+
+    model, processor, adapter = tiny["model"], tiny["processor"], tiny["adapter"]
+    images = [_image(20, 200, 150), _image(21, 40, 40)]
+    prompts = [adapter.build_prompt(processor, q) for q in QUESTIONS]
+    store = FeatureStore()
+    with torch.no_grad():
+        for key, image, prompt in zip("ab", images, prompts):  # stored one at a time: rows of 208 and 16 tokens
+            store.batch([key], ["siglip", "convnext"], lambda rows, slots: adapter.encode(
+                model, adapter.prepare_batch(processor, [image], [prompt]), slots), model.device)
+        features = store.batch(["b", "a"], ["siglip", "convnext"], None, model.device)
+        assert tuple(features["siglip"].shape[:2]) == (2, 13 * 16)
+        text = adapter.image_text_inputs(processor, images[::-1], prompts[::-1])
+        cached = adapter.next_token_logits(model, features, text)
+        pixels = adapter.prepare_batch(processor, images[::-1], prompts[::-1])
+        direct = adapter.next_token_logits(model, adapter.encode(model, pixels), pixels)
+    assert (cached - direct).abs().max().item() < 1e-5
+
+
+def test_max_tiles_override_in_processor_config(tiny, tmp_path):
+    folder = tmp_path / "max2"
+    shutil.copytree(tiny["folder"], folder)
+    config_file = folder / "processor_config.json"
+    data = json.loads(config_file.read_text())
+    assert data["max_tiles"] == 12 and data["dynamic"] is True
+    config_file.write_text(json.dumps({**data, "max_tiles": 2}))
+    _, processor, _ = encslim.load_model(str(folder))
+    assert processor.max_tiles == 2 and processor.num_tiles(_image(0, 200, 150)) == 3  # 2x1 + thumbnail
+    from encslim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max tiles 0 must be"):
+        processor.set_max_tiles(0)

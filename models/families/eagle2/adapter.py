@@ -5,17 +5,43 @@ and the ``<IMG_CONTEXT>`` embeddings it replaces; generation in ``language_model
 ``convnext``, class A2 (LayerNorm-first projector): see :mod:`.modeling` for the forward, :mod:`.plan` for
 the exact removal. Strict loading refuses any missing, unexpected or mis-shaped key; the one tolerated
 difference is the unused ConvNeXt classifier and SigLIP pooling head, sized from the checkpoint.
+
+Dynamic tiles (:mod:`.processing`): a batch holds every image's tiles and ``num_tiles``; :meth:`encode`
+gives each image's row its tiles' tokens one after the other, zero-padded to the batch's longest, and
+:meth:`embed` puts each row's first ``n_i`` fused tokens into its ``n_i`` ``<IMG_CONTEXT>`` places. The
+evaluator builds cached-feature prompts with :meth:`image_text_inputs` (tile counts from the image sizes)
+and counts only real tokens for mean features (:meth:`feature_lengths`). Fine-tuning builds its prompts
+without images, so :meth:`pixel_inputs` gives one untiled view per image (the thumbnail).
 """
+
+import torch
 
 from ....errors import ConfigError
 from ...adapter import Slot, TrainableParts
-from ...layout import LayoutAdapter, check_keys, from_pretrained, meta_shapes
+from ...layout import IMAGE_PLACEHOLDER, LayoutAdapter, check_keys, from_pretrained, meta_shapes
 from ...masking import FusionClass, check_mask_set
 from .configuration import (CONVNEXT, FUSION_ORDER, IMG_CONTEXT, MODEL_TYPE, SIGLIP, TOWER_PREFIX, fit_to_checkpoint,
                             is_eagle2_config, read_eagle2_config)
 from .modeling import Eagle2ChatModel, register_auto_classes
 from .plan import removal_plan
 from .processing import Eagle2Processor
+
+
+def per_image(tokens, tiles):
+    """``(sum T_i, N, D)`` tile tokens -> ``(B, T_max * N, D)``: each image's tiles in order, zeros after."""
+    parts = [p.reshape(-1, p.shape[-1]) for p in torch.split(tokens, tiles)]
+    out = tokens.new_zeros(len(parts), max(p.shape[0] for p in parts), tokens.shape[-1])
+    for row, part in enumerate(parts):
+        out[row, :part.shape[0]] = part
+    return out
+
+
+def _cover(features, masked, tokens):
+    """When every slot given is masked (zero / mean placeholders), stretch them to ``tokens`` rows: the fusion
+    reads only their shape, and a tiled prompt needs more rows than one tile's placeholder has."""
+    if any(s not in masked for s in features):
+        return features
+    return {s: f.new_zeros(f.shape[0], max(tokens, f.shape[1]), f.shape[-1]) for s, f in features.items()}
 
 
 def expected_shapes(config):
@@ -76,27 +102,65 @@ class Eagle2Adapter(LayoutAdapter):
             raise ConfigError(f"the model's tokenizer has no {IMG_CONTEXT} token")
         return token
 
+    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
+        """Prompts expanded by each image's tile count; every image's tiles and ``num_tiles`` (B,)."""
+        if images is None:
+            return processor.text_inputs(prompts)
+        images = list(images)
+        batch = self.image_text_inputs(processor, images, prompts)
+        batch.update(processor.image_inputs(images))
+        return batch
+
+    def image_text_inputs(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
+        """The text inputs of :meth:`prepare_batch` with images, without their pixels (a tile count needs only
+        the image's size): what the evaluator pairs with cached features."""
+        prompts = [p if IMAGE_PLACEHOLDER in p else f"{IMAGE_PLACEHOLDER}\n{p}" for p in prompts]
+        return processor.text_inputs(prompts, [processor.num_tiles(i) for i in images])
+
+    def feature_lengths(self, processor, images):
+        """Per image, the feature tokens it really has (the rest of its row in :meth:`encode` is padding)."""
+        return [processor.num_tiles(i) * processor.num_image_tokens for i in images]
+
+    def pixel_inputs(self, processor, images, masked=frozenset()):
+        """One S x S view per image (no tiles): training builds its prompts without the images, so one tile each."""
+        images = list(images)
+        return {"pixel_values": processor.pixel_values(images, tiled=False),
+                "num_tiles": torch.ones(len(images), dtype=torch.long)}
+
     # ------------------------------------------------------------------ the split forward
     def encode(self, model, batch, slots=None):
+        """``{slot: (B, T_max * N, D)}``: each row its image's tiles' tokens one after the other, zero-padded
+        after its own ``T_i * N`` (``num_tiles``; absent: one tile per pixel row)."""
         pixels = batch.get("pixel_values")
         if pixels is None:
             return {}
         pixels = pixels.to(model.device, model.dtype)
+        tiles = batch.get("num_tiles")
+        tiles = [1] * pixels.shape[0] if tiles is None else [int(t) for t in tiles]
+        if sum(tiles) != pixels.shape[0]:
+            raise ConfigError(f"num_tiles sums to {sum(tiles)} but pixel_values holds {pixels.shape[0]} tiles")
         wanted = set(model.config.slot_names if slots is None else slots)
-        return {s: model.slot_features(s, pixels) for s in model.config.slot_names if s in wanted}
+        return {s: per_image(model.slot_features(s, pixels), tiles) for s in model.config.slot_names if s in wanted}
 
     def fuse(self, model, features, masked=frozenset(), mask_mode="removal", mask_values=None):
         masked = check_mask_set(model.config.slot_names, masked, mask_mode, mask_values)
         return model.fuse(features, masked, mask_mode, mask_values)
 
     def embed(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None):
+        """Each row's first ``n_i`` fused tokens into its ``n_i`` ``<IMG_CONTEXT>`` places (row order)."""
         input_ids = batch["input_ids"].to(model.device)
         embeds = model.get_input_embeddings()(input_ids)
         if not features:
             return embeds
-        image = (input_ids == self.image_token_id(model.config)).unsqueeze(-1)
+        image = input_ids == self.image_token_id(model.config)
+        counts = image.sum(dim=1)
+        features = _cover(features, masked, int(counts.max()))
         fused = self.fuse(model, features, masked, mask_mode, mask_values)
-        return embeds.masked_scatter(image, fused.to(embeds.dtype))
+        if int(counts.max()) > fused.shape[1]:
+            raise ConfigError(f"a prompt holds {int(counts.max())} image tokens but its features only "
+                              f"{fused.shape[1]}: the text was built for more tiles than were encoded")
+        valid = torch.arange(fused.shape[1], device=fused.device).unsqueeze(0) < counts.to(fused.device).unsqueeze(1)
+        return embeds.masked_scatter(image.unsqueeze(-1), fused[valid].to(embeds.dtype))
 
     def generate(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None,
                  max_new_tokens=16, **generate_kwargs):
