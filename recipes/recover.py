@@ -186,7 +186,7 @@ def candidate_name(kept):
 def _fingerprint(model_path, settings, eval_settings):
     data = [{"path": str(Path(p).resolve()), "sha256": sha256_file(p) if Path(p).is_file() else None}
             for p in settings.data]
-    payload = {"model": str(model_path), "settings": {k: v for k, v in asdict(settings).items() if k != "data"},
+    payload = {"model": str(Path(model_path).resolve()), "settings": {k: v for k, v in asdict(settings).items() if k != "data"},
                "data": data, "evaluation": eval_settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -256,6 +256,7 @@ def rank_and_recover(model_path, data, settings, out, overwrite=False, resume_fr
     from ..prune.rank import rank
 
     from ..data.load import load_samples
+    from ..models.loading import open_folder
 
     check_recovery(settings, model_path, out, data)
     train = load_samples([Path(p) for p in settings.data])  # broken rows refused before the ranking is written
@@ -266,7 +267,7 @@ def rank_and_recover(model_path, data, settings, out, overwrite=False, resume_fr
         ranking = rank(model_path, data, out=out, overwrite=overwrite, batch_size=batch_size,
                        max_new_tokens=max_new_tokens, device=device, dtype=dtype, **rank_options)
         carry_over(previous, out)
-    recover(ranking.data, Path(model_path).resolve(), ranking.samples, out, settings,
+    recover(ranking.data, open_folder(model_path), ranking.samples, out, settings,  # keeps its --encoder folders
             {"batch_size": batch_size, "max_new_tokens": max_new_tokens}, device=device, dtype=dtype, echo=echo,
             train=train)
     ranking.data["evaluation"]["wall_s"] = round(time.perf_counter() - started, 3)
