@@ -47,10 +47,11 @@ state_dict keys of EVAVITVisionTower (prefix in the Eagle checkpoint:
 There is no final norm. The RoPE tables are registered with ``register_buffer(name, tensor)``
 (persistent=True), so they ARE state_dict entries; and because every ``Attention`` keeps the
 shared ``VisionRotaryEmbeddingFast`` module as ``self.rope``, ``Module.state_dict`` lists them once
-per block as well (same tensors). A safetensors checkpoint written by ``save_pretrained`` keeps only
-the first name of each shared tensor (``rope_win`` / ``rope_glb``) and drops the
-``blocks.{j}.attn.rope.*`` aliases; loading such a file must tolerate those as missing (loading
-``rope_win`` / ``rope_glb`` fills the shared module anyway, and the values are deterministic).
+per block as well (same tensors). transformers 4.44's ``save_pretrained`` refuses those shared
+tensors; Eagle's trainer passes ``{k: v.cpu()}`` copies (un-shared on a GPU), so its safetensors
+hold every alias (tests/parity/eagle). A checkpoint may also hold only ``rope_win`` / ``rope_glb``
+(transformers 5 drops shared aliases) or neither: loading tolerates the aliases as missing or
+unexpected (loading ``rope_win`` / ``rope_glb`` fills the shared module, and the values are deterministic).
 """
 
 DEFAULT_SPEC = {  # build_eva_vit(model_name='eva02-l-16', image_size=1024) as det-1024 calls it

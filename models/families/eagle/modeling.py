@@ -99,6 +99,9 @@ class EagleVisionLlamaForCausalLM(LlamaForCausalLM):
 
     config_class = EagleConfig
     _no_split_modules = ["LlamaDecoderLayer", "MultiBackboneChannelConcatenationVisionTower"]
+    # EVA's RoPE tables under every block's alias: what Eagle's trainer writes (its .cpu() copies un-share
+    # them); the shared rope_win / rope_glb tables hold the same values (tests/parity/eagle)
+    _keys_to_ignore_on_load_unexpected = [r"\.vision_tower\.blocks\.\d+\.attn\.rope\.freqs_(cos|sin)$"]
 
     def __init__(self, config):
         LlamaPreTrainedModel.__init__(self, config)
