@@ -8,9 +8,18 @@ LLaVA's, is its family's knowledge: the adapter's ``export_targets`` / ``export_
 source, converts it through the adapter, adds a chat template from the adapter's ``build_prompt``
 when the converted processor has none, writes the folder, and checks the stock classes' logits
 against the source's on probe images and prompts.
+
+The weights are written in the llava-hf key layout (``vision_tower.vision_model.*``,
+``multi_modal_projector.*``, ``language_model.model.*``, ``language_model.lm_head.*``), the layout of
+the llava-hf checkpoints: transformers 4.4x and 5 and vLLM all load it (transformers 5 saves its own
+layout, ``model.vision_tower.embeddings.*`` ..., which vLLM refuses). The image processor is the PIL
+one; a consumer that picks the torchvision one (transformers and vLLM do when torchvision is
+installed) resizes differently, so the card and the manifest name the backend to ask for.
 """
 
+import json
 import logging
+from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_output_dir, check_output_path
@@ -25,10 +34,25 @@ logger = logging.getLogger(__name__)
 ATOL = VERIFY_TOLERANCE
 NEEDS = "a model with one encoder slot and a projector that LLaVA holds"
 
+# the image processor the folder was verified with; torchvision's resize differs by up to ~0.01 per pixel
+IMAGE_BACKEND = "pil"
+# weight-name prefix -> llava-hf prefix, first match wins: transformers 5's module names (model.*, lm_head.*)
+# and what its save_pretrained writes (top level already llava-hf, the tower without its vision_model.)
+LLAVA_HF_PREFIXES = (("model.vision_tower.vision_model.", "vision_tower.vision_model."),
+                     ("model.vision_tower.", "vision_tower.vision_model."),
+                     ("vision_tower.vision_model.", "vision_tower.vision_model."),
+                     ("vision_tower.", "vision_tower.vision_model."),
+                     ("model.multi_modal_projector.", "multi_modal_projector."),
+                     ("multi_modal_projector.", "multi_modal_projector."),
+                     ("model.language_model.", "language_model.model."),
+                     ("language_model.model.", "language_model.model."),
+                     ("language_model.lm_head.", "language_model.lm_head."),
+                     ("lm_head.", "language_model.lm_head."))
+
 HOW_TO_LOAD = """\
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 model = LlavaForConditionalGeneration.from_pretrained("{name}")
-processor = AutoProcessor.from_pretrained("{name}")
+processor = AutoProcessor.from_pretrained("{name}", backend="{backend}")
 batch = processor(text=["{prompt}"], images=[image], return_tensors="pt")
 print(processor.batch_decode(model.generate(**batch, max_new_tokens=16)))
 """
@@ -97,16 +121,67 @@ def export_llava(model_dir, out, *, overwrite=False, max_shard_size="5GB", ranki
         llava.load_state_dict(state, strict=True)
         llava.generation_config = model.generation_config
         llava.save_pretrained(tmp, max_shard_size=max_shard_size)
+        write_llava_hf_layout(tmp)
         target_processor.save_pretrained(tmp)
         records = _verify(tmp, images, prompts, reference, atol)
+        serve = serve_command(out)
         manifest = finish_folder(
             tmp, source, "llava", slots=slot_rows(source.adapter, model.config), verification=records,
-            how_to_load=HOW_TO_LOAD.format(name=out, prompt=prompts[0].replace("\n", "\\n")),
+            how_to_load=HOW_TO_LOAD.format(name=out, prompt=prompts[0].replace("\n", "\\n"), backend=IMAGE_BACKEND),
             parameters=count_parameters(llava), fusion_class=source.adapter.fusion_class(model.config), ranking=ranking,
-            bench=bench, details={"architecture": "LlavaForConditionalGeneration"},
+            bench=bench, notes=[backend_note(serve)],
+            details={"architecture": "LlavaForConditionalGeneration", "key_layout": "llava-hf",
+                     "image_processor_backend": IMAGE_BACKEND, "serve": serve},
         )
     logger.info("exported %s -> %s (format llava)", model_dir, out)
     return manifest
+
+
+def llava_hf_key(key):
+    """The llava-hf name of a ``LlavaForConditionalGeneration`` weight name (either layout). Pure.
+
+    Raises:
+        ConfigError: a name outside LLaVA's four parts.
+    """
+    for old, new in LLAVA_HF_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    raise ConfigError(f"weight '{key}' is not part of a LlavaForConditionalGeneration")
+
+
+def write_llava_hf_layout(folder):
+    """Rename the weights ``save_pretrained`` wrote in ``folder`` to the llava-hf layout, shard by shard.
+
+    Every ``*.safetensors`` file is rewritten with :func:`llava_hf_key` names (same tensors, same
+    shards) and the shard index's ``weight_map`` follows.
+    """
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    for shard in sorted(folder.glob("*.safetensors")):
+        renamed = shard.with_name(shard.name + ".renamed")
+        save_file({llava_hf_key(k): v for k, v in load_file(shard).items()}, renamed, metadata={"format": "pt"})
+        renamed.replace(shard)
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text(encoding="utf-8"))
+        data["weight_map"] = {llava_hf_key(k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def serve_command(folder):
+    """The ``vllm serve`` command line for an exported LLaVA folder (its image processor backend named)."""
+    kwargs = json.dumps({"backend": IMAGE_BACKEND})
+    return f"vllm serve {folder} --mm-processor-kwargs '{kwargs}'"
+
+
+def backend_note(serve):
+    """The card's line on the image processor backend and how to serve the folder."""
+    return (f"Images are prepared by the {IMAGE_BACKEND.upper()} image processor, as verified: ask for it "
+            f'(`AutoProcessor.from_pretrained(..., backend="{IMAGE_BACKEND}")`; vLLM: '
+            f'`mm_processor_kwargs={{"backend": "{IMAGE_BACKEND}"}}`). With torchvision installed, transformers '
+            "and vLLM otherwise pick the torchvision one, whose resize differs by up to ~0.01 per normalised "
+            f"pixel. Serve with vLLM: `{serve}`")
 
 
 def _verify(folder, images, prompts, reference, atol):
@@ -115,7 +190,7 @@ def _verify(folder, images, prompts, reference, atol):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder, backend=IMAGE_BACKEND)
     batch = processor(text=prompts, images=images, return_tensors="pt", padding=True)
     with torch.no_grad():
         logits = model(**batch).logits
@@ -125,4 +200,4 @@ def _verify(folder, images, prompts, reference, atol):
     return records
 
 
-__all__ = ["chat_template", "export_llava"]
+__all__ = ["chat_template", "export_llava", "llava_hf_key", "serve_command", "write_llava_hf_layout"]

@@ -109,3 +109,64 @@ def test_non_native_model_is_refused(tiny_hybrid_dir, tmp_path):
     with pytest.raises(ConfigError, match="needs a model with one encoder slot and a projector that LLaVA holds; "
                                           ".* model_type 'deepseek_vl_hybrid'"):
         export_llava(tiny_hybrid_dir, tmp_path / "out")
+
+
+LLAVA_HF_PARTS = ("vision_tower.vision_model.", "multi_modal_projector.", "language_model.model.",
+                  "language_model.lm_head.")
+
+
+def test_weights_are_written_in_the_llava_hf_layout(custom_native, tmp_path):
+    """The layout transformers 4.4x/5 and vLLM all load; sharded, so the index follows the shards."""
+    import json
+
+    from safetensors import safe_open
+
+    from encslim.export import export_llava
+
+    src = custom_native("A1-clip", **CASES["A1-clip"][0])
+    out = tmp_path / "llava"
+    manifest = export_llava(src, out, max_shard_size="100KB")
+    shards = sorted(out.glob("*.safetensors"))
+    assert len(shards) > 1
+    keys = {}
+    for shard in shards:
+        with safe_open(str(shard), "pt") as f:
+            keys.update({k: shard.name for k in f.keys()})
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == keys
+    assert {k for k in keys if not k.startswith(LLAVA_HF_PARTS)} == set()
+    assert all(any(k.startswith(p) for k in keys) for p in LLAVA_HF_PARTS)
+    assert "vision_tower.vision_model.embeddings.patch_embedding.weight" in keys
+    # transformers 5 loads it back (the export's own verification reloads the folder)
+    assert manifest["verification"]["export"][0]["matched"]
+    assert manifest["verification"]["export"][0]["max_abs_diff"] <= ATOL
+
+    serve = f"vllm serve {out} --mm-processor-kwargs '{{\"backend\": \"pil\"}}'"
+    assert manifest["export"]["key_layout"] == "llava-hf" and manifest["export"]["image_processor_backend"] == "pil"
+    assert manifest["export"]["serve"] == serve
+    card = (out / "README.md").read_text()
+    assert f'AutoProcessor.from_pretrained("{out}", backend="pil")' in card
+    assert "Images are prepared by the PIL image processor" in card and f"Serve with vLLM: `{serve}`" in card
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("model.vision_tower.embeddings.class_embedding", "vision_tower.vision_model.embeddings.class_embedding"),
+    ("vision_tower.encoder.layers.0.mlp.fc1.weight", "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"),
+    ("vision_tower.vision_model.post_layernorm.bias", "vision_tower.vision_model.post_layernorm.bias"),
+    ("model.multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_1.weight"),
+    ("model.language_model.norm.weight", "language_model.model.norm.weight"),
+    ("language_model.model.norm.weight", "language_model.model.norm.weight"),
+    ("lm_head.weight", "language_model.lm_head.weight"),
+    ("language_model.lm_head.weight", "language_model.lm_head.weight"),
+])
+def test_llava_hf_key(key, expected):
+    from encslim.export.llava import llava_hf_key
+
+    assert llava_hf_key(key) == expected
+
+
+def test_llava_hf_key_refuses_a_foreign_weight():
+    from encslim.export.llava import llava_hf_key
+
+    with pytest.raises(ConfigError, match="^weight 'model.fusion.gate' is not part of a LlavaForConditionalGeneration$"):
+        llava_hf_key("model.fusion.gate")
