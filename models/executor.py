@@ -163,8 +163,9 @@ def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
     from safetensors.torch import load_file
 
     state = {}
-    for path in checkpoint.files:
-        state.update(load_file(str(path)))
+    for path in checkpoint.files:  # safetensors, or transformers 4.x's .bin (weights only, mapped)
+        state.update(load_file(str(path)) if Path(path).suffix != ".bin"
+                     else torch.load(str(path), weights_only=True, mmap=True, map_location="cpu"))
     pruned = apply_plan(state, plan)
     del state
 
@@ -270,7 +271,8 @@ def write_side_files(folder, out_dir, plan):
             shutil.copytree(folder.path / name, out_dir / name)
         else:
             (out_dir / name).write_bytes(folder.side_bytes(name))
-    left_out = sorted(left_out + [n for n in folder.other_files if n not in patches])
+    replaced = set(folder.weights.file_names) if folder.weights is not None else set()  # e.g. a .bin source's
+    left_out = sorted(left_out + [n for n in folder.other_files if n not in patches and n not in replaced])
     if left_out:
         logger.info("left out of the output (they describe the source): %s", ", ".join(left_out))
     return config, left_out

@@ -11,8 +11,9 @@ at most once each (:meth:`ModelFolder.side_bytes` caches the bytes, whose sha256
 The header API (standard library only):
 
 * :func:`read_header` -> ``({key: TensorInfo}, metadata)`` of one safetensors file;
-* :class:`WeightFile` one weight file (format, tensors, metadata, size); a ``.bin`` reader plugs in
-  at :meth:`WeightFile.open`;
+* :class:`WeightFile` one weight file (format, tensors, metadata, size): safetensors, or transformers
+  4.x's ``.bin`` (its tensors' byte ranges found by :mod:`~encslim.models.bin_header`, so both are
+  read the same way, by offset);
 * :class:`Checkpoint` the weights of a folder (``files``, ``tensors``, :meth:`~Checkpoint.shapes`);
 * :func:`key_problems` the one strict key comparison every checker uses.
 """
@@ -31,6 +32,8 @@ from ..files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
 from . import external
 
 MAX_HEADER_BYTES = 100 << 20
+BIN_WEIGHTS_NAME = "pytorch_model.bin"  # transformers 4.x's weights with safe_serialization off
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 # bytes per element of every safetensors dtype
 DTYPE_SIZES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -144,7 +147,9 @@ class WeightFile:
 
     @classmethod
     def open(cls, path, keep_open=False):
-        """Read and check one weight file's header (safetensors; other formats plug in here).
+        """Read and check one weight file's header: safetensors, or a ``.bin`` (``torch.save`` zip, read with
+        ``torch.load(weights_only=True, mmap=True)``: names, shapes, dtypes and each tensor's byte range,
+        :mod:`~encslim.models.bin_header`).
 
         Args:
             path: the file.
@@ -154,20 +159,21 @@ class WeightFile:
             ModelLoadError: the file is truncated or corrupt, or of a format without a header reader.
         """
         path = Path(path)
-        if path.suffix != ".safetensors":
+        if path.suffix not in (".safetensors", ".bin"):
             raise ModelLoadError(f"{path}: no header reader for this format; convert it to safetensors")
+        fmt = "safetensors" if path.suffix == ".safetensors" else "bin"
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            tensors, metadata = read_header(path, size, fd)
+            tensors, metadata = read_header(path, size, fd) if fmt == "safetensors" else (_bin_tensors(path, size), {})
         except BaseException:
             os.close(fd)
             raise
         if not keep_open:
             os.close(fd)
-            return cls(path, "safetensors", tensors, metadata, size)
+            return cls(path, fmt, tensors, metadata, size)
         holder = [fd]
-        weight_file = cls(path, "safetensors", tensors, metadata, size, holder)
+        weight_file = cls(path, fmt, tensors, metadata, size, holder)
         weakref.finalize(weight_file, _close_all, holder)
         return weight_file
 
@@ -185,15 +191,47 @@ def _close_all(fds):
         os.close(fds.pop())
 
 
-class Checkpoint:
-    """The safetensors weights of a model folder (single file or sharded with an index)."""
+def _bin_tensors(path, size):
+    """``{key: TensorInfo}`` of a ``.bin`` file (:func:`~encslim.models.bin_header.read_bin_header`)."""
+    from .bin_header import read_bin_header
 
-    def __init__(self, folder, files, tensors, weight_files=(), index_digest=None):
+    return {key: TensorInfo(key, path, dtype, shape, start, nbytes)
+            for key, dtype, shape, start, nbytes in read_bin_header(path, size)}
+
+
+def weight_names(folder):
+    """``(index file, [weight file])`` of a folder's checkpoint, as transformers picks it: safetensors
+    (index, else single file) first, then transformers 4.x's ``.bin`` (index, else single file);
+    ``(None, [])`` when there are none. The index is ``None`` for a single file."""
+    folder = Path(folder)
+    for index_name, single in ((INDEX_NAME, WEIGHTS_NAME), (BIN_INDEX_NAME, BIN_WEIGHTS_NAME)):
+        if (folder / index_name).is_file():
+            return folder / index_name, []
+        if (folder / single).is_file():
+            return None, [single]
+    return None, []
+
+
+class Checkpoint:
+    """The weights of a model folder: safetensors, or transformers 4.x's ``pytorch_model*.bin`` (single file
+    or sharded with an index; :func:`weight_names`). ``format`` is ``"safetensors"`` or ``"bin"``."""
+
+    def __init__(self, folder, files, tensors, weight_files=(), index_digest=None, index_name=INDEX_NAME):
         self.folder = Path(folder)
         self.files = files
         self.tensors = tensors
         self.weight_files = tuple(weight_files)
         self.index_digest = index_digest  # sha256 of the index file, when there is one
+        self.index_name = index_name  # that index file's name
+
+    @property
+    def format(self):
+        return "bin" if any(Path(f).suffix == ".bin" for f in self.files) else "safetensors"
+
+    @property
+    def file_names(self):
+        """Names of the weight files and of the index (when there is one): the checkpoint's own files."""
+        return [Path(f).name for f in self.files] + ([self.index_name] if self.index_digest else [])
 
     @classmethod
     def open(cls, folder, keep_open=False):
@@ -209,9 +247,9 @@ class Checkpoint:
                 disagrees with the files, or a file is truncated or corrupt.
         """
         folder = Path(folder)
-        index_file = folder / INDEX_NAME
-        index_digest = None
-        if index_file.is_file():
+        index_file, names = weight_names(folder)
+        index_digest, weight_map = None, None
+        if index_file is not None:
             try:
                 raw = index_file.read_bytes()
                 index_digest = hashlib.sha256(raw).hexdigest()
@@ -219,28 +257,27 @@ class Checkpoint:
                 names = sorted(set(weight_map.values()))
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
                 raise ModelLoadError(f"{index_file} is not a valid index ({err}); re-save the model") from None
-        elif (folder / WEIGHTS_NAME).is_file():
-            weight_map, names = None, [WEIGHTS_NAME]
-        else:
+        elif not names:
             other = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
             hint = f" (found {', '.join(other)}: convert them to safetensors first)" if other else ""
-            raise ModelLoadError(f"{folder} holds no safetensors weights{hint}")
+            raise ModelLoadError(f"{folder} holds no {WEIGHTS_NAME}, {BIN_WEIGHTS_NAME} or index of either{hint}")
+        index_name = index_file.name if index_file is not None else INDEX_NAME
         tensors, files = {}, []
         for name in names:
             if not (folder / name).is_file():
-                raise ModelLoadError(f"{folder / name} is listed in {INDEX_NAME} but missing; re-download it")
+                raise ModelLoadError(f"{folder / name} is listed in {index_name} but missing; re-download it")
             weight_file = WeightFile.open(folder / name, keep_open and len(files) < KEEP_OPEN_FILES)
             files.append(weight_file)
             for key, info in weight_file.tensors.items():
                 if key in tensors:
                     raise ModelLoadError(f"tensor '{key}' is stored twice ({tensors[key].file.name}, {name})")
                 if weight_map is not None and weight_map.get(key) != name:
-                    raise ModelLoadError(f"{INDEX_NAME} does not list '{key}' of {name}; re-save the model")
+                    raise ModelLoadError(f"{index_name} does not list '{key}' of {name}; re-save the model")
                 tensors[key] = info
         if weight_map is not None and set(weight_map) != set(tensors):
             missing = sorted(set(weight_map) - set(tensors))
-            raise ModelLoadError(f"{INDEX_NAME} lists tensors no file holds (e.g. '{missing[0]}'); re-download")
-        return cls(folder, [f.path for f in files], tensors, files, index_digest)
+            raise ModelLoadError(f"{index_name} lists tensors no file holds (e.g. '{missing[0]}'); re-download")
+        return cls(folder, [f.path for f in files], tensors, files, index_digest, index_name)
 
     def close(self):
         """Close the descriptors kept open (see :meth:`open`)."""
@@ -517,7 +554,7 @@ class ModelFolder:
         """``{file name: sha256}`` of ``config.json`` and every side file read so far (the manifest reuses them)."""
         known = {CONFIG_NAME: hashlib.sha256(self.config_bytes).hexdigest()}
         if self.weights is not None and self.weights.index_digest:
-            known[INDEX_NAME] = self.weights.index_digest
+            known[getattr(self.weights, "index_name", INDEX_NAME)] = self.weights.index_digest
         known.update({name: hashlib.sha256(raw).hexdigest() for name, raw in self._cache.items()})
         return known
 

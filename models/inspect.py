@@ -9,6 +9,7 @@ under 1 GB.
 """
 
 import contextlib
+import re
 
 from .folder import Checkpoint, key_problems
 from .loading import load_model, open_folder
@@ -180,9 +181,10 @@ def header_parameters(path, model):
     except ModelLoadError:
         return None
     buffers = {name for name, _ in model.named_buffers(remove_duplicate=False)}
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()]
     total = 0
-    for key, shape in shapes.items():
-        if key not in buffers:
+    for key, shape in shapes.items():  # buffers, and the keys the model ignores (4.3x's inv_freq), left out
+        if key not in buffers and not any(p.search(key) for p in ignored):
             n = 1
             for d in shape:
                 n *= int(d)

@@ -4,7 +4,9 @@ Each family keeps its own modules, key names and tolerated differences; what is 
 them lives here:
 
 - reading ``config.json`` into the family's config class (:func:`read_config_json`, :func:`make_config`);
-- the key shapes of a safetensors folder, from the headers only (:func:`header_shapes`);
+- the key shapes of a folder's weights (safetensors or transformers 4.x ``.bin``), from the headers only
+  (:func:`header_shapes`);
+- the keys tolerated in every Llama-based checkpoint (:data:`ROTARY_INV_FREQ`, :func:`tolerate`);
 - the strict key check against a meta-device model (:func:`meta_shapes`, :func:`check_keys`) and the
   ``from_pretrained`` call after it (:func:`from_pretrained`);
 - LEFT-padded token rows and the tokenizer helpers of the processors (:func:`left_pad`,
@@ -21,6 +23,8 @@ Every error is a one-line :class:`~encslim.errors.ModelLoadError` that names the
 
 import inspect
 import json
+import logging
+import re
 from pathlib import Path
 
 import torch
@@ -28,11 +32,16 @@ from torch import nn
 from transformers import GenerationMixin
 
 from ..errors import ModelLoadError
-from ..files import CONFIG_NAME, INDEX_NAME, WEIGHTS_NAME
+from ..files import CONFIG_NAME
 from .adapter import Adapter
-from .folder import key_problems
+from .folder import Checkpoint, key_problems
+
+logger = logging.getLogger(__name__)
 
 SHOWN_KEYS = 3  # keys named per kind of problem in a strict-load error
+# transformers 4.3x Llama checkpoints store each layer's rotary table (``model.layers.N.self_attn.rotary_emb.inv_freq``,
+# a buffer computed from the config); later transformers recompute it and hold no such key: tolerated, not loaded
+ROTARY_INV_FREQ = re.compile(r"(?:^|\.)rotary_emb\.inv_freq$")
 SAME_MODEL = "the checkpoint and config.json must come from the same model"
 IMAGE_PLACEHOLDER = "<image>"
 # transformers renamed the key/value cache argument and output field ``past_key_values`` -> ``cache`` (the old
@@ -62,37 +71,27 @@ def make_config(config_class, data, path, family):
 
 # ------------------------------------------------------------------------------------------ weights
 def header_shapes(path, family):
-    """``{key: shape}`` of a folder's safetensors weights, read from the file headers (no tensor loaded).
+    """``{key: shape}`` of a folder's weights, read from the file headers (no tensor loaded).
 
-    The files are those of ``model.safetensors.index.json`` when present, else ``model.safetensors``.
+    The weights are :class:`~encslim.models.folder.Checkpoint`'s: safetensors (index, else single file),
+    else transformers 4.x's ``pytorch_model*.bin`` (index, else single file).
 
     Args:
         path: the model folder.
         family: the family's name for the message (``"Eagle"``, ``"Eagle2"``, ``"I-MoF"``).
 
     Raises:
-        ModelLoadError: no safetensors weights, or a file that does not read.
+        ModelLoadError: no weights, or a file that does not read (naming it and the family).
     """
-    from safetensors import safe_open
+    try:
+        return Checkpoint.open(path).shapes()
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{family} weights: {err}") from err
 
-    folder = Path(path)
-    index = folder / INDEX_NAME
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
-    elif (folder / WEIGHTS_NAME).is_file():
-        files = [WEIGHTS_NAME]
-    else:
-        raise ModelLoadError(f"{path} holds no {WEIGHTS_NAME} or {INDEX_NAME}; {family} weights must be safetensors "
-                             "(convert .bin checkpoints first)")
-    shapes = {}
-    for name in files:
-        try:
-            with safe_open(str(folder / name), framework="pt") as handle:
-                for key in handle.keys():
-                    shapes[key] = tuple(handle.get_slice(key).get_shape())
-        except (OSError, ValueError) as err:
-            raise ModelLoadError(f"{folder / name} is not a readable safetensors file: {err}") from err
-    return shapes
+
+def tolerate(*patterns):
+    """One compiled pattern matching what any of ``patterns`` (compiled, ``None`` skipped) matches."""
+    return re.compile("|".join(f"(?:{p.pattern})" for p in patterns if p is not None))
 
 
 def meta_shapes(model_class, config, skip=()):
@@ -124,6 +123,11 @@ def check_keys(path, shapes, expected, what, tolerated=None):
     problems = key_problems(expected, shapes, tolerated)
     if problems:
         raise ModelLoadError(f"{path} does not match its {what}: {'; '.join(problems.listed())}; {SAME_MODEL}")
+    extra = sorted(k for k in shapes if k not in expected)
+    if extra:  # tolerated ones: named in the load's report, not loaded
+        logger.info("%s: %d checkpoint key(s) tolerated and not loaded (derived, recomputed): %s", path, len(extra),
+                    ", ".join(extra[:SHOWN_KEYS]) + (f" (+{len(extra) - SHOWN_KEYS} more)" if len(extra) > SHOWN_KEYS
+                                                     else ""))
     return list(problems.tolerated_missing)
 
 

@@ -62,8 +62,17 @@ def expected_layouts(adapter, config):
     return result
 
 
-def _layout_problems(expected, optional, shapes):
-    return key_problems(expected, shapes, optional=optional).examples()
+def _layout_problems(expected, optional, shapes, tolerated=None):
+    return key_problems(expected, shapes, tolerated, optional=optional).examples()
+
+
+def _ignored_unexpected(adapter):
+    """One pattern of the keys the model class ignores when a checkpoint has them
+    (``_keys_to_ignore_on_load_unexpected``: e.g. transformers 4.3x's ``rotary_emb.inv_freq``), or ``None``."""
+    import re
+
+    patterns = getattr(getattr(adapter, "model_class", None), "_keys_to_ignore_on_load_unexpected", None) or ()
+    return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
 
 
 def check_structure(adapter, config, shapes, where):
@@ -75,7 +84,9 @@ def check_structure(adapter, config, shapes, where):
         shapes: ``{key: shape}`` of its checkpoint.
         where: how to name the checkpoint in the message.
     """
-    problems = [_layout_problems(expected, optional, shapes) for expected, optional in expected_layouts(adapter, config)]
+    ignored = _ignored_unexpected(adapter)
+    problems = [_layout_problems(expected, optional, shapes, ignored)
+                for expected, optional in expected_layouts(adapter, config)]
     if any(not p for p in problems):
         return
     raise ModelLoadError(f"checkpoint keys of {where} do not match its config.json: {', '.join(problems[0])}; "

@@ -334,6 +334,20 @@ def test_llava15_without_dino_is_not_imof(tiny, tmp_path, capsys):
     assert "no DINOv2 tower" in stderr
 
 
+def test_unknown_tower_name_is_named(tiny, tmp_path, capsys):
+    """An unknown name in ``imof_towers`` is a one-line error naming it and the known towers (it used to be
+    dropped silently, and strict loading then blamed the tower's keys as unexpected)."""
+    folder = tmp_path / "sam"
+    shutil.copytree(tiny["folder"], folder)
+    config = _config(folder)
+    config["imof_towers"] = ["clip", "sam", "dinov2"]
+    (folder / "config.json").write_text(json.dumps(config))
+    code, stdout, stderr = run_main(capsys, "inspect", folder)
+    assert code == 2, stdout + stderr
+    assert "Traceback" not in stdout + stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert "unknown tower(s) 'sam'" in stderr and "clip, dinov2" in stderr and "unexpected" not in stderr
+
+
 # --------------------------------------------------------------------------------- 6. detection
 def test_original_llava_config_is_detected(tiny, tmp_path):
     folder = tmp_path / "llava"

@@ -28,7 +28,8 @@ from ....errors import ConfigError, ModelLoadError
 from ....files import CONFIG_NAME
 from ...adapter import Slot, TrainableParts
 from ...external import CONFIG_KEY
-from ...layout import LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes, read_config_json
+from ...layout import (ROTARY_INV_FREQ, LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config,
+                       meta_shapes, read_config_json)
 from ...masking import FusionClass, MaskError, check_mask_set
 from .configuration import CAMBRIAN_KEYS, KINDS, MODEL_TYPE, IMAGE_TOKEN_INDEX, CambrianConfig, is_cambrian_config, tower_kind
 from .modeling import CambrianLlamaForCausalLM, register_auto_classes
@@ -58,11 +59,30 @@ def read_cambrian_config(path, encoders=None):
         raise ModelLoadError(f"{path}/{CONFIG_NAME}: mm_vision_tower_aux_token_len_list has {len(lens)} entries for "
                              f"{len(towers)} encoders; they must match")
     config = make_config(CambrianConfig, data, path, "Cambrian")
+    _widths_from_checkpoint(config, path)
     named = {k: v for k, v in dict(encoders or {}).items() if k in config.slot_names}
     paths = {**config.encoder_paths, **named}
+    from .hub import resolve_missing
+
+    paths.update(resolve_missing(config, paths))  # the rest from the local Hugging Face cache, offline
     if paths:
         setattr(config, CONFIG_KEY, paths)
     return config
+
+
+def _widths_from_checkpoint(config, path):
+    """Each encoder's feature width as the checkpoint's ``mm_projector_aux_{i}`` takes it, where the config
+    does not say (real configs name hub ids only; the original reads the widths off the loaded towers)."""
+    try:
+        shapes = header_shapes(path, "Cambrian")
+    except ModelLoadError:
+        return  # no weights here (a config on its own): the hub ids' real widths stand
+    specs = dict(config.cambrian_encoder_specs)
+    for i, slot in enumerate(config.slot_names):
+        shape = shapes.get(f"model.mm_projector_aux_{i}.0.weight")
+        if shape is not None and "width" not in (specs.get(slot) or {}):
+            specs[slot] = {**dict(specs.get(slot) or {}), "width": int(shape[1])}
+    config.cambrian_encoder_specs = specs
 
 
 def strict_load(path, config, dtype=None, device_map=None):
@@ -70,7 +90,7 @@ def strict_load(path, config, dtype=None, device_map=None):
     shapes = header_shapes(path, "Cambrian")
     tied = ("lm_head.weight",) if config.tie_word_embeddings else ()
     check_keys(path, shapes, meta_shapes(CambrianLlamaForCausalLM, config, skip=tied),
-               f"Cambrian config ({', '.join(config.slot_names)})")
+               f"Cambrian config ({', '.join(config.slot_names)})", tolerated=ROTARY_INV_FREQ)
     return from_pretrained(CambrianLlamaForCausalLM, path, config, dtype, device_map)
 
 

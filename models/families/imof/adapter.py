@@ -10,11 +10,11 @@ from torch import nn
 
 from ....errors import ModelLoadError
 from ...adapter import Slot, TrainableParts
-from ...layout import LayoutAdapter, check_keys, from_pretrained, header_shapes, meta_shapes
+from ...layout import ROTARY_INV_FREQ, LayoutAdapter, check_keys, from_pretrained, header_shapes, meta_shapes
 from ...llava_processing import IMAGE_TOKEN_INDEX
 from ...masking import FusionClass
-from .configuration import (DINO_CLIP_COPY, DINO_PREFIX, MODEL_TYPE, PROJECTORS, TOWER_PREFIXES, is_imof_config,
-                            read_imof_config)
+from .configuration import (DINO_CLIP_COPY, DINO_PREFIX, MODEL_TYPE, PROJECTORS, PRUNED_TOWER_PREFIX, TOWER_PREFIXES,
+                            TOWERS, is_imof_config, read_imof_config)
 from .llava import llava_blockers, llava_conversion
 from .modeling import ImofLlamaForCausalLM, embed_towers, encode_towers, fuse_towers, register_auto_classes
 from .plan import removal_plan
@@ -29,8 +29,9 @@ def expected_shapes(config):
 def strict_load(path, config, dtype=None, device_map=None):
     """``from_pretrained`` refusing any missing, unexpected or mis-shaped key (naming them).
 
-    The one tolerated difference: the DINO tower's unused CLIP copy
-    (``model.dino_tower.clip_vision_tower.*``) is built exactly when the checkpoint holds it.
+    Tolerated: the DINO tower's unused CLIP copy (``model.dino_tower.clip_vision_tower.*``) is built exactly
+    when the checkpoint holds it, and transformers 4.3x's ``rotary_emb.inv_freq`` keys (MMVP trains with 4.31)
+    are named in the load's log and not loaded (:data:`~encslim.models.layout.ROTARY_INV_FREQ`).
     """
     shapes = header_shapes(path, "I-MoF")
     if "dinov2" in config.imof_towers:
@@ -38,7 +39,8 @@ def strict_load(path, config, dtype=None, device_map=None):
             raise ModelLoadError(f"{path} holds no DINOv2 tower ({DINO_PREFIX}vision_tower.*): a LLaVA-1.5 "
                                  "checkpoint without it is not I-MoF (or set imof_towers to [\"clip\"])")
         config.imof_dino_clip_copy = any(k.startswith(DINO_CLIP_COPY) for k in shapes)
-    check_keys(path, shapes, expected_shapes(config), f"I-MoF config (towers {', '.join(config.imof_towers)})")
+    check_keys(path, shapes, expected_shapes(config), f"I-MoF config (towers {', '.join(config.imof_towers)})",
+               tolerated=ROTARY_INV_FREQ)
     return from_pretrained(ImofLlamaForCausalLM, path, config, dtype, device_map)
 
 
@@ -136,8 +138,11 @@ class ImofAdapter(LayoutAdapter):
     def export_notes(self, config):
         notes = ["architecture written as ImofLlamaForCausalLM (model_type imof_llama): MMVP's own code names it "
                  "LlavaLlamaForCausalLM with model_type llava"]
-        if "clip" not in config.imof_towers:
-            notes.append("without the CLIP tower this folder does not load in MMVP's own code; load it with encslim")
+        if list(config.imof_towers) != list(TOWERS):
+            notes.append(f"MMVP's own loader (llava/model/builder.py load_pretrained_model) refuses this folder: its "
+                         f"mm_vision_tower starts with '{PRUNED_TOWER_PREFIX}', which build_vision_tower rejects "
+                         "('Unknown vision tower'); MMVP always builds both towers, so with the original name it "
+                         "would rebuild the removed one from the hub with a random projector. Load it with encslim")
         return notes
 
     def to_llava(self, model, processor):

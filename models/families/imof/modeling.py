@@ -34,7 +34,7 @@ from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
-from ...layout import under_vision_model
+from ...layout import ROTARY_INV_FREQ, under_vision_model
 from ...llava_processing import IMAGE_TOKEN_INDEX
 from ...masking import check_mask_set, mask_feature
 from .configuration import MODEL_TYPE, ImofConfig
@@ -169,6 +169,8 @@ class ImofLlamaForCausalLM(LlamaForCausalLM):
 
     config_class = ImofConfig
     _no_split_modules = ["LlamaDecoderLayer", "CLIPVisionTower", "DINOVisionTower"]
+    # MMVP trains with transformers 4.31, whose Llama saves each layer's rotary table: recomputed here
+    _keys_to_ignore_on_load_unexpected = [ROTARY_INV_FREQ.pattern]
 
     def __init__(self, config):
         LlamaPreTrainedModel.__init__(self, config)
