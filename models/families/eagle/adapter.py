@@ -19,8 +19,8 @@ import torch
 from ....errors import ModelLoadError
 from ....files import CONFIG_NAME
 from ...adapter import Slot, TrainableParts
-from ...layout import (LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config, meta_shapes,
-                      read_config_json)
+from ...layout import (ROTARY_INV_FREQ, LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config,
+                      meta_shapes, read_config_json, tolerate)
 from ...masking import FusionClass, check_mask_set, mask_feature
 from .configuration import (CONVNEXT, EAGLE_KEYS, IMAGE_TOKEN_INDEX, TOWER_NAMES, TOWER_PREFIX, EagleConfig,
                             is_eagle_config, parse_towers)
@@ -74,7 +74,8 @@ def strict_load(path, config, dtype=None, device_map=None):
     shapes = header_shapes(path, "Eagle")
     _fit_heads(config, shapes)
     derived_missing = check_keys(path, shapes, _expected_shapes(config),
-                                 f"Eagle config ({config.mm_vision_tower})", tolerated=DERIVED_KEY)
+                                 f"Eagle config ({config.mm_vision_tower})",
+                                 tolerated=tolerate(DERIVED_KEY, ROTARY_INV_FREQ))
     model = from_pretrained(EagleVisionLlamaForCausalLM, path, config, dtype, device_map)
     if derived_missing:
         from .eva import VisionRotaryEmbeddingFast
