@@ -1,0 +1,58 @@
+"""Serving tests run in the vLLM venv (.ci/vllm_env.sh; .ci/run runs them there after the main suite).
+
+The main suite's environment has no vLLM: there this folder's tests are not collected at all (they
+would import vllm). Run them with ``.venv-vllm/bin/python -m pytest -p no:cacheprovider tests/serving``.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+if importlib.util.find_spec("vllm") is None:
+    collect_ignore_glob = ["test_*.py"]
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vLLM reserves most of the RAM for its cache
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+
+# vLLM's CPU attention needs a head size of at least 32: the tiny LM gets 4 heads of 32 channels
+SERVING_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "head_dim": 32}
+
+
+def write_tiny_native(out, encoder="clip", seed=0):
+    """A tiny random native model (fusion A1, one ``encoder`` slot, LLaMA with head size 32) in ``out``."""
+    import torch
+
+    from encslim.models.families.native.adapter import register_auto_classes
+    from encslim.models.families.native.configuration import EncslimConfig
+    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
+    from encslim.models.families.native.processing import EncslimProcessor
+    from encslim.models.families.native.tiny import tiny_config
+    from encslim.models.tokenizer import build_tokenizer
+
+    register_auto_classes()
+    tokenizer = build_tokenizer()
+    base = tiny_config("A1", (encoder,), tokenizer=tokenizer).to_dict()
+    config = EncslimConfig(text_config=dict(base["text_config"], **SERVING_TEXT), encoders=base["encoders"],
+                           fusion=base["fusion"], image_token_id=base["image_token_id"],
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = EncslimForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    EncslimProcessor.from_config(tokenizer, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def non_square_png(tmp_path_factory):
+    """A seeded random 45x30 RGB PNG (non-square: the resize to the tower's square size matters)."""
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("image") / "probe.png"
+    pixels = np.random.default_rng(3).integers(0, 256, size=(30, 45, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path

