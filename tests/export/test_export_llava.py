@@ -147,6 +147,10 @@ def test_weights_are_written_in_the_llava_hf_layout(custom_native, tmp_path):
     card = (out / "README.md").read_text()
     assert f'AutoProcessor.from_pretrained("{out}", backend="pil")' in card
     assert "Images are prepared by the PIL image processor" in card and f"Serve with vLLM: `{serve}`" in card
+    # `encslim export` prints it last
+    from encslim.export.commands import format_summary
+
+    assert format_summary(manifest, "llava", out).splitlines()[-1] == f"  serve with vLLM: {serve}"
 
 
 @pytest.mark.parametrize("key, expected", [
