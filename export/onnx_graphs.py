@@ -119,6 +119,24 @@ def export_vision(model, path):
     return names
 
 
+def export_front_end_graph(module, inputs, path):
+    """Export a family's vision front end (``module(list of per-tower inputs)``) with a dynamic batch axis.
+
+    Args:
+        module: has ``input_names`` (one per tower) and ``forward(inputs)``.
+        inputs: example tensors in that order; a batch of 2 (a batch of 1 would be specialised into the
+            graph's reshapes).
+        path: the ``.onnx`` file to write (weights inside it).
+    """
+    import torch
+
+    batch = torch.export.Dim("batch")
+    with quiet_export("vision front end"):
+        torch.onnx.export(module, (list(inputs),), str(path), dynamo=True, external_data=False,
+                          input_names=list(module.input_names), output_names=["image_embeds"],
+                          dynamic_shapes={"inputs": [{0: batch} for _ in inputs]}, verbose=False)
+
+
 def example_decoder_inputs(text_config, batch=2, seq=5, past=3):
     """Random ``(inputs_embeds, attention_mask, past)`` for tracing the decoder."""
     import torch
@@ -175,5 +193,5 @@ def graph_opset(path):
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-__all__ = ["VisionGraph", "DecoderGraph", "export_vision", "export_decoder", "write_embedding_graph",
+__all__ = ["VisionGraph", "DecoderGraph", "export_vision", "export_decoder", "export_front_end_graph", "write_embedding_graph",
            "kv_geometry", "pixel_input", "past_names", "VISION_FILE", "DECODER_FILE", "EMBED_FILE"]

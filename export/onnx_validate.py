@@ -43,6 +43,28 @@ def check_graph(module, path, graph, output, inputs, atol):
     return _record(graph, output, reference, actual, atol)
 
 
+def check_front_end(module, path, pixel_values, atol):
+    """One record: the model's own path on ``pixel_values`` against the front-end graph on the per-tower inputs.
+
+    Args:
+        module: the front end (``reference``, ``make_inputs``, ``input_names``; see
+            :func:`encslim.export.to_onnx.export_front_end`).
+        path: the ``.onnx`` file.
+        pixel_values: the processor's pixels.
+        atol: tolerance.
+
+    Returns:
+        The ``vision``/``image_embeds`` record.
+    """
+    import torch
+
+    with torch.no_grad():
+        reference = module.reference(pixel_values)
+        inputs = module.make_inputs(pixel_values)
+    actual = _session(path).run(None, {n: t.numpy() for n, t in zip(module.input_names, inputs)})[0]
+    return _record("vision", "image_embeds", reference, actual, atol)
+
+
 def validate_vision(model, path, batch, atol):
     """Compare ``vision.onnx`` with the PyTorch encoders + fusion on the batch's pixels."""
     import torch
@@ -121,4 +143,4 @@ def merge_image_embeds(model, input_ids, image_embeds):
         return embeds.masked_scatter(positions, image_embeds.to(embeds.dtype))
 
 
-__all__ = ["validate_vision", "validate_embed", "validate_decoder", "merge_image_embeds"]
+__all__ = ["check_front_end", "validate_vision", "validate_embed", "validate_decoder", "merge_image_embeds"]

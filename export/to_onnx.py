@@ -9,6 +9,7 @@ token ids, the validation report), the tokenizer and processor files, ``config.j
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 from ..files import atomic_output_dir, check_output_path
@@ -59,6 +60,46 @@ def onnx_config(model, processor, input_names, validation, opset):
     }
 
 
+class PeakRss:
+    """Samples this process's resident memory (psutil) every ``interval`` s while used as a context manager.
+
+    :meth:`report` gives the peak so far: what the manifest records of an export's memory.
+    """
+
+    def __init__(self, interval=0.05):
+        import psutil
+
+        self.process, self.interval = psutil.Process(), interval
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="encslim-peak-rss", daemon=True)
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def report(self):
+        """``{"peak_rss_mib", "process_max_rss_mib", "how"}`` (also logged at INFO level)."""
+        import resource
+
+        self.peak = max(self.peak, self.process.memory_info().rss)
+        out = {"peak_rss_mib": round(self.peak / 2 ** 20, 1),
+               "process_max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "how": f"RSS sampled every {self.interval * 1000:g} ms from loading the source to writing the "
+                      "manifest; process_max_rss_mib is ru_maxrss, the process's peak since it started"}
+        logger.info("export peak memory: %.1f MiB RSS (process peak %.1f MiB)", out["peak_rss_mib"],
+                    out["process_max_rss_mib"])
+        return out
+
+
 def write_graphs(model, folder):
     """Export the three graphs into ``folder``; return the vision input names."""
     import torch
@@ -92,7 +133,8 @@ def export_onnx(model_dir, out, *, overwrite=False, atol=ATOL, ranking=None, ben
         ranking, bench: for the model card (see :func:`encslim.export.hf_folder.export_hf`).
 
     Returns:
-        The manifest dict (its ``export.validation`` lists every output, matched or not).
+        The manifest dict (its ``export.validation`` lists every output, matched or not; ``export.memory``
+        the peak RSS of the export).
 
     Raises:
         ConfigError: not a native model. VerificationError: an output differs by more than ``atol``.
@@ -101,12 +143,18 @@ def export_onnx(model_dir, out, *, overwrite=False, atol=ATOL, ranking=None, ben
     check_card_inputs(ranking, bench)
     source = read_source(model_dir)
     require_target(source, "onnx", NEEDS, "ONNX")
-    model, processor = load_source(source, "float32")
-    front = source.adapter.vision_front_end(model, processor)
-    if front is not None:  # a family whose ONNX export is its vision front end only
-        return export_front_end(source, model, processor, front, out, overwrite=overwrite, atol=atol,
-                                ranking=ranking, bench=bench)
-    with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
+    with PeakRss() as memory:
+        model, processor = load_source(source, "float32")
+        front = source.adapter.vision_front_end(model, processor)
+        if front is not None:  # a family whose ONNX export is its vision front end only
+            return export_front_end(source, model, processor, front, out, overwrite=overwrite, atol=atol,
+                                    ranking=ranking, bench=bench, memory=memory)
+        return _export_graphs(source, model, processor, out, overwrite, atol, ranking, bench, memory)
+
+
+def _export_graphs(source, model, processor, out, overwrite, atol, ranking, bench, memory):
+    """The three-graph export of a native model (:func:`export_onnx`)."""
+    with atomic_output_dir(out, overwrite=overwrite, inputs=[source.path]) as tmp:
         names = write_graphs(model, tmp)
         records = validate_graphs(model, processor, tmp, atol, source.adapter)
         for r in records:
@@ -125,65 +173,82 @@ def export_onnx(model_dir, out, *, overwrite=False, atol=ATOL, ranking=None, ben
             parameters=sum(p.numel() for p in model.parameters()), ranking=ranking, bench=bench,
             details={"graphs": config["graphs"], "opset": config["opset"], "validation_inputs":
                      "2 probe images, 2 chat prompts (left-padded); decoder: prefill from an empty past, then "
-                     "one cached step; padded positions excluded"},
+                     "one cached step; padded positions excluded", "memory": memory.report()},
         )
-    logger.info("exported %s -> %s (format onnx)", model_dir, out)
+    logger.info("exported %s -> %s (format onnx)", source.path, out)
     return manifest
 
 
 FRONT_END_HOW_TO_LOAD = """\
-# onnxruntime and numpy only: pixel_values as the model's processor makes them -> image embeddings
-import json, onnxruntime
+# onnxruntime for the graph; each tower's input comes from the model's processor (encslim, torch):
+import json, encslim, onnxruntime
 config = json.load(open("{name}/onnx_config.json"))
 session = onnxruntime.InferenceSession("{name}/" + config["graphs"]["vision"])
-image_embeds = session.run(None, {{"pixel_values": pixel_values}})[0]   # (B, tokens, hidden) for the LLM
+_, processor, _ = encslim.load_model("{source}")   # the exported model's folder: its processor makes the inputs
+feeds = {{k: v.numpy() for k, v in processor.tower_inputs(processor.pixel_values(images)).items()}}
+image_embeds = session.run(None, feeds)[0]   # (B, tokens, hidden) for the LLM
 """
 
 
 def export_front_end(source, model, processor, front, out, *, overwrite=False, atol=ATOL, ranking=None,
-                     bench=None):
-    """``vision.onnx`` of a family's vision front end (pixels -> projected image embeddings), validated.
+                     bench=None, memory=None):
+    """``vision.onnx`` of a family's vision front end (per-tower inputs -> projected image embeddings), validated.
+
+    The graph takes one input per tower, made outside it by the processor (no pixel resampling in
+    the graph: onnxruntime's ``Resize`` differs from torch's by more than the tolerance at 1024 px).
+    It is validated against the model's own path on the processor's ``pixel_values``.
 
     Args:
-        front: ``(module, info)`` from :meth:`Adapter.vision_front_end`: ``module(pixel_values)``
-            returns the image embeddings the LLM receives; ``info`` (JSON) describes its input.
+        front: ``(module, info)`` from :meth:`Adapter.vision_front_end`: ``module(inputs)`` (a list in
+            ``module.input_names`` order, from ``module.make_inputs(pixel_values)``) returns the image
+            embeddings the LLM receives; ``module.reference(pixel_values)`` is the model's own path;
+            ``info`` (JSON) describes the inputs.
+        memory: a running :class:`PeakRss` (recorded in the manifest), or ``None``.
         the rest: see :func:`export_onnx`.
+
+    Raises:
+        VerificationError: the graph differs from the model's own path by more than ``atol``.
     """
     import torch
 
-    from .onnx_graphs import quiet_export
-    from .onnx_validate import check_graph
+    from .onnx_graphs import export_front_end_graph
+    from .onnx_validate import check_front_end
 
     module, info = front
     module = module.eval()
     pixels = probe_batch(source.adapter, processor)["pixel_values"].float()
     with atomic_output_dir(out, overwrite=overwrite, inputs=[source.path]) as tmp:
         path = Path(tmp) / VISION_FILE
-        with torch.no_grad(), quiet_export("vision front end"):
-            # a batch of 2 as the example: a batch of 1 would be specialised into the graph's reshapes
-            torch.onnx.export(module, (pixels,), str(path), dynamo=True, external_data=False,
-                              input_names=["pixel_values"], output_names=["image_embeds"],
-                              dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}}, verbose=False)
-        records = [check_graph(module, path, "vision", "image_embeds", {"pixel_values": p}, atol)
-                   for p in (pixels, pixels[:1])]
+        with torch.no_grad():
+            export_front_end_graph(module, module.make_inputs(pixels), path)
+        records = [check_front_end(module, path, p, atol) for p in (pixels, pixels[:1])]
         fail_unless_matched(records, "the ONNX export")
-        config = {"format_version": 1, "graphs": {"vision": VISION_FILE}, "inputs": ["pixel_values"],
+        config = {"format_version": 2, "graphs": {"vision": VISION_FILE}, "inputs": module.input_names,
                   "outputs": ["image_embeds"], "dtype": "float32", "vision": info, "validation": records,
                   "language_model": "not exported: only the vision front end (encoders, fusion, projector) is "
                                     "ONNX; run the LLM on image_embeds with its own runtime"}
         Path(tmp, ONNX_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         processor.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
+        details = {"graphs": config["graphs"], "inputs": module.input_names,
+                   "validation_inputs": "2 probe images (batch 2, then batch 1); reference: the model's own "
+                                        "path on pixel_values (its resizes inside), graph: the per-tower inputs"}
+        if memory is not None:
+            details["memory"] = memory.report()
         manifest = finish_folder(
             tmp, source, "onnx", slots=slot_rows(source.adapter, model.config), verification=records,
-            how_to_load=FRONT_END_HOW_TO_LOAD.format(name=out),
+            how_to_load=FRONT_END_HOW_TO_LOAD.format(name=out, source=source.path),
             fusion_class=source.adapter.fusion_class(model.config),
             parameters=sum(p.numel() for p in module.parameters()), ranking=ranking, bench=bench,
-            notes=["ONNX of the vision front end only (pixels -> image embeddings); the LLM stays in PyTorch"],
-            details={"graphs": config["graphs"], "validation_inputs": "2 probe images (batch 2, then batch 1)"},
+            notes=["ONNX of the vision front end only (image embeddings from one input per tower); the LLM "
+                   "stays in PyTorch",
+                   "the graph resamples no pixels: each tower's input (" + ", ".join(module.input_names) + ") is "
+                   "made by the processor's tower_inputs(pixel_values), as the model's forward makes it "
+                   "(onnx_config.json vision.tower_inputs, processor_config.json tower_inputs)"],
+            details=details,
         )
     logger.info("exported %s -> %s (format onnx, vision front end)", source.path, out)
     return manifest
 
 
-__all__ = ["export_onnx", "export_front_end", "onnx_config", "write_graphs", "validate_graphs"]
+__all__ = ["export_onnx", "export_front_end", "onnx_config", "write_graphs", "validate_graphs", "PeakRss"]

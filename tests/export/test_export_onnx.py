@@ -168,3 +168,65 @@ def test_other_variants_round_trip(tiny_model_dir, tmp_path, fusion, encoders):
     images = probe_images(2, seed=3)
     expected = _torch_greedy(src, images, QUESTIONS[:2], 8)[1]
     assert OrtVlm(tmp_path / "onnx", threads=1).generate(images, QUESTIONS[:2], max_new_tokens=8) == expected
+
+
+# --------------------------------------------------------------- Eagle's front end at its real 1024 px input
+REAL_SIZES = {"clip-448": {"image_size": 336, "input_image_size": 336},  # 1024 -> 336 resize, patch 14
+              "convnext-1024": {"input_image_size": 1024},
+              "sam-1024": {"image_size": 1024, "window_size": 8},
+              "det-1024": {"input_image_size": 1024, "window_size": 8, "pretrain_img_size": 224},
+              "pix2struct-1024": {"image_size": 1024, "max_patches": 2048, "seq_len": 4096}}  # 45x45 patches
+
+
+@pytest.fixture(scope="module")
+def eagle_1024(tmp_path_factory):
+    """A random Eagle-X5 at the real input resolution (1024 px; CLIP at 336) with tiny tower widths and depths."""
+    from encslim.models.families.eagle.modeling import EagleVisionLlamaForCausalLM
+    from encslim.models.families.eagle.processing import EagleProcessor
+    from encslim.models.families.eagle.tiny import X5, tiny_eagle_config
+    from encslim.models.families.eagle.towers import tiny_specs
+    from encslim.models.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    config = tiny_eagle_config(X5, tokenizer)
+    config.eagle_tower_specs = {t: {**tiny_specs()[t], **REAL_SIZES[t]} for t in X5}
+    config.eagle_input_image_size = 1024
+    torch.manual_seed(0)
+    model = EagleVisionLlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in model.model.vision_tower.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    src = tmp_path_factory.mktemp("eagle1024") / "model"
+    model.save_pretrained(str(src))
+    EagleProcessor.from_config(tokenizer, config).save_pretrained(src)
+    return src
+
+
+@pytest.mark.slow  # about 60 s wall (29 s CPU) on 2 shared cores: the towers run on 1024 px and 2048 patches
+def test_eagle_front_end_at_1024_px_has_no_pixel_resize_and_matches(eagle_1024, tmp_path):
+    """The graph takes each tower's input at its own size (the processor resizes), holds no Resize of pixels, and
+    matches the model's own path (its resizes inside) within 1e-4 at the real 1024 px; the peak RSS is recorded."""
+    import onnx
+
+    from encslim.models.loading import load_model
+
+    out = tmp_path / "onnx"
+    manifest = _export(eagle_1024, out)
+    config = json.loads((out / "onnx_config.json").read_text())
+    recipes = {r["tower"]: r for r in config["vision"]["tower_inputs"]}
+    assert recipes["clip-448"]["resize_to"] == 336 and recipes["clip-448"]["shape"] == [3, 336, 336]
+    assert recipes["pix2struct-1024"]["shape"] == [2048, 770] and recipes["pix2struct-1024"]["grid"] == [45, 45]
+    assert all(recipes[t]["resize_to"] is None for t in ("convnext-1024", "sam-1024", "det-1024"))
+    saved = json.loads((out / "processor_config.json").read_text())
+    assert saved["tower_inputs"] == config["vision"]["tower_inputs"]
+    records = manifest["verification"]["export"]
+    assert len(records) == 2 and all(r["matched"] and r["max_abs_diff"] <= r["atol"] == 1e-4 for r in records)
+    memory = manifest["export"]["memory"]
+    assert 0 < memory["peak_rss_mib"] <= memory["process_max_rss_mib"] + 1
+    graph = onnx.load(str(out / "vision.onnx"))
+    inputs = [i.name for i in graph.graph.input]
+    assert inputs == config["inputs"] == [recipes[t]["input"] for t in recipes]
+    resized = {n.input[0] for n in graph.graph.node if n.op_type == "Resize"}
+    assert not resized & set(inputs)  # feature-grid resizes only, never a graph input
+    _, processor, _ = load_model(str(eagle_1024))
+    assert [r["input"] for r in processor.tower_recipes] == inputs

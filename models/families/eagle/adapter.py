@@ -201,13 +201,23 @@ class EagleAdapter(LayoutAdapter):
                 "front end"]
 
     def vision_front_end(self, model, processor):
-        from ...llava_processing import CLIP_MEAN, CLIP_STD
-        from .modeling import EagleVisionFrontEnd
+        """The towers, concat and projector on one input per tower (no pixel resampling in the graph).
 
+        Each tower's input is made outside the graph by ``processor.tower_inputs(pixel_values)``
+        (:mod:`.front_end`: the model's own torch resizes, Pix2Struct's patch extraction), so the
+        ONNX graph contains no ``Resize`` of pixels and matches PyTorch within 1e-4 at 1024 px.
+        """
+        from ...llava_processing import CLIP_MEAN, CLIP_STD
+        from .front_end import EagleTowerInputsFrontEnd
+
+        module = EagleTowerInputsFrontEnd(model)
         info = {"image_size": processor.image_size, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
                 "expand_to_square": processor.pad, "num_image_tokens": processor.num_image_tokens,
-                "hidden_size": model.config.hidden_size, "towers": model.config.tower_names}
-        return EagleVisionFrontEnd(model), info
+                "hidden_size": model.config.hidden_size, "towers": model.config.tower_names,
+                "tower_inputs": module.recipes,
+                "make_inputs": "EagleProcessor.tower_inputs(pixel_values) (encslim, torch): each tower's input as "
+                               "the model's forward makes it; the graph takes them by name"}
+        return module, info
 
     def export_notes(self, config):
         """What a model card should say about this Eagle folder."""

@@ -35,7 +35,7 @@ class EagleProcessor(TokenizerMixin):
     """Images -> ``pixel_values`` (B, 3, S, S); prompts -> ids with the placeholder run expanded."""
 
     def __init__(self, tokenizer, image_size=DEFAULT_INPUT_SIZE, num_image_tokens=DEFAULT_GRID ** 2,
-                 template=None, pad=True):
+                 template=None, pad=True, tower_recipes=None):
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
         self.tokenizer = tokenizer
@@ -44,14 +44,18 @@ class EagleProcessor(TokenizerMixin):
         self.template = template or guess_template(tokenizer)
         self.pad = pad
         self.image_token = IMAGE_PLACEHOLDER
+        self.tower_recipes = tower_recipes  # front_end.tower_input_recipes: each tower's input (ONNX)
         self.image_processor = CLIPImageProcessorPil(
             size={"shortest_edge": self.image_size}, crop_size={"height": self.image_size, "width": self.image_size},
             resample=3, do_center_crop=True, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD)
 
     @classmethod
     def from_config(cls, tokenizer, config):
+        from .front_end import tower_input_recipes
+
         return cls(tokenizer, config.eagle_input_image_size, config.eagle_grid_size ** 2,
-                   pad=getattr(config, "image_aspect_ratio", "pad") == "pad")
+                   pad=getattr(config, "image_aspect_ratio", "pad") == "pad",
+                   tower_recipes=tower_input_recipes(config))
 
     @classmethod
     def from_pretrained(cls, path, config):
@@ -75,7 +79,7 @@ class EagleProcessor(TokenizerMixin):
         self.tokenizer.save_pretrained(str(folder))
         Path(folder, PROCESSOR_FILE).write_text(json.dumps(
             {"processor_class": "EagleProcessor", "template": self.template, "image_size": self.image_size,
-             "pad": self.pad}, indent=2) + "\n")
+             "pad": self.pad, "tower_inputs": self.tower_recipes}, indent=2) + "\n")
 
     # ------------------------------------------------------------------ images
     def pixel_values(self, images):
@@ -84,6 +88,19 @@ class EagleProcessor(TokenizerMixin):
         prepared = [expand2square(im.convert("RGB"), background) if self.pad else im.convert("RGB") for im in images]
         out = self.image_processor(prepared, return_tensors="pt")["pixel_values"]
         return torch.as_tensor(out)
+
+    def tower_inputs(self, pixel_values):
+        """Each tower's input from :meth:`pixel_values` (``{graph input name: tensor}``), as the model's
+        forward makes it: what the ONNX vision front end takes (``onnx_config.json`` ``vision.tower_inputs``).
+
+        Raises:
+            ValueError: the processor was built without the model's config (no tower recipes).
+        """
+        from .front_end import make_tower_inputs
+
+        if self.tower_recipes is None:
+            raise ValueError("this EagleProcessor has no tower recipes; build it with from_config/from_pretrained")
+        return make_tower_inputs(self.tower_recipes, pixel_values)
 
     # ------------------------------------------------------------------ text
     def build_prompt(self, question, with_image=True):

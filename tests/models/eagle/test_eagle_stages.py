@@ -284,7 +284,9 @@ def test_export_onnx_vision_front_end(pruned, tmp_path, capsys):
     image = batch["input_ids"] == adapter.image_token_id(model.config)
     expected = embeds[image].reshape(2, -1, model.config.hidden_size).numpy()
     session = ort.InferenceSession(str(out / "vision.onnx"), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"pixel_values": batch["pixel_values"].numpy()})[0]
+    feeds = {k: v.numpy() for k, v in processor.tower_inputs(batch["pixel_values"]).items()}  # one input per tower
+    assert [i.name for i in session.get_inputs()] == list(feeds) == config["inputs"]
+    got = session.run(None, feeds)[0]
     assert got.shape == (2, 1024, model.config.hidden_size)
     assert np.abs(got - expected).max() <= 1e-4
 
