@@ -316,10 +316,50 @@ def _preprocess_json(folder):
     return _json(path) if path.is_file() else {}
 
 
+def vit_args(state, known, folder, slot):
+    """The SigLIP trunk's sizes from its weights (width, depth, MLP width, patch, position table) and
+    ``known`` (the timm name's sizes: the head count, which no shape holds)."""
+    try:
+        width, _, patch, _ = state["patch_embed.proj.weight"].shape
+        depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+        mlp_hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+        side = int(round(state["pos_embed"].shape[1] ** 0.5))
+    except KeyError as err:
+        raise ModelLoadError(f"encoder folder {folder} (slot {slot}) holds no timm ViT trunk: "
+                             f"visual.trunk.{err.args[0]} is missing") from None
+    return {"embed_dim": width, "depth": depth, "num_heads": known.get("num_heads", 16), "mlp_hidden": mlp_hidden,
+            "patch_size": patch, "image_size": side * patch}
+
+
+def convnext_args(state, known, folder, slot):
+    """The ConvNeXt trunk's sizes from its weights (stage widths and depths) and ``known`` (the LayerNorm eps)."""
+    stages = sorted({int(k.split(".")[1]) for k in state if k.startswith("stages.")})
+    try:
+        dims = [state[f"stages.{s}.blocks.0.conv_dw.weight"].shape[0] for s in stages]
+    except KeyError as err:
+        raise ModelLoadError(f"encoder folder {folder} (slot {slot}) holds no timm ConvNeXt trunk: "
+                             f"visual.trunk.{err.args[0]} is missing") from None
+    depths = [len({k.split(".")[3] for k in state if k.startswith(f"stages.{s}.blocks.")}) for s in stages]
+    return {"depths": depths, "dims": dims, "norm_eps": known.get("norm_eps", 1e-5)}
+
+
+def _check_width(tower, width, folder, slot):
+    if width is not None and int(width) != int(tower):
+        raise ModelLoadError(f"encoder folder {folder} (slot {slot}) gives {tower}-wide features, but the checkpoint's "
+                             f"aux projector for {slot} takes {width}; pass the encoder this model was trained with")
+
+
 def build_tower(slot, kind, folder, config):
-    """The :class:`Tower` of ``slot`` from its local ``folder``, loaded strictly."""
+    """The :class:`Tower` of ``slot`` from its local ``folder``, loaded strictly.
+
+    open_clip folders are read as the hub stores them (``open_clip_config.json`` and
+    ``open_clip_pytorch_model.bin``/``.safetensors``); the trunk's sizes come from its weights, the head count
+    and LayerNorm eps from the timm model name (``encslim_trunk`` in the config, written by older tiny
+    folders, overrides them). The features' width is checked against the aux projector's.
+    """
     geometry, token_len = config.geometry(slot), config.token_len(slot)
     hub_id = config.hub_id(slot)
+    known_width = (config.cambrian_encoder_specs.get(slot) or {}).get("width")  # the checkpoint's, when read
     if kind in ("siglip", "convnext"):
         cfg = _json(Path(folder) / OPEN_CLIP_CONFIG)
         name = cfg["model_cfg"]["vision_cfg"]["timm_model_name"]
@@ -328,20 +368,24 @@ def build_tower(slot, kind, folder, config):
         if name not in table and TRUNK_OVERRIDES not in cfg:
             raise ModelLoadError(f"encoder folder {folder} (slot {slot}) is timm model {name}; encslim knows "
                                  f"{', '.join(table)}")
-        args = {**table.get(name, {}), **cfg.get(TRUNK_OVERRIDES, {})}
         state = read_tensors(folder, TRUNK_PREFIX, slot)
+        derive = vit_args if kind == "siglip" else convnext_args
+        args = {**derive(state, table.get(name, {}), folder, slot), **cfg.get(TRUNK_OVERRIDES, {})}
         mean = tuple(pre.get("mean", (0.5,) * 3 if kind == "siglip" else CLIP_MEAN))
         std = tuple(pre.get("std", (0.5,) * 3 if kind == "siglip" else CLIP_STD))
         preprocess = {"image_size": geometry["image_size"], "mean": mean, "std": std, "pad_mean": CLIP_MEAN}
         if kind == "siglip":
+            _check_width(args["embed_dim"], known_width, folder, slot)
             trunk = TimmViT(args["embed_dim"], args["depth"], args["num_heads"], args["mlp_hidden"], args["patch_size"],
                             args.get("image_size", geometry["image_size"]))
             strict_fill(trunk, state, folder, slot)
             return SiglipTower(slot, kind, trunk, token_len, preprocess)
+        multi = "multi-stage" in hub_id.lower()
+        _check_width(sum(args["dims"]) if multi else args["dims"][-1], known_width, folder, slot)
         trunk = ConvNeXt(args["depths"], args["dims"], args["norm_eps"], 1e-6, 0)
         state = {k[:-len("gamma")] + "weight" if k.endswith(".gamma") else k: v for k, v in state.items()}
         strict_fill(trunk, state, folder, slot)
-        return ConvNextTower(slot, kind, trunk, token_len, preprocess, multi_stage="multi-stage" in hub_id.lower())
+        return ConvNextTower(slot, kind, trunk, token_len, preprocess, multi_stage=multi)
     pre = _preprocess_json(folder)
     if kind == "clip":
         from transformers import CLIPVisionModel
@@ -349,6 +393,7 @@ def build_tower(slot, kind, folder, config):
         # a whole CLIPModel folder (openai/clip-vit-large-patch14-336): its text tower is not Cambrian's
         model = hf_encoder(CLIPVisionModel, folder, slot, ("text_model.", "text_projection.", "visual_projection.",
                                                             "logit_scale"))
+        _check_width(model.config.hidden_size, known_width, folder, slot)
         preprocess = {"image_size": int(model.config.image_size), "mean": tuple(pre.get("image_mean", CLIP_MEAN)),
                       "std": tuple(pre.get("image_std", CLIP_STD)), "pad_mean": tuple(pre.get("image_mean", CLIP_MEAN))}
         return ClipTower(slot, kind, model, token_len, preprocess, select_layer=config.mm_vision_select_layer,
@@ -356,6 +401,7 @@ def build_tower(slot, kind, folder, config):
     from transformers import Dinov2Model
 
     model = hf_encoder(Dinov2Model, folder, slot, ())
+    _check_width(model.config.hidden_size, known_width, folder, slot)
     model.embeddings.interpolate_pos_encoding = types.MethodType(interpolate_pos_encoding_437, model.embeddings)
     mean = tuple(pre.get("image_mean", IMAGENET_MEAN))
     preprocess = {"image_size": geometry["image_size"], "mean": mean, "std": tuple(pre.get("image_std", IMAGENET_STD)),
@@ -400,9 +446,12 @@ def check_encoder_folders(config, paths, model_dir):
                           f"slots are {', '.join(slots)}")
     missing = [s for s in slots if s not in paths]
     if missing:
+        from .hub import search_report
+
         options = " ".join(f"--encoder {s}=PATH" for s in missing)
-        raise ConfigError(f"{model_dir} is a Cambrian checkpoint without its vision encoders; name a local folder "
-                          f"for each of {', '.join(missing)}: {options}")
+        raise ConfigError(f"{model_dir} is a Cambrian checkpoint without its vision encoders, and the local Hugging "
+                          f"Face cache does not hold {', '.join(missing)}: {search_report(config, missing)}; "
+                          f"download them once (huggingface-cli download HUB_ID) or pass {options}")
     for slot in slots:
         folder = Path(paths[slot])
         if not folder.is_dir():
