@@ -16,8 +16,9 @@ inside the LLM. Two masks:
   removal mask; rank reports which mask it used).
 
 The encoders are not in the checkpoint: :mod:`.encoders` loads them from local folders named per slot
-(``--encoder siglip=PATH``, :mod:`encslim.models.external`); the folders are saved in encslim's
-outputs (``encslim_encoder_paths`` in ``config.json``) so that later stages find them.
+(``--encoder siglip=PATH``, :mod:`encslim.models.external`), else from the ones saved in ``config.json``
+(``encslim_encoder_paths``, written in encslim's outputs so that later stages find them), else from the local
+Hugging Face cache by the hub ids the original downloads (:mod:`.hub`, offline), in that order.
 """
 
 import copy
@@ -96,7 +97,8 @@ def strict_load(path, config, dtype=None, device_map=None):
 
 def attach_towers(model, config, path, device="cpu", dtype=None):
     """Load every slot's encoder from its folder and attach it (outside the module tree, as the original)."""
-    from .encoders import build_tower, check_encoder_folders, folder_kind
+    from .encoders import build_tower
+    from .folders import check_encoder_folders, folder_kind
 
     paths = check_encoder_folders(config, config.encoder_paths, path)
     towers = []
@@ -153,7 +155,7 @@ class CambrianAdapter(LayoutAdapter):
     def load(self, path, device="cpu", dtype=None, device_map=None):
         register_auto_classes()
         config = self.read_config(path)
-        from .encoders import check_encoder_folders
+        from .folders import check_encoder_folders
 
         check_encoder_folders(config, config.encoder_paths, path)  # before the LLM weights are read
         model = strict_load(path, config, dtype, device_map)

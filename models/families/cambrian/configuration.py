@@ -20,7 +20,9 @@ Slots are short names derived from the hub ids with the original builder's own s
 
 encslim-only keys (absent from real checkpoints): ``encslim_encoder_paths`` (``{slot: local
 folder}``, see :mod:`encslim.models.external`) and ``cambrian_encoder_specs`` (``{slot:
-{"image_size", "width"}}`` overriding the real encoders' input size and feature width: tiny models).
+{"image_size", "width"}}`` overriding the real encoders' input size and feature width: tiny models). When
+a folder's config gives no width, the adapter reads it off the checkpoint's ``mm_projector_aux_{i}`` (as the
+original reads it off the loaded tower), so a config as the original saved it loads as it is.
 """
 
 import re

@@ -1,7 +1,8 @@
 """Tiny random Cambrian-1 checkpoints with the real key names and config keys, and tiny encoder folders.
 
 ``create_tiny_cambrian(OUT)`` writes the checkpoint to ``OUT`` (as Cambrian's own: no encoders in it,
-no encoder folders named) and one folder per encoder in its original layout under ``OUT/encoders/``:
+no encoder folders named; ``create-tiny`` names them in ``config.json``, ``record_encoders``) and one
+folder per encoder in its original layout under ``OUT/encoders/``:
 open_clip folders for SigLIP and ConvNeXt (``visual.trunk.*`` keys, plus a text tower and heads the
 loader must ignore), transformers folders for CLIP (a whole ``CLIPModel``) and DINOv2.
 
@@ -120,24 +121,37 @@ def build_tiny_cambrian(seed=0, tokenizer=None):
     return model, tokenizer
 
 
-def create_tiny_cambrian(out, seed=0, overwrite=False):
+def create_tiny_cambrian(out, seed=0, overwrite=False, record_encoders=False):
     """Write a tiny random Cambrian folder to ``out`` and its encoder folders to ``out/encoders/<slot>``.
+
+    Args:
+        out: the folder to write.
+        seed: the random seed.
+        overwrite: replace an existing ``out``.
+        record_encoders: name the encoder folders in ``config.json`` (``encslim_encoder_paths``, absolute), so
+            that every command finds them without ``--encoder`` (default: no, as Cambrian's own checkpoints).
 
     Returns:
         ``{slot: folder}`` of the encoders (pass them as ``--encoder slot=folder``).
     """
+    from ...external import CONFIG_KEY
     from .processing import CambrianProcessor
 
     model, tokenizer = build_tiny_cambrian(seed)
+    paths = {s: str(Path(out).resolve() / "encoders" / s) for s in SLOTS}
+    if record_encoders:
+        setattr(model.config, CONFIG_KEY, paths)
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         CambrianProcessor(tokenizer, model.config, {}).save_pretrained(tmp)
         write_tiny_encoders(Path(tmp) / "encoders", seed)
-    return {s: str(Path(out).resolve() / "encoders" / s) for s in SLOTS}
+    return paths
 
 
 def create(out, *, seed=0, overwrite=False):
-    """``create-tiny --family cambrian``: the folder and its encoders; returns the note naming the encoder folders."""
-    paths = create_tiny_cambrian(out, seed=seed, overwrite=overwrite)
-    return ("its encoders are outside the checkpoint, as Cambrian's: pass "
+    """``create-tiny --family cambrian``: the folder and its encoders, named in its ``config.json``; returns the
+    note naming the encoder folders."""
+    paths = create_tiny_cambrian(out, seed=seed, overwrite=overwrite, record_encoders=True)
+    return ("its encoders are outside the checkpoint, as Cambrian's; config.json names their folders "
+            "(encslim_encoder_paths), which every command reads; flags override them, these are the same: "
             + " ".join(f"--encoder {slot}={path}" for slot, path in paths.items()))

@@ -148,8 +148,11 @@ def test_removal_plan_of_the_global_context_source_says_what_moves(loaded):
     assert plan.renames["model.vision_sampler_0.layers.0.pos_embed_3"] == "model.vision_sampler_0.layers.0.pos_embed_2"
 
 
-def test_missing_and_wrong_encoder_folders_are_one_line_errors(tiny_cambrian, capsys):
+def test_missing_and_wrong_encoder_folders_are_one_line_errors(tiny_cambrian, capsys, tmp_path, monkeypatch):
     folder, paths = tiny_cambrian
+    for name in ("HF_HUB_CACHE", "HF_HOME", "HOME"):  # an empty Hugging Face cache: nothing found there
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     code, out, err = run_main(capsys, "inspect", folder)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "without its vision encoders" in err and "--encoder siglip=PATH" in err and "convnext" in err
