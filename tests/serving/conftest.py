@@ -11,9 +11,9 @@ import pytest
 
 if importlib.util.find_spec("vllm") is None:
     collect_ignore_glob = ["test_*.py"]
-
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vLLM reserves most of the RAM for its cache
-os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+else:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # else vLLM reserves most of the RAM for its cache
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 
 # vLLM's CPU attention needs a head size of at least 32: the tiny LM gets 4 heads of 32 channels
 SERVING_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,
