@@ -35,6 +35,7 @@ import re
 from ..errors import ConfigError, DataError
 from ..models.loading import load_model
 from ..models.masking import MASK_MODES
+from ..models.slots import SlotSet, split_names
 from .answering import generate_texts
 
 logger = logging.getLogger(__name__)
@@ -124,13 +125,8 @@ except ImportError:  # lmms-eval not installed: the local stand-in
 
 def parse_masked(masked):
     """``masked`` from ``model_args`` as a list of slot names: ``"sam"``, ``"sam+clip"`` (or ``;``, ``|``,
-    ``,`` when quoted), a list, or empty for the full model."""
-    if masked is None or masked is False:
-        return []
-    if isinstance(masked, (list, tuple, set, frozenset)):
-        return [str(s) for s in masked]
-    text = str(masked).strip().strip("\"'")
-    return [s for s in re.split(r"[+;|,\s]+", text) if s]
+    ``,`` when quoted), a list, or empty for the full model (:func:`encslim.models.slots.split_names`)."""
+    return list(split_names(masked))
 
 
 def _batch_size(value):
@@ -222,12 +218,11 @@ class EncslimLmms(_Base):
         self._model, self.processor, self.adapter = load_model(self.pretrained, device=self._device_name,
                                                                dtype=str(dtype))
         config = self._model.config
-        names = parse_masked(masked)
-        if names and mask_mode == "mean":
-            self.adapter.check_slots(config, names)
+        slot_set = SlotSet.from_masked(self.adapter.slot_names(config), masked, what="masked: ")
+        if slot_set.masked and mask_mode == "mean":
             raise ConfigError("mask_mode=mean needs per-slot mean features, which the lmms-eval model cannot "
                               "compute; use removal or zero (or encslim eval --mask-mode mean)")
-        self.masked = self.adapter.check_mask(config, names, mask_mode)
+        self.masked = self.adapter.check_mask(config, slot_set.masked, mask_mode)
         self._warned = set()
         logger.info("encslim lmms-eval model: %s (%s), masked: %s (%s); greedy decoding", self.pretrained,
                     self.adapter.model_type, ", ".join(sorted(self.masked)) or "none", mask_mode)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError, ModelLoadError, PlanError
 from .masking import FusionClass, MaskError, check_mask_set, check_slot_names
+from .slots import SlotSet
 
 
 
@@ -161,6 +162,23 @@ class Adapter(ABC):
         tokenizer = self.tokenizer(processor)
         return getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
 
+    def configure_processor(self, processor, **settings):
+        """Apply processor settings a stage's config carries (``max_tiles=6``) to a loaded processor.
+
+        The default takes none; a family with such settings (tiling: Eagle2) overrides this.
+
+        Returns:
+            The processor, configured.
+
+        Raises:
+            ConfigError: a setting this family's processor does not have, or a bad value.
+        """
+        if settings:
+            raise ConfigError(f"{self.model_type or type(self).__name__} models have no processor setting "
+                              f"{', '.join(sorted(settings))}; drop it (only tiling families such as eagle2 take "
+                              "max_tiles)")
+        return processor
+
     # ------------------------------------------------------------------ the split forward
     @abstractmethod
     def encode(self, model, batch, slots=None):
@@ -258,7 +276,8 @@ class Adapter(ABC):
         labels, masked slots)`` of a training batch (``base``: the unwrapped model)."""
         inputs = dict(inputs)
         features = inputs.pop("image_features", None)
-        masked = frozenset(inputs.pop("masked_slots", None) or ())
+        masked = SlotSet.from_masked(self.slot_names(base.config), inputs.pop("masked_slots", None),
+                                     what="batch masked_slots: ").masked
         keep = inputs.pop("slot_keep", None)
         labels = inputs.pop("labels", None)
         if features is None:

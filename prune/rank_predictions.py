@@ -45,28 +45,12 @@ from ..data.samples import Sample
 from ..data.scorers import score
 from ..errors import ConfigError, DataError
 from ..files import atomic_output_dir, check_output_path
+from ..models.slots import SlotSet, parse_key as parse_slot_key, slots_of_keys
 from .rank_compute import compute_ranking, image_clusters
 from .shapley import is_complete
 
 MAX_REFERENCE_LENGTH = 64  # a VLMEvalKit image cell this short names another row's index
 SHOWN_IDS = 5
-
-
-def parse_key(key):
-    """``("full", [])``, ``("masked", [slots])`` or ``("kept", [slots])`` from a --predictions key.
-
-    Raises:
-        ConfigError: another form.
-    """
-    text = str(key).strip()
-    if text == "full":
-        return "full", []
-    kind, _, names = text.partition(":")
-    slots = [s.strip() for s in names.split("+") if s.strip()]
-    if kind not in ("masked", "kept") or not slots or len(set(slots)) != len(slots):
-        raise ConfigError(f"--predictions key '{key}' not understood; use full, masked:SLOT[+SLOT...] "
-                          f"or kept:SLOT[+SLOT...]")
-    return kind, slots
 
 
 def parse_predictions(pairs):
@@ -272,27 +256,17 @@ def _check_same_samples(key, ids, reference, reference_name):
 
 
 # ---------------------------------------------------------------- the ranking
-def _mask_sets(entries, slots):
-    """``{key: frozenset(masked)}``; unknown slots and repeated mask sets refused."""
+def _mask_sets(keys, slots):
+    """``{key: frozenset(masked)}`` of the --predictions keys (:class:`SlotSet`, checked against
+    ``slots``); repeated mask sets refused."""
     out = {}
-    for key, (kind, names) in entries.items():
-        unknown = [s for s in names if s not in slots]
-        if unknown:
-            raise ConfigError(f"--predictions {key}: unknown slot(s) {', '.join(unknown)}; the model's slots are "
-                              f"{', '.join(slots)}")
-        masked = frozenset(slots) - set(names) if kind == "kept" else frozenset(names)
+    for key in keys:
+        masked = SlotSet.parse(slots, key).masked
         clash = next((k for k, m in out.items() if m == masked), None)
         if clash is not None:
             raise ConfigError(f"--predictions {clash} and {key} name the same mask set; give each mask set once")
         out[key] = masked
     return out
-
-
-def _slots_from_keys(entries):
-    slots = []
-    for kind, names in entries.values():
-        slots.extend(s for s in names if s not in slots)
-    return slots
 
 
 def _subsets_mode(slots, masks):
@@ -331,8 +305,10 @@ def rank_predictions(predictions, model=None, data=None, categories=None, out=No
     start = time.perf_counter()
     _check_options("single", mask_mode, bootstrap, alpha, None)
     pairs = parse_predictions(predictions)
-    entries = {key: parse_key(key) for key, _ in pairs}
-    if "full" not in entries:
+    keys = [key for key, _ in pairs]
+    for key in keys:  # every key's syntax, before any file is read
+        parse_slot_key(key)
+    if "full" not in keys:
         raise ConfigError("--predictions needs full=PATH: the full model's predictions (every slot kept)")
     inputs = [p for _, p in pairs] + ([] if model is None else [model]) + \
         ([] if data is None else ([data] if isinstance(data, (str, Path)) else list(data)))
@@ -346,10 +322,10 @@ def rank_predictions(predictions, model=None, data=None, categories=None, out=No
         loaded = load_model(model, device=device, dtype=dtype)
         slots = list(loaded[2].slot_names(loaded[0].config))
     else:
-        slots = _slots_from_keys(entries)
+        slots = slots_of_keys(keys)
         if not slots:
             raise ConfigError("--predictions names no slot; add masked:SLOT=PATH for each slot (or pass --model)")
-    masks = _mask_sets(entries, slots)
+    masks = _mask_sets(keys, slots)
     missing = [s for s in slots if frozenset({s}) not in masks.values()]
     if missing:
         raise ConfigError(f"no predictions with {', '.join(missing)} masked alone; CUR needs the full model and "
