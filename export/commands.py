@@ -73,6 +73,9 @@ def format_summary(manifest, fmt, out):
         lines.append(f"  {name:<40} max |diff| {record['max_abs_diff']:.3g} (atol {record['atol']:g}) {status}")
     lines.append(f"  {len(manifest.get('files', {}))} files + encslim_manifest.json; model card: {out}/README.md")
     serve = (manifest.get("export") or {}).get("serve")
+    if serve is None and fmt == "hf":  # a folder encslim's vLLM plugin serves (Family.serving)
+        from ..models.vllm_plugin import serve_command
+        serve = serve_command(out)
     if serve:  # formats a serving engine loads name the command (e.g. llava: its image processor backend)
         lines.append(f"  serve with vLLM: {serve}")
     return "\n".join(lines)

@@ -15,6 +15,10 @@ exported with a stock class (``encslim export --format llava``) need no plugin.
 Importing this module imports neither vLLM nor torch.
 """
 
+import json
+import shlex
+from pathlib import Path
+
 from .registry import families, resolve
 
 
@@ -40,6 +44,26 @@ def serving_models():
     return models
 
 
+def serve_command(folder):
+    """The ``vllm serve`` command for a folder whose architecture a family's vLLM model serves, else ``None``.
+
+    Args:
+        folder: a model folder (its ``config.json`` is read).
+
+    Returns:
+        ``"vllm serve FOLDER"`` when ``architectures[0]`` is one of :func:`serving_models`, else ``None``
+        (no readable ``config.json``, or an architecture the plugin does not serve).
+    """
+    try:
+        config = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    architectures = (config.get("architectures") if isinstance(config, dict) else None) or [None]
+    if architectures[0] not in serving_models():
+        return None
+    return f"vllm serve {shlex.quote(str(folder))}"
+
+
 def register():
     """The plugin vLLM calls: registers every family's vLLM model (and its transformers classes).
 
@@ -59,4 +83,4 @@ def register():
     return sorted(models)
 
 
-__all__ = ["register", "serving_models"]
+__all__ = ["register", "serve_command", "serving_models"]

@@ -15,4 +15,5 @@ register_family(Family(
     ),
     exports=("llava",),
     transformers="encslim.models.families.native.adapter:register_auto_classes",
+    serving="encslim.models.families.native.serving:EncslimForConditionalGeneration",
 ))

