@@ -211,6 +211,9 @@ def cli(verbose):
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from .runtime import quiet_deepspeed
+
+    quiet_deepspeed()  # accelerate imports DeepSpeed where installed; only a DeepSpeed run shows its lines
     if not verbose:
         # transformers' per-tensor loading bars drown the output of short commands
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

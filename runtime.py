@@ -11,12 +11,17 @@ seen now), at least 1. An explicit ``requested`` count wins, then the
 ``ENCSLIM_THREADS`` environment variable, then ``OMP_NUM_THREADS`` (left as torch read it). The
 choice is recorded (:func:`thread_choice`) and printed in the environment block of JSON outputs.
 
+DeepSpeed's log lines: :func:`quiet_deepspeed` (the CLI, at start) hides them in commands that do not
+train with DeepSpeed (accelerate imports it wherever it is installed, and the import prints a warning);
+:func:`deepspeed_in_use` (a DeepSpeed run's set-up) shows them again.
+
 CLI wiring (for a command's ``--threads`` option)::
 
     from encslim.runtime import configure_threads
     configure_threads(threads)   # threads: the option's value, None for the automatic choice
 """
 
+import logging
 import os
 import sys
 
@@ -170,3 +175,32 @@ def progress_bar(iterable=None, total=None, desc=None, unit="it", progress=None,
         options.setdefault("nrows", _env_int("LINES") or 24)
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not progress_enabled(progress),
                 file=sys.stderr, **options)
+
+
+DEEPSPEED_LOGGER = "DeepSpeed"
+
+
+class _DeepSpeedUnused(logging.Filter):
+    """Drops DeepSpeed's records below ERROR (its stdout handler's "Setting accelerator to CPU"...)."""
+
+    def filter(self, record):
+        return record.levelno >= logging.ERROR
+
+
+_DEEPSPEED_UNUSED = _DeepSpeedUnused()
+
+
+def quiet_deepspeed():
+    """Keep DeepSpeed's log lines out of a command that does not use DeepSpeed.
+
+    accelerate imports ``deepspeed`` wherever it is installed (``save_pretrained`` unwraps the model
+    through ``extract_model_from_parallel``), and the import alone prints a warning to stdout. The
+    filter sits on DeepSpeed's logger by name, so it holds whether or not DeepSpeed was imported
+    yet (DeepSpeed's own set-up keeps a logger's filters); :func:`deepspeed_in_use` lifts it.
+    """
+    logging.getLogger(DEEPSPEED_LOGGER).addFilter(_DEEPSPEED_UNUSED)
+
+
+def deepspeed_in_use():
+    """Show DeepSpeed's log lines again: the run is about to train with DeepSpeed."""
+    logging.getLogger(DEEPSPEED_LOGGER).removeFilter(_DEEPSPEED_UNUSED)

@@ -254,25 +254,33 @@ def train_steps(model, processor, config, steps=None, progress=None):
     sees the same thing. A linear probe per image task on the fused image tokens (weight
     ``config.aux_weight``, discarded afterwards) gives the projector a direct signal.
     """
-    from tqdm.auto import tqdm
+    from ..runtime import progress_bar
 
     total = config.encoder_steps + config.steps
     steps = total if steps is None else min(steps, total)
     torch.manual_seed(config.seed + 1)
     rng = random.Random(f"encslim-demo-train-{config.seed}")
-    slots = model.slot_names
     losses = []
-    bar = tqdm(total=steps, desc="demo model", disable=progress is False, mininterval=1.0)
+    # drawn on a terminal only (and not when progress is False): a log file gets no bar
+    with progress_bar(total=steps, desc="demo model", unit="step", progress=progress, mininterval=1.0) as bar:
+        model.train()
+        n1 = min(steps, config.encoder_steps)
+        _train_towers(model, processor, config, n1, losses, bar)
+        _train_fusion(model, processor, config, steps - n1, rng, losses, bar)
+    model.requires_grad_(True)
+    model.eval()
+    return losses
 
-    # stage 1: each tower with its own probes
-    model.train()
-    n1 = min(steps, config.encoder_steps)
+
+def _train_towers(model, processor, config, n_steps, losses, bar):
+    """Stage 1: each tower with its own probes (see :func:`train_steps`); appends to ``losses``."""
+    slots = model.slot_names
     stream = iter_samples("train", config.encoder_steps * config.batch_size, config.seed, categories=IMAGE_CATEGORIES)
     probes = torch.nn.ModuleDict({s: AuxProbe(model.config.slot_feature_dim(s), model.config.num_image_tokens())
                                   for s in slots})
     named = list(model.vision_towers.named_parameters()) + list(probes.named_parameters())
     optimizer = _adamw(named, config.encoder_lr, config.weight_decay)
-    for step in range(n1):
+    for step in range(n_steps):
         batch = [next(stream) for _ in range(config.batch_size)]
         targets = aux_targets(batch)
         features = model.encode(processor.preprocess_images([s["image"] for s in batch]))
@@ -282,14 +290,16 @@ def train_steps(model, processor, config, steps=None, progress=None):
         losses.append(loss.item())
         _report(bar, losses, "encoders")
 
-    # stage 2: towers frozen; fusion + LLM with encoder dropout
+
+def _train_fusion(model, processor, config, n_steps, rng, losses, bar):
+    """Stage 2: towers frozen; fusion + LLM with encoder dropout (see :func:`train_steps`); appends to ``losses``."""
+    slots = model.slot_names
     model.vision_towers.requires_grad_(False)
-    n2 = steps - n1
     stream = iter_samples("train", config.steps * config.batch_size, config.seed)
     probe = AuxProbe(model.config.text_config.hidden_size, model.config.num_image_tokens())
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad] + list(probe.named_parameters())
     optimizer = _adamw(named, config.lr, config.weight_decay)
-    for step in range(n2):
+    for step in range(n_steps):
         batch = [next(stream) for _ in range(config.batch_size)]
         input_ids, attention, labels, pixels = make_batch(processor, batch, rng)
         with torch.no_grad():
@@ -304,10 +314,6 @@ def train_steps(model, processor, config, steps=None, progress=None):
         _step(optimizer, loss, [p for _, p in named], config.lr, lr_factor(step, config.steps, config.warmup))
         losses.append(loss.item())
         _report(bar, losses, "llm")
-    model.requires_grad_(True)
-    model.eval()
-    bar.close()
-    return losses
 
 
 def _report(bar, losses, stage):

@@ -161,8 +161,10 @@ def prepare_deepspeed(ds_config, cuda):
     Raises:
         BuildLockError: a build lock that an interrupted build left and no process holds.
     """
+    from ..runtime import deepspeed_in_use
     from .build_locks import check_build_locks
 
+    deepspeed_in_use()  # the CLI hid DeepSpeed's log lines until now
     if not cuda:
         ds_config = cpu_config(ds_config)
     if cuda or compiles_optimizer(ds_config):

@@ -264,26 +264,24 @@ def _outside_tree(model, adapter):
 
 
 def format_inspection(info):
-    """A human table of :func:`inspect_model`'s result."""
-    w = max([12] + [len(s["name"]) + 2 for s in info["slots"]])
-    bw = max([10] + [len(s["backbone"]) + 2 for s in info["slots"]])
+    """A human table of :func:`inspect_model`'s result.
+
+    Each column is as wide as its widest cell, and columns are two spaces apart, so the
+    hundreds of billions of FLOPs of a large encoder never run into its parameter count.
+    """
+    header = ["slot", "backbone", "input", "tokens", "dim", "params", "vision FLOPs", "share"]
+    rows = [_slot_cells(s) for s in info["slots"]]
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     lines = [
         f"model   {info['path']}  ({info['model_type']})",
         f"fusion  {info['fusion']['type']} (class {info['fusion']['class']}), "
         f"{info['fusion']['image_tokens']} image tokens, {info['fusion']['shared_params']:,} shared params",
         "",
-        f"{'slot':<{w}}{'backbone':<{bw}}{'input':>7}{'tokens':>8}{'dim':>6}{'params':>12}{'vision FLOPs':>15}"
-        f"{'share':>8}  exact removal",
+        _table_row(header, widths) + "  exact removal",
     ]
     notes = []
-    for s in info["slots"]:
-        flops = "?" if s["vision_flops"] is None else f"{s['vision_flops']:,}"
-        share = "?" if s["vision_flops_share"] is None else f"{s['vision_flops_share']:.1%}"
-        lines.append(
-            f"{s['name']:<{w}}{s['backbone']:<{bw}}{s['image_size']:>7}{s['tokens']:>8}{s['feature_shape'][1]:>6}"
-            f"{s['params']:>12,}{flops:>15}{share:>8}  "
-            f"{'yes' if s['removal_exact'] else 'no (finetune after removal)'}"
-        )
+    for s, row in zip(info["slots"], rows):
+        lines.append(_table_row(row, widths) + f"  {'yes' if s['removal_exact'] else 'no (finetune after removal)'}")
         if s["vision_flops_method"] not in (FLOPS_META, "measured"):
             notes.append(f"        {s['name']}: FLOPs {s['vision_flops_method']}")
     lines += notes + [
@@ -294,3 +292,18 @@ def format_inspection(info):
     if not info["params_match"]:
         lines.append(f"        the safetensors headers hold {info['params_in_headers']:,} parameters")
     return "\n".join(lines)
+
+
+def _slot_cells(slot):
+    """One slot's cells: name and backbone as text, the numbers with thousands separators."""
+    flops = "?" if slot["vision_flops"] is None else f"{slot['vision_flops']:,}"
+    share = "?" if slot["vision_flops_share"] is None else f"{slot['vision_flops_share']:.1%}"
+    return [slot["name"], slot["backbone"], str(slot["image_size"]), str(slot["tokens"]),
+            str(slot["feature_shape"][1]), f"{slot['params']:,}", flops, share]
+
+
+def _table_row(cells, widths):
+    """Text left-aligned (the first two columns), numbers right-aligned; columns two spaces apart."""
+    text = [f"{c:<{w}}" for c, w in zip(cells[:2], widths[:2])]
+    numbers = [f"{c:>{w}}" for c, w in zip(cells[2:], widths[2:])]
+    return "  ".join(text + numbers)

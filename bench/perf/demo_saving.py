@@ -22,10 +22,11 @@ demo recipe removes; the variant keeps ``vit`` (128 px, the only encoder that re
 and ``clip`` (16 px).
 """
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
+
+from . import arguments
 
 BAND = (0.7, 1.1)
 DEFAULT_DROP = ("siglip", "convnext")
@@ -100,8 +101,8 @@ def print_figures(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder (default: demo/model)")
+    parser = arguments.parser(__doc__, "demo_saving")
+    parser.add_argument("--model", type=arguments.folder, default=None, help="model folder (default: demo/model)")
     parser.add_argument("--untrained", action="store_true", help="benchmark the demo architecture, random weights")
     parser.add_argument("--drop", default=",".join(DEFAULT_DROP), help="slots to prune (comma-separated)")
     parser.add_argument("--batch-sizes", default="1,4,64")

@@ -15,7 +15,6 @@ Samples are synthetic (random images, MCQ and short-answer questions): speed doe
 on what the model answers.
 """
 
-import argparse
 import json
 import time
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import arguments
 from ...models.registry import get_adapter
 from ..evaluate import evaluate
 from ...data.samples import Sample
@@ -105,12 +105,12 @@ def _row(name, r):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments.parser(__doc__, "eval_speed")
     parser.add_argument("--samples", type=int, default=32, help="samples for the tiny configs")
     parser.add_argument("--small-samples", type=int, default=4, help="samples for the small config (0: skip it)")
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--json", type=arguments.output_file, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     from ...models.families.native.tiny import build_tiny
 

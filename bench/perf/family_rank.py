@@ -16,10 +16,11 @@ five towers: 5 passes per sample), so the 32 mask sets of ``all`` cost little mo
 ``encoder_passes_per_sample`` in ranking.json.
 """
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
+
+from . import arguments
 
 
 def tiny_model(family, options, out):
@@ -56,12 +57,12 @@ def main(argv=None):
     from encslim.models.registry import families
     from encslim.prune.rank import rank
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments.parser(__doc__, "family_rank")
     parser.add_argument("--family", default="native", choices=sorted(families()),
                         help="family of the tiny random model (default: native)")
     parser.add_argument("--tiny", action="append", default=[], metavar="NAME=VALUE",
                         help="a create-tiny option of the family (repeat)")
-    parser.add_argument("--model", default=None, help="a model folder (default: the family's tiny random one)")
+    parser.add_argument("--model", type=arguments.folder, default=None, help="a model folder (default: the family's tiny random one)")
     parser.add_argument("--n-eval", type=int, default=40, help="demo eval samples")
     parser.add_argument("--subsets", default="single,pairs,all", help="comma-separated subset modes")
     parser.add_argument("--device", default="cpu")

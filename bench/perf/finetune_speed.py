@@ -15,13 +15,13 @@ CPU with tiny models the ratio depends on how much of a step the encoders take, 
 ``recompute`` vs ``cached`` rows show directly.
 """
 
-import argparse
 import json
 import logging
 import statistics
 import tempfile
 from pathlib import Path
 
+from . import arguments
 from . import models
 from .models import text, vision
 
@@ -111,13 +111,13 @@ def run(scale="small", steps=12, batch_size=8, warmup=3, repeats=2):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments.parser(__doc__, "finetune_speed")
     parser.add_argument("--scale", choices=sorted(SCALES), default="small")
     parser.add_argument("--steps", type=int, default=12, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="runs per (model, mode), interleaved")
-    parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--json", type=arguments.output_file, help="also write the result here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     result = run(args.scale, args.steps, args.batch_size, args.warmup, args.repeats)

@@ -15,12 +15,12 @@ means onnxruntime is faster).
 * decode step: one new token for each row with a ``--past``-token key/value cache.
 """
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from . import arguments
 from .models import text, vision, write_model
 
 SMALL_TEXT = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8,
@@ -96,8 +96,8 @@ def report(label, times):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="native model folder (default: demo model, else small)")
+    parser = arguments.parser(__doc__, "onnx_speed")
+    parser.add_argument("--model", type=arguments.folder, default=None, help="native model folder (default: demo model, else small)")
     parser.add_argument("--threads", type=int, default=1, help="threads for both runtimes")
     parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1 and 4)")
     parser.add_argument("--past", type=int, default=128, help="cached tokens before the decode step")

@@ -20,7 +20,6 @@ without its start-up imports; bytes read/written are per byte of the checkpoint'
 Goals (issue 19): median wall <= 1.3x ``cp``, peak RSS <= 1 GiB, bytes read per checkpoint byte <= 1.05.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import arguments
 from .models import build_config, saved_shapes, text, vision
 
 CHILD = """
@@ -124,9 +124,11 @@ def _row(surgery, cp_s, files_bytes, order):
             "disk_write_per_byte": proc["write_bytes"] / files_bytes}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", default=None, help="where to write (default: a temp folder in /tmp)")
+def parse_args(argv=None):
+    """The script's options; a missing ``--workdir`` or an unknown mode is one line, exit 2."""
+    parser = arguments.parser(__doc__, "prune_speed")
+    parser.add_argument("--workdir", type=arguments.folder, default=None,
+                        help="an existing folder to write into (default: a temp folder in /tmp)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--layers", type=int, default=16, help="Llama layers (16 -> about 4.7 GB)")
     parser.add_argument("--modes", default="threads,sequential",
@@ -134,9 +136,77 @@ def main(argv=None):
                              "on worker threads) and/or sequential (one thread); the first is the headline")
     parser.add_argument("--keep-files", action="store_true")
     args = parser.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in MODES for m in modes):
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or any(m not in MODES for m in args.modes):
         parser.error(f"--modes takes {', '.join(MODES)}")
+    return args
+
+
+def run_rounds(work, src, modes, rounds, files_bytes):
+    """Alternate ``cp`` and surgery in each mode, ``rounds`` times; whoever runs second meets the other's writeback.
+
+    Returns:
+        (rows, cps): per mode, one :func:`_row` per round; the ``cp`` seconds of each round.
+    """
+    rows = {mode: [] for mode in modes}
+    cps = []
+    for r in range(rounds):
+        ops = ["cp", *modes] if r % 2 == 0 else [*modes, "cp"]
+        timings = {}
+        for op in ops:
+            dst = work / f"{op}{r}"
+            time.sleep(2)
+            timings[op] = time_cp(src, dst) if op == "cp" else time_surgery(src, dst, op)
+            shutil.rmtree(dst)
+            _sync()
+        cps.append(timings["cp"])
+        for mode in modes:
+            row = _row(timings[mode], timings["cp"], files_bytes, "cp first" if r % 2 == 0 else "surgery first")
+            rows[mode].append(row)
+            print(_round_line(r, mode, timings["cp"], row), flush=True)
+    return rows, cps
+
+
+def _round_line(r, mode, cp_s, row):
+    return (f"round {r} ({row['order']}, {mode}): cp {cp_s:.2f} s | surgery {row['wall_s']:.2f} s "
+            f"(start-up imports {row['import_s']:.2f} s, one pass {row['pass_s']:.2f} s) | ratio "
+            f"{row['ratio']:.2f}x ({row['ratio_without_startup']:.2f}x without start-up, "
+            f"{row['ratio_pass_only']:.2f}x the pass alone) | peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB"
+            f" | read/written per byte {row['read_per_byte']:.3f}/{row['written_per_byte']:.3f} (syscalls "
+            f"{row['rchar_per_byte']:.3f}/{row['wchar_per_byte']:.3f}, disk {row['disk_read_per_byte']:.3f}/"
+            f"{row['disk_write_per_byte']:.3f}) | torch imported: {row['sys_modules_torch']}")
+
+
+def summarise(mode_rows):
+    """Medians, extremes and imports over one mode's rounds."""
+    def median(name):
+        return statistics.median(row[name] for row in mode_rows)
+
+    return {"median_surgery_s": median("wall_s"), "median_import_s": median("import_s"),
+            "median_pass_s": median("pass_s"), "median_ratio": median("ratio"),
+            "best_ratio": min(r["ratio"] for r in mode_rows),
+            "median_ratio_without_startup": median("ratio_without_startup"),
+            "median_ratio_pass_only": median("ratio_pass_only"),
+            "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in mode_rows),
+            "read_per_byte_max": max(r["read_per_byte"] for r in mode_rows),
+            "written_per_byte_max": max(r["written_per_byte"] for r in mode_rows),
+            "torch_imported": any(r["sys_modules_torch"] for r in mode_rows),
+            "transformers_imported": any(r["sys_modules_transformers"] for r in mode_rows)}
+
+
+def _summary_line(summary):
+    return "summary: " + "; ".join(
+        f"{mode}: median {s['median_surgery_s']:.2f} s = {s['median_ratio']:.2f}x cp "
+        f"({s['median_ratio_without_startup']:.2f}x without start-up), peak RSS "
+        f"{s['peak_rss_bytes_max'] / 2**30:.2f} GiB, read/written per byte {s['read_per_byte_max']:.3f}/"
+        f"{s['written_per_byte_max']:.3f}" for mode, s in summary["modes"].items()) + (
+        f"; cp median {summary['median_cp_s']:.2f} s")
+
+
+def main(argv=None):
+    """Write the synthetic checkpoint, time the rounds, print the table and the JSON summary (returned)."""
+    args = parse_args(argv)
+    modes = args.modes
     work = Path(tempfile.mkdtemp(prefix="encslim-prune-speed-", dir=args.workdir))
     try:
         src = work / "source"
@@ -145,56 +215,13 @@ def main(argv=None):
         print(f"synthetic checkpoint: {size / 1e9:.2f} GB in {len(list(src.glob('*.safetensors')))} shards "
               f"(written in {time.perf_counter() - start:.1f} s)")
         files_bytes = sum(p.stat().st_size for p in src.glob("*.safetensors"))
-        rows = {mode: [] for mode in modes}
-        cps = []
-        for r in range(args.rounds):  # alternate the order: whoever runs second meets the other's writeback
-            ops = ["cp", *modes] if r % 2 == 0 else [*modes, "cp"]
-            timings = {}
-            for op in ops:
-                dst = work / f"{op}{r}"
-                time.sleep(2)
-                timings[op] = time_cp(src, dst) if op == "cp" else time_surgery(src, dst, op)
-                shutil.rmtree(dst)
-                _sync()
-            cp_s = timings["cp"]
-            cps.append(cp_s)
-            for mode in modes:
-                row = _row(timings[mode], cp_s, files_bytes, "cp first" if r % 2 == 0 else "surgery first")
-                rows[mode].append(row)
-                print(f"round {r} ({row['order']}, {mode}): cp {cp_s:.2f} s | surgery {row['wall_s']:.2f} s "
-                      f"(start-up imports {row['import_s']:.2f} s, one pass {row['pass_s']:.2f} s) | ratio "
-                      f"{row['ratio']:.2f}x ({row['ratio_without_startup']:.2f}x without start-up, "
-                      f"{row['ratio_pass_only']:.2f}x the pass alone) | peak RSS {row['peak_rss_bytes'] / 2**30:.2f} GiB"
-                      f" | read/written per byte {row['read_per_byte']:.3f}/{row['written_per_byte']:.3f} (syscalls "
-                      f"{row['rchar_per_byte']:.3f}/{row['wchar_per_byte']:.3f}, disk {row['disk_read_per_byte']:.3f}/"
-                      f"{row['disk_write_per_byte']:.3f}) | torch imported: {row['sys_modules_torch']}", flush=True)
-
-        def summarise(mode_rows):
-            def median(name):
-                return statistics.median(row[name] for row in mode_rows)
-
-            return {"median_surgery_s": median("wall_s"), "median_import_s": median("import_s"),
-                    "median_pass_s": median("pass_s"), "median_ratio": median("ratio"),
-                    "best_ratio": min(r["ratio"] for r in mode_rows),
-                    "median_ratio_without_startup": median("ratio_without_startup"),
-                    "median_ratio_pass_only": median("ratio_pass_only"),
-                    "peak_rss_bytes_max": max(r["peak_rss_bytes"] for r in mode_rows),
-                    "read_per_byte_max": max(r["read_per_byte"] for r in mode_rows),
-                    "written_per_byte_max": max(r["written_per_byte"] for r in mode_rows),
-                    "torch_imported": any(r["sys_modules_torch"] for r in mode_rows),
-                    "transformers_imported": any(r["sys_modules_transformers"] for r in mode_rows)}
-
+        rows, cps = run_rounds(work, src, modes, args.rounds, files_bytes)
         head = rows[modes[0]]
         summary = {"checkpoint_bytes": size, "checkpoint_file_bytes": files_bytes,
                    "output_bytes": head[0]["bytes_after"], "median_cp_s": statistics.median(cps), "mode": modes[0],
                    **summarise(head), "modes": {mode: summarise(rows[mode]) for mode in modes}, "rounds": rows,
                    "goals": {"peak_rss_bytes": 2**30, "ratio": 1.3, "read_per_byte": 1.05}}
-        print("summary: " + "; ".join(
-            f"{mode}: median {s['median_surgery_s']:.2f} s = {s['median_ratio']:.2f}x cp "
-            f"({s['median_ratio_without_startup']:.2f}x without start-up), peak RSS "
-            f"{s['peak_rss_bytes_max'] / 2**30:.2f} GiB, read/written per byte {s['read_per_byte_max']:.3f}/"
-            f"{s['written_per_byte_max']:.3f}" for mode, s in summary["modes"].items())
-            + f"; cp median {summary['median_cp_s']:.2f} s")
+        print(_summary_line(summary))
         print(json.dumps(summary, indent=2))
         return summary
     finally:

@@ -18,12 +18,13 @@ runs rank the same samples with the same seed; their rankings must agree (the sc
 the accuracy tables are identical and says so).
 """
 
-import argparse
 import functools
 import json
 import tempfile
 import time
 from pathlib import Path
+
+from . import arguments
 
 MODES = ("run", "call", "off")
 
@@ -46,8 +47,8 @@ def main(argv=None):
     from encslim.demo.data import write_demo_data
     from encslim.demo.assets import demo_model_path
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped demo model)")
+    parser = arguments.parser(__doc__, "rank_speed")
+    parser.add_argument("--model", type=arguments.folder, default=None, help="model folder (default: the shipped demo model)")
     parser.add_argument("--n-eval", type=int, default=400, help="demo eval samples")
     parser.add_argument("--seed", type=int, default=0, help="demo data seed")
     parser.add_argument("--subsets", default="all", choices=["single", "pairs", "all", "greedy"])
