@@ -164,8 +164,9 @@ def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
 
     state = {}
     for path in checkpoint.files:  # safetensors, or transformers 4.x's .bin (weights only, mapped)
-        state.update(load_file(str(path)) if Path(path).suffix != ".bin"
-                     else torch.load(str(path), weights_only=True, mmap=True, map_location="cpu"))
+        loaded = (load_file(str(path)) if Path(path).suffix != ".bin"
+                  else torch.load(str(path), weights_only=True, mmap=True, map_location="cpu"))
+        state.update((checkpoint.current_name(key), value) for key, value in loaded.items())  # current names
     pruned = apply_plan(state, plan)
     del state
 
@@ -287,7 +288,8 @@ def execute(plan, folder, out_dir, streaming=True, max_shard_size=DEFAULT_MAX_SH
     Returns:
         a dict: ``written`` and ``source`` (``{file: sha256}`` of the written weights and of every
         source file read: weights, config and side files), ``io``, ``config`` (the written
-        ``config.json`` document) and ``left_out``.
+        ``config.json`` document), ``left_out`` and, when the source spelt keys as an older transformers did
+        (the family's ``legacy_keys``), ``legacy_keys``: ``{"renamed", "prefixes", "note"}``.
 
     Raises:
         PlanError: the checkpoint or a side file does not fit the plan. ModelLoadError: a side file
@@ -299,7 +301,15 @@ def execute(plan, folder, out_dir, streaming=True, max_shard_size=DEFAULT_MAX_SH
         folder.weights.close()
     config, left_out = write_side_files(folder, out_dir, plan)
     source.update(folder.digests())
-    return {"written": written, "source": source, "io": io, "config": config, "left_out": left_out}
+    result = {"written": written, "source": source, "io": io, "config": config, "left_out": left_out}
+    renamed = folder.weights.renamed
+    if renamed:  # the source spelt some keys as an older transformers did: the output has the current names
+        pairs = [list(pair) for pair in folder.family.legacy_keys if any(k.startswith(pair[0]) for k in renamed)]
+        result["legacy_keys"] = {
+            "renamed": len(renamed), "prefixes": pairs,
+            "note": f"the source stores {len(renamed)} tensor(s) under an older transformers' key spelling; the "
+                    "output is written in transformers 5.x's layout (current key names)"}
+    return result
 
 
 __all__ = ["DEFAULT_MAX_SHARD_SIZE", "apply_plan", "check_side_files", "execute", "execute_plan", "patched_json",

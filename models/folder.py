@@ -3,7 +3,8 @@
 Every command starts from a folder holding ``config.json``, weights and side files (tokenizer,
 processor, generation config, chat template, remote code). :class:`ModelFolder` reads the config
 ONCE, resolves the family ONCE from the registry's records (no adapter, no torch), reads every
-weight file's header ONCE (safetensors: one file or shards with an index) and checks each file
+weight file's header ONCE (safetensors or transformers 4.x's ``.bin``: one file or shards with an index;
+keys saved under an older transformers' spelling listed under the current one) and checks each file
 against its header (a truncated or garbled shard is refused here, in one line naming the file and
 the fix, before any work starts). Side files are listed by one policy (:func:`carried`) and read
 at most once each (:meth:`ModelFolder.side_bytes` caches the bytes, whose sha256 the manifest reuses).
@@ -24,7 +25,7 @@ import math
 import os
 import struct
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError, UnsupportedModelError
@@ -144,9 +145,10 @@ class WeightFile:
     metadata: dict
     size: int
     _fd: list = field(default_factory=list, repr=False, compare=False)
+    renamed: dict = field(default_factory=dict, compare=False)  # {stored key: current key} (legacy spellings)
 
     @classmethod
-    def open(cls, path, keep_open=False):
+    def open(cls, path, keep_open=False, legacy_keys=()):
         """Read and check one weight file's header: safetensors, or a ``.bin`` (``torch.save`` zip, read with
         ``torch.load(weights_only=True, mmap=True)``: names, shapes, dtypes and each tensor's byte range,
         :mod:`~encslim.models.bin_header`).
@@ -154,9 +156,12 @@ class WeightFile:
         Args:
             path: the file.
             keep_open: keep the descriptor open for :meth:`take_fd` (closed when the object goes).
+            legacy_keys: ``(old prefix, new prefix)`` pairs: ``tensors`` lists a tensor stored under an
+                old spelling under its current name (:func:`canonical_keys`; ``renamed`` says which).
 
         Raises:
-            ModelLoadError: the file is truncated or corrupt, or of a format without a header reader.
+            ModelLoadError: the file is truncated or corrupt, or of a format without a header reader,
+                or it stores one tensor under both spellings.
         """
         path = Path(path)
         if path.suffix not in (".safetensors", ".bin"):
@@ -166,14 +171,15 @@ class WeightFile:
         try:
             size = os.fstat(fd).st_size
             tensors, metadata = read_header(path, size, fd) if fmt == "safetensors" else (_bin_tensors(path, size), {})
+            tensors, renamed = canonical_keys(tensors, legacy_keys, path)
         except BaseException:
             os.close(fd)
             raise
         if not keep_open:
             os.close(fd)
-            return cls(path, fmt, tensors, metadata, size)
+            return cls(path, fmt, tensors, metadata, size, renamed=renamed)
         holder = [fd]
-        weight_file = cls(path, fmt, tensors, metadata, size, holder)
+        weight_file = cls(path, fmt, tensors, metadata, size, holder, renamed=renamed)
         weakref.finalize(weight_file, _close_all, holder)
         return weight_file
 
@@ -216,13 +222,19 @@ class Checkpoint:
     """The weights of a model folder: safetensors, or transformers 4.x's ``pytorch_model*.bin`` (single file
     or sharded with an index; :func:`weight_names`). ``format`` is ``"safetensors"`` or ``"bin"``."""
 
-    def __init__(self, folder, files, tensors, weight_files=(), index_digest=None, index_name=INDEX_NAME):
+    def __init__(self, folder, files, tensors, weight_files=(), index_digest=None, index_name=INDEX_NAME,
+                 renamed=None):
         self.folder = Path(folder)
         self.files = files
         self.tensors = tensors
         self.weight_files = tuple(weight_files)
         self.index_digest = index_digest  # sha256 of the index file, when there is one
         self.index_name = index_name  # that index file's name
+        self.renamed = dict(renamed or {})  # {stored key: current key} of the keys saved under a legacy spelling
+
+    def current_name(self, key):
+        """The current (transformers 5.x) name of stored key ``key`` (:func:`canonical_keys`)."""
+        return self.renamed.get(key, key)
 
     @property
     def format(self):
@@ -234,13 +246,15 @@ class Checkpoint:
         return [Path(f).name for f in self.files] + ([self.index_name] if self.index_digest else [])
 
     @classmethod
-    def open(cls, folder, keep_open=False):
+    def open(cls, folder, keep_open=False, legacy_keys=()):
         """Read every header of the folder's weights, once.
 
         Args:
             folder: the model folder.
             keep_open: keep up to :data:`KEEP_OPEN_FILES` files' descriptors open for the executor
                 (see :meth:`WeightFile.take_fd`).
+            legacy_keys: ``(old prefix, new prefix)`` pairs (the family's ``legacy_keys``): tensors stored
+                under an old spelling are listed under the current name (:func:`canonical_keys`).
 
         Raises:
             ModelLoadError: no safetensors weights, a file named by the index is missing, the index
@@ -253,7 +267,7 @@ class Checkpoint:
             try:
                 raw = index_file.read_bytes()
                 index_digest = hashlib.sha256(raw).hexdigest()
-                weight_map = json.loads(raw)["weight_map"]
+                weight_map = {_current_name(k, legacy_keys): v for k, v in json.loads(raw)["weight_map"].items()}
                 names = sorted(set(weight_map.values()))
             except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
                 raise ModelLoadError(f"{index_file} is not a valid index ({err}); re-save the model") from None
@@ -262,12 +276,13 @@ class Checkpoint:
             hint = f" (found {', '.join(other)}: convert them to safetensors first)" if other else ""
             raise ModelLoadError(f"{folder} holds no {WEIGHTS_NAME}, {BIN_WEIGHTS_NAME} or index of either{hint}")
         index_name = index_file.name if index_file is not None else INDEX_NAME
-        tensors, files = {}, []
+        tensors, files, renamed = {}, [], {}
         for name in names:
             if not (folder / name).is_file():
                 raise ModelLoadError(f"{folder / name} is listed in {index_name} but missing; re-download it")
-            weight_file = WeightFile.open(folder / name, keep_open and len(files) < KEEP_OPEN_FILES)
+            weight_file = WeightFile.open(folder / name, keep_open and len(files) < KEEP_OPEN_FILES, legacy_keys)
             files.append(weight_file)
+            renamed.update(weight_file.renamed)
             for key, info in weight_file.tensors.items():
                 if key in tensors:
                     raise ModelLoadError(f"tensor '{key}' is stored twice ({tensors[key].file.name}, {name})")
@@ -277,7 +292,7 @@ class Checkpoint:
         if weight_map is not None and set(weight_map) != set(tensors):
             missing = sorted(set(weight_map) - set(tensors))
             raise ModelLoadError(f"{index_name} lists tensors no file holds (e.g. '{missing[0]}'); re-download")
-        return cls(folder, [f.path for f in files], tensors, files, index_digest, index_name)
+        return cls(folder, [f.path for f in files], tensors, files, index_digest, index_name, renamed)
 
     def close(self):
         """Close the descriptors kept open (see :meth:`open`)."""
@@ -295,6 +310,39 @@ class Checkpoint:
     def itemsizes(self):
         """``{key: bytes per element}`` of every tensor."""
         return {key: DTYPE_SIZES[info.dtype] for key, info in self.tensors.items()}
+
+
+def _current_name(key, legacy_keys):
+    return next((new + key[len(old):] for old, new in legacy_keys if key.startswith(old)), key)
+
+
+def canonical_keys(tensors, legacy_keys, where):
+    """``tensors`` under their current names: a key starting with an old prefix gets the new one.
+
+    Args:
+        tensors: ``{stored key: TensorInfo}``.
+        legacy_keys: ``(old prefix, new prefix)`` pairs; the first that matches a key renames it.
+        where: the file, for the error message.
+
+    Returns:
+        ``({current key: TensorInfo with that key}, {stored key: current key})`` (the second holds
+        the renamed keys only).
+
+    Raises:
+        ModelLoadError: a tensor is stored under both spellings.
+    """
+    if not legacy_keys:
+        return tensors, {}
+    out, renamed = {}, {}
+    for key, info in tensors.items():
+        new = _current_name(key, legacy_keys)
+        if new in out or (new != key and new in tensors):
+            raise ModelLoadError(f"{where}: tensor '{new}' is stored twice (also as '{key}'); re-save the model")
+        if new != key:
+            renamed[key] = new
+            info = replace(info, key=new)
+        out[new] = info
+    return out, renamed
 
 
 # ---------------------------------------------------------------------------- the one strict key check
@@ -393,9 +441,12 @@ def carried(name, is_dir=False):
             or name.endswith(".tiktoken"))
 
 
-def _is_weights(name):
-    """The safetensors weights and their index (read as :class:`Checkpoint`); weights of other formats
-    describe the source and are left out."""
+def _is_weights(name, bin_format=False):
+    """The weights and their index (read as :class:`Checkpoint`): safetensors, or ``.bin`` when the folder
+    has no safetensors weights (``bin_format``); weights of another format than the checkpoint's describe
+    the source and are left out."""
+    if bin_format and (name == BIN_INDEX_NAME or name.endswith(".bin")):
+        return True
     return name == INDEX_NAME or name.endswith(".safetensors")
 
 
@@ -465,7 +516,7 @@ class ModelFolder:
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def open(cls, path, encoders=None, weights=True, other_formats=False):
+    def open(cls, path, encoders=None, weights=True):
         """Read ``config.json``, resolve the family and read every weight header, once each.
 
         Args:
@@ -473,9 +524,9 @@ class ModelFolder:
                 else it is opened again with them).
             encoders: ``{slot: folder}`` of encoders the checkpoint does not hold (``--encoder``, a
                 recipe's ``encoders:``), over the ones saved in ``config.json``.
-            weights: read and check the weight headers (``False``: a folder whose weights are not needed).
-            other_formats: a folder whose weights are in another format only (``.bin``) opens with
-                ``weights=None`` (its loader reads them) instead of being refused.
+            weights: read and check the weight headers, safetensors or transformers 4.x's ``.bin``
+                (``False``: a folder whose weights are not needed). Tensors saved under a spelling of
+                an older transformers (the family's ``legacy_keys``) are listed under the current name.
 
         Returns:
             the :class:`ModelFolder`.
@@ -509,17 +560,18 @@ class ModelFolder:
             get_adapter(str(config["model_type"]))  # raises, listing the supported families
             raise UnsupportedModelError(f"no family handles {path}/config.json")
         side, other = [], []
+        bin_format = not _has_safetensors(folder)  # transformers 4.x's .bin weights are the checkpoint
         for entry in sorted(folder.iterdir()):
             name = entry.name
-            if name == CONFIG_NAME or name.startswith(".") or (entry.is_file() and _is_weights(name)):
+            if name == CONFIG_NAME or name.startswith(".") or (entry.is_file() and _is_weights(name, bin_format)):
                 continue
             is_dir = entry.is_dir()
             label = name + "/" if is_dir else name
             (side if carried(name, is_dir) else other).append(label)
         paths = {**dict(config.get(external.CONFIG_KEY) or {}), **_named_encoders(folder, config, found[0], encoders)}
         checkpoint = None
-        if weights and not (other_formats and not _has_safetensors(folder)):
-            checkpoint = Checkpoint.open(folder, keep_open=True)
+        if weights:
+            checkpoint = Checkpoint.open(folder, keep_open=True, legacy_keys=found[0].legacy_keys)
         return cls(path=folder, config=config, config_bytes=raw, family=found[0], model_type=found[1],
                    weights=checkpoint, side_files=tuple(side), other_files=tuple(other), encoders=paths)
 

@@ -126,9 +126,8 @@ def read_config(path):
 
 def open_folder(path, encoders=None, weights=True):
     """``path`` as a checked :class:`~encslim.models.folder.ModelFolder` (one passes through): the config,
-    the family and every safetensors header read once, each shard checked before any work.
-
-    A folder whose weights are ``.bin`` only opens without headers (the loader reads them safely).
+    the family and every weight header (safetensors, or transformers 4.x's ``.bin``) read once, each shard
+    checked before any work.
 
     Raises:
         ModelLoadError: not a model folder, a truncated or garbled shard (one line naming it and the fix).
@@ -136,7 +135,7 @@ def open_folder(path, encoders=None, weights=True):
     """
     from .folder import ModelFolder
 
-    return ModelFolder.open(path, encoders=encoders, weights=weights, other_formats=True)
+    return ModelFolder.open(path, encoders=encoders, weights=weights)
 
 
 def adapter_for(path, encoders=None):

@@ -89,6 +89,10 @@ class Family:
             whose encoders the checkpoint does not hold (named by ``--encoder SLOT=PATH``; standard
             library only); the family's adapter then has ``with_encoders({slot: folder})``, the
             adapter reading its configs with those folders. ``None``: the checkpoint holds every encoder.
+        legacy_keys: ``(old prefix, new prefix)`` pairs: key spellings older transformers releases saved
+            that the current one renames on load (4.54's ``model.vision_model.vision_model.`` ->
+            ``model.vision_model.``). :class:`~encslim.models.folder.ModelFolder` applies them when it
+            reads the headers, so every later step sees the current names.
     """
 
     name: str
@@ -102,6 +106,7 @@ class Family:
     transformers: str | None = None
     serving: str | None = None
     external_encoders: str | None = None
+    legacy_keys: tuple[tuple[str, str], ...] = ()
     model_types: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -118,6 +123,10 @@ class Family:
                     *(a for a in self.adapters.values() if isinstance(a, str))):
             if ref is not None and (not isinstance(ref, str) or ref.count(":") != 1):
                 raise ValueError(f"family '{self.name}': {ref!r} is not a 'module:attribute' reference")
+        for pair in self.legacy_keys:
+            if (not isinstance(pair, tuple) or len(pair) != 2 or not all(isinstance(p, str) and p for p in pair)
+                    or pair[0] == pair[1]):
+                raise ValueError(f"family '{self.name}': legacy_keys holds {pair!r}, not an (old, new) prefix pair")
         overlap = set(self.exports) & set(GENERIC_EXPORTS)
         if overlap:
             raise ValueError(f"family '{self.name}' declares generic export format(s) {sorted(overlap)}")

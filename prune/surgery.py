@@ -251,7 +251,7 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
             tmp, stage="prune", source=model_dir, removed=plan.drop, kept=plan.kept,
             plan=plan.to_dict(), ranking=selection, verification=verification,
             extra={"summary": summary, "executor": "streaming" if streaming else "in-memory", "io": result["io"],
-                   "left_out": result["left_out"]},
+                   "left_out": result["left_out"], **{k: result[k] for k in ("legacy_keys",) if k in result}},
             source_hashes=result["source"], file_hashes=result["written"],
         )
     manifest["output"] = str(Path(out).resolve())

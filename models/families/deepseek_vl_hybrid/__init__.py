@@ -9,4 +9,9 @@ register_family(Family(
               "deepseek_vl": "encslim.models.families.deepseek_vl_hybrid.adapter:STOCK_ADAPTER"},
     tiny="encslim.models.families.deepseek_vl_hybrid.tiny:create_tiny_hybrid",
     exports=("deepseek_vl",),
+    # transformers 4.54 (the first with these model types) nests SigLIP's SiglipVisionModel one level deeper;
+    # 5.x renames it on load (conversion_mapping: SiglipVisionModel -> PrefixChange(prefix_to_remove=
+    # "vision_model"), scoped at model.vision_model). tests/models/test_legacy_keys.py checks this pair
+    # against transformers' own renaming of a folder 4.54 saved.
+    legacy_keys=(("model.vision_model.vision_model.", "model.vision_model."),),
 ))

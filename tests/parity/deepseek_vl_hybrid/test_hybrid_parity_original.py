@@ -103,16 +103,24 @@ def test_logits_equal_the_original(golden, loaded, run, masked):
         assert diff(tensors[key], tensors["logits_full"]) > 0.1
 
 
-@pytest.mark.xfail(strict=True, reason="open: a folder saved by transformers 4.54 nests SigLIP as "
-                   "model.vision_model.vision_model.* (5.x converts it on load); encslim's prune checks the raw "
-                   "checkpoint keys against the 5.x names and refuses it (ModelLoadError, 48 missing/unexpected)")
 def test_sam_removal_equals_the_original_stock_deepseek_vl(golden, tmp_path):
-    """encslim's prune of 'sam' -> a stock deepseek_vl folder, whose logits are 4.54's stock class with the fold."""
+    """encslim's prune of 'sam' -> a stock deepseek_vl folder, whose logits are 4.54's stock class with the fold.
+
+    4.54 saved SigLIP as ``model.vision_model.vision_model.*``; the family's ``legacy_keys`` give it 5.x's
+    names when the headers are read, so the plan, the executor and the module-local check work on 5.x's
+    names and the output is in 5.x's layout (the manifest says so)."""
     import encslim
+    from encslim.models.folder import Checkpoint
 
     tensors, _ = golden
     out = tmp_path / "no-sam"
-    encslim.prune(str(HERE / "model"), ["sam"], str(out), verify=False)
+    manifest = encslim.prune(str(HERE / "model"), ["sam"], str(out), verify_method="module-local")
+    assert manifest["verification"]["method"] == "module-local" and manifest["verification"]["passed"] is True
+    assert manifest["legacy_keys"]["renamed"] == 48
+    assert manifest["legacy_keys"]["prefixes"] == [["model.vision_model.vision_model.", "model.vision_model."]]
+    written = Checkpoint.open(out).tensors
+    assert not any(k.startswith("model.vision_model.vision_model.") for k in written)
+    assert sum(k.startswith("model.vision_model.") for k in written) == 48
     model, processor, adapter = encslim.load_model(str(out))
     assert model.config.model_type == "deepseek_vl"
     batch = {"input_ids": tensors["input_ids"], "attention_mask": tensors["attention_mask"],
