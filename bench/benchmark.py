@@ -9,12 +9,12 @@ writes ``bench.json``, ``bench.md`` and the plots into an output folder atomical
 
 import contextlib
 import logging
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_output_dir, check_output_path
 from . import compare, costs, latency, memory
+from .config import BenchConfig, processor_settings
 from .environment import attn_implementation, environment
 from .report import write_report
 from .timing import make_timer
@@ -24,57 +24,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 
 
-@dataclass(frozen=True)
-class BenchSettings:
-    """How to benchmark.
-
-    Attributes:
-        batch_sizes: rows per iteration; each is measured separately.
-        max_new_tokens: tokens generated per row (also the minimum: fixed output length).
-        warmup: rounds run and discarded before measuring.
-        min_iters: at least this many measured rounds.
-        min_seconds: and at least this much measured time per model.
-        max_iters: never more rounds than this.
-        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda when available).
-        dtype: ``float32``, ``bfloat16`` or ``float16``.
-        memory: measure peak memory per model in a subprocess.
-        eval_batch_size, eval_max_new_tokens: evaluation settings when data is given.
-        limit: evaluate at most this many samples.
-    """
-
-    batch_sizes: tuple = (1, 4)
-    max_new_tokens: int = 16
-    warmup: int = 3
-    min_iters: int = 10
-    min_seconds: float = 2.0
-    max_iters: int = 10000
-    device: str = "auto"
-    dtype: str = "float32"
-    memory: bool = True
-    eval_batch_size: int = 8
-    eval_max_new_tokens: int = 8
-    limit: int = None
-
-    def validate(self):
-        """Raise one ``ConfigError`` listing every invalid field."""
-        problems = []
-        if not self.batch_sizes or any(not isinstance(b, int) or b < 1 for b in self.batch_sizes):
-            problems.append(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
-        elif len(set(self.batch_sizes)) != len(self.batch_sizes):
-            problems.append(f"batch sizes repeat: {list(self.batch_sizes)}")
-        for name, low in (("max_new_tokens", 1), ("min_iters", 1), ("warmup", 0), ("max_iters", 1),
-                          ("eval_batch_size", 1), ("eval_max_new_tokens", 1)):
-            if getattr(self, name) < low:
-                problems.append(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
-        if self.min_seconds < 0:
-            problems.append(f"--min-seconds must be >= 0, got {self.min_seconds}")
-        if self.min_iters > self.max_iters:
-            problems.append(f"min_iters {self.min_iters} exceeds max_iters {self.max_iters}")
-        if self.limit is not None and self.limit < 1:
-            problems.append(f"--limit must be >= 1, got {self.limit}")
-        if problems:
-            raise ConfigError("; ".join(problems))
-        return self
+BenchSettings = BenchConfig  # the earlier name of the stage's config (one class: BenchConfig)
 
 
 def build_specs(full, variants=(), masks=(), mask_skip=False, names=None):
@@ -206,15 +156,16 @@ def run_benchmark(specs, settings, samples=None):
 
     Args:
         specs: from :func:`build_specs`; the first is the full model.
-        settings: :class:`BenchSettings`.
+        settings: :class:`~encslim.bench.config.BenchConfig`.
         samples: ``list[Sample]`` for accuracy, or ``None``.
 
     Returns:
         The report dict (see :mod:`encslim.bench.report` for its fields).
     """
-    settings.validate()
     device = resolve_device(settings.device)
     loaded = [latency.load(spec, device=device, dtype=settings.dtype) for spec in specs]
+    for m in loaded:  # processor settings (max_tiles) through each model's adapter
+        m.adapter.configure_processor(m.processor, **processor_settings(settings))
     entries = {m.name: describe(m, settings) for m in loaded}
     loop = latency.LoopSettings(settings.max_new_tokens, settings.warmup, settings.min_iters,
                                 settings.min_seconds, settings.max_iters)
@@ -239,7 +190,7 @@ def run_benchmark(specs, settings, samples=None):
     return {
         "schema_version": SCHEMA_VERSION,
         "environment": environment(device, settings.dtype, [e["attn_implementation"] for e in models]),
-        "settings": {**asdict(settings), "batch_sizes": list(settings.batch_sizes), "device": str(device),
+        "settings": {**settings.model_dump(), "device": str(device),
                      "order": "interleaved", "bench_question": latency.BENCH_QUESTION,
                      "accuracy_samples": len(samples) if samples else 0},
         "full": models[0]["name"],
@@ -249,18 +200,19 @@ def run_benchmark(specs, settings, samples=None):
     }
 
 
-def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mask_skip=False, overwrite=False,
-              names=None):
+def run_bench(full, variants=(), out=None, config=None, data=(), overwrite=False, names=None, **overrides):
     """Benchmark ``full`` against ``variants`` (and masked copies) and write the report to ``out``.
 
     Args:
         full: full model folder.
         variants: variant model folders.
         out: output folder (written atomically; must not exist unless ``overwrite``).
-        settings: :class:`BenchSettings` (defaults if ``None``).
-        data: benchmark files for accuracy (read with ``encslim.data.load.load_samples``).
-        masks, mask_skip, names: see :func:`build_specs`.
+        config: a :class:`~encslim.bench.config.BenchConfig` or a dict of its fields (defaults if ``None``).
+        data: benchmark files for accuracy (read with ``encslim.data.load.load_samples``); used when
+            ``config.accuracy``.
         overwrite: replace an existing ``out``.
+        names: display names of ``full`` and the ``variants`` (see :func:`build_specs`).
+        **overrides: ``BenchConfig`` fields (``masks=[["sam"]]``; ``settings=`` is ``config``).
 
     Returns:
         The report dict.
@@ -268,18 +220,21 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
     Raises:
         ConfigError, ModelLoadError, DataError, OutputExistsError: bad input.
     """
-
-    settings = (settings or BenchSettings()).validate()
+    settings = BenchConfig.build(overrides.pop("settings", config), **_masks_as_lists(overrides))
     from ..models.loading import open_folder
 
+    if settings.threads is not None:
+        from ..runtime import configure_threads
+
+        configure_threads(settings.threads)
     # every folder opened (config, family, each shard checked) before any work; a ModelFolder passes through
     full, variants = open_folder(full), [open_folder(v) for v in variants]
-    specs = build_specs(full, variants, masks, mask_skip, names)
+    specs = build_specs(full, variants, [",".join(m) for m in settings.masks], settings.mask_skip, names)
     inputs = [full, *variants]
     check_output_path(out, overwrite, inputs)
     check_masks(full, specs)
     samples = None
-    if data:
+    if data and settings.accuracy:
         from ..data.load import load_samples
 
         samples = load_samples([str(d) for d in data])
@@ -288,3 +243,12 @@ def run_bench(full, variants=(), out=None, settings=None, data=(), masks=(), mas
     with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
         report["outputs"] = write_report(report, tmp)
     return report
+
+
+def _masks_as_lists(overrides):
+    """``masks=["sam", "sam,clip"]`` (the earlier spelling) -> ``[["sam"], ["sam", "clip"]]``."""
+    masks = overrides.get("masks")
+    if masks and any(isinstance(m, str) for m in masks):
+        overrides = {**overrides, "masks": [[p.strip() for p in m.split(",") if p.strip()] if isinstance(m, str)
+                                            else m for m in masks]}
+    return overrides

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..options import click_options, config_from_options
+from .config import EvalConfig
+
 EVAL_JSON = "eval.json"
 RECORDS = "records.jsonl"
 
@@ -63,48 +66,37 @@ def _device(name):
 @click.argument("model")
 @click.option("--data", "data", multiple=True, required=True,
               help="Benchmark file (.tsv VLMEvalKit, .jsonl, .json LLaVA); repeat for several.")
-@click.option("--mask", "masks", multiple=True,
-              help="Slots to mask together, comma-separated (e.g. sam or sam,clip); repeat for more mask sets. "
-                   "The full model is always evaluated.")
-@click.option("--mask-mode", type=click.Choice(["removal", "zero", "mean"]), default="removal", show_default=True,
-              help="removal: the mask that equals removing the slot; zero: zero its features (the study's); "
-                   "mean: replace them by their mean over the data.")
-@click.option("--skip-bad", is_flag=True, help="Skip bad rows (counted in the report) instead of stopping.")
-@click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Generation budget per answer.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Samples per batch.")
-@click.option("--mcq", "mcq_mode", type=click.Choice(["logits", "generate"]), default="logits", show_default=True,
-              help="Multiple choice by the option letters' first-token logits, or by generation and letter extraction.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... (auto: cuda:LOCAL_RANK if present).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--out", required=True, help="Output folder: eval.json and records.jsonl (an earlier run there is resumed).")
+@click_options(EvalConfig)
 @click.option("--overwrite", is_flag=True, help="Discard earlier records in --out and start afresh.")
-def eval_cmd(model, data, masks, mask_mode, skip_bad, max_new_tokens, batch_size, mcq_mode, device, dtype, out,
-             overwrite, encoders=None):
+def eval_cmd(model, data, out, overwrite, encoders=None, **options):
     """Evaluate MODEL on benchmark files under encoder masks; print a per-category table.
 
     Encoders run once per sample whatever the number of --mask sets (feature cache). Under
-    torchrun the samples are split across the processes.
+    torchrun the samples are split across the processes. Every setting is a field of EvalConfig.
     """
-    from ..errors import ConfigError
     from ..models.loading import load_model, open_folder
     from . import distributed
     from ..data.load import load_samples
+    from .config import processor_settings
     from .evaluate import evaluate, normalize_mask_sets
     from .features import mean_features
 
-    if batch_size < 1 or max_new_tokens < 1:
-        raise ConfigError("--batch-size and --max-new-tokens must be at least 1")
+    config, _ = config_from_options(EvalConfig, options)
+    mask_mode, batch_size, dtype = config.mask_mode, config.batch_size, config.dtype
+    max_new_tokens = config.max_new_tokens
     model = open_folder(model, encoders)  # config, family and every shard checked before any work
     out = prepare_output(out, overwrite, [model, *data])
-    samples = load_samples(list(data), skip_bad=skip_bad)
+    samples = load_samples(list(data), skip_bad=config.skip_bad)
     rank, _ = distributed.init_from_env()
     from ..runtime import configure_threads
     from .environment import environment
 
     configure_threads()  # the free cores (ENCSLIM_THREADS overrides)
-    net, processor, adapter = load_model(model, device=_device(device), dtype=dtype)
+    net, processor, adapter = load_model(model, device=_device(config.device), dtype=dtype)
+    adapter.configure_processor(processor, **processor_settings(config))  # max_tiles, through the adapter
     slots = adapter.slot_names(net.config)
-    mask_sets = normalize_mask_sets(slots, parse_mask_sets(masks), mask_mode)
+    mask_sets = normalize_mask_sets(slots, parse_mask_sets(",".join(m) for m in config.masks), mask_mode)
     mask_values = mean_features(net, processor, adapter, samples, batch_size) if mask_mode == "mean" else None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -114,14 +106,14 @@ def eval_cmd(model, data, masks, mask_mode, skip_bad, max_new_tokens, batch_size
     distributed.barrier()
     result = evaluate(net, processor, adapter, samples, mask_sets=mask_sets, mask_mode=mask_mode,
                       batch_size=batch_size, max_new_tokens=max_new_tokens, records_path=out / RECORDS,
-                      mask_values=mask_values, progress=True, mcq_mode=mcq_mode)
+                      mask_values=mask_values, progress=True, mcq_mode=config.mcq)
     if rank != 0:
         return
     report = {
         "schema_version": 1, "model": str(Path(model).resolve()), "data": [str(Path(d).resolve()) for d in data],
         "slots": slots, "fusion_class": adapter.fusion_class(net.config),
         "settings": {"mask_mode": mask_mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                     "mcq_mode": mcq_mode, "dtype": dtype},
+                     "mcq_mode": config.mcq, "dtype": dtype, **processor_settings(config)},
         "skipped_rows": samples.skipped, "skipped": samples.skipped_rows, **result.to_dict(),
         "environment": environment(net.device, dtype),
     }

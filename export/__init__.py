@@ -51,9 +51,53 @@ def exporter(fmt):
     return partial(_load(STOCK), fmt=fmt)
 
 
-def export_model(model_dir, out, fmt="hf", **options):
-    """Export ``model_dir`` to ``out`` in format ``fmt`` (see :func:`exporter`); returns the manifest."""
-    return exporter(fmt)(model_dir, out, **options)
+# the settings each of the stage's own formats takes (beyond overwrite/ranking/bench/atol)
+FORMAT_OPTIONS = {"hf": ("max_shard_size", "dtype"), "llava": ("max_shard_size",),
+                  "remote-code": ("max_shard_size", "dtype"), "onnx": ()}
+STOCK_OPTIONS = ("max_shard_size",)  # a family's stock format (encslim.export.stock)
+
+
+def export_model(model_dir, out, config=None, overwrite=False, ranking=None, bench=None, **overrides):
+    """Export ``model_dir`` in each format of an :class:`~encslim.export.config.ExportConfig`.
+
+    Args:
+        model_dir: the model folder (or an opened ``ModelFolder``).
+        out: the output folder; with several formats, ``out/<format>`` for each.
+        config: an ``ExportConfig``, a dict of its fields, a format name (``"onnx"``) or ``None`` (hf).
+        overwrite: replace existing output folders.
+        ranking: ranking folder (or ranking.json) for the model card's CUR/IG table.
+        bench: folder with bench.json for the model card.
+        **overrides: ``ExportConfig`` fields (``fmt="onnx"`` is ``formats=["onnx"]``).
+
+    Returns:
+        The manifest written (one format), or ``{format: manifest}`` (several).
+
+    Raises:
+        ConfigError: an unknown format or setting, or a format the model cannot reach.
+    """
+    from pathlib import Path
+
+    from .config import ExportConfig
+
+    if isinstance(config, str):
+        config = {"formats": [config]}
+    if "fmt" in overrides:
+        overrides["formats"] = [overrides.pop("fmt")]
+    config = ExportConfig.build(config, **overrides)
+    manifests = {}
+    for fmt in config.formats:
+        target = out if len(config.formats) == 1 else Path(out) / fmt
+        manifests[fmt] = exporter(fmt)(model_dir, target, **format_options(config, fmt, overwrite, ranking, bench))
+    return manifests[config.formats[0]] if len(config.formats) == 1 else manifests
+
+
+def format_options(config, fmt, overwrite=False, ranking=None, bench=None):
+    """The keyword arguments of format ``fmt``'s writer from an ``ExportConfig``."""
+    options = {"overwrite": overwrite, "ranking": ranking, "bench": bench}
+    options.update({k: getattr(config, k) for k in FORMAT_OPTIONS.get(fmt, STOCK_OPTIONS)})
+    if config.atol is not None:
+        options["atol"] = config.atol
+    return options
 
 
 def __getattr__(name):
@@ -65,4 +109,4 @@ def __getattr__(name):
     return value
 
 
-__all__ = ["FORMATS", "exporter", "export_model", *_LAZY]
+__all__ = ["FORMATS", "exporter", "export_model", "format_options", *_LAZY]

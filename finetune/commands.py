@@ -9,6 +9,9 @@ import json
 
 import click
 
+from ..options import click_options, config_from_options
+from .config import FinetuneConfig
+
 DEFAULT_SUBCOMMAND = "train"
 
 
@@ -47,59 +50,18 @@ def finetune_group():
 @click.option("--data", "data", multiple=True, required=True, type=click.Path(),
               help="Training file(s): .jsonl, LLaVA .json, VLMEvalKit .tsv (repeatable).")
 @click.option("--out", required=True, type=click.Path(), help="Output folder.")
-@click.option("--lora-r", default=8, show_default=True, type=int, help="LoRA rank.")
-@click.option("--lora-alpha", default=None, type=float, help="LoRA alpha [default: 2 x rank].")
-@click.option("--lora-targets", default="q_proj,v_proj", show_default=True,
-              help="LLM linear layers that get LoRA (matched inside the LLM only), or all-linear.")
-@click.option("--full", is_flag=True, help="Full fine-tuning of the LLM instead of LoRA.")
-@click.option("--train-encoders", type=click.Choice(["none", "lora", "full"]), default="none", show_default=True,
-              help="Encoders: frozen, LoRA on their linear layers, or fully trained.")
-@click.option("--max-steps", default=None, type=int, help="Optimizer steps [default: one epoch].")
-@click.option("--epochs", default=1.0, show_default=True, type=float, help="Epochs when --max-steps is not given.")
-@click.option("--lr", default=None, type=float, help="Peak learning rate [default: 2e-4 LoRA, 2e-5 --full].")
-@click.option("--batch-size", default=8, show_default=True, type=int, help="Samples per device per step.")
-@click.option("--grad-accum", default=1, show_default=True, type=int, help="Gradient accumulation steps.")
-@click.option("--deepspeed", "deepspeed", default=None,
-              help="DeepSpeed JSON file (e.g. recipes/deepspeed/zero3.json), or zero2 / zero3 for the shipped ones.")
-@click.option("--bf16", is_flag=True, help="bfloat16 mixed precision (GPUs).")
-@click.option("--merge", is_flag=True, help="Fold LoRA into the weights: OUT becomes a plain model folder.")
-@click.option("--encoder-dropout", default=0.0, show_default=True, type=float,
-              help="Probability of masking each encoder during training (removal-consistent mask).")
-@click.option("--no-cache-features", is_flag=True, help="Recompute frozen encoders every step instead of caching.")
-@click.option("--prompt-format", type=click.Choice(["eval", "raw"]), default="eval", show_default=True,
-              help="eval: the evaluation harness's prompt; raw: the question text as it is.")
-@click.option("--save-steps", default=100, show_default=True, type=int, help="Checkpoint every N steps.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same --out from its last checkpoint.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--distill-from", "distill_from", default=None, type=click.Path(), metavar="FULL_MODEL",
-              help="Distil from this full model: KL to its answer distribution (computed once) beside the label loss.")
-@click.option("--distill-temperature", default=2.0, show_default=True, type=float, help="Temperature T of the KL.")
-@click.option("--distill-weight", default=0.5, show_default=True, type=float,
-              help="a in loss = (1-a)*CE + a*T^2*KL (1: the teacher only).")
-@click.option("--distill-hidden-weight", default=0.0, show_default=True, type=float,
-              help="Weight of an MSE between the fused image tokens of student and teacher (where shapes match).")
-@click.option("--distill-top-k", default=None, type=int,
-              help="Teacher log-probs kept per answer token [default: whole vocabulary up to 4096, else 64 + tail].")
+@click_options(FinetuneConfig)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def train_cmd(model_dir, data, out, lora_r, lora_alpha, lora_targets, full, train_encoders, max_steps, epochs, lr,
-              batch_size, grad_accum, deepspeed, bf16, merge, encoder_dropout, no_cache_features, prompt_format,
-              save_steps, resume, seed, distill_from, distill_temperature, distill_weight, distill_hidden_weight,
-              distill_top_k, overwrite, encoders=None):
-    """Fine-tune MODEL_DIR on --data and write --out (a LoRA adapter, or a plain model with --merge/--full)."""
+def train_cmd(model_dir, data, out, overwrite, encoders=None, **options):
+    """Fine-tune MODEL_DIR on --data and write --out (a LoRA adapter, or a plain model with --merge/--full).
+
+    Every option is a field of :class:`~encslim.finetune.config.FinetuneConfig` (one declaration).
+    """
     from ..models.loading import open_folder
-    from .config import FinetuneConfig
     from .train import finetune
 
+    config, _ = config_from_options(FinetuneConfig, options)
     model_dir = open_folder(model_dir, encoders)  # config, family and every shard checked before any work
-
-    config = FinetuneConfig(
-        lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, full=full, train_encoders=train_encoders,
-        max_steps=max_steps, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
-        deepspeed=deepspeed, bf16=bf16, merge=merge, encoder_dropout=encoder_dropout,
-        cache_features=not no_cache_features, prompt_format=prompt_format, save_steps=save_steps,
-        resume=resume, seed=seed, distill_from=distill_from, distill_temperature=distill_temperature,
-        distill_weight=distill_weight, distill_hidden_weight=distill_hidden_weight, distill_top_k=distill_top_k,
-    )
     from ..runtime import configure_threads
 
     configure_threads()  # the free cores (ENCSLIM_THREADS overrides); recorded in finetune.json

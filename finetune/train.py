@@ -44,7 +44,6 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import fields
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -80,7 +79,8 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
         model_path: a model folder any adapter loads (native encslim, ...).
         data: data file path(s) (``.jsonl``, ``.json`` LLaVA, ``.tsv``) or a list of ``Sample``.
         out: the output folder (must not exist unless ``overwrite``).
-        config: a :class:`FinetuneConfig` (default: LoRA r=8 on q_proj,v_proj, one epoch).
+        config: a :class:`FinetuneConfig` or a dict of its fields (default: LoRA r=8 on q_proj,v_proj, one
+            epoch).
         overwrite: replace an existing ``out``.
         callbacks: extra ``transformers.TrainerCallback`` objects (benchmarks, tests).
         **options: :class:`FinetuneConfig` fields overriding ``config`` (``lora_r=16, merge=True``...).
@@ -97,9 +97,7 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     """
     import torch
 
-    config = config or FinetuneConfig()
-    if options:
-        config = FinetuneConfig.from_dict({**_fields(config), **options})
+    config = FinetuneConfig.build(config, **options)
     source, model_path = model_path, Path(model_path).resolve()  # a ModelFolder keeps its encoder folders
     paths = data_paths(data)
     teacher_path = _teacher_path(config)
@@ -144,10 +142,6 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
     summary = _write_output(final, work, out, overwrite, model_path, paths, config, info)
     shutil.rmtree(work, ignore_errors=True)
     return summary
-
-
-def _fields(config):
-    return {f.name: getattr(config, f.name) for f in fields(config)}
 
 
 def _base(model):

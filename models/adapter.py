@@ -162,6 +162,23 @@ class Adapter(ABC):
         tokenizer = self.tokenizer(processor)
         return getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
 
+    def configure_processor(self, processor, **settings):
+        """Apply processor settings a stage's config carries (``max_tiles=6``) to a loaded processor.
+
+        The default takes none; a family with such settings (tiling: Eagle2) overrides this.
+
+        Returns:
+            The processor, configured.
+
+        Raises:
+            ConfigError: a setting this family's processor does not have, or a bad value.
+        """
+        if settings:
+            raise ConfigError(f"{self.model_type or type(self).__name__} models have no processor setting "
+                              f"{', '.join(sorted(settings))}; drop it (only tiling families such as eagle2 take "
+                              "max_tiles)")
+        return processor
+
     # ------------------------------------------------------------------ the split forward
     @abstractmethod
     def encode(self, model, batch, slots=None):

@@ -11,9 +11,13 @@ from typing import Dict, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..bench.config import BenchConfig
 from ..errors import ConfigError
+from ..export.config import ExportConfig
+from ..finetune.config import FinetuneConfig
 
 DEMO = "demo"  # the shipped demo model / generated demo data
+FULL = "full"  # finetune.distill_from: the recipe's (full) model
 
 
 class Section(BaseModel):
@@ -86,49 +90,22 @@ class PruneConfig(Section):
     max_shard_size: str = "2GB"
 
 
-class FinetuneConfig(Section):
-    enabled: bool = False
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: Optional[int] = None
-    max_steps: int = Field(30, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(8, ge=1)
-    encoder_dropout: float = Field(0.0, ge=0, lt=1)
-    deepspeed: Optional[str] = Field(None, description="a DeepSpeed JSON config (e.g. recipes/deepspeed/zero2.json)")
-    distill: bool = Field(False, description="distil from the full model (finetune --distill-from)")
-    distill_weight: float = Field(0.5, ge=0, le=1, description="a in (1-a)*CE + a*T^2*KL")
-    distill_temperature: float = Field(2.0, gt=0)
-    merge: bool = True
-    seed: int = 0
+class FinetuneSection(FinetuneConfig):
+    """``finetune:``: the stage's own :class:`~encslim.finetune.config.FinetuneConfig` (same fields, same
+    defaults) plus the stage switch ``enabled``; ``distill_from: full`` distils from the recipe's model."""
+
+    enabled: bool = Field(False, description="run the finetune stage (needs data.train)")
 
 
-class ExportConfig(Section):
-    formats: list[str] = Field(default_factory=lambda: ["hf"], description=(
-        "export formats: the generic ones (hf, remote-code, onnx) and the families' stock formats "
-        "(encslim export --help lists them)"))
-
-    @field_validator("formats")
-    @classmethod
-    def _known_formats(cls, value):
-        from ..models.registry import export_formats
-
-        known = export_formats()
-        unknown = [f for f in value if f not in known]
-        if unknown:
-            hints = [f"'{f}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(f, known, n=1)) else "")
-                     for f in unknown]
-            raise ValueError(f"unknown export format(s) {', '.join(hints)}; use {', '.join(known)}")
-        return value
+class ExportSection(ExportConfig):
+    """``export:``: the stage's own :class:`~encslim.export.config.ExportConfig` (``formats: []`` skips it)."""
 
 
-class BenchConfig(Section):
-    enabled: bool = True
-    batch_sizes: list[int] = Field(default_factory=lambda: [1])
-    max_new_tokens: int = Field(8, ge=1)
-    min_iters: int = Field(5, ge=1)
-    min_seconds: float = Field(1.0, ge=0)
-    warmup: int = Field(2, ge=0)
-    accuracy: bool = Field(True, description="also measure accuracy on data.eval")
+class BenchSection(BenchConfig):
+    """``bench:``: the stage's own :class:`~encslim.bench.config.BenchConfig` plus the stage switch ``enabled``
+    (the device is the recipe's ``device``)."""
+
+    enabled: bool = Field(True, description="run the bench stage")
 
 
 class Recipe(Section):
@@ -146,9 +123,9 @@ class Recipe(Section):
     rank: RankConfig = Field(default_factory=RankConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     prune: PruneConfig = Field(default_factory=PruneConfig)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    bench: BenchConfig = Field(default_factory=BenchConfig)
+    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    bench: BenchSection = Field(default_factory=BenchSection)
 
     @model_validator(mode="after")
     def _recovery_needs(self):
@@ -246,6 +223,8 @@ def _resolve_paths(recipe, base):
     recipe.data.train = [resolve(p) for p in recipe.data.train]
     if recipe.finetune.deepspeed:
         recipe.finetune.deepspeed = resolve(recipe.finetune.deepspeed)
+    if recipe.finetune.distill_from and recipe.finetune.distill_from != FULL:
+        recipe.finetune.distill_from = resolve(recipe.finetune.distill_from)
     return recipe
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError
-from .schema import DEMO
+from .schema import DEMO, FULL
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,10 @@ def _run_finetune(ctx, tmp):
     f = ctx.recipe.finetune
     if not ctx.recipe.data.train:
         raise ConfigError("finetune.enabled needs data.train files (or ['demo'])")
-    summary = finetune(ctx.output("prune", "model"), _data_files(ctx, "train"), tmp / "model", lora_r=f.lora_r,
-                       lora_alpha=f.lora_alpha, max_steps=f.max_steps, lr=f.lr, batch_size=f.batch_size,
-                       encoder_dropout=f.encoder_dropout, deepspeed=f.deepspeed, merge=f.merge, seed=f.seed,
-                       **({"distill_from": _model_path(ctx), "distill_weight": f.distill_weight,
-                           "distill_temperature": f.distill_temperature} if f.distill else {}))
+    config = f.model_dump(exclude={"enabled"})
+    if f.distill_from == FULL:  # distil from the recipe's (full) model
+        config["distill_from"] = _model_path(ctx)
+    summary = finetune(ctx.output("prune", "model"), _data_files(ctx, "train"), tmp / "model", config)
     outputs = {k: summary.get(k) for k in ("loss_first", "loss_last", "loss_start", "loss_end", "loss_window",
                                            "loss_rose", "steps", "samples_seen", "distill")}
     if f.merge:  # unmerged LoRA output is an adapter, not a model the later stages can load
@@ -146,19 +145,18 @@ def _run_export(ctx, tmp):
     outputs = {}
     for fmt in ctx.recipe.export.formats:
         target = tmp / fmt
-        export_model(model, target, fmt, ranking=ctx.output("rank", "ranking"))
+        export_model(model, target, ctx.recipe.export.model_dump(), ranking=ctx.output("rank", "ranking"),
+                     formats=[fmt])
         outputs[fmt] = str(target)
     return outputs
 
 
 # ---------------------------------------------------------------------- bench
 def _run_bench(ctx, tmp):
-    from ..bench.benchmark import BenchSettings, run_bench
+    from ..bench.benchmark import run_bench
 
     b = ctx.recipe.bench
-    settings = BenchSettings(batch_sizes=tuple(b.batch_sizes), max_new_tokens=b.max_new_tokens,
-                             min_iters=b.min_iters, min_seconds=b.min_seconds, warmup=b.warmup,
-                             device=ctx.recipe.device)
+    settings = {**b.model_dump(exclude={"enabled"}), "device": ctx.recipe.device}
     data = _data_files(ctx, "eval") if b.accuracy and ctx.recipe.data.eval else ()
     variant = _variant_name(ctx)
     report = run_bench(source_model(ctx), [_final_model(ctx)], out=tmp / "report", settings=settings, data=data,
@@ -199,7 +197,7 @@ SPECS = {
         inputs=lambda ctx: [f for f in ctx.recipe.data.train if f != DEMO], run=_run_finetune),
     "export": StageSpec(
         enabled=lambda r: bool(r.export.formats), after=("prune", "finetune"),
-        settings=lambda r: {"formats": list(r.export.formats)}, inputs=lambda ctx: [], run=_run_export),
+        settings=lambda r: {"export": r.export.model_dump()}, inputs=lambda ctx: [], run=_run_export),
     "bench": StageSpec(
         enabled=lambda r: r.bench.enabled, after=("prune", "finetune", "data"),
         settings=lambda r: {"bench": r.bench.model_dump(), "device": r.device}, inputs=lambda ctx: [],

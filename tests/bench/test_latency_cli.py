@@ -136,10 +136,10 @@ def _fails(args, capsys):
 def test_user_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
     full = str(tiny_model_dir("A1", ("clip", "siglip", "sam")))
     out = str(tmp_path / "o")
-    assert "--batch-sizes: 'x' is not a positive integer" in _fails(
+    assert "'batch_sizes.1': Input should be a valid integer, unable to parse string as an integer, got 'x'" in _fails(
         ["bench", full, full, "--out", out, "--batch-sizes", "1,x"], capsys)
     assert "nothing to compare" in _fails(["bench", full, "--out", out], capsys)
-    assert "--min-iters must be >= 1" in _fails(["bench", full, "--mask", "sam", "--out", out, "--min-iters", "0"],
+    assert "'min_iters': Input should be greater than or equal to 1, got 0" in _fails(["bench", full, "--mask", "sam", "--out", out, "--min-iters", "0"],
                                                 capsys)
     assert "overlaps the input" in _fails(["bench", full, "--mask", "sam", "--out", f"{full}/x"], capsys)
     (tmp_path / "exists").mkdir()

@@ -68,12 +68,17 @@ def test_encoder_lora_encoder_full_and_full_finetuning():
 
 
 def test_config_rejects_bad_combinations_all_at_once():
-    with pytest.raises(ConfigError) as err:
-        FinetuneConfig(full=True, merge=True, encoder_dropout=1.5, train_encoders="half")
+    with pytest.raises(ConfigError) as err:  # every field problem together, one line
+        FinetuneConfig(encoder_dropout=1.5, train_encoders="half", lora_r=0)
     message = str(err.value)
-    assert "\n" not in message
-    for phrase in ("--merge folds a LoRA adapter", "--encoder-dropout must be in [0, 1)", "train_encoders 'half'"):
+    assert "\n" not in message and message.startswith("FinetuneConfig: 3 problem(s): ")
+    for phrase in ("'encoder_dropout': Input should be less than 1, got 1.5",
+                   "'train_encoders': Input should be 'none', 'lora' or 'full', got 'half'", "'lora_r'"):
         assert phrase in message
+    with pytest.raises(ConfigError) as err:  # then every cross-field problem together
+        FinetuneConfig(full=True, merge=True, train_encoders="lora", distill_top_k=3)
+    assert str(err.value).count("; ") == 2 and "--merge" not in str(err.value)
+    assert "--full with --train-encoders lora" in str(err.value) and "need --distill-from" in str(err.value)
     with pytest.raises(ConfigError, match="unknown finetune option"):
         FinetuneConfig.from_dict({"lora_rank": 8})
     assert FinetuneConfig(lora_targets="q_proj, k_proj").lora_targets == ("q_proj", "k_proj")

@@ -96,6 +96,17 @@ class Eagle2Adapter(LayoutAdapter):
             model.to(device)
         return model.eval(), processor
 
+    def configure_processor(self, processor, max_tiles=None, **settings):
+        """Eagle2's processor setting ``max_tiles`` (at most this many tiles per image, thumbnail aside).
+
+        Raises:
+            ConfigError: another setting, or ``max_tiles`` below the config's ``min_dynamic_patch``.
+        """
+        super().configure_processor(processor, **settings)
+        if max_tiles is not None:
+            processor.set_max_tiles(max_tiles)
+        return processor
+
     def image_token_id(self, config):
         token = getattr(config, "img_context_token_id", None)
         if token is None:
