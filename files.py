@@ -8,7 +8,9 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError, EncslimError, OutputExistsError
 
@@ -24,7 +26,7 @@ PROCESSOR_NAMES = ("processor_config.json", "preprocessor_config.json")
 CHUNK_BYTES = 8 << 20
 
 
-def read_json(path, fix="re-create it", error=ConfigError):
+def read_json(path: str | os.PathLike[str], fix: str = "re-create it", error: type[EncslimError] = ConfigError) -> Any:
     """The JSON document in ``path``; ``error`` (an ``EncslimError``) naming the file and ``fix`` if it is
     missing or not JSON.
 
@@ -44,45 +46,47 @@ def read_json(path, fix="re-create it", error=ConfigError):
         raise error(f"{path} is not valid JSON ({err}); {fix}") from err
 
 
-def check_output_path(out, overwrite=False, inputs=()):
+def check_output_path(out: str | os.PathLike[str], overwrite: bool = False,
+                      inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
     """Refuse an existing output (unless ``overwrite``) and an output inside or equal to an input."""
-    out = Path(out).resolve()
-    for src in inputs:
-        src = Path(src).resolve()
-        if out == src or src in out.parents or out in src.parents:
-            raise ConfigError(f"output {out} overlaps the input {src}; choose an output folder outside it")
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    return out
+    resolved = Path(out).resolve()
+    for item in inputs:
+        src = Path(item).resolve()
+        if resolved == src or src in resolved.parents or resolved in src.parents:
+            raise ConfigError(f"output {resolved} overlaps the input {src}; choose an output folder outside it")
+    if resolved.exists() and not overwrite:
+        raise OutputExistsError(f"{resolved} already exists; pass --overwrite to replace it or choose another --out")
+    return resolved
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out, overwrite=False, inputs=()):
+def atomic_output_dir(out: str | os.PathLike[str], overwrite: bool = False,
+                      inputs: Iterable[str | os.PathLike[str]] = ()) -> Iterator[Path]:
     """Yield a temporary folder next to ``out``; on success it replaces ``out`` in one rename.
 
     The folder and everything in it get the modes the user's umask gives new files and folders (as ``mkdir`` and
     a new file would: 0755/0644 under umask 022), not the 0700 of the temporary folder nor the modes of copied
     sources. On any error the temporary folder is deleted and ``out`` is left as it was.
     """
-    out = check_output_path(out, overwrite, inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    target = check_output_path(out, overwrite, inputs)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
         apply_umask(tmp)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / out.name)
-            os.replace(tmp, out)
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, trash / target.name)
+            os.replace(tmp, target)
             shutil.rmtree(trash, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def current_umask():
+def current_umask() -> int:
     """The process's umask: read from ``/proc/self/status`` where it is there, else set and restored at once."""
     try:
         for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
@@ -95,7 +99,7 @@ def current_umask():
     return mask
 
 
-def apply_umask(folder):
+def apply_umask(folder: str | os.PathLike[str]) -> None:
     """Give ``folder`` and everything under it the modes the umask gives new ones: folders and executable files
     ``0777 & ~umask``, other files ``0666 & ~umask``; symbolic links are left alone.
 
@@ -114,7 +118,7 @@ def apply_umask(folder):
             os.chmod(path, full & ~mask)
 
 
-def sha256_file(path, chunk=CHUNK_BYTES):
+def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK_BYTES) -> str:
     """Hex sha256 of a file, read into one reused buffer (no allocation per chunk)."""
     digest, buffer = hashlib.sha256(), bytearray(chunk)
     view = memoryview(buffer)

@@ -17,7 +17,10 @@ import logging
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
+from collections.abc import Iterable, Mapping
+from os import PathLike
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelLoadError
 from .files import MANIFEST_NAME, read_json, sha256_file
@@ -33,7 +36,7 @@ LIBRARIES = ("torch", "transformers", "safetensors", "tokenizers", "numpy", "pef
              "accelerate", "onnx", "onnxruntime")
 
 
-def library_versions():
+def library_versions() -> dict[str, str]:
     """``{name: version}`` of encslim, Python and the installed libraries encslim uses."""
     from . import __version__
 
@@ -46,7 +49,8 @@ def library_versions():
     return versions
 
 
-def hash_folder(folder, known=None, skip=(MANIFEST_NAME,)):
+def hash_folder(folder: str | PathLike[str], known: Mapping[str, str] | None = None,
+                skip: Iterable[str] = (MANIFEST_NAME,)) -> dict[str, str]:
     """``{relative path: sha256}`` of every file under ``folder`` (recursively, sorted).
 
     Args:
@@ -54,19 +58,23 @@ def hash_folder(folder, known=None, skip=(MANIFEST_NAME,)):
         known: already computed hashes (relative path -> sha256) to reuse instead of rereading.
         skip: relative paths to leave out.
     """
-    folder = Path(folder)
+    root = Path(folder)
     known = known or {}
+    skip = set(skip)
     hashes = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
         if rel in skip or any(part.startswith(".") for part in Path(rel).parts):
             continue
         hashes[rel] = known.get(rel) or sha256_file(path)
     return hashes
 
 
-def write_manifest(out_dir, *, stage, source=None, removed=(), kept=(), plan=None, ranking=None,
-                   verification=None, extra=None, source_hashes=None, file_hashes=None, lineage_from=None):
+def write_manifest(out_dir: str | PathLike[str], *, stage: str, source: str | PathLike[str] | None = None,
+                   removed: Iterable[str] = (), kept: Iterable[str] = (), plan: Any = None, ranking: Any = None,
+                   verification: Any = None, extra: Mapping[str, Any] | None = None,
+                   source_hashes: Mapping[str, str] | None = None, file_hashes: Mapping[str, str] | None = None,
+                   lineage_from: str | PathLike[str] | dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``encslim_manifest.json`` into ``out_dir`` and return its content.
 
     Call it last, once every other file of the output is written (it hashes them all).
@@ -90,12 +98,13 @@ def write_manifest(out_dir, *, stage, source=None, removed=(), kept=(), plan=Non
     Returns:
         the manifest dict.
     """
-    out_dir = Path(out_dir)
+    out = Path(out_dir)
+    removed, kept = list(removed), list(kept)
     parent = (lineage_from if isinstance(lineage_from, dict)
               else inherited_manifest(lineage_from if lineage_from is not None else source))
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     removed_all = _unique([*(parent.get("removed_slots") or []), *removed])
-    manifest = {
+    manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "stage": stage,
         "created": created,
@@ -119,14 +128,15 @@ def write_manifest(out_dir, *, stage, source=None, removed=(), kept=(), plan=Non
     }]
     if extra:
         manifest.update({k: v for k, v in extra.items() if k not in manifest})
-    manifest["files"] = hash_folder(out_dir, file_hashes)
+    manifest["files"] = hash_folder(out, file_hashes)
     text = json.dumps(manifest, indent=2, sort_keys=True, default=_jsonable) + "\n"
-    (out_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")
-    logger.info("wrote %s", out_dir / MANIFEST_NAME)
-    return json.loads(text)
+    (out / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    logger.info("wrote %s", out / MANIFEST_NAME)
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
 
 
-def inherited_manifest(folder):
+def inherited_manifest(folder: str | PathLike[str] | None) -> dict[str, Any]:
     """The manifest of ``folder`` to inherit lineage from: ``{}`` when there is none (an original model).
 
     A folder whose manifest cannot be read is treated as an original model, with a warning.
@@ -141,7 +151,7 @@ def inherited_manifest(folder):
     return manifest if isinstance(manifest, dict) else {}
 
 
-def lineage_text(manifest):
+def lineage_text(manifest: Mapping[str, Any]) -> list[str]:
     """One line per stage of a manifest's lineage, oldest first: what it did and how it was checked."""
     lines = []
     for entry in manifest.get("lineage") or []:
@@ -162,7 +172,7 @@ def lineage_text(manifest):
     return lines
 
 
-def ranking_path(ranking):
+def ranking_path(ranking: Any) -> str | None:
     """The ranking file a manifest's ``ranking`` record names (``ranking`` or ``details.ranking``, as
     :class:`encslim.prune.select.Selection` records it), or ``None``."""
     if isinstance(ranking, str):
@@ -173,14 +183,14 @@ def ranking_path(ranking):
     return found if isinstance(found, str) and found else None
 
 
-def verification_status(verification):
+def verification_status(verification: Any) -> str | None:
     """``passed`` / ``FAILED`` / ``skipped`` / ``recorded`` for a stage's verification dict, or ``None``."""
     if not isinstance(verification, dict) or not verification:
         return None
     if verification.get("skipped"):
         return f"skipped ({verification.get('reason', 'no reason recorded')})"
     if "passed" in verification:
-        status = {True: "passed", False: "FAILED"}.get(verification["passed"], "reported")
+        status: str = {True: "passed", False: "FAILED"}.get(verification["passed"], "reported")
         if isinstance(verification.get("max_abs_diff"), (int, float)):
             status += f" (max |logit diff| {verification['max_abs_diff']:.2g}"
             if isinstance(verification.get("tolerance"), (int, float)):
@@ -193,17 +203,18 @@ def verification_status(verification):
     parts = []
     if verification.get("saved_weights"):
         parts.append(f"saved weights {verification['saved_weights']}")
-    merge = verification.get("merge") if isinstance(verification.get("merge"), dict) else verification
+    record = verification.get("merge")
+    merge = record if isinstance(record, dict) else verification
     if isinstance(merge.get("max_abs_logit_diff"), (int, float)):
         parts.append(f"merged logits within {merge['max_abs_logit_diff']:.2g} of base + adapter")
     return ", ".join(parts) or "recorded"
 
 
-def _unique(items):
+def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _origin(parent, source):
+def _origin(parent: Mapping[str, Any], source: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The original model of a chain: the parent's source when the parent predates ``origin``, else ``source``."""
     if parent:
         recorded = parent.get("source")
@@ -211,7 +222,7 @@ def _origin(parent, source):
     return {"path": source["path"]} if source else None
 
 
-def _legacy_lineage(parent):
+def _legacy_lineage(parent: Mapping[str, Any]) -> list[dict[str, Any]]:
     """A one-entry lineage for a parent manifest written before ``lineage`` existed."""
     if not parent:
         return []
@@ -222,7 +233,7 @@ def _legacy_lineage(parent):
              "ranking": parent.get("ranking"), "verification": parent.get("verification")}]
 
 
-def read_manifest(folder):
+def read_manifest(folder: str | PathLike[str]) -> Any:
     """The manifest of an output folder.
 
     Raises:
@@ -234,7 +245,7 @@ def read_manifest(folder):
     return read_json(path, "re-run the step that wrote it", ModelLoadError)
 
 
-def _jsonable(value):
+def _jsonable(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return sorted(value) if isinstance(value, (set, frozenset)) else list(value)
     if isinstance(value, Path):

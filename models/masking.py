@@ -14,22 +14,29 @@ This module imports nothing but the standard library (encslim's error class only
 so ``export --format remote-code`` ships it beside the native modeling code.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: shipped as remote code, this module imports no torch
+    import torch
 
 try:  # inside encslim, a bad mask set is a user error (one line, exit 2)
     from encslim.errors import ConfigError as MaskError
 except ImportError:  # shipped as remote code, without encslim
-    class MaskError(ValueError):
+    class MaskError(ValueError):  # type: ignore[no-redef]
         """A mask set names an unknown slot, an unknown mode, or masks every slot in removal mode."""
 
 
 class _Named(str, Enum):
     """A string enum that prints (and formats, and serialises) as its value."""
 
-    def __str__(self):
-        return self.value
+    def __str__(self) -> str:
+        return str(self.value)
 
-    def __format__(self, spec):
+    def __format__(self, spec: str) -> str:
         return format(self.value, spec)
 
 
@@ -57,19 +64,22 @@ MASK_MODES = tuple(m.value for m in MaskMode)
 EXACT_REMOVAL = frozenset({FusionClass.A1, FusionClass.A2, FusionClass.A3, FusionClass.B, FusionClass.C})
 
 
-def check_slot_names(slot_names, names, error=MaskError, what=""):
+def check_slot_names(slot_names: Sequence[str], names: Iterable[str], error: type[Exception] = MaskError,
+                     what: str = "") -> list[str]:
     """Raise ``error`` naming the valid slots if any of ``names`` is not one of ``slot_names``.
 
     The one slot-name check of encslim (masks, drops, selections, CLI options); ``what`` prefixes
     the message (e.g. ``"--mask sam: "``).
     """
+    names = list(names)
     unknown = sorted(set(names) - set(slot_names), key=str)
     if unknown:
         raise error(f"{what}unknown slot(s) {', '.join(unknown)}; this model's slots are {', '.join(slot_names)}")
     return list(names)
 
 
-def check_mask_set(slot_names, masked, mode="removal", mask_values=None, values_required=True):
+def check_mask_set(slot_names: Sequence[str], masked: str | Iterable[str] | None, mode: str = "removal",
+                   mask_values: Mapping[str, Any] | None = None, values_required: bool = True) -> frozenset[str]:
     """Validate one mask set against a model's slots; return it as a frozenset.
 
     Args:
@@ -83,21 +93,21 @@ def check_mask_set(slot_names, masked, mode="removal", mask_values=None, values_
         MaskError: an unknown slot (naming the valid ones), an unknown mode, every slot masked in
             removal mode, or missing mean values.
     """
-    masked = frozenset([masked] if isinstance(masked, str) else (masked or ()))
+    masked_set = frozenset([masked] if isinstance(masked, str) else (masked or ()))
     if mode not in MASK_MODES:
         raise MaskError(f"mask mode '{mode}' unknown; use one of {', '.join(MASK_MODES)}")
-    check_slot_names(slot_names, masked)
-    if mode == MaskMode.REMOVAL and slot_names and masked >= set(slot_names):
+    check_slot_names(slot_names, masked_set)
+    if mode == MaskMode.REMOVAL and slot_names and masked_set >= set(slot_names):
         raise MaskError("a mask set masks every encoder; in removal mode keep at least one slot")
     if mode == MaskMode.MEAN and values_required:
-        missing = sorted(masked - set(mask_values or {}))
+        missing = sorted(masked_set - set(mask_values or {}))
         if missing:
             raise MaskError(f"mask mode 'mean' needs mask_values for {', '.join(missing)}; "
                             "compute them with encslim.bench.features.mean_features")
-    return masked
+    return masked_set
 
 
-def mask_feature(reference, dim, mode, value=None):
+def mask_feature(reference: torch.Tensor, dim: int, mode: str, value: torch.Tensor | None = None) -> torch.Tensor:
     """What a masked slot contributes: zeros, or its constant, shaped like ``reference`` with ``dim`` channels.
 
     Args:

@@ -199,7 +199,8 @@ def get_adapter(model_type: str) -> Adapter:
     if family is None:
         raise UnsupportedModelError(
             f"model_type '{model_type}' is not supported; supported families: {', '.join(supported_families())}")
-    return resolve(family.adapters[model_type])
+    adapter: Adapter = resolve(family.adapters[model_type])
+    return adapter
 
 
 def detect_family(config_dict: Mapping[str, Any]) -> tuple[Family, str] | None:
@@ -211,7 +212,8 @@ def detect_family(config_dict: Mapping[str, Any]) -> tuple[Family, str] | None:
     """
     model_type = config_dict.get("model_type")
     owner = family_of(model_type) if isinstance(model_type, str) else None
-    if owner is not None and (owner.detect is None or resolve(owner.detect)(config_dict)):
+    if owner is not None and isinstance(model_type, str) and (
+            owner.detect is None or resolve(owner.detect)(config_dict)):
         return owner, model_type
     for family in families().values():
         if family.detect is not None and resolve(family.detect)(config_dict):

@@ -62,7 +62,7 @@ def parse_key(key: object, what: str = "--predictions key") -> tuple[Kind, tuple
     """
     text = str(key).strip()
     if text == FULL:
-        return FULL, ()
+        return "full", ()
     kind, _, names = text.partition(":")
     slots = tuple(s.strip() for s in names.split("+") if s.strip())
     if kind not in ("masked", "kept") or not slots or len(set(slots)) != len(slots):

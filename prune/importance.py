@@ -28,13 +28,17 @@ question of a drawn cluster entering as often as the cluster is drawn. With one 
 cluster this is exactly the row bootstrap (same draws for the same seed).
 """
 
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 OVERALL = "overall"
 RIGHT_THRESHOLD = 0.5  # a sample counts as answered right when its score is at least this
 
 
-def accuracy(scores, categories):
+def accuracy(scores: ArrayLike, categories: ArrayLike) -> dict[str, float]:
     """Mean score per category and over all samples.
 
     Args:
@@ -44,30 +48,30 @@ def accuracy(scores, categories):
     Returns:
         ``{"overall": mean over samples, "<category>": mean over its samples}``.
     """
-    scores = np.asarray(scores, dtype=float)
-    categories = np.asarray(categories)
-    out = {OVERALL: float(scores.mean()) if scores.size else float("nan")}
-    for cat in category_order(categories):
-        out[cat] = float(scores[categories == cat].mean())
+    values = np.asarray(scores, dtype=float)
+    labels = np.asarray(categories)
+    out = {OVERALL: float(values.mean()) if values.size else float("nan")}
+    for cat in category_order(labels):
+        out[cat] = float(values[labels == cat].mean())
     return out
 
 
-def category_order(categories):
+def category_order(categories: ArrayLike) -> list[Any]:
     """Distinct categories in order of first appearance."""
-    seen = {}
+    seen: dict[Any, None] = {}
     for cat in np.asarray(categories).tolist():
         seen.setdefault(cat, None)
     return list(seen)
 
 
-def cur(acc_full, acc_masked):
+def cur(acc_full: float | None, acc_masked: float | None) -> float | None:
     """CUR from two accuracies; ``None`` when ``acc_full`` is 0 (undefined, see module doc)."""
     if acc_full is None or acc_masked is None or not acc_full > 0:
         return None
     return (acc_full - acc_masked) / acc_full
 
 
-def information_gap(curs):
+def information_gap(curs: Iterable[float | None]) -> float | None:
     """IG = max CUR - min CUR over the slots whose CUR is defined; ``None`` if none is."""
     values = [v for v in curs if v is not None]
     if not values:
@@ -75,7 +79,7 @@ def information_gap(curs):
     return float(max(values) - min(values))
 
 
-def flips(full_scores, masked_scores, threshold=RIGHT_THRESHOLD):
+def flips(full_scores: ArrayLike, masked_scores: ArrayLike, threshold: float = RIGHT_THRESHOLD) -> dict[str, int]:
     """How many samples masking turns right->wrong and wrong->right.
 
     A sample is right when its score is at least ``threshold`` (0.5: exact for 0/1 scorers, and
@@ -89,7 +93,8 @@ def flips(full_scores, masked_scores, threshold=RIGHT_THRESHOLD):
     }
 
 
-def bootstrap_weights(categories, n_boot, seed=0, clusters=None):
+def bootstrap_weights(categories: ArrayLike, n_boot: int, seed: int = 0,
+                      clusters: Sequence[Hashable] | None = None) -> NDArray[np.int32]:
     """Stratified bootstrap resamples as per-sample multiplicities.
 
     Args:
@@ -107,40 +112,40 @@ def bootstrap_weights(categories, n_boot, seed=0, clusters=None):
         clusters sum to its number of clusters). Use the same array for every mask set: that is
         what pairs the samples across mask sets.
     """
-    categories = np.asarray(categories)
+    labels = np.asarray(categories)
     rng = np.random.default_rng(seed)
-    weights = np.zeros((n_boot, categories.size), dtype=np.int32)
-    members = None if clusters is None else np.asarray(_cluster_index(clusters, categories))
-    for cat in category_order(categories):
-        idx = np.flatnonzero(categories == cat)
+    weights = np.zeros((n_boot, labels.size), dtype=np.int32)
+    members = None if clusters is None else np.asarray(_cluster_index(clusters, labels))
+    for cat in category_order(labels):
+        idx = np.flatnonzero(labels == cat)
         if members is None:
             weights[:, idx] = rng.multinomial(idx.size, np.full(idx.size, 1.0 / idx.size), size=n_boot)
             continue
         # the category's clusters in order of first appearance (singletons: the samples' own order)
-        local = {}
+        local: dict[Any, int] = {}
         which = np.array([local.setdefault(c, len(local)) for c in members[idx].tolist()])
         draws = rng.multinomial(len(local), np.full(len(local), 1.0 / len(local)), size=n_boot)
         weights[:, idx] = draws[:, which]
     return weights
 
 
-def _cluster_index(clusters, categories):
+def _cluster_index(clusters: Iterable[Hashable], categories: ArrayLike) -> list[int]:
     """Clusters as small integers; a cluster is split by category (the strata are resampled apart)."""
-    index = {}
+    index: dict[tuple[Any, Hashable], int] = {}
     return [index.setdefault((cat, c), len(index)) for cat, c in zip(np.asarray(categories).tolist(), clusters)]
 
 
-def bootstrap_unit(categories, clusters=None):
+def bootstrap_unit(categories: ArrayLike, clusters: Sequence[Hashable] | None = None) -> tuple[str, int]:
     """``(unit, clusters)``: ``"image"`` when some cluster holds several samples of a category, else
     ``"sample"``; and the number of resampling units (clusters within categories, or samples)."""
-    categories = np.asarray(categories)
+    labels = np.asarray(categories)
     if clusters is None:
-        return "sample", int(categories.size)
-    k = len(set(_cluster_index(clusters, categories)))
-    return ("image" if k < categories.size else "sample"), k
+        return "sample", int(labels.size)
+    k = len(set(_cluster_index(clusters, labels)))
+    return ("image" if k < labels.size else "sample"), k
 
 
-def resampled_accuracy(scores, weights, select):
+def resampled_accuracy(scores: ArrayLike, weights: NDArray[Any], select: NDArray[np.bool_]) -> NDArray[np.float64]:
     """Accuracy of each bootstrap resample restricted to the samples in ``select``.
 
     Args:
@@ -153,10 +158,12 @@ def resampled_accuracy(scores, weights, select):
     """
     w = weights[:, select].astype(float)
     s = np.asarray(scores, dtype=float)[select]
-    return (w @ s) / w.sum(axis=1)
+    out: NDArray[np.float64] = (w @ s) / w.sum(axis=1)
+    return out
 
 
-def cur_interval(full_boot, masked_boot, alpha=0.05):
+def cur_interval(full_boot: ArrayLike, masked_boot: ArrayLike,
+                 alpha: float = 0.05) -> tuple[list[float] | None, float]:
     """Percentile interval of CUR over paired resamples.
 
     Resamples whose full accuracy is 0 have no CUR and are left out; if more than half are,
@@ -165,25 +172,26 @@ def cur_interval(full_boot, masked_boot, alpha=0.05):
     Returns:
         ``([low, high] or None, fraction of resamples left out)``.
     """
-    full_boot = np.asarray(full_boot, dtype=float)
-    masked_boot = np.asarray(masked_boot, dtype=float)
-    ok = full_boot > 0
+    full = np.asarray(full_boot, dtype=float)
+    masked = np.asarray(masked_boot, dtype=float)
+    ok = full > 0
     left_out = float(1.0 - ok.mean()) if ok.size else 1.0
     if ok.sum() == 0 or left_out > 0.5:
         return None, left_out
-    values = (full_boot[ok] - masked_boot[ok]) / full_boot[ok]
+    values = (full[ok] - masked[ok]) / full[ok]
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return [float(low), float(high)], left_out
 
 
-def significant(interval):
+def significant(interval: Sequence[float] | None) -> bool | None:
     """True when the interval excludes 0; ``None`` without an interval."""
     if interval is None:
         return None
     return bool(interval[0] > 0 or interval[1] < 0)
 
 
-def cur_entry(full, masked, select, weights, alpha=0.05):
+def cur_entry(full: ArrayLike, masked: ArrayLike, select: NDArray[np.bool_], weights: NDArray[Any] | None,
+              alpha: float = 0.05) -> dict[str, Any]:
     """One CUR cell of ranking.json: value, interval, significance, flips (and a note if undefined).
 
     Args:
@@ -197,24 +205,27 @@ def cur_entry(full, masked, select, weights, alpha=0.05):
         ``{"value", "ci", "significant", "flips", "acc_full", "acc_masked"}`` plus ``"note"`` when
         the value or interval is undefined.
     """
-    full = np.asarray(full, dtype=float)
-    masked = np.asarray(masked, dtype=float)
-    acc_full, acc_masked = float(full[select].mean()), float(masked[select].mean())
-    entry = {"value": cur(acc_full, acc_masked), "ci": None, "significant": None,
-             "flips": flips(full[select], masked[select]), "acc_full": acc_full, "acc_masked": acc_masked}
+    full_scores = np.asarray(full, dtype=float)
+    masked_scores = np.asarray(masked, dtype=float)
+    acc_full, acc_masked = float(full_scores[select].mean()), float(masked_scores[select].mean())
+    entry: dict[str, Any] = {"value": cur(acc_full, acc_masked), "ci": None, "significant": None,
+                             "flips": flips(full_scores[select], masked_scores[select]), "acc_full": acc_full,
+                             "acc_masked": acc_masked}
     if entry["value"] is None:
         entry["note"] = "undefined: the full model scores 0 on these samples, so no share of its accuracy can be lost"
         return entry
     if weights is not None:
-        entry["ci"], left_out = cur_interval(resampled_accuracy(full, weights, select),
-                                             resampled_accuracy(masked, weights, select), alpha)
+        entry["ci"], left_out = cur_interval(resampled_accuracy(full_scores, weights, select),
+                                             resampled_accuracy(masked_scores, weights, select), alpha)
         entry["significant"] = significant(entry["ci"])
         if entry["ci"] is None:
             entry["note"] = f"no interval: the full model scores 0 in {left_out:.0%} of the resamples"
     return entry
 
 
-def cur_table(full, masked_by_slot, categories, n_boot=1000, seed=0, alpha=0.05, clusters=None):
+def cur_table(full: ArrayLike, masked_by_slot: Mapping[str, ArrayLike], categories: ArrayLike, n_boot: int = 1000,
+              seed: int = 0, alpha: float = 0.05,
+              clusters: Sequence[Hashable] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """CUR of every slot, per category and overall, with paired bootstrap intervals.
 
     Args:
@@ -230,21 +241,21 @@ def cur_table(full, masked_by_slot, categories, n_boot=1000, seed=0, alpha=0.05,
     Returns:
         ``{slot: {"overall" | category: entry}}`` (see :func:`cur_entry`).
     """
-    categories = np.asarray(categories)
-    if clusters is not None and bootstrap_unit(categories, clusters)[0] == "sample":
+    labels = np.asarray(categories)
+    if clusters is not None and bootstrap_unit(labels, clusters)[0] == "sample":
         clusters = None  # one sample per cluster: the row bootstrap
-    weights = bootstrap_weights(categories, n_boot, seed, clusters) if n_boot > 0 else None
-    groups = {OVERALL: np.ones(categories.size, dtype=bool)}
-    groups.update({cat: categories == cat for cat in category_order(categories)})
+    weights = bootstrap_weights(labels, n_boot, seed, clusters) if n_boot > 0 else None
+    groups: dict[str, NDArray[np.bool_]] = {OVERALL: np.ones(labels.size, dtype=bool)}
+    groups.update({cat: labels == cat for cat in category_order(labels)})
     return {
         slot: {name: cur_entry(full, masked, select, weights, alpha) for name, select in groups.items()}
         for slot, masked in masked_by_slot.items()
     }
 
 
-def ig_table(curs):
+def ig_table(curs: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, float | None]:
     """IG per category (and overall) from a :func:`cur_table` result: ``{group: IG or None}``."""
-    groups = []
+    groups: list[str] = []
     for per_slot in curs.values():
         groups.extend(g for g in per_slot if g not in groups)
     return {g: information_gap([curs[s][g]["value"] for s in curs if g in curs[s]]) for g in groups}

@@ -17,31 +17,35 @@ positive when each needs the other (synergy), 0 when their effects add up.
 
 import itertools
 import math
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
 
+Values = Mapping[frozenset[Any], Any]  # {kept set: value (a number or an array)}
 
-def all_coalitions(players):
+
+def all_coalitions(players: Iterable[str]) -> list[frozenset[str]]:
     """Every subset of ``players`` as frozensets, smallest first."""
-    players = list(players)
-    return [frozenset(c) for k in range(len(players) + 1) for c in itertools.combinations(players, k)]
+    ordered = list(players)
+    return [frozenset(c) for k in range(len(ordered) + 1) for c in itertools.combinations(ordered, k)]
 
 
-def is_complete(players, values):
+def is_complete(players: Iterable[str], values: Collection[frozenset[Any]]) -> bool:
     """True when ``values`` holds every one of the ``2^n`` coalitions."""
     return all(c in values for c in all_coalitions(players))
 
 
-def _require(values, coalitions):
+def _require(values: Collection[frozenset[Any]], coalitions: Iterable[frozenset[Any]]) -> None:
     missing = [sorted(c) for c in coalitions if c not in values]
     if missing:
         raise ConfigError(f"the subset table lacks the kept sets {missing[:3]}"
                           f"{' ...' if len(missing) > 3 else ''}; evaluate them (--subsets all) first")
 
 
-def exact_shapley(players, values):
+def exact_shapley(players: Iterable[str], values: Values) -> dict[str, Any]:
     """Exact Shapley value of every player.
 
     Args:
@@ -54,13 +58,13 @@ def exact_shapley(players, values):
     Raises:
         ConfigError: a kept set is missing from ``values``.
     """
-    players = list(players)
-    n = len(players)
-    _require(values, all_coalitions(players))
+    ordered = list(players)
+    n = len(ordered)
+    _require(values, all_coalitions(ordered))
     out = {}
-    for p in players:
-        others = [q for q in players if q != p]
-        total = 0.0
+    for p in ordered:
+        others = [q for q in ordered if q != p]
+        total: Any = 0.0
         for k in range(n):
             weight = math.factorial(k) * math.factorial(n - k - 1) / math.factorial(n)
             for c in itertools.combinations(others, k):
@@ -70,16 +74,16 @@ def exact_shapley(players, values):
     return out
 
 
-def interaction_index(players, values, i, j):
+def interaction_index(players: Iterable[str], values: Values, i: str, j: str) -> Any:
     """Exact Shapley interaction index of the pair ``i, j`` (see module doc).
 
     Raises:
         ConfigError: a kept set is missing from ``values``.
     """
-    players = list(players)
-    n = len(players)
-    others = [q for q in players if q not in (i, j)]
-    total = 0.0
+    ordered = list(players)
+    n = len(ordered)
+    others = [q for q in ordered if q not in (i, j)]
+    total: Any = 0.0
     for k in range(n - 1):
         weight = math.factorial(k) * math.factorial(n - k - 2) / math.factorial(n - 1)
         for c in itertools.combinations(others, k):
@@ -92,12 +96,12 @@ def interaction_index(players, values, i, j):
     return total
 
 
-def interactions(players, values):
+def interactions(players: Sequence[str], values: Values) -> dict[tuple[str, str], Any]:
     """Interaction index of every pair: ``{(i, j): value}`` in slot order."""
     return {(i, j): interaction_index(players, values, i, j) for i, j in itertools.combinations(players, 2)}
 
 
-def interaction_at_full(players, values, i, j):
+def interaction_at_full(players: Iterable[str], values: Values, i: str, j: str) -> Any:
     """The pair's second difference at the top of the lattice, from single and pair masks only.
 
     ``v(N) - v(N-i) - v(N-j) + v(N-ij)``: the one interaction term that ``--subsets pairs``
@@ -110,7 +114,7 @@ def interaction_at_full(players, values, i, j):
             - np.asarray(values[needed[2]]) + np.asarray(values[needed[3]]))
 
 
-def sample_permutations(players, n_perm, seed=0):
+def sample_permutations(players: Iterable[str], n_perm: int, seed: int = 0) -> list[tuple[str, ...]]:
     """``n_perm`` random orders of the players (seeded).
 
     Each order is used with its reverse (antithetic pairs), which cancels much of the variance
@@ -119,24 +123,25 @@ def sample_permutations(players, n_perm, seed=0):
     if n_perm < 1:
         raise ConfigError(f"the number of Shapley permutations must be at least 1, got {n_perm}")
     rng = np.random.default_rng(seed)
-    players = list(players)
+    ordered = list(players)
     perms = []
     for _ in range((n_perm + 1) // 2):
-        order = tuple(players[k] for k in rng.permutation(len(players)))
+        order = tuple(ordered[k] for k in rng.permutation(len(ordered)))
         perms += [order, order[::-1]]
     return perms
 
 
-def permutation_coalitions(perms):
+def permutation_coalitions(perms: Iterable[Sequence[str]]) -> list[frozenset[str]]:
     """The kept sets a permutation estimate needs: every prefix of every order, deduplicated."""
-    needed = {frozenset()}
+    needed: set[frozenset[str]] = {frozenset()}
     for order in perms:
         for k in range(1, len(order) + 1):
             needed.add(frozenset(order[:k]))
     return sorted(needed, key=lambda c: (len(c), sorted(c)))
 
 
-def sampled_shapley(players, values, perms):
+def sampled_shapley(players: Iterable[str], values: Values,
+                    perms: Sequence[Sequence[str]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Permutation estimate of the Shapley values with its standard error.
 
     Args:
@@ -152,15 +157,17 @@ def sampled_shapley(players, values, perms):
         ConfigError: a needed kept set is missing.
     """
     _require(values, permutation_coalitions(perms))
-    contrib = {p: [] for p in players}
+    ordered = list(players)
+    contrib: dict[str, list[Any]] = {p: [] for p in ordered}
     for order in perms:
-        before = frozenset()
+        before: frozenset[str] = frozenset()
         for p in order:
             after = before | {p}
             contrib[p].append(np.asarray(values[after], dtype=float) - np.asarray(values[before], dtype=float))
             before = after
-    estimate, stderr = {}, {}
-    for p in players:
+    estimate: dict[str, Any] = {}
+    stderr: dict[str, Any] = {}
+    for p in ordered:
         draws = np.stack(contrib[p])
         pairs = draws.reshape(-1, 2, *draws.shape[1:]).mean(axis=1) if len(draws) % 2 == 0 else draws
         estimate[p] = pairs.mean(axis=0)

@@ -13,6 +13,8 @@ complement. ``--subsets`` chooses how much of the lattice of kept sets to evalua
 """
 
 import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -20,12 +22,13 @@ MODES = ("single", "pairs", "all", "greedy")
 MAX_ALL = 6
 
 
-def kept_of(slots, masked):
+def kept_of(slots: Iterable[str], masked: Iterable[str]) -> list[str]:
     """The kept slots of a mask set, in slot order."""
+    masked = set(masked)
     return [s for s in slots if s not in masked]
 
 
-def mask_sets(slots, mode):
+def mask_sets(slots: Iterable[str], mode: str) -> list[frozenset[str]]:
     """The mask sets a mode evaluates up front (``greedy`` continues with :func:`greedy_elimination`).
 
     Args:
@@ -38,21 +41,23 @@ def mask_sets(slots, mode):
     Raises:
         ConfigError: unknown mode, or ``all`` with more than :data:`MAX_ALL` slots.
     """
-    slots = list(slots)
+    ordered = list(slots)
     if mode not in MODES:
         raise ConfigError(f"--subsets '{mode}' unknown; use one of {', '.join(MODES)}")
-    if mode == "all" and len(slots) > MAX_ALL:
-        raise ConfigError(f"--subsets all evaluates 2^{len(slots)} kept sets; above {MAX_ALL} slots use "
+    if mode == "all" and len(ordered) > MAX_ALL:
+        raise ConfigError(f"--subsets all evaluates 2^{len(ordered)} kept sets; above {MAX_ALL} slots use "
                           f"--subsets greedy (backward elimination) or pairs")
-    sets = [frozenset()] + [frozenset({s}) for s in slots]
+    sets: list[frozenset[str]] = [frozenset()] + [frozenset({s}) for s in ordered]
     if mode == "pairs":
-        sets += [frozenset(p) for p in itertools.combinations(slots, 2)]
+        sets += [frozenset(p) for p in itertools.combinations(ordered, 2)]
     elif mode == "all":
-        sets += [frozenset(c) for k in range(2, len(slots) + 1) for c in itertools.combinations(slots, k)]
+        sets += [frozenset(c) for k in range(2, len(ordered) + 1) for c in itertools.combinations(ordered, k)]
     return sets
 
 
-def greedy_elimination(slots, evaluate_overall):
+def greedy_elimination(slots: Iterable[str],
+                       evaluate_overall: Callable[[list[frozenset[str]]], Mapping[frozenset[str], float]],
+                       ) -> list[dict[str, Any]]:
     """Backward elimination over kept sets.
 
     Args:
@@ -65,20 +70,20 @@ def greedy_elimination(slots, evaluate_overall):
         from ``n - 1`` kept slots down to one. Ties go to the later slot in slot order (the
         study's encoders are listed general first, so a tie keeps the more general one).
     """
-    slots = list(slots)
-    masked = frozenset()
+    ordered = list(slots)
+    masked: frozenset[str] = frozenset()
     path = []
-    while len(slots) - len(masked) > 1:
-        candidates = [masked | {s} for s in slots if s not in masked]
+    while len(ordered) - len(masked) > 1:
+        candidates = [masked | {s} for s in ordered if s not in masked]
         acc = evaluate_overall(candidates)
         best = max(reversed(candidates), key=lambda m: acc[m])
         dropped = next(iter(best - masked))
         masked = best
-        path.append({"kept": kept_of(slots, masked), "dropped": dropped, "accuracy": float(acc[best])})
+        path.append({"kept": kept_of(ordered, masked), "dropped": dropped, "accuracy": float(acc[best])})
     return path
 
 
-def pareto_flags(points):
+def pareto_flags(points: Sequence[tuple[float | None, float]]) -> list[bool]:
     """Which (cost, accuracy) points are Pareto-optimal: no other point is at most as costly and
     at least as accurate, and strictly better in one of the two. Points with an unknown (``None``)
     cost are never marked optimal and never dominate another.
@@ -95,7 +100,9 @@ def pareto_flags(points):
     return flags
 
 
-def frontier(slots, table, slot_flops, latency_ms=None):
+def frontier(slots: Sequence[str], table: Mapping[frozenset[str], Mapping[str, float]],
+             slot_flops: Mapping[str, float | None],
+             latency_ms: Mapping[frozenset[str], float] | None = None) -> list[dict[str, Any]]:
     """The subset table as rows with their cost, Pareto-optimal rows marked.
 
     Args:
@@ -111,11 +118,12 @@ def frontier(slots, table, slot_flops, latency_ms=None):
     latency_ms = latency_ms or {}
     order = {s: i for i, s in enumerate(slots)}
     keys = sorted(table, key=lambda m: (len(m), sorted(order[s] for s in m)))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for masked in keys:
         kept = kept_of(slots, masked)
         flops = [slot_flops.get(s) for s in kept]
-        cost = None if any(f is None for f in flops) else float(sum(flops))
+        known = [f for f in flops if f is not None]
+        cost = None if len(known) < len(flops) else float(sum(known))
         rows.append({"kept": kept, "masked": [s for s in slots if s in masked],
                      "accuracy": dict(table[masked]),
                      "cost": {"vision_flops": cost, "latency_ms": latency_ms.get(frozenset(kept))}})
@@ -125,7 +133,7 @@ def frontier(slots, table, slot_flops, latency_ms=None):
     return rows
 
 
-def slot_costs(model, processor, adapter):
+def slot_costs(model: Any, processor: Any, adapter: Any) -> dict[str, dict[str, int]]:
     """Per slot: vision FLOPs of one forward on one image, and the parameters only it owns.
 
     FLOPs come from :func:`encslim.models.inspect.vision_flops` (the adapter's ``encode`` of that
