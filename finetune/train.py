@@ -86,7 +86,9 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
         **options: :class:`FinetuneConfig` fields overriding ``config`` (``lora_r=16, merge=True``...).
 
     Returns:
-        The summary dict written to ``finetune.json`` (``None`` on ranks other than 0).
+        The summary dict written to ``finetune.json`` (``None`` on ranks other than 0). Its ``loss_rose``
+        (the smoothed loss ended above where it started) is reported by the caller, once, next to the
+        figures it prints (:func:`loss_rose_message`); nothing is logged here, so no run warns twice.
 
     Raises:
         ConfigError: bad options, a LoRA target matching nothing, a bad DeepSpeed file, an
@@ -340,8 +342,6 @@ def _write_output(final, work, out, overwrite, model_path, paths, config, info):
         _manifest(tmp, model_path, summary)
     logger.info("wrote %s (%d steps, %d samples seen, smoothed loss %s -> %s)", out, info["steps"],
                 info["samples_seen"], summary["loss_start"], summary["loss_end"])
-    if summary["loss_rose"]:
-        logger.warning(loss_rose_message(summary))
     return summary
 
 

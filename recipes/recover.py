@@ -406,7 +406,10 @@ def _train(folder, model_path, masked, train, settings, variant, model_dir, echo
         options.update(distill_from=str(model_path), distill_weight=settings.distill_weight,
                        distill_temperature=settings.distill_temperature)
     summary = finetune(pruned, train, model_dir, overwrite=True, **options)
-    echo(f"  {variant}: {summary['steps']} steps, loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}")
+    # the run's smoothed loss, as finetune.json and the recipe summary give it; the warning on the same line, once
+    rose = "  WARNING: the loss rose" if summary["loss_rose"] else ""
+    echo(f"  {variant}: {summary['steps']} steps, loss {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} "
+         f"(mean of the first/last {summary['loss_window']} steps){rose}")
 
 
 def _evaluate(model_dir, samples, eval_kwargs, device, dtype):

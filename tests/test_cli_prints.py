@@ -118,3 +118,29 @@ def test_bench_perf_scripts_refuse_missing_paths_in_one_line(tmp_path, script, a
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"{script}: error: {message.format(missing=missing)} (--help for usage)\n"
     assert not missing.exists()
+
+
+def test_rank_recover_prints_each_runs_smoothed_loss_once_on_its_line(tmp_path):
+    """The loss line of each recovered variant gives the run's smoothed figures (as its finetune.json), and a
+    loss that rose is said on that line, not in a separate log line with other figures."""
+    import json
+
+    from encslim.demo.data import write_demo_data
+
+    write_demo_data(tmp_path / "d", seed=0, n_train=16, n_eval=16)
+    out = tmp_path / "ranking"
+    code, stdout, stderr = _encslim(
+        "rank", "demo", "--data", tmp_path / "d" / "eval.jsonl", "--out", out, "--subsets", "single",
+        "--bootstrap", "0", "--batch-size", "16", "--max-new-tokens", "2", "--recover", "4", "--recover-top", "1",
+        "--recover-distill", "both", "--recover-data", tmp_path / "d" / "train.jsonl", "--recover-batch-size", "4",
+        timeout=600)
+    assert code == 0, stdout + stderr
+    assert "loss rose during" not in stdout + stderr  # the finetune library no longer logs its own warning
+    entry = json.loads((out / "ranking.json").read_text())["recovery"]["candidates"][0]
+    for variant, folder in entry["models"].items():
+        summary = json.loads((out / folder / "finetune.json").read_text())
+        line = next(line for line in stdout.splitlines() if line.startswith(f"  {variant}: ") and " steps," in line)
+        expected = (f"  {variant}: {summary['steps']} steps, loss {summary['loss_start']:.4f} -> "
+                    f"{summary['loss_end']:.4f} (mean of the first/last {summary['loss_window']} steps)")
+        assert line == expected + ("  WARNING: the loss rose" if summary["loss_rose"] else "")
+        assert stdout.count(f"  {variant}: {summary['steps']} steps,") == 1
