@@ -1,10 +1,11 @@
 """Safetensors shards written tensor by tensor, without torch and without mmap.
 
-A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor
-to its dtype, shape and byte range, then the raw bytes. The source headers (read once by
+The file format's pieces (layout, names, headers, writer, hasher) are in
+:mod:`~encslim.models.shard_format` (re-exported here). The source headers (read once by
 :class:`~encslim.models.folder.Checkpoint`) tell each tensor's size and place, so the executor
-plans the whole output (shard boundaries included) before touching a weight. :func:`stream_checkpoint` then writes it in one pass: each source byte is read once into
-a reused buffer, hashed for the source digest and, if kept, written and hashed for the output
+plans the whole output (shard boundaries included) before touching a weight.
+:func:`stream_checkpoint` then writes it in one pass: each source byte is read once into a
+reused buffer, hashed for the source digest and, if kept, written and hashed for the output
 digest on worker threads (no second pass over either file, for the manifest); the output's
 writeback starts every 64 MiB instead of at the end. Memory stays at a few buffers plus one
 sliced tensor, whatever the model size.
@@ -12,146 +13,18 @@ sliced tensor, whatever the model size.
 
 import json
 import logging
-import math
 import os
-import re
-import struct
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, ModelLoadError
-from ..files import INDEX_NAME, WEIGHTS_NAME, sha256_file
+from ..errors import ModelLoadError
+from ..files import INDEX_NAME
 from ..runtime import progress_bar
-from .folder import DTYPE_SIZES, WeightFile
+from .folder import WeightFile
+from .shard_format import (FileHasher, OutTensor, ShardWriter, header_bytes, parse_size, shard_layout,
+                           shard_names)
 
 logger = logging.getLogger(__name__)
-
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_size(text):
-    """``"2GB"`` -> 2_000_000_000, ``"500MiB"`` -> 524_288_000; ints pass through.
-
-    Raises:
-        ConfigError: the text is not a positive size.
-    """
-    if isinstance(text, int):
-        value = text
-    else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-        unit = match.group(2).upper() if match else None
-        if not match or unit not in _SIZE_UNITS:
-            raise ConfigError(f"size '{text}' not understood; write e.g. 2GB, 500MB or 1GiB")
-        value = int(float(match.group(1)) * _SIZE_UNITS[unit])
-    if value <= 0:
-        raise ConfigError(f"size '{text}' must be positive")
-    return value
-
-
-@dataclass(frozen=True)
-class OutTensor:
-    """One tensor of the output: name, dtype, shape, and how to make it (see ``surgery``)."""
-
-    key: str
-    dtype: str
-    shape: tuple
-    op: str  # "copy" | "slice" | "fold"
-    source: object = None  # TensorInfo for copy/slice
-    dim: int = 0
-    keep: tuple = ()  # ((start, stop), ...) for slice
-    parts: tuple = ()  # (TensorInfo | ("zeros", shape), ...) for fold
-
-    @property
-    def nbytes(self):
-        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
-
-
-def shard_layout(tensors, max_shard_size):
-    """Group output tensors, in order, into shards of at most ``max_shard_size`` bytes.
-
-    A tensor larger than the limit gets a shard of its own (as transformers does).
-    """
-    shards, current, used = [], [], 0
-    for tensor in tensors:
-        if current and used + tensor.nbytes > max_shard_size:
-            shards.append(current)
-            current, used = [], 0
-        current.append(tensor)
-        used += tensor.nbytes
-    if current or not shards:
-        shards.append(current)
-    return shards
-
-
-def shard_names(count):
-    if count == 1:
-        return [WEIGHTS_NAME]
-    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
-
-
-class FileHasher:
-    """sha256 of whole files on two worker threads, beside the copying done by the main thread.
-
-    ``hashlib`` and file reads release the GIL, so hashing the source files (read back from the
-    page cache) and each output shard (hashed as soon as it is closed) overlaps the writing.
-    """
-
-    def __init__(self, workers=2):
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encslim-sha256")
-        self._futures = {}
-
-    def submit(self, name, path):
-        self._futures[name] = self._executor.submit(sha256_file, path)
-
-    def results(self, names=None):
-        """``{name: sha256}`` of the submitted files (waits for them)."""
-        names = list(self._futures) if names is None else names
-        return {name: self._futures[name].result() for name in names}
-
-    def close(self):
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-
-class ShardWriter:
-    """Writes one output file through a raw descriptor (no Python-level buffering).
-
-    With ``writeback`` (bytes), every time that much more is written the kernel is asked to start
-    writing it to disk (``posix_fadvise(DONTNEED)``: asynchronous writeback, then the page cache of
-    the range is dropped once clean), so the disk works during the copy and not only at the end.
-    """
-
-    def __init__(self, path, writeback=0):
-        self.path = Path(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.written = 0
-        self._writeback = writeback if hasattr(os, "posix_fadvise") else 0
-        self._flushed = 0
-
-    def write(self, data):
-        view = memoryview(data).cast("B")
-        total = len(view)
-        while view:
-            view = view[os.write(self._fd, view):]
-        self.written += total
-        if self._writeback and self.written - self._flushed >= self._writeback:
-            os.posix_fadvise(self._fd, self._flushed, self.written - self._flushed, os.POSIX_FADV_DONTNEED)
-            self._flushed = self.written
-
-    def close(self):
-        os.close(self._fd)
-
-
-def _header_bytes(tensors, metadata):
-    header, offset = {"__metadata__": dict(metadata)}, 0
-    for tensor in tensors:
-        header[tensor.key] = {"dtype": tensor.dtype, "shape": list(tensor.shape),
-                              "data_offsets": [offset, offset + tensor.nbytes]}
-        offset += tensor.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # align the data section to 8 bytes, as safetensors does
-    return struct.pack("<Q", len(raw)) + raw
 
 
 def write_checkpoint(out_dir, tensors, produce, max_shard_size, metadata=None, hasher=None):
@@ -180,7 +53,7 @@ def write_checkpoint(out_dir, tensors, produce, max_shard_size, metadata=None, h
         for name, shard in zip(names, shards):
             writer = ShardWriter(out_dir / name)
             try:
-                writer.write(_header_bytes(shard, metadata))
+                writer.write(header_bytes(shard, metadata))
                 for tensor in shard:
                     before = writer.written
                     produce(tensor, writer)
@@ -291,171 +164,232 @@ def stream_checkpoint(files, tensors, produce_kept, out_dir, max_shard_size, met
         ``(written, source, stats)``: ``{file name: sha256}`` of the written files and of the source
         files, and a :class:`StreamStats`.
     """
-    import hashlib
+    copy = _OnePassCopy(files, tensors, produce_kept, _OutputShards(out_dir, metadata or {"format": "pt"}, threads),
+                        chunk=chunk or STREAM_CHUNK_BYTES, buffers=buffers,
+                        threads=STREAM_THREADS if threads is None else threads)
+    try:
+        return copy.run(max_shard_size)
+    finally:
+        copy.close()
 
-    out_dir = Path(out_dir)
-    metadata = metadata or {"format": "pt"}
-    shards = shard_layout(tensors, max_shard_size)
-    names = shard_names(len(shards))
-    shard_start = {id(shard[0]): (name, shard) for name, shard in zip(names, shards) if shard}
-    shard_of = {id(t): name for name, shard in zip(names, shards) for t in shard}
-    fold_keys = {part.key for t in tensors if t.op == "fold" for part in t.parts if not isinstance(part, tuple)}
-    by_source = {(t.source.file, t.source.start, t.source.key): t for t in tensors if t.op in ("copy", "slice")}
-    stats, stash, weight_map = StreamStats(), {}, {}
-    written, source_digests = {}, {}
-    # one worker each, so each sees its pieces in order: source digest, output digest, output writes
-    chunk = chunk or STREAM_CHUNK_BYTES
-    threads = STREAM_THREADS if threads is None else threads
-    if threads:
-        src_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-sha256-source")
-        hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-sha256-output")
-        out_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encslim-write")
-    else:
-        src_pool = hash_pool = out_pool = _Inline()
-    ring = _Buffers((buffers or STREAM_BUFFERS) if threads else 1, chunk)
-    files = [f if isinstance(f, WeightFile) else WeightFile.open(f) for f in files]
-    state = {"writer": None, "hash": None}
-    bar = progress_bar(total=sum(f.size for f in files), desc="pruning", unit="B", unit_scale=True,
-                       unit_divisor=1024)  # drawn on a terminal only
 
-    def open_shard(name):  # on out_pool, ordered with the writes
-        close_shard()
-        state["writer"] = ShardWriter(out_dir / name, STREAM_WRITEBACK_BYTES)
+def _worker(threads, role):
+    """One worker thread per role, so each sees its pieces in order; ``_Inline`` when not threaded."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encslim-{role}") if threads else _Inline()
 
-    def close_shard():
-        writer, state["writer"] = state["writer"], None
+
+class _OutputShards:
+    """The output side of the one-pass copy: shard files written on one worker, their sha256 on another.
+
+    The main thread queues work (:meth:`open`, :meth:`emit`, :meth:`close`); each worker runs its own
+    calls in the order they were queued, so a shard's bytes reach its file and its digest in order.
+    """
+
+    def __init__(self, out_dir, metadata, threads):
+        self.out_dir, self.metadata = Path(out_dir), metadata
+        threads = STREAM_THREADS if threads is None else threads
+        self.out_pool, self.hash_pool = _worker(threads, "write"), _worker(threads, "sha256-output")
+        self.digests = {}  # {file name: sha256} of each closed shard (and the index)
+        self.pending = []  # futures of queued work not tied to a read buffer
+        self.written = 0
+        self._writer = None
+        self._hash = None
+
+    # -- on the main thread: queue the work
+    def open(self, name, shard):
+        """Start shard ``name`` (closing the previous one) and queue its header."""
+        self.pending.append(self.out_pool.submit(self._open_file, name))
+        self.pending.append(self.hash_pool.submit(self._start_digest, name))
+        self.emit(header_bytes(shard, self.metadata))
+
+    def emit(self, data, pending=None):
+        """Queue ``data`` for the current shard: written and hashed, both in order."""
+        pending = self.pending if pending is None else pending
+        pending.append(self.out_pool.submit(self._write, data))
+        pending.append(self.hash_pool.submit(self._update_digest, data))
+
+    def close(self):
+        """Queue the end of the last shard."""
+        self.pending.append(self.out_pool.submit(self._close_file))
+        self.pending.append(self.hash_pool.submit(self._finish_digest))
+
+    def wait(self):
+        """Wait for every queued call not tied to a read buffer (raising the first error)."""
+        for future in self.pending:
+            future.result()
+
+    def write_index(self, tensors, weight_map):
+        """Write ``model.safetensors.index.json`` (several shards) and record its digest."""
+        import hashlib
+
+        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
+        text = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        (self.out_dir / INDEX_NAME).write_bytes(text)
+        self.digests[INDEX_NAME] = hashlib.sha256(text).hexdigest()
+        self.written += len(text)
+
+    def shutdown(self):
+        """Stop both workers and close a shard a failure left open."""
+        for pool in (self.hash_pool, self.out_pool):
+            pool.shutdown(wait=True, cancel_futures=True)
+        if self._writer is not None:
+            self._writer.close()
+
+    # -- on the workers
+    def _open_file(self, name):
+        self._close_file()
+        self._writer = ShardWriter(self.out_dir / name, STREAM_WRITEBACK_BYTES)
+
+    def _close_file(self):
+        writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
-            stats.written += writer.written
+            self.written += writer.written
             logger.info("wrote %s (%d bytes)", writer.path.name, writer.written)
 
-    def write(data):
-        state["writer"].write(data)
+    def _write(self, data):
+        self._writer.write(data)
 
-    def start_digest(name):  # on hash_pool, ordered with the updates
-        finish_digest()
-        state["hash"] = (name, hashlib.sha256())
+    def _start_digest(self, name):
+        import hashlib
 
-    def update_digest(data):
-        state["hash"][1].update(data)
+        self._finish_digest()
+        self._hash = (name, hashlib.sha256())
 
-    def finish_digest():
-        current, state["hash"] = state["hash"], None
+    def _update_digest(self, data):
+        self._hash[1].update(data)
+
+    def _finish_digest(self):
+        current, self._hash = self._hash, None
         if current is not None:
-            written[current[0]] = current[1].hexdigest()
+            self.digests[current[0]] = current[1].hexdigest()
 
-    pending_out = []
 
-    def emit(data, pending=None):
-        """Queue ``data`` for the current shard: written and hashed (both in order)."""
-        pending = pending if pending is not None else pending_out
-        pending.append(out_pool.submit(write, data))
-        pending.append(hash_pool.submit(update_digest, data))
+class _OnePassCopy:
+    """The input side of :func:`stream_checkpoint`: reads each source file once, front to back, into a ring
+    of buffers; each piece feeds the file's sha256 (on the source worker) and, if kept, the output."""
 
-    def emit_open(name, shard):
-        pending_out.append(out_pool.submit(open_shard, name))
-        pending_out.append(hash_pool.submit(start_digest, name))
-        emit(_header_bytes(shard, metadata))
+    def __init__(self, files, tensors, produce_kept, output, chunk, buffers, threads):
+        self.tensors, self.produce_kept, self.output = tensors, produce_kept, output
+        self.chunk = chunk
+        self.src_pool = _worker(threads, "sha256-source")
+        self.ring = _Buffers((buffers or STREAM_BUFFERS) if threads else 1, chunk)
+        self.files = [f if isinstance(f, WeightFile) else WeightFile.open(f) for f in files]
+        self.stats, self.stash, self.weight_map, self.source_digests = StreamStats(), {}, {}, {}
+        self.fold_keys = {part.key for t in tensors if t.op == "fold" for part in t.parts
+                          if not isinstance(part, tuple)}
+        self.by_source = {(t.source.file, t.source.start, t.source.key): t for t in tensors
+                          if t.op in ("copy", "slice")}
+        self._next_output = iter(tensors)
+        self.bar = progress_bar(total=sum(f.size for f in self.files), desc="pruning", unit="B", unit_scale=True,
+                                unit_divisor=1024)  # drawn on a terminal only
 
-    def emit_close():
-        pending_out.append(out_pool.submit(close_shard))
-        pending_out.append(hash_pool.submit(finish_digest))
+    def run(self, max_shard_size):
+        """Copy every file, then the folded tensors; returns ``(written, source, stats)``."""
+        shards = shard_layout(self.tensors, max_shard_size)
+        names = shard_names(len(shards))
+        self.shard_start = {id(shard[0]): (name, shard) for name, shard in zip(names, shards) if shard}
+        self.shard_of = {id(t): name for name, shard in zip(names, shards) for t in shard}
+        if not shards[0]:  # no tensor at all: one empty shard
+            self.output.open(names[0], shards[0])
+        for weight_file in self.files:
+            self._copy_file(weight_file)
+        for tensor in self.tensors:
+            if tensor.op == "fold":
+                self._begin(tensor)
+                self.output.emit(self.produce_kept(tensor, self.stash))
+        self.output.close()
+        self.output.wait()
+        self.ring.drain()
+        source = {name: future.result() for name, future in self.source_digests.items()}
+        if len(shards) > 1:
+            self.output.write_index(self.tensors, self.weight_map)
+        self.stats.written = self.output.written
+        return self.output.digests, source, self.stats
 
-    def begin(tensor):
-        if id(tensor) in shard_start:
-            emit_open(*shard_start[id(tensor)])
-        weight_map[tensor.key] = shard_of[id(tensor)]
+    def close(self):
+        """Stop the workers (waiting for queued work) and close what is still open."""
+        self.bar.close()
+        self.src_pool.shutdown(wait=True, cancel_futures=True)
+        self.output.shutdown()
 
-    next_output = iter(tensors)
+    def _copy_file(self, weight_file):
+        import hashlib
 
-    def expect(tensor):
-        planned = next(next_output)
+        path, size, digest = weight_file.path, weight_file.size, hashlib.sha256()
+        fd = weight_file.take_fd()  # the descriptor the header was read through, when kept open
+        try:
+            ordered = sorted(weight_file.tensors.values(), key=lambda info: info.start)
+            if any(a.start + a.nbytes > b.start for a, b in zip(ordered, ordered[1:])):
+                raise ModelLoadError(f"{path} stores overlapping tensors; re-save the model")
+            pos = 0
+            for info in ordered:
+                if info.start > pos:  # the header (and any padding) is hashed, not written
+                    self._stream(fd, digest, pos, info.start - pos, path, keep=False)
+                self._copy_tensor(fd, digest, info, path)
+                pos = info.start + info.nbytes
+            if size > pos:
+                self._stream(fd, digest, pos, size - pos, path, keep=False)
+            # no waiting here: the next file's reads overlap this one's last hashes and writes
+            self.source_digests[path.name] = self.src_pool.submit(digest.hexdigest)
+        finally:
+            os.close(fd)
+
+    def _copy_tensor(self, fd, digest, info, path):
+        """One source tensor: streamed to the output (copy), read whole (slice, fold part) or only hashed."""
+        out = self.by_source.get((info.file, info.start, info.key))
+        if out is not None:
+            self._begin(out)
+        if out is not None and out.op == "copy":
+            self._stream(fd, digest, info.start, info.nbytes, path, keep=True)
+        elif out is not None or info.key in self.fold_keys:
+            self.stash[info.key] = self._read_whole(fd, digest, info.start, info.nbytes, path)
+            if out is not None:
+                self.output.emit(self.produce_kept(out, self.stash))
+                del self.stash[info.key]
+        else:  # deleted: hashed for the source digest, never written
+            self._stream(fd, digest, info.start, info.nbytes, path, keep=False)
+
+    def _begin(self, tensor):
+        """Check ``tensor`` is the next planned output; open its shard if it starts one."""
+        planned = next(self._next_output)
         if planned is not tensor:
             raise RuntimeError(f"output order: expected '{planned.key}', reached '{tensor.key}'")
+        if id(tensor) in self.shard_start:
+            self.output.open(*self.shard_start[id(tensor)])
+        self.weight_map[tensor.key] = self.shard_of[id(tensor)]
 
-    def read_whole(fd, digest, start, count, name):
+    def _read_whole(self, fd, digest, start, count, name):
         data = bytearray(count)
         view, at = memoryview(data), 0
         while at < count:
-            got = os.preadv(fd, [view[at: at + chunk]], start + at)
+            got = os.preadv(fd, [view[at: at + self.chunk]], start + at)
             if not got:
                 raise ModelLoadError(f"{name} ended early (truncated while reading); re-download it")
             at += got
-        stats.read += count
-        bar.update(count)
-        pending_out.append(src_pool.submit(digest.update, view))
+        self._count(count)
+        self.output.pending.append(self.src_pool.submit(digest.update, view))
         return data
 
-    def stream(fd, digest, start, count, name, keep):
+    def _stream(self, fd, digest, start, count, name, keep):
         at = 0
         while at < count:
-            view, pending = ring.take()
-            got = os.preadv(fd, [view[: min(chunk, count - at)]], start + at)
+            view, pending = self.ring.take()
+            got = os.preadv(fd, [view[: min(self.chunk, count - at)]], start + at)
             if not got:
                 raise ModelLoadError(f"{name} ended early (truncated while reading); re-download it")
             piece = view[:got]
-            pending.append(src_pool.submit(digest.update, piece))
+            pending.append(self.src_pool.submit(digest.update, piece))
             if keep:
-                emit(piece, pending=pending)
+                self.output.emit(piece, pending=pending)
             at += got
-        stats.read += count
-        bar.update(count)
+        self._count(count)
 
-    try:
-        if not shards[0]:  # no tensor at all: one empty shard
-            emit_open(names[0], shards[0])
-        for weight_file in files:
-            path, infos, size = weight_file.path, weight_file.tensors, weight_file.size
-            digest = hashlib.sha256()
-            fd = weight_file.take_fd()  # the descriptor the header was read through, when kept open
-            try:
-                ordered = sorted(infos.values(), key=lambda info: info.start)
-                pos = 0
-                if any(a.start + a.nbytes > b.start for a, b in zip(ordered, ordered[1:])):
-                    raise ModelLoadError(f"{path} stores overlapping tensors; re-save the model")
-                for info in ordered:
-                    if info.start > pos:  # the header (and any padding) is hashed, not written
-                        stream(fd, digest, pos, info.start - pos, path, keep=False)
-                    out = by_source.get((info.file, info.start, info.key))
-                    if out is not None:
-                        expect(out)
-                        begin(out)
-                    if out is not None and out.op == "copy":
-                        stream(fd, digest, info.start, info.nbytes, path, keep=True)
-                    elif out is not None or info.key in fold_keys:
-                        stash[info.key] = read_whole(fd, digest, info.start, info.nbytes, path)
-                        if out is not None:
-                            emit(produce_kept(out, stash))
-                            del stash[info.key]
-                    else:  # deleted: hashed for the source digest, never written
-                        stream(fd, digest, info.start, info.nbytes, path, keep=False)
-                    pos = info.start + info.nbytes
-                if size > pos:
-                    stream(fd, digest, pos, size - pos, path, keep=False)
-                # no waiting here: the next file's reads overlap this one's last hashes and writes
-                source_digests[path.name] = src_pool.submit(digest.hexdigest)
-            finally:
-                os.close(fd)
-        for tensor in tensors:
-            if tensor.op == "fold":
-                expect(tensor)
-                begin(tensor)
-                emit(produce_kept(tensor, stash))
-        emit_close()
-        for future in pending_out:
-            future.result()
-        ring.drain()
-        source_digests = {name: future.result() for name, future in source_digests.items()}
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
-            text = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")
-            (out_dir / INDEX_NAME).write_bytes(text)
-            written[INDEX_NAME] = hashlib.sha256(text).hexdigest()
-            stats.written += len(text)
-        return written, source_digests, stats
-    finally:
-        bar.close()
-        for pool in (src_pool, hash_pool, out_pool):
-            pool.shutdown(wait=True, cancel_futures=True)
-        if state["writer"] is not None:
-            state["writer"].close()
+    def _count(self, count):
+        self.stats.read += count
+        self.bar.update(count)
+
+
+__all__ = ["FileHasher", "OutTensor", "STREAM_BUFFERS", "STREAM_CHUNK_BYTES", "STREAM_THREADS",
+           "STREAM_WRITEBACK_BYTES", "ShardWriter", "StreamStats", "parse_size", "shard_layout", "shard_names", "stream_checkpoint",
+           "write_checkpoint"]

@@ -62,7 +62,8 @@ def main(argv=None):
                         help="family of the tiny random model (default: native)")
     parser.add_argument("--tiny", action="append", default=[], metavar="NAME=VALUE",
                         help="a create-tiny option of the family (repeat)")
-    parser.add_argument("--model", type=arguments.folder, default=None, help="a model folder (default: the family's tiny random one)")
+    parser.add_argument("--model", type=arguments.folder, default=None,
+                        help="a model folder (default: the family's tiny random one)")
     parser.add_argument("--n-eval", type=int, default=40, help="demo eval samples")
     parser.add_argument("--subsets", default="single,pairs,all", help="comma-separated subset modes")
     parser.add_argument("--device", default="cpu")

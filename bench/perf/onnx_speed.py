@@ -97,7 +97,8 @@ def report(label, times):
 
 def main(argv=None):
     parser = arguments.parser(__doc__, "onnx_speed")
-    parser.add_argument("--model", type=arguments.folder, default=None, help="native model folder (default: demo model, else small)")
+    parser.add_argument("--model", type=arguments.folder, default=None,
+                        help="native model folder (default: demo model, else small)")
     parser.add_argument("--threads", type=int, default=1, help="threads for both runtimes")
     parser.add_argument("--batch", type=int, action="append", help="batch sizes (default 1 and 4)")
     parser.add_argument("--past", type=int, default=128, help="cached tokens before the decode step")

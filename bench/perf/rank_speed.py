@@ -48,7 +48,8 @@ def main(argv=None):
     from encslim.demo.assets import demo_model_path
 
     parser = arguments.parser(__doc__, "rank_speed")
-    parser.add_argument("--model", type=arguments.folder, default=None, help="model folder (default: the shipped demo model)")
+    parser.add_argument("--model", type=arguments.folder, default=None,
+                        help="model folder (default: the shipped demo model)")
     parser.add_argument("--n-eval", type=int, default=400, help="demo eval samples")
     parser.add_argument("--seed", type=int, default=0, help="demo data seed")
     parser.add_argument("--subsets", default="all", choices=["single", "pairs", "all", "greedy"])
