@@ -19,7 +19,7 @@ import json
 import shlex
 from pathlib import Path
 
-from .registry import families, resolve
+from .registry import detect_family, families, resolve
 
 
 def serving_models():
@@ -45,23 +45,32 @@ def serving_models():
 
 
 def serve_command(folder):
-    """The ``vllm serve`` command for a folder whose architecture a family's vLLM model serves, else ``None``.
+    """The ``vllm serve`` command for a folder of a family that has a vLLM model, else ``None``.
+
+    The family is the registry's (:func:`~encslim.models.registry.detect_family` on ``config.json``).
+    When the folder's ``architectures[0]`` is not the family's vLLM class name (Eagle v1's original
+    ``EagleLlamaForCausalLM`` is vLLM's speculative-decoding draft model), the command names the class
+    with ``--hf-overrides`` and the folder stays as the original code reads it.
 
     Args:
         folder: a model folder (its ``config.json`` is read).
 
     Returns:
-        ``"vllm serve FOLDER"`` when ``architectures[0]`` is one of :func:`serving_models`, else ``None``
-        (no readable ``config.json``, or an architecture the plugin does not serve).
+        ``"vllm serve FOLDER"`` (plus ``--hf-overrides '{"architectures": [...]}'`` where needed), or
+        ``None``: no readable ``config.json``, or its family has no vLLM model.
     """
     try:
         config = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    architectures = (config.get("architectures") if isinstance(config, dict) else None) or [None]
-    if architectures[0] not in serving_models():
+    found = detect_family(config) if isinstance(config, dict) else None
+    if found is None or found[0].serving is None:
         return None
-    return f"vllm serve {shlex.quote(str(folder))}"
+    architecture = found[0].serving.split(":")[1]
+    command = f"vllm serve {shlex.quote(str(folder))}"
+    if (config.get("architectures") or [None])[0] != architecture:
+        command += " --hf-overrides " + shlex.quote(json.dumps({"architectures": [architecture]}))
+    return command
 
 
 def register():

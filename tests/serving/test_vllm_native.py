@@ -69,11 +69,15 @@ def pruned(tmp_path_factory):
     return folders
 
 
-def test_the_plugin_serves_the_native_architecture():
-    from encslim.models.vllm_plugin import serving_models
+def test_the_plugin_serves_the_native_architecture(pruned, tmp_path):
+    from encslim.models.vllm_plugin import serve_command, serving_models
 
     assert serving_models()["EncslimForConditionalGeneration"] == \
         "encslim.models.families.native.serving:EncslimForConditionalGeneration"
+    assert serve_command(pruned["B"][0]) == f"vllm serve {pruned['B'][0]}"  # the architecture the folder names
+    assert serve_command(tmp_path) is None  # no config.json
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    assert serve_command(tmp_path) is None  # no family's
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """encslim's vLLM plugin (encslim/models/vllm_plugin.py): found by vLLM, registers the families' vLLM models.
 
-No built-in family declares a vLLM model yet (``Family.serving``); a family defined here does.
+A family defined here declares one (``Family.serving``), registered lazily; the built-in ones are tested
+with vLLM itself (test_vllm_native.py, test_vllm_eagle.py).
 """
 
 import dataclasses

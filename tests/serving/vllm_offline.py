@@ -4,7 +4,8 @@ A script, not a test: vLLM's engine spawns a process, so it runs under ``__main_
 subprocess of the test (tests/serving/test_vllm_llava.py), in the vLLM venv.
 
 Usage: python vllm_offline.py FOLDER REQUEST.json OUT.json
-REQUEST.json: {"prompt": str, "image": PNG path, "max_tokens": int, "mm_processor_kwargs": dict}
+REQUEST.json: {"prompt": str, "image": PNG path, "max_tokens": int, "mm_processor_kwargs": dict,
+              optional "max_model_len": int (256), "hf_overrides": dict (vLLM's --hf-overrides)}
 OUT.json: {"prompt_token_ids", "prompt_logprobs" (None first), "token_ids", "logprobs"}
 """
 
@@ -18,8 +19,9 @@ def run(folder, request):
     from PIL import Image
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=folder, dtype="float32", max_model_len=256, seed=0, enforce_eager=True,
-              mm_processor_kwargs=request["mm_processor_kwargs"], limit_mm_per_prompt={"image": 1})
+    llm = LLM(model=folder, dtype="float32", max_model_len=request.get("max_model_len", 256), seed=0,
+              enforce_eager=True, mm_processor_kwargs=request["mm_processor_kwargs"], limit_mm_per_prompt={"image": 1},
+              hf_overrides=request.get("hf_overrides"))
     params = SamplingParams(temperature=0.0, max_tokens=request["max_tokens"], ignore_eos=True, logprobs=0,
                             prompt_logprobs=0)
     image = Image.open(request["image"]).convert("RGB")

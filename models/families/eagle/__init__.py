@@ -11,4 +11,5 @@ register_family(Family(
     tiny_options=(TinyOption("towers", "clip-448,convnext-1024,sam-1024,det-1024,pix2struct-1024",
                              "comma-separated Eagle towers, in checkpoint order."),),
     transformers="encslim.models.families.eagle.modeling:register_auto_classes",
+    serving="encslim.models.families.eagle.serving:EagleVisionLlamaForCausalLM",
 ))
