@@ -10,8 +10,10 @@ file, checked against the storage records' offsets. With those ranges, the execu
 as it streams safetensors (byte reads at offsets) and the verifier reads its tensors the same way.
 """
 
+import os
 import pickle
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 from ..errors import ModelLoadError
@@ -23,6 +25,10 @@ TORCH_DTYPES = {
     "bool": "BOOL", "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64",
 }
 RESAVE = "re-save the model as safetensors (save_pretrained) from a source you trust"
+# the entries of the .bin files read in this process, by file identity (path, inode, size, times): the
+# folder, the family's configuration and inspect each ask for the headers, one torch.load answers them all
+_READ = OrderedDict()
+MEMO_FILES = 64
 
 
 def _refused(path, err):
@@ -89,3 +95,28 @@ def read_bin_header(path, size):
         entries.append((str(key), dtype, tuple(tensor.shape), start, nbytes))
     del state
     return sorted(entries, key=lambda entry: entry[3])
+
+
+def read_bin_header_once(path, stat):
+    """:func:`read_bin_header`, read once per version of the file in this process.
+
+    Args:
+        path: the ``.bin`` file.
+        stat: its ``os.stat_result`` (``os.fstat`` of the descriptor being read); a file rewritten since
+            (another inode, size, modification or change time) is read again.
+
+    Returns:
+        the entries :func:`read_bin_header` returns, as a tuple.
+
+    Raises:
+        ModelLoadError: as :func:`read_bin_header` (a refused file is not remembered).
+    """
+    key = (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key in _READ:
+        _READ.move_to_end(key)
+        return _READ[key]
+    entries = tuple(read_bin_header(path, stat.st_size))
+    _READ[key] = entries
+    while len(_READ) > MEMO_FILES:
+        _READ.popitem(last=False)
+    return entries

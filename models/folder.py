@@ -169,8 +169,9 @@ class WeightFile:
         fmt = "safetensors" if path.suffix == ".safetensors" else "bin"
         fd = os.open(path, os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
-            tensors, metadata = read_header(path, size, fd) if fmt == "safetensors" else (_bin_tensors(path, size), {})
+            stat = os.fstat(fd)
+            size = stat.st_size
+            tensors, metadata = read_header(path, size, fd) if fmt == "safetensors" else (_bin_tensors(path, stat), {})
             tensors, renamed = canonical_keys(tensors, legacy_keys, path)
         except BaseException:
             os.close(fd)
@@ -197,12 +198,13 @@ def _close_all(fds):
         os.close(fds.pop())
 
 
-def _bin_tensors(path, size):
-    """``{key: TensorInfo}`` of a ``.bin`` file (:func:`~encslim.models.bin_header.read_bin_header`)."""
-    from .bin_header import read_bin_header
+def _bin_tensors(path, stat):
+    """``{key: TensorInfo}`` of a ``.bin`` file (:func:`~encslim.models.bin_header.read_bin_header_once`: each
+    version of a file is loaded once per process, however many steps ask for its headers)."""
+    from .bin_header import read_bin_header_once
 
     return {key: TensorInfo(key, path, dtype, shape, start, nbytes)
-            for key, dtype, shape, start, nbytes in read_bin_header(path, size)}
+            for key, dtype, shape, start, nbytes in read_bin_header_once(path, stat)}
 
 
 def weight_names(folder):

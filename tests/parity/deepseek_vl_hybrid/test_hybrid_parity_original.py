@@ -111,10 +111,11 @@ def test_sam_removal_equals_the_original_stock_deepseek_vl(golden, tmp_path):
     names and the output is in 5.x's layout (the manifest says so)."""
     import encslim
     from encslim.models.folder import Checkpoint
+    from encslim.prune.surgery import prune  # encslim.prune is the package once a test imported encslim.prune.*
 
     tensors, _ = golden
     out = tmp_path / "no-sam"
-    manifest = encslim.prune(str(HERE / "model"), ["sam"], str(out), verify_method="module-local")
+    manifest = prune(str(HERE / "model"), ["sam"], str(out), verify_method="module-local")
     assert manifest["verification"]["method"] == "module-local" and manifest["verification"]["passed"] is True
     assert manifest["legacy_keys"]["renamed"] == 48
     assert manifest["legacy_keys"]["prefixes"] == [["model.vision_model.vision_model.", "model.vision_model."]]
