@@ -24,7 +24,8 @@ _LAZY = {
     "EncslimProcessor": "encslim.models.families.native.processing:EncslimProcessor",
     "export_model": "encslim.export:export_model",
     "rank": "encslim.prune.rank:rank",
-    "prune": "encslim.prune.surgery:prune",
+    # not "prune": that name is the subpackage encslim.prune (an attribute once it is imported)
+    "prune_model": "encslim.prune.surgery:prune",
     "register_transformers": "encslim.models.registry:register_transformers",
 }
 
