@@ -103,24 +103,17 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
     run = _Run(model, processor, adapter, mask_sets, mask_mode, mask_values, max_new_tokens, mcq_mode,
                feature_cache, model_fp, settings_fingerprint(
                    _settings(processor, mask_mode, mask_values, max_new_tokens, mcq_mode)),
-               store=features if feature_cache else None, encoder_fp=_encoder_fingerprint(model_fp, processor))
+               store=features if feature_cache else None, encoder_fp=_encoder_fingerprint(model_fp, processor),
+               rank=rank)
     items = _plan(run, samples, prompt_styles)
     store = RecordStore(records_path, rank, world)
     done = store.load()
     todo = [it for it in items if any(k not in done for k in it.keys.values())]
     shard = todo[rank::world]
-    new_records = []
-    with counting_encoder_passes(model, adapter) as counter:
-        run.counter, run.rank = counter, rank
-        batches = _batches(shard, batch_size, mcq_mode)
-        with _progress(batches, len(mask_sets), (progress is None or bool(progress)) and rank == 0) as bar:
-            for batch in batches:
-                records = _run_batch(run, batch, done)
-                store.append(records)
-                new_records.extend(records)
-                bar.update(len(batch) * len(mask_sets))
+    new_records, passes = _evaluate_shard(run, shard, store, done, batch_size,
+                                          (progress is None or bool(progress)) and rank == 0)
     with_images = sum(1 for it in shard if it.sample.image is not None)
-    gathered = distributed.all_gather((new_records, counter.passes, len(shard), with_images))
+    gathered = distributed.all_gather((new_records, passes, len(shard), with_images))
     all_new = [r for part in gathered for r in part[0]]
     store.merge(all_new)
     distributed.barrier()
@@ -130,6 +123,25 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
     total = sum(part[1] for part in gathered)
     logger.info("evaluated %d samples (%d reused from records)", evaluated, len(items) - evaluated)
     return _result(items, done, mask_sets, mask_mode, total / imaged if imaged else 0.0, evaluated, total)
+
+
+def _evaluate_shard(run, shard, store, done, batch_size, show_progress):
+    """Run this process's share of the work in batches, appending each batch's records to ``store``.
+
+    Returns:
+        (new records, encoder passes counted while running them).
+    """
+    new_records = []
+    with counting_encoder_passes(run.model, run.adapter) as counter:
+        run.counter = counter
+        batches = _batches(shard, batch_size, run.mcq_mode)
+        with _progress(batches, len(run.mask_sets), show_progress) as bar:
+            for batch in batches:
+                records = _run_batch(run, batch, done)
+                store.append(records)
+                new_records.extend(records)
+                bar.update(len(batch) * len(run.mask_sets))
+    return new_records, counter.passes
 
 
 def normalize_mask_sets(slot_names, mask_sets, mask_mode="removal"):

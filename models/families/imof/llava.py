@@ -34,33 +34,14 @@ def llava_conversion(model, processor):
     Raises:
         ConfigError: the model is not CLIP-only with an ``mlp2x_gelu`` projector.
     """
-    from transformers import LlavaConfig, LlavaProcessor
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+    from transformers import LlavaConfig
 
     config = model.config
     reasons = llava_blockers(config, config.imof_towers)
     if reasons:
         raise ConfigError(f"this I-MoF model cannot be a stock LLaVA: {'; '.join(reasons)}")
     tokenizer = processor.tokenizer
-    state = {}
-    rules = [("model.vision_tower.vision_tower.vision_model.", "model.vision_tower."),
-             ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
-             ("model.mm_projector.2.", "model.multi_modal_projector.linear_2."),
-             ("model.", "model.language_model."), ("lm_head.", "lm_head.")]
-    for key, tensor in model.state_dict().items():
-        old, new = next((o, n) for o, n in rules if key.startswith(o))
-        state[new + key[len(old):]] = tensor
-    vocab = config.vocab_size
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
-    if image_id is None or image_id == tokenizer.unk_token_id:
-        tokenizer.add_tokens([IMAGE_PLACEHOLDER], special_tokens=True)
-        image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
-    if image_id >= vocab:
-        grow = image_id + 1 - vocab
-        for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
-            if key in state:
-                state[key] = torch.cat([state[key], state[key].new_zeros(grow, state[key].shape[1])])
-        vocab = image_id + 1
+    state, vocab, image_id = _llava_state(model, tokenizer)
     base = set(LlamaConfig().to_dict()) - {"architectures", "model_type", "transformers_version", "dtype",
                                            "torch_dtype"}
     text = {k: v for k, v in config.to_dict().items() if k in base}
@@ -74,14 +55,45 @@ def llava_conversion(model, processor):
         tie_word_embeddings=bool(config.tie_word_embeddings), pad_token_id=config.pad_token_id,
         eos_token_id=config.eos_token_id,
     )
-    size = config.image_size
+    return llava_config, state, _llava_processor(processor, tokenizer, config.image_size, vision.patch_size, strategy)
+
+
+def _llava_state(model, tokenizer):
+    """``(state_dict in llava-hf names, vocab size, image token id)``; adds ``<image>`` to the tokenizer
+    (and one zero row to the embedding and LM head) where it has none."""
+    rules = [("model.vision_tower.vision_tower.vision_model.", "model.vision_tower."),
+             ("model.mm_projector.0.", "model.multi_modal_projector.linear_1."),
+             ("model.mm_projector.2.", "model.multi_modal_projector.linear_2."),
+             ("model.", "model.language_model."), ("lm_head.", "lm_head.")]
+    state = {}
+    for key, tensor in model.state_dict().items():
+        old, new = next((o, n) for o, n in rules if key.startswith(o))
+        state[new + key[len(old):]] = tensor
+    vocab = model.config.vocab_size
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    if image_id is None or image_id == tokenizer.unk_token_id:
+        tokenizer.add_tokens([IMAGE_PLACEHOLDER], special_tokens=True)
+        image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    if image_id >= vocab:
+        grow = image_id + 1 - vocab
+        for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+            if key in state:
+                state[key] = torch.cat([state[key], state[key].new_zeros(grow, state[key].shape[1])])
+        vocab = image_id + 1
+    return state, vocab, image_id
+
+
+def _llava_processor(processor, tokenizer, size, patch_size, strategy):
+    """The stock ``LlavaProcessor`` preparing images as this model's processor does (PIL backend)."""
+    from transformers import LlavaProcessor
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
     image_processor = LlavaImageProcessorPil(
         do_pad=processor.pad, do_resize=True, size={"shortest_edge": size}, resample=3, do_center_crop=True,
         crop_size={"height": size, "width": size}, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
         image_mean=list(processor.image_mean), image_std=list(processor.image_std), do_convert_rgb=True,
     )
-    llava_processor = LlavaProcessor(  # no chat template: export --format llava writes it from build_prompt
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision.patch_size,
+    return LlavaProcessor(  # no chat template: export --format llava writes it from build_prompt
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy=strategy, image_token=IMAGE_PLACEHOLDER, num_additional_image_tokens=1,
     )
-    return llava_config, state, llava_processor

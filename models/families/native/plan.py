@@ -101,10 +101,27 @@ def plan_config(data):
 def _plan_config(data):
     if not isinstance(data, dict) or data.get("model_type") != "encslim":
         return None
-    encoders, fusion = data.get("encoders"), data.get("fusion")
-    if not isinstance(encoders, list) or not encoders or not isinstance(data.get("text_config"), dict):
+    encoders, fusion = data.get("encoders"), _plan_fusion(data)
+    if not isinstance(encoders, list) or not encoders or fusion is None:
         return None
-    if not isinstance(fusion, dict) or not data["text_config"].get("model_type"):
+    normalised, dims, tokens = [], {}, {}
+    for enc in encoders:
+        slot = _plan_encoder(enc, fusion, dims)
+        if slot is None:
+            return None
+        enc, dims[enc["name"]], tokens[enc["name"]] = slot
+        normalised.append(enc)
+    if not _removed_dims_fit(fusion, dims):
+        return None
+    return PlanConfig(normalised, fusion, dims, tokens)
+
+
+def _plan_fusion(data):
+    """The fusion block with its defaults, ``None`` when it (or the text config) is not one the plan reads."""
+    fusion = data.get("fusion")
+    if not isinstance(data.get("text_config"), dict) or not isinstance(fusion, dict):
+        return None
+    if not data["text_config"].get("model_type"):
         return None
     fusion = dict(fusion)
     fusion.setdefault("type", "channel_concat")
@@ -118,52 +135,57 @@ def _plan_config(data):
     if fusion["type"] == "cross_attention":
         fusion.setdefault("num_queries", 16)
         fusion.setdefault("num_heads", 4)
-    normalised, dims, tokens = [], {}, {}
-    for enc in encoders:
-        if not isinstance(enc, dict):
-            return None
-        enc = dict(enc)
-        name, vc = enc.get("name"), enc.get("vision_config")
-        if not isinstance(name, str) or not name.isidentifier() or name in dims or not isinstance(vc, dict):
-            return None
-        enc.setdefault("feature_layer", -1)
-        enc.setdefault("cls", "drop")
-        enc.setdefault("grid", None)
-        entry = BACKBONES.get(vc.get("model_type"))
-        image_size, layer, grid = enc.get("image_size"), enc["feature_layer"], enc["grid"]
-        if entry is None or not _is_int(image_size) or not _is_int(layer) or enc["cls"] not in CLS_MODES:
-            return None
-        if grid is not None and not _is_int(grid):
-            return None
-        kind, prefix = entry["kind"], entry.get("prefix", 0)
-        if any(field not in vc for field in NEEDED[kind]):
-            return None
-        if enc["cls"] == "keep" and (fusion["type"] == "channel_concat" or grid or not prefix):
-            return None
-        if kind == "neck" and layer != -1:
-            return None
-        dim = _feature_dim(kind, vc, layer)
-        if not _is_int(dim):
-            return None
-        if grid:
-            side = grid
-        elif fusion["type"] == "channel_concat":
-            side = fusion["grid"]
-        else:
-            side = _native_grid(kind, vc, image_size, layer)
-        dims[name] = dim
-        tokens[name] = side ** 2 + (prefix if enc["cls"] == "keep" else 0)
-        normalised.append(enc)
+    return fusion
+
+
+def _plan_encoder(enc, fusion, dims):
+    """``(encoder with defaults, feature width, tokens)`` of one encoder entry; ``None`` when unreadable
+    (or its name repeats one in ``dims``)."""
+    if not isinstance(enc, dict):
+        return None
+    enc = dict(enc)
+    name, vc = enc.get("name"), enc.get("vision_config")
+    if not isinstance(name, str) or not name.isidentifier() or name in dims or not isinstance(vc, dict):
+        return None
+    enc.setdefault("feature_layer", -1)
+    enc.setdefault("cls", "drop")
+    enc.setdefault("grid", None)
+    entry = BACKBONES.get(vc.get("model_type"))
+    image_size, layer, grid = enc.get("image_size"), enc["feature_layer"], enc["grid"]
+    if entry is None or not _is_int(image_size) or not _is_int(layer) or enc["cls"] not in CLS_MODES:
+        return None
+    if grid is not None and not _is_int(grid):
+        return None
+    kind, prefix = entry["kind"], entry.get("prefix", 0)
+    if any(field not in vc for field in NEEDED[kind]):
+        return None
+    if enc["cls"] == "keep" and (fusion["type"] == "channel_concat" or grid or not prefix):
+        return None
+    if kind == "neck" and layer != -1:
+        return None
+    dim = _feature_dim(kind, vc, layer)
+    if not _is_int(dim):
+        return None
+    if grid:
+        side = grid
+    elif fusion["type"] == "channel_concat":
+        side = fusion["grid"]
+    else:
+        side = _native_grid(kind, vc, image_size, layer)
+    return enc, dim, side ** 2 + (prefix if enc["cls"] == "keep" else 0)
+
+
+def _removed_dims_fit(fusion, dims):
+    """Whether an A2 model's removed zero blocks (``fusion.removed_dims``) agree with its layout and slots."""
     removed = fusion.get("removed_dims") or {}
-    if removed:
-        layout = list(fusion.get("layout") or [])
-        if fusion.get("projector") != "layernorm_first" or not isinstance(removed, dict):
-            return None
-        if sorted(layout) != sorted(set(dims) | set(removed)) or len(set(layout)) != len(layout):
-            return None
-        if not all(_is_int(v) for v in removed.values()):
-            return None
-    return PlanConfig(normalised, fusion, dims, tokens)
+    if not removed:
+        return True
+    layout = list(fusion.get("layout") or [])
+    if fusion.get("projector") != "layernorm_first" or not isinstance(removed, dict):
+        return False
+    if sorted(layout) != sorted(set(dims) | set(removed)) or len(set(layout)) != len(layout):
+        return False
+    return all(_is_int(v) for v in removed.values())
 
 
 def removal_plan(config, drop):
