@@ -1,8 +1,9 @@
 """What the CLI prints: no third-party log lines from libraries a command does not use, one loss
 warning per run in its place, readable wide numbers, one-line errors, no progress bars without a terminal."""
 
+import importlib.util
 import logging
-import re
+import os
 import subprocess
 import sys
 
@@ -40,11 +41,11 @@ def _encslim(*args, timeout=300):
     """``(returncode, stdout, stderr)`` of the console entry point in a child process, stdout/stderr pipes."""
     done = subprocess.run([sys.executable, "-c", "import sys; from encslim.cli import main; sys.exit(main())",
                            *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**__import__("os").environ, "ENCSLIM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+                          env={**os.environ, "ENCSLIM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
     return done.returncode, done.stdout, done.stderr
 
 
-deepspeed_installed = pytest.mark.skipif(__import__("importlib").util.find_spec("deepspeed") is None,
+deepspeed_installed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                          reason="DeepSpeed is not installed: nothing imports it")
 
 
