@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from encslim.models.loading import adapter_for
+from encslim.models.registry import adapter_for_config
 
 VICUNA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
              "num_key_value_heads": 32, "head_dim": 128, "vocab_size": 32000, "max_position_embeddings": 4096,
@@ -60,7 +60,7 @@ def test_inspect_real_shape_eagle_x5_reads_headers_only(tiny_eagle_dir, tmp_path
     folder = tmp_path / "eagle-x5-7b"
     shutil.copytree(tiny, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
     (folder / "config.json").write_text(json.dumps(_real_x5_config(tiny)))
-    adapter = adapter_for(folder)
+    adapter = adapter_for_config(json.loads((folder / "config.json").read_text()))  # no weights yet
     model = adapter.empty_model(adapter.read_config(folder))
     state = model.state_dict()
     _write_sparse_shards(folder, state)
