@@ -4,7 +4,8 @@ import json
 
 import click
 
-from .select import COSTS
+from ..options import click_options, config_from_options
+from .config import PruneConfig, SelectConfig
 
 
 def _fmt_bytes(n):
@@ -67,52 +68,38 @@ def _print_verification(verification):
         click.echo(f"recommendation: {verification['recommendation']}")
 
 
+def _in_memory(command):
+    """``--streaming/--in-memory``: the executor's two names (the generated option would say --no-streaming)."""
+    option = next(p for p in command.params if p.name == "streaming")
+    option.secondary_opts = ["--in-memory"]
+    return command
+
+
+@_in_memory
 @click.command("prune")
 @click.argument("model")
-@click.option("--drop", multiple=True, help="Slot(s) to remove (repeat or comma-separate).")
 @click.option("--ranking", help="Folder (or ranking.json) written by `encslim rank`.")
-@click.option("--keep", type=int, help="Keep the best K slots.")
-@click.option("--min-retained", type=float, help="Smallest kept set with accuracy >= X of the full model's.")
-@click.option("--drop-negative", is_flag=True, help="Drop slots whose removal improves accuracy.")
-@click.option("--budget", type=float, help="Most accurate kept set whose --cost is at most B.")
-@click.option("--cost", type=click.Choice(COSTS), default="vision_flops", show_default=True)
-@click.option("--category", default="overall", show_default=True, help="Ranking category to decide on ('each': every category, with --min-retained).")
-@click.option("--on", "on", type=click.Choice(["masked", "recovered"]), default="masked", show_default=True,
-              help="With --min-retained: decide on masked accuracy, or on the accuracy after recovery "
-                   "(a ranking made with `rank --recover`).")
+@click_options(SelectConfig)
 @click.option("--out", "-o", help="Output folder.")
-@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
-@click.option("--verify/--no-verify", default=None, help="Verify the pruned model against the masked one (default: verify).")
-@click.option("--verify-method", type=click.Choice(["auto", "full", "module-local"]), default="auto", show_default=True,
-              help="full: compare logits (builds both models); module-local: kept tensors byte-equal and each sliced "
-                   "or folded module on random inputs (no model built); auto: full when both fit in memory.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-@click.option("--streaming/--in-memory", default=None, help="Executor (default: streaming when it does not fit).")
-@click.option("--max-shard-size", default="2GB", show_default=True)
+@click_options(PruneConfig)
 @click.option("--data", multiple=True, help="Benchmark file(s) for verification samples.")
-@click.option("--samples", "num_samples", type=int, default=4, show_default=True, help="Verification samples K.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def prune_cmd(model, drop, ranking, keep, min_retained, drop_negative, budget, cost, category, on, out, dry_run,
-              verify, verify_method, overwrite, streaming, max_shard_size, data, num_samples, as_json, encoders=None):
+def prune_cmd(model, ranking, out, data, as_json, encoders=None, **options):
     """Remove encoder slots from MODEL and write the pruned model to --out."""
     from .select import read_ranking, select
     from .surgery import model_slots, open_folder, prune
 
-    names = [n.strip() for item in drop for n in item.split(",") if n.strip()] or None
+    choice, options = config_from_options(SelectConfig, options)  # bad values fail before the model is opened
+    config, _ = config_from_options(PruneConfig, options)
     model = open_folder(model, encoders)  # config, family and weight headers read once for both calls below
-    slots = model_slots(model)
-    selection = select(slots, drop=names, ranking=read_ranking(ranking) if ranking else None, keep=keep,
-                       min_retained=min_retained, drop_negative=drop_negative, budget=budget, category=category,
-                       cost=cost, on=on)
+    selection = select(model_slots(model), read_ranking(ranking) if ranking else None, choice)
     if selection.basis != "explicit":
         click.echo(f"selected: drop {', '.join(selection.drop)} ({selection.reason})", err=as_json)
-    result = prune(model, selection.drop, out, verify=verify, streaming=streaming, max_shard_size=max_shard_size,
-                   overwrite=overwrite, dry_run=dry_run, data=list(data) or None, num_samples=num_samples,
-                   selection=selection.to_dict(), verify_method=verify_method)
+    result = prune(model, selection, out, config, data=list(data) or None)
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
         return
     _print_summary(result)
-    if not dry_run:
+    if not config.dry_run:
         _print_verification(result["verification"])
         click.echo(f"wrote {result['output']} ({len(result['files'])} files, manifest encslim_manifest.json)")

@@ -26,20 +26,18 @@ from ..data.samples import Sample
 from ..errors import ConfigError, DataError
 from ..files import RANKING_NAME, atomic_output_dir, check_output_path
 from ..models.loading import load_model
-from ..models.masking import MaskMode
 from ..runtime import configure_threads, thread_choice
+from .config import RankConfig
 from .importance import OVERALL
 from .rank_cache import RECORDS_FILE, RankKeys, ScoreTable, read_records, records_file
 from .rank_compute import check_ranking, compute_ranking, image_clusters
 from .shapley import is_complete, permutation_coalitions, sample_permutations
-from .subsets import MODES, greedy_elimination, mask_sets, slot_costs
+from .subsets import greedy_elimination, mask_sets, slot_costs
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-MASK_MODES = (MaskMode.REMOVAL.value, MaskMode.ZERO.value)  # the masks a ranking measures
 DEFAULT_GREEDY_PERMUTATIONS = 16
-DEFAULT_FEATURE_MEMORY_GB = 4.0
 
 
 @dataclass
@@ -82,75 +80,63 @@ class Ranking:
         return ranking_markdown(self.data)
 
 
-def rank(model_or_path, data, subsets="single", mask_mode="removal", categories=None, out=None,
-         bootstrap=1000, seed=0, alpha=0.05, batch_size=8, max_new_tokens=8, shapley_permutations=None,
-         cache=None, overwrite=False, device="cpu", dtype="float32", latency_ms=None, evaluator=None,
-         progress=None, feature_memory_gb=DEFAULT_FEATURE_MEMORY_GB, threads=None):
+def rank(model_or_path, data, config=None, *, out=None, evaluator=None, progress=None, latency_ms=None,
+         **overrides):
     """Rank a multi-encoder model's slots on benchmark data.
 
     Args:
         model_or_path: a model folder, or a ``(model, processor, adapter)`` triple.
         data: benchmark file path(s) (VLMEvalKit TSV, JSONL, LLaVA JSON) or a list of ``Sample``.
-        subsets: ``single`` | ``pairs`` | ``all`` | ``greedy`` (see :mod:`encslim.prune.subsets`).
-        mask_mode: ``removal`` (what ``prune`` ships; default) or ``zero`` (the study's mask).
-        categories: keep only these categories (default: all).
+        config: a :class:`~encslim.prune.config.RankConfig` (or a dict of its fields; default: its
+            defaults): subsets, mask, categories, bootstrap, seed, alpha, batch size, generation
+            length, Shapley permutations, score cache, feature memory, device, dtype, threads,
+            overwrite (each field documents itself).
         out: folder to write; ``None`` writes nothing.
-        bootstrap: paired bootstrap resamples for the CUR intervals (0: none).
-        seed: seed of the bootstrap and of Shapley permutations.
-        alpha: 1 - confidence level of the intervals.
-        batch_size: evaluation batch size.
-        max_new_tokens: generation length of the evaluator.
-        shapley_permutations: permutations for sampled Shapley when not every kept set is
-            evaluated; ``None``: 16 for ``greedy``, none for ``single``/``pairs``.
-        cache: a previous ranking folder (or its ``records.jsonl``) whose scores to reuse; by
-            default ``out`` itself when it exists (with ``overwrite``).
-        overwrite: replace an existing ``out``.
-        device, dtype: where and how to load a model folder.
-        latency_ms: optional measured latency per kept set ``{frozenset(kept): ms}``.
         evaluator: a function with the signature of :func:`encslim.bench.evaluate.evaluate`
             (default: that one).
         progress: the evaluator's progress bar over samples x mask sets: ``None`` (default) or
             ``True``: on a terminal only (stderr a TTY); ``False``: never.
-        feature_memory_gb: the most encoder features (GiB, on the CPU) the run-wide feature store
-            keeps; past it features are encoded again when needed (same results, more encoder
-            passes). 0: no run-wide store (each evaluator call encodes its samples again);
-            ``None``: no limit.
-        threads: torch CPU threads for the run (:func:`encslim.runtime.configure_threads`):
-            ``None``: the process's earlier choice, else ``ENCSLIM_THREADS``, else chosen from the
-            CPU affinity and the load average; ``0``: leave torch's setting as it is. Recorded in
-            ``ranking.json``'s ``evaluation.threads``.
+        latency_ms: optional measured latency per kept set ``{frozenset(kept): ms}``.
+        **overrides: fields of ``config`` to change (``subsets="all"``, ``bootstrap=0``, ...;
+            ``mask_mode`` is the older name of ``mask``). The score cache defaults to ``out``
+            itself when it exists (with ``overwrite``); ``feature_memory_gb`` 0 keeps no run-wide
+            feature store, ``None`` sets no limit; ``threads`` is recorded in ``ranking.json``'s
+            ``evaluation.threads``.
 
     Returns:
         :class:`Ranking` (recovery-aware ranking, ``rank --recover``, is
         :func:`encslim.recipes.recover.rank_and_recover`: it composes this with prune and finetune).
 
     Raises:
-        ConfigError: bad option values; DataError: no samples or unknown categories;
-        ModelLoadError: the model does not load; OutputExistsError: ``out`` exists.
+        ConfigError: bad option values (unknown names with a did-you-mean hint); DataError: no
+        samples or unknown categories; ModelLoadError: the model does not load; OutputExistsError:
+        ``out`` exists.
     """
-    _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations)
+    config = rank_config(config, **overrides)
+    subsets, mask_mode, bootstrap, seed = config.subsets, config.mask, config.bootstrap, config.seed
+    cache, overwrite = config.cache, config.overwrite
     start = time.perf_counter()
     if out is not None:  # refuse a bad output before spending time on loading and evaluating
         _check_out(out, overwrite, model_or_path, data)
     if cache is not None:
         records_file(cache)  # a scores.json of older versions is refused here, before loading
-    store = _feature_store(feature_memory_gb)
-    if threads != 0:
-        configure_threads(threads)
-    model, processor, adapter, model_path = _load(model_or_path, device, dtype)
-    samples, data_paths = _samples(data, categories)
+    store = _feature_store(config.feature_memory_gb)
+    if config.threads != 0:
+        configure_threads(config.threads)
+    model, processor, adapter, model_path = _load(model_or_path, config.device, config.dtype)
+    samples, data_paths = _samples(data, config.categories)
     if evaluator is None:
         evaluator = evaluate
     sources = [Path(p) for p in (cache, out) if p is not None and Path(p).exists()]
     previous = read_records(sources)  # read before the output folder is replaced
     loaded = (model, processor, adapter)
-    table = _score_table(loaded, samples, mask_mode, max_new_tokens, evaluator)
-    kwargs = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+    table = _score_table(loaded, samples, mask_mode, config.max_new_tokens, evaluator)
+    kwargs = dict(batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, progress=progress)
     if store is not None and _accepts(evaluator, "features"):
         kwargs["features"] = store
     runner = _Runner(evaluator, loaded, samples, table, mask_mode, kwargs, store)
-    options = dict(subsets=subsets, shapley_permutations=shapley_permutations, seed=seed, bootstrap=bootstrap,
-                   alpha=alpha, latency_ms=latency_ms, model_path=model_path)
+    options = dict(subsets=subsets, shapley_permutations=config.shapley_permutations, seed=seed, bootstrap=bootstrap,
+                   alpha=config.alpha, latency_ms=latency_ms, model_path=model_path)
     if out is None:
         _reuse(table, previous, sources)
         ranking = _finish(_run(runner, **options), runner, start)
@@ -227,18 +213,18 @@ def _accepts(function, name):
     return any(p.name == name or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
-def _check_options(subsets, mask_mode, bootstrap, alpha, shapley_permutations):
+OLD_NAMES = {"mask_mode": "mask"}  # keyword names rank() took before RankConfig
 
-    if subsets not in MODES:
-        raise ConfigError(f"--subsets '{subsets}' unknown; use one of {', '.join(MODES)}")
-    if mask_mode not in MASK_MODES:
-        raise ConfigError(f"--mask '{mask_mode}' unknown; use removal (what prune ships) or zero (the study's)")
-    if not isinstance(bootstrap, int) or bootstrap < 0:
-        raise ConfigError(f"--bootstrap must be a whole number >= 0, got {bootstrap!r}")
-    if not 0 < alpha < 1:
-        raise ConfigError(f"alpha must lie in (0, 1), got {alpha}")
-    if shapley_permutations is not None and (not isinstance(shapley_permutations, int) or shapley_permutations < 0):
-        raise ConfigError(f"--shapley-permutations must be a whole number >= 0, got {shapley_permutations!r}")
+
+def rank_config(config=None, **overrides):
+    """A :class:`~encslim.prune.config.RankConfig`: ``config`` (an instance, a dict or ``None``) with
+    ``overrides`` (field names; ``mask_mode`` for ``mask``).
+
+    Raises:
+        ConfigError: an unknown name (did-you-mean hint) or a bad value, all in one line.
+    """
+    overrides = {OLD_NAMES.get(k, k): v for k, v in overrides.items()}
+    return RankConfig.build(config, **overrides)
 
 
 def _name_of(function):

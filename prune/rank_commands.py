@@ -8,6 +8,9 @@ shared with it.
 
 import click
 
+from ..options import click_options, config_from_options
+from .config import RankConfig
+
 
 def _cur_summary(data):
     """A short terminal table: CUR per slot and category (percent), significant cells starred."""
@@ -30,6 +33,8 @@ def _cur_summary(data):
 # options of a run that evaluates the model: meaningless when ranking from prediction files
 EVALUATION_ONLY = ("subsets", "shapley_permutations", "batch_size", "max_new_tokens", "cache", "feature_memory_gb",
                    "threads")
+# the command's own arguments and options; every other option is a RankConfig field
+ARGUMENTS = ("model_dir", "data", "predictions", "model_opt", "out", "as_json", "encoders")
 
 
 def refuse_with_predictions(names):
@@ -60,36 +65,7 @@ def refuse_with_predictions(names):
               help="With --predictions: the model whose slots the keys name and whose costs to report "
                    "(same as MODEL_DIR).")
 @click.option("--out", required=True, type=click.Path(), help="Folder to write ranking.json/.md and plots to.")
-@click.option("--subsets", default="single", show_default=True,
-              type=click.Choice(["single", "pairs", "all", "greedy"]),
-              help="Mask sets: each slot alone, also pairs, every kept set (<= 6 slots), or backward elimination. "
-                   "The demo recipe (recipes/demo.yaml) and recipes' default use all.")
-@click.option("--mask", "mask_mode", default="removal", show_default=True, type=click.Choice(["removal", "zero"]),
-              help="removal: what prune ships; zero: the study's zeroed encoder output.")
-@click.option("--category", "categories", multiple=True, help="Rank on this category only; repeatable.")
-@click.option("--bootstrap", default=1000, show_default=True, type=click.IntRange(min=0),
-              help="Paired bootstrap resamples for the CUR intervals (0: none).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of bootstrap and Shapley permutations.")
-@click.option("--shapley-permutations", type=click.IntRange(min=0), default=None,
-              help="Sampled Shapley when not every kept set is run [default: 16 with greedy, else none].")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Samples per generate() call while evaluating each mask set (the demo recipe uses 32, "
-                   "recipes' default 16); larger is faster while memory allows.")
-@click.option("--max-new-tokens", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Tokens generated per answer before scoring (the demo recipe uses 4: its answers are one "
-                   "word). Too few truncates answers.")
-@click.option("--cache", type=click.Path(), default=None, help="A previous ranking folder whose scores to reuse.")
-@click.option("--feature-memory-gb", default=4.0, show_default=True, type=click.FloatRange(min=0),
-              help="CPU memory for the run's encoder features (each encoder runs once per sample for the whole "
-                   "run); past it features are encoded again. 0: no run-wide feature store.")
-@click.option("--device", default="cpu", show_default=True, help="Where the model runs: cpu, cuda or cuda:N.")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]),
-              help="Weight and activation dtype; bfloat16/float16 are for GPUs (on CPU they are slow and "
-                   "may change answers).")
-@click.option("--threads", type=int, default=None,
-              help="torch CPU threads (default: the cores no other process keeps busy, or ENCSLIM_THREADS); "
-                   "recorded in ranking.json.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT (its cached scores and recovered candidates are reused).")
+@click_options(RankConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json instead of the CUR table.")
 def rank_cmd(**options):
     """Rank MODEL_DIR's encoder slots on benchmark data: CUR, IG, Shapley values, cost frontier.
@@ -106,31 +82,26 @@ def rank_cmd(**options):
     if options["predictions"]:
         refuse_with_predictions(EVALUATION_ONLY)
         return _rank_predictions(**options)
-    model_dir, data, kwargs = rank_arguments(**options)
-    ranking = rank(model_dir, data, progress=sys.stderr.isatty(), **kwargs)
+    model_dir, data, config = rank_arguments(options)
+    ranking = rank(model_dir, data, config, out=options["out"], progress=sys.stderr.isatty())
     show_ranking(ranking.data, options["out"], options["as_json"])
 
 
-def rank_arguments(model_dir, data, out, subsets, mask_mode, categories, bootstrap, seed, shapley_permutations,
-                   batch_size, max_new_tokens, cache, feature_memory_gb, device, dtype, threads, overwrite,
-                   encoders=None, **_):
-    """``(model, data, keyword arguments of rank())`` for the command's options; ``model`` is MODEL_DIR
-    opened with its ``--encoder`` folders (a ModelFolder: config, family and every shard checked).
+def rank_arguments(options):
+    """``(model, data, RankConfig)`` for the command's options; ``model`` is MODEL_DIR opened with its
+    ``--encoder`` folders (a ModelFolder: config, family and every shard checked).
 
     Raises:
-        click.UsageError: no MODEL_DIR or no --data.
+        click.UsageError: no MODEL_DIR or no --data; ConfigError: a bad option value (one line).
     """
     from ..models.loading import open_folder
 
-    if not model_dir:
+    config, _ = config_from_options(RankConfig, options)  # bad values fail before the model is opened
+    if not options["model_dir"]:
         raise click.UsageError("missing MODEL_DIR (or rank from prediction files with --predictions KEY=PATH)")
-    if not data:
+    if not options["data"]:
         raise click.UsageError("missing option '--data'")
-    return open_folder(model_dir, encoders), list(data), dict(
-        subsets=subsets, mask_mode=mask_mode, categories=list(categories) or None, out=out, bootstrap=bootstrap,
-        seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens, shapley_permutations=shapley_permutations,
-        cache=cache, overwrite=overwrite, device=device, dtype=dtype, feature_memory_gb=feature_memory_gb,
-        threads=threads)
+    return open_folder(options["model_dir"], options.get("encoders")), list(options["data"]), config
 
 
 def show_ranking(data, out, as_json, more=""):
@@ -151,8 +122,7 @@ def show_ranking(data, out, as_json, more=""):
     click.echo(f"wrote {out}/ranking.json, ranking.md, cur_heatmap.png, frontier.png")
 
 
-def _rank_predictions(predictions, model_dir, model_opt, data, out, mask_mode, categories, bootstrap, seed, device,
-                      dtype, overwrite, as_json, **_):
+def _rank_predictions(predictions, model_dir, model_opt, data, out, as_json, **options):
     import json
 
     from .rank_predictions import rank_predictions
@@ -160,9 +130,10 @@ def _rank_predictions(predictions, model_dir, model_opt, data, out, mask_mode, c
     if model_dir and model_opt and model_dir != model_opt:
         raise click.UsageError("give the model once: MODEL_DIR or --model")
     model = model_opt or model_dir
-    ranking = rank_predictions(list(predictions), model=model, data=list(data) or None,
-                               categories=list(categories) or None, out=out, bootstrap=bootstrap, seed=seed,
-                               mask_mode=mask_mode, overwrite=overwrite, device=device, dtype=dtype)
+    c, _ = config_from_options(RankConfig, options)
+    ranking = rank_predictions(list(predictions), model=model, data=list(data) or None, categories=c.categories,
+                               out=out, bootstrap=c.bootstrap, seed=c.seed, alpha=c.alpha, mask_mode=c.mask,
+                               overwrite=c.overwrite, device=c.device, dtype=c.dtype)
     if as_json:
         click.echo(json.dumps(ranking.data, indent=2))
         return

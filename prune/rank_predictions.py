@@ -300,10 +300,10 @@ def rank_predictions(predictions, model=None, data=None, categories=None, out=No
     Raises:
         ConfigError: bad keys or options; DataError: unreadable files, mismatched samples.
     """
-    from .rank import Ranking, _check_options, write_ranking
+    from .rank import Ranking, rank_config, write_ranking
 
     start = time.perf_counter()
-    _check_options("single", mask_mode, bootstrap, alpha, None)
+    rank_config(mask=mask_mode, bootstrap=bootstrap, alpha=alpha)  # bad values: ConfigError, as rank's
     pairs = parse_predictions(predictions)
     keys = [key for key, _ in pairs]
     for key in keys:  # every key's syntax, before any file is read

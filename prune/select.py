@@ -26,8 +26,7 @@ from pathlib import Path
 from ..errors import ConfigError, PlanError
 from ..files import RANKING_NAME
 from ..models.slots import SlotSet
-
-COSTS = ("vision_flops", "params", "latency_ms")
+from .config import COSTS, EACH
 
 
 @dataclass
@@ -80,9 +79,6 @@ def _categories(ranking):
 def _check_category(ranking, category):
     if category not in _categories(ranking):
         raise PlanError(f"category '{category}' is not in the ranking; use one of {', '.join(_categories(ranking))}")
-
-
-ON = ("masked", "recovered")
 
 
 def _subsets(ranking, slots, category, on="masked"):
@@ -201,9 +197,6 @@ def select_drop_negative(ranking, slots, category="overall"):
                       category=category)
 
 
-EACH = "each"
-
-
 def _retained_table(ranking, slots, category, on="masked"):
     """``{kept: share of the full accuracy retained}``; for ``each``, the smallest share over categories.
 
@@ -280,54 +273,47 @@ def check_recovered(ranking):
                         "--recover-data TRAIN (or decide on masked accuracy: drop --on recovered)")
 
 
-def select(slots, *, drop=None, ranking=None, keep=None, min_retained=None, drop_negative=False, budget=None,
-           category="overall", cost="vision_flops", on="masked"):
+def select(slots, ranking=None, config=None, **overrides):
     """Run exactly one policy; see the module docstring.
 
     Args:
         slots: the model's slot names, in order.
-        drop: explicit slot names.
-        ranking: a ranking dict (:func:`read_ranking`) for every other policy.
-        keep, min_retained, drop_negative, budget: the policy parameters.
-        category: ``overall`` or a ranking category to decide on; ``each`` (``min_retained`` only):
-            every category at once.
-        cost: the cost ``budget`` refers to.
-        on: ``masked`` (the subset table) or ``recovered`` (``min_retained`` only: the accuracy
-            after ``rank --recover``).
+        ranking: a ranking dict (:func:`read_ranking`), needed by every policy but ``drop``.
+        config: a :class:`~encslim.prune.config.SelectConfig` (or a dict of its fields): the one
+            policy (``drop``, ``keep``, ``min_retained``, ``drop_negative`` or ``budget``), the
+            ``category`` to decide on (``each``: every category at once, ``min_retained`` only),
+            the ``cost`` a budget limits, and ``accuracy``: ``masked`` (the subset table) or
+            ``recovered`` (``min_retained`` only: the accuracy after ``rank --recover``).
+        **overrides: fields of ``config`` to set (``keep=2``, ``category="OCR"``; ``on`` is the
+            older name of ``accuracy``).
 
     Returns:
         a :class:`Selection`.
 
     Raises:
-        ConfigError: not exactly one policy, or a ranking-based policy without a ranking.
+        ConfigError: not exactly one policy, a rule between fields broken, or a ranking-based policy
+            without a ranking.
         PlanError: the policy cannot decide (see each policy).
     """
-    chosen = [name for name, value in (("--drop", drop), ("--keep", keep), ("--min-retained", min_retained),
-                                       ("--drop-negative", drop_negative or None), ("--budget", budget))
-              if value is not None]
-    if len(chosen) != 1:
-        raise ConfigError(f"choose exactly one of --drop, --keep, --min-retained, --drop-negative, --budget "
-                          f"(got {', '.join(chosen) or 'none'})")
-    if drop is not None:
-        return select_drop(slots, drop)
+    from .config import SelectConfig
+
+    if "on" in overrides:
+        overrides["accuracy"] = overrides.pop("on")
+    c = SelectConfig.build(config, **overrides)
+    if c.drop is not None:
+        return select_drop(slots, list(c.drop))
     if ranking is None:
-        raise ConfigError(f"{chosen[0]} needs --ranking DIR (the output of `encslim rank`)")
+        raise ConfigError(f"--{c.chosen.replace('_', '-')} needs --ranking DIR (the output of `encslim rank`)")
     check_ranking(ranking, slots)
-    if category == EACH and min_retained is None:
-        raise ConfigError("--category each works with --min-retained only; name one category for the other policies")
-    if on not in ON:
-        raise ConfigError(f"--on '{on}' unknown; use masked or recovered")
-    if on == "recovered":
-        if min_retained is None:
-            raise ConfigError("--on recovered works with --min-retained only")
+    if c.accuracy == "recovered":
         check_recovered(ranking)
-    if keep is not None:
-        result = select_keep(ranking, slots, keep, category)
-    elif min_retained is not None:
-        result = select_min_retained(ranking, slots, min_retained, category, on)
-    elif drop_negative:
-        result = select_drop_negative(ranking, slots, category)
+    if c.keep is not None:
+        result = select_keep(ranking, slots, c.keep, c.category)
+    elif c.min_retained is not None:
+        result = select_min_retained(ranking, slots, c.min_retained, c.category, c.accuracy)
+    elif c.drop_negative:
+        result = select_drop_negative(ranking, slots, c.category)
     else:
-        result = select_budget(ranking, slots, budget, cost, category)
+        result = select_budget(ranking, slots, c.budget, c.cost, c.category)
     result.details.update(ranking=ranking.get("_path"), ranking_sha256=ranking.get("_sha256"))
     return result

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import ConfigError, ModelLoadError, VerificationError
 from ..files import atomic_output_dir, check_output_path
 from ..models.adapter import Adapter
-from ..models.executor import DEFAULT_MAX_SHARD_SIZE, check_side_files, execute
+from ..models.executor import check_side_files, execute
 from ..models.folder import Checkpoint, ModelFolder
 from ..models.plan import check_plan, describe_plan
 from ..models.shards import parse_size
@@ -189,26 +189,24 @@ def _verify(method, reason, checkpoint, tmp, plan, data, num_samples, source=Non
     return {**verify_pruned(source, tmp, plan, data=data, num_samples=num_samples), "reason": reason}
 
 
-def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_size=DEFAULT_MAX_SHARD_SIZE,
-          overwrite=False, dry_run=False, data=None, num_samples=4, selection=None, verify_method="auto"):
+def prune(model_dir, drop, out=None, config=None, *, data=None, selection=None, **overrides):
     """Remove encoder slots ``drop`` from the model in ``model_dir`` and write the result to ``out``.
 
     Args:
         model_dir: a model folder (config.json + safetensors weights) of a supported family, or its
             :class:`~encslim.models.folder.ModelFolder` (every source file is then read once).
-        drop: slot names to remove.
+        drop: slot names to remove, or a :class:`~encslim.prune.select.Selection` (then recorded
+            in the manifest as ``selection`` is).
         out: the output folder (not needed with ``dry_run``); must not exist unless ``overwrite``.
-        verify: verify the pruned model (``False``: skip; default: verify).
-        verify_method: ``"full"`` (masked-full vs pruned logits), ``"module-local"`` (kept tensors byte-equal,
-            each sliced/folded module on random inputs; no model built) or ``"auto"``: full when both
-            models fit in memory, else module-local.
-        streaming: stream over shards (default: when the model does not fit in memory).
-        max_shard_size: largest output shard, e.g. ``"2GB"``.
-        overwrite: replace an existing ``out``.
-        dry_run: only build and describe the plan; write nothing.
+        config: a :class:`~encslim.prune.config.PruneConfig` (or a dict of its fields; default: its
+            defaults): ``verify``, ``verify_method`` (``"full"``: masked-full vs pruned logits;
+            ``"module-local"``: kept tensors byte-equal, each sliced/folded module on random inputs,
+            no model built; ``"auto"``: full when both models fit in memory), ``num_samples``,
+            ``streaming`` (default: when the model does not fit in memory), ``max_shard_size``,
+            ``dry_run`` (only build and describe the plan), ``overwrite``.
         data: benchmark file(s) for verification samples (default: synthetic inputs).
-        num_samples: verification samples K.
         selection: how ``drop`` was chosen (policy, ranking path...), recorded in the manifest.
+        **overrides: fields of ``config`` to change (``verify=False``, ``streaming=True``, ...).
 
     Returns:
         the manifest dict (``dry_run``: ``{"dry_run": True, "plan": ..., "summary": ...}``).
@@ -220,6 +218,13 @@ def prune(model_dir, drop, out=None, *, verify=None, streaming=None, max_shard_s
         VerificationError: an exact plan whose pruned logits (or, module-local, a changed module or a kept
             tensor) differ from the masked model's.
     """
+    from .config import PruneConfig
+
+    c = PruneConfig.build(config, **overrides)
+    verify, verify_method, streaming, dry_run, overwrite = c.verify, c.verify_method, c.streaming, c.dry_run, c.overwrite
+    max_shard_size, num_samples = c.max_shard_size, c.num_samples
+    if hasattr(drop, "to_dict"):  # a Selection
+        selection, drop = (drop.to_dict() if selection is None else selection), list(drop.drop)
     folder = open_folder(model_dir)
     model_dir = folder.path
     if not dry_run:

@@ -8,49 +8,34 @@ sits in the pipeline layer because recovery composes prune, finetune and evaluat
 import click
 
 from ..prune import rank_commands as masked
+from .recover_config import recover_config, recover_options
 
-RECOVER_OPTIONS = [
-    click.Option(["--recover", "recover"], type=click.IntRange(min=1), default=None, metavar="STEPS",
-                 help="After masking, recover the frontier's candidate kept sets with STEPS LoRA steps each and "
-                      "report their accuracy after recovery (prune --on recovered decides on it)."),
-    click.Option(["--recover-top"], default=3, show_default=True, type=click.IntRange(min=1),
-                 help="How many frontier candidates to recover."),
-    click.Option(["--recover-data"], multiple=True, type=click.Path(),
-                 help="Training file(s) for the recovery (required with --recover; not the ranking data)."),
-    click.Option(["--recover-distill"], default="off", show_default=True, type=click.Choice(["off", "on", "both"]),
-                 help="Recover with plain LoRA, distilled from the full model, or both (reported side by side)."),
-    click.Option(["--recover-lr"], default=5e-4, show_default=True, type=float,
-                 help="Learning rate of the recovery (lower than a plain finetune's: the candidates start trained)."),
-    click.Option(["--recover-batch-size"], default=16, show_default=True, type=click.IntRange(min=1)),
-    click.Option(["--recover-lora-r"], default=8, show_default=True, type=click.IntRange(min=1)),
-]
+RECOVER_OPTIONS = recover_options()  # generated from RecoverConfig's fields
 RECOVER_NAMES = tuple(option.name for option in RECOVER_OPTIONS)
 
 
-def _rank_with_recovery(recover, recover_top, recover_data, recover_distill, recover_lr, recover_batch_size,
-                        recover_lora_r, **options):
+def _rank_with_recovery(**options):
     """The masked ranking (prune's command), then, with ``--recover``, the recovery of its candidates."""
     import sys
 
     if options["predictions"]:
         masked.refuse_with_predictions((*masked.EVALUATION_ONLY, *RECOVER_NAMES))
-    if recover is None:
+    rank_options = {k: v for k, v in options.items() if k not in RECOVER_NAMES}
+    if options["recover"] is None:
         ctx = click.get_current_context()
         stray = [f"--{name.replace('_', '-')}" for name in RECOVER_NAMES
                  if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
         if stray:
             raise click.UsageError(f"{', '.join(stray)} only work with --recover STEPS")
-        return masked.rank_cmd.callback(**options)
+        return masked.rank_cmd.callback(**rank_options)
 
-    from .recover import RecoverySettings, rank_and_recover
+    from .recover import rank_and_recover
 
-    model_dir, data, kwargs = masked.rank_arguments(**options)
-    settings = RecoverySettings(steps=recover, data=list(recover_data), top=recover_top, distill=recover_distill,
-                                lr=recover_lr, batch_size=recover_batch_size, lora_r=recover_lora_r,
-                                seed=options["seed"])
+    model_dir, data, config = masked.rank_arguments(rank_options)
+    recover = recover_config(options, seed=config.seed)
     as_json = options["as_json"]
-    ranking = rank_and_recover(model_dir, data, settings, progress=sys.stderr.isatty(),
-                               echo=lambda line: click.echo(line, err=as_json), **kwargs)
+    ranking = rank_and_recover(model_dir, data, recover, options["out"], config, progress=sys.stderr.isatty(),
+                               echo=lambda line: click.echo(line, err=as_json))
     masked.show_ranking(ranking.data, options["out"], as_json, more=recovery_summary(ranking.data))
 
 

@@ -51,77 +51,24 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, PlanError
 from ..files import sha256_file
 from ..prune.importance import OVERALL, accuracy
+from .recover_config import DISTILLED, RecoverConfig
 
 logger = logging.getLogger(__name__)
 
 RECOVER_DIR = "recover"
 RESULT_FILE = "result.json"
-DISTILL_CHOICES = ("off", "on", "both")
-PLAIN, DISTILLED = "lora", "distill"
-
-
-@dataclass
-class RecoverySettings:
-    """How ``rank --recover`` recovers each candidate (see the module docstring).
-
-    Attributes:
-        steps: LoRA steps per candidate and variant.
-        data: recovery training file(s) (never the evaluation data).
-        top: how many frontier candidates to recover.
-        distill: ``off`` (plain LoRA), ``on`` (distilled from the full model) or ``both``.
-        lr, batch_size, lora_r, seed: the LoRA run's settings.
-        distill_weight, distill_temperature: as ``finetune --distill-weight/--distill-temperature``.
-    """
-
-    steps: int
-    data: list = field(default_factory=list)
-    top: int = 3
-    distill: str = "off"
-    lr: float = 5e-4
-    batch_size: int = 16
-    lora_r: int = 8
-    seed: int = 0
-    distill_weight: float = 0.5
-    distill_temperature: float = 2.0
-
-    def problems(self):
-        out = []
-        if not isinstance(self.steps, int) or self.steps < 1:
-            out.append(f"--recover must be a whole number of steps >= 1, got {self.steps!r}")
-        if not isinstance(self.top, int) or self.top < 1:
-            out.append(f"--recover-top must be a whole number >= 1, got {self.top!r}")
-        if self.distill not in DISTILL_CHOICES:
-            out.append(f"--recover-distill '{self.distill}' unknown; use one of {', '.join(DISTILL_CHOICES)}")
-        if not self.data:
-            out.append("--recover needs --recover-data TRAIN_FILE (training samples for the recovery; "
-                       "not the evaluation data)")
-        if not self.lr > 0:
-            out.append(f"--recover-lr must be positive, got {self.lr}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            out.append(f"--recover-batch-size must be >= 1, got {self.batch_size!r}")
-        return out
-
-    @property
-    def variants(self):
-        return {"off": [PLAIN], "on": [DISTILLED], "both": [PLAIN, DISTILLED]}[self.distill]
-
-    @property
-    def primary(self):
-        """The variant ``recovered`` (and so ``prune --on recovered``) reports."""
-        return self.variants[-1]
 
 
 def check_recovery(settings, model_path, out, evaluation_data):
     """Refuse a recovery that cannot run, before anything is loaded.
 
     Args:
-        settings: :class:`RecoverySettings`.
+        settings: :class:`~encslim.recipes.recover_config.RecoverConfig`.
         model_path: the full model (a folder; a loaded model is refused).
         out: the ranking folder (required).
         evaluation_data: the ranking's data (file paths or samples).
@@ -186,7 +133,7 @@ def candidate_name(kept):
 def _fingerprint(model_path, settings, eval_settings):
     data = [{"path": str(Path(p).resolve()), "sha256": sha256_file(p) if Path(p).is_file() else None}
             for p in settings.data]
-    payload = {"model": str(Path(model_path).resolve()), "settings": {k: v for k, v in asdict(settings).items() if k != "data"},
+    payload = {"model": str(Path(model_path).resolve()), "settings": settings.model_dump(exclude={"data"}),
                "data": data, "evaluation": eval_settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -229,22 +176,22 @@ def _kept_aside(previous_out, out):
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def rank_and_recover(model_path, data, settings, out, overwrite=False, resume_from=None, batch_size=8,
-                     max_new_tokens=8, device="cpu", dtype="float32", echo=None, **rank_options):
+def rank_and_recover(model_path, data, settings, out, config=None, *, resume_from=None, echo=None, **overrides):
     """Rank ``model_path`` on ``data``, then recover the frontier's candidates (``rank --recover``).
 
     Args:
         model_path: the full model folder.
         data: the ranking's benchmark file(s), or its samples.
-        settings: :class:`RecoverySettings`.
+        settings: :class:`~encslim.recipes.recover_config.RecoverConfig`.
         out: the ranking folder: ``ranking.json``/``.md`` (with the recovery), plots, ``recover/``.
-        overwrite: replace ``out``; its finished candidates are reused.
+        config: the ranking's :class:`~encslim.prune.config.RankConfig` (or a dict; default: its
+            defaults); its batch size, generation length, device and dtype evaluate the candidates
+            too; with ``overwrite`` the finished candidates of ``out`` are reused.
         resume_from: a previous ranking folder whose recovered candidates to reuse (default:
             ``out`` itself, when it exists and ``overwrite`` is set).
-        batch_size, max_new_tokens, device, dtype: the ranking's evaluation settings, which the
-            candidates' evaluation uses too.
         echo: prints the recovery's progress lines (default: the log).
-        **rank_options: the other keyword arguments of :func:`encslim.prune.rank.rank`.
+        **overrides: fields of ``config`` to change, and :func:`encslim.prune.rank.rank`'s other
+            keywords (``evaluator``, ``progress``, ``latency_ms``).
 
     Returns:
         :class:`encslim.prune.rank.Ranking` whose ``data`` holds ``recovery`` (see :func:`recover`).
@@ -253,22 +200,24 @@ def rank_and_recover(model_path, data, settings, out, overwrite=False, resume_fr
         ConfigError: bad recovery settings (before anything is loaded); and what
         :func:`encslim.prune.rank.rank` and :func:`recover` raise.
     """
-    from ..prune.rank import rank
-
     from ..data.load import load_samples
     from ..models.loading import open_folder
+    from ..prune.rank import rank, rank_config
 
+    runtime = {k: overrides.pop(k) for k in ("evaluator", "progress", "latency_ms") if k in overrides}
+    config = rank_config(config, **overrides)
+    settings = RecoverConfig.build(settings)
     check_recovery(settings, model_path, out, data)
     train = load_samples([Path(p) for p in settings.data])  # broken rows refused before the ranking is written
     started = time.perf_counter()
-    if resume_from is None and overwrite and Path(out).is_dir():
+    if resume_from is None and config.overwrite and Path(out).is_dir():
         resume_from = out
     with _kept_aside(resume_from, out) as previous:
-        ranking = rank(model_path, data, out=out, overwrite=overwrite, batch_size=batch_size,
-                       max_new_tokens=max_new_tokens, device=device, dtype=dtype, **rank_options)
+        ranking = rank(model_path, data, config, out=out, **runtime)
         carry_over(previous, out)
     recover(ranking.data, open_folder(model_path), ranking.samples, out, settings,  # keeps its --encoder folders
-            {"batch_size": batch_size, "max_new_tokens": max_new_tokens}, device=device, dtype=dtype, echo=echo,
+            {"batch_size": config.batch_size, "max_new_tokens": config.max_new_tokens}, device=config.device,
+            dtype=config.dtype, echo=echo,
             train=train)
     ranking.data["evaluation"]["wall_s"] = round(time.perf_counter() - started, 3)
     rewrite_ranking(ranking.data, out)
@@ -284,7 +233,7 @@ def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cp
         model_path: the full model folder it ranks.
         samples: the ranking's samples (evaluation data).
         out: the ranking folder; candidates work in ``out/recover/``.
-        settings: :class:`RecoverySettings`.
+        settings: :class:`~encslim.recipes.recover_config.RecoverConfig`.
         eval_kwargs: ``batch_size``, ``max_new_tokens`` of the ranking's evaluation.
         echo: a function printing progress lines (``None``: the log).
         train: the training samples of ``settings.data`` when already loaded (else read here).
@@ -332,7 +281,7 @@ def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cp
     block = {"steps": settings.steps, "top": settings.top, "distill": settings.distill,
              "variants": settings.variants, "primary": settings.primary,
              "train_data": [str(Path(p).resolve()) for p in settings.data],
-             "settings": {k: v for k, v in asdict(settings).items() if k != "data"},
+             "settings": settings.model_dump(exclude={"data"}),
              "candidates_rule": "best Pareto row of each size, then the other Pareto rows, by masked accuracy",
              "full_model_recovered": False, "candidates": results,
              "wall_s": round(time.perf_counter() - started, 3)}
@@ -444,5 +393,5 @@ def rewrite_ranking(ranking, folder):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["RecoverySettings", "candidates", "carry_over", "check_recovery", "check_settings", "rank_and_recover",
+__all__ = ["RecoverConfig", "candidates", "carry_over", "check_recovery", "check_settings", "rank_and_recover",
            "recover", "rewrite_ranking"]

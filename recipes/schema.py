@@ -6,13 +6,15 @@ Every section is a pydantic model with ``extra="forbid"``: a misspelt key fails 
 
 import difflib
 from pathlib import Path
-from typing import Dict, Literal, Optional, Union
+from typing import Dict, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..bench.config import BenchConfig
 from ..errors import ConfigError
+from ..prune.config import PruneConfig, RankConfig, SelectConfig
+from .recover_config import RecoverConfig
 from ..export.config import ExportConfig
 from ..finetune.config import FinetuneConfig
 
@@ -35,59 +37,21 @@ class DataConfig(Section):
     demo_n_train: Optional[int] = Field(None, description="demo train samples (default: the generator's)")
 
 
-class RecoverConfig(Section):
-    """``rank.recover``: recover the frontier's candidates (``encslim rank --recover``) on data.train."""
+class RankSection(RankConfig):
+    """``rank:``: the ranking's own :class:`~encslim.prune.config.RankConfig` (same fields, same defaults)
+    and, optionally, its recovery (:class:`~encslim.recipes.recover_config.RecoverConfig`)."""
 
-    steps: int = Field(30, ge=1, description="LoRA steps per candidate and variant")
-    top: int = Field(3, ge=1, description="how many frontier candidates to recover")
-    distill: Literal["off", "on", "both"] = Field("off", description="plain LoRA, distilled from the full model, or both")
-    lr: float = Field(5e-4, gt=0)
-    batch_size: int = Field(16, ge=1)
-    lora_r: int = Field(8, ge=1)
+    recover: Optional[RecoverConfig] = Field(None, description=(
+        "recovery-aware ranking (encslim rank --recover): recover the frontier's candidates on data.train"))
 
 
-class RankConfig(Section):
-    mask: Literal["removal", "zero"] = Field("removal", description="removal-consistent mask or the study's zero mask")
-    subsets: Literal["single", "pairs", "all", "greedy"] = "all"
-    categories: Optional[list[str]] = Field(None, description="restrict to these categories")
-    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the CUR confidence intervals")
-    seed: int = 0
-    batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(8, ge=1)
-    recover: Optional[RecoverConfig] = Field(None, description="recovery-aware ranking (needs data.train)")
-
-
-class SelectConfig(Section):
-    """Which slots to drop. Exactly one policy."""
-
-    policy: Literal["drop", "keep", "min_retained", "drop_negative", "budget"] = "min_retained"
-    drop: list[str] = Field(default_factory=list, description="policy 'drop': these slots")
-    keep: Optional[int] = Field(None, ge=1, description="policy 'keep': keep this many slots")
-    category: str = Field("overall", description="decide on 'overall' accuracy/CUR or on one category")
-    min_retained: float = Field(0.95, gt=0, le=1.0, description="policy 'min_retained': accuracy share to keep")
-    budget: Optional[float] = Field(None, gt=0, description="policy 'budget': cost limit (see prune --budget)")
-    cost: Literal["vision_flops", "params", "latency_ms"] = "vision_flops"
-    accuracy: Literal["masked", "recovered"] = Field("masked", description=(
-        "policy 'min_retained': decide on masked accuracy or on the accuracy after rank.recover "
-        "(prune --on; not named 'on', which YAML reads as true)"))
-
-    @model_validator(mode="after")
-    def _policy_needs(self):
-        if self.accuracy == "recovered" and self.policy != "min_retained":
-            raise ValueError("select.accuracy 'recovered' works with select.policy 'min_retained' only")
-        if self.policy == "drop" and not self.drop:
-            raise ValueError("select.policy 'drop' needs select.drop: [slot, ...]")
-        if self.policy == "keep" and self.keep is None:
-            raise ValueError("select.policy 'keep' needs select.keep: K")
-        if self.policy == "budget" and self.budget is None:
-            raise ValueError("select.policy 'budget' needs select.budget: fraction of vision FLOPs")
-        return self
-
-
-class PruneConfig(Section):
-    verify: bool = True
-    streaming: bool = False
-    max_shard_size: str = "2GB"
+# fields of a stage config that the runner sets (from the recipe's top level or its run folder)
+RUNNER_SET = {
+    "rank": {"device": "the recipe's top-level device", "dtype": "the recipe's top-level dtype",
+             "cache": "the run folder (a rerun reuses its scores)", "overwrite": "the run folder"},
+    "rank.recover": {"data": "data.train", "seed": "rank.seed"},
+    "prune": {"dry_run": "encslim run --stage (stop before prune)", "overwrite": "the run folder"},
+}
 
 
 class FinetuneSection(FinetuneConfig):
@@ -120,12 +84,21 @@ class Recipe(Section):
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     data: DataConfig = Field(default_factory=DataConfig)
-    rank: RankConfig = Field(default_factory=RankConfig)
-    select: SelectConfig = Field(default_factory=SelectConfig)
+    rank: RankSection = Field(default_factory=RankSection)
+    select: SelectConfig = Field(..., description="which slots the prune stage drops: exactly one policy")
     prune: PruneConfig = Field(default_factory=PruneConfig)
     finetune: FinetuneSection = Field(default_factory=FinetuneSection)
     export: ExportSection = Field(default_factory=ExportSection)
     bench: BenchSection = Field(default_factory=BenchSection)
+
+    @model_validator(mode="after")
+    def _runner_sets(self):
+        sections = {"rank": self.rank, "rank.recover": self.rank.recover, "prune": self.prune}
+        for path, owned in RUNNER_SET.items():
+            given = sorted(set(owned) & (sections[path].model_fields_set if sections[path] is not None else set()))
+            if given:
+                raise ValueError("; ".join(f"{path}.{name} is set by {owned[name]}, not in {path}" for name in given))
+        return self
 
     @model_validator(mode="after")
     def _recovery_needs(self):
@@ -204,9 +177,11 @@ def _did_you_mean(loc):
     model = Recipe
     for part in loc[:-1]:
         field = model.model_fields.get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        annotation = field and next((a for a in (field.annotation, *get_args(field.annotation))
+                                     if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if annotation is None:
             return None
-        model = field.annotation
+        model = annotation
     matches = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
     if not matches:
         return None

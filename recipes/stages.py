@@ -72,22 +72,22 @@ def _run_data(ctx, tmp):
 
 # ---------------------------------------------------------------------- rank
 def _run_rank(ctx, tmp):
+    from ..prune.config import RankConfig
     from ..prune.rank import rank
 
     r = ctx.recipe.rank
     previous = ctx.stage_dir("rank") / "ranking"  # a rerun reuses its scores and recovered candidates
-    options = dict(subsets=r.subsets, mask_mode=r.mask, categories=r.categories, out=tmp / "ranking",
-                   bootstrap=r.bootstrap, seed=r.seed, batch_size=r.batch_size, max_new_tokens=r.max_new_tokens,
-                   device=ctx.recipe.device, dtype=ctx.recipe.dtype, overwrite=True,
-                   cache=previous if (previous / "records.jsonl").is_file() else None)
+    config = RankConfig.build(r.model_dump(exclude={"recover"}, exclude_unset=True), device=ctx.recipe.device,
+                              dtype=ctx.recipe.dtype, overwrite=True,
+                              cache=str(previous) if (previous / "records.jsonl").is_file() else None)
     if r.recover is None:
-        ranking = rank(source_model(ctx), _data_files(ctx, "eval"), **options)
+        ranking = rank(source_model(ctx), _data_files(ctx, "eval"), config, out=tmp / "ranking")
     else:
-        from .recover import RecoverySettings, rank_and_recover
+        from .recover import RecoverConfig, rank_and_recover
 
-        settings = RecoverySettings(data=_data_files(ctx, "train"), seed=r.seed, **r.recover.model_dump())
-        ranking = rank_and_recover(source_model(ctx), _data_files(ctx, "eval"), settings, echo=ctx.echo,
-                                   resume_from=previous if previous.is_dir() else None, **options)
+        recover = RecoverConfig.build(r.recover, data=_data_files(ctx, "train"), seed=r.seed)
+        ranking = rank_and_recover(source_model(ctx), _data_files(ctx, "eval"), recover, tmp / "ranking", config,
+                                   echo=ctx.echo, resume_from=previous if previous.is_dir() else None)
     outputs = {"ranking": str(tmp / "ranking"), "slots": list(ranking.data["slots"]),
                "accuracy_full": ranking.data["accuracy"]["full"]}
     if ranking.data.get("recovery"):
@@ -100,11 +100,8 @@ def _run_rank(ctx, tmp):
 def _select(ctx):
     from ..prune import select
 
-    s = ctx.recipe.select
     ranking = select.read_ranking(ctx.output("rank", "ranking"))
-    policy = {"drop": {"drop": s.drop}, "keep": {"keep": s.keep}, "min_retained": {"min_retained": s.min_retained},
-              "drop_negative": {"drop_negative": True}, "budget": {"budget": s.budget}}[s.policy]
-    return select.select(ranking["slots"], ranking=ranking, category=s.category, cost=s.cost, on=s.accuracy, **policy)
+    return select.select(ranking["slots"], ranking, ctx.recipe.select)
 
 
 def _run_prune(ctx, tmp):
@@ -112,9 +109,7 @@ def _run_prune(ctx, tmp):
 
     selection = _select(ctx)
     p = ctx.recipe.prune
-    manifest = prune(source_model(ctx), selection.drop, tmp / "model", verify=p.verify, streaming=p.streaming,
-                     max_shard_size=p.max_shard_size, data=_data_files(ctx, "eval") if p.verify else None,
-                     selection=selection.to_dict())
+    manifest = prune(source_model(ctx), selection, tmp / "model", p, data=_data_files(ctx, "eval") if p.verify else None)
     return {"model": str(tmp / "model"), "dropped": list(selection.drop), "selection": selection.reason,
             "verification": manifest.get("verification")}
 

@@ -288,9 +288,9 @@ def test_greedy_with_sampled_shapley_and_cache_reuse(model_dir, tmp_path):
 def test_bad_options_and_bad_rankings(model_dir, tmp_path):
     samples = make_samples(["None"] * 4, ["General"] * 4)
     fake = FakeEvaluator(SLOTS, owner_rule)
-    with pytest.raises(ConfigError, match="--mask"):
+    with pytest.raises(ConfigError, match="'mask': Input should be 'removal' or 'zero', got 'mean'"):
         rank(model_dir, samples, mask_mode="mean", evaluator=fake)
-    with pytest.raises(ConfigError, match="--subsets"):
+    with pytest.raises(ConfigError, match="'subsets': Input should be 'single', 'pairs', 'all' or 'greedy'"):
         rank(model_dir, samples, subsets="some", evaluator=fake)
     from encslim.errors import DataError
 

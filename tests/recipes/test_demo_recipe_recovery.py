@@ -38,9 +38,9 @@ def test_demo_recipe_recovers_candidates_and_selects_on_recovered_accuracy(tmp_p
 
 def test_recovery_settings_errors_are_one_line(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("name: t\nmodel: demo\ndata: {eval: [demo]}\nselect: {accuracy: recovered}\n")
+    recipe.write_text("name: t\nmodel: demo\ndata: {eval: [demo]}\nselect: {min_retained: 0.9, accuracy: recovered}\n")
     code, _, err = run_main(capsys, "run", recipe)
     assert code == 2 and "select.accuracy 'recovered' needs rank.recover" in err and len(err.strip().splitlines()) == 1
-    recipe.write_text("name: t\nmodel: demo\ndata: {eval: [demo]}\nrank: {recover: {steps: 2}}\n")
+    recipe.write_text("name: t\nmodel: demo\ndata: {eval: [demo]}\nrank: {recover: {steps: 2}}\nselect: {keep: 1}\n")
     code, _, err = run_main(capsys, "run", recipe)
     assert code == 2 and "rank.recover needs data.train" in err and len(err.strip().splitlines()) == 1

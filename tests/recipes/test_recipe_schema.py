@@ -20,13 +20,18 @@ def test_every_shipped_recipe_validates_and_names_its_command():
 
 def test_a_misspelt_key_gets_a_hint_naming_the_right_key(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("name: x\nmodel: demo\nrank:\n  subsetz: all\nselct:\n  policy: keep\n")
+    path.write_text("name: x\nmodel: demo\nrank:\n  subsetz: all\nselect:\n  keep: 2\n  categroy: OCR\n")
     with pytest.raises(ConfigError) as err:
         load_recipe(path)
     message = str(err.value)
     assert "2 problem(s)" in message
+    assert "unknown key 'select.categroy' (did you mean 'select.category'?)" in message
     assert "unknown key 'rank.subsetz' (did you mean 'rank.subsets'?)" in message
-    assert "unknown key 'selct' (did you mean 'select'?)" in message
+    path.write_text("name: x\nmodel: demo\nselct:\n  policy: keep\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert "unknown key 'selct' (did you mean 'select'?)" in str(err.value)
+    assert "missing key 'select'" in str(err.value)  # the prune stage's policy is always stated
 
 
 def test_all_problems_are_reported_at_once():
@@ -35,17 +40,19 @@ def test_all_problems_are_reported_at_once():
     message = str(err.value)
     assert "missing key 'name'" in message
     assert "rank.mask" in message
-    assert "select.policy 'keep' needs select.keep" in message
+    assert "'select': policy 'keep' needs keep: K" in message
 
 
 def test_export_formats_come_from_the_registry():
     """export.formats accepts every registered format (generic and the families' stock ones) and nothing else."""
     from encslim.models.registry import export_formats
 
-    recipe = validate_recipe({"name": "x", "model": "demo", "export": {"formats": list(export_formats())}})
+    recipe = validate_recipe({"name": "x", "model": "demo", "select": {"drop": ["clip"]},
+                              "export": {"formats": list(export_formats())}})
     assert recipe.export.formats == list(export_formats()) and "deepseek_vl" in recipe.export.formats
     with pytest.raises(ConfigError) as err:
-        validate_recipe({"name": "x", "model": "demo", "export": {"formats": ["hf", "deepseek-vl", "gguf"]}})
+        validate_recipe({"name": "x", "model": "demo", "select": {"drop": ["clip"]},
+                         "export": {"formats": ["hf", "deepseek-vl", "gguf"]}})
     message = str(err.value)
     assert "'export.formats': unknown export format(s) 'deepseek-vl' (did you mean 'deepseek_vl'?), 'gguf'; " \
            f"use {', '.join(export_formats())}" in message
@@ -62,7 +69,7 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
 
 def test_relative_paths_resolve_against_the_recipe_folder(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("name: x\nmodel: ./m\ndata:\n  eval: [e.tsv]\n")
+    path.write_text("name: x\nmodel: ./m\ndata:\n  eval: [e.tsv]\nselect: {keep: 1}\n")
     recipe = load_recipe(path)
     assert recipe.model == str(tmp_path / "m")
     assert recipe.data.eval == [str(tmp_path / "e.tsv")]
@@ -71,7 +78,7 @@ def test_relative_paths_resolve_against_the_recipe_folder(tmp_path):
 def test_cli_typo_fails_fast_without_loading_torch(tmp_path):
     """The acceptance asks for < 2 s: a typo must be caught before torch or any model loads."""
     path = tmp_path / "r.yaml"
-    path.write_text("name: x\nmodel: demo\nbench:\n  max_new_token: 4\n")
+    path.write_text("name: x\nmodel: demo\nselect: {keep: 1}\nbench:\n  max_new_token: 4\n")
     proc = subprocess.run([sys.executable, "-m", "encslim.cli", "run", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "did you mean 'bench.max_new_tokens'?" in proc.stderr and "Traceback" not in proc.stderr

@@ -189,7 +189,7 @@ def test_a_candidate_the_family_cannot_remove_is_skipped_with_its_reason(tmp_pat
     from encslim.data.load import load_samples
     from encslim.models.families.deepseek_vl_hybrid.plan import SIGLIP_REFUSAL
     from encslim.models.families.deepseek_vl_hybrid.tiny import create_tiny_hybrid
-    from encslim.recipes.recover import RecoverySettings, recover
+    from encslim.recipes.recover import RecoverConfig, recover
 
     full = create_tiny_hybrid(tmp_path / "hybrid")
     (tmp_path / "images").mkdir()
@@ -207,7 +207,7 @@ def test_a_candidate_the_family_cannot_remove_is_skipped_with_its_reason(tmp_pat
                            {"kept": ["sam"], "masked": ["siglip"], "accuracy": accuracy, "pareto": True}]}
     out = tmp_path / "ranking"
     out.mkdir()
-    block = recover(ranking, full, samples, out, RecoverySettings(steps=1, data=[train], top=2, batch_size=2),
+    block = recover(ranking, full, samples, out, RecoverConfig(steps=1, data=[train], top=2, batch_size=2),
                     {"batch_size": 4, "max_new_tokens": 2})
     by_kept = {tuple(c["kept"]): c for c in block["candidates"]}
     assert by_kept[("sam",)]["skipped"] == SIGLIP_REFUSAL and not (out / "recover" / "sam").exists()

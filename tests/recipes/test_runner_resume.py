@@ -29,7 +29,7 @@ def _counting_specs(calls, fail_in=None):
 @pytest.fixture
 def recipe(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text(f"name: t\nmodel: demo\nout: {tmp_path / 'runs'}\n")
+    path.write_text(f"name: t\nmodel: demo\nout: {tmp_path / 'runs'}\nselect: {{min_retained: 0.95}}\n")
     return path
 
 
@@ -42,11 +42,11 @@ def test_rerun_skips_unchanged_and_reruns_downstream_of_a_change(recipe, monkeyp
     calls.clear()
     runner.run_recipe(recipe)
     assert calls == []
-    runner.run_recipe(recipe, overrides=["rank.subsets=single"])
+    runner.run_recipe(recipe, overrides=["rank.subsets=all"])  # the default is single
     assert calls == ["rank", "prune", "finetune", "export", "bench"]
     record = json.loads((tmp_path / "runs" / "t" / "rank" / "stage.json").read_text())
-    assert record["settings"] == {"subsets": "single"}
-    assert (tmp_path / "runs" / "t" / "rank" / "out.txt").read_text() == "rank single"
+    assert record["settings"] == {"subsets": "all"}
+    assert (tmp_path / "runs" / "t" / "rank" / "out.txt").read_text() == "rank all"
     assert (tmp_path / "runs" / "t" / "recipe.resolved.yaml").is_file()
 
 
