@@ -216,16 +216,15 @@ def rank_and_recover(model_path, data, settings, out, config=None, *, resume_fro
         ranking = rank(model_path, data, config, out=out, **runtime)
         carry_over(previous, out)
     recover(ranking.data, open_folder(model_path), ranking.samples, out, settings,  # keeps its --encoder folders
-            {"batch_size": config.batch_size, "max_new_tokens": config.max_new_tokens}, device=config.device,
-            dtype=config.dtype, echo=echo,
+            {"batch_size": config.batch_size, "max_new_tokens": config.max_new_tokens, "device": config.device,
+             "dtype": config.dtype}, echo=echo,
             train=train)
     ranking.data["evaluation"]["wall_s"] = round(time.perf_counter() - started, 3)
     rewrite_ranking(ranking.data, out)
     return ranking
 
 
-def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cpu", dtype="float32", echo=None,
-            train=None):
+def recover(ranking, model_path, samples, out, settings, eval_kwargs, echo=None, train=None):
     """Recover the frontier candidates of ``ranking`` and add what they reach to it (in place).
 
     Args:
@@ -234,7 +233,8 @@ def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cp
         samples: the ranking's samples (evaluation data).
         out: the ranking folder; candidates work in ``out/recover/``.
         settings: :class:`~encslim.recipes.recover_config.RecoverConfig`.
-        eval_kwargs: ``batch_size``, ``max_new_tokens`` of the ranking's evaluation.
+        eval_kwargs: ``batch_size``, ``max_new_tokens``, ``device`` and ``dtype`` (default ``cpu``,
+            ``float32``) of the ranking's evaluation.
         echo: a function printing progress lines (``None``: the log).
         train: the training samples of ``settings.data`` when already loaded (else read here).
 
@@ -244,6 +244,7 @@ def recover(ranking, model_path, samples, out, settings, eval_kwargs, device="cp
     from ..data.load import load_samples
 
     echo = echo or logger.info
+    device, dtype = eval_kwargs.get("device", "cpu"), eval_kwargs.get("dtype", "float32")
     started = time.perf_counter()
     if train is None:
         train = load_samples([Path(p) for p in settings.data])

@@ -149,3 +149,16 @@ def test_a_key_the_runner_sets_is_refused_in_the_recipe(block, key):
         data[block] = {key: value}
     with pytest.raises(ConfigError, match=f"{block}.{key} is set by "):
         validate_recipe(data)
+
+
+@pytest.mark.parametrize("command", ["rank", "prune"])
+def test_readme_command_rows_name_only_the_commands_options(command):
+    """README's command table: every --option in a `encslim rank`/`prune` row is one the command has."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = [line.split("|")[1] for line in readme.splitlines() if line.startswith(f"| `encslim {command} ")]
+    flags = {flag for row in rows for flag in re.findall(r"(--[a-z][a-z0-9-]*)", row)}
+    known = {opt for p in _options(command).values() for opt in (*p.opts, *p.secondary_opts)}
+    assert rows and flags and flags <= known, sorted(flags - known)
