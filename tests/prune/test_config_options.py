@@ -162,3 +162,9 @@ def test_readme_command_rows_name_only_the_commands_options(command):
     flags = {flag for row in rows for flag in re.findall(r"(--[a-z][a-z0-9-]*)", row)}
     known = {opt for p in _options(command).values() for opt in (*p.opts, *p.secondary_opts)}
     assert rows and flags and flags <= known, sorted(flags - known)
+
+
+def test_the_shard_size_default_is_the_executors():
+    from encslim.models.executor import DEFAULT_MAX_SHARD_SIZE
+
+    assert PruneConfig().max_shard_size == DEFAULT_MAX_SHARD_SIZE
