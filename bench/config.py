@@ -20,6 +20,10 @@ def processor_settings(config):
     """The processor settings a config sets (``{"max_tiles": 6}``), for ``Adapter.configure_processor``."""
     return {"max_tiles": config.max_tiles} if config.max_tiles is not None else {}
 
+# a processor setting (Adapter.configure_processor) of the families that split an image into tiles
+MAX_TILES_HELP = ("At most this many tiles per image, for families whose processor splits images into tiles "
+                  "[default: the model's]; refused by families without tiles.")
+
 
 class BenchConfig(StageConfig):
     """How to benchmark the full model against its variants: latency, memory, FLOPs, accuracy."""
@@ -46,9 +50,7 @@ class BenchConfig(StageConfig):
     eval_max_new_tokens: int = Field(8, ge=1, description="Generation budget per answer in the accuracy "
                                                           "evaluation.")
     limit: Optional[int] = Field(None, ge=1, description="Evaluate at most this many samples.")
-    max_tiles: Optional[int] = Field(None, ge=1, description=(
-        "Processor setting of tiling families (e.g. Eagle2): at most this many image tiles [default: the "
-        "model's]; refused by families without tiles."))
+    max_tiles: Optional[int] = Field(None, ge=1, description=MAX_TILES_HELP)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -90,6 +92,4 @@ class EvalConfig(StageConfig):
         "Multiple choice by the option letters' first-token logits, or by generation and letter extraction."))
     device: str = Field("auto", description="cpu, cuda, cuda:1, ... (auto: cuda:LOCAL_RANK if present).")
     dtype: DTYPES = Field("float32", description="Weight and activation dtype.")
-    max_tiles: Optional[int] = Field(None, ge=1, description=(
-        "Processor setting of tiling families (e.g. Eagle2): at most this many image tiles [default: the "
-        "model's]; refused by families without tiles."))
+    max_tiles: Optional[int] = Field(None, ge=1, description=MAX_TILES_HELP)

@@ -175,8 +175,8 @@ class Adapter(ABC):
         """
         if settings:
             raise ConfigError(f"{self.model_type or type(self).__name__} models have no processor setting "
-                              f"{', '.join(sorted(settings))}; drop it (only tiling families such as eagle2 take "
-                              "max_tiles)")
+                              f"{', '.join(sorted(settings))}; drop it (only families that split images into tiles "
+                              "take max_tiles)")
         return processor
 
     # ------------------------------------------------------------------ the split forward
