@@ -69,10 +69,6 @@ class Adapter(ABC):
     model_type: str = ""
 
     # ------------------------------------------------------------------ family and config
-    def matches(self, config_dict):
-        """Whether a ``config.json`` (as a dict) belongs to this family (default: same ``model_type``)."""
-        return config_dict.get("model_type") == self.model_type
-
     def read_config(self, path):
         """The family's config object of the model folder ``path`` (``config.json`` only).
 

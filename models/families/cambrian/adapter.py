@@ -32,7 +32,7 @@ from ...external import CONFIG_KEY
 from ...layout import (ROTARY_INV_FREQ, LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config,
                        meta_shapes, read_config_json)
 from ...masking import FusionClass, MaskError, check_mask_set
-from .configuration import CAMBRIAN_KEYS, KINDS, MODEL_TYPE, IMAGE_TOKEN_INDEX, CambrianConfig, is_cambrian_config, tower_kind
+from .configuration import CAMBRIAN_KEYS, KINDS, MODEL_TYPE, IMAGE_TOKEN_INDEX, CambrianConfig, tower_kind
 from .modeling import CambrianLlamaForCausalLM, register_auto_classes
 from .plan import removal_plan, sampler_prefixes
 from .processing import IMAGE_PLACEHOLDER, CambrianProcessor
@@ -122,9 +122,6 @@ class CambrianAdapter(LayoutAdapter):
         bound = copy.copy(self)
         bound.encoder_folders = {**self.encoder_folders, **dict(encoders or {})}
         return bound
-
-    def matches(self, config_dict):
-        return is_cambrian_config(config_dict)
 
     def read_config(self, path):
         return read_cambrian_config(path, self.encoder_folders)

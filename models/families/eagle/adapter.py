@@ -23,7 +23,7 @@ from ...layout import (ROTARY_INV_FREQ, LayoutAdapter, check_keys, from_pretrain
                       meta_shapes, read_config_json, tolerate)
 from ...masking import FusionClass, check_mask_set, mask_feature
 from .configuration import (CONVNEXT, EAGLE_KEYS, IMAGE_TOKEN_INDEX, TOWER_NAMES, TOWER_PREFIX, EagleConfig,
-                            is_eagle_config, parse_towers)
+                            parse_towers)
 from .modeling import EagleVisionLlamaForCausalLM, register_auto_classes
 from .plan import removal_plan
 from .processing import EagleProcessor
@@ -96,9 +96,6 @@ class EagleAdapter(LayoutAdapter):
 
     model_type = "eagle_llama"
     model_class = EagleVisionLlamaForCausalLM
-
-    def matches(self, config_dict):
-        return is_eagle_config(config_dict)
 
     def read_config(self, path):
         return read_eagle_config(path)

@@ -21,7 +21,7 @@ from ...adapter import Slot, TrainableParts
 from ...layout import IMAGE_PLACEHOLDER, LayoutAdapter, check_keys, from_pretrained, meta_shapes
 from ...masking import FusionClass, check_mask_set
 from .configuration import (CONVNEXT, FUSION_ORDER, IMG_CONTEXT, MODEL_TYPE, SIGLIP, TOWER_PREFIX, fit_to_checkpoint,
-                            is_eagle2_config, read_eagle2_config)
+                            read_eagle2_config)
 from .modeling import Eagle2ChatModel, register_auto_classes
 from .plan import removal_plan
 from .processing import Eagle2Processor
@@ -60,9 +60,6 @@ class Eagle2Adapter(LayoutAdapter):
 
     model_type = MODEL_TYPE
     model_class = Eagle2ChatModel
-
-    def matches(self, config_dict):
-        return is_eagle2_config(config_dict)
 
     def read_config(self, path):
         return read_eagle2_config(path)

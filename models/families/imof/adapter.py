@@ -14,7 +14,7 @@ from ...layout import ROTARY_INV_FREQ, LayoutAdapter, check_keys, from_pretraine
 from ...llava_processing import IMAGE_TOKEN_INDEX
 from ...masking import FusionClass
 from .configuration import (DINO_CLIP_COPY, DINO_PREFIX, MODEL_TYPE, PROJECTORS, PRUNED_TOWER_PREFIX, TOWER_PREFIXES,
-                            TOWERS, is_imof_config, read_imof_config)
+                            TOWERS, read_imof_config)
 from .llava import llava_blockers, llava_conversion
 from .modeling import ImofLlamaForCausalLM, embed_towers, encode_towers, fuse_towers, register_auto_classes
 from .plan import removal_plan
@@ -49,9 +49,6 @@ class ImofAdapter(LayoutAdapter):
 
     model_type = MODEL_TYPE
     model_class = ImofLlamaForCausalLM
-
-    def matches(self, config_dict):
-        return is_imof_config(config_dict)
 
     def read_config(self, path):
         return read_imof_config(path)
