@@ -84,10 +84,10 @@ def test_unknown_formats_refused(tiny_model_dir, tmp_path):
     """A format no family declares is refused by the dispatcher and by the stock writer, listing what exists."""
     from encslim.export import export_model, export_stock
 
-    with pytest.raises(ConfigError, match="export format 'deepseek-vl' unknown; use one of hf, remote-code, onnx, ") \
-            as err:
+    with pytest.raises(ConfigError, match=r"unknown export format\(s\) 'deepseek-vl' \(did you mean 'deepseek_vl'\?\); "
+                                          r"use hf, remote-code, onnx, ") as err:
         export_model(tiny_model_dir(fusion="A1"), tmp_path / "out", "deepseek-vl")
-    assert sorted(str(err.value).split("use one of ")[1].split(", ")[3:]) == ["deepseek_vl", "llava"]
+    assert sorted(str(err.value).split("; use ")[1].split(", ")[3:]) == ["deepseek_vl", "llava"]
     with pytest.raises(ConfigError, match=r"'llava' is not a stock format any family reaches by removing slots; "
                                           r"stock formats: deepseek_vl \(generic: hf, remote-code, onnx\)"):
         export_stock(tiny_model_dir(fusion="A1"), tmp_path / "out", fmt="llava")
