@@ -1,1 +1,1 @@
-"""Benchmarks: data formats, prompts, scorers, accuracy evaluation, latency benchmark, reports."""
+"""Benchmarks: accuracy evaluation (feature store), latency/memory/FLOPs benchmark, reports; bench/perf: speed scripts."""

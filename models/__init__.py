@@ -1,5 +1,7 @@
-"""Model families: the native multi-encoder architecture, adapters and their registry.
+"""The core every stage uses: the adapter interface, the family registry, the model folder read once,
+masking, removal plans and their one executor; ``models/families/<name>/`` holds one package per family.
 
-Importing this package is cheap; torch and transformers load with the submodules that need
-them (``encslim.models.families.native.adapter`` registers the native family with the transformers Auto classes).
+Importing this package is cheap; torch and transformers load with the submodules that need them.
+Stages reach a family through :mod:`encslim.models.registry` and its adapter, never by importing a
+family package.
 """

@@ -1,1 +1,1 @@
-"""Pruning: ranking (CUR/IG/subsets/Shapley), selection policies, removal plans, surgery, verification."""
+"""Pruning: ranking (CUR/IG/subsets/Shapley), selection policies, surgery (the plan executor is models/executor.py), verification."""
