@@ -1,1 +1,4 @@
-"""Pruning: ranking (CUR/IG/subsets/Shapley), selection policies, surgery (the plan executor is models/executor.py), verification."""
+"""Pruning: ranking (CUR/IG/subsets/Shapley), selection policies, surgery and verification.
+
+The plan executor both prune and export use is :mod:`encslim.models.executor`.
+"""

@@ -1,1 +1,3 @@
-"""The pipeline: the recipe schema (composed from the stages' own configs) and runner, recovery (prune + finetune + evaluation), the shipped recipes, DeepSpeed configs."""
+"""The pipeline: the recipe schema (composed from the stages' own configs) and runner, recovery
+(prune + finetune + evaluation), the shipped recipes, DeepSpeed configs.
+"""
