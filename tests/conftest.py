@@ -114,6 +114,32 @@ def shared_mixed_jsonl(tmp_path_factory):
     return write_mixed_jsonl(tmp_path_factory.mktemp("mixed"), size=48)
 
 
+SPM_CORPUS = ["A chat between a curious user and an artificial intelligence assistant.",
+              "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+              "USER: What colour is the shape? ASSISTANT: red green blue yellow 0 1 2 3 4 5 6 7 8 9"]
+
+
+def sentencepiece_eagle(source, folder):
+    """A copy of the Eagle folder ``source`` at ``folder`` whose tokenizer is a SentencePiece
+    ``tokenizer.model`` only (no ``tokenizer.json``), as the real NVEagle folders ship their Llama tokenizer."""
+    import shutil
+
+    spm = pytest.importorskip("sentencepiece")  # in the test extra; the skip is for a bare checkout only
+    shutil.copytree(source, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    corpus = folder.parent / f"{folder.name}-corpus.txt"
+    corpus.write_text("\n".join(SPM_CORPUS * 20))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=400,
+                                   model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1, byte_fallback=True,
+                                   character_coverage=1.0, minloglevel=3)
+    (folder / "tokenizer.vocab").unlink()
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False, "legacy": False}))
+    return folder
+
+
 def run_main(capsys, *args):
     """Run ``encslim ARGS`` through the console entry point in-process: ``(exit code, stdout, stderr)``."""
     from encslim.cli import main

@@ -1,18 +1,11 @@
 """Exports keep what older readers need: the slow tokenizer's files and transformers 4.4x's RoPE keys."""
 
 import json
-import shutil
 
 import pytest
 
-from ..conftest import run_main
+from ..conftest import run_main, sentencepiece_eagle
 from encslim.export.compat import legacy_rope_keys
-
-spm = pytest.importorskip("sentencepiece")  # in the test extra; the skip is for a bare checkout only
-
-CORPUS = ["A chat between a curious user and an artificial intelligence assistant.",
-          "USER: What colour is the shape? ASSISTANT: red green blue yellow 0 1 2 3 4 5 6 7 8 9"]
-
 
 def test_rope_keys_beside_rope_parameters():
     llama3 = {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -35,19 +28,7 @@ def test_rope_keys_beside_rope_parameters():
 def spm_eagle_theta(tiny_eagle_dir, tmp_path_factory):
     """A tiny Eagle with a SentencePiece tokenizer.model only (as NVEagle folders ship it) and a
     Llama-3 RoPE theta (Eagle X4-8B-Plus: 500000)."""
-    folder = tmp_path_factory.mktemp("compat") / "eagle"
-    shutil.copytree(tiny_eagle_dir(("clip-448", "sam-1024")), folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (folder / name).unlink()
-    corpus = folder.parent / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS * 20))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=400,
-                                   model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1, byte_fallback=True,
-                                   character_coverage=1.0, minloglevel=3)
-    (folder / "tokenizer.vocab").unlink()
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "add_bos_token": True, "add_eos_token": False, "legacy": False}))
+    folder = sentencepiece_eagle(tiny_eagle_dir(("clip-448", "sam-1024")), tmp_path_factory.mktemp("compat") / "eagle")
     config = json.loads((folder / "config.json").read_text())
     config["rope_parameters"]["rope_theta"] = 500000.0
     (folder / "config.json").write_text(json.dumps(config))

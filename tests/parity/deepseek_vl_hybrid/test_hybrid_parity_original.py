@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+
+from ..conftest import encode_golden_image, read_golden
 
 HERE = Path(__file__).parent / "hybrid"
 ATOL = 1e-4
@@ -25,10 +25,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @pytest.fixture(scope="module")
 def golden():
-    tensors = load_file(str(HERE / "golden.safetensors"))
-    with safe_open(str(HERE / "golden.safetensors"), "pt") as handle:
-        meta = handle.metadata()
-    return tensors, meta
+    return read_golden(HERE / "golden.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +38,7 @@ def loaded():
 @pytest.fixture(scope="module")
 def run(golden, loaded):
     """encslim's batch (prepare_batch on the golden image and prompt) and its per-tower features."""
-    from PIL import Image
-
-    tensors, meta = golden
-    model, processor, adapter = loaded
-    image = Image.fromarray(tensors["source_image"].numpy(), "RGB")
-    batch = adapter.prepare_batch(processor, [image], [meta["prompt"]])
-    with torch.no_grad():
-        features = adapter.encode(model, batch)
-    return batch, features
+    return encode_golden_image(loaded, *golden)
 
 
 def normalised(raw, mean, std):
