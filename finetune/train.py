@@ -36,6 +36,7 @@ Every process reads the data and (with cached features) encodes it once; only ra
 the output folder.
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -97,9 +98,15 @@ def finetune(model_path, data, out, config=None, overwrite=False, callbacks=(), 
         ModelLoadError: a folder that does not hold a loadable model.
         VerificationError: the saved weights are incomplete.
     """
+    config = FinetuneConfig.build(config, **options)
+    with _distributed_env(config):
+        return _finetune(model_path, data, out, config, overwrite, callbacks)
+
+
+def _finetune(model_path, data, out, config, overwrite, callbacks):
+    """:func:`finetune` once its config is built (and, for DeepSpeed, the distributed variables set)."""
     import torch
 
-    config = FinetuneConfig.build(config, **options)
     source, model_path = model_path, Path(model_path).resolve()  # a ModelFolder keeps its encoder folders
     paths = data_paths(data)
     teacher_path = _teacher_path(config)
@@ -220,14 +227,39 @@ def _deepspeed(config):
         return None
     import torch
 
-    from .ds_config import ensure_distributed_env, load_deepspeed_config, prepare_deepspeed
+    from .ds_config import load_deepspeed_config, prepare_deepspeed
 
     # on the CPU nothing is compiled; where a build may happen, a stale build lock stops the run here
-    ds_config = prepare_deepspeed(load_deepspeed_config(config.deepspeed), cuda=torch.cuda.is_available())
+    return prepare_deepspeed(load_deepspeed_config(config.deepspeed), cuda=torch.cuda.is_available())
+
+
+@contextlib.contextmanager
+def _distributed_env(config):
+    """For a DeepSpeed run without a launcher: the variables a launcher would set, for the run only.
+
+    DeepSpeed always initialises ``torch.distributed``; this process becomes rank 0 of a world of 1
+    (:func:`~encslim.finetune.ds_config.ensure_distributed_env`). When the run ends, however it ends, the
+    variables it set are removed and the process group it started is destroyed, so a later run in the
+    same process (a plain Trainer run, which would read them as a launcher's) starts clean.
+    """
+    if not config.deepspeed:
+        yield
+        return
+    from .ds_config import ensure_distributed_env
+
     added = ensure_distributed_env()
     if added:
         logger.info("single-process DeepSpeed: set %s", ", ".join(f"{k}={v}" for k, v in added.items()))
-    return ds_config
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+        if added:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def _stage(ds_config):

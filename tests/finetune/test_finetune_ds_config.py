@@ -50,10 +50,42 @@ def test_zero3_gather_is_switched_on_without_touching_the_file(tmp_path):
     assert path.read_text() == text
 
 
-def test_distributed_env_is_set_only_when_absent(monkeypatch):
+def _clear_distributed_env(monkeypatch):
+    """Remove the launcher variables for one test; every one is restored (or removed again) afterwards
+    (``monkeypatch.delenv`` alone does not record a variable that is absent, so what the code under test
+    sets would outlive the test, and later Trainer runs in this process would read it as a launcher's)."""
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+
+
+def test_distributed_env_is_set_only_when_absent(monkeypatch):
+    _clear_distributed_env(monkeypatch)
     monkeypatch.setenv("MASTER_PORT", "29999")
     added = ensure_distributed_env()
     assert added == {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
     assert ensure_distributed_env() == {}
+
+
+def test_a_deepspeed_run_sets_the_launcher_variables_for_itself_only(monkeypatch):
+    """finetune's single-process DeepSpeed environment is removed when the run ends, even when it fails."""
+    import os
+
+    from encslim.finetune.config import FinetuneConfig
+    from encslim.finetune.train import _distributed_env
+
+    _clear_distributed_env(monkeypatch)
+    names = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    with _distributed_env(FinetuneConfig(deepspeed="zero2")):
+        assert {k: os.environ[k] for k in names if k != "MASTER_PORT"} == {
+            "MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+        assert int(os.environ["MASTER_PORT"]) > 0
+    assert not any(k in os.environ for k in names)
+    with pytest.raises(RuntimeError, match="training failed"):
+        with _distributed_env(FinetuneConfig(deepspeed="zero2")):
+            raise RuntimeError("training failed")
+    assert not any(k in os.environ for k in names)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under a launcher its variables are left as they are
+    with _distributed_env(FinetuneConfig(deepspeed="zero2")):
+        pass
+    assert os.environ["WORLD_SIZE"] == "2"
