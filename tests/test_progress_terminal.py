@@ -99,7 +99,7 @@ runner.run_recipe(sys.argv[1], threads=1)
 
 def test_recipe_runner_names_stage_and_position(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"name: t\nmodel: demo\nout: {tmp_path / 'runs'}\n")
+    recipe.write_text(f"name: t\nmodel: demo\nout: {tmp_path / 'runs'}\nselect:\n  min_retained: 0.95\n")
     code, out, err = _run(["-c", RUNNER_SCRIPT, str(recipe)], tty=True)
     assert code == 0, out + err
     lines = out.splitlines()

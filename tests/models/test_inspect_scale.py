@@ -6,7 +6,6 @@ is holes that cost no disk. A loader that reads the weights would need tens of G
 """
 
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -55,6 +54,16 @@ def _write_sparse_shards(folder, state):
                                                                     "weight_map": weight_map}))
 
 
+# runs `encslim inspect --json` as its only child and prints that child's peak RSS (KiB) last on stderr:
+# RUSAGE_CHILDREN of the test process itself would report the largest of every child the session ran
+MEASURED = """
+import resource, subprocess, sys
+proc = subprocess.run([sys.executable, "-m", "encslim.cli", "inspect", sys.argv[1], "--json"])
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+sys.exit(proc.returncode)
+"""
+
+
 def test_inspect_real_shape_eagle_x5_reads_headers_only(tiny_eagle_dir, tmp_path):
     tiny = tiny_eagle_dir()
     folder = tmp_path / "eagle-x5-7b"
@@ -70,9 +79,8 @@ def test_inspect_real_shape_eagle_x5_reads_headers_only(tiny_eagle_dir, tmp_path
     del model, state
 
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "encslim.cli", "inspect", str(folder), "--json"],
-                          capture_output=True, text=True, timeout=600)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child's peak, in KiB
+    proc = subprocess.run([sys.executable, "-c", MEASURED, str(folder)], capture_output=True, text=True, timeout=600)
+    peak_kib = int(proc.stderr.strip().splitlines()[-1])  # the inspect process's own peak, in KiB
     print(f"encslim inspect: {time.perf_counter() - start:.1f} s, peak RSS {peak_kib / 1024:.0f} MiB")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
