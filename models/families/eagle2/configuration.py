@@ -1,7 +1,13 @@
 """Eagle2's config (nvidia/Eagle2-9B, ``model_type: eagle_chat``): the class, detection, checks and reading.
 
-Follows NVlabs/Eagle's Eagle2 remote code ``configuration_eagle_chat.py`` (``Eagle2ChatConfig``) and, for
-the vision part, ``multi_backbone_channel_concatenation_encoder.py``:
+Follows Eagle2-9B's remote code ``configuration_eagle2.py`` (``Eagle2ChatConfig``,
+``MultiBackboneChannelConcatenationVisionModelConfig``) and, for the vision part,
+``multi_backbone_channel_concatenation_encoder.py`` (``load_vision_towers``) and ``convnext_encoder.py``
+(``load_model``). Provenance: that remote code ships with the hub repository, not on GitHub; the texts
+were read from the public-code index (``configuration_eagle2.py`` id 1202251200, the encoder id 1157037724,
+``modeling_eagle_chat.py`` id 334094437; sha256 in ``tests/parity/eagle2/original_files.json``), the
+tower files from NVlabs/Eagle 783f656 (``Eagle2_5/eaglevl/model/multimodal_encoder/``); the parity
+goldens in ``tests/parity/eagle2/`` were made by that code (transformers 4.37.2):
 
 - Config: top level ``model_type: eagle_chat`` (``Eagle2ChatConfig``) with ``vision_config`` (``model_type:
   MOB``, ``moe_version_type: convnext_512_siglip_448``, ``vision_path: "MOB:<name>;<name>"`` whose names
@@ -17,8 +23,10 @@ the vision part, ``multi_backbone_channel_concatenation_encoder.py``:
 
 encslim-only keys (absent from real checkpoints): ``encslim_removed_dims`` (the width of each removed
 tower, fed as zeros so ``mlp1`` is unchanged) and ``vision_config.encslim_convnext_spec`` (tiny ConvNeXt
-sizes). The unused ConvNeXt classifier and SigLIP pooling head are sized from the checkpoint's headers
-(:func:`fit_to_checkpoint`).
+sizes, optional). The original config never records ConvNeXt's sizes (``load_model`` hard-codes
+``convnext_xxlarge`` and ``hidden_size`` 3072): they, the unused ConvNeXt classifier and the SigLIP
+pooling head are read from the checkpoint's headers (:func:`fit_to_checkpoint`), so a folder the
+original saved at other sizes loads as saved.
 """
 
 import json
@@ -98,7 +106,7 @@ class Eagle2ChatConfig(PretrainedConfig):
         out["model_type"] = MODEL_TYPE
         if not out.get("encslim_removed_dims"):
             out.pop("encslim_removed_dims", None)
-        for key in ("img_context_token_id", "convnext_head_classes", "siglip_use_head"):  # in memory only
+        for key in ("img_context_token_id", "convnext_head_classes", "siglip_use_head", "convnext_fitted"):  # in memory
             out.pop(key, None)
         return out
 
@@ -133,7 +141,10 @@ class Eagle2ChatConfig(PretrainedConfig):
         return {**SIGLIP_DEFAULT, **dict(self.vision_config.get("siglip_vision_config") or {})}
 
     def convnext_spec(self):
-        return {**CONVNEXT_DEFAULT, **dict(self.vision_config.get(CONVNEXT_SPEC_KEY) or {})}
+        """ConvNeXt sizes: xxlarge (``convnext_encoder.load_model``'s hard-coded ``convnext_xxlarge``), unless the
+        checkpoint's headers say otherwise (:func:`fit_to_checkpoint`) or ``encslim_convnext_spec`` is set."""
+        fitted = getattr(self, "convnext_fitted", None) or {}
+        return {**CONVNEXT_DEFAULT, **fitted, **dict(self.vision_config.get(CONVNEXT_SPEC_KEY) or {})}
 
     @property
     def tile_size(self):
@@ -254,8 +265,29 @@ def _fit_to_checkpoint(shapes, config):
     return head, siglip_head
 
 
+def convnext_from_shapes(shapes, config):
+    """The ConvNeXt tower's ``{depths, dims}`` as its checkpoint keys say (``stages.{i}.blocks.{j}``, the width
+    of ``conv_dw``); ``None`` without a ConvNeXt tower or a stage. The original's config never records them
+    (``load_model`` builds ``convnext_xxlarge``), so a checkpoint of other sizes is known by its headers."""
+    if CONVNEXT not in config.tower_slots:
+        return None
+    prefix = f"{TOWER_PREFIX}{config.tower_slots.index(CONVNEXT)}.vision_tower.stages."
+    depths, dims = [], []
+    for stage in range(len(CONVNEXT_DEFAULT["depths"])):
+        blocks = f"{prefix}{stage}.blocks."
+        found = {k[len(blocks):].split(".", 1)[0] for k in shapes if k.startswith(blocks)}
+        width = shapes.get(f"{blocks}0.conv_dw.weight")
+        if not found or not width:
+            return None
+        depths.append(len(found))
+        dims.append(int(width[0]))
+    return {"depths": depths, "dims": dims}
+
+
 def fit_to_checkpoint(path, config):
-    """Size the unused heads in ``config`` (in memory) as the folder's checkpoint has them; its key shapes."""
+    """Size the unused heads and the ConvNeXt tower in ``config`` (in memory) as the folder's checkpoint has
+    them; its key shapes."""
     shapes = header_shapes(path, "Eagle2")
     config.convnext_head_classes, config.siglip_use_head = _fit_to_checkpoint(shapes, config)
+    config.convnext_fitted = convnext_from_shapes(shapes, config)
     return shapes
