@@ -1,10 +1,12 @@
 """The Eagle2 family's adapter (nvidia/Eagle2-9B, ``model_type: eagle_chat``) and its strict loading.
 
-Follows NVlabs/Eagle's Eagle2 remote code ``modeling_eagle_chat.py`` (``Eagle2ChatModel``: ``extract_feature``
-and the ``<IMG_CONTEXT>`` embeddings it replaces; generation in ``language_model``). Slots ``siglip`` and
-``convnext``, class A2 (LayerNorm-first projector): see :mod:`.modeling` for the forward, :mod:`.plan` for
-the exact removal. Strict loading refuses any missing, unexpected or mis-shaped key; the one tolerated
-difference is the unused ConvNeXt classifier and SigLIP pooling head, sized from the checkpoint.
+Follows Eagle2-9B's remote code ``modeling_eagle_chat.py`` (hub only; public-code index id 334094437:
+``Eagle2ChatModel.extract_feature``, ``forward``'s ``<IMG_CONTEXT>`` replacement, ``chat``'s prompt;
+generation in ``language_model``), checked against goldens that code made (``tests/parity/eagle2``).
+Slots ``siglip`` and ``convnext``, class A2 (LayerNorm-first projector): see :mod:`.modeling` for the
+forward, :mod:`.plan` for the exact removal. Strict loading refuses any missing, unexpected or mis-shaped
+key; the tolerated differences are the unused ConvNeXt classifier and SigLIP pooling head and ConvNeXt's
+sizes, all read from the checkpoint.
 
 Dynamic tiles (:mod:`.processing`): a batch holds every image's tiles and ``num_tiles``; :meth:`encode`
 gives each image's row its tiles' tokens one after the other, zero-padded to the batch's longest, and
@@ -215,7 +217,9 @@ class Eagle2Adapter(LayoutAdapter):
         if config.encslim_removed_dims:
             removed = ", ".join(f"{s} ({w} zero channels)" for s, w in config.encslim_removed_dims.items())
             notes.append(f"tower(s) removed: {removed} before mlp1 (config.json encslim_removed_dims); this folder "
-                         "loads with encslim, not with NVlabs' Eagle2 remote code (it needs both towers)")
+                         "loads with encslim. Eagle2-9B's own remote code refuses it (Eagle2ChatModel.__init__ raises "
+                         f"KeyError on vit_hidden_size[{', '.join(repr(s) for s in config.encslim_removed_dims)}]: "
+                         "checked with the original code, tests/parity/eagle2); it never opens it with a tower rebuilt")
         return notes
 
 

@@ -1,7 +1,11 @@
 """Eagle2's modules (nvidia/Eagle2-9B), parameter names equal to the original checkpoint's.
 
-Follows NVlabs/Eagle's Eagle2 remote code (the Eagle2_5 tree of the repository keeps the same encoder
-files):
+Follows Eagle2-9B's remote code (hub only; read from the public-code index: ``modeling_eagle_chat.py``
+id 334094437, ``multi_backbone_channel_concatenation_encoder.py`` id 1157037724) and the tower files of
+NVlabs/Eagle 783f656 (``Eagle2_5/eaglevl/model/multimodal_encoder/{siglip_vision_tower,convnext_encoder,
+convnext}.py``, ``Eagle2_5/eaglevl/model/siglip/modeling_siglip.py``; eager attention, flash_attn absent).
+``tests/parity/eagle2/mob`` holds a model that code built and saved, and its outputs (towers within 2e-6,
+logits within 3e-7 of encslim's):
 
 - ``siglip_vision_tower.py`` (``SiglipVisionTower``): ``SiglipVisionTower.vision_tower = SiglipVisionModel``
   (transformers 4.37: ``vision_model.*`` inside, pooling ``head.*`` included); ``last_hidden_state``

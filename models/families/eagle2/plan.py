@@ -6,8 +6,10 @@ SigLIP-then-ConvNeXt concat). The paper's mask zeroes a tower's block before ``m
 statistics include those zeros. Removal deletes the tower's weights and records its width in
 ``config.json`` (``encslim_removed_dims``): the model then feeds that many zero channels in the tower's
 place, so ``mlp1`` is unchanged and the pruned model computes the zero-masked one exactly. A pruned
-folder loads with encslim only: the original code needs both towers (``vit_hidden_size['convnext']``,
-``['siglip']``).
+folder loads with encslim only: its ``vision_path`` names the kept tower alone, and the original
+``Eagle2ChatModel.__init__`` (``modeling_eagle_chat.py``, public-code index id 334094437) refuses it with
+``KeyError`` on ``vit_hidden_size['siglip']`` / ``['convnext']`` (checked with the original code on
+folders this plan wrote: ``tests/parity/eagle2/mob/original_loader.json``); it never rebuilds a tower.
 """
 
 from ...masking import FusionClass
@@ -37,7 +39,8 @@ def removal_plan(config, drop):
     notes = ["A2 (LayerNorm-first mlp1): the removed tower's channels "
              + ", ".join(f"{s} [{layout[s][0]}, {layout[s][1]})" for s in drop)
              + " enter mlp1.0 as zeros, as the zero mask had them; mlp1 is unchanged, so removal is exact",
-             "the pruned folder loads with encslim only: NVlabs' Eagle2 code needs both towers"]
+             "the pruned folder loads with encslim only: Eagle2-9B's own remote code refuses it (Eagle2ChatModel.__init__ "
+             f"raises KeyError on vit_hidden_size[{', '.join(repr(s) for s in drop)}])"]
     return RemovalPlan(
         model_type=MODEL_TYPE, fusion_class=FusionClass.A2.value, slots=slots, drop=drop,
         delete_keys=[Delete(f"{TOWER_PREFIX}{order.index(s)}.", s) for s in drop],

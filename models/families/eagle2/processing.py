@@ -1,8 +1,10 @@
 """Eagle2's inputs: dynamic tiles per image, the ``qwen2-chat`` prompt and its ``<IMG_CONTEXT>`` runs.
 
 Follows NVlabs/Eagle's Eagle2 inference code (``Eagle2/inference/inference.py`` before the Eagle2 folder
-was removed, commit 5d7476c0c3f0656723df7088e9cb3bd52fc2f158; the model's remote code on the hub does the
-same):
+was removed, commit 5d7476c0c3f0656723df7088e9cb3bd52fc2f158) and Eagle2-9B's remote code
+``modeling_eagle_chat.py`` (``Eagle2ChatModel.chat``: the template, ``<img>`` + ``<IMG_CONTEXT>`` *
+``num_image_token * num_patches`` + ``</img>``; public-code index id 334094437), with ``qwen2-chat`` as
+NVlabs/Eagle 783f656 ``Eagle2_5/eaglevl/conversation.py`` registers it:
 
 - Tiles (``dynamic_preprocess``), when the config says ``dynamic_image_size``: among the grids ``(cols,
   rows)`` with ``min_dynamic_patch <= cols * rows <= max_dynamic_patch`` (ordered by tile count), the one
