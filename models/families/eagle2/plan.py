@@ -39,8 +39,8 @@ def removal_plan(config, drop):
     notes = ["A2 (LayerNorm-first mlp1): the removed tower's channels "
              + ", ".join(f"{s} [{layout[s][0]}, {layout[s][1]})" for s in drop)
              + " enter mlp1.0 as zeros, as the zero mask had them; mlp1 is unchanged, so removal is exact",
-             "the pruned folder loads with encslim only: Eagle2-9B's own remote code refuses it (Eagle2ChatModel.__init__ "
-             f"raises KeyError on vit_hidden_size[{', '.join(repr(s) for s in drop)}])"]
+             "the pruned folder loads with encslim only: Eagle2-9B's own remote code refuses it "
+             f"(Eagle2ChatModel.__init__ raises KeyError on vit_hidden_size[{', '.join(repr(s) for s in drop)}])"]
     return RemovalPlan(
         model_type=MODEL_TYPE, fusion_class=FusionClass.A2.value, slots=slots, drop=drop,
         delete_keys=[Delete(f"{TOWER_PREFIX}{order.index(s)}.", s) for s in drop],
