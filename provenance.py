@@ -15,6 +15,7 @@ removed), and ``plan`` and ``ranking`` are carried over when a stage has none of
 import json
 import logging
 import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from collections.abc import Iterable, Mapping
@@ -70,10 +71,40 @@ def hash_folder(folder: str | PathLike[str], known: Mapping[str, str] | None = N
     return hashes
 
 
-def write_manifest(out_dir: str | PathLike[str], *, stage: str, source: str | PathLike[str] | None = None,
-                   removed: Iterable[str] = (), kept: Iterable[str] = (), plan: Any = None, ranking: Any = None,
-                   verification: Any = None, extra: Mapping[str, Any] | None = None,
-                   source_hashes: Mapping[str, str] | None = None, file_hashes: Mapping[str, str] | None = None,
+@dataclass(frozen=True)
+class StageRecord:
+    """What one stage did to its source: the manifest's own fields and its entry in ``lineage``.
+
+    Attributes:
+        stage: what produced the folder: ``"prune"``, ``"finetune"``, ``"export"``...
+        removed: slot names removed from the source.
+        kept: slot names left.
+        plan: the removal plan as a dict (``RemovalPlan.to_dict()``), if any.
+        ranking: how the slots were chosen: ``{"policy": ..., "ranking": path, "ranking_sha256": ...}``.
+        verification: the verification result dict, if any.
+    """
+
+    stage: str
+    removed: Iterable[str] = ()
+    kept: Iterable[str] = ()
+    plan: Any = None
+    ranking: Any = None
+    verification: Any = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "removed", tuple(self.removed))  # read twice: the manifest and its lineage entry
+        object.__setattr__(self, "kept", tuple(self.kept))
+
+    def lineage_entry(self, created: str, source: Path | None) -> dict[str, Any]:
+        """This stage's entry in a manifest's ``lineage``."""
+        return {"stage": self.stage, "created": created, "source": str(source) if source is not None else None,
+                "removed_slots": list(self.removed), "kept_slots": list(self.kept), "ranking": self.ranking,
+                "verification": self.verification}
+
+
+def write_manifest(out_dir: str | PathLike[str], record: StageRecord, *, source: str | PathLike[str] | None = None,
+                   extra: Mapping[str, Any] | None = None, source_hashes: Mapping[str, str] | None = None,
+                   file_hashes: Mapping[str, str] | None = None,
                    lineage_from: str | PathLike[str] | dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``encslim_manifest.json`` into ``out_dir`` and return its content.
 
@@ -81,13 +112,8 @@ def write_manifest(out_dir: str | PathLike[str], *, stage: str, source: str | Pa
 
     Args:
         out_dir: the output folder (usually the temporary folder of ``atomic_output_dir``).
-        stage: what produced the folder: ``"prune"``, ``"finetune"``, ``"export"``...
+        record: what the stage did (:class:`StageRecord`).
         source: the input model folder (its files are hashed), or ``None``.
-        removed: slot names removed from the source.
-        kept: slot names left.
-        plan: the removal plan as a dict (``RemovalPlan.to_dict()``), if any.
-        ranking: how the slots were chosen: ``{"policy": ..., "ranking": path, "ranking_sha256": ...}``.
-        verification: the verification result dict, if any.
         extra: stage-specific details (a JSON-ready dict).
         source_hashes: source file hashes already computed (file name -> sha256), reused.
         file_hashes: output file hashes already computed (file name -> sha256), reused.
@@ -99,33 +125,27 @@ def write_manifest(out_dir: str | PathLike[str], *, stage: str, source: str | Pa
         the manifest dict.
     """
     out = Path(out_dir)
-    removed, kept = list(removed), list(kept)
     parent = (lineage_from if isinstance(lineage_from, dict)
               else inherited_manifest(lineage_from if lineage_from is not None else source))
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    removed_all = _unique([*(parent.get("removed_slots") or []), *removed])
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "stage": stage,
+        "stage": record.stage,
         "created": created,
         "source": None,
         "origin": None,
-        "removed_slots": removed_all,
-        "kept_slots": list(kept),
-        "plan": plan if plan is not None else parent.get("plan"),
-        "ranking": ranking if ranking is not None else parent.get("ranking"),
-        "verification": verification,
+        "removed_slots": _unique([*(parent.get("removed_slots") or []), *record.removed]),
+        "kept_slots": list(record.kept),
+        "plan": record.plan if record.plan is not None else parent.get("plan"),
+        "ranking": record.ranking if record.ranking is not None else parent.get("ranking"),
+        "verification": record.verification,
         "versions": library_versions(),
     }
-    if source is not None:
-        source = Path(source).resolve()
-        manifest["source"] = {"path": str(source), "files": hash_folder(source, source_hashes)}
+    resolved = Path(source).resolve() if source is not None else None
+    if resolved is not None:
+        manifest["source"] = {"path": str(resolved), "files": hash_folder(resolved, source_hashes)}
     manifest["origin"] = parent.get("origin") or _origin(parent, manifest["source"])
-    manifest["lineage"] = [*(parent.get("lineage") or _legacy_lineage(parent)), {
-        "stage": stage, "created": created, "source": str(source) if source is not None else None,
-        "removed_slots": list(removed), "kept_slots": list(kept), "ranking": ranking,
-        "verification": verification,
-    }]
+    manifest["lineage"] = [*(parent.get("lineage") or _legacy_lineage(parent)), record.lineage_entry(created, resolved)]
     if extra:
         manifest.update({k: v for k, v in extra.items() if k not in manifest})
     manifest["files"] = hash_folder(out, file_hashes)

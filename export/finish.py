@@ -7,7 +7,10 @@ written by the one shared writer (:mod:`encslim.provenance`) and lists every fil
 """
 
 import logging
+from dataclasses import dataclass, field
+from os import PathLike
 from pathlib import Path
+from typing import Optional, Union
 
 from .. import __version__
 from ..errors import ConfigError
@@ -108,41 +111,89 @@ def slot_rows(adapter, config):
             for s in adapter.slots(config)]
 
 
-def finish_folder(folder, source, fmt, *, slots, verification, how_to_load, parameters=None,
-                  fusion_class=None, ranking=None, bench=None, notes=(), details=None, format_title=None):
+@dataclass(frozen=True)
+class CardInputs:
+    """What the model card shows beyond the model: ``--ranking`` and ``--bench`` (paths, each optional).
+
+    Attributes:
+        ranking: a ranking folder or ranking.json (default: the ranking the source's manifest records).
+        bench: a folder with bench.json (or the file).
+    """
+
+    ranking: Optional[Union[str, PathLike]] = None
+    bench: Optional[Union[str, PathLike]] = None
+
+    def check(self):
+        """Read both once up front, so a bad path fails before any work (:func:`check_card_inputs`)."""
+        check_card_inputs(self.ranking, self.bench)
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    """What a format adds to its folder's card and manifest.
+
+    Attributes:
+        name: the format name recorded in the card and manifest (``--format``).
+        title: the card's description of the format (a family's stock format says which classes load it);
+            default: :data:`~encslim.export.model_card.FORMAT_TITLES`.
+        notes: extra lines for the card.
+        details: format-specific data recorded in the manifest's ``export`` record.
+        same_tokenizer: the folder holds the source's tokenizer unchanged, so the source's slow-tokenizer files
+            (``tokenizer.model``) are carried byte for byte (:func:`~encslim.export.compat.carry_slow_tokenizer`).
+    """
+
+    name: str
+    title: Optional[str] = None
+    notes: tuple = ()
+    details: dict = field(default_factory=dict)
+    same_tokenizer: bool = False
+
+
+@dataclass(frozen=True)
+class LoadedSource:
+    """A :class:`~encslim.export.common.Source` with the model and processor loaded (or converted) from it."""
+
+    source: object
+    model: object
+    processor: object
+
+    @property
+    def adapter(self):
+        """The source's family adapter."""
+        return self.source.adapter
+
+
+def finish_folder(folder, loaded, fmt, *, verification, how_to_load, parameters=None, card=CardInputs()):
     """Write ``README.md`` then the manifest into ``folder`` (the temporary output folder).
 
     Args:
         folder: the folder being written.
-        source: the :class:`~encslim.export.common.Source` exported.
-        fmt: the export format name.
-        slots: card rows of the kept slots (:func:`slot_rows`).
+        loaded: the :class:`LoadedSource` exported (its model's config gives the card's slots and fusion class).
+        fmt: the :class:`FormatInfo` of the export.
         verification: the export's verification records (``check_logits`` dicts).
         how_to_load: Python code shown in the card.
-        parameters, fusion_class: shown in the card when known.
-        ranking: ``--ranking`` path (else the manifest's ranking is used when it still exists).
-        bench: ``--bench`` path.
-        notes: extra lines for the card.
-        details: format-specific data recorded in the manifest.
-        format_title: the card's description of the format (a family's stock format says which classes load
-            it); default: :data:`~encslim.export.model_card.FORMAT_TITLES`.
+        parameters: the written model's parameter count, shown in the card when known.
+        card: the card's ``--ranking`` (else the manifest's ranking is used when it still exists) and ``--bench``.
 
     Returns:
         The manifest dict.
     """
+    source, config = loaded.source, loaded.model.config
+    slots = slot_rows(source.adapter, config)
+    ranking, bench = card.ranking, card.bench
     ranking_data = load_ranking_arg(ranking) if ranking is not None else ranking_from_manifest(source)
     info = {
         "name": Path(str(folder)).name.split(".tmp-")[0].lstrip("."),
-        "format": fmt, "format_title": format_title, "source": str(source.path), "model_type": source.model_type,
-        "fusion_class": fusion_class, "slots": slots, "removed": removed_slots(source),
-        "origin": origin_path(source), "lineage": lineage_rows(source, fmt, [s["name"] for s in slots]),
+        "format": fmt.name, "format_title": fmt.title, "source": str(source.path), "model_type": source.model_type,
+        "fusion_class": source.adapter.fusion_class(config), "slots": slots, "removed": removed_slots(source),
+        "origin": origin_path(source), "lineage": lineage_rows(source, fmt.name, [s["name"] for s in slots]),
         "parameters": parameters, "ranking": ranking_data,
         "source_verification": (source.manifest.get("stage"), source.manifest.get("verification")),
         "export_verification": verification, "bench": load_bench_arg(bench),
-        "how_to_load": how_to_load, "notes": list(notes), "encslim_version": __version__,
+        "how_to_load": how_to_load, "notes": list(fmt.notes), "encslim_version": __version__,
     }
     Path(folder, CARD_NAME).write_text(render_card(info), encoding="utf-8")
-    export_record = {"format": fmt, **(details or {})}
+    export_record = {"format": fmt.name, **fmt.details}
     if ranking is not None:
         export_record["ranking"] = str(Path(ranking).resolve())
     if bench is not None:
@@ -157,16 +208,16 @@ def write_export_manifest(folder, source, kept, verification, export_record):
     by the writer, so the chain source -> prune -> finetune -> export stays traceable; the source's own verification is kept next to the
     export's.
     """
-    from ..provenance import write_manifest
+    from ..provenance import StageRecord, write_manifest
 
     extra = {"export": export_record}
     if source.manifest:
         extra["source_stage"] = source.manifest.get("stage")
         extra["source_verification"] = source.manifest.get("verification")
     # removed slots, plan and ranking are inherited from the source's manifest (the export removes nothing)
-    return write_manifest(folder, stage="export", source=source.path, kept=kept,
-                          verification={"export": verification}, extra=extra, lineage_from=source.manifest or None)
+    return write_manifest(folder, StageRecord("export", kept=kept, verification={"export": verification}),
+                          source=source.path, extra=extra, lineage_from=source.manifest or None)
 
 
-__all__ = ["finish_folder", "check_card_inputs", "slot_rows", "load_ranking_arg", "load_bench_arg", "removed_slots",
-           "origin_path", "lineage_rows"]
+__all__ = ["CardInputs", "FormatInfo", "LoadedSource", "finish_folder", "check_card_inputs", "slot_rows",
+           "load_ranking_arg", "load_bench_arg", "removed_slots", "origin_path", "lineage_rows"]

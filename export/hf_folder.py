@@ -6,13 +6,14 @@ logits compared with the source's on probe inputs before the folder is published
 """
 
 import logging
+from dataclasses import replace
 
 from ..files import atomic_output_dir, check_output_path
 from ..models.registry import family_of
 from .compat import carry_slow_tokenizer, write_legacy_rope_keys
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch,
                      probe_logits, read_source)
-from .finish import check_card_inputs, finish_folder, slot_rows
+from .finish import CardInputs, FormatInfo, LoadedSource, finish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -43,35 +44,30 @@ def export_hf(model_dir, out, *, overwrite=False, max_shard_size=DEFAULT_SHARD, 
         reproduce the source. OutputExistsError: ``out`` exists and ``overwrite`` is false.
     """
     check_output_path(out, overwrite, inputs=[model_dir])
-    check_card_inputs(ranking, bench)
+    card = CardInputs(ranking, bench)
+    card.check()
     source = read_source(model_dir)
     model, processor = load_source(source, dtype)
     family = family_of(source.model_type)
     title = f"{family.description if family else source.model_type}, as a transformers folder"
-    return write_verified_folder(source, model, processor, out, "hf", overwrite=overwrite,
-                                 max_shard_size=max_shard_size, ranking=ranking, bench=bench, atol=atol,
-                                 notes=source.adapter.export_notes(model.config), format_title=title,
-                                 same_tokenizer=True)
+    fmt = FormatInfo("hf", title=title, notes=tuple(source.adapter.export_notes(model.config)), same_tokenizer=True)
+    return write_verified_folder(LoadedSource(source, model, processor), out, fmt, overwrite=overwrite,
+                                 max_shard_size=max_shard_size, card=card, atol=atol)
 
 
-def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False, max_shard_size=DEFAULT_SHARD,
-                          ranking=None, bench=None, atol=ATOL, reference=None, inputs=None, notes=(), details=None,
-                          format_title=None, same_tokenizer=False):
-    """Save ``model`` and ``processor`` to ``out``, reload the folder, compare logits, add card and manifest.
+def write_verified_folder(loaded, out, fmt, *, overwrite=False, max_shard_size=DEFAULT_SHARD, card=CardInputs(),
+                          atol=ATOL, reference=None):
+    """Save a loaded model and its processor to ``out``, reload the folder, compare logits, add card and manifest.
 
     Args:
-        source: the :class:`~encslim.export.common.Source` the model came from.
-        model, processor: what to write (loaded from ``source`` or converted from it).
-        out, overwrite, max_shard_size, ranking, bench, atol: see :func:`export_hf`.
-        fmt: the format name recorded in the card and manifest.
-        reference: ``(batch, logits)`` to compare the reloaded folder with (default: ``model`` on
+        loaded: the :class:`~encslim.export.finish.LoadedSource` to write: the model and processor (loaded from
+            its source or converted from it) and the source they came from (``out`` must not overlap it).
+        out, overwrite, max_shard_size, atol: see :func:`export_hf`.
+        fmt: the :class:`~encslim.export.finish.FormatInfo` recorded in the card and manifest (its ``details``
+            extend the manifest's; ``same_tokenizer`` carries the source's slow-tokenizer files).
+        card: the model card's ``--ranking`` and ``--bench``.
+        reference: ``(batch, logits)`` to compare the reloaded folder with (default: the model on
             probe inputs).
-        inputs: folders ``out`` must not overlap (default: the source).
-        notes: extra card lines.
-        details: extra format-specific data for the manifest.
-        format_title: the card's description of the format (default: the generic formats' own).
-        same_tokenizer: the folder holds the source's tokenizer unchanged, so the source's slow-tokenizer
-            files (``tokenizer.model``) are carried byte for byte (:func:`~encslim.export.compat.carry_slow_tokenizer`).
 
     Returns:
         The manifest dict.
@@ -79,28 +75,26 @@ def write_verified_folder(source, model, processor, out, fmt, *, overwrite=False
     Raises:
         VerificationError: the reloaded folder's logits differ from ``reference`` by more than ``atol``.
     """
+    source, model, processor = loaded.source, loaded.model, loaded.processor
     if reference is None:
         batch = probe_batch(source.adapter, processor)
         reference = (batch, probe_logits(source.adapter, model, batch))
     batch, expected = reference
-    with atomic_output_dir(out, overwrite=overwrite, inputs=inputs or [source.path]) as tmp:
+    with atomic_output_dir(out, overwrite=overwrite, inputs=[source.path]) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
         write_legacy_rope_keys(tmp)  # beside rope_parameters: what transformers 4.4x reads
-        carried = carry_slow_tokenizer(source.path, tmp) if same_tokenizer else []
+        carried = carry_slow_tokenizer(source.path, tmp) if fmt.same_tokenizer else []
         reloaded, _ = source.adapter.load(str(tmp), device="cpu", dtype=model.dtype)
         logits = probe_logits(source.adapter, reloaded.eval(), batch)
         records = [check_logits("logits", max_abs_diff(expected, logits), atol)]
         fail_unless_matched(records, "the written folder")
-        manifest = finish_folder(
-            tmp, source, fmt, slots=slot_rows(source.adapter, model.config), verification=records,
-            how_to_load=source.adapter.how_to_load(out, model), parameters=count_parameters(model),
-            fusion_class=source.adapter.fusion_class(model.config), ranking=ranking, bench=bench, notes=notes,
-            format_title=format_title,
-            details={"architecture": type(model).__name__, "dtype": str(model.dtype).replace("torch.", ""),
-                     "max_shard_size": str(max_shard_size), "carried_tokenizer_files": carried, **(details or {})},
-        )
-    logger.info("exported %s -> %s (format %s)", source.path, out, fmt)
+        details = {"architecture": type(model).__name__, "dtype": str(model.dtype).replace("torch.", ""),
+                   "max_shard_size": str(max_shard_size), "carried_tokenizer_files": carried, **fmt.details}
+        manifest = finish_folder(tmp, loaded, replace(fmt, details=details), verification=records,
+                                 how_to_load=source.adapter.how_to_load(out, model),
+                                 parameters=count_parameters(model), card=card)
+    logger.info("exported %s -> %s (format %s)", source.path, out, fmt.name)
     return manifest
 
 

@@ -27,7 +27,7 @@ from ..models.capabilities import supports_llava
 from ..provenance import VERIFY_TOLERANCE
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_images,
                      probe_prompts, read_source, require_target)
-from .finish import check_card_inputs, finish_folder, slot_rows
+from .finish import CardInputs, FormatInfo, LoadedSource, check_card_inputs, finish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +125,13 @@ def export_llava(model_dir, out, *, overwrite=False, max_shard_size="5GB", ranki
         target_processor.save_pretrained(tmp)
         records = _verify(tmp, images, prompts, reference, atol)
         serve = serve_command(out)
+        fmt = FormatInfo("llava", notes=(backend_note(serve),), details={
+            "architecture": "LlavaForConditionalGeneration", "key_layout": "llava-hf",
+            "image_processor_backend": IMAGE_BACKEND, "serve": serve})
         manifest = finish_folder(
-            tmp, source, "llava", slots=slot_rows(source.adapter, model.config), verification=records,
+            tmp, LoadedSource(source, model, processor), fmt, verification=records,
             how_to_load=HOW_TO_LOAD.format(name=out, prompt=prompts[0].replace("\n", "\\n"), backend=IMAGE_BACKEND),
-            parameters=count_parameters(llava), fusion_class=source.adapter.fusion_class(model.config), ranking=ranking,
-            bench=bench, notes=[backend_note(serve)],
-            details={"architecture": "LlavaForConditionalGeneration", "key_layout": "llava-hf",
-                     "image_processor_backend": IMAGE_BACKEND, "serve": serve},
+            parameters=count_parameters(llava), card=CardInputs(ranking, bench),
         )
     logger.info("exported %s -> %s (format llava)", model_dir, out)
     return manifest

@@ -24,7 +24,7 @@ from ..files import atomic_output_dir, check_output_path, sha256_file
 from .compat import carry_slow_tokenizer, write_legacy_rope_keys
 from .common import (check_logits, count_parameters, fail_unless_matched, load_source, max_abs_diff, probe_batch, probe_logits,
                      read_source, require_target)
-from .finish import check_card_inputs, finish_folder, slot_rows
+from .finish import CardInputs, FormatInfo, LoadedSource, check_card_inputs, finish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -177,12 +177,13 @@ def export_remote_code(model_dir, out, *, overwrite=False, max_shard_size="5GB",
         logits = probe_logits(source.adapter, reloaded.eval(), batch)
         records = [check_logits("logits", max_abs_diff(reference, logits), atol)]
         fail_unless_matched(records, "the remote-code folder")
+        fmt = FormatInfo("remote-code", details={"code_files": hashes, "auto_map": dict(code.model_auto_map)},
+                         notes=("The modeling code ships in this folder; read it before loading with "
+                                "trust_remote_code=True.",))
         manifest = finish_folder(
-            tmp, source, "remote-code", slots=slot_rows(source.adapter, model.config), verification=records,
+            tmp, LoadedSource(source, model, processor), fmt, verification=records,
             how_to_load=HOW_TO_LOAD.format(name=out), parameters=count_parameters(model),
-            fusion_class=source.adapter.fusion_class(model.config), ranking=ranking, bench=bench,
-            details={"code_files": hashes, "auto_map": dict(code.model_auto_map)},
-            notes=["The modeling code ships in this folder; read it before loading with trust_remote_code=True."],
+            card=CardInputs(ranking, bench),
         )
     logger.info("exported %s -> %s (format remote-code)", model_dir, out)
     return manifest

@@ -27,7 +27,7 @@ from ..models.plan import check_plan
 from ..models.registry import GENERIC_EXPORTS, families, get_adapter
 from ..provenance import VERIFY_TOLERANCE
 from .common import Source, load_source, max_abs_diff, probe_images, probe_prompts, read_source, require_target
-from .finish import check_card_inputs
+from .finish import CardInputs, FormatInfo, LoadedSource
 from .hf_folder import DEFAULT_SHARD, write_verified_folder
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ def export_stock(model_dir, out, *, fmt, overwrite=False, max_shard_size=DEFAULT
     """
     spec = stock_format(fmt)
     check_output_path(out, overwrite, inputs=[model_dir])
-    check_card_inputs(ranking, bench)
+    card = CardInputs(ranking, bench)
+    card.check()
     source = read_source(model_dir)
     kept = target_slots(source, fmt)
     if kept is None:
@@ -85,11 +86,10 @@ def export_stock(model_dir, out, *, fmt, overwrite=False, max_shard_size=DEFAULT
         raise ConfigError(f"--format {fmt} needs {spec.needs}; no slot set of {model_dir} allows it")
     if kept == source.slot_names:
         model, processor = load_source(source, "auto")
-        return write_verified_folder(source, model, processor, out, fmt, overwrite=overwrite,
-                                     max_shard_size=max_shard_size, ranking=ranking, bench=bench, atol=atol,
-                                     format_title=spec.title)
+        return write_verified_folder(LoadedSource(source, model, processor), out, FormatInfo(fmt, title=spec.title),
+                                     overwrite=overwrite, max_shard_size=max_shard_size, card=card, atol=atol)
     drop = [s for s in source.slot_names if s not in kept]
-    return _remove_then_export(source, spec, drop, out, overwrite, max_shard_size, ranking, bench, atol)
+    return _remove_then_export(source, spec, drop, out, overwrite, max_shard_size, card, atol)
 
 
 def target_slots(source, fmt):
@@ -102,7 +102,7 @@ def target_slots(source, fmt):
     return None
 
 
-def _remove_then_export(source, spec, drop, out, overwrite, max_shard_size, ranking, bench, atol):
+def _remove_then_export(source, spec, drop, out, overwrite, max_shard_size, card, atol):
     plan = source.adapter.removal_plan(source.model_config, drop)
     if not plan.exact:
         raise ConfigError(f"removing {', '.join(plan.drop)} from {source.path} is not exact; prune it (encslim prune), "
@@ -126,13 +126,13 @@ def _remove_then_export(source, spec, drop, out, overwrite, max_shard_size, rank
         dropped = ", ".join(f"'{s}'" for s in plan.drop)
         family_notes = source.adapter.stock_notes(spec.format, plan.drop, gap) if supports_stock_export(
             source.adapter) else []
-        return write_verified_folder(
-            origin, model, processor, out, spec.format, overwrite=overwrite, max_shard_size=max_shard_size,
-            ranking=ranking, bench=bench, atol=atol, reference=(batch, logits), inputs=[source.path],
-            details={"processor_gap": gap}, format_title=spec.title, notes=[
-                f"{dropped} was removed from the {source.model_type} source with the removal plan `encslim prune` "
-                f"applies; the export check compares this folder's logits with the source's with {dropped} masked, "
-                "on the same pixels.", *family_notes])
+        fmt = FormatInfo(spec.format, title=spec.title, details={"processor_gap": gap}, notes=(
+            f"{dropped} was removed from the {source.model_type} source with the removal plan `encslim prune` "
+            f"applies; the export check compares this folder's logits with the source's with {dropped} masked, "
+            "on the same pixels.", *family_notes))
+        # the origin's path is the source's: the output must not overlap it
+        return write_verified_folder(LoadedSource(origin, model, processor), out, fmt, overwrite=overwrite,
+                                     max_shard_size=max_shard_size, card=card, atol=atol, reference=(batch, logits))
 
 
 def write_removed(source_dir, out_dir, plan):

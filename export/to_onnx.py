@@ -15,7 +15,7 @@ from pathlib import Path
 from ..files import atomic_output_dir, check_output_path
 from ..provenance import VERIFY_TOLERANCE
 from .common import fail_unless_matched, load_source, probe_batch, read_source, require_target
-from .finish import check_card_inputs, finish_folder, slot_rows
+from .finish import CardInputs, FormatInfo, LoadedSource, finish_folder
 from .onnx_graphs import (DECODER_FILE, EMBED_FILE, VISION_FILE, export_decoder, export_vision, graph_opset,
                           kv_geometry, past_names, write_embedding_graph)
 from .onnx_validate import merge_image_embeds, validate_decoder, validate_embed, validate_vision
@@ -140,20 +140,22 @@ def export_onnx(model_dir, out, *, overwrite=False, atol=ATOL, ranking=None, ben
         ConfigError: not a native model. VerificationError: an output differs by more than ``atol``.
     """
     check_output_path(out, overwrite, inputs=[model_dir])
-    check_card_inputs(ranking, bench)
+    card = CardInputs(ranking, bench)
+    card.check()
     source = read_source(model_dir)
     require_target(source, "onnx", NEEDS, "ONNX")
     with PeakRss() as memory:
         model, processor = load_source(source, "float32")
+        loaded = LoadedSource(source, model, processor)
         front = source.adapter.vision_front_end(model, processor)
         if front is not None:  # a family whose ONNX export is its vision front end only
-            return export_front_end(source, model, processor, front, out, overwrite=overwrite, atol=atol,
-                                    ranking=ranking, bench=bench, memory=memory)
-        return _export_graphs(source, model, processor, out, overwrite, atol, ranking, bench, memory)
+            return export_front_end(loaded, front, out, overwrite=overwrite, atol=atol, card=card, memory=memory)
+        return _export_graphs(loaded, out, overwrite, atol, card, memory)
 
 
-def _export_graphs(source, model, processor, out, overwrite, atol, ranking, bench, memory):
+def _export_graphs(loaded, out, overwrite, atol, card, memory):
     """The three-graph export of a native model (:func:`export_onnx`)."""
+    source, model, processor = loaded.source, loaded.model, loaded.processor
     with atomic_output_dir(out, overwrite=overwrite, inputs=[source.path]) as tmp:
         names = write_graphs(model, tmp)
         records = validate_graphs(model, processor, tmp, atol, source.adapter)
@@ -166,15 +168,12 @@ def _export_graphs(source, model, processor, out, overwrite, atol, ranking, benc
         processor.save_pretrained(tmp)
         model.config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
-        manifest = finish_folder(
-            tmp, source, "onnx", slots=slot_rows(source.adapter, model.config),
-            verification=records,
-            how_to_load=HOW_TO_LOAD.format(name=out), fusion_class=source.adapter.fusion_class(model.config),
-            parameters=sum(p.numel() for p in model.parameters()), ranking=ranking, bench=bench,
-            details={"graphs": config["graphs"], "opset": config["opset"], "validation_inputs":
-                     "2 probe images, 2 chat prompts (left-padded); decoder: prefill from an empty past, then "
-                     "one cached step; padded positions excluded", "memory": memory.report()},
-        )
+        fmt = FormatInfo("onnx", details={
+            "graphs": config["graphs"], "opset": config["opset"], "validation_inputs":
+            "2 probe images, 2 chat prompts (left-padded); decoder: prefill from an empty past, then "
+            "one cached step; padded positions excluded", "memory": memory.report()})
+        manifest = finish_folder(tmp, loaded, fmt, verification=records, how_to_load=HOW_TO_LOAD.format(name=out),
+                                 parameters=sum(p.numel() for p in model.parameters()), card=card)
     logger.info("exported %s -> %s (format onnx)", source.path, out)
     return manifest
 
@@ -190,8 +189,7 @@ image_embeds = session.run(None, feeds)[0]   # (B, tokens, hidden) for the LLM
 """
 
 
-def export_front_end(source, model, processor, front, out, *, overwrite=False, atol=ATOL, ranking=None,
-                     bench=None, memory=None):
+def export_front_end(loaded, front, out, *, overwrite=False, atol=ATOL, card=CardInputs(), memory=None):
     """``vision.onnx`` of a family's vision front end (per-tower inputs -> projected image embeddings), validated.
 
     The graph takes one input per tower, made outside it by the processor (no pixel resampling in
@@ -199,11 +197,13 @@ def export_front_end(source, model, processor, front, out, *, overwrite=False, a
     It is validated against the model's own path on the processor's ``pixel_values``.
 
     Args:
+        loaded: the :class:`~encslim.export.finish.LoadedSource` (model and processor in float32).
         front: ``(module, info)`` from :meth:`Adapter.vision_front_end`: ``module(inputs)`` (a list in
             ``module.input_names`` order, from ``module.make_inputs(pixel_values)``) returns the image
             embeddings the LLM receives; ``module.reference(pixel_values)`` is the model's own path;
             ``info`` (JSON) describes the inputs.
         memory: a running :class:`PeakRss` (recorded in the manifest), or ``None``.
+        card: the model card's ``--ranking`` and ``--bench``.
         the rest: see :func:`export_onnx`.
 
     Raises:
@@ -214,6 +214,7 @@ def export_front_end(source, model, processor, front, out, *, overwrite=False, a
     from .onnx_graphs import export_front_end_graph
     from .onnx_validate import check_front_end
 
+    source, model, processor = loaded.source, loaded.model, loaded.processor
     module, info = front
     module = module.eval()
     pixels = probe_batch(source.adapter, processor)["pixel_values"].float()
@@ -235,17 +236,15 @@ def export_front_end(source, model, processor, front, out, *, overwrite=False, a
                                         "path on pixel_values (its resizes inside), graph: the per-tower inputs"}
         if memory is not None:
             details["memory"] = memory.report()
+        fmt = FormatInfo("onnx", details=details, notes=(
+            "ONNX of the vision front end only (image embeddings from one input per tower); the LLM stays in PyTorch",
+            "the graph resamples no pixels: each tower's input (" + ", ".join(module.input_names) + ") is "
+            "made by the processor's tower_inputs(pixel_values), as the model's forward makes it "
+            "(onnx_config.json vision.tower_inputs, processor_config.json tower_inputs)"))
         manifest = finish_folder(
-            tmp, source, "onnx", slots=slot_rows(source.adapter, model.config), verification=records,
+            tmp, loaded, fmt, verification=records,
             how_to_load=FRONT_END_HOW_TO_LOAD.format(name=out, source=source.path),
-            fusion_class=source.adapter.fusion_class(model.config),
-            parameters=sum(p.numel() for p in module.parameters()), ranking=ranking, bench=bench,
-            notes=["ONNX of the vision front end only (image embeddings from one input per tower); the LLM "
-                   "stays in PyTorch",
-                   "the graph resamples no pixels: each tower's input (" + ", ".join(module.input_names) + ") is "
-                   "made by the processor's tower_inputs(pixel_values), as the model's forward makes it "
-                   "(onnx_config.json vision.tower_inputs, processor_config.json tower_inputs)"],
-            details=details,
+            parameters=sum(p.numel() for p in module.parameters()), card=card,
         )
     logger.info("exported %s -> %s (format onnx, vision front end)", source.path, out)
     return manifest

@@ -62,11 +62,11 @@ def merge_adapter(adapter_dir, out, base=None, overwrite=False, tolerance=MERGE_
         VerificationError: merged logits differ by more than ``tolerance``.
     """
     base = adapter_base(adapter_dir, base)
-    from ..provenance import write_manifest
+    from ..provenance import StageRecord, write_manifest
 
     with atomic_output_dir(out, overwrite=overwrite, inputs=[adapter_dir, base]) as tmp:
         result = write_merged(adapter_dir, tmp, base=base, tolerance=tolerance)
-        write_manifest(tmp, stage="finetune-merge", source=base, kept=result["slots"], verification=result,
+        write_manifest(tmp, StageRecord("finetune-merge", kept=result["slots"], verification=result), source=base,
                        extra={"adapter": str(Path(adapter_dir).resolve())}, lineage_from=_lineage_folder(adapter_dir, base))
     return result
 

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_output_dir, check_output_path, sha256_file
-from ..provenance import write_manifest
+from ..provenance import StageRecord, write_manifest
 from .callbacks import CheckpointDigest, DropoutEpoch, LossLog, ProgressBar, plot_loss, read_log
 from .config import FinetuneConfig
 from .inputs import data_paths, load_training_samples, model_examples
@@ -422,5 +422,5 @@ def _manifest(folder, model_path, summary):
     verification = {"saved_weights": "complete", **({"merge": summary["merge"]} if summary["merged"] else {})}
     brief = {k: summary[k] for k in ("steps", "samples", "samples_seen", "loss_first", "loss_last", "loss_start",
                                      "loss_end", "loss_window", "loss_rose", "merged", "deepspeed", "data")}
-    write_manifest(folder, stage="finetune", source=model_path, kept=summary["slots"], verification=verification,
+    write_manifest(folder, StageRecord("finetune", kept=summary["slots"], verification=verification), source=model_path,
                    extra={"finetune": {**brief, "config": summary["config"], "parts": summary["parts"]}})

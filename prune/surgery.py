@@ -25,7 +25,7 @@ from ..models.executor import check_side_files, execute
 from ..models.folder import Checkpoint, ModelFolder
 from ..models.plan import check_plan, describe_plan
 from ..models.shards import parse_size
-from ..provenance import write_manifest
+from ..provenance import StageRecord, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -253,8 +253,8 @@ def prune(model_dir, drop, out=None, config=None, *, data=None, selection=None, 
         _check_output(tmp, torch_free, result["config"])
         verification = _verify(method, reason, checkpoint, tmp, plan, data, num_samples, source=folder)
         manifest = write_manifest(
-            tmp, stage="prune", source=model_dir, removed=plan.drop, kept=plan.kept,
-            plan=plan.to_dict(), ranking=selection, verification=verification,
+            tmp, StageRecord("prune", removed=plan.drop, kept=plan.kept, plan=plan.to_dict(), ranking=selection,
+                             verification=verification), source=model_dir,
             extra={"summary": summary, "executor": "streaming" if streaming else "in-memory", "io": result["io"],
                    "left_out": result["left_out"], **{k: result[k] for k in ("legacy_keys",) if k in result}},
             source_hashes=result["source"], file_hashes=result["written"],

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from encslim.provenance import read_manifest, write_manifest
+from encslim.provenance import StageRecord, read_manifest, write_manifest
 
 REMOVED = ["siglip"]
 
@@ -93,12 +93,12 @@ def test_lineage_of_an_original_model_starts_with_it(tmp_path):
     source, out = tmp_path / "source", tmp_path / "out"
     source.mkdir(), out.mkdir()
     (source / "config.json").write_text("{}")
-    manifest = write_manifest(out, stage="prune", source=source, removed=["a"], kept=["b"])
+    manifest = write_manifest(out, StageRecord("prune", removed=["a"], kept=["b"]), source=source)
     assert manifest["origin"] == {"path": str(source.resolve())}
     assert [e["stage"] for e in manifest["lineage"]] == ["prune"]
     again = tmp_path / "again"
     again.mkdir()
-    manifest = write_manifest(again, stage="prune", source=out, removed=["b"], kept=["c"])
+    manifest = write_manifest(again, StageRecord("prune", removed=["b"], kept=["c"]), source=out)
     assert manifest["removed_slots"] == ["a", "b"] and manifest["origin"] == {"path": str(source.resolve())}
 
 
@@ -108,7 +108,7 @@ def test_legacy_manifest_without_lineage_is_inherited(tmp_path):
     legacy = {"stage": "prune", "source": {"path": "/models/original", "files": {}}, "removed_slots": ["x"],
               "kept_slots": ["y"], "plan": {"drop": ["x"]}, "ranking": None, "verification": {"passed": True}}
     (parent / "encslim_manifest.json").write_text(json.dumps(legacy))
-    manifest = write_manifest(out, stage="finetune", source=parent, kept=["y"])
+    manifest = write_manifest(out, StageRecord("finetune", kept=["y"]), source=parent)
     assert manifest["origin"] == {"path": "/models/original"} and manifest["removed_slots"] == ["x"]
     assert [e["stage"] for e in manifest["lineage"]] == ["prune", "finetune"]
     assert manifest["plan"] == {"drop": ["x"]}
