@@ -4,17 +4,30 @@ Both go through the family's adapter with one LEFT-padded batch (``input_ids``,
 ``attention_mask``) and either cached encoder features or the batch's pixel inputs.
 """
 
+from typing import Any, NamedTuple
+
 import torch
 
 from ..errors import ConfigError
 
 
-def generate_texts(adapter, model, processor, features, batch, max_new_tokens, masked=frozenset(), mask_mode="removal",
-                   mask_values=None):
+class Loaded(NamedTuple):
+    """A model as :func:`encslim.models.loading.load_model` returns it: ``(model, processor, adapter)``.
+
+    Any such triple works where a ``Loaded`` is asked for (``load_model``'s tuple as it is).
+    """
+
+    model: Any
+    processor: Any
+    adapter: Any
+
+
+def generate_texts(loaded, features, batch, max_new_tokens, masked=frozenset(), mask_mode="removal", mask_values=None):
     """Greedy-decode up to ``max_new_tokens`` tokens per row, through the family's adapter.
 
     Args:
-        adapter, model, processor: as loaded by :func:`encslim.models.loading.load_model`.
+        loaded: ``(model, processor, adapter)`` (:class:`Loaded`), as :func:`~encslim.models.loading.load_model`
+            returns them.
         features: cached ``{slot: features}``, or None to encode the batch's pixels.
         batch: ``{"input_ids", "attention_mask"}`` (LEFT padded; plus pixel inputs without features).
         max_new_tokens: generation budget.
@@ -23,6 +36,7 @@ def generate_texts(adapter, model, processor, features, batch, max_new_tokens, m
     Returns:
         list[str], one stripped answer per row (special tokens removed).
     """
+    model, processor, adapter = loaded
     tokenizer = adapter.tokenizer(processor)
     config = getattr(model, "generation_config", None)
     special = {}  # the model's own generation config wins (chat models stop on several ids)
@@ -65,8 +79,8 @@ def option_token_ids(tokenizer, letters):
     return ids
 
 
-def choose_options(adapter, model, processor, features, batch, options_per_row, masked=frozenset(),
-                   mask_mode="removal", mask_values=None):
+def choose_options(loaded, features, batch, options_per_row, masked=frozenset(), mask_mode="removal",
+                   mask_values=None):
     """Pick each row's option by the logits of the options' first tokens at the answer position.
 
     One forward pass per batch (:meth:`Adapter.next_token_logits`: left padding puts every row's
@@ -74,7 +88,7 @@ def choose_options(adapter, model, processor, features, batch, options_per_row, 
     valid letter.
 
     Args:
-        adapter, model, processor: as loaded by :func:`encslim.models.loading.load_model`.
+        loaded: ``(model, processor, adapter)`` (:class:`Loaded`).
         features: cached ``{slot: features}``, or None to encode the batch's pixels.
         batch: ``{"input_ids", "attention_mask"}`` (plus pixel inputs without features).
         options_per_row: one ``{"A": text, ...}`` per row.
@@ -83,6 +97,7 @@ def choose_options(adapter, model, processor, features, batch, options_per_row, 
     Returns:
         list[str], the chosen letter per row.
     """
+    model, processor, adapter = loaded
     tokenizer = adapter.tokenizer(processor)
     letters = sorted({k for options in options_per_row for k in options})
     token_ids = option_token_ids(tokenizer, letters)

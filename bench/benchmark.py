@@ -140,14 +140,14 @@ class _Null:
 
 def evaluate_accuracy(loaded, samples, settings):
     """Accuracy per category of one model through the evaluation harness."""
-    from .evaluate import evaluate
+    from .evaluate import EvalSettings, evaluate
 
     spec = loaded.spec
     mask_set = frozenset(spec.masked)
-    result = evaluate(loaded.model, loaded.processor, loaded.adapter, samples, mask_sets=[mask_set],
-                      mask_mode=spec.mask_mode if spec.masked else "removal",
-                      batch_size=settings.eval_batch_size, max_new_tokens=settings.eval_max_new_tokens,
-                      progress=None)  # a bar on a terminal only
+    answering = EvalSettings(mask_mode=spec.mask_mode if spec.masked else "removal",
+                             batch_size=settings.eval_batch_size, max_new_tokens=settings.eval_max_new_tokens)
+    result = evaluate((loaded.model, loaded.processor, loaded.adapter), samples, mask_sets=[mask_set],
+                      settings=answering, progress=None)  # a bar on a terminal only
     return result.accuracy(mask_set)
 
 

@@ -79,7 +79,7 @@ def eval_cmd(model, data, out, overwrite, encoders=None, **options):
     from . import distributed
     from ..data.load import load_samples
     from .config import processor_settings
-    from .evaluate import evaluate, normalize_mask_sets
+    from .evaluate import EvalSettings, evaluate, normalize_mask_sets
     from .features import mean_features
 
     config, _ = config_from_options(EvalConfig, options)
@@ -104,9 +104,10 @@ def eval_cmd(model, data, out, overwrite, encoders=None, **options):
             for old in [out / RECORDS, *out.glob(f"{RECORDS}.rank*")]:
                 old.unlink(missing_ok=True)
     distributed.barrier()
-    result = evaluate(net, processor, adapter, samples, mask_sets=mask_sets, mask_mode=mask_mode,
-                      batch_size=batch_size, max_new_tokens=max_new_tokens, records_path=out / RECORDS,
-                      mask_values=mask_values, progress=True, mcq_mode=config.mcq)
+    settings = EvalSettings(mask_mode=mask_mode, mask_values=mask_values, max_new_tokens=max_new_tokens,
+                            mcq_mode=config.mcq, batch_size=batch_size)
+    result = evaluate((net, processor, adapter), samples, mask_sets=mask_sets, settings=settings,
+                      records_path=out / RECORDS, progress=True)
     if rank != 0:
         return
     report = {

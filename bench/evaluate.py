@@ -7,21 +7,24 @@ A :class:`~encslim.bench.features.FeatureStore` passed as ``features=`` keeps th
 beyond one call, so a caller evaluating mask sets in several calls (``encslim rank``) still runs
 each encoder once per sample over all of them.
 
-Answers come from greedy generation, or, for multiple-choice samples with ``mcq_mode="logits"``,
+What decides the answers (mask mode and values, generation budget, MCQ mode, prompt styles) and the
+batch size travel together as :class:`EvalSettings`. Answers come from greedy generation, or, for
+multiple-choice samples with ``mcq_mode="logits"``,
 from the option letters' first-token logits. Each (sample, mask set) result is a record
 (:mod:`encslim.bench.records`); a rerun with the same records file skips finished work.
 Under ``torchrun`` the samples are sharded by rank and the results gathered on every rank.
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Optional
 
 import torch
 
 from ..errors import ConfigError, DataError
 from ..models.masking import MASK_MODES, check_mask_set
 from . import distributed
-from .answering import choose_options, generate_texts
+from .answering import Loaded, choose_options, generate_texts
 from .features import counting_encoder_passes, encode_images, slots_needed, with_placeholders
 from ..data.prompts import build_question, prompt_id, style_for
 from .records import RecordStore, model_fingerprint, record_key, sample_fingerprint, settings_fingerprint
@@ -31,6 +34,28 @@ from ..data.scorers import score
 logger = logging.getLogger(__name__)
 
 MCQ_MODES = ("logits", "generate")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How :func:`evaluate` answers: everything that decides an answer (and its record's key) besides the
+    model, the sample and the mask set, plus the batch size.
+
+    Attributes:
+        mask_mode: ``removal`` (equals physical removal), ``zero`` (the study's) or ``mean``.
+        mask_values: ``{slot: tensor (D,)}`` for ``mean`` mode (see ``features.mean_features``).
+        max_new_tokens: generation budget for open questions (and MCQ in ``generate`` mode).
+        mcq_mode: ``logits`` (choose by the options' first-token logits) or ``generate``.
+        prompt_styles: ``{dataset: PromptStyle}`` overriding the default prompt per data set.
+        batch_size: samples per forward batch (prompts padded on the left).
+    """
+
+    mask_mode: str = "removal"
+    mask_values: Optional[Mapping[str, Any]] = None
+    max_new_tokens: int = 8
+    mcq_mode: str = "logits"
+    prompt_styles: Optional[Mapping[str, Any]] = None
+    batch_size: int = 8
 
 
 @dataclass
@@ -64,24 +89,20 @@ class _Run:
     rank: int = 0
 
 
-def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_mode="removal", batch_size=8,
-             max_new_tokens=8, records_path=None, mask_values=None, progress=False, mcq_mode="logits",
-             prompt_styles=None, feature_cache=True, features=None):
+def evaluate(loaded, samples, mask_sets=(frozenset(),), settings=EvalSettings(), *, records_path=None,
+             progress=False, feature_cache=True, features=None):
     """Score ``samples`` under every mask set in one pass.
 
     Args:
-        model, processor, adapter: as returned by :func:`encslim.models.loading.load_model`.
+        loaded: ``(model, processor, adapter)`` (:class:`~encslim.bench.answering.Loaded`), as
+            :func:`encslim.models.loading.load_model` returns them.
         samples: :class:`~encslim.data.samples.Sample` list with unique ids.
         mask_sets: sets of MASKED slot names; ``frozenset()`` is the full model.
-        mask_mode: ``removal`` (equals physical removal), ``zero`` (the study's) or ``mean``.
-        batch_size: samples per forward batch (prompts padded on the left).
-        max_new_tokens: generation budget for open questions (and MCQ in ``generate`` mode).
+        settings: :class:`EvalSettings` (mask mode and values, generation budget, MCQ mode, prompt
+            styles, batch size).
         records_path: JSONL file of per-sample records; existing matching records are reused.
-        mask_values: ``{slot: tensor (D,)}`` for ``mean`` mode (see ``features.mean_features``).
         progress: show a progress bar over samples x mask sets (rank 0 only, on a terminal only;
             ``None`` as ``True``).
-        mcq_mode: ``logits`` (choose by the options' first-token logits) or ``generate``.
-        prompt_styles: ``{dataset: PromptStyle}`` overriding the default prompt per data set.
         feature_cache: encode once per sample (True) or run the full model per mask set (False).
         features: a :class:`~encslim.bench.features.FeatureStore` to take encoder features from
             and keep them in across calls (``None``: this call's batches only). Ignored without
@@ -94,23 +115,24 @@ def evaluate(model, processor, adapter, samples, mask_sets=(frozenset(),), mask_
         ConfigError: unknown slot, bad mode, masking every slot in removal mode, missing mask values.
         DataError: duplicate sample ids, or no samples.
     """
+    model, processor, adapter = loaded = Loaded(*loaded)
+    mask_mode, mask_values = settings.mask_mode, settings.mask_values
     mask_sets = normalize_mask_sets(adapter.slot_names(model.config), mask_sets, mask_mode)
     for masked in mask_sets:
         adapter.check_mask(model.config, masked, mask_mode, mask_values)  # family rules (a single slot)
-    _check_arguments(samples, mask_sets, mask_mode, mask_values, mcq_mode, batch_size, max_new_tokens)
+    _check_arguments(samples, mask_sets, settings)
     rank, world = distributed.init_from_env()
     model_fp = model_fingerprint(model)
-    run = _Run(model, processor, adapter, mask_sets, mask_mode, mask_values, max_new_tokens, mcq_mode,
-               feature_cache, model_fp, settings_fingerprint(
-                   _settings(processor, mask_mode, mask_values, max_new_tokens, mcq_mode)),
+    run = _Run(model, processor, adapter, mask_sets, mask_mode, mask_values, settings.max_new_tokens,
+               settings.mcq_mode, feature_cache, model_fp, settings_fingerprint(_settings(processor, settings)),
                store=features if feature_cache else None, encoder_fp=_encoder_fingerprint(model_fp, processor),
                rank=rank)
-    items = _plan(run, samples, prompt_styles)
+    items = _plan(run, samples, settings.prompt_styles)
     store = RecordStore(records_path, rank, world)
     done = store.load()
     todo = [it for it in items if any(k not in done for k in it.keys.values())]
     shard = todo[rank::world]
-    new_records, passes = _evaluate_shard(run, shard, store, done, batch_size,
+    new_records, passes = _evaluate_shard(run, shard, store, done, settings.batch_size,
                                           (progress is None or bool(progress)) and rank == 0)
     with_images = sum(1 for it in shard if it.sample.image is not None)
     gathered = distributed.all_gather((new_records, passes, len(shard), with_images))
@@ -160,12 +182,12 @@ def normalize_mask_sets(slot_names, mask_sets, mask_mode="removal"):
     return out
 
 
-def _check_arguments(samples, mask_sets, mask_mode, mask_values, mcq_mode, batch_size, max_new_tokens):
-    if mask_mode not in MASK_MODES:
-        raise ConfigError(f"mask mode '{mask_mode}' unknown; use one of {', '.join(MASK_MODES)}")
-    if mcq_mode not in MCQ_MODES:
-        raise ConfigError(f"mcq mode '{mcq_mode}' unknown; use one of {', '.join(MCQ_MODES)}")
-    if batch_size < 1 or max_new_tokens < 1:
+def _check_arguments(samples, mask_sets, settings):
+    if settings.mask_mode not in MASK_MODES:
+        raise ConfigError(f"mask mode '{settings.mask_mode}' unknown; use one of {', '.join(MASK_MODES)}")
+    if settings.mcq_mode not in MCQ_MODES:
+        raise ConfigError(f"mcq mode '{settings.mcq_mode}' unknown; use one of {', '.join(MCQ_MODES)}")
+    if settings.batch_size < 1 or settings.max_new_tokens < 1:
         raise ConfigError("batch size and max new tokens must be at least 1")
     if not samples:
         raise DataError("no samples to evaluate")
@@ -181,12 +203,14 @@ def _processor_config(processor):
     return processor.to_dict() if hasattr(processor, "to_dict") else type(processor).__name__
 
 
-def _settings(processor, mask_mode, mask_values, max_new_tokens, mcq_mode):
+def _settings(processor, settings):
+    """What a record's settings fingerprint covers (the batch size and prompt styles are not in it)."""
     values = None
-    if mask_mode == "mean":
-        values = {k: v.detach().float().cpu().numpy().round(6).tolist() for k, v in sorted(mask_values.items())}
-    return {"mask_mode": mask_mode, "max_new_tokens": max_new_tokens, "mcq_mode": mcq_mode,
-            "mask_values": values, "processor": _processor_config(processor)}
+    if settings.mask_mode == "mean":
+        values = {k: v.detach().float().cpu().numpy().round(6).tolist()
+                  for k, v in sorted(settings.mask_values.items())}
+    return {"mask_mode": settings.mask_mode, "max_new_tokens": settings.max_new_tokens,
+            "mcq_mode": settings.mcq_mode, "mask_values": values, "processor": _processor_config(processor)}
 
 
 def _encoder_fingerprint(model_fp, processor):
@@ -216,23 +240,24 @@ class RecordKeys:
     """The record keys :func:`evaluate` files its results under, without evaluating anything.
 
     Lets a caller (``encslim rank``) look its results up in a records file before deciding what
-    to evaluate; the records stay the one per-sample cache. Arguments as for :func:`evaluate`.
+    to evaluate; the records stay the one per-sample cache. Arguments as for :func:`evaluate` (the
+    mask mode of ``settings`` is the one :meth:`keys` is given).
     """
 
     evaluator_writes = True  # evaluate() files these records itself when given a records path
 
-    def __init__(self, model, processor, adapter, samples, max_new_tokens=8, mask_values=None, mcq_mode="logits",
-                 prompt_styles=None):
-        self.processor, self.max_new_tokens, self.mask_values, self.mcq_mode = (processor, max_new_tokens,
-                                                                                 mask_values, mcq_mode)
+    def __init__(self, loaded, samples, settings=EvalSettings()):
+        model, processor, adapter = loaded
+        self.processor, self.settings = processor, settings
         self.model_fp = model_fingerprint(model)
-        self.sample_fps = [sample_fingerprint(s, _prompt(adapter, processor, s, prompt_styles)) for s in samples]
+        self.sample_fps = [sample_fingerprint(s, _prompt(adapter, processor, s, settings.prompt_styles))
+                           for s in samples]
         self._settings = {}
 
     def settings_fp(self, mask_mode):
         if mask_mode not in self._settings:
             self._settings[mask_mode] = settings_fingerprint(
-                _settings(self.processor, mask_mode, self.mask_values, self.max_new_tokens, self.mcq_mode))
+                _settings(self.processor, replace(self.settings, mask_mode=mask_mode)))
         return self._settings[mask_mode]
 
     def keys(self, masked, mask_mode):
@@ -316,10 +341,10 @@ def _pixel_inputs(run, items, rows, masked):
 def _answer(run, items, inputs, features, masked):
     """Answers of one batch: ``features`` cached, or None to encode the pixels in ``inputs``."""
     common = {"masked": masked, "mask_mode": run.mask_mode, "mask_values": run.mask_values}
+    loaded = Loaded(run.model, run.processor, run.adapter)
     if items[0].sample.metric == "mcq" and run.mcq_mode == "logits":
-        return choose_options(run.adapter, run.model, run.processor, features, inputs,
-                              [it.sample.options for it in items], **common)
-    return generate_texts(run.adapter, run.model, run.processor, features, inputs, run.max_new_tokens, **common)
+        return choose_options(loaded, features, inputs, [it.sample.options for it in items], **common)
+    return generate_texts(loaded, features, inputs, run.max_new_tokens, **common)
 
 
 def _record(run, item, masked, prediction):

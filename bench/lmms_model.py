@@ -335,10 +335,10 @@ class EncslimLmms(_Base):
                                            masked=masked, mask_mode=self.mask_mode)
         device = self._model.device
         batch = {k: v.to(device) for k, v in batch.items()}
+        loaded = (self._model, self.processor, self.adapter)
         if not with_image:  # no image: no encoder runs and no mask applies (as encslim eval answers)
-            return generate_texts(self.adapter, self._model, self.processor, {}, batch, budget)
-        return generate_texts(self.adapter, self._model, self.processor, None, batch, budget,
-                              masked=self.masked, mask_mode=self.mask_mode)
+            return generate_texts(loaded, {}, batch, budget)
+        return generate_texts(loaded, None, batch, budget, masked=self.masked, mask_mode=self.mask_mode)
 
 
 def manifest():

@@ -53,13 +53,13 @@ def evaluate_demo(model, processor, samples, mask_sets=((),), batch_size=50, max
         ``{masked tuple: {"overall": acc, category: acc}}``.
     """
     from .data import to_samples
-    from ..bench.evaluate import evaluate
+    from ..bench.evaluate import EvalSettings, evaluate
     from ..models.registry import get_adapter
 
     model.eval()
-    result = evaluate(model, processor, get_adapter(model.config.model_type), to_samples(samples),
-                      mask_sets=[frozenset(m) for m in mask_sets], batch_size=batch_size,
-                      max_new_tokens=max_new_tokens)
+    result = evaluate((model, processor, get_adapter(model.config.model_type)), to_samples(samples),
+                      mask_sets=[frozenset(m) for m in mask_sets],
+                      settings=EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens))
     return {tuple(m): {k: round(v, 4) for k, v in result.accuracy(frozenset(m)).items()} for m in mask_sets}
 
 

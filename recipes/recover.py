@@ -363,13 +363,12 @@ def _train(folder, model_path, masked, train, settings, variant, model_dir, echo
 
 
 def _evaluate(model_dir, samples, eval_kwargs, device, dtype):
-    from ..bench.evaluate import evaluate
+    from ..bench.evaluate import EvalSettings, evaluate
     from ..models.loading import load_model
 
-    model, processor, adapter = load_model(model_dir, device=device, dtype=dtype)
-    result = evaluate(model, processor, adapter, samples, mask_sets=[frozenset()],
-                      batch_size=eval_kwargs.get("batch_size", 8),
-                      max_new_tokens=eval_kwargs.get("max_new_tokens", 8))
+    loaded = load_model(model_dir, device=device, dtype=dtype)
+    result = evaluate(loaded, samples, mask_sets=[frozenset()], settings=EvalSettings(
+        batch_size=eval_kwargs.get("batch_size", 8), max_new_tokens=eval_kwargs.get("max_new_tokens", 8)))
     scores = result.scores[frozenset()]
     return {"accuracy": accuracy([scores[s.id] for s in samples], [s.category for s in samples]), "n": len(samples)}
 

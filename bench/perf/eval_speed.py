@@ -24,7 +24,7 @@ from PIL import Image
 
 from . import arguments
 from ...models.registry import get_adapter
-from ..evaluate import evaluate
+from ..evaluate import EvalSettings, evaluate
 from ...data.samples import Sample
 from .models import random_model, text, vision
 
@@ -65,15 +65,16 @@ def compare(model, processor, samples, mask_mode="zero", batch_size=4, max_new_t
     adapter = get_adapter(model.config.model_type)
     slots = adapter.slot_names(model.config)
     mask_sets = [frozenset()] + [frozenset({s}) for s in slots]
-    kwargs = dict(mask_mode=mask_mode, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    evaluate(model, processor, adapter, samples[:batch_size], mask_sets=mask_sets, **kwargs)  # warm-up
+    loaded, settings = (model, processor, adapter), EvalSettings(mask_mode, batch_size=batch_size,
+                                                                 max_new_tokens=max_new_tokens)
+    evaluate(loaded, samples[:batch_size], mask_sets, settings)  # warm-up
     start = time.perf_counter()
-    cached = evaluate(model, processor, adapter, samples, mask_sets=mask_sets, **kwargs)
+    cached = evaluate(loaded, samples, mask_sets, settings)
     cached_s = time.perf_counter() - start
     separate_s, separate_passes, identical = 0.0, 0.0, True
     for masked in mask_sets:
         start = time.perf_counter()
-        alone = evaluate(model, processor, adapter, samples, mask_sets=[masked], feature_cache=False, **kwargs)
+        alone = evaluate(loaded, samples, [masked], settings, feature_cache=False)
         separate_s += time.perf_counter() - start
         separate_passes += alone.encoder_passes
         identical &= alone.predictions[masked] == cached.predictions[masked]
@@ -90,10 +91,10 @@ def compare(model, processor, samples, mask_mode="zero", batch_size=4, max_new_t
 def full_model_speed(model, processor, samples, batch_size=4, max_new_tokens=4):
     """Samples/s of a plain full-model evaluation (after a warm-up batch)."""
     adapter = get_adapter(model.config.model_type)
-    kwargs = dict(batch_size=batch_size, max_new_tokens=max_new_tokens)
-    evaluate(model, processor, adapter, samples[:batch_size], **kwargs)
+    loaded, settings = (model, processor, adapter), EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens)
+    evaluate(loaded, samples[:batch_size], settings=settings)
     start = time.perf_counter()
-    evaluate(model, processor, adapter, samples, **kwargs)
+    evaluate(loaded, samples, settings=settings)
     return len(samples) / (time.perf_counter() - start)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from encslim.data.load import load_samples
-from encslim.bench.evaluate import evaluate
+from encslim.bench.evaluate import EvalSettings, evaluate
 from encslim.bench.features import encode_images, mean_features
 from encslim.bench.answering import option_token_ids
 from encslim.bench.results import EvalResult
@@ -32,15 +32,15 @@ def models(tiny_model_dir):
 
 @pytest.mark.parametrize("fusion, mode", [("A1", "removal"), ("B", "removal"), ("C", "zero"), ("A2", "mean")])
 def test_cache_equals_separate_evaluations(models, mixed_jsonl, fusion, mode):
-    model, processor, adapter = models(fusion)
+    loaded = model, processor, adapter = models(fusion)
     samples = load_samples(mixed_jsonl)
     values = mean_features(model, processor, adapter, samples, batch_size=5) if mode == "mean" else None
-    kwargs = dict(mask_mode=mode, batch_size=5, max_new_tokens=4, mask_values=values)
-    cached = evaluate(model, processor, adapter, samples, mask_sets=MASKS, **kwargs)
+    kwargs = dict(settings=EvalSettings(mask_mode=mode, batch_size=5, max_new_tokens=4, mask_values=values))
+    cached = evaluate(loaded, samples, mask_sets=MASKS, **kwargs)
     assert cached.encoder_passes == 3.0  # each encoder once per sample, for 4 mask sets
     separate_passes = 0.0
     for masked in MASKS:
-        alone = evaluate(model, processor, adapter, samples, mask_sets=[masked], feature_cache=False, **kwargs)
+        alone = evaluate(loaded, samples, mask_sets=[masked], feature_cache=False, **kwargs)
         assert alone.predictions[masked] == cached.predictions[masked]
         assert alone.scores[masked] == cached.scores[masked]
         separate_passes += alone.encoder_passes
@@ -60,9 +60,9 @@ def test_mean_features_are_the_data_mean(models, mixed_jsonl):
 
 
 def test_mcq_logits_choose_argmax_over_option_tokens(models, mixed_jsonl):
-    model, processor, adapter = models("B")
+    loaded = model, processor, adapter = models("B")
     samples = [s for s in load_samples(mixed_jsonl) if s.metric == "mcq"]
-    batched = evaluate(model, processor, adapter, samples, mask_sets=MASKS[:2], batch_size=4)
+    batched = evaluate(loaded, samples, mask_sets=MASKS[:2], settings=EvalSettings(batch_size=4))
     ids = option_token_ids(processor.tokenizer, ["A", "B", "C"])
     for sample in samples:
         prompt = processor.build_prompt(
@@ -77,20 +77,21 @@ def test_mcq_logits_choose_argmax_over_option_tokens(models, mixed_jsonl):
 
 
 def test_resume_skips_what_is_done(models, mixed_jsonl, tmp_path):
-    model, processor, adapter = models("A1")
+    loaded = model, processor, adapter = models("A1")
     samples = load_samples(mixed_jsonl)
     records = tmp_path / "records.jsonl"
-    first = evaluate(model, processor, adapter, samples[:6], mask_sets=MASKS, records_path=records, max_new_tokens=3)
+    first = evaluate(loaded, samples[:6], mask_sets=MASKS, records_path=records,
+                     settings=EvalSettings(max_new_tokens=3))
     assert first.evaluated == 6 and len(records.read_text().splitlines()) == 6 * 4
     with open(records, "a") as f:
         f.write('{"key": "trunc')  # an interrupted write
-    second = evaluate(model, processor, adapter, samples, mask_sets=MASKS, records_path=records, max_new_tokens=3)
+    second = evaluate(loaded, samples, mask_sets=MASKS, records_path=records, settings=EvalSettings(max_new_tokens=3))
     assert second.evaluated == 6 and second.encoder_passes == 3.0
-    third = evaluate(model, processor, adapter, samples, mask_sets=MASKS, records_path=records, max_new_tokens=3)
+    third = evaluate(loaded, samples, mask_sets=MASKS, records_path=records, settings=EvalSettings(max_new_tokens=3))
     assert third.evaluated == 0 and third.encoder_passes == 0.0 and third.scores == second.scores
-    fresh = evaluate(model, processor, adapter, samples, mask_sets=MASKS, max_new_tokens=3)
+    fresh = evaluate(loaded, samples, mask_sets=MASKS, settings=EvalSettings(max_new_tokens=3))
     assert fresh.predictions == third.predictions
-    other = evaluate(model, processor, adapter, samples, mask_sets=MASKS, records_path=records, max_new_tokens=2)
+    other = evaluate(loaded, samples, mask_sets=MASKS, records_path=records, settings=EvalSettings(max_new_tokens=2))
     assert other.evaluated == 12  # other settings: nothing reused
     lines = [json.loads(x) for x in records.read_text().splitlines() if x.startswith('{"key": "') and x.endswith("}")]
     record = lines[0]
@@ -99,23 +100,23 @@ def test_resume_skips_what_is_done(models, mixed_jsonl, tmp_path):
 
 
 def test_text_only_sample_scores_the_same_under_every_mask(models):
-    model, processor, adapter = models("B")
+    loaded = model, processor, adapter = models("B")
     sample = Sample(id="t", question="Capital of France?", answers=["Paris"], metric="exact", category="Knowledge")
-    result = evaluate(model, processor, adapter, [sample], mask_sets=MASKS, max_new_tokens=3)
+    result = evaluate(loaded, [sample], mask_sets=MASKS, settings=EvalSettings(max_new_tokens=3))
     assert len({result.predictions[m]["t"] for m in MASKS}) == 1 and result.encoder_passes == 0.0
 
 
 def test_bad_arguments(models, mixed_jsonl):
-    model, processor, adapter = models("A1")
+    loaded = model, processor, adapter = models("A1")
     samples = load_samples(mixed_jsonl)[:2]
     with pytest.raises(ConfigError, match="unknown slot.*sam; this model's slots are clip, siglip, dinov2"):
-        evaluate(model, processor, adapter, samples, mask_sets=[{"sam"}])
+        evaluate(loaded, samples, mask_sets=[{"sam"}])
     with pytest.raises(ConfigError, match="masks every encoder"):
-        evaluate(model, processor, adapter, samples, mask_sets=[set(SLOTS)])
+        evaluate(loaded, samples, mask_sets=[set(SLOTS)])
     with pytest.raises(ConfigError, match="needs mask_values for clip"):
-        evaluate(model, processor, adapter, samples, mask_sets=[{"clip"}], mask_mode="mean")
+        evaluate(loaded, samples, mask_sets=[{"clip"}], settings=EvalSettings(mask_mode="mean"))
     with pytest.raises(DataError, match="sample id 'q0' appears twice"):
-        evaluate(model, processor, adapter, [samples[0], samples[0]])
+        evaluate(loaded, [samples[0], samples[0]])
 
 
 def test_aggregation_overall_is_mean_over_samples():
@@ -137,12 +138,12 @@ def test_aggregation_overall_is_mean_over_samples():
 
 
 def test_scores_follow_predictions(models, mixed_jsonl):
-    model, processor, adapter = models("B")
+    loaded = model, processor, adapter = models("B")
     samples = load_samples(mixed_jsonl)
-    first = evaluate(model, processor, adapter, samples, mask_sets=MASKS, max_new_tokens=3)
+    first = evaluate(loaded, samples, mask_sets=MASKS, settings=EvalSettings(max_new_tokens=3))
     for sample in samples:  # make the full model's answers the ground truth
         sample.answers = [first.predictions[frozenset()][sample.id]]
-    second = evaluate(model, processor, adapter, samples, mask_sets=MASKS, max_new_tokens=3)
+    second = evaluate(loaded, samples, mask_sets=MASKS, settings=EvalSettings(max_new_tokens=3))
     assert second.accuracy()["overall"] == 1.0
     for masked in MASKS[1:]:
         agree = [float(second.predictions[masked][s.id] == first.predictions[frozenset()][s.id]) for s in samples]
@@ -154,24 +155,24 @@ def test_scores_follow_predictions(models, mixed_jsonl):
 def test_feature_store_spans_calls(models, mixed_jsonl, fusion, mode):
     from encslim.bench.features import FeatureStore
 
-    model, processor, adapter = models(fusion)
+    loaded = model, processor, adapter = models(fusion)
     samples = load_samples(mixed_jsonl)
     store = FeatureStore()
-    kwargs = dict(mask_mode=mode, batch_size=5, max_new_tokens=3)
-    first = evaluate(model, processor, adapter, samples, mask_sets=MASKS[:2], features=store, **kwargs)
+    kwargs = dict(settings=EvalSettings(mask_mode=mode, batch_size=5, max_new_tokens=3))
+    first = evaluate(loaded, samples, mask_sets=MASKS[:2], features=store, **kwargs)
     assert first.encoder_passes_total == 3 * len(samples) and len(store) == len(samples)
     later = [frozenset({"clip", "siglip"}), frozenset({"dinov2"})]
     # a later call reuses every feature (stacked back from the store): no encoder runs
-    second = evaluate(model, processor, adapter, samples, mask_sets=later, features=store, **kwargs)
+    second = evaluate(loaded, samples, mask_sets=later, features=store, **kwargs)
     assert second.encoder_passes_total == 0 and second.encoder_passes == 0.0
-    plain = evaluate(model, processor, adapter, samples, mask_sets=MASKS[:2] + later, **kwargs)
+    plain = evaluate(loaded, samples, mask_sets=MASKS[:2] + later, **kwargs)
     for masked in MASKS[:2]:
         assert first.predictions[masked] == plain.predictions[masked]
     for masked in later:
         assert second.predictions[masked] == plain.predictions[masked]
     # a store too small for the second sample: the rest is encoded again, with the same answers
     tiny = FeatureStore(max_bytes=store.nbytes // len(samples))
-    evaluate(model, processor, adapter, samples, mask_sets=MASKS[:2], features=tiny, **kwargs)
-    again = evaluate(model, processor, adapter, samples, mask_sets=later, features=tiny, **kwargs)
+    evaluate(loaded, samples, mask_sets=MASKS[:2], features=tiny, **kwargs)
+    again = evaluate(loaded, samples, mask_sets=later, features=tiny, **kwargs)
     assert tiny.refused > 0 and 0 < again.encoder_passes_total < 3 * len(samples)
     assert again.predictions == {m: plain.predictions[m] for m in later}

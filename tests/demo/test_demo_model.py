@@ -74,13 +74,13 @@ def test_the_written_demo_files_score_exactly_as_the_generated_records(demo, met
     """`demo data` files read by data.load (PNG images, JSONL rows) give the accuracies of the records."""
     from encslim.data.load import load_samples
     from encslim.demo.data import write_demo_data
-    from encslim.bench.evaluate import evaluate
+    from encslim.bench.evaluate import EvalSettings, evaluate
 
     model, processor, adapter = demo
     write_demo_data(tmp_path / "d", seed=meta["seed"], n_train=4, n_eval=meta["config"]["n_eval"])
     samples = load_samples([tmp_path / "d" / "eval.jsonl"])
-    result = evaluate(model, processor, adapter, samples, mask_sets=[frozenset(), frozenset({"vit"})],
-                      batch_size=50, max_new_tokens=6)
+    result = evaluate(demo, samples, mask_sets=[frozenset(), frozenset({"vit"})],
+                      settings=EvalSettings(batch_size=50, max_new_tokens=6))
     for mask, label in ((frozenset(), "full"), (frozenset({"vit"}), "-vit")):
         got = result.accuracy(mask)
         assert {k: round(v, 4) for k, v in got.items()} == accuracy[label], (label, got)

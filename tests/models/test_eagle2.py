@@ -331,7 +331,7 @@ def test_a_batch_of_different_tile_counts_equals_each_image_alone(tiny):
 def test_tiles_round_trip_through_the_feature_store(tiny):
     """Features kept per sample (different lengths) and text built from the images' sizes give the pixel
     path's logits; evaluate() with the store equals evaluate() without any cache, in every mask mode."""
-    from encslim.bench.evaluate import evaluate
+    from encslim.bench.evaluate import EvalSettings, evaluate
     from encslim.bench.features import FeatureStore, mean_features
     from encslim.data.samples import Sample
 
@@ -343,12 +343,14 @@ def test_tiles_round_trip_through_the_feature_store(tiny):
     values = mean_features(model, processor, adapter, samples, batch_size=3)
     for mode in ("removal", "zero", "mean"):
         masks = [frozenset(), frozenset({"siglip"})] + ([frozenset({"siglip", "convnext"})] if mode != "removal" else [])
-        kwargs = dict(mask_mode=mode, batch_size=2, max_new_tokens=2, mask_values=values if mode == "mean" else None)
+        kwargs = dict(settings=EvalSettings(mask_mode=mode, batch_size=2, max_new_tokens=2,
+                                             mask_values=values if mode == "mean" else None))
         store = FeatureStore()
-        stored = [evaluate(model, processor, adapter, samples, mask_sets=[m], features=store, **kwargs) for m in masks]
+        loaded = (model, processor, adapter)
+        stored = [evaluate(loaded, samples, mask_sets=[m], features=store, **kwargs) for m in masks]
         assert len(store) == len(samples)
         for masked, result in zip(masks, stored):
-            plain = evaluate(model, processor, adapter, samples, mask_sets=[masked], feature_cache=False, **kwargs)
+            plain = evaluate(loaded, samples, mask_sets=[masked], feature_cache=False, **kwargs)
             assert plain.predictions[masked] == result.predictions[masked]
     # the mean counts each image's own tokens only (not the padding after a 1-tile image's row)
     batch = adapter.prepare_batch(processor, [s.image for s in samples], ["<image>"] * len(samples))

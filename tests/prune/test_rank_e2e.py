@@ -61,13 +61,13 @@ def test_cli_all_subsets_then_cached_rerun(tiny_model_dir, demo_eval, tmp_path, 
 
 def test_scores_match_a_direct_evaluation_class_b(tiny_model_dir, demo_eval):
     from encslim.data.load import load_samples
-    from encslim.bench.evaluate import evaluate
+    from encslim.bench.evaluate import EvalSettings, evaluate
     from encslim.models.loading import load_model
 
     loaded = load_model(tiny_model_dir(fusion="B"))
     ranking = rank(loaded, demo_eval, subsets="single", bootstrap=0, max_new_tokens=4)
     samples = load_samples(demo_eval)
-    direct = evaluate(*loaded, samples, mask_sets=[frozenset({"siglip"})], max_new_tokens=4)
+    direct = evaluate(loaded, samples, mask_sets=[frozenset({"siglip"})], settings=EvalSettings(max_new_tokens=4))
     scores = direct.scores[frozenset({"siglip"})]
     row = next(r for r in ranking["subsets"] if r["masked"] == ["siglip"])
     assert row["accuracy"]["overall"] == pytest.approx(np.mean([scores[s.id] for s in samples]))

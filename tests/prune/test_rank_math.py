@@ -31,9 +31,8 @@ class FakeEvaluator:
     def __init__(self, slots, rule):
         self.slots, self.rule, self.calls = list(slots), rule, []
 
-    def __call__(self, model, processor, adapter, samples, mask_sets=(), mask_mode="removal", batch_size=8,
-                 max_new_tokens=8, records_path=None, mask_values=None, progress=False):
-        self.calls.append((list(mask_sets), mask_mode))
+    def __call__(self, loaded, samples, mask_sets=(), settings=None, records_path=None, progress=False):
+        self.calls.append((list(mask_sets), settings.mask_mode))
         scores = {m: {s.id: float(self.rule(s, set(self.slots) - set(m))) for s in samples} for m in mask_sets}
         return FakeResult(scores, {s.id: s.category for s in samples}, len(self.slots))
 

@@ -48,7 +48,7 @@ def _write_vlmeval_tsv(path, samples, predictions, drop=()):
 def per_mask_predictions(tiny_model_dir, demo_eval):
     """The tiny model's own answers under every mask set, from the evaluator (as rank evaluates them:
     the no-encoder set with the zero mask)."""
-    from encslim.bench.evaluate import evaluate
+    from encslim.bench.evaluate import EvalSettings, evaluate
     from encslim.data.load import load_samples
     from encslim.models.loading import load_model
     from encslim.prune.subsets import mask_sets
@@ -57,8 +57,9 @@ def per_mask_predictions(tiny_model_dir, demo_eval):
     samples = load_samples(demo_eval)
     everything = frozenset(SLOTS)
     sets = mask_sets(list(SLOTS), "all")
-    normal = evaluate(*loaded, samples, mask_sets=[m for m in sets if m != everything], max_new_tokens=4)
-    blind = evaluate(*loaded, samples, mask_sets=[everything], mask_mode="zero", max_new_tokens=4)
+    normal = evaluate(loaded, samples, mask_sets=[m for m in sets if m != everything],
+                      settings=EvalSettings(max_new_tokens=4))
+    blind = evaluate(loaded, samples, mask_sets=[everything], settings=EvalSettings("zero", max_new_tokens=4))
     predictions = {**normal.predictions, **blind.predictions}
     return samples, predictions
 
