@@ -98,3 +98,72 @@ def test_at_most_five_functions_over_60_lines():
     bound = max(MAX_LONG_FUNCTIONS, LONG_FUNCTIONS_BOUND)
     assert len(found) <= bound, (f"{len(found)} functions over {MAX_FUNCTION_LINES} lines (at most {bound}): "
                                  + "; ".join(f"{where} ({n})" for n, where in found))
+
+
+# Public functions take at most MAX_PARAMETERS parameters (issue 30): positional-only, positional and keyword-only ones,
+# not self/cls and not *args/**kwargs; a function whose name starts with "_" is private and not counted.
+MAX_PARAMETERS = 8
+# "path name" -> parameters of the public functions still over the limit, being reduced now by other engineers
+# (issue 30): the streaming executor and the native forward (engineer A), the rank computation and predictions
+# (engineer B). It may only shrink, and no count may grow; it goes once they land.
+PARAMETERS_BOUND = {
+    "models/shards.py stream_checkpoint": 9,
+    "models/families/native/modeling.py forward": 15,
+    "prune/rank_compute.py compute_ranking": 12,
+    "prune/rank_predictions.py rank_predictions": 12,
+}
+
+
+def parameter_counts(source):
+    """``[(name, first line, parameters)]`` of every public function and method in ``source``, nested ones included.
+
+    Parameters are the positional-only, positional and keyword-only ones; a leading ``self`` or ``cls`` and
+    ``*args``/``**kwargs`` are not counted; names starting with ``_`` (private, dunder) are left out.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            names = [a.arg for a in (*node.args.posonlyargs, *node.args.args)]
+            if names and names[0] in ("self", "cls"):
+                names = names[1:]
+            found.append((node.name, node.lineno, len(names) + len(node.args.kwonlyargs)))
+    return found
+
+
+def public_functions_over(limit=MAX_PARAMETERS, root=ROOT):
+    """``[(parameters, "path name", line)]`` of public library functions with more than ``limit`` parameters."""
+    found = []
+    for path in library_files(root):
+        for name, line, n in parameter_counts(path.read_text(encoding="utf-8")):
+            if n > limit:
+                found.append((n, f"{path.relative_to(root)} {name}", line))
+    return sorted(found, reverse=True)
+
+
+def test_parameter_counts_leave_out_self_varargs_and_private_functions():
+    source = ("def f(a, b, /, c, *args, d, e=1, **kwargs):\n    def inner(x, *, y):\n        pass\n\n\n"
+              "def _private(a, b, c, d, e, f, g, h, i):\n    pass\n\n\n"
+              "class A:\n    def method(self, a):\n        pass\n\n    @classmethod\n    def make(cls, *, b):\n"
+              "        pass\n\n    def __init__(self, a, b, c, d, e, f, g, h, i):\n        pass\n\n\n"
+              "async def g(*args, **kwargs):\n    pass\n")
+    assert parameter_counts(source) == [("f", 1, 5), ("g", 22, 0), ("inner", 2, 2), ("method", 11, 1),
+                                        ("make", 15, 1)]
+
+
+def test_public_functions_over_lists_each_with_its_path(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("def wide(a, b, c, *, d):\n    pass\n\n\ndef narrow(a):\n    pass\n")
+    assert public_functions_over(3, tmp_path) == [(4, "pkg/m.py wide", 1)]
+    assert public_functions_over(4, tmp_path) == []
+
+
+def test_no_public_function_over_8_parameters():
+    found = public_functions_over()
+    for n, where, line in found:
+        print(f"{n:3d} parameters  {where} (line {line})")
+    new = sorted(f"{where} ({n})" for n, where, _ in found if where not in PARAMETERS_BOUND)
+    grown = sorted(f"{where} ({n} > {PARAMETERS_BOUND[where]})" for n, where, _ in found
+                   if where in PARAMETERS_BOUND and n > PARAMETERS_BOUND[where])
+    assert not new, (f"public functions with more than {MAX_PARAMETERS} parameters: {', '.join(new)}; group what "
+                     "travels together (a config, a small frozen dataclass)")
+    assert not grown, f"grew although over the limit already: {', '.join(grown)}"
