@@ -16,12 +16,16 @@ option differently (``--format`` for the field ``formats``); ``{"metavar": ...}`
 import difflib
 import types
 import typing
-from typing import Literal, Union
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar, Union
 
 import click
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .errors import ConfigError
+
+C = TypeVar("C", bound="StageConfig")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class StageConfig(BaseModel):
@@ -29,7 +33,7 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    def __init__(self, **data):
+    def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as err:
@@ -39,7 +43,7 @@ class StageConfig(BaseModel):
     # so the recipe reports them with their dotted keys
     __init__.__pydantic_base_init__ = True
 
-    def merged(self, **overrides):
+    def merged(self: C, **overrides: Any) -> C:
         """A new config: this one's fields with ``overrides`` applied, validated again.
 
         Raises:
@@ -50,7 +54,7 @@ class StageConfig(BaseModel):
         return type(self)(**{**self.model_dump(), **overrides})
 
     @classmethod
-    def build(cls, config=None, **overrides):
+    def build(cls: type[C], config: C | Mapping[str, Any] | None = None, **overrides: Any) -> C:
         """``config`` (an instance, a dict of fields, or ``None`` for the defaults) with ``overrides``.
 
         Raises:
@@ -159,7 +163,7 @@ def _list_callback(nested, default):
     return convert
 
 
-def click_options(config_class, exclude=()):
+def click_options(config_class: type["StageConfig"], exclude: Iterable[str] = ()) -> Callable[[F], F]:
     """A decorator adding one Click option per field of ``config_class`` (in declaration order).
 
     Args:
@@ -171,7 +175,7 @@ def click_options(config_class, exclude=()):
     """
     fields = [(n, f) for n, f in config_class.model_fields.items() if n not in exclude]
 
-    def decorate(command):
+    def decorate(command: F) -> F:
         for name, field in reversed(fields):
             command = field_option(name, field)(command)
         return command
@@ -179,7 +183,8 @@ def click_options(config_class, exclude=()):
     return decorate
 
 
-def config_from_options(config_class, values, exclude=()):
+def config_from_options(config_class: type[C], values: Mapping[str, Any],
+                        exclude: Iterable[str] = ()) -> tuple[C, dict[str, Any]]:
     """Build ``config_class`` from a command's keyword arguments (its fields only).
 
     Args:

@@ -1,6 +1,8 @@
 """``encslim prune``: choose slots (explicitly or from a ranking) and remove them physically."""
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import click
 
@@ -8,7 +10,7 @@ from ..options import click_options, config_from_options
 from .config import PruneConfig, SelectConfig
 
 
-def _fmt_bytes(n):
+def _fmt_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
@@ -16,7 +18,7 @@ def _fmt_bytes(n):
     return f"{n} B"
 
 
-def _print_summary(result):
+def _print_summary(result: Mapping[str, Any]) -> None:
     plan, summary = result["plan"], result["summary"]
     exact = "yes" if plan["exact"] else "no (recommend fine-tuning)"
     click.echo(f"plan: drop {', '.join(plan['drop'])} (keep {', '.join(plan['kept'])}); fusion "
@@ -48,7 +50,7 @@ def _print_summary(result):
         click.echo(f"note: {note}")
 
 
-def _print_verification(verification):
+def _print_verification(verification: Mapping[str, Any]) -> None:
     if verification.get("skipped"):
         click.echo(f"verification: skipped ({verification['reason']})")
         return
@@ -68,7 +70,7 @@ def _print_verification(verification):
         click.echo(f"recommendation: {verification['recommendation']}")
 
 
-def _in_memory(command):
+def _in_memory(command: click.Command) -> click.Command:
     """``--streaming/--in-memory``: the executor's two names (the generated option would say --no-streaming)."""
     option = next(p for p in command.params if p.name == "streaming")
     option.secondary_opts = ["--in-memory"]
@@ -84,18 +86,19 @@ def _in_memory(command):
 @click_options(PruneConfig)
 @click.option("--data", multiple=True, help="Benchmark file(s) for verification samples.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def prune_cmd(model, ranking, out, data, as_json, encoders=None, **options):
+def prune_cmd(model: str, ranking: str | None, out: str | None, data: tuple[str, ...], as_json: bool,
+              encoders: Mapping[str, str] | None = None, **options: Any) -> None:
     """Remove encoder slots from MODEL and write the pruned model to --out."""
     from .select import read_ranking, select
     from .surgery import model_slots, open_folder, prune
 
     choice, options = config_from_options(SelectConfig, options)  # bad values fail before the model is opened
     config, _ = config_from_options(PruneConfig, options)
-    model = open_folder(model, encoders)  # config, family and weight headers read once for both calls below
-    selection = select(model_slots(model), read_ranking(ranking) if ranking else None, choice)
+    folder = open_folder(model, encoders)  # config, family and weight headers read once for both calls below
+    selection = select(model_slots(folder), read_ranking(ranking) if ranking else None, choice)
     if selection.basis != "explicit":
         click.echo(f"selected: drop {', '.join(selection.drop)} ({selection.reason})", err=as_json)
-    result = prune(model, selection, out, config, data=list(data) or None)
+    result = prune(folder, selection, out, config, data=list(data) or None)
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
         return

@@ -9,7 +9,8 @@ here only. The inputs and the output (MODEL, ``--data``, ``--ranking``, ``--out`
 arguments of the functions and commands.
 """
 
-from typing import Literal, Optional
+from collections.abc import Iterable
+from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -59,15 +60,15 @@ class RankConfig(StageConfig):
 
     @field_validator("cache", mode="before")
     @classmethod
-    def _path_text(cls, value):
+    def _path_text(cls, value: object) -> str | None:
         return None if value is None else str(value)
 
 
-def _flag(name):
+def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _split_names(value):
+def _split_names(value: str | Iterable[object] | None) -> list[str] | None:
     """Slot names from ``["a,b", "c"]`` or ``"a,b"`` (the CLI's repeated, comma-separated form)."""
     if value is None:
         return None
@@ -99,12 +100,12 @@ class SelectConfig(StageConfig):
 
     @field_validator("drop", mode="before")
     @classmethod
-    def _names(cls, value):
+    def _names(cls, value: str | Iterable[object] | None) -> list[str] | None:
         return _split_names(value)
 
     @model_validator(mode="before")
     @classmethod
-    def _named_policy(cls, data):
+    def _named_policy(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("policy") in POLICIES:
             others = [name for name in POLICIES if name != data["policy"]]
             data = {k: v for k, v in data.items() if k not in others}
@@ -113,7 +114,7 @@ class SelectConfig(StageConfig):
         return data
 
     @model_validator(mode="after")
-    def _one_policy(self):
+    def _one_policy(self) -> "SelectConfig":
         chosen = self.policies()
         if self.policy is not None and chosen != [self.policy]:
             raise ValueError(f"policy '{self.policy}' needs {self.policy}: "
@@ -131,14 +132,14 @@ class SelectConfig(StageConfig):
             raise ValueError("--on recovered (a recipe's accuracy: recovered) works with --min-retained only")
         return self
 
-    def policies(self):
+    def policies(self) -> list[str]:
         """The policy fields set (exactly one in a valid config)."""
-        values = {"drop": self.drop, "keep": self.keep, "min_retained": self.min_retained,
+        values: dict[str, object] = {"drop": self.drop, "keep": self.keep, "min_retained": self.min_retained,
                   "drop_negative": self.drop_negative or None, "budget": self.budget}
         return [name for name in POLICIES if values[name] is not None]
 
     @property
-    def chosen(self):
+    def chosen(self) -> str:
         """The one policy's name."""
         return self.policies()[0]
 
@@ -160,7 +161,7 @@ class PruneConfig(StageConfig):
 
     @field_validator("max_shard_size")
     @classmethod
-    def _size(cls, value):
+    def _size(cls, value: str) -> str:
         from ..errors import ConfigError
         from ..models.shards import parse_size
 
@@ -171,7 +172,7 @@ class PruneConfig(StageConfig):
         return value
 
     @model_validator(mode="after")
-    def _verify_consistent(self):
+    def _verify_consistent(self) -> "PruneConfig":
         if not self.verify and self.verify_method != "auto":
             raise ValueError(f"--no-verify contradicts --verify-method {self.verify_method}; pass one of them")
         return self

@@ -15,22 +15,26 @@ import inspect
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
+from typing import Any, Union
 
-from ..bench.evaluate import EvalSettings, RecordKeys, evaluate
+from ..bench.evaluate import RecordKeys, evaluate
 from ..bench.features import FeatureStore
 from ..bench.records import RecordStore
 from ..data.load import load_samples
 from ..data.samples import Sample
 from ..errors import ConfigError, DataError
 from ..files import RANKING_NAME, atomic_output_dir, check_output_path
+from ..models.adapter import Adapter
 from ..models.loading import load_model
 from ..runtime import configure_threads, thread_choice
 from .config import RankConfig
 from .importance import OVERALL
 from .rank_cache import RECORDS_FILE, RankKeys, ScoreTable, read_records, records_file
-from .rank_compute import check_ranking, compute_ranking, image_clusters
+from .rank_compute import Search, check_ranking, compute_ranking, image_clusters
 from .shapley import is_complete, permutation_coalitions, sample_permutations
 from .subsets import greedy_elimination, mask_sets, slot_costs
 
@@ -38,6 +42,12 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_GREEDY_PERMUTATIONS = 16
+
+PathArg = Union[str, "PathLike[str]"]
+Loaded = tuple[Any, Any, Adapter]  # (model, processor, adapter): torch and transformers objects, our adapter
+Evaluator = Callable[..., Any]  # the signature of encslim.bench.evaluate.evaluate
+DataArg = Union[PathArg, Iterable[Union[PathArg, Sample]]]
+ModelArg = Union[PathArg, tuple[Any, ...], list[Any]]  # a model folder or a (model, processor, adapter) triple
 
 
 @dataclass
@@ -51,37 +61,40 @@ class Ranking:
             :mod:`encslim.recipes.recover` evaluates its candidates on them).
     """
 
-    data: dict
-    out: Path = None
-    samples: list = None
+    data: dict[str, Any]
+    out: Path | None = None
+    samples: list[Sample] | None = None
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
     @property
-    def slots(self):
+    def slots(self) -> list[str]:
         return list(self.data["slots"])
 
     @property
-    def categories(self):
+    def categories(self) -> list[str]:
         return list(self.data["categories"])
 
-    def cur(self, slot, category=OVERALL):
+    def cur(self, slot: str, category: str = OVERALL) -> float | None:
         """The CUR value of ``slot`` on ``category`` (``None`` when undefined)."""
-        return self.data["cur"][slot][category]["value"]
+        value: float | None = self.data["cur"][slot][category]["value"]
+        return value
 
-    def ci(self, slot, category=OVERALL):
+    def ci(self, slot: str, category: str = OVERALL) -> list[float] | None:
         """The CUR confidence interval ``[low, high]`` (``None`` without bootstrap)."""
-        return self.data["cur"][slot][category]["ci"]
+        interval: list[float] | None = self.data["cur"][slot][category]["ci"]
+        return interval
 
-    def to_markdown(self):
+    def to_markdown(self) -> str:
         from .rank_report import ranking_markdown
 
         return ranking_markdown(self.data)
 
 
-def rank(model_or_path, data, config=None, *, out=None, evaluator=None, progress=None, latency_ms=None,
-         **overrides):
+def rank(model_or_path: ModelArg, data: DataArg, config: RankConfig | Mapping[str, Any] | None = None,
+         *, out: PathArg | None = None, evaluator: Evaluator | None = None, progress: bool | None = None,
+         latency_ms: Mapping[frozenset[str], float] | None = None, **overrides: Any) -> Ranking:
     """Rank a multi-encoder model's slots on benchmark data.
 
     Args:
@@ -113,102 +126,106 @@ def rank(model_or_path, data, config=None, *, out=None, evaluator=None, progress
         ``out`` exists.
     """
     config = rank_config(config, **overrides)
-    subsets, mask_mode, bootstrap, seed = config.subsets, config.mask, config.bootstrap, config.seed
-    cache, overwrite = config.cache, config.overwrite
     start = time.perf_counter()
+    setup = _setup(model_or_path, data, config, out)
+    runner = _runner(setup, config, evaluator or evaluate, progress)
+    if out is None:
+        _reuse(runner.table, setup.previous, setup.sources)
+        ranking = _finish(_run(runner, config, latency_ms, setup.model_path), runner, start)
+    else:
+        with atomic_output_dir(out, overwrite=config.overwrite, inputs=setup.inputs) as tmp:
+            # every previous record travels on into the one records file: the table's cache and the
+            # evaluator's resume both read it, and the new folder is a complete cache for the next run
+            RecordStore(tmp / RECORDS_FILE).append(list(setup.previous.values()))
+            runner.records_path = runner.table.records_path = tmp / RECORDS_FILE
+            _reuse(runner.table, setup.previous, setup.sources)
+            ranking = _finish(_run(runner, config, latency_ms, setup.model_path), runner, start)
+            write_ranking(ranking.data, tmp)
+        ranking.out = Path(out)
+    ranking.samples = setup.samples
+    return ranking
+
+
+@dataclass
+class _Setup:
+    """What a run starts from: the loaded model, the samples, the previous records and the run's inputs."""
+
+    loaded: Loaded
+    model_path: Path | None
+    samples: list[Sample]
+    previous: dict[str, Any]
+    sources: list[Path]
+    inputs: list[Path]
+    store: FeatureStore | None
+
+
+def _setup(model_or_path: ModelArg, data: DataArg, config: RankConfig, out: PathArg | None) -> _Setup:
+    """Check the output and the cache, set the threads, load the model, the samples and the cached records."""
     if out is not None:  # refuse a bad output before spending time on loading and evaluating
-        _check_out(out, overwrite, model_or_path, data)
-    if cache is not None:
-        records_file(cache)  # a scores.json of older versions is refused here, before loading
+        _check_out(out, config.overwrite, model_or_path, data)
+    if config.cache is not None:
+        records_file(config.cache)  # a scores.json of older versions is refused here, before loading
     store = _feature_store(config.feature_memory_gb)
     if config.threads != 0:
         configure_threads(config.threads)
     model, processor, adapter, model_path = _load(model_or_path, config.device, config.dtype)
     samples, data_paths = _samples(data, config.categories)
-    if evaluator is None:
-        evaluator = evaluate
-    sources = [Path(p) for p in (cache, out) if p is not None and Path(p).exists()]
+    sources = [Path(p) for p in (config.cache, out) if p is not None and Path(p).exists()]
     previous = read_records(sources)  # read before the output folder is replaced
-    loaded = (model, processor, adapter)
-    table = _score_table(loaded, samples, mask_mode, config.max_new_tokens, evaluator)
-    kwargs = dict(batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, progress=progress)
-    if store is not None and _accepts(evaluator, "features"):
-        kwargs["features"] = store
-    runner = _Runner(evaluator, loaded, samples, table, mask_mode, kwargs, store)
-    options = dict(subsets=subsets, shapley_permutations=config.shapley_permutations, seed=seed, bootstrap=bootstrap,
-                   alpha=config.alpha, latency_ms=latency_ms, model_path=model_path)
-    if out is None:
-        _reuse(table, previous, sources)
-        ranking = _finish(_run(runner, **options), runner, start)
-        ranking.samples = samples
-        return ranking
-
     inputs = [p for p in [model_path, *data_paths] if p is not None]
-    with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
-        # every previous record travels on into the one records file: the table's cache and the
-        # evaluator's resume both read it, and the new folder is a complete cache for the next run
-        RecordStore(tmp / RECORDS_FILE).append(list(previous.values()))
-        runner.records_path = table.records_path = tmp / RECORDS_FILE
-        _reuse(table, previous, sources)
-        ranking = _finish(_run(runner, **options), runner, start)
-        write_ranking(ranking.data, tmp)
-    ranking.out = Path(out)
-    ranking.samples = samples
-    return ranking
+    return _Setup((model, processor, adapter), model_path, samples, previous, sources, inputs, store)
 
 
-def _check_out(out, overwrite, model_or_path, data):
+def _runner(setup: _Setup, config: RankConfig, evaluator: Evaluator, progress: bool | None) -> "_Runner":
+    """The run's evaluation runner over an empty score table (:func:`_reuse` fills it from the records)."""
+    table = _score_table(setup.loaded, setup.samples, config.mask, config.max_new_tokens, evaluator)
+    kwargs: dict[str, Any] = dict(batch_size=config.batch_size, max_new_tokens=config.max_new_tokens,
+                                  progress=progress)
+    if setup.store is not None and _accepts(evaluator, "features"):
+        kwargs["features"] = setup.store
+    return _Runner(evaluator, setup.loaded, setup.samples, table, config.mask, kwargs, setup.store)
 
-    named = [] if isinstance(model_or_path, (tuple, list)) else [model_or_path]
-    named += [d for d in ([data] if isinstance(data, (str, Path)) else data) if isinstance(d, (str, Path))]
+
+def _check_out(out: PathArg, overwrite: bool, model_or_path: ModelArg, data: DataArg) -> None:
+    named: list[PathArg] = [] if isinstance(model_or_path, (tuple, list)) else [model_or_path]
+    named += [d for d in ([data] if isinstance(data, (str, PathLike)) else data) if isinstance(d, (str, PathLike))]
     check_output_path(out, overwrite, inputs=named)
 
 
-def _score_table(loaded, samples, mask_mode, max_new_tokens, evaluator):
+def _score_table(loaded: Loaded, samples: list[Sample], mask_mode: str, max_new_tokens: int,
+                 evaluator: Evaluator) -> ScoreTable:
     """The score table for this model and setting (empty; :func:`_reuse` fills it from the records)."""
     model, processor, adapter = loaded
     slots = adapter.slot_names(model.config)
     everything = frozenset(slots)
 
-    def mode_of(masked):
+    def mode_of(masked: Iterable[str]) -> str:
         return _blind_mode(mask_mode) if frozenset(masked) == everything else mask_mode
 
     return ScoreTable(slots, samples, _record_keys(evaluator, loaded, samples, max_new_tokens), mode_of)
 
 
-def _reuse(table, previous, sources):
+def _reuse(table: ScoreTable, previous: Mapping[str, Any], sources: Sequence[Path]) -> None:
     if previous:
         logger.info("reused %d cached scores from %s", table.load(previous), ", ".join(map(str, sources)))
 
 
-def _record_keys(evaluator, loaded, samples, max_new_tokens):
+def _record_keys(evaluator: Evaluator, loaded: Loaded, samples: list[Sample],
+                 max_new_tokens: int) -> RecordKeys | RankKeys:
     """The keys the table finds its scores under: the project evaluator's own record keys, so its
     records are the cache, or for another evaluator keys naming it (``rank`` writes its records)."""
 
-    func, keywords = evaluator, {}
+    func: Evaluator = evaluator
+    keywords: dict[str, Any] = {}
     if isinstance(evaluator, functools.partial) and not evaluator.args:
         func, keywords = evaluator.func, evaluator.keywords
     if func is evaluate:
-        return RecordKeys(loaded, samples, _settings_for(keywords, max_new_tokens=max_new_tokens))
+        options = {k: v for k, v in keywords.items() if k in ("mcq_mode", "prompt_styles", "mask_values")}
+        return RecordKeys(*loaded, samples, max_new_tokens=max_new_tokens, **options)
     return RankKeys(loaded[0], samples, {"max_new_tokens": max_new_tokens, "evaluator": _name_of(evaluator)})
 
 
-def _settings_for(keywords: "Mapping[str, Any]", **changes: "Any") -> EvalSettings:
-    """The ``settings`` of a ``functools.partial(evaluate, settings=...)`` (else the defaults), with ``changes``."""
-    return replace(keywords.get("settings") or EvalSettings(), **changes)
-
-
-def _evaluator_options(evaluator: "Evaluator", kwargs: "Mapping[str, Any]", mask_mode: str) -> "dict[str, Any]":
-    """The keywords of one evaluator call: ``kwargs`` with rank's batch size and generation budget and
-    ``mask_mode`` as the evaluator's :class:`~encslim.bench.evaluate.EvalSettings`."""
-    options = dict(kwargs)
-    keywords = evaluator.keywords if isinstance(evaluator, functools.partial) else {}
-    settings = _settings_for(keywords, mask_mode=mask_mode, batch_size=options.pop("batch_size"),
-                             max_new_tokens=options.pop("max_new_tokens"))
-    return {**options, "settings": settings}
-
-
-def _feature_store(feature_memory_gb):
+def _feature_store(feature_memory_gb: float | None) -> FeatureStore | None:
     """The run's feature store (``None``: none, each evaluator call encodes its own batches)."""
 
     if feature_memory_gb is None:
@@ -218,7 +235,7 @@ def _feature_store(feature_memory_gb):
     return FeatureStore(max_bytes=int(feature_memory_gb * 2**30)) if feature_memory_gb > 0 else None
 
 
-def _accepts(function, name):
+def _accepts(function: Callable[..., Any], name: str) -> bool:
     """True when ``function`` takes the keyword ``name`` (a custom evaluator may not)."""
     try:
         parameters = inspect.signature(function).parameters.values()
@@ -230,7 +247,7 @@ def _accepts(function, name):
 OLD_NAMES = {"mask_mode": "mask"}  # keyword names rank() took before RankConfig
 
 
-def rank_config(config=None, **overrides):
+def rank_config(config: RankConfig | Mapping[str, Any] | None = None, **overrides: Any) -> RankConfig:
     """A :class:`~encslim.prune.config.RankConfig`: ``config`` (an instance, a dict or ``None``) with
     ``overrides`` (field names; ``mask_mode`` for ``mask``).
 
@@ -241,13 +258,13 @@ def rank_config(config=None, **overrides):
     return RankConfig.build(config, **overrides)
 
 
-def _name_of(function):
+def _name_of(function: object) -> str:
     """A function's dotted name (a callable object: its class's), recorded in the cache settings."""
     target = function if hasattr(function, "__qualname__") else type(function)
     return f"{target.__module__}.{target.__qualname__}"
 
 
-def _blind_mode(mask_mode):
+def _blind_mode(mask_mode: str) -> str:
     """How the kept set with no encoder at all is evaluated.
 
     Removal cannot remove every encoder (the model would have no image input left), so the
@@ -257,7 +274,8 @@ def _blind_mode(mask_mode):
     return "zero"
 
 
-def _load(model_or_path, device, dtype):
+def _load(model_or_path: ModelArg, device: str,
+          dtype: str) -> tuple[Any, Any, Adapter, Path | None]:
     if isinstance(model_or_path, (tuple, list)):
         if len(model_or_path) != 3:
             raise ConfigError("pass a model folder or a (model, processor, adapter) triple")
@@ -268,17 +286,15 @@ def _load(model_or_path, device, dtype):
     return model, processor, adapter, Path(model_or_path)
 
 
-def _samples(data, categories):
+def _samples(data: DataArg, categories: Sequence[str] | None) -> tuple[list[Sample], list[Path]]:
     """``(samples, data paths)``; samples filtered by ``categories``."""
 
-    if isinstance(data, (str, Path)):
-        data = [data]
-    data = list(data)
-    if data and all(isinstance(d, Sample) for d in data):
-        samples, paths = data, []
+    items: list[Any] = [data] if isinstance(data, (str, PathLike)) else list(data)
+    paths: list[Path] = []
+    if items and all(isinstance(d, Sample) for d in items):
+        samples: list[Sample] = items
     else:
-
-        paths = [Path(d) for d in data]
+        paths = [Path(d) for d in items]
         samples = load_samples(paths)
     if categories:
         available = sorted({s.category for s in samples})
@@ -299,22 +315,24 @@ def _samples(data, categories):
 class _Runner:
     """Evaluates the mask sets missing from the score table, counting encoder passes over the run."""
 
-    def __init__(self, evaluator, loaded, samples, table, mask_mode, kwargs, store=None):
+    def __init__(self, evaluator: Evaluator, loaded: Loaded, samples: list[Sample], table: ScoreTable, mask_mode: str,
+                 kwargs: dict[str, Any], store: FeatureStore | None = None) -> None:
         self.evaluator, self.loaded, self.samples, self.table = evaluator, loaded, samples, table
         self.mask_mode, self.kwargs, self.store = mask_mode, kwargs, store
-        self.records_path = None
+        self.records_path: Path | None = None
         self.passes_total = 0  # vision tower passes run, all samples and calls together
         self.passes_per_sample = 0.0  # from evaluators that report passes per sample only
         self.with_images = sum(1 for s in samples if getattr(s, "image", None) is not None)
-        self.evaluated, self.cached = [], []
+        self.evaluated: list[frozenset[str]] = []
+        self.cached: list[frozenset[str]] = []
 
     @property
-    def encoder_passes(self):
+    def encoder_passes(self) -> float:
         """Encoder passes per sample with an image over the whole run."""
         per_sample = self.passes_total / self.with_images if self.with_images else 0.0
         return per_sample + self.passes_per_sample
 
-    def ensure(self, sets):
+    def ensure(self, sets: Sequence[frozenset[str]]) -> None:
         missing = self.table.missing(sets)
         self.cached += [m for m in sets if m not in missing and m not in self.cached and m not in self.evaluated]
         everything = frozenset(self.table.slots)
@@ -324,8 +342,8 @@ class _Runner:
             if not group:
                 continue
             logger.info("evaluating %d mask set(s) (%s mask)", len(group), mode)
-            result = self.evaluator(self.loaded, self.samples, mask_sets=group, records_path=self.records_path,
-                                    **_evaluator_options(self.evaluator, self.kwargs, mode))
+            result = self.evaluator(*self.loaded, self.samples, mask_sets=group, mask_mode=mode,
+                                    records_path=self.records_path, **self.kwargs)
             for masked in group:
                 self.table.add(masked, result.scores[masked])
             total = getattr(result, "encoder_passes_total", None)
@@ -336,38 +354,38 @@ class _Runner:
                 self.passes_per_sample += float(result.encoder_passes or 0) * evaluated / len(self.samples)
             self.evaluated += group
 
-    def overall(self, sets):
+    def overall(self, sets: Sequence[frozenset[str]]) -> dict[frozenset[str], float]:
         self.ensure(sets)
         return {m: float(self.table.array(m).mean()) for m in sets}
 
 
-def _run(runner, subsets, shapley_permutations, seed, bootstrap, alpha, latency_ms, model_path):
+def _run(runner: _Runner, config: RankConfig, latency_ms: Mapping[frozenset[str], float] | None,
+         model_path: Path | None) -> Ranking:
     """Evaluate what the subset mode needs (greedy and permutations adaptively), then compute."""
-    slots = runner.table.slots
+    slots, subsets = runner.table.slots, config.subsets
     runner.ensure(mask_sets(slots, subsets))
     path = greedy_elimination(slots, runner.overall) if subsets == "greedy" else None
-    if shapley_permutations is None:
-        shapley_permutations = DEFAULT_GREEDY_PERMUTATIONS if subsets == "greedy" else 0
+    n_perms = config.shapley_permutations
+    if n_perms is None:
+        n_perms = DEFAULT_GREEDY_PERMUTATIONS if subsets == "greedy" else 0
     kept_table = {frozenset(slots) - m: m for m in runner.table.evaluated()}
     perms = None
-    if not is_complete(slots, kept_table) and shapley_permutations > 0:
-        perms = sample_permutations(slots, shapley_permutations, seed)
+    if not is_complete(slots, kept_table) and n_perms > 0:
+        perms = sample_permutations(slots, n_perms, config.seed)
         runner.ensure([frozenset(slots) - kept for kept in permutation_coalitions(perms)])
 
     evaluated = runner.table.evaluated()
     scores = {m: runner.table.array(m) for m in evaluated}
-    data = compute_ranking(
-        slots, [s.category for s in runner.samples], scores, slot_costs(*runner.loaded), subsets=subsets,
-        greedy_path=path, perms=perms, bootstrap=bootstrap, seed=seed, alpha=alpha, latency_ms=latency_ms,
-        clusters=image_clusters(runner.samples),
-    )
+    data = compute_ranking(slots, [s.category for s in runner.samples], scores, slot_costs(*runner.loaded), config,
+                           clusters=image_clusters(runner.samples), latency_ms=latency_ms,
+                           search=Search(greedy_path=path, perms=perms))
     data["model"] = str(model_path) if model_path else "<in-memory model>"
     data["mask_mode"] = runner.mask_mode
     data["empty_set_mask"] = _blind_mode(runner.mask_mode)
     return Ranking(data)
 
 
-def _finish(ranking, runner, start):
+def _finish(ranking: Ranking, runner: _Runner, start: float) -> Ranking:
     n_evaluated = len(runner.evaluated)
     store = runner.store
     ranking.data["evaluation"] = {
@@ -382,7 +400,7 @@ def _finish(ranking, runner, start):
     return ranking
 
 
-def _threads():
+def _threads() -> dict[str, Any]:
     """The torch thread count the run used and how it was chosen."""
     import torch
 
@@ -390,18 +408,18 @@ def _threads():
     return {**choice, "threads": torch.get_num_threads()}
 
 
-def write_ranking(data, folder):
+def write_ranking(data: Mapping[str, Any], folder: PathArg) -> None:
     """Write ``ranking.json``, ``ranking.md``, ``cur_heatmap.png`` and ``frontier.png`` into ``folder``."""
     from .rank_report import plot_cur_heatmap, plot_frontier, ranking_markdown
 
-    folder = Path(folder)
-    (folder / RANKING_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    (folder / "ranking.md").write_text(ranking_markdown(data), encoding="utf-8")
-    plot_cur_heatmap(data, folder / "cur_heatmap.png")
-    plot_frontier(data, folder / "frontier.png")
+    path = Path(folder)
+    (path / RANKING_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    (path / "ranking.md").write_text(ranking_markdown(data), encoding="utf-8")
+    plot_cur_heatmap(data, path / "cur_heatmap.png")
+    plot_frontier(data, path / "frontier.png")
 
 
-def load_ranking(dir_or_file):
+def load_ranking(dir_or_file: PathArg) -> dict[str, Any]:
     """Read and check a ``ranking.json`` (or the folder that holds it).
 
     Returns:
@@ -422,4 +440,5 @@ def load_ranking(dir_or_file):
     problems = check_ranking(data, SCHEMA_VERSION)
     if problems:
         raise ConfigError(f"{path} is not a valid ranking: {'; '.join(problems)}")
-    return data
+    ranking: dict[str, Any] = data  # an object: check_ranking says so
+    return ranking

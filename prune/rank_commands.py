@@ -6,13 +6,16 @@ evaluation, which prune does not import. :func:`rank_arguments` and :func:`show_
 shared with it.
 """
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 import click
 
 from ..options import click_options, config_from_options
 from .config import RankConfig
 
 
-def _cur_summary(data):
+def _cur_summary(data: Mapping[str, Any]) -> str:
     """A short terminal table: CUR per slot and category (percent), significant cells starred."""
     groups = [*data["categories"], "overall"]
     width = max(12, *(len(g) + 2 for g in groups))
@@ -37,7 +40,7 @@ EVALUATION_ONLY = ("subsets", "shapley_permutations", "batch_size", "max_new_tok
 ARGUMENTS = ("model_dir", "data", "predictions", "model_opt", "out", "as_json", "encoders")
 
 
-def refuse_with_predictions(names):
+def refuse_with_predictions(names: Iterable[str]) -> None:
     """Refuse, with --predictions, the options among ``names`` given on the command line.
 
     Raises:
@@ -67,7 +70,7 @@ def refuse_with_predictions(names):
 @click.option("--out", required=True, type=click.Path(), help="Folder to write ranking.json/.md and plots to.")
 @click_options(RankConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print ranking.json instead of the CUR table.")
-def rank_cmd(**options):
+def rank_cmd(**options: Any) -> None:
     """Rank MODEL_DIR's encoder slots on benchmark data: CUR, IG, Shapley values, cost frontier.
 
     MODEL_DIR may be `demo` (the shipped demo model). The defaults are the quick ones; the demo
@@ -81,13 +84,14 @@ def rank_cmd(**options):
 
     if options["predictions"]:
         refuse_with_predictions(EVALUATION_ONLY)
-        return _rank_predictions(**options)
+        _rank_predictions(**options)
+        return
     model_dir, data, config = rank_arguments(options)
     ranking = rank(model_dir, data, config, out=options["out"], progress=sys.stderr.isatty())
     show_ranking(ranking.data, options["out"], options["as_json"])
 
 
-def rank_arguments(options):
+def rank_arguments(options: Mapping[str, Any]) -> tuple[Any, list[str], RankConfig]:
     """``(model, data, RankConfig)`` for the command's options; ``model`` is MODEL_DIR opened with its
     ``--encoder`` folders (a ModelFolder: config, family and every shard checked).
 
@@ -104,7 +108,7 @@ def rank_arguments(options):
     return open_folder(options["model_dir"], options.get("encoders")), list(options["data"]), config
 
 
-def show_ranking(data, out, as_json, more=""):
+def show_ranking(data: Mapping[str, Any], out: str, as_json: bool, more: str = "") -> None:
     """Print ranking.json (``as_json``) or the CUR table, the run's figures, ``more`` and the files written."""
     import json
 
@@ -122,7 +126,8 @@ def show_ranking(data, out, as_json, more=""):
     click.echo(f"wrote {out}/ranking.json, ranking.md, cur_heatmap.png, frontier.png")
 
 
-def _rank_predictions(predictions, model_dir, model_opt, data, out, as_json, **options):
+def _rank_predictions(predictions: tuple[str, ...], model_dir: str | None, model_opt: str | None, data: tuple[str, ...],
+                      out: str, as_json: bool, **options: Any) -> None:
     import json
 
     from .rank_predictions import rank_predictions
@@ -131,9 +136,7 @@ def _rank_predictions(predictions, model_dir, model_opt, data, out, as_json, **o
         raise click.UsageError("give the model once: MODEL_DIR or --model")
     model = model_opt or model_dir
     c, _ = config_from_options(RankConfig, options)
-    ranking = rank_predictions(list(predictions), model=model, data=list(data) or None, categories=c.categories,
-                               out=out, bootstrap=c.bootstrap, seed=c.seed, alpha=c.alpha, mask_mode=c.mask,
-                               overwrite=c.overwrite, device=c.device, dtype=c.dtype)
+    ranking = rank_predictions(list(predictions), c, model=model, data=list(data) or None, out=out)
     if as_json:
         click.echo(json.dumps(ranking.data, indent=2))
         return

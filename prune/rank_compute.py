@@ -2,19 +2,35 @@
 
 import hashlib
 import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
+from .config import RankConfig
 from .importance import OVERALL, RIGHT_THRESHOLD, accuracy, bootstrap_unit, category_order, cur_table, ig_table
-from .shapley import exact_shapley, interaction_at_full, interactions, is_complete, sampled_shapley
+from .shapley import Values, exact_shapley, interaction_at_full, interactions, is_complete, sampled_shapley
 from .subsets import frontier, kept_of
 
 REQUIRED_KEYS = ("schema_version", "model", "slots", "mask_mode", "categories", "overall_is", "accuracy",
                  "subsets", "cur", "ig", "shapley", "shapley_method", "interactions", "costs")
 
+Scores = Mapping[frozenset[str], NDArray[np.float64]]  # {frozenset(masked): (n,) per-sample scores}
 
-def compute_ranking(slots, categories, scores, costs, subsets="single", greedy_path=None, perms=None,
-                    bootstrap=1000, seed=0, alpha=0.05, latency_ms=None, clusters=None):
+
+class Search(NamedTuple):
+    """What an adaptive subset mode ran besides the fixed mask sets (recorded in the ranking)."""
+
+    greedy_path: list[dict[str, Any]] | None = None  # the backward-elimination path (``greedy``)
+    perms: list[tuple[str, ...]] | None = None  # the permutations of a sampled Shapley estimate
+
+
+def compute_ranking(slots: Sequence[str], categories: ArrayLike, scores: Scores,
+                    costs: Mapping[str, Mapping[str, Any]], config: RankConfig, *,
+                    clusters: Sequence[str] | None = None,
+                    latency_ms: Mapping[frozenset[str], float] | None = None,
+                    search: Search = Search()) -> dict[str, Any]:
     """The ranking (``ranking.json`` content, less ``model``/``mask_mode``) from evaluated scores.
 
     Args:
@@ -22,36 +38,37 @@ def compute_ranking(slots, categories, scores, costs, subsets="single", greedy_p
         categories: ``(n,)`` category of every sample.
         scores: ``{frozenset(masked): (n,) scores}``; must hold the full model and every single mask.
         costs: ``{slot: {"vision_flops", "params"}}``.
-        subsets: the subset mode that was run (recorded).
-        greedy_path: the backward-elimination path, if run.
-        perms: the permutations of a sampled Shapley estimate, if run.
-        bootstrap, seed, alpha: the paired bootstrap's resamples, seed and 1 - confidence.
-        latency_ms: optional ``{frozenset(kept): ms}`` for the frontier.
+        config: the :class:`~encslim.prune.config.RankConfig`: its ``subsets`` (the subset mode that
+            was run, recorded) and the paired bootstrap's ``bootstrap`` resamples, ``seed`` and
+            ``alpha`` (1 - confidence).
         clusters: optional ``(n,)`` cluster id of every sample (:func:`image_clusters`); when some
             image carries several questions the bootstrap resamples images, not rows.
+        latency_ms: optional ``{frozenset(kept): ms}`` for the frontier.
+        search: the greedy path and Shapley permutations, if run.
 
     Returns:
         A JSON-able dict.
     """
     slots = list(slots)
-    categories = np.asarray(categories)
-    groups = [OVERALL, *category_order(categories)]
-    acc = {m: accuracy(s, categories) for m, s in scores.items()}
+    bootstrap, seed, alpha = config.bootstrap, config.seed, config.alpha
+    cats = np.asarray(categories)
+    groups = [OVERALL, *category_order(cats)]
+    acc = {m: accuracy(s, cats) for m, s in scores.items()}
     full = scores[frozenset()]
     singles = {s: scores[frozenset({s})] for s in slots}
-    curs = cur_table(full, singles, categories, n_boot=bootstrap, seed=seed, alpha=alpha, clusters=clusters)
-    unit, units = bootstrap_unit(categories, clusters)
+    curs = cur_table(full, singles, cats, n_boot=bootstrap, seed=seed, alpha=alpha, clusters=clusters)
+    unit, units = bootstrap_unit(cats, clusters)
     values = {frozenset(kept_of(slots, m)): np.array([acc[m][g] for g in groups]) for m in scores}
-    data = {
+    data: dict[str, Any] = {
         "schema_version": 1,
         "model": None,
         "slots": slots,
         "mask_mode": None,
         "categories": groups[1:],
-        "n_samples": {OVERALL: int(categories.size),
-                      **{c: int(np.sum(categories == c)) for c in groups[1:]}},
+        "n_samples": {OVERALL: int(cats.size),
+                      **{c: int(np.sum(cats == c)) for c in groups[1:]}},
         "overall_is": "mean over samples",
-        "subsets_mode": subsets,
+        "subsets_mode": config.subsets,
         "bootstrap": {"resamples": bootstrap, "seed": seed, "confidence": 1 - alpha, "paired": True,
                       "stratified_by": "category", "interval": "percentile", "unit": unit, "clusters": units},
         "right_threshold": RIGHT_THRESHOLD,
@@ -60,14 +77,14 @@ def compute_ranking(slots, categories, scores, costs, subsets="single", greedy_p
         "cur": curs,
         "ig": ig_table(curs),
         "costs": costs,
-        "greedy_path": greedy_path,
+        "greedy_path": search.greedy_path,
     }
-    data.update(_shapley(slots, groups, values, perms))
+    data.update(_shapley(slots, groups, values, search.perms))
     data.update(_interactions(slots, groups, values))
     return data
 
 
-def image_clusters(samples):
+def image_clusters(samples: Iterable[Any]) -> list[str]:
     """The bootstrap cluster id of every sample: its image's identity.
 
     Two samples share a cluster when their images are the same pixels (mode, size and bytes).
@@ -77,7 +94,8 @@ def image_clusters(samples):
     Returns:
         list of strings, one per sample.
     """
-    digests, out = {}, []
+    digests: dict[int, tuple[Any, str]] = {}
+    out: list[str] = []
     for number, sample in enumerate(samples):
         image = getattr(sample, "image", None)
         if image is None:
@@ -91,11 +109,12 @@ def image_clusters(samples):
     return out
 
 
-def _by_group(groups, vector):
+def _by_group(groups: Sequence[str], vector: ArrayLike) -> dict[str, float]:
     return {g: float(v) for g, v in zip(groups, np.atleast_1d(vector))}
 
 
-def _shapley(slots, groups, values, perms):
+def _shapley(slots: list[str], groups: list[str], values: Values,
+             perms: list[tuple[str, ...]] | None) -> dict[str, Any]:
     if is_complete(slots, values):
         phi = exact_shapley(slots, values)
         return {"shapley": {s: _by_group(groups, phi[s]) for s in slots}, "shapley_method": "exact",
@@ -108,7 +127,7 @@ def _shapley(slots, groups, values, perms):
     return {"shapley": None, "shapley_method": None, "shapley_stderr": None, "shapley_permutations": None}
 
 
-def _interactions(slots, groups, values):
+def _interactions(slots: list[str], groups: list[str], values: Values) -> dict[str, Any]:
     pairs = list(itertools.combinations(slots, 2))
     if is_complete(slots, values):
         table = interactions(slots, values)
@@ -122,7 +141,7 @@ def _interactions(slots, groups, values):
     return {"interactions": None, "interactions_method": None}
 
 
-def check_ranking(data, version=1):
+def check_ranking(data: Any, version: int = 1) -> list[str]:
     """Problems of a ranking dict, as short strings (empty when it is valid)."""
     if not isinstance(data, dict):
         return ["the top level is not an object"]

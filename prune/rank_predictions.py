@@ -34,7 +34,10 @@ the bootstrap clusters), the prediction files only the predictions, matched by i
 import hashlib
 import math
 import time
+from collections.abc import Iterable, Mapping, Sequence
+from os import PathLike
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -46,30 +49,41 @@ from ..data.scorers import score
 from ..errors import ConfigError, DataError
 from ..files import atomic_output_dir, check_output_path
 from ..models.slots import SlotSet, parse_key as parse_slot_key, slots_of_keys
+from .config import RankConfig
 from .rank_compute import compute_ranking, image_clusters
 from .shapley import is_complete
+
+if TYPE_CHECKING:
+    from ..models.adapter import Adapter
+    from .rank import Ranking
 
 MAX_REFERENCE_LENGTH = 64  # a VLMEvalKit image cell this short names another row's index
 SHOWN_IDS = 5
 
+PathArg = Union[str, "PathLike[str]"]
+DataArg = Union[PathArg, Sequence[PathArg]]
+Loaded = tuple[Any, Any, "Adapter"]  # (model, processor, adapter) of load_model
+Row = Mapping[str, Any]  # one row of a prediction file, as read
 
-def parse_predictions(pairs):
+
+def parse_predictions(pairs: Iterable[str | tuple[str, PathArg]]) -> list[tuple[str, Path]]:
     """``[(key, path)]`` from ``KEY=PATH`` strings (or pairs), in the given order."""
-    out = []
+    out: list[tuple[str, Path]] = []
     for item in pairs:
         if isinstance(item, str):
             key, sep, path = item.partition("=")
             if not sep or not key.strip() or not path.strip():
                 raise ConfigError(f"--predictions '{item}' is not KEY=PATH (e.g. full=preds/ or masked:sam=preds_nosam/)")
-            item = (key.strip(), path.strip())
-        out.append((str(item[0]), Path(item[1])))
+            out.append((key.strip(), Path(path.strip())))
+        else:
+            out.append((str(item[0]), Path(item[1])))
     keys = [k for k, _ in out]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"--predictions key '{next(k for k in keys if keys.count(k) > 1)}' is given twice")
     return out
 
 
-def _metric_dataset(stem):
+def _metric_dataset(stem: str) -> str:
     """The part of ``{model}_{dataset}`` that starts with a known benchmark name (else the stem)."""
     parts = stem.split("_")
     for i in range(len(parts)):
@@ -79,12 +93,12 @@ def _metric_dataset(stem):
     return stem
 
 
-def _cell(row, name):
+def _cell(row: Row, name: str) -> Any:
     value = row.get(name)
     return None if is_missing(value) else value
 
 
-def _prediction_text(value):
+def _prediction_text(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return text_of(value) if isinstance(value, float) else str(value)
@@ -95,11 +109,11 @@ class _Row:
 
     __slots__ = ("index", "prediction", "fields", "image_ref")
 
-    def __init__(self, index, prediction, fields, image_ref):
+    def __init__(self, index: str, prediction: str, fields: dict[str, Any], image_ref: str | None) -> None:
         self.index, self.prediction, self.fields, self.image_ref = index, prediction, fields, image_ref
 
 
-def _vlmeval_row(row, images):
+def _vlmeval_row(row: Row, images: Mapping[str, str]) -> _Row:
     index = _cell(row, "index")
     if index is None:
         raise ValueError("no index")
@@ -111,7 +125,7 @@ def _vlmeval_row(row, images):
     return _Row(text_of(index), _prediction_text(row.get("prediction")), fields, _vlmeval_image(row, images))
 
 
-def _vlmeval_image(row, images):
+def _vlmeval_image(row: Row, images: Mapping[str, str]) -> str | None:
     cell = _cell(row, "image")
     if cell is not None:
         cell = str(cell).strip()
@@ -122,8 +136,8 @@ def _vlmeval_image(row, images):
     return None if path is None else f"path:{str(path).strip()}"
 
 
-def _lmms_row(row):
-    doc = row.get("doc") if isinstance(row.get("doc"), dict) else {}
+def _lmms_row(row: Row) -> _Row:
+    doc: dict[str, Any] = row["doc"] if isinstance(row.get("doc"), dict) else {}
     responses = row.get("filtered_resps", row.get("resps"))
     prediction = responses
     while isinstance(prediction, (list, tuple)) and prediction:
@@ -145,7 +159,7 @@ def _lmms_row(row):
     return _Row(text_of(row["doc_id"]), prediction, fields, None if ref is None else f"doc:{ref}")
 
 
-def read_prediction_file(path):
+def read_prediction_file(path: Path) -> tuple[str, list[_Row]]:
     """``(kind, [_Row])`` of one file; kind ``"lmms-eval"`` or ``"vlmevalkit"``.
 
     Raises:
@@ -155,13 +169,14 @@ def read_prediction_file(path):
     if not rows:
         raise DataError(f"{path} holds no predictions")
     kind = "lmms-eval" if "doc_id" in rows[0] else "vlmevalkit"
-    images = {}
+    images: dict[str, str] = {}
     if kind == "vlmevalkit":
         for row in rows:  # rows with their own image, for the short cells that reference them
             cell, index = _cell(row, "image"), _cell(row, "index")
             if cell is not None and index is not None and len(str(cell).strip()) > MAX_REFERENCE_LENGTH:
                 images[text_of(index)] = "b64:" + hashlib.sha1(str(cell).strip().encode()).hexdigest()
-    out, seen = [], set()
+    out: list[_Row] = []
+    seen: set[str] = set()
     for number, row in enumerate(rows, 1):
         try:
             parsed = _lmms_row(row) if kind == "lmms-eval" else _vlmeval_row(row, images)
@@ -174,7 +189,7 @@ def read_prediction_file(path):
     return kind, out
 
 
-def _dataset_names(files, kinds, data_stems=None):
+def _dataset_names(files: Sequence[Path], kinds: Sequence[str], data_stems: Sequence[str] | None = None) -> list[str]:
     """A data set name per file: lmms-eval's task, a VLMEvalKit stem less the shared model prefix,
     or (with --data) the data file stem the name ends with."""
     names = []
@@ -203,7 +218,8 @@ def _dataset_names(files, kinds, data_stems=None):
     return names
 
 
-def _read_key(key, path, data_stems=None, qualify=None):
+def _read_key(key: str, path: Path, data_stems: Sequence[str] | None = None,
+              qualify: bool | None = None) -> tuple[dict[str, _Row], list[Path], dict[str, str]]:
     """``({id: _Row}, [files], {id: dataset})`` of one --predictions entry."""
     files = prediction_files(path)
     parsed = [read_prediction_file(f) for f in files]
@@ -211,7 +227,8 @@ def _read_key(key, path, data_stems=None, qualify=None):
     datasets = _dataset_names(files, kinds, data_stems)
     if qualify is None:
         qualify = len(files) > 1
-    rows, origin = {}, {}
+    rows: dict[str, _Row] = {}
+    origin: dict[str, tuple[str, Path]] = {}
     for file, dataset, (_, file_rows) in zip(files, datasets, parsed):
         for row in file_rows:
             sid = f"{dataset}/{row.index}" if qualify else row.index
@@ -221,7 +238,7 @@ def _read_key(key, path, data_stems=None, qualify=None):
     return rows, files, {sid: o[0] for sid, o in origin.items()}
 
 
-def _sample(sid, row, dataset):
+def _sample(sid: str, row: _Row, dataset: str) -> Sample:
     f = row.fields
     answers = parse_answers(f["answer"])
     options = parse_options(f["options"])
@@ -237,12 +254,12 @@ def _sample(sid, row, dataset):
                   source=sid, dataset=dataset)
 
 
-def _id_list(ids):
+def _id_list(ids: Sequence[str]) -> str:
     shown = ", ".join(map(str, ids[:SHOWN_IDS]))
     return f"{len(ids)} sample(s): {shown}" + (f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else "")
 
 
-def _check_same_samples(key, ids, reference, reference_name):
+def _check_same_samples(key: str, ids: Sequence[str], reference: Sequence[str], reference_name: str) -> None:
     have = set(ids)
     missing = [i for i in reference if i not in have]
     extra = [i for i in ids if i not in set(reference)]
@@ -256,10 +273,10 @@ def _check_same_samples(key, ids, reference, reference_name):
 
 
 # ---------------------------------------------------------------- the ranking
-def _mask_sets(keys, slots):
+def _mask_sets(keys: Iterable[str], slots: Sequence[str]) -> dict[str, frozenset[str]]:
     """``{key: frozenset(masked)}`` of the --predictions keys (:class:`SlotSet`, checked against
     ``slots``); repeated mask sets refused."""
-    out = {}
+    out: dict[str, frozenset[str]] = {}
     for key in keys:
         masked = SlotSet.parse(slots, key).masked
         clash = next((k for k, m in out.items() if m == masked), None)
@@ -269,7 +286,7 @@ def _mask_sets(keys, slots):
     return out
 
 
-def _subsets_mode(slots, masks):
+def _subsets_mode(slots: Sequence[str], masks: Sequence[frozenset[str]]) -> str:
     kept = {frozenset(slots) - m: m for m in masks}
     if is_complete(slots, kept):
         return "all"
@@ -277,22 +294,24 @@ def _subsets_mode(slots, masks):
     return "pairs" if all(p in masks for p in pairs) else "single"
 
 
-def rank_predictions(predictions, model=None, data=None, categories=None, out=None, bootstrap=1000, seed=0,
-                     alpha=0.05, mask_mode="removal", overwrite=False, device="cpu", dtype="float32"):
+def rank_predictions(predictions: Iterable[str | tuple[str, PathArg]],
+                     config: RankConfig | Mapping[str, Any] | None = None, *, model: PathArg | None = None,
+                     data: DataArg | None = None, out: PathArg | None = None, **overrides: Any) -> "Ranking":
     """Rank slots from prediction files, one set per mask set (see the module doc for formats).
 
     Args:
         predictions: ``KEY=PATH`` strings or ``(key, path)`` pairs; ``full`` is required, and each
             slot masked alone (for CUR).
+        config: a :class:`~encslim.prune.config.RankConfig` (or a dict of its fields; default: its
+            defaults). Read here: ``categories`` (keep only these), ``bootstrap``, ``seed``, ``alpha``
+            (as for :func:`encslim.prune.rank.rank`, clustered by image when images carry several
+            questions), ``mask`` (the mask the predictions were made with; recorded only),
+            ``overwrite`` (replace an existing ``out``), ``device`` and ``dtype`` (where and how to load
+            ``model``, for its costs); the fields of a model run are not used.
         model: optional model folder: its slots (keys are checked against them) and costs.
         data: optional benchmark file(s): answers, options, metric, category, images by index.
-        categories: keep only these categories.
         out: folder to write ``ranking.json``, ``ranking.md`` and the plots to (``None``: nothing).
-        bootstrap, seed, alpha: as for :func:`encslim.prune.rank.rank` (clustered by image when
-            images carry several questions).
-        mask_mode: the mask the predictions were made with (recorded only).
-        overwrite: replace an existing ``out``.
-        device, dtype: where and how to load ``model`` (for its costs).
+        **overrides: fields of ``config`` to change.
 
     Returns:
         :class:`encslim.prune.rank.Ranking`.
@@ -303,23 +322,67 @@ def rank_predictions(predictions, model=None, data=None, categories=None, out=No
     from .rank import Ranking, rank_config, write_ranking
 
     start = time.perf_counter()
-    rank_config(mask=mask_mode, bootstrap=bootstrap, alpha=alpha)  # bad values: ConfigError, as rank's
+    config = rank_config(config, **overrides)  # bad values: ConfigError, as rank's
     pairs = parse_predictions(predictions)
     keys = [key for key, _ in pairs]
-    for key in keys:  # every key's syntax, before any file is read
+    _check_keys(keys)
+    inputs: list[PathArg] = [p for _, p in pairs] + ([] if model is None else [model]) + _data_paths(data)
+    if out is not None:
+        check_output_path(out, config.overwrite, inputs=inputs)
+    loaded, slots, masks = _slots_and_masks(keys, model, config)
+    samples, clusters, table, files = _load(pairs, data, config.categories)
+    scores = {}
+    for key, _ in pairs:
+        rows = table[key]
+        scores[masks[key]] = np.array([score(s.metric, rows[s.id].prediction, s.answers, s.options, s.category)
+                                       for s in samples], dtype=float)
+    mode = _subsets_mode(slots, list(scores))
+    data_out = compute_ranking(slots, [s.category for s in samples], scores, _costs(loaded, slots),
+                               config.merged(subsets=mode), clusters=clusters)
+    data_out.update(_prediction_fields(model, config, slots, masks, files))
+    data_out["evaluation"] = {"mask_sets_evaluated": 0, "mask_sets_cached": 0,
+                              "mask_sets_from_predictions": len(pairs), "encoder_passes_per_sample": 0.0,
+                              "feature_store": None, "wall_s": round(time.perf_counter() - start, 3), "threads": None}
+    ranking = Ranking(data_out)
+    if out is not None:
+        with atomic_output_dir(out, overwrite=config.overwrite, inputs=inputs) as tmp:
+            write_ranking(ranking.data, tmp)
+        ranking.out = Path(out)
+    return ranking
+
+
+def _data_paths(data: DataArg | None) -> list[PathArg]:
+    """The benchmark files of ``--data`` (none: empty)."""
+    if data is None:
+        return []
+    return [data] if isinstance(data, (str, PathLike)) else list(data)
+
+
+def _check_keys(keys: list[str]) -> None:
+    """Every key's syntax, and ``full`` among them, before any file is read.
+
+    Raises:
+        ConfigError: a bad key, or no ``full``.
+    """
+    for key in keys:
         parse_slot_key(key)
     if "full" not in keys:
         raise ConfigError("--predictions needs full=PATH: the full model's predictions (every slot kept)")
-    inputs = [p for _, p in pairs] + ([] if model is None else [model]) + \
-        ([] if data is None else ([data] if isinstance(data, (str, Path)) else list(data)))
-    if out is not None:
-        check_output_path(out, overwrite, inputs=inputs)
 
-    loaded = None
+
+def _slots_and_masks(keys: list[str], model: PathArg | None,
+                     config: RankConfig) -> tuple[Loaded | None, list[str], dict[str, frozenset[str]]]:
+    """``(loaded model or None, slots, {key: masked})``: the slots from ``model`` or else from the keys,
+    each key's mask set checked against them, and every slot masked alone required.
+
+    Raises:
+        ConfigError: no slot, a repeated mask set or a slot never masked alone.
+    """
+    loaded: Loaded | None = None
     if model is not None:
         from ..models.loading import load_model
 
-        loaded = load_model(model, device=device, dtype=dtype)
+        loaded = load_model(model, device=config.device, dtype=config.dtype)
         slots = list(loaded[2].slot_names(loaded[0].config))
     else:
         slots = slots_of_keys(keys)
@@ -330,39 +393,27 @@ def rank_predictions(predictions, model=None, data=None, categories=None, out=No
     if missing:
         raise ConfigError(f"no predictions with {', '.join(missing)} masked alone; CUR needs the full model and "
                           f"each slot masked alone: add " + " ".join(f"--predictions masked:{s}=PATH" for s in missing))
-
-    samples, clusters, table, files = _load(pairs, data, categories)
-    scores = {}
-    for key, _ in pairs:
-        rows = table[key]
-        scores[masks[key]] = np.array([score(s.metric, rows[s.id].prediction, s.answers, s.options, s.category)
-                                       for s in samples], dtype=float)
-    costs = _costs(loaded, slots)
-    masks_done = list(scores)
-    data_out = compute_ranking(slots, [s.category for s in samples], scores, costs,
-                               subsets=_subsets_mode(slots, masks_done), bootstrap=bootstrap, seed=seed, alpha=alpha,
-                               clusters=clusters)
-    data_out["model"] = str(model) if model is not None else "<predictions>"
-    data_out["mask_mode"] = mask_mode
-    data_out["empty_set_mask"] = "as in the prediction files"
-    data_out["source"] = "predictions"
-    data_out["predictions"] = {key: {"masked": [s for s in slots if s in masks[key]],
-                                     "files": [str(f) for f in files[key]]} for key, _ in pairs}
-    if loaded is None:
-        data_out["costs_note"] = ("no --model: slot costs (vision FLOPs, parameters) are unknown, so the frontier "
-                                  "has no costs; pass --model to report them")
-    data_out["evaluation"] = {"mask_sets_evaluated": 0, "mask_sets_cached": 0,
-                              "mask_sets_from_predictions": len(pairs), "encoder_passes_per_sample": 0.0,
-                              "feature_store": None, "wall_s": round(time.perf_counter() - start, 3), "threads": None}
-    ranking = Ranking(data_out)
-    if out is not None:
-        with atomic_output_dir(out, overwrite=overwrite, inputs=inputs) as tmp:
-            write_ranking(ranking.data, tmp)
-        ranking.out = Path(out)
-    return ranking
+    return loaded, slots, masks
 
 
-def _costs(loaded, slots):
+def _prediction_fields(model: PathArg | None, config: RankConfig, slots: list[str], masks: Mapping[str, frozenset[str]],
+                       files: Mapping[str, list[Path]]) -> dict[str, Any]:
+    """The ranking's fields that say it came from prediction files (and, without a model, why costs are unknown)."""
+    fields: dict[str, Any] = {
+        "model": str(model) if model is not None else "<predictions>",
+        "mask_mode": config.mask,
+        "empty_set_mask": "as in the prediction files",
+        "source": "predictions",
+        "predictions": {key: {"masked": [s for s in slots if s in masked], "files": [str(f) for f in files[key]]}
+                        for key, masked in masks.items()},
+    }
+    if model is None:
+        fields["costs_note"] = ("no --model: slot costs (vision FLOPs, parameters) are unknown, so the frontier "
+                                "has no costs; pass --model to report them")
+    return fields
+
+
+def _costs(loaded: Loaded | None, slots: Sequence[str]) -> Mapping[str, Mapping[str, int | None]]:
     if loaded is None:
         return {s: {"vision_flops": None, "params": None} for s in slots}
     from .subsets import slot_costs
@@ -370,14 +421,15 @@ def _costs(loaded, slots):
     return slot_costs(*loaded)
 
 
-def _load(pairs, data, categories):
+def _load(pairs: Sequence[tuple[str, Path]], data: DataArg | None, categories: Sequence[str] | None,
+          ) -> tuple[list[Sample], list[str], dict[str, dict[str, _Row]], dict[str, list[Path]]]:
     """``(samples, clusters, {key: {id: _Row}}, {key: [files]})``: samples in reference order."""
     from ..data.load import load_samples
 
     data_samples = None
     data_stems = None
     if data is not None:
-        paths = [Path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
+        paths = [Path(d) for d in _data_paths(data)]
         data_samples = load_samples(paths)
         data_stems = [p.stem for p in paths] if len(paths) > 1 else None
     table, files, datasets = {}, {}, {}

@@ -1,13 +1,21 @@
 """Human views of a ranking: ``ranking.md`` tables and the CUR heatmap / cost frontier plots."""
 
+from collections.abc import Iterable, Mapping, Sequence
+from os import PathLike
+from typing import Any, Union
+
 from .importance import OVERALL
 
+PathArg = Union[str, "PathLike[str]"]
+RankingData = Mapping[str, Any]  # the content of ranking.json (JSON)
+Cell = Union[Mapping[str, Any], None]  # one CUR cell: value, ci, significant, flips, note
 
-def _pct(value, digits=1):
+
+def _pct(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f}"
 
 
-def _flops_unit(values):
+def _flops_unit(values: Iterable[float | None]) -> tuple[float, str]:
     """``(divisor, prefix)`` that shows the largest of ``values`` FLOPs as a number below 1000."""
     top = max([v for v in values if v is not None], default=0)
     for div, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
@@ -16,17 +24,17 @@ def _flops_unit(values):
     return 1.0, ""
 
 
-def _mask_label(row):
+def _mask_label(row: Mapping[str, Any]) -> str:
     return "full" if not row["masked"] else " ".join(f"-{s}" for s in row["masked"])
 
 
-def _table(header, rows):
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
 
 
-def ranking_markdown(data):
+def ranking_markdown(data: RankingData) -> str:
     """The ranking as Markdown: accuracy under each mask, CUR with intervals, IG, flips, Shapley,
     interactions and the cost frontier. Accuracies and CURs are shown in percent."""
     groups = [*data["categories"], OVERALL]
@@ -62,7 +70,7 @@ def ranking_markdown(data):
     return "\n".join(lines) + "\n"
 
 
-def _recovery_lines(data, groups):
+def _recovery_lines(data: RankingData, groups: Sequence[str]) -> list[str]:
     """Masked vs recovered accuracy (and CUR of the removed set) of each recovered candidate."""
     block = data.get("recovery")
     if not block:
@@ -70,7 +78,7 @@ def _recovery_lines(data, groups):
     distill = {"off": "plain LoRA", "on": "distilled from the full model", "both": "plain LoRA and distilled"}
     lines = ["", f"## Accuracy (%) after recovery ({block['steps']} LoRA steps, {distill[block['distill']]}; "
              f"prune --on recovered uses `{block['primary']}`)", ""]
-    rows = []
+    rows: list[list[str]] = []
     for entry in block["candidates"]:
         kept = "+".join(entry["kept"])
         if "skipped" in entry:
@@ -89,7 +97,7 @@ def _recovery_lines(data, groups):
     return lines
 
 
-def _cur_cell(cell):
+def _cur_cell(cell: Cell) -> str:
     if cell is None:
         return ""
     if cell["value"] is None:
@@ -100,14 +108,14 @@ def _cur_cell(cell):
     return text
 
 
-def _flip_cell(cell):
+def _flip_cell(cell: Cell) -> str:
     if cell is None:
         return ""
     return f"{cell['flips']['right_to_wrong']} / {cell['flips']['wrong_to_right']}"
 
 
-def _shapley_lines(data, groups):
-    lines = []
+def _shapley_lines(data: RankingData, groups: Sequence[str]) -> list[str]:
+    lines: list[str] = []
     if data.get("shapley"):
         se = data.get("shapley_stderr")
         lines += ["", f"## Shapley values (accuracy points, %; {data['shapley_method']}"
@@ -129,7 +137,7 @@ def _shapley_lines(data, groups):
     return lines
 
 
-def _frontier_lines(data):
+def _frontier_lines(data: RankingData) -> list[str]:
     rows = sorted(data["subsets"], key=lambda r: (r["cost"]["vision_flops"] is None, r["cost"]["vision_flops"] or 0))
     div, prefix = _flops_unit([r["cost"]["vision_flops"] for r in rows])
     lines = ["", f"## Cost frontier (vision {prefix}FLOPs per image vs overall accuracy; P = Pareto-optimal)", ""]
@@ -141,7 +149,7 @@ def _frontier_lines(data):
     return lines
 
 
-def plot_cur_heatmap(data, path):
+def plot_cur_heatmap(data: RankingData, path: PathArg) -> None:
     """Slots x categories heatmap of CUR in percent (as in the tables), diverging colours centred
     at 0 (negative CUR in red); each cell shows the value and, with bootstrap, its interval.
 
@@ -182,11 +190,11 @@ def plot_cur_heatmap(data, path):
     fig.savefig(path, dpi=120)
 
 
-def _kept_label(kept):
+def _kept_label(kept: Iterable[str]) -> str:
     return "+".join(kept) or "(none)"
 
 
-def plot_frontier(data, path, selected=None):
+def plot_frontier(data: RankingData, path: PathArg, selected: Iterable[str] | None = None) -> None:
     """Overall accuracy (%) vs vision FLOPs of every evaluated kept set; the Pareto front joined.
 
     Pareto-optimal sets are red, dominated ones grey, the full model is a star and ``selected``
@@ -200,21 +208,23 @@ def plot_frontier(data, path, selected=None):
 
     rows = [r for r in data["subsets"] if r["cost"]["vision_flops"] is not None]
     div, prefix = _flops_unit([r["cost"]["vision_flops"] for r in rows])
-    selected = None if selected is None else frozenset(selected)
+    chosen_set = None if selected is None else frozenset(selected)
     fig = Figure(figsize=(8.6, 5.0))
     fig.subplots_adjust(left=0.08, right=0.66, bottom=0.11, top=0.92)
     ax = fig.add_subplot()
-    points, labels, priority = [], [], []
+    points: list[tuple[float, float]] = []
+    labels: list[str] = []
+    priority: list[int] = []
     for r in rows:
         x, y = r["cost"]["vision_flops"] / div, 100 * r["accuracy"][OVERALL]
         full = not r["masked"]
         ax.scatter([x], [y], marker="*" if full else "o", s=150 if full else 36, zorder=3,
                    color="tab:red" if r["pareto"] else "tab:gray")
-        if selected is not None and frozenset(r["kept"]) == selected:
+        if chosen_set is not None and frozenset(r["kept"]) == chosen_set:
             ax.scatter([x], [y], s=260, facecolors="none", edgecolors="black", linewidths=1.6, zorder=4)
         points.append((x, y))
         labels.append(_kept_label(r["kept"]))
-        chosen = selected is not None and frozenset(r["kept"]) == selected
+        chosen = chosen_set is not None and frozenset(r["kept"]) == chosen_set
         priority.append(0 if full or chosen else (1 if r["pareto"] else 2))
     front = sorted((r["cost"]["vision_flops"] / div, 100 * r["accuracy"][OVERALL]) for r in rows if r["pareto"])
     if front:
@@ -223,8 +233,8 @@ def plot_frontier(data, path, selected=None):
                Line2D([], [], color="tab:gray", marker="o", lw=0, label="dominated")]
     if any(not r["masked"] for r in rows):
         handles.append(Line2D([], [], color="0.35", marker="*", markersize=11, lw=0, label="full model (all slots)"))
-    if selected is not None:
-        kept = _kept_label(sorted(selected, key=data["slots"].index))
+    if chosen_set is not None:
+        kept = _kept_label(sorted(chosen_set, key=data["slots"].index))
         handles.append(Line2D([], [], marker="o", markersize=13, lw=0, markerfacecolor="none", markeredgecolor="black",
                               markeredgewidth=1.6, label=f"selected: keep {kept}"))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.67, 0.92), fontsize=8, frameon=False)

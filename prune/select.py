@@ -20,33 +20,40 @@ information, so dropping both hurts. Without the table, policies fall back to CU
 
 import hashlib
 import itertools
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from os import PathLike
 from pathlib import Path
+from typing import Any, Union
 
 from ..errors import ConfigError, PlanError
 from ..files import RANKING_NAME
 from ..models.slots import SlotSet
-from .config import COSTS, EACH
+from .config import COSTS, EACH, SelectConfig
+
+RankingData = Mapping[str, Any]  # a ranking.json document (:func:`read_ranking`)
+Table = dict[frozenset[str], float]  # {kept set: accuracy (or retained share)}
 
 
 @dataclass
 class Selection:
     """The outcome of a policy: slots to drop and why."""
 
-    drop: list
-    kept: list
+    drop: list[str]
+    kept: list[str]
     policy: str
     basis: str  # "explicit", "subsets" or "cur"
     reason: str
-    expected_accuracy: float = None
-    details: dict = field(default_factory=dict)
+    expected_accuracy: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
+        """The selection as a JSON-able dict (recorded in the manifest)."""
         return asdict(self)
 
 
 # ---------------------------------------------------------------------------- reading rankings
-def read_ranking(path):
+def read_ranking(path: Union[str, "PathLike[str]"]) -> dict[str, Any]:
     """Read and check a ``ranking.json`` (a file or the folder holding it) with ``rank.load_ranking``.
 
     Returns:
@@ -58,35 +65,35 @@ def read_ranking(path):
     from .rank import load_ranking
 
     ranking = load_ranking(path)
-    path = Path(path)
-    file = path / RANKING_NAME if path.is_dir() else path
+    where = Path(path)
+    file = where / RANKING_NAME if where.is_dir() else where
     ranking["_path"] = str(file.resolve())
     ranking["_sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
     return ranking
 
 
-def check_ranking(ranking, slots):
+def check_ranking(ranking: RankingData, slots: Sequence[str]) -> None:
     """Raise ``PlanError`` if the ranking was made for other slots than the model's."""
     if sorted(ranking["slots"]) != sorted(slots):
         raise PlanError(f"the ranking is for slots {', '.join(ranking['slots'])} but the model has "
                         f"{', '.join(slots)}; rank this model first")
 
 
-def _categories(ranking):
+def _categories(ranking: RankingData) -> list[str]:
     return ["overall", *ranking.get("categories", [])]
 
 
-def _check_category(ranking, category):
+def _check_category(ranking: RankingData, category: str) -> None:
     if category not in _categories(ranking):
         raise PlanError(f"category '{category}' is not in the ranking; use one of {', '.join(_categories(ranking))}")
 
 
-def _subsets(ranking, slots, category, on="masked"):
+def _subsets(ranking: RankingData, slots: Collection[str], category: str, on: str = "masked") -> Table:
     """``{frozenset(kept): accuracy}`` of measured proper, non-empty kept sets.
 
     ``on="recovered"``: the accuracy after recovery (``rank --recover``), of the rows that have it.
     """
-    table = {}
+    table: Table = {}
     for row in ranking.get("subsets") or []:
         kept = frozenset(row["kept"])
         value = (row.get("accuracy" if on == "masked" else "recovered") or {}).get(category)
@@ -95,54 +102,57 @@ def _subsets(ranking, slots, category, on="masked"):
     return table
 
 
-def _full_accuracy(ranking, category):
-    value = ranking["accuracy"]["full"].get(category)
+def _full_accuracy(ranking: RankingData, category: str) -> float:
+    value: float | None = ranking["accuracy"]["full"].get(category)
     if value is None:
         raise PlanError(f"the ranking has no full-model accuracy for '{category}'")
     return value
 
 
-def _cur(ranking, slot, category):
+def _cur(ranking: RankingData, slot: str, category: str) -> float:
     entry = (ranking["cur"].get(slot) or {}).get(category) or {}
-    value = entry.get("value")
+    value: float | None = entry.get("value")
     if value is None:
         why = entry.get("note") or "no CUR value"
         raise PlanError(f"CUR of '{slot}' for '{category}' is undefined ({why}); choose another category")
     return value
 
 
-def _cost(ranking, kept, metric):
+def _cost(ranking: RankingData, kept: Iterable[str], metric: str) -> float:
     """Cost of a kept set: the subset row's measured cost, else the sum of per-slot costs."""
     for row in ranking.get("subsets") or []:
         if frozenset(row["kept"]) == frozenset(kept):
-            value = (row.get("cost") or {}).get(metric)
+            value: float | None = (row.get("cost") or {}).get(metric)
             if value is not None:
                 return value
     costs = ranking.get("costs") or {}
     try:
-        return sum(costs[s][metric] for s in kept)
+        total: float = sum(costs[s][metric] for s in kept)
+        return total
     except (KeyError, TypeError):
         raise PlanError(f"the ranking has no '{metric}' cost for kept set {sorted(kept)}; "
                         f"use --cost with one of {', '.join(COSTS)} that it holds") from None
 
 
-def _ordered(slots, subset):
+def _ordered(slots: Iterable[str], subset: Collection[str]) -> list[str]:
     return [s for s in slots if s in subset]
 
 
-def _selection(slots, kept, policy, basis, reason, accuracy=None, **details):
-    kept = _ordered(slots, kept)
-    drop = [s for s in slots if s not in kept]
+def _selection(slots: Sequence[str], kept: Collection[str], policy: str, basis: str, reason: str,
+               accuracy: float | None = None, **details: Any) -> Selection:
+    ordered = _ordered(slots, kept)
+    drop = [s for s in slots if s not in ordered]
     if not drop:
         raise PlanError(f"policy {policy} keeps every slot: nothing to remove ({reason})")
-    if not kept:
+    if not ordered:
         raise PlanError("cannot remove every encoder; keep at least one slot")
-    return Selection(drop, kept, policy, basis, reason, accuracy, details)
+    return Selection(drop, ordered, policy, basis, reason, accuracy, details)
 
 
-def _best(candidates, table, ranking, metric="vision_flops"):
+def _best(candidates: Iterable[frozenset[str]], table: Mapping[frozenset[str], float], ranking: RankingData,
+          metric: str = "vision_flops") -> frozenset[str]:
     """The candidate kept set with the highest accuracy, then the lowest cost, then slot order."""
-    def key(kept):
+    def key(kept: frozenset[str]) -> tuple[float, float, list[str]]:
         try:
             cost = _cost(ranking, kept, metric)
         except PlanError:
@@ -152,13 +162,13 @@ def _best(candidates, table, ranking, metric="vision_flops"):
 
 
 # ---------------------------------------------------------------------------- policies
-def select_drop(slots, names):
+def select_drop(slots: Sequence[str], names: str | Iterable[str]) -> Selection:
     """Drop exactly ``names`` (a list, or one string ``"sam,clip"``: :class:`encslim.models.slots.SlotSet`)."""
     kept = SlotSet.from_drop(slots, names, error=PlanError).kept
     return _selection(slots, kept, "drop", "explicit", "named on the command line")
 
 
-def select_keep(ranking, slots, k, category="overall"):
+def select_keep(ranking: RankingData, slots: Sequence[str], k: int, category: str = "overall") -> Selection:
     """Keep the best ``k`` slots for ``category``."""
     _check_category(ranking, category)
     if not 1 <= k < len(slots):
@@ -176,7 +186,7 @@ def select_keep(ranking, slots, k, category="overall"):
                       k=k, category=category)
 
 
-def select_drop_negative(ranking, slots, category="overall"):
+def select_drop_negative(ranking: RankingData, slots: Sequence[str], category: str = "overall") -> Selection:
     """Drop slots whose removal improves accuracy, jointly checked on the subset table."""
     _check_category(ranking, category)
     negative = sorted((s for s in slots if _cur(ranking, s, category) < 0), key=lambda s: _cur(ranking, s, category))
@@ -184,8 +194,8 @@ def select_drop_negative(ranking, slots, category="overall"):
         raise PlanError(f"no slot has a negative CUR for {category}: removing any would cost accuracy")
     table = _subsets(ranking, slots, category)
     if not table:
-        kept = [s for s in slots if s not in negative] or [negative[-1]]
-        return _selection(slots, kept, "drop-negative", "cur",
+        rest = [s for s in slots if s not in negative] or [negative[-1]]
+        return _selection(slots, rest, "drop-negative", "cur",
                           "CUR < 0 (no subset table: joint effect unchecked)", category=category)
     kept, accuracy = frozenset(slots), _full_accuracy(ranking, category)
     for slot in negative:
@@ -197,7 +207,7 @@ def select_drop_negative(ranking, slots, category="overall"):
                       category=category)
 
 
-def _retained_table(ranking, slots, category, on="masked"):
+def _retained_table(ranking: RankingData, slots: Sequence[str], category: str, on: str = "masked") -> Table:
     """``{kept: share of the full accuracy retained}``; for ``each``, the smallest share over categories.
 
     Categories where the full model scores 0 have no share and are left out.
@@ -212,7 +222,8 @@ def _retained_table(ranking, slots, category, on="masked"):
     return {kept: min(tables[c][kept] / full[c] for c in names) for kept in kept_sets}
 
 
-def select_min_retained(ranking, slots, fraction, category="overall", on="masked"):
+def select_min_retained(ranking: RankingData, slots: Sequence[str], fraction: float, category: str = "overall",
+                        on: str = "masked") -> Selection:
     """The smallest kept set whose accuracy is at least ``fraction`` of the full model's.
 
     ``category="each"`` asks it of every category of the ranking at once (those the full model
@@ -241,7 +252,8 @@ def select_min_retained(ranking, slots, fraction, category="overall", on="masked
                       fraction=fraction, category=category, retained=round(retained[best], 4), on=on)
 
 
-def select_budget(ranking, slots, budget, cost="vision_flops", category="overall"):
+def select_budget(ranking: RankingData, slots: Sequence[str], budget: float, cost: str = "vision_flops",
+                  category: str = "overall") -> Selection:
     """The most accurate kept set whose ``cost`` is at most ``budget``."""
     _check_category(ranking, category)
     if cost not in COSTS:
@@ -266,14 +278,15 @@ def select_budget(ranking, slots, budget, cost="vision_flops", category="overall
                       budget=budget, cost=cost, category=category, kept_cost=_cost(ranking, best, cost))
 
 
-def check_recovered(ranking):
+def check_recovered(ranking: RankingData) -> None:
     """Raise ``PlanError`` unless the ranking holds recovered accuracy (``rank --recover``)."""
     if not any(row.get("recovered") for row in ranking.get("subsets") or []):
         raise PlanError("the ranking has no recovered accuracy; rerun `encslim rank` with --recover STEPS "
                         "--recover-data TRAIN (or decide on masked accuracy: drop --on recovered)")
 
 
-def select(slots, ranking=None, config=None, **overrides):
+def select(slots: Sequence[str], ranking: RankingData | None = None,
+           config: SelectConfig | Mapping[str, Any] | None = None, **overrides: Any) -> Selection:
     """Run exactly one policy; see the module docstring.
 
     Args:
@@ -295,8 +308,6 @@ def select(slots, ranking=None, config=None, **overrides):
             without a ranking.
         PlanError: the policy cannot decide (see each policy).
     """
-    from .config import SelectConfig
-
     if "on" in overrides:
         overrides["accuracy"] = overrides.pop("on")
     c = SelectConfig.build(config, **overrides)
@@ -314,6 +325,7 @@ def select(slots, ranking=None, config=None, **overrides):
     elif c.drop_negative:
         result = select_drop_negative(ranking, slots, c.category)
     else:
+        assert c.budget is not None  # exactly one policy is set (SelectConfig checks it)
         result = select_budget(ranking, slots, c.budget, c.cost, c.category)
     result.details.update(ranking=ranking.get("_path"), ranking_sha256=ranking.get("_sha256"))
     return result

@@ -16,33 +16,56 @@ weights are checked by their headers, so neither torch nor transformers is impor
 """
 
 import logging
+from collections.abc import Iterable, Mapping
+from os import PathLike
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import ConfigError, ModelLoadError, VerificationError
 from ..files import atomic_output_dir, check_output_path
 from ..models.adapter import Adapter
 from ..models.executor import check_side_files, execute
 from ..models.folder import Checkpoint, ModelFolder
-from ..models.plan import check_plan, describe_plan
+from ..models.plan import RemovalPlan, check_plan, describe_plan
+from ..models.registry import TorchFreePlan
 from ..models.shards import parse_size
-from ..provenance import StageRecord, write_manifest
+from ..provenance import write_manifest
+from .config import PruneConfig
+from .select import Selection
+
+if TYPE_CHECKING:
+    from ..models.adapter import Config
 
 logger = logging.getLogger(__name__)
 
+PathArg = Union[str, "PathLike[str]"]
+DataArg = Union[PathArg, Iterable[PathArg]]
+Planner = Union[Adapter, TorchFreePlan]  # what builds the plan: the adapter, or the family's torch-free plan module
+# (planner, its config, plan, folder, summary) of :func:`prepare`
+Prepared = tuple[Planner, Any, RemovalPlan, ModelFolder, dict[str, Any]]
+
 
 # ---------------------------------------------------------------------------- reading the model
-def open_folder(model_dir, encoders=None):
+def open_folder(model_dir: PathArg | ModelFolder, encoders: Mapping[str, str] | None = None) -> ModelFolder:
     """``model_dir`` as a :class:`~encslim.models.folder.ModelFolder` (opened once; one passes through),
     with the encoder folders ``encoders`` (``{slot: folder}``, ``--encoder``)."""
     return ModelFolder.open(model_dir, encoders=encoders)
 
 
-def _adapter_and_config(folder):
+def _weights(folder: ModelFolder) -> Checkpoint:
+    """The folder's checkpoint (``ValueError`` for a folder opened without its weights: a bug)."""
+    if folder.weights is None:
+        raise ValueError(f"{folder.path} was opened without its weights")
+    return folder.weights
+
+
+def _adapter_and_config(folder: ModelFolder) -> tuple[Adapter, "Config"]:
     adapter = folder.adapter
     return adapter, adapter.read_config(str(folder.path))
 
 
-def _torch_free(folder, config=None):
+def _torch_free(folder: ModelFolder,
+                config: Mapping[str, Any] | None = None) -> tuple[TorchFreePlan, Any] | None:
     """``(family plan module, light config)`` of the family's torch-free plan, or ``None``.
 
     Args:
@@ -59,17 +82,18 @@ def _torch_free(folder, config=None):
     return None if light is None else (module, light)
 
 
-def model_slots(model_dir):
+def model_slots(model_dir: PathArg | ModelFolder) -> list[str]:
     """The slot names of the model in ``model_dir`` (a folder or a ``ModelFolder``; reads config.json only)."""
     folder = model_dir if isinstance(model_dir, ModelFolder) else ModelFolder.open(model_dir, weights=False)
     found = _torch_free(folder)
     if found is not None:
-        return list(found[1].slot_names)
+        names: list[str] = list(found[1].slot_names)
+        return names
     adapter, config = _adapter_and_config(folder)
     return adapter.slot_names(config)
 
 
-def _check_structure(folder, shapes, where):
+def _check_structure(folder: ModelFolder, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
     """The meta-model structure check of a ``ModelFolder``'s weights ``shapes`` (builds the empty model: torch)."""
     from .verify import check_structure
 
@@ -77,7 +101,7 @@ def _check_structure(folder, shapes, where):
     check_structure(adapter, config, shapes, where)
 
 
-def prepare(model_dir, drop, torch_free=False):
+def prepare(model_dir: PathArg | ModelFolder, drop: Iterable[str], torch_free: bool = False) -> Prepared:
     """Read a model folder and build its removal plan, checking weights and side files against it.
 
     Args:
@@ -97,22 +121,27 @@ def prepare(model_dir, drop, torch_free=False):
     """
     folder = open_folder(model_dir)
     found = _torch_free(folder) if torch_free else None
-    adapter, config = found if found is not None else _adapter_and_config(folder)
-    plan = adapter.removal_plan(config, list(drop))
-    shapes = folder.weights.shapes()
-    check_plan(plan, shapes)
+    planner: Planner
     if found is not None:
-        adapter.check_header(config, shapes, f"{folder.path}")
+        planner, config = found
     else:
+        planner, config = _adapter_and_config(folder)
+    plan: RemovalPlan = planner.removal_plan(config, list(drop))
+    weights = _weights(folder)
+    shapes = weights.shapes()
+    check_plan(plan, shapes)
+    if isinstance(planner, Adapter):
         from .verify import check_structure
 
-        check_structure(adapter, config, shapes, f"{folder.path}")
-    summary = describe_plan(plan, shapes, folder.weights.itemsizes())
+        check_structure(planner, config, shapes, f"{folder.path}")
+    else:
+        planner.check_header(config, shapes, f"{folder.path}")
+    summary: dict[str, Any] = dict(describe_plan(plan, shapes, weights.itemsizes()))
     summary.update(check_side_files(folder, plan))
-    return adapter, config, plan, folder, summary
+    return planner, config, plan, folder, summary
 
 
-def _check_output(tmp, torch_free, config):
+def _check_output(tmp: Path, torch_free: bool, config: Mapping[str, Any]) -> None:
     """Check the pruned folder's weights against its config.json (header check on the torch-free path).
 
     Args:
@@ -123,33 +152,31 @@ def _check_output(tmp, torch_free, config):
     """
     try:
         shapes = Checkpoint.open(tmp).shapes()
-        found = None
-        if torch_free:
-            from ..models.registry import torch_free_plan
+        from ..models.registry import torch_free_plan
 
-            module = torch_free_plan(config)
-            light = None if module is None else module.plan_config(config)
-            found = None if light is None else (module, light)
-        if found is not None:
-            found[0].check_header(found[1], shapes, "the pruned output")
+        module = torch_free_plan(config) if torch_free else None
+        light = None if module is None else module.plan_config(config)
+        if module is not None and light is not None:
+            module.check_header(light, shapes, "the pruned output")
         else:
             _check_structure(ModelFolder.open(tmp, weights=False), shapes, "the pruned output")
     except ModelLoadError as err:
         raise VerificationError(f"{err} (a bug in the removal plan: report it); nothing was written") from err
 
 
-def _fits_in_memory(checkpoint):
+def _fits_in_memory(checkpoint: Checkpoint) -> bool:
     """Whether the masked-full and the pruned model fit in memory together, in fp32."""
     import psutil
 
     fp32 = sum(t.numel * 4 for t in checkpoint.tensors.values())
-    return 2.5 * fp32 < psutil.virtual_memory().available
+    available: int = psutil.virtual_memory().available
+    return 2.5 * fp32 < available
 
 
 VERIFY_METHODS = ("auto", "full", "module-local")
 
 
-def verification_method(verify, method, fits):
+def verification_method(verify: bool | None, method: str | None, fits: bool) -> tuple[str | None, str]:
     """``(method, reason)``: which verification runs (``"full"``, ``"module-local"`` or ``None``) and why.
 
     Args:
@@ -175,7 +202,8 @@ def verification_method(verify, method, fits):
     return "module-local", "the model does not fit in memory (full verification builds both models in fp32)"
 
 
-def _verify(method, reason, checkpoint, tmp, plan, data, num_samples, source=None):
+def _verify(method: str | None, reason: str, checkpoint: Checkpoint, tmp: Path, plan: RemovalPlan,
+            data: DataArg | None, num_samples: int, source: ModelFolder | None = None) -> dict[str, Any]:
     """The manifest's verification entry: run ``method`` on the pruned folder ``tmp`` (see :func:`prune`)."""
     if method is None:
         return {"skipped": True, "reason": reason}
@@ -185,11 +213,13 @@ def _verify(method, reason, checkpoint, tmp, plan, data, num_samples, source=Non
         return verify_module_local(checkpoint, tmp, plan, reason=reason)
     from .verify import verify_pruned
 
-    source = checkpoint.folder if source is None else source  # the ModelFolder: its encoder folders too
-    return {**verify_pruned(source, tmp, plan, data=data, num_samples=num_samples), "reason": reason}
+    model: PathArg = checkpoint.folder if source is None else source  # the ModelFolder: its encoder folders too
+    return {**verify_pruned(model, tmp, plan, data=data, num_samples=num_samples), "reason": reason}
 
 
-def prune(model_dir, drop, out=None, config=None, *, data=None, selection=None, **overrides):
+def prune(model_dir: PathArg | ModelFolder, drop: Selection | Iterable[str], out: PathArg | None = None,
+          config: PruneConfig | Mapping[str, Any] | None = None, *, data: DataArg | None = None,
+          selection: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """Remove encoder slots ``drop`` from the model in ``model_dir`` and write the result to ``out``.
 
     Args:
@@ -218,43 +248,45 @@ def prune(model_dir, drop, out=None, config=None, *, data=None, selection=None, 
         VerificationError: an exact plan whose pruned logits (or, module-local, a changed module or a kept
             tensor) differ from the masked model's.
     """
-    from .config import PruneConfig
-
     c = PruneConfig.build(config, **overrides)
-    verify, verify_method, streaming, dry_run, overwrite = c.verify, c.verify_method, c.streaming, c.dry_run, c.overwrite
-    max_shard_size, num_samples = c.max_shard_size, c.num_samples
-    if hasattr(drop, "to_dict"):  # a Selection
+    if isinstance(drop, Selection):
         selection, drop = (drop.to_dict() if selection is None else selection), list(drop.drop)
     folder = open_folder(model_dir)
-    model_dir = folder.path
-    if not dry_run:
+    if not c.dry_run:
         if out is None:
             raise ConfigError("no output folder; pass --out DIR (or --dry-run to only see the plan)")
-        check_output_path(out, overwrite, inputs=[model_dir])
-    parse_size(max_shard_size)
-    verification_method(verify, verify_method, True)  # a contradiction fails before any work
+        check_output_path(out, c.overwrite, inputs=[folder.path])
+    parse_size(c.max_shard_size)
+    verification_method(c.verify, c.verify_method, True)  # a contradiction fails before any work
     # torch-free when the model may never be built: a dry run, or streaming without full verification
-    torch_free = dry_run or (verify_method != "full" and streaming is not False)
-    adapter, config, plan, folder, summary = prepare(folder, drop, torch_free=torch_free)
-    if dry_run:
-        return {"dry_run": True, "plan": plan.to_dict(), "summary": summary}
-    checkpoint = folder.weights
+    torch_free = c.dry_run or (c.verify_method != "full" and c.streaming is not False)
+    prepared = prepare(folder, drop, torch_free=torch_free)
+    if c.dry_run or out is None:
+        return {"dry_run": True, "plan": prepared[2].to_dict(), "summary": prepared[4]}
+    return _execute(prepared, out, c, data, selection)
+
+
+def _execute(prepared: Prepared, out: PathArg, c: PruneConfig, data: DataArg | None,
+             selection: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Write the pruned model into ``out``: choose the executor and the verification, run both, write the manifest."""
+    adapter, _, plan, folder, summary = prepared
+    model_dir, checkpoint = folder.path, _weights(folder)
     fits = _fits_in_memory(checkpoint)
-    streaming = (not fits) if streaming is None else streaming
-    method, reason = verification_method(verify, verify_method, fits)
+    streaming = (not fits) if c.streaming is None else c.streaming
+    method, reason = verification_method(c.verify, c.verify_method, fits)
     torch_free = not isinstance(adapter, Adapter)  # the plan came from config.json alone
     if torch_free and (method == "full" or not streaming):  # the model is built after all: the full structure check
         torch_free = False
         _check_structure(folder, checkpoint.shapes(), f"{model_dir}")
-    with atomic_output_dir(out, overwrite=overwrite, inputs=[model_dir]) as tmp:
+    with atomic_output_dir(out, overwrite=c.overwrite, inputs=[model_dir]) as tmp:
         logger.info("pruning %s from %s (%s executor)", ", ".join(plan.drop), model_dir,
                     "streaming" if streaming else "in-memory")
-        result = execute(plan, folder, tmp, streaming, max_shard_size)
+        result = execute(plan, folder, tmp, streaming, c.max_shard_size)
         _check_output(tmp, torch_free, result["config"])
-        verification = _verify(method, reason, checkpoint, tmp, plan, data, num_samples, source=folder)
+        verification = _verify(method, reason, checkpoint, tmp, plan, data, c.num_samples, source=folder)
         manifest = write_manifest(
-            tmp, StageRecord("prune", removed=plan.drop, kept=plan.kept, plan=plan.to_dict(), ranking=selection,
-                             verification=verification), source=model_dir,
+            tmp, stage="prune", source=model_dir, removed=plan.drop, kept=plan.kept,
+            plan=plan.to_dict(), ranking=selection, verification=verification,
             extra={"summary": summary, "executor": "streaming" if streaming else "in-memory", "io": result["io"],
                    "left_out": result["left_out"], **{k: result[k] for k in ("legacy_keys",) if k in result}},
             source_hashes=result["source"], file_hashes=result["written"],

@@ -18,28 +18,43 @@
 import logging
 import math
 import os
+import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import DataError, ModelLoadError, VerificationError
 from ..models.folder import Checkpoint, key_problems
 from ..provenance import VERIFY_TOLERANCE as TOLERANCE
+
+if TYPE_CHECKING:
+    from ..models.adapter import Adapter, Batch, Config, Processor
+    from ..models.folder import TensorInfo
+    from ..models.plan import Fold, FoldPart, RemovalPlan, Slice
+    from ..models.shard_format import OutTensor
+
+PathArg = Union[str, "os.PathLike[str]"]
+DataArg = Union[PathArg, Iterable[PathArg]]
+Shape = Sequence[int]
+Layout = tuple[dict[str, tuple[int, ...]], set[str]]  # (expected shapes, keys a checkpoint may omit)
+Array = NDArray[np.float32]
+Infos = Mapping[str, "TensorInfo"]  # {key: TensorInfo} of a checkpoint
 
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_PROMPT = "Describe the image in one word."
 
 
-def expected_layouts(adapter, config):
+def expected_layouts(adapter: "Adapter", config: "Config") -> list[Layout]:
     """The checkpoint layouts a model built from ``config`` accepts, as ``[(shapes, optional)]``.
 
     First the layout ``save_pretrained`` writes (transformers 5 renames some keys on save, e.g.
     DINOv2's ``attention.k_proj`` back to ``attention.attention.key``), then the module layout.
     ``optional`` holds keys a checkpoint may omit (tied weights, keys ignored when missing).
     """
-    import re
-
     model = adapter.empty_model(config)
     native = model.state_dict(keep_vars=True)
     layouts = [native]
@@ -50,9 +65,10 @@ def expected_layouts(adapter, config):
     except Exception as err:  # noqa: BLE001 - an internal transformers API; the module layout still checks
         logger.debug("no saved-layout check: %s", err)
     patterns = list(getattr(model, "_keys_to_ignore_on_load_missing", None) or [])
-    result = []
+    result: list[Layout] = []
     for state in layouts:
-        first_key, optional = {}, set()
+        first_key: dict[int, str] = {}
+        optional: set[str] = set()
         for key, tensor in state.items():
             if id(tensor) in first_key:
                 optional.update({key, first_key[id(tensor)]})
@@ -62,20 +78,19 @@ def expected_layouts(adapter, config):
     return result
 
 
-def _layout_problems(expected, optional, shapes, tolerated=None):
+def _layout_problems(expected: Mapping[str, Shape], optional: set[str], shapes: Mapping[str, Shape],
+                     tolerated: "re.Pattern[str] | None" = None) -> list[str]:
     return key_problems(expected, shapes, tolerated, optional=optional).examples()
 
 
-def _ignored_unexpected(adapter):
+def _ignored_unexpected(adapter: "Adapter") -> "re.Pattern[str] | None":
     """One pattern of the keys the model class ignores when a checkpoint has them
     (``_keys_to_ignore_on_load_unexpected``: e.g. transformers 4.3x's ``rotary_emb.inv_freq``), or ``None``."""
-    import re
-
     patterns = getattr(getattr(adapter, "model_class", None), "_keys_to_ignore_on_load_unexpected", None) or ()
     return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
 
 
-def check_structure(adapter, config, shapes, where):
+def check_structure(adapter: "Adapter", config: "Config", shapes: Mapping[str, Shape], where: str) -> None:
     """Raise ``ModelLoadError`` if checkpoint ``shapes`` do not fit the model ``config`` describes.
 
     Args:
@@ -93,8 +108,7 @@ def check_structure(adapter, config, shapes, where):
                          "the weights belong to another model or config")
 
 
-def _synthetic_inputs(adapter, config, count, seed):
-    import numpy as np
+def _synthetic_inputs(adapter: "Adapter", config: "Config", count: int, seed: int) -> tuple[list[Any], list[str]]:
     from PIL import Image
 
     side = max(slot.image_size for slot in adapter.slots(config))
@@ -103,20 +117,21 @@ def _synthetic_inputs(adapter, config, count, seed):
     return images, [SYNTHETIC_PROMPT] * count
 
 
-def _data_inputs(data, count):
+def _data_inputs(data: DataArg, count: int) -> tuple[list[Any], list[str]]:
     try:
         from ..data.load import load_samples
     except ImportError:
         raise DataError("--data needs encslim.data.load, which this installation lacks; "
                         "verify on synthetic inputs (leave out --data)") from None
-    paths = [data] if isinstance(data, (str, bytes)) or not hasattr(data, "__iter__") else list(data)
+    paths: list[PathArg] = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     samples = [s for s in load_samples(paths) if s.image is not None][:count]
     if not samples:
         raise DataError(f"no sample with an image in {', '.join(map(str, paths))}; pass other --data")
     return [s.image for s in samples], [s.question for s in samples]
 
 
-def _batches(full_adapter, full_proc, pruned_adapter, pruned_proc, images, questions, drop):
+def _batches(full_adapter: "Adapter", full_proc: "Processor", pruned_adapter: "Adapter", pruned_proc: "Processor",
+             images: list[Any], questions: list[str], drop: Iterable[str]) -> tuple["Batch", "Batch", float]:
     prompts_full = [full_adapter.build_prompt(full_proc, q) for q in questions]
     prompts_pruned = [pruned_adapter.build_prompt(pruned_proc, q) for q in questions]
     full = full_adapter.prepare_batch(full_proc, images, prompts_full, masked=frozenset(drop))
@@ -133,7 +148,8 @@ def _batches(full_adapter, full_proc, pruned_adapter, pruned_proc, images, quest
     return full, pruned, pixel_diff
 
 
-def verify_pruned(source_dir, pruned_dir, plan, data=None, num_samples=4, tolerance=TOLERANCE, seed=0):
+def verify_pruned(source_dir: PathArg, pruned_dir: PathArg, plan: "RemovalPlan", data: DataArg | None = None,
+                  num_samples: int = 4, tolerance: float = TOLERANCE, seed: int = 0) -> dict[str, Any]:
     """Compare masked-full and pruned logits on ``num_samples`` inputs, in fp32.
 
     Args:
@@ -174,7 +190,7 @@ def verify_pruned(source_dir, pruned_dir, plan, data=None, num_samples=4, tolera
     keep = full_batch["attention_mask"].bool()
     diff = float((ref - got).abs()[keep].max())
     scale = float(ref[keep].abs().max())
-    result = {
+    result: dict[str, Any] = {
         "method": "full", "samples": len(images), "inputs": "data" if data else "synthetic", "max_abs_diff": diff,
         "max_abs_logit": scale, "tolerance": tolerance, "exact": plan.exact,
         "passed": (diff <= tolerance) if plan.exact else None, "pixel_max_abs_diff": pixel_diff,
@@ -204,14 +220,15 @@ _BUG = "nothing was written (this is a bug in the removal plan or its executor: 
 class _TensorReader:
     """Reads tensors' bytes from their files (one descriptor per file, closed by :meth:`close`)."""
 
-    def __init__(self):
-        self._fds = {}
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
 
-    def read(self, info, offset=0, count=None):
+    def read(self, info: "TensorInfo", offset: int = 0, count: int | None = None) -> bytes:
+        """``count`` bytes (default: to the end) of ``info``'s data from ``offset`` on."""
         count = info.nbytes - offset if count is None else count
-        fd = self._fds.get(info.file)
+        fd = self._fds.get(str(info.file))
         if fd is None:
-            fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+            fd = self._fds[str(info.file)] = os.open(info.file, os.O_RDONLY)
         data, where = bytearray(), info.start + offset
         while len(data) < count:
             piece = os.pread(fd, count - len(data), where + len(data))
@@ -220,23 +237,25 @@ class _TensorReader:
             data += piece
         return bytes(data)
 
-    def array(self, info):
+    def array(self, info: "TensorInfo") -> Array:
         """The tensor as an fp32 numpy array (bf16 widened exactly)."""
         raw = self.read(info)
         if info.dtype == "BF16":
             words = np.frombuffer(raw, dtype="<u2").astype("<u4") << 16
-            return words.view("<f4").reshape(info.shape)
+            widened: Array = words.view("<f4").reshape(info.shape)
+            return widened
         if info.dtype not in _FLOATS:
             raise VerificationError(f"module-local verification cannot compute on '{info.key}' ({info.dtype}); "
                                     "verify with --verify-method full on a machine where the model fits")
         return np.frombuffer(raw, dtype=_FLOATS[info.dtype]).astype(np.float32).reshape(info.shape)
 
-    def close(self):
+    def close(self) -> None:
+        """Close every file it opened."""
         while self._fds:
             os.close(self._fds.popitem()[1])
 
 
-def _check_kept(outputs, written, reader):
+def _check_kept(outputs: Sequence["OutTensor"], written: Infos, reader: _TensorReader) -> tuple[int, int]:
     """The output holds exactly the planned tensors, and every copied one equals its source byte for byte.
 
     Returns:
@@ -254,7 +273,7 @@ def _check_kept(outputs, written, reader):
         if (got.dtype, tuple(got.shape)) != (tensor.dtype, tuple(tensor.shape)):
             raise VerificationError(f"module-local verification failed: tensor '{tensor.key}' is {got.dtype} "
                                     f"{list(got.shape)}, planned {tensor.dtype} {list(tensor.shape)}; {_BUG}")
-        if tensor.op != "copy":
+        if tensor.op != "copy" or tensor.source is None:
             continue
         source = tensor.source
         for offset in range(0, source.nbytes, COMPARE_CHUNK):
@@ -267,14 +286,15 @@ def _check_kept(outputs, written, reader):
     return count, nbytes
 
 
-def _max_diff(ref, got):
-    ref, got = np.asarray(ref), np.asarray(got)
-    if ref.shape != got.shape:
+def _max_diff(ref: NDArray[Any], got: NDArray[Any]) -> float:
+    a, b = np.asarray(ref), np.asarray(got)
+    if a.shape != b.shape:
         return math.inf
-    return float(np.abs(ref - got).max()) if ref.size else 0.0
+    return float(np.abs(a - b).max()) if a.size else 0.0
 
 
-def _slice_diff(sl, plan, source, written, reader, rng, samples):
+def _slice_diff(sl: "Slice", plan: "RemovalPlan", source: Infos, written: Infos, reader: _TensorReader,
+                rng: np.random.Generator, samples: int) -> float:
     """Max |difference| of a sliced tensor's module, the removed slots' input zeroed vs the kept input.
 
     The module is linear in its input along ``sl.dim``: ``x_zeroed . W_full == x_kept . W_pruned``
@@ -298,8 +318,9 @@ def _slice_diff(sl, plan, source, written, reader, rng, samples):
     return _max_diff(ref, got)
 
 
-def _complement(keep, size):
-    ranges, start = [], 0
+def _complement(keep: Iterable[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    ranges: list[tuple[int, int]] = []
+    start = 0
     for begin, stop in sorted(keep):
         if begin > start:
             ranges.append((start, begin))
@@ -307,11 +328,11 @@ def _complement(keep, size):
     return ranges + ([(start, size)] if start < size else [])
 
 
-def _part_array(part, source, reader):
+def _part_array(part: "FoldPart", source: Infos, reader: _TensorReader) -> Array:
     return reader.array(source[part["key"]]) if "key" in part else np.zeros(part["zeros"], dtype=np.float32)
 
 
-def _linear_pair(weight, bias, source):
+def _linear_pair(weight: "Fold", bias: "Fold", source: Infos) -> bool:
     """Whether folds ``weight`` and ``bias`` build one Linear, row block by row block (dim 0)."""
     if weight.dim != 0 or bias.dim != 0 or len(weight.parts) != len(bias.parts):
         return False
@@ -323,7 +344,8 @@ def _linear_pair(weight, bias, source):
     return True
 
 
-def _fold_linear_diff(weight, bias, source, written, reader, rng, samples):
+def _fold_linear_diff(weight: "Fold", bias: "Fold", source: Infos, written: Infos, reader: _TensorReader,
+                      rng: np.random.Generator, samples: int) -> float:
     """Max |difference| of a folded Linear vs the source branches it replaces, the removed ones on zero input.
 
     Each row block is a branch: a source weight part is a kept branch (its own Linear, on the pruned
@@ -332,7 +354,7 @@ def _fold_linear_diff(weight, bias, source, written, reader, rng, samples):
     """
     w_out, b_out = reader.array(written[weight.key]), reader.array(written[bias.key])
     x = rng.standard_normal((samples, w_out.shape[1]), dtype=np.float32)
-    pieces = []
+    pieces: list[NDArray[Any]] = []
     try:
         for wpart, bpart in zip(weight.parts, bias.parts):
             b = _part_array(bpart, source, reader)
@@ -350,7 +372,7 @@ def _fold_linear_diff(weight, bias, source, written, reader, rng, samples):
         return math.inf
 
 
-def _fold_diff(fold, source, written, reader):
+def _fold_diff(fold: "Fold", source: Infos, written: Infos, reader: _TensorReader) -> float:
     """Max |difference| of a fold's output vs its parts concatenated (from the source)."""
     try:
         ref = np.concatenate([_part_array(p, source, reader) for p in fold.parts], axis=fold.dim)
@@ -359,11 +381,12 @@ def _fold_diff(fold, source, written, reader):
     return _max_diff(ref, reader.array(written[fold.key]))
 
 
-def _module_checks(plan, source, written, reader, rng, samples):
+def _module_checks(plan: "RemovalPlan", source: Infos, written: Infos, reader: _TensorReader,
+                   rng: np.random.Generator, samples: int) -> dict[str, dict[str, Any]]:
     """``{module: {"tensors", "check", "max_abs_diff"}}`` of every module the plan slices or folds."""
-    modules = {}
+    modules: dict[str, dict[str, Any]] = {}
 
-    def record(module, keys, check, diff):
+    def record(module: str, keys: list[str], check: str, diff: float) -> None:
         entry = modules.setdefault(module, {"tensors": [], "checks": [], "max_abs_diff": 0.0})
         entry["tensors"] += keys
         entry["checks"] = sorted(set(entry["checks"]) | {check})
@@ -385,7 +408,9 @@ def _module_checks(plan, source, written, reader, rng, samples):
     return modules
 
 
-def verify_module_local(source, pruned_dir, plan, tolerance=TOLERANCE, seed=0, samples=LOCAL_SAMPLES, reason=None):
+def verify_module_local(source: "Checkpoint | PathArg", pruned_dir: PathArg, plan: "RemovalPlan",
+                        tolerance: float = TOLERANCE, seed: int = 0, samples: int = LOCAL_SAMPLES,
+                        reason: str | None = None) -> dict[str, Any]:
     """Verify a pruned folder module by module, without building either model (see the module docstring).
 
     Args:
@@ -410,16 +435,16 @@ def verify_module_local(source, pruned_dir, plan, tolerance=TOLERANCE, seed=0, s
     from ..models.executor import plan_outputs
 
     started = time.perf_counter()
-    source = source if isinstance(source, Checkpoint) else Checkpoint.open(source)
+    checkpoint = source if isinstance(source, Checkpoint) else Checkpoint.open(source)
     written = Checkpoint.open(pruned_dir).tensors
     reader = _TensorReader()
     try:
-        equal, nbytes = _check_kept(plan_outputs(plan, source), written, reader)
-        modules = _module_checks(plan, source.tensors, written, reader, np.random.default_rng(seed), samples)
+        equal, nbytes = _check_kept(plan_outputs(plan, checkpoint), written, reader)
+        modules = _module_checks(plan, checkpoint.tensors, written, reader, np.random.default_rng(seed), samples)
     finally:
         reader.close()
     worst = max((m["max_abs_diff"] for m in modules.values()), default=0.0)
-    result = {
+    result: dict[str, Any] = {
         "method": "module-local", "reason": reason, "exact": plan.exact, "tolerance": tolerance,
         "samples": samples, "inputs": "random", "tensors_byte_equal": equal, "bytes_compared": nbytes,
         "modules": modules, "max_module_diff": worst, "passed": worst <= tolerance if plan.exact else None,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ..conftest import make_image, run_main
+from encslim.prune.config import RankConfig
 from encslim.prune.importance import bootstrap_unit, bootstrap_weights, cur_table
 from encslim.prune.rank import load_ranking, rank
 from encslim.prune.rank_compute import compute_ranking, image_clusters
@@ -223,7 +224,7 @@ def test_one_question_per_image_equals_the_row_bootstrap():
     rows = cur_table(full, {"s": masked}, categories, n_boot=300, seed=7)
     assert cur_table(full, {"s": masked}, categories, n_boot=300, seed=7, clusters=unique) == rows
     data = compute_ranking(["s"], categories, {frozenset(): full, frozenset({"s"}): masked}, {"s": {}},
-                           bootstrap=300, seed=7, clusters=unique)
+                           RankConfig(bootstrap=300, seed=7), clusters=unique)
     assert data["cur"] == rows and data["bootstrap"]["unit"] == "sample" and data["bootstrap"]["clusters"] == 30
 
 
@@ -236,7 +237,8 @@ def test_duplicated_images_resample_images_deterministically():
     scores = {frozenset(): full, frozenset({"s"}): masked}
 
     def run(clusters):
-        return compute_ranking(["s"], categories, scores, {"s": {}}, bootstrap=500, seed=0, clusters=clusters)
+        return compute_ranking(["s"], categories, scores, {"s": {}}, RankConfig(bootstrap=500, seed=0),
+                               clusters=clusters)
 
     rows, images, again = run(None), run(clusters), run(clusters)
     assert images["bootstrap"]["unit"] == "image" and images["bootstrap"]["clusters"] == 20
