@@ -16,12 +16,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 from typing import Any, Union
 
-from ..bench.evaluate import RecordKeys, evaluate
+from ..bench.evaluate import EvalSettings, RecordKeys, evaluate
 from ..bench.features import FeatureStore
 from ..bench.records import RecordStore
 from ..data.load import load_samples
@@ -220,9 +220,23 @@ def _record_keys(evaluator: Evaluator, loaded: Loaded, samples: list[Sample],
     if isinstance(evaluator, functools.partial) and not evaluator.args:
         func, keywords = evaluator.func, evaluator.keywords
     if func is evaluate:
-        options = {k: v for k, v in keywords.items() if k in ("mcq_mode", "prompt_styles", "mask_values")}
-        return RecordKeys(*loaded, samples, max_new_tokens=max_new_tokens, **options)
+        return RecordKeys(loaded, samples, _settings_for(keywords, max_new_tokens=max_new_tokens))
     return RankKeys(loaded[0], samples, {"max_new_tokens": max_new_tokens, "evaluator": _name_of(evaluator)})
+
+
+def _settings_for(keywords: "Mapping[str, Any]", **changes: "Any") -> EvalSettings:
+    """The ``settings`` of a ``functools.partial(evaluate, settings=...)`` (else the defaults), with ``changes``."""
+    return replace(keywords.get("settings") or EvalSettings(), **changes)
+
+
+def _evaluator_options(evaluator: "Evaluator", kwargs: "Mapping[str, Any]", mask_mode: str) -> "dict[str, Any]":
+    """The keywords of one evaluator call: ``kwargs`` with rank's batch size and generation budget and
+    ``mask_mode`` as the evaluator's :class:`~encslim.bench.evaluate.EvalSettings`."""
+    options = dict(kwargs)
+    keywords = evaluator.keywords if isinstance(evaluator, functools.partial) else {}
+    settings = _settings_for(keywords, mask_mode=mask_mode, batch_size=options.pop("batch_size"),
+                             max_new_tokens=options.pop("max_new_tokens"))
+    return {**options, "settings": settings}
 
 
 def _feature_store(feature_memory_gb: float | None) -> FeatureStore | None:
@@ -342,8 +356,8 @@ class _Runner:
             if not group:
                 continue
             logger.info("evaluating %d mask set(s) (%s mask)", len(group), mode)
-            result = self.evaluator(*self.loaded, self.samples, mask_sets=group, mask_mode=mode,
-                                    records_path=self.records_path, **self.kwargs)
+            result = self.evaluator(self.loaded, self.samples, mask_sets=group, records_path=self.records_path,
+                                    **_evaluator_options(self.evaluator, self.kwargs, mode))
             for masked in group:
                 self.table.add(masked, result.scores[masked])
             total = getattr(result, "encoder_passes_total", None)

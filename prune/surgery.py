@@ -29,7 +29,7 @@ from ..models.folder import Checkpoint, ModelFolder
 from ..models.plan import RemovalPlan, check_plan, describe_plan
 from ..models.registry import TorchFreePlan
 from ..models.shards import parse_size
-from ..provenance import write_manifest
+from ..provenance import StageRecord, write_manifest
 from .config import PruneConfig
 from .select import Selection
 
@@ -285,8 +285,8 @@ def _execute(prepared: Prepared, out: PathArg, c: PruneConfig, data: DataArg | N
         _check_output(tmp, torch_free, result["config"])
         verification = _verify(method, reason, checkpoint, tmp, plan, data, c.num_samples, source=folder)
         manifest = write_manifest(
-            tmp, stage="prune", source=model_dir, removed=plan.drop, kept=plan.kept,
-            plan=plan.to_dict(), ranking=selection, verification=verification,
+            tmp, StageRecord("prune", removed=plan.drop, kept=plan.kept, plan=plan.to_dict(), ranking=selection,
+                             verification=verification), source=model_dir,
             extra={"summary": summary, "executor": "streaming" if streaming else "in-memory", "io": result["io"],
                    "left_out": result["left_out"], **{k: result[k] for k in ("legacy_keys",) if k in result}},
             source_hashes=result["source"], file_hashes=result["written"],
