@@ -1,5 +1,6 @@
 """CLI: ``encslim run`` and ``encslim recipes list|validate``."""
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -13,7 +14,8 @@ import click
 @click.option("--force", is_flag=True, help="Rerun the selected stages even if their inputs are unchanged.")
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (default: the cores no other process keeps busy, or ENCSLIM_THREADS).")
-def run_cmd(recipe, overrides, stages, force, threads, encoders=None):
+def run_cmd(recipe: str, overrides: tuple[str, ...], stages: tuple[str, ...], force: bool, threads: int | None,
+            encoders: Mapping[str, str] | None = None) -> None:
     """Run RECIPE (a YAML file) end to end; OVERRIDES are key.sub=value pairs."""
     from .runner import run_recipe
     from .stages import format_summary
@@ -24,12 +26,12 @@ def run_cmd(recipe, overrides, stages, force, threads, encoders=None):
 
 
 @click.group("recipes")
-def recipes_group():
+def recipes_group() -> None:
     """List and validate recipes."""
 
 
 @recipes_group.command("list")
-def list_cmd():
+def list_cmd() -> None:
     """List the recipes shipped with encslim."""
     from .schema import shipped_recipes
 
@@ -40,7 +42,7 @@ def list_cmd():
 
 @recipes_group.command("validate")
 @click.argument("files", nargs=-1, type=click.Path())
-def validate_cmd(files):
+def validate_cmd(files: tuple[str, ...]) -> None:
     """Validate FILES (default: every shipped recipe)."""
     from .schema import load_recipe, shipped_recipes
 
@@ -50,7 +52,7 @@ def validate_cmd(files):
         click.echo(f"ok  {path}")
 
 
-def _find(recipe):
+def _find(recipe: str) -> Path:
     """A recipe path, or the name of a shipped recipe."""
     from .schema import shipped_recipes
 

@@ -5,6 +5,8 @@ adds the recovery's options and runs :func:`encslim.recipes.recover.rank_and_rec
 sits in the pipeline layer because recovery composes prune, finetune and evaluation.
 """
 
+from typing import Any
+
 import click
 
 from ..prune import rank_commands as masked
@@ -14,7 +16,7 @@ RECOVER_OPTIONS = recover_options()  # generated from RecoverConfig's fields
 RECOVER_NAMES = tuple(option.name for option in RECOVER_OPTIONS)
 
 
-def _rank_with_recovery(**options):
+def _rank_with_recovery(**options: Any) -> None:
     """The masked ranking (prune's command), then, with ``--recover``, the recovery of its candidates."""
     import sys
 
@@ -27,19 +29,23 @@ def _rank_with_recovery(**options):
                  if ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
         if stray:
             raise click.UsageError(f"{', '.join(stray)} only work with --recover STEPS")
-        return masked.rank_cmd.callback(**rank_options)
+        masked_only = masked.rank_cmd.callback
+        assert masked_only is not None  # the command was made from its function
+        masked_only(**rank_options)
+        return
 
     from .recover import rank_and_recover
 
     model_dir, data, config = masked.rank_arguments(rank_options)
     recover = recover_config(options, seed=config.seed)
+    assert recover is not None  # --recover STEPS was given
     as_json = options["as_json"]
     ranking = rank_and_recover(model_dir, data, recover, options["out"], config, progress=sys.stderr.isatty(),
                                echo=lambda line: click.echo(line, err=as_json))
     masked.show_ranking(ranking.data, options["out"], as_json, more=recovery_summary(ranking.data))
 
 
-def recovery_summary(data):
+def recovery_summary(data: dict[str, Any]) -> str:
     """Masked vs recovered accuracy per candidate (percent), one line per variant."""
     block = data["recovery"]
     groups = [*data["categories"], "overall"]
@@ -59,7 +65,7 @@ def recovery_summary(data):
     return "\n".join(lines)
 
 
-def _params():
+def _params() -> list[click.Parameter]:
     """prune's rank options, the recovery options placed before --overwrite and --json."""
     params = list(masked.rank_cmd.params)
     at = next(i for i, p in enumerate(params) if p.name == "overwrite")

@@ -43,6 +43,8 @@ Deviation from a full retraining study: the full model is not given the same rec
 so ``recovered_cur`` compares a recovered pruned model against the unrecovered full one.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
@@ -50,21 +52,33 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import ConfigError, PlanError
 from ..files import sha256_file
 from ..prune.importance import OVERALL, accuracy
 from .recover_config import DISTILLED, RecoverConfig
 
+if TYPE_CHECKING:
+    from ..data.samples import Sample
+    from ..prune.config import RankConfig
+    from ..prune.rank import Ranking
+
 logger = logging.getLogger(__name__)
 
 RECOVER_DIR = "recover"
 RESULT_FILE = "result.json"
 
+PathArg = Union[str, "os.PathLike[str]"]  # a file or folder; a ModelFolder is one too
+DataArg = Union[PathArg, Iterable[Union[PathArg, "Sample"]]]  # the ranking's file(s), or its samples
+Echo = Callable[[str], None]
 
-def check_recovery(settings, model_path, out, evaluation_data):
+
+def check_recovery(settings: RecoverConfig, model_path: object, out: PathArg | None, evaluation_data: DataArg) -> None:
     """Refuse a recovery that cannot run, before anything is loaded.
 
     Args:
@@ -83,11 +97,11 @@ def check_recovery(settings, model_path, out, evaluation_data):
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise ConfigError("--recover runs in one process (each candidate's LoRA run is small); start rank without "
                           "torchrun, or rank under torchrun first and then rerun with --recover and --overwrite")
-    data = [evaluation_data] if isinstance(evaluation_data, (str, Path)) else list(evaluation_data)
+    data = [evaluation_data] if isinstance(evaluation_data, (str, os.PathLike)) else list(evaluation_data)
     check_settings(settings, data)
 
 
-def check_settings(settings, evaluation_data):
+def check_settings(settings: RecoverConfig, evaluation_data: Iterable[PathArg | Sample]) -> None:
     """Raise ``ConfigError`` for bad recovery settings (before any model is loaded)."""
     problems = settings.problems()
     if problems:
@@ -104,20 +118,20 @@ def check_settings(settings, evaluation_data):
                               "or the recovered accuracy is measured on what the model was trained on")
 
 
-def _content_key(path):
+def _content_key(path: PathArg) -> str:
     """What makes two data paths the same data: the sha256 of a file's bytes, a folder's resolved path."""
     path = Path(path)
     return sha256_file(path) if path.is_file() else str(path.resolve())
 
 
 # ---------------------------------------------------------------------------- candidates
-def candidates(ranking, top):
+def candidates(ranking: Mapping[str, Any], top: int) -> list[list[str]]:
     """The kept sets to recover, in order (lists of slot names); see the module docstring."""
     slots = ranking["slots"]
     proper = [r for r in ranking.get("subsets") or [] if r["kept"] and len(r["kept"]) < len(slots)]
     rows = [r for r in proper if r.get("pareto")] or proper  # none on the frontier (ties with the empty set)
     by_accuracy = sorted(rows, key=lambda r: (-r["accuracy"][OVERALL], len(r["kept"])))
-    best_per_size = {}
+    best_per_size: dict[int, dict[str, Any]] = {}
     for row in by_accuracy:
         best_per_size.setdefault(len(row["kept"]), row)
     first = [r for r in by_accuracy if best_per_size[len(r["kept"])] is r]
@@ -125,12 +139,13 @@ def candidates(ranking, top):
     return [list(r["kept"]) for r in ordered[:top]]
 
 
-def candidate_name(kept):
+def candidate_name(kept: Sequence[str]) -> str:
+    """The folder name of a candidate under ``recover/``: its kept slots joined by ``+``."""
     return "+".join(kept)
 
 
 # ---------------------------------------------------------------------------- running
-def _fingerprint(model_path, settings, eval_settings):
+def _fingerprint(model_path: PathArg, settings: RecoverConfig, eval_settings: Mapping[str, Any]) -> str:
     data = [{"path": str(Path(p).resolve()), "sha256": sha256_file(p) if Path(p).is_file() else None}
             for p in settings.data]
     payload = {"model": str(Path(model_path).resolve()), "settings": settings.model_dump(exclude={"data"}),
@@ -138,7 +153,7 @@ def _fingerprint(model_path, settings, eval_settings):
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def carry_over(previous_out, new_out):
+def carry_over(previous_out: PathArg | None, new_out: PathArg) -> None:
     """Link (or copy) the ``recover/`` folder of a previous ranking into the new one (resume)."""
     if previous_out is None:
         return
@@ -146,7 +161,7 @@ def carry_over(previous_out, new_out):
     if not source.is_dir():
         return
 
-    def link(src, dst):
+    def link(src: str, dst: str) -> None:
         try:
             os.link(src, dst)
         except OSError:
@@ -156,7 +171,7 @@ def carry_over(previous_out, new_out):
 
 
 @contextmanager
-def _kept_aside(previous_out, out):
+def _kept_aside(previous_out: PathArg | None, out: PathArg) -> Iterator[Path | None]:
     """The ``recover/`` folder of ``previous_out``, linked into a folder next to ``out`` (or ``None``).
 
     The ranking replaces ``out`` as a whole (atomically); when the previous ranking is ``out``
@@ -176,7 +191,9 @@ def _kept_aside(previous_out, out):
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def rank_and_recover(model_path, data, settings, out, config=None, *, resume_from=None, echo=None, **overrides):
+def rank_and_recover(model_path: PathArg, data: DataArg, settings: RecoverConfig | Mapping[str, Any], out: PathArg,
+                     config: RankConfig | Mapping[str, Any] | None = None, *, resume_from: PathArg | None = None,
+                     echo: Echo | None = None, **overrides: Any) -> Ranking:
     """Rank ``model_path`` on ``data``, then recover the frontier's candidates (``rank --recover``).
 
     Args:
@@ -205,26 +222,28 @@ def rank_and_recover(model_path, data, settings, out, config=None, *, resume_fro
     from ..prune.rank import rank, rank_config
 
     runtime = {k: overrides.pop(k) for k in ("evaluator", "progress", "latency_ms") if k in overrides}
-    config = rank_config(config, **overrides)
-    settings = RecoverConfig.build(settings)
-    check_recovery(settings, model_path, out, data)
-    train = load_samples([Path(p) for p in settings.data])  # broken rows refused before the ranking is written
+    ranking_config: RankConfig = rank_config(config, **overrides)
+    recovery: RecoverConfig = RecoverConfig.build(settings)
+    check_recovery(recovery, model_path, out, data)
+    train = load_samples([Path(p) for p in recovery.data])  # broken rows refused before the ranking is written
     started = time.perf_counter()
-    if resume_from is None and config.overwrite and Path(out).is_dir():
+    if resume_from is None and ranking_config.overwrite and Path(out).is_dir():
         resume_from = out
     with _kept_aside(resume_from, out) as previous:
-        ranking = rank(model_path, data, config, out=out, **runtime)
+        ranking: Ranking = rank(model_path, data, ranking_config, out=out, **runtime)
         carry_over(previous, out)
-    recover(ranking.data, open_folder(model_path), ranking.samples, out, settings,  # keeps its --encoder folders
-            {"batch_size": config.batch_size, "max_new_tokens": config.max_new_tokens, "device": config.device,
-             "dtype": config.dtype}, echo=echo,
-            train=train)
+    assert ranking.samples is not None  # rank() keeps the samples it ranked on
+    recover(ranking.data, open_folder(model_path), ranking.samples, out, recovery,  # keeps its --encoder folders
+            {"batch_size": ranking_config.batch_size, "max_new_tokens": ranking_config.max_new_tokens,
+             "device": ranking_config.device, "dtype": ranking_config.dtype}, echo=echo, train=train)
     ranking.data["evaluation"]["wall_s"] = round(time.perf_counter() - started, 3)
     rewrite_ranking(ranking.data, out)
     return ranking
 
 
-def recover(ranking, model_path, samples, out, settings, eval_kwargs, echo=None, train=None):
+def recover(ranking: dict[str, Any], model_path: PathArg, samples: Sequence[Sample], out: PathArg,
+            settings: RecoverConfig, eval_kwargs: Mapping[str, Any], echo: Echo | None = None,
+            train: Sequence[Sample] | None = None) -> dict[str, Any]:
     """Recover the frontier candidates of ``ranking`` and add what they reach to it (in place).
 
     Args:
@@ -240,63 +259,93 @@ def recover(ranking, model_path, samples, out, settings, eval_kwargs, echo=None,
 
     Returns:
         the ``recovery`` block (also stored in ``ranking``).
+
+    Raises:
+        ConfigError: the ranking has no frontier kept set to recover.
     """
     from ..data.load import load_samples
 
-    echo = echo or logger.info
-    device, dtype = eval_kwargs.get("device", "cpu"), eval_kwargs.get("dtype", "float32")
     started = time.perf_counter()
     if train is None:
         train = load_samples([Path(p) for p in settings.data])
     eval_settings = {"max_new_tokens": eval_kwargs.get("max_new_tokens"), "samples": [s.id for s in samples]}
-    fingerprint = _fingerprint(model_path, settings, eval_settings)
+    run = _Run(model_path, train, samples, settings, eval_kwargs, _fingerprint(model_path, settings, eval_settings),
+               echo or logger.info)
     work = Path(out) / RECOVER_DIR
     work.mkdir(parents=True, exist_ok=True)
-    full = ranking["accuracy"]["full"]
-    rows = {tuple(r["kept"]): r for r in ranking["subsets"]}
     chosen = candidates(ranking, settings.top)
     if not chosen:
         raise ConfigError("the ranking has no frontier kept set to recover (it needs the subset table of at least "
                           "two slots); rank with --subsets all or greedy")
+    rows = {tuple(r["kept"]): r for r in ranking["subsets"]}
     results = []
     for number, kept in enumerate(chosen, 1):
-        row = rows[tuple(kept)]
         masked = [s for s in ranking["slots"] if s not in kept]
-        folder = work / candidate_name(kept)
-        echo(f"recover {number}/{len(chosen)}: keep {', '.join(kept)} (drop {', '.join(masked)})")
-        try:
-            result = _recover_one(folder, model_path, masked, train, samples, settings, eval_kwargs, fingerprint,
-                                  device, dtype, echo)
-        except PlanError as err:  # the family cannot remove this set: report it, recover the others
-            echo(f"  skipped: {err}")
-            results.append({"kept": kept, "masked": masked, "accuracy_masked": row["accuracy"], "skipped": str(err)})
-            shutil.rmtree(folder, ignore_errors=True)
-            continue
-        entry = {"kept": kept, "masked": masked, "accuracy_masked": row["accuracy"],
-                 "accuracy_recovered": result["accuracy"], "cur_masked": _cur(full, row["accuracy"]),
-                 "cur_recovered": {v: _cur(full, acc) for v, acc in result["accuracy"].items()},
-                 "models": result["models"], "seconds": result["seconds"], "reused": result["reused"]}
-        results.append(entry)
-        row["recovered"] = result["accuracy"][settings.primary]
-        row["recovered_variants"] = result["accuracy"]
-    block = {"steps": settings.steps, "top": settings.top, "distill": settings.distill,
-             "variants": settings.variants, "primary": settings.primary,
-             "train_data": [str(Path(p).resolve()) for p in settings.data],
-             "settings": settings.model_dump(exclude={"data"}),
-             "candidates_rule": "best Pareto row of each size, then the other Pareto rows, by masked accuracy",
-             "full_model_recovered": False, "candidates": results,
-             "wall_s": round(time.perf_counter() - started, 3)}
+        run.echo(f"recover {number}/{len(chosen)}: keep {', '.join(kept)} (drop {', '.join(masked)})")
+        results.append(_recover_candidate(run, work / candidate_name(kept), kept, masked, rows[tuple(kept)],
+                                          ranking["accuracy"]["full"]))
+    block = _recovery_block(settings, results, started)
     ranking["recovery"] = block
-    ranking["recovered_cur"] = _recovered_cur(ranking, results, settings.primary)
+    ranking["recovered_cur"] = _recovered_cur(results, settings.primary)
     return block
 
 
-def _cur(full, acc):
+@dataclass(frozen=True)
+class _Run:
+    """What the recovery of every candidate shares: the full model, the data, the settings, the fingerprint."""
+
+    model_path: PathArg
+    train: Sequence[Sample]  # the recovery's training samples
+    samples: Sequence[Sample]  # the ranking's (evaluation) samples
+    settings: RecoverConfig
+    eval_kwargs: Mapping[str, Any]  # the ranking's evaluation settings (see recover)
+    fingerprint: str  # of the model, the settings and the evaluation: a candidate made otherwise is redone
+    echo: Echo
+
+    @property
+    def device(self) -> str:
+        return str(self.eval_kwargs.get("device", "cpu"))
+
+    @property
+    def dtype(self) -> str:
+        return str(self.eval_kwargs.get("dtype", "float32"))
+
+
+def _recover_candidate(run: _Run, folder: Path, kept: list[str], masked: list[str], row: dict[str, Any],
+                       full: Mapping[str, float]) -> dict[str, Any]:
+    """Recover one kept set (``row`` of the subset table gains its recovered accuracy); its entry of
+    ``recovery.candidates``, with ``skipped`` and the reason where the family cannot remove the set."""
+    try:
+        result = _recover_one(run, folder, masked)
+    except PlanError as err:  # the family cannot remove this set: report it, recover the others
+        run.echo(f"  skipped: {err}")
+        shutil.rmtree(folder, ignore_errors=True)
+        return {"kept": kept, "masked": masked, "accuracy_masked": row["accuracy"], "skipped": str(err)}
+    row["recovered"] = result["accuracy"][run.settings.primary]
+    row["recovered_variants"] = result["accuracy"]
+    return {"kept": kept, "masked": masked, "accuracy_masked": row["accuracy"],
+            "accuracy_recovered": result["accuracy"], "cur_masked": _cur(full, row["accuracy"]),
+            "cur_recovered": {v: _cur(full, acc) for v, acc in result["accuracy"].items()},
+            "models": result["models"], "seconds": result["seconds"], "reused": result["reused"]}
+
+
+def _recovery_block(settings: RecoverConfig, results: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    """The ``recovery`` block of ranking.json: the settings, the rule, every candidate's entry, the wall time."""
+    return {"steps": settings.steps, "top": settings.top, "distill": settings.distill,
+            "variants": settings.variants, "primary": settings.primary,
+            "train_data": [str(Path(p).resolve()) for p in settings.data],
+            "settings": settings.model_dump(exclude={"data"}),
+            "candidates_rule": "best Pareto row of each size, then the other Pareto rows, by masked accuracy",
+            "full_model_recovered": False, "candidates": results,
+            "wall_s": round(time.perf_counter() - started, 3)}
+
+
+def _cur(full: Mapping[str, float], acc: Mapping[str, float]) -> dict[str, float | None]:
     """CUR of the removed set per category: ``(full - acc) / full`` (``None`` where full is 0)."""
     return {c: ((full[c] - acc[c]) / full[c] if full.get(c) else None) for c in full if c in acc}
 
 
-def _recovered_cur(ranking, results, primary):
+def _recovered_cur(results: Sequence[Mapping[str, Any]], primary: str) -> dict[str, dict[str, float | None]]:
     """Per slot whose single removal was recovered: its CUR after recovery, per category."""
     out = {}
     for entry in results:
@@ -305,64 +354,66 @@ def _recovered_cur(ranking, results, primary):
     return out
 
 
-def _read(path):
+def _read(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None
 
 
-def _recover_one(folder, model_path, masked, train, samples, settings, eval_kwargs, fingerprint, device, dtype,
-                 echo):
+def _recover_one(run: _Run, folder: Path, masked: list[str]) -> dict[str, Any]:
     """One candidate, resumable: ``{"accuracy": {variant: {...}}, "models", "seconds", "reused"}``."""
     done = _read(folder / RESULT_FILE)
-    if done and done.get("fingerprint") == fingerprint:
-        echo("  reused (done before with the same settings)")
+    if done and done.get("fingerprint") == run.fingerprint:
+        run.echo("  reused (done before with the same settings)")
         return {**done, "reused": True}
-    if done or (folder.exists() and (_read(folder / "fingerprint.json") or {}).get("fingerprint") != fingerprint):
+    if done or (folder.exists() and (_read(folder / "fingerprint.json") or {}).get("fingerprint") != run.fingerprint):
         shutil.rmtree(folder, ignore_errors=True)  # made with other settings: start over
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "fingerprint.json").write_text(json.dumps({"fingerprint": fingerprint}) + "\n", encoding="utf-8")
+    (folder / "fingerprint.json").write_text(json.dumps({"fingerprint": run.fingerprint}) + "\n", encoding="utf-8")
     started = time.perf_counter()
     accuracies, models = {}, {}
-    for variant in settings.variants:
+    for variant in run.settings.variants:
         model_dir = folder / variant
         scored = _read(folder / f"{variant}.json")
         if scored is None:
             if not (model_dir / "config.json").is_file():
-                _train(folder, model_path, masked, train, settings, variant, model_dir, echo)
-            scored = _evaluate(model_dir, samples, eval_kwargs, device, dtype)
+                _train(run, folder, masked, variant, model_dir)
+            scored = _evaluate(model_dir, run.samples, run.eval_kwargs, run.device, run.dtype)
             _write_json(folder / f"{variant}.json", scored)
         accuracies[variant] = scored["accuracy"]
         models[variant] = f"{RECOVER_DIR}/{folder.name}/{variant}"  # relative to the ranking folder
-        echo(f"  {variant}: overall {scored['accuracy'][OVERALL]:.3f}")
+        run.echo(f"  {variant}: overall {scored['accuracy'][OVERALL]:.3f}")
     shutil.rmtree(folder / "pruned", ignore_errors=True)
-    result = {"fingerprint": fingerprint, "accuracy": accuracies, "models": models,
+    result = {"fingerprint": run.fingerprint, "accuracy": accuracies, "models": models,
               "seconds": round(time.perf_counter() - started, 3)}
     _write_json(folder / RESULT_FILE, result)
     return {**result, "reused": False}
 
 
-def _train(folder, model_path, masked, train, settings, variant, model_dir, echo):
+def _train(run: _Run, folder: Path, masked: list[str], variant: str, model_dir: Path) -> None:
     from ..finetune.train import finetune
     from ..prune.surgery import prune
 
+    settings = run.settings
     pruned = folder / "pruned"
     if not (pruned / "config.json").is_file():
-        prune(model_path, masked, pruned, verify=False, overwrite=True)
-    options = dict(max_steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size, lora_r=settings.lora_r,
-                   seed=settings.seed, merge=True, progress=False)
+        prune(run.model_path, masked, pruned, verify=False, overwrite=True)
+    options: dict[str, Any] = dict(max_steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
+                                   lora_r=settings.lora_r, seed=settings.seed, merge=True, progress=False)
     if variant == DISTILLED:
-        options.update(distill_from=str(model_path), distill_weight=settings.distill_weight,
+        options.update(distill_from=str(run.model_path), distill_weight=settings.distill_weight,
                        distill_temperature=settings.distill_temperature)
-    summary = finetune(pruned, train, model_dir, overwrite=True, **options)
+    summary = finetune(pruned, run.train, model_dir, overwrite=True, **options)
     # the run's smoothed loss, as finetune.json and the recipe summary give it; the warning on the same line, once
     rose = "  WARNING: the loss rose" if summary["loss_rose"] else ""
-    echo(f"  {variant}: {summary['steps']} steps, loss {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} "
-         f"(mean of the first/last {summary['loss_window']} steps){rose}")
+    run.echo(f"  {variant}: {summary['steps']} steps, loss {summary['loss_start']:.4f} -> {summary['loss_end']:.4f} "
+             f"(mean of the first/last {summary['loss_window']} steps){rose}")
 
 
-def _evaluate(model_dir, samples, eval_kwargs, device, dtype):
+def _evaluate(model_dir: Path, samples: Sequence[Sample], eval_kwargs: Mapping[str, Any], device: str,
+              dtype: str) -> dict[str, Any]:
     from ..bench.evaluate import EvalSettings, evaluate
     from ..models.loading import load_model
 
@@ -373,13 +424,13 @@ def _evaluate(model_dir, samples, eval_kwargs, device, dtype):
     return {"accuracy": accuracy([scores[s.id] for s in samples], [s.category for s in samples]), "n": len(samples)}
 
 
-def _write_json(path, data):
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     tmp = Path(path).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
-def rewrite_ranking(ranking, folder):
+def rewrite_ranking(ranking: Mapping[str, Any], folder: PathArg) -> None:
     """Write the ranking (now with its recovery) into ``folder`` again, each file replaced atomically."""
     from ..prune.rank import write_ranking
 

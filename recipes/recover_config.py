@@ -7,7 +7,7 @@ recovery composes prune, finetune and evaluation; it imports neither (the schema
 """
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import click
 from pydantic import Field, field_validator
@@ -41,10 +41,10 @@ class RecoverConfig(StageConfig):
 
     @field_validator("data", mode="before")
     @classmethod
-    def _paths_text(cls, value):
+    def _paths_text(cls, value: Any) -> list[str]:
         return [str(p) for p in ([value] if isinstance(value, (str, Path)) else value or [])]
 
-    def problems(self):
+    def problems(self) -> list[str]:
         """What keeps the recovery from running that the fields alone do not say (no data)."""
         if not self.data:
             return ["--recover needs --recover-data TRAIN_FILE (training samples for the recovery; "
@@ -52,32 +52,29 @@ class RecoverConfig(StageConfig):
         return []
 
     @property
-    def variants(self):
+    def variants(self) -> list[str]:
+        """The recovery runs of each candidate, in order: ``lora``, ``distill`` or both."""
         return {"off": [PLAIN], "on": [DISTILLED], "both": [PLAIN, DISTILLED]}[self.distill]
 
     @property
-    def primary(self):
+    def primary(self) -> str:
         """The variant ``recovered`` (and so ``prune --on recovered``) reports."""
         return self.variants[-1]
 
 
-def recover_options():
+def recover_options() -> list[click.Parameter]:
     """The ``--recover*`` Click options of ``encslim rank``, one per :class:`RecoverConfig` field:
     ``--recover STEPS`` (off when not given) and ``--recover-<field>`` (parameter ``recover_<field>``)."""
-
-    def command(**_):
-        pass
-
-    for name, field in reversed(list(RecoverConfig.model_fields.items())):
-        if name not in NOT_ON_CLI:
-            command = field_option(PREFIX + name, field)(command)
+    holder = click.Command("rank")  # the options attach to it in order, as they do to a command
     steps = RecoverConfig.model_fields["steps"]
-    command = click.option("--recover", "recover", type=int, default=None, metavar="STEPS",
-                           help=steps.description)(command)
-    return list(reversed(command.__click_params__))
+    click.option("--recover", "recover", type=int, default=None, metavar="STEPS", help=steps.description)(holder)
+    for name, field in RecoverConfig.model_fields.items():
+        if name not in NOT_ON_CLI:
+            field_option(PREFIX + name, field)(holder)
+    return holder.params
 
 
-def recover_config(options, seed):
+def recover_config(options: dict[str, Any], seed: int) -> RecoverConfig | None:
     """The :class:`RecoverConfig` of the command's ``recover``/``recover_*`` options, or ``None`` without
     ``--recover``.
 
@@ -86,9 +83,12 @@ def recover_config(options, seed):
     """
     if options.get("recover") is None:
         return None
-    values = {name: options[PREFIX + name] for name in RecoverConfig.model_fields if PREFIX + name in options}
-    return RecoverConfig(steps=options["recover"], seed=seed, **{k: list(v) if isinstance(v, tuple) else v
-                                                                 for k, v in values.items()})
+    values: dict[str, Any] = {}
+    for name in RecoverConfig.model_fields:
+        if PREFIX + name in options:
+            value = options[PREFIX + name]
+            values[name] = list(value) if isinstance(value, tuple) else value  # a multiple option gives a tuple
+    return RecoverConfig(steps=options["recover"], seed=seed, **values)
 
 
 __all__ = ["DISTILLED", "PLAIN", "RecoverConfig", "recover_config", "recover_options"]

@@ -5,11 +5,13 @@ Every section is a pydantic model with ``extra="forbid"``: a misspelt key fails 
 """
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Literal, Optional, Union, get_args
+from typing import Any, Callable, Dict, Literal, Optional, TypeVar, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from ..bench.config import BenchConfig
 from ..errors import ConfigError
@@ -21,9 +23,23 @@ from ..finetune.config import FinetuneConfig
 DEMO = "demo"  # the shipped demo model / generated demo data
 FULL = "full"  # finetune.distill_from: the recipe's (full) model
 
+RecipeSource = Union[str, Path]  # a recipe file
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _defaults(section: type[M]) -> Callable[[], M]:
+    """The default factory of a recipe section: the section with every field at its default.
+
+    (``default_factory=Section`` would do the same, but a type checker reads a positional default,
+    ``Field(0, ...)``, as no default and so takes the section's constructor for one that needs arguments.)
+    """
+    return lambda: section.model_validate({})
 
 
 class DataConfig(Section):
@@ -83,25 +99,27 @@ class Recipe(Section):
     out: str = Field("runs", description="parent folder of the run folder")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    data: DataConfig = Field(default_factory=DataConfig)
-    rank: RankSection = Field(default_factory=RankSection)
+    data: DataConfig = Field(default_factory=_defaults(DataConfig))
+    rank: RankSection = Field(default_factory=_defaults(RankSection))
     select: SelectConfig = Field(..., description="which slots the prune stage drops: exactly one policy")
-    prune: PruneConfig = Field(default_factory=PruneConfig)
-    finetune: FinetuneSection = Field(default_factory=FinetuneSection)
-    export: ExportSection = Field(default_factory=ExportSection)
-    bench: BenchSection = Field(default_factory=BenchSection)
+    prune: PruneConfig = Field(default_factory=_defaults(PruneConfig))
+    finetune: FinetuneSection = Field(default_factory=_defaults(FinetuneSection))
+    export: ExportSection = Field(default_factory=_defaults(ExportSection))
+    bench: BenchSection = Field(default_factory=_defaults(BenchSection))
 
     @model_validator(mode="after")
-    def _runner_sets(self):
-        sections = {"rank": self.rank, "rank.recover": self.rank.recover, "prune": self.prune}
+    def _runner_sets(self) -> "Recipe":
+        sections: dict[str, BaseModel | None] = {"rank": self.rank, "rank.recover": self.rank.recover,
+                                                 "prune": self.prune}
         for path, owned in RUNNER_SET.items():
-            given = sorted(set(owned) & (sections[path].model_fields_set if sections[path] is not None else set()))
+            section = sections[path]
+            given = sorted(set(owned) & (section.model_fields_set if section is not None else set()))
             if given:
                 raise ValueError("; ".join(f"{path}.{name} is set by {owned[name]}, not in {path}" for name in given))
         return self
 
     @model_validator(mode="after")
-    def _recovery_needs(self):
+    def _recovery_needs(self) -> "Recipe":
         if self.select.accuracy == "recovered" and self.rank.recover is None:
             raise ValueError("select.accuracy 'recovered' needs rank.recover (steps: N) to measure recovered accuracy")
         if self.rank.recover is not None and not self.data.train:
@@ -110,14 +128,14 @@ class Recipe(Section):
 
     @field_validator("model")
     @classmethod
-    def _model_given(cls, value):
+    def _model_given(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("model must name a model folder or 'demo'")
         return value
 
 
 # ---------------------------------------------------------------------- loading
-def apply_overrides(data, overrides):
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values parsed as YAML) to a nested dict, in place."""
     for item in overrides:
         if "=" not in item:
@@ -134,7 +152,7 @@ def apply_overrides(data, overrides):
     return data
 
 
-def load_recipe(path, overrides=()):
+def load_recipe(path: RecipeSource, overrides: Sequence[str] = ()) -> Recipe:
     """Read, override and validate a recipe; relative paths resolve against the recipe's folder.
 
     Raises:
@@ -154,7 +172,12 @@ def load_recipe(path, overrides=()):
     return _resolve_paths(recipe, path.parent)
 
 
-def validate_recipe(data, source="recipe"):
+def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """``data`` (a recipe's mapping, overrides applied) as a :class:`Recipe`; paths stay as written.
+
+    Raises:
+        ConfigError: listing every problem at once, each with a did-you-mean hint where one fits.
+    """
     try:
         return Recipe.model_validate(data)
     except ValidationError as err:
@@ -162,7 +185,7 @@ def validate_recipe(data, source="recipe"):
         raise ConfigError(f"{source}: {len(problems)} problem(s): " + "; ".join(problems)) from None
 
 
-def _describe(error):
+def _describe(error: ErrorDetails) -> str:
     loc = ".".join(str(p) for p in error["loc"])
     if error["type"] == "extra_forbidden":
         hint = _did_you_mean(error["loc"])
@@ -173,11 +196,11 @@ def _describe(error):
     return f"'{loc}': {message}" if loc else message
 
 
-def _did_you_mean(loc):
-    model = Recipe
+def _did_you_mean(loc: tuple[int | str, ...]) -> str | None:
+    model: type[BaseModel] = Recipe
     for part in loc[:-1]:
-        field = model.model_fields.get(part)
-        annotation = field and next((a for a in (field.annotation, *get_args(field.annotation))
+        field = model.model_fields.get(str(part))
+        annotation = None if field is None else next((a for a in (field.annotation, *get_args(field.annotation))
                                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
         if annotation is None:
             return None
@@ -188,8 +211,8 @@ def _did_you_mean(loc):
     return ".".join([*map(str, loc[:-1]), matches[0]])
 
 
-def _resolve_paths(recipe, base):
-    def resolve(p):
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    def resolve(p: str) -> str:
         return p if p == DEMO else str((base / p).resolve()) if not Path(p).is_absolute() else p
 
     recipe.model = resolve(recipe.model)
@@ -203,10 +226,7 @@ def _resolve_paths(recipe, base):
     return recipe
 
 
-def shipped_recipes():
+def shipped_recipes() -> dict[str, Path]:
     """The YAML recipes shipped with encslim: ``{name: path}``."""
     folder = Path(__file__).parent
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
-
-
-RecipeSource = Union[str, Path]

@@ -4,25 +4,35 @@ A stage spec says when the stage is enabled, which stages it follows, which reci
 and input files its hash covers, and how it runs into its (temporary) folder.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ConfigError
-from .schema import DEMO, FULL
+from .schema import DEMO, FULL, Recipe
+
+if TYPE_CHECKING:
+    from ..models.folder import ModelFolder
+    from ..prune.select import Selection
+    from .runner import RunContext
+
+Outputs = dict[str, Any]  # what a stage's run returns: paths and figures, recorded in its stage.json
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    enabled: Callable
-    after: tuple
-    settings: Callable
-    inputs: Callable
-    run: Callable
+    """One stage of a run: when it is enabled, the stages it follows, what its hash covers, how it runs."""
+
+    enabled: Callable[[Recipe], bool]
+    after: tuple[str, ...]
+    settings: Callable[[Recipe], dict[str, Any]]  # the recipe settings its hash covers
+    inputs: Callable[["RunContext"], list[str]]  # the input files (or folders) its hash covers
+    run: Callable[["RunContext", Path], Outputs]  # writes into the temporary folder it is given
 
 
 # ---------------------------------------------------------------------- helpers
-def _model_path(ctx):
+def _model_path(ctx: "RunContext") -> str:
     if ctx.recipe.model == DEMO:
         from ..demo.assets import demo_model_path
 
@@ -30,38 +40,41 @@ def _model_path(ctx):
     return ctx.recipe.model
 
 
-def source_model(ctx):
+def source_model(ctx: "RunContext") -> "ModelFolder":
     """The recipe's model opened with its ``encoders:`` (a ModelFolder: config, family and every shard
     checked before the stage's work; the stages pass it on, so the encoder folders travel with it)."""
     from ..models.loading import open_folder
 
-    return open_folder(_model_path(ctx), ctx.recipe.encoders)
+    folder: ModelFolder = open_folder(_model_path(ctx), ctx.recipe.encoders)
+    return folder
 
 
-def _data_files(ctx, split):
-    files = getattr(ctx.recipe.data, split)
+def _data_files(ctx: "RunContext", split: Literal["eval", "train"]) -> list[str]:
+    """The recipe's ``data.<split>`` files, or the data stage's generated file for ``['demo']``."""
+    files: list[str] = getattr(ctx.recipe.data, split)
     if files == [DEMO]:
-        return [ctx.output("data", split)]
+        return [str(ctx.output("data", split))]
     if DEMO in files:
         raise ConfigError(f"data.{split}: 'demo' cannot be mixed with files")
     return files
 
 
-def _finetuned_model(ctx):
-    return ctx.records.get("finetune", {}).get("outputs", {}).get("model")
+def _finetuned_model(ctx: "RunContext") -> str | None:
+    model: str | None = ctx.records.get("finetune", {}).get("outputs", {}).get("model")
+    return model
 
 
-def _final_model(ctx):
+def _final_model(ctx: "RunContext") -> str:
     """The model the export and bench stages use: finetuned if enabled, else pruned."""
-    return _finetuned_model(ctx) or ctx.output("prune", "model")
+    return _finetuned_model(ctx) or str(ctx.output("prune", "model"))
 
 
-def _uses_demo_data(recipe):
+def _uses_demo_data(recipe: Recipe) -> bool:
     return DEMO in recipe.data.eval or DEMO in recipe.data.train
 
 
 # ---------------------------------------------------------------------- data
-def _run_data(ctx, tmp):
+def _run_data(ctx: "RunContext", tmp: Path) -> Outputs:
     from ..demo.data import write_demo_data
 
     d = ctx.recipe.data
@@ -71,7 +84,7 @@ def _run_data(ctx, tmp):
 
 
 # ---------------------------------------------------------------------- rank
-def _run_rank(ctx, tmp):
+def _run_rank(ctx: "RunContext", tmp: Path) -> Outputs:
     from ..prune.config import RankConfig
     from ..prune.rank import rank
 
@@ -97,14 +110,15 @@ def _run_rank(ctx, tmp):
 
 
 # ---------------------------------------------------------------------- prune
-def _select(ctx):
+def _select(ctx: "RunContext") -> "Selection":
     from ..prune import select
 
     ranking = select.read_ranking(ctx.output("rank", "ranking"))
-    return select.select(ranking["slots"], ranking, ctx.recipe.select)
+    selection: Selection = select.select(ranking["slots"], ranking, ctx.recipe.select)
+    return selection
 
 
-def _run_prune(ctx, tmp):
+def _run_prune(ctx: "RunContext", tmp: Path) -> Outputs:
     from ..prune.surgery import prune
 
     selection = _select(ctx)
@@ -115,7 +129,7 @@ def _run_prune(ctx, tmp):
 
 
 # ---------------------------------------------------------------------- finetune
-def _run_finetune(ctx, tmp):
+def _run_finetune(ctx: "RunContext", tmp: Path) -> Outputs:
     from ..finetune.train import finetune
 
     f = ctx.recipe.finetune
@@ -133,11 +147,11 @@ def _run_finetune(ctx, tmp):
 
 
 # ---------------------------------------------------------------------- export
-def _run_export(ctx, tmp):
+def _run_export(ctx: "RunContext", tmp: Path) -> Outputs:
     from ..export import export_model
 
     model = _final_model(ctx)
-    outputs = {}
+    outputs: Outputs = {}
     for fmt in ctx.recipe.export.formats:
         target = tmp / fmt
         export_model(model, target, ctx.recipe.export.model_dump(), ranking=ctx.output("rank", "ranking"),
@@ -147,7 +161,7 @@ def _run_export(ctx, tmp):
 
 
 # ---------------------------------------------------------------------- bench
-def _run_bench(ctx, tmp):
+def _run_bench(ctx: "RunContext", tmp: Path) -> Outputs:
     from ..bench.benchmark import run_bench
 
     b = ctx.recipe.bench
@@ -160,12 +174,12 @@ def _run_bench(ctx, tmp):
             "variant": variant, "summary": _bench_summary(report)}
 
 
-def _variant_name(ctx):
+def _variant_name(ctx: "RunContext") -> str:
     """What the final model is called in bench and in the summary: ``finetuned`` or ``pruned``."""
     return "finetuned" if _finetuned_model(ctx) else "pruned"
 
 
-def _bench_summary(report):
+def _bench_summary(report: dict[str, Any]) -> dict[str, Any]:
     models = report.get("models", [])
     if len(models) < 2:
         return {}
@@ -201,13 +215,13 @@ SPECS = {
 
 
 # ---------------------------------------------------------------------- summary
-def summarize(ctx):
+def summarize(ctx: "RunContext") -> dict[str, Any]:
     """The end-of-run summary: kept/removed slots, accuracy retained, savings, output paths."""
     rank = ctx.records.get("rank", {}).get("outputs", {})
     prune = ctx.records.get("prune", {}).get("outputs", {})
     slots = rank.get("slots", [])
     dropped = prune.get("dropped", [])
-    summary = {"run": str(ctx.run_dir), "slots": slots, "removed": dropped,
+    summary: dict[str, Any] = {"run": str(ctx.run_dir), "slots": slots, "removed": dropped,
                "kept": [s for s in slots if s not in dropped], "variant": _variant_name(ctx), "outputs": {}}
     finetune = ctx.records.get("finetune", {}).get("outputs", {})
     if finetune.get("loss_start") is not None:
@@ -226,7 +240,7 @@ def summarize(ctx):
     return summary
 
 
-def _kept_recovery(candidates, kept):
+def _kept_recovery(candidates: list[dict[str, Any]] | None, kept: list[str]) -> dict[str, Any] | None:
     """Masked vs recovered accuracy of the kept set, when ``rank.recover`` recovered it."""
     for entry in candidates or []:
         if entry["kept"] == kept:
@@ -234,7 +248,7 @@ def _kept_recovery(candidates, kept):
     return None
 
 
-def _savings(bench_json, accuracy_full):
+def _savings(bench_json: str, accuracy_full: dict[str, float]) -> dict[str, Any]:
     """Accuracy retained, parameters and latency saved by the final variant, from bench.json."""
     import json
 
@@ -243,7 +257,7 @@ def _savings(bench_json, accuracy_full):
     if len(models) < 2:
         return {}
     full, variant = models[0], models[-1]
-    out = {}
+    out: dict[str, Any] = {}
     acc_full, acc_var = full.get("accuracy") or {}, variant.get("accuracy") or {}
     if acc_full and acc_var:
         out["accuracy_full"] = acc_full
@@ -259,7 +273,7 @@ def _savings(bench_json, accuracy_full):
     return out
 
 
-def format_summary(summary):
+def format_summary(summary: dict[str, Any]) -> str:
     """Human summary printed at the end of ``encslim run``."""
     lines = ["", f"run folder   {summary['run']}",
              f"kept         {', '.join(summary.get('kept', [])) or '-'}",
