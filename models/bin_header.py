@@ -10,6 +10,8 @@ file, checked against the storage records' offsets. With those ranges, the execu
 as it streams safetensors (byte reads at offsets) and the verifier reads its tensors the same way.
 """
 
+from __future__ import annotations
+
 import os
 import pickle
 import re
@@ -24,14 +26,15 @@ TORCH_DTYPES = {
     "float8_e5m2": "F8_E5M2", "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
     "bool": "BOOL", "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64",
 }
+BinEntry = tuple[str, str, tuple[int, ...], int, int]  # (key, safetensors dtype, shape, byte offset, byte count)
 RESAVE = "re-save the model as safetensors (save_pretrained) from a source you trust"
 # the entries of the .bin files read in this process, by file identity (path, inode, size, times): the
 # folder, the family's configuration and inspect each ask for the headers, one torch.load answers them all
-_READ = OrderedDict()
+_READ: OrderedDict[tuple[str, int, int, int, int, int], tuple[BinEntry, ...]] = OrderedDict()
 MEMO_FILES = 64
 
 
-def _refused(path, err):
+def _refused(path: str | os.PathLike[str], err: BaseException) -> ModelLoadError:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
     found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text, re.DOTALL)
     reason = found.group(1).strip() if found else next((x.strip() for x in text.splitlines() if x.strip()), "")
@@ -39,18 +42,20 @@ def _refused(path, err):
                           f"({reason[:160] or type(err).__name__}); {RESAVE}, or remove the file")
 
 
-def _records(path):
+def _records(path: Path) -> tuple[set[int], str]:
     """``(offsets of the storage records, byte order)`` of a ``torch.save`` zip file."""
     import torch
 
     reader = torch._C.PyTorchFileReader(str(path))
     names = reader.get_all_records()
-    offsets = {reader.get_record_offset(n) for n in names if re.fullmatch(r"(.*/)?data/\d+", n)}
+    # torch's stubs omit get_record_offset (a method of the reader since torch 2.1)
+    offsets: set[int] = {reader.get_record_offset(n)  # type: ignore[attr-defined]
+                         for n in names if re.fullmatch(r"(.*/)?data/\d+", n)}
     order = next((reader.get_record(n).decode() for n in names if n.split("/")[-1] == "byteorder"), "little")
     return offsets, order
 
 
-def read_bin_header(path, size):
+def read_bin_header(path: str | os.PathLike[str], size: int) -> list[BinEntry]:
     """Each tensor of one ``.bin`` weight file: ``[(key, dtype, shape, start, nbytes)]`` in storage order.
 
     Args:
@@ -83,7 +88,7 @@ def read_bin_header(path, size):
         raise ModelLoadError(f"{path} stores {order}-endian tensors; {RESAVE}")
     stored = [t for t in state.values() if t.numel()]
     base = min(t.untyped_storage().data_ptr() for t in stored) - min(offsets) if stored else 0
-    entries = []
+    entries: list[BinEntry] = []
     for key, tensor in state.items():
         dtype = TORCH_DTYPES.get(str(tensor.dtype).replace("torch.", ""))
         nbytes = tensor.numel() * tensor.element_size()
@@ -97,7 +102,7 @@ def read_bin_header(path, size):
     return sorted(entries, key=lambda entry: entry[3])
 
 
-def read_bin_header_once(path, stat):
+def read_bin_header_once(path: str | os.PathLike[str], stat: os.stat_result) -> tuple[BinEntry, ...]:
     """:func:`read_bin_header`, read once per version of the file in this process.
 
     Args:

@@ -24,19 +24,31 @@ and named. Each source file is read once: a side file's bytes are read once, che
 hashed for the manifest.
 """
 
+from __future__ import annotations
+
 import json
 import logging
+import os
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import PlanError
 from ..files import CONFIG_NAME
-from .folder import DTYPE_SIZES, TensorInfo
-from .plan import apply_json_ops, fold_shape, json_diff
-from .shards import OutTensor, parse_size, stream_checkpoint, write_checkpoint
+from .checkpoint import DTYPE_SIZES, Checkpoint, TensorInfo
+from .plan import JsonOp, RemovalPlan, apply_json_ops, fold_shape, json_diff
+from .shards import OutTensor, ShardWriter, parse_size, stream_checkpoint, write_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+    from .shard_format import Buffer
+
+    from .folder import ModelFolder
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +59,20 @@ TORCH_DTYPES = {
     "float8_e5m2": "F8_E5M2", "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
     "bool": "BOOL", "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64",
 }
+Bytes = npt.NDArray[np.uint8]
+IoStats = dict[str, float]  # {"bytes_read", "bytes_written", "seconds"} of a weights pass
+
+
+class SideFileDiffs(TypedDict):
+    """What :func:`check_side_files` reports: the diff lines of ``config.json`` and of each patched processor file."""
+
+    config_diff: list[str]
+    processor_diff: dict[str, list[str]]
 
 
 # ---------------------------------------------------------------------------- the operations
-def plan_outputs(plan, infos, order=None):
+def plan_outputs(plan: RemovalPlan, infos: Mapping[str, TensorInfo] | Checkpoint,
+                 order: Mapping[Path, int] | None = None) -> list[OutTensor]:
     """The output tensors of applying ``plan`` to tensors ``infos``, in output (= storage) order.
 
     Args:
@@ -61,13 +83,13 @@ def plan_outputs(plan, infos, order=None):
     Raises:
         PlanError: a fold mixes dtypes, or two outputs get the same name.
     """
-    if hasattr(infos, "tensors"):
+    if isinstance(infos, Checkpoint):
         order = {path: i for i, path in enumerate(infos.files)}
         infos = infos.tensors
     order = order or {}
     consumed = {k for fold in plan.folds for k in fold.sources}
     slices = {sl.key: sl for sl in plan.slices}
-    outputs = []
+    outputs: list[OutTensor] = []
     for info in sorted(infos.values(), key=lambda t: (order.get(t.file, 0), t.start)):
         if info.key in consumed or plan.is_deleted(info.key):
             continue
@@ -93,18 +115,18 @@ def plan_outputs(plan, infos, order=None):
     return outputs
 
 
-def _as_array(raw, shape, dtype):
+def _as_array(raw: Buffer, shape: Sequence[int], dtype: str) -> Bytes:
     """Raw tensor bytes as a uint8 array of shape ``(*shape, itemsize)`` (works for every dtype)."""
     return np.frombuffer(raw, dtype=np.uint8).reshape(*shape, DTYPE_SIZES[dtype])
 
 
-def produce(tensor, stash):
+def produce(tensor: OutTensor, stash: Mapping[str, Buffer]) -> Buffer:
     """The bytes of output ``tensor`` (an ``OutTensor``) from its sources' raw bytes in ``stash`` (by key):
     the one definition of copy, slice and fold (see the module docstring)."""
     if tensor.op == "copy":
-        return stash[tensor.source.key]
+        return stash[tensor.src.key]
     if tensor.op == "slice":
-        array = _as_array(stash[tensor.source.key], tensor.source.shape, tensor.source.dtype)
+        array = _as_array(stash[tensor.src.key], tensor.src.shape, tensor.src.dtype)
         index = [slice(None)] * array.ndim
         pieces = []
         for start, stop in tensor.keep:
@@ -117,7 +139,7 @@ def produce(tensor, stash):
 
 
 # ---------------------------------------------------------------------------- in memory
-def _torch_raw(tensor):
+def _torch_raw(tensor: torch.Tensor) -> tuple[str, Bytes]:
     """``(dtype name, raw bytes as a uint8 numpy array)`` of a torch tensor."""
     dtype = TORCH_DTYPES.get(str(tensor.dtype).replace("torch.", ""))
     if dtype is None:
@@ -127,7 +149,7 @@ def _torch_raw(tensor):
     return dtype, tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
-def apply_plan(state_dict, plan):
+def apply_plan(state_dict: Mapping[str, torch.Tensor], plan: RemovalPlan) -> dict[str, torch.Tensor]:
     """Apply a removal plan to a state dict in memory; returns a new ``{key: tensor}``.
 
     Each output is made by :func:`produce` on the tensors' bytes (the streaming mode's definition).
@@ -141,28 +163,31 @@ def apply_plan(state_dict, plan):
     """
     import torch
 
-    infos, stash, dtypes = {}, {}, {}
+    infos: dict[str, TensorInfo] = {}
+    stash: dict[str, Bytes] = {}
+    dtypes: dict[str, torch.dtype] = {}
     for i, (key, tensor) in enumerate(state_dict.items()):
         dtype, raw = _torch_raw(tensor)
         infos[key] = TensorInfo(key, Path(), dtype, tuple(tensor.shape), i, raw.nbytes)
         stash[key], dtypes[dtype] = raw, tensor.dtype
-    out = {}
-    for tensor in plan_outputs(plan, infos):
-        if tensor.op == "copy":  # the bytes as they are: the tensor itself
-            out[tensor.key] = state_dict[tensor.source.key].contiguous()
+    out: dict[str, torch.Tensor] = {}
+    for output in plan_outputs(plan, infos):
+        if output.op == "copy":  # the bytes as they are: the tensor itself
+            out[output.key] = state_dict[output.src.key].contiguous()
             continue
-        raw = np.ascontiguousarray(produce(tensor, stash)).reshape(-1)
-        dtype = dtypes[tensor.dtype]
-        out[tensor.key] = (torch.from_numpy(raw.copy()).view(dtype).reshape(tensor.shape) if raw.size
-                           else torch.empty(tensor.shape, dtype=dtype))
+        raw = np.ascontiguousarray(produce(output, stash)).reshape(-1)
+        torch_dtype = dtypes[output.dtype]
+        out[output.key] = (torch.from_numpy(raw.copy()).view(torch_dtype).reshape(output.shape) if raw.size
+                           else torch.empty(output.shape, dtype=torch_dtype))
     return out
 
 
-def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
+def _in_memory(checkpoint: Checkpoint, plan: RemovalPlan, outputs: Sequence[OutTensor], out_dir: str | os.PathLike[str],
+               max_shard_size: int) -> tuple[dict[str, str], dict[str, str], IoStats]:
     import torch
     from safetensors.torch import load_file
 
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     for path in checkpoint.files:  # safetensors, or transformers 4.x's .bin (weights only, mapped)
         loaded = (load_file(str(path)) if Path(path).suffix != ".bin"
                   else torch.load(str(path), weights_only=True, mmap=True, map_location="cpu"))
@@ -170,7 +195,7 @@ def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
     pruned = apply_plan(state, plan)
     del state
 
-    def write(tensor, writer):
+    def write(tensor: OutTensor, writer: ShardWriter) -> None:
         value = pruned[tensor.key]
         dtype = TORCH_DTYPES.get(str(value.dtype).replace("torch.", ""))
         if dtype != tensor.dtype or tuple(value.shape) != tensor.shape:
@@ -181,12 +206,15 @@ def _in_memory(checkpoint, plan, outputs, out_dir, max_shard_size):
     from ..files import sha256_file
 
     size = sum(p.stat().st_size for p in checkpoint.files)
-    stats = {"bytes_read": 2 * size, "bytes_written": sum((Path(out_dir) / n).stat().st_size for n in hashes)}
+    stats: IoStats = {"bytes_read": 2 * size,
+                      "bytes_written": sum((Path(out_dir) / n).stat().st_size for n in hashes)}
     return hashes, {p.name: sha256_file(p) for p in checkpoint.files}, stats
 
 
-def execute_plan(plan, checkpoint, out_dir, streaming=True, max_shard_size=DEFAULT_MAX_SHARD_SIZE):
-    """Write the weights ``plan`` makes of ``checkpoint`` (a :class:`~encslim.models.folder.Checkpoint`) into ``out_dir``.
+def execute_plan(plan: RemovalPlan, checkpoint: Checkpoint, out_dir: str | os.PathLike[str], streaming: bool = True,
+                 max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> tuple[dict[str, str], dict[str, str], IoStats]:
+    """Write the weights ``plan`` makes of ``checkpoint`` (a :class:`~encslim.models.checkpoint.Checkpoint`) into
+    ``out_dir``.
 
     Returns:
         ``(written, source, io)``: ``{file: sha256}`` of the written weight files and of the source
@@ -196,10 +224,11 @@ def execute_plan(plan, checkpoint, out_dir, streaming=True, max_shard_size=DEFAU
     outputs = plan_outputs(plan, checkpoint)
     limit = parse_size(max_shard_size)
     start = time.perf_counter()
+    io: IoStats
     if streaming:
         files = checkpoint.weight_files or checkpoint.files
         written, source, stats = stream_checkpoint(files, outputs, produce, out_dir, limit)
-        io = stats.as_dict()
+        io = {**stats.as_dict()}
     else:
         written, source, io = _in_memory(checkpoint, plan, outputs, out_dir, limit)
     io["seconds"] = round(time.perf_counter() - start, 3)
@@ -207,7 +236,7 @@ def execute_plan(plan, checkpoint, out_dir, streaming=True, max_shard_size=DEFAU
 
 
 # ---------------------------------------------------------------------------- side files
-def patched_json(folder, name, ops):
+def patched_json(folder: ModelFolder, name: str, ops: Sequence[JsonOp]) -> tuple[Any, Any]:
     """``(document, patched document)`` of side file ``name`` of ``folder`` (a ``ModelFolder``) under ``ops``.
 
     Raises:
@@ -220,11 +249,11 @@ def patched_json(folder, name, ops):
         raise PlanError(f"{folder.path / name}: {err}") from err
 
 
-def _patches(plan):
+def _patches(plan: RemovalPlan) -> dict[str, list[JsonOp]]:
     return {CONFIG_NAME: plan.config_patch, **plan.processor_patch}
 
 
-def check_side_files(folder, plan):
+def check_side_files(folder: ModelFolder, plan: RemovalPlan) -> SideFileDiffs:
     """Check the side files a model made by ``plan`` carries, before anything is written.
 
     Every patched file must take its patch and every carried JSON file (processor, tokenizer,
@@ -236,7 +265,8 @@ def check_side_files(folder, plan):
     Raises:
         ModelLoadError: a file that is not JSON; PlanError: a patch that does not fit its file.
     """
-    diffs = {"config_diff": json_diff(*patched_json(folder, CONFIG_NAME, plan.config_patch)), "processor_diff": {}}
+    diffs: SideFileDiffs = {"config_diff": json_diff(*patched_json(folder, CONFIG_NAME, plan.config_patch)),
+                            "processor_diff": {}}
     for name, ops in plan.processor_patch.items():
         if (folder.path / name).is_file():
             diffs["processor_diff"][name] = json_diff(*patched_json(folder, name, ops))
@@ -246,7 +276,8 @@ def check_side_files(folder, plan):
     return diffs
 
 
-def write_side_files(folder, out_dir, plan):
+def write_side_files(folder: ModelFolder, out_dir: str | os.PathLike[str],
+                     plan: RemovalPlan) -> tuple[dict[str, Any] | None, list[str]]:
     """``config.json`` and the processor files patched, the other side files copied (the policy above).
 
     Returns:
@@ -254,24 +285,24 @@ def write_side_files(folder, out_dir, plan):
         source's files left out (folders end with ``/``); the weights, their index and the files
         the plan drops are replaced, not left out.
     """
-    out_dir = Path(out_dir)
+    out = Path(out_dir)
     patches = _patches(plan)
     config = None
     for name, ops in patches.items():
         if name == CONFIG_NAME or (folder.path / name).is_file():
             patched = patched_json(folder, name, ops)[1]
             config = patched if name == CONFIG_NAME else config
-            (out_dir / name).write_text(json.dumps(patched, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    left_out = []
+            (out / name).write_text(json.dumps(patched, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    left_out: list[str] = []
     for name in folder.side_files:
         if name in patches:
             continue
         if name.rstrip("/") in plan.drop_files:
             left_out.append(name)
         elif name.endswith("/"):
-            shutil.copytree(folder.path / name, out_dir / name)
+            shutil.copytree(folder.path / name, out / name)
         else:
-            (out_dir / name).write_bytes(folder.side_bytes(name))
+            (out / name).write_bytes(folder.side_bytes(name))
     replaced = set(folder.weights.file_names) if folder.weights is not None else set()  # e.g. a .bin source's
     left_out = sorted(left_out + [n for n in folder.other_files if n not in patches and n not in replaced])
     if left_out:
@@ -279,7 +310,8 @@ def write_side_files(folder, out_dir, plan):
     return config, left_out
 
 
-def execute(plan, folder, out_dir, streaming=True, max_shard_size=DEFAULT_MAX_SHARD_SIZE):
+def execute(plan: RemovalPlan, folder: ModelFolder, out_dir: str | os.PathLike[str], streaming: bool = True,
+            max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> dict[str, Any]:
     """Write the model folder ``plan`` makes of ``folder`` (a ``ModelFolder``) into the existing ``out_dir``.
 
     Weights through :func:`execute_plan` (streaming or in memory), side files through
@@ -295,14 +327,17 @@ def execute(plan, folder, out_dir, streaming=True, max_shard_size=DEFAULT_MAX_SH
         PlanError: the checkpoint or a side file does not fit the plan. ModelLoadError: a side file
         is not JSON, or a weight file ended early.
     """
+    weights = folder.weights
+    if weights is None:
+        raise ValueError(f"{folder.path} was opened without its weights (ModelFolder.open(weights=False))")
     try:
-        written, source, io = execute_plan(plan, folder.weights, out_dir, streaming, max_shard_size)
+        written, source, io = execute_plan(plan, weights, out_dir, streaming, max_shard_size)
     finally:
-        folder.weights.close()
+        weights.close()
     config, left_out = write_side_files(folder, out_dir, plan)
     source.update(folder.digests())
-    result = {"written": written, "source": source, "io": io, "config": config, "left_out": left_out}
-    renamed = folder.weights.renamed
+    result: dict[str, Any] = {"written": written, "source": source, "io": io, "config": config, "left_out": left_out}
+    renamed = weights.renamed
     if renamed:  # the source spelt some keys as an older transformers did: the output has the current names
         pairs = [list(pair) for pair in folder.family.legacy_keys if any(k.startswith(pair[0]) for k in renamed)]
         result["legacy_keys"] = {

@@ -21,11 +21,16 @@ them lives here:
 Every error is a one-line :class:`~encslim.errors.ModelLoadError` that names the family and folder.
 """
 
+from __future__ import annotations
+
 import inspect
 import json
 import logging
+import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,8 +38,9 @@ from transformers import GenerationMixin
 
 from ..errors import ModelLoadError
 from ..files import CONFIG_NAME
-from .adapter import Adapter
-from .folder import Checkpoint, key_problems
+from .adapter import Adapter, Batch, Config, Masked, Model, Processor
+from .checkpoint import Checkpoint
+from .keys import key_problems
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +58,7 @@ CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_i
 
 
 # ------------------------------------------------------------------------------------------- config
-def read_config_json(path):
+def read_config_json(path: str | os.PathLike[str]) -> Any:
     """The dict of ``path/config.json``; ``ModelLoadError`` (its first line) when it does not load."""
     try:
         return json.loads(Path(path, CONFIG_NAME).read_text())
@@ -60,7 +66,7 @@ def read_config_json(path):
         raise ModelLoadError(f"{path}/{CONFIG_NAME} does not load: {str(err).splitlines()[0]}") from err
 
 
-def make_config(config_class, data, path, family):
+def make_config(config_class: Any, data: Mapping[str, Any], path: str | os.PathLike[str], family: str) -> Config:
     """``config_class(**data)`` without ``model_type``; ``ModelLoadError`` naming ``family`` when it refuses."""
     data = {k: v for k, v in data.items() if k != "model_type"}
     try:
@@ -70,7 +76,7 @@ def make_config(config_class, data, path, family):
 
 
 # ------------------------------------------------------------------------------------------ weights
-def header_shapes(path, family):
+def header_shapes(path: str | os.PathLike[str], family: str) -> dict[str, tuple[int, ...]]:
     """``{key: shape}`` of a folder's weights, read from the file headers (no tensor loaded).
 
     The weights are :class:`~encslim.models.folder.Checkpoint`'s: safetensors (index, else single file),
@@ -89,12 +95,12 @@ def header_shapes(path, family):
         raise ModelLoadError(f"{family} weights: {err}") from err
 
 
-def tolerate(*patterns):
+def tolerate(*patterns: re.Pattern[str] | None) -> re.Pattern[str]:
     """One compiled pattern matching what any of ``patterns`` (compiled, ``None`` skipped) matches."""
     return re.compile("|".join(f"(?:{p.pattern})" for p in patterns if p is not None))
 
 
-def meta_shapes(model_class, config, skip=()):
+def meta_shapes(model_class: Any, config: Config, skip: Iterable[str] = ()) -> dict[str, tuple[int, ...]]:
     """``{key: shape}`` of ``model_class(config)``'s state dict, built on the meta device (no memory);
     keys in ``skip`` (a tied ``lm_head.weight``) left out."""
     with torch.device("meta"):
@@ -102,7 +108,9 @@ def meta_shapes(model_class, config, skip=()):
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if k not in set(skip)}
 
 
-def check_keys(path, shapes, expected, what, tolerated=None):
+def check_keys(path: str | os.PathLike[str], shapes: Mapping[str, Sequence[int]],
+               expected: Mapping[str, Sequence[int | None]], what: str,
+               tolerated: re.Pattern[str] | None = None) -> list[str]:
     """Refuse a checkpoint whose keys are not exactly the model's: missing, unexpected or mis-shaped.
 
     Args:
@@ -131,9 +139,10 @@ def check_keys(path, shapes, expected, what, tolerated=None):
     return list(problems.tolerated_missing)
 
 
-def from_pretrained(model_class, path, config, dtype=None, device_map=None):
+def from_pretrained(model_class: Any, path: str | os.PathLike[str], config: Config, dtype: torch.dtype | None = None,
+                    device_map: str | dict[str, Any] | None = None) -> Model:
     """``model_class.from_pretrained(path, config=config)``, passing ``dtype``/``device_map`` only when set."""
-    kwargs = {"config": config}
+    kwargs: dict[str, Any] = {"config": config}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if device_map is not None:
@@ -142,12 +151,13 @@ def from_pretrained(model_class, path, config, dtype=None, device_map=None):
 
 
 # ------------------------------------------------------------------------------------------- tokens
-def pad_token_id(tokenizer, fallbacks=("pad_token_id", "unk_token_id", "eos_token_id")):
+def pad_token_id(tokenizer: Any, fallbacks: Iterable[str] = ("pad_token_id", "unk_token_id", "eos_token_id")) -> int:
     """The first of the tokenizer's ``fallbacks`` ids that is set; 0 when none is."""
-    return next((i for i in (getattr(tokenizer, name, None) for name in fallbacks) if i is not None), 0)
+    found: int = next((i for i in (getattr(tokenizer, name, None) for name in fallbacks) if i is not None), 0)
+    return found
 
 
-def left_pad(rows, pad_id):
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """``{"input_ids", "attention_mask"}`` (B, L) long tensors of the id lists ``rows``, LEFT-padded with
     ``pad_id`` to the longest (mask 1 on the real tokens)."""
     length = max(len(r) for r in rows)
@@ -167,13 +177,17 @@ class TokenizerMixin:
     """
 
     PAD_FALLBACKS = ("pad_token_id", "unk_token_id", "eos_token_id")
+    tokenizer: Any  # set by the processor (a transformers tokenizer)
 
     @property
-    def pad_token_id(self):
+    def pad_token_id(self) -> int:
+        """The id rows are padded with (:func:`pad_token_id`)."""
         return pad_token_id(self.tokenizer, self.PAD_FALLBACKS)
 
-    def batch_decode(self, ids, **kwargs):
-        return self.tokenizer.batch_decode(ids, skip_special_tokens=True, **kwargs)
+    def batch_decode(self, ids: Any, **kwargs: Any) -> list[str]:
+        """The texts of token id rows ``ids``, special tokens skipped."""
+        texts: list[str] = self.tokenizer.batch_decode(ids, skip_special_tokens=True, **kwargs)
+        return texts
 
 
 # ------------------------------------------------------------------------------------------ adapter
@@ -184,20 +198,23 @@ class LayoutAdapter(Adapter):
     token rows depend on the mask overrides :meth:`prompt_inputs`.
     """
 
-    model_class = None
+    model_class: Any = None  # the family's transformers model class
 
-    def empty_model(self, config):
+    def empty_model(self, config: Config) -> Model:
         with torch.device("meta"):
             return self.model_class(config)
 
-    def image_placeholder(self, processor):
+    def image_placeholder(self, processor: Processor) -> str:
         return IMAGE_PLACEHOLDER
 
-    def prompt_inputs(self, processor, prompts, masked=frozenset(), mask_mode="removal"):
+    def prompt_inputs(self, processor: Processor, prompts: Sequence[str], masked: Masked = frozenset(),
+                      mask_mode: str = "removal") -> Batch:
         """The processor's LEFT-padded ``input_ids``/``attention_mask`` of ``prompts``."""
-        return processor.text_inputs(prompts)
+        inputs: Batch = processor.text_inputs(prompts)
+        return inputs
 
-    def prepare_batch(self, processor, images, prompts, masked=frozenset(), mask_mode="removal"):
+    def prepare_batch(self, processor: Processor, images: Sequence[Any] | None, prompts: Sequence[str],
+                      masked: Masked = frozenset(), mask_mode: str = "removal") -> Batch:
         """Prompts with ``<image>`` first where they lack it (when there are images); pixels of every image."""
         prompts = [p if images is None or IMAGE_PLACEHOLDER in p else f"{IMAGE_PLACEHOLDER}\n{p}" for p in prompts]
         batch = self.prompt_inputs(processor, prompts, masked, mask_mode)
@@ -205,15 +222,15 @@ class LayoutAdapter(Adapter):
             batch["pixel_values"] = processor.pixel_values(list(images))
         return batch
 
-    def pixel_inputs(self, processor, images, masked=frozenset()):
+    def pixel_inputs(self, processor: Processor, images: Sequence[Any], masked: Masked = frozenset()) -> Batch:
         return {"pixel_values": processor.pixel_values(list(images))}
 
-    def how_to_load(self, folder, model):
+    def how_to_load(self, folder: str | os.PathLike[str], model: Model) -> str:
         return f'import encslim\nmodel, processor, adapter = encslim.load_model("{folder}")\n'
 
 
 # ------------------------------------------------------------------------------------------- towers
-def under_vision_model(model):
+def under_vision_model(model: nn.Module) -> nn.Module:
     """A plain module holding ``model`` as ``vision_model``.
 
     transformers 5's ``CLIPVisionModel``/``SiglipVisionModel`` hold the transformer's modules
@@ -228,29 +245,34 @@ def under_vision_model(model):
 class BackboneDeviceMixin:
     """``dtype`` and ``device`` of a tower: those of its backbone ``self.vision_tower``'s first parameter."""
 
+    vision_tower: nn.Module  # set by the tower
+
     @property
-    def dtype(self):
+    def dtype(self) -> torch.dtype:
+        """The backbone's dtype."""
         return next(self.vision_tower.parameters()).dtype
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
+        """The backbone's device."""
         return next(self.vision_tower.parameters()).device
 
 
 class Mlp(nn.Module):
     """timm's / DINOv2's ``Mlp``: fc1 -> GELU -> fc2 (dropout 0, no norm)."""
 
-    def __init__(self, dim, hidden):
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc2(self.act(self.fc1(x)))
+        return out
 
 
-def tower_spec(defaults, spec):
+def tower_spec(defaults: Mapping[str, Any], spec: Mapping[str, Any] | None) -> dict[str, Any]:
     """A tower's sizes: ``spec`` over ``defaults``.
 
     Args:

@@ -1,13 +1,24 @@
 """Load any supported model folder through its family's adapter, refusing weights that do not fit."""
 
+from __future__ import annotations
+
 import logging
+import os
 import pickle
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ModelLoadError
 from ..files import CONFIG_NAME, read_json
-from .folder import KeyProblems
+from .keys import KeyProblems
+
+if TYPE_CHECKING:
+    from .adapter import Adapter
+    from .folder import ModelFolder
+
+FolderLike = str | os.PathLike[str]  # a model folder's path, or a ModelFolder (which is one)
 
 DTYPES = ("float32", "bfloat16", "float16")
 SHOWN_KEYS = 3  # keys named per kind of problem in a load error
@@ -15,14 +26,15 @@ LOAD_FIX = ("the weights must be the ones config.json describes: re-save the mod
             "(or encslim export --format hf), or fix the checkpoint's key names")
 
 
-def _keys(keys):
+def _keys(keys: Iterable[str]) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else ""
     return f"{', '.join(keys[:SHOWN_KEYS])}{more}"
 
 
-def _extra_prefix(missing, unexpected):
+def _extra_prefix(missing: Iterable[str], unexpected: Iterable[str]) -> str | None:
     """The prefix (``model.``) that, stripped from the unexpected keys, gives missing ones; else ``None``."""
+    unexpected = list(unexpected)
     heads = {k.split(".", 1)[0] for k in unexpected if "." in k}
     if len(heads) != 1 or not all("." in k for k in unexpected):
         return None
@@ -31,7 +43,7 @@ def _extra_prefix(missing, unexpected):
     return prefix if stripped & set(missing) else None
 
 
-def check_load_report(path, info):
+def check_load_report(path: FolderLike, info: Mapping[str, Any]) -> None:
     """Raise ``ModelLoadError`` if a transformers load report lists any missing, unexpected or mis-shaped key.
 
     Args:
@@ -66,7 +78,7 @@ def check_load_report(path, info):
     raise ModelLoadError(f"{path}: the weights do not match config.json: {'; '.join(problems)}; {fix}")
 
 
-def unpickling_error(path, err):
+def unpickling_error(path: FolderLike, err: BaseException) -> ModelLoadError:
     """The ``ModelLoadError`` of a ``.bin`` weights file that ``torch.load(weights_only=True)`` refuses."""
     bins = sorted(p.name for p in Path(path).glob("*.bin")) if Path(path).is_dir() else []
     where = f"{path}/{bins[0]}" if len(bins) == 1 else f"{path} ({_keys(bins)})" if bins else str(path)
@@ -83,11 +95,11 @@ def unpickling_error(path, err):
 class _DropLoadReport(logging.Filter):
     """Drops transformers' multi-line LOAD REPORT table: :func:`check_load_report` says it in one line."""
 
-    def filter(self, record):
+    def filter(self, record: logging.LogRecord) -> bool:
         return "LOAD REPORT" not in str(record.msg)
 
 
-def load_pretrained(model_class, path, **kwargs):
+def load_pretrained(model_class: Any, path: FolderLike, **kwargs: Any) -> Any:
     """``model_class.from_pretrained(path, **kwargs)`` that refuses weights that do not fit the config.
 
     transformers loads a checkpoint with missing keys (initialised randomly), unexpected ones
@@ -114,7 +126,7 @@ def load_pretrained(model_class, path, **kwargs):
     return model
 
 
-def read_config(path):
+def read_config(path: FolderLike) -> Any:
     """The ``config.json`` of a model folder as a dict; ``ModelLoadError`` if there is none."""
     folder = Path(path)
     if not folder.is_dir():
@@ -124,7 +136,7 @@ def read_config(path):
     return read_json(folder / CONFIG_NAME, "re-save the model", ModelLoadError)
 
 
-def open_folder(path, encoders=None, weights=True):
+def open_folder(path: FolderLike, encoders: Mapping[str, Any] | None = None, weights: bool = True) -> ModelFolder:
     """``path`` as a checked :class:`~encslim.models.folder.ModelFolder` (one passes through): the config,
     the family and every weight header (safetensors, or transformers 4.x's ``.bin``) read once, each shard
     checked before any work.
@@ -138,13 +150,15 @@ def open_folder(path, encoders=None, weights=True):
     return ModelFolder.open(path, encoders=encoders, weights=weights)
 
 
-def adapter_for(path, encoders=None):
+def adapter_for(path: FolderLike, encoders: Mapping[str, Any] | None = None) -> Adapter:
     """The adapter of the model family stored at ``path`` (a folder or a ``ModelFolder``), its weights
     checked (:func:`open_folder`) and bound to the folder's encoder folders."""
     return open_folder(path, encoders).adapter
 
 
-def load_model(path, device="cpu", dtype="float32", device_map=None, encoders=None):
+def load_model(path: FolderLike, device: str = "cpu", dtype: str = "float32",
+               device_map: str | dict[str, Any] | None = None,
+               encoders: Mapping[str, Any] | None = None) -> tuple[Any, Any, Adapter]:
     """Load a model folder.
 
     The folder is opened first (:func:`open_folder`: one read of config and headers, the shard check)

@@ -20,13 +20,27 @@ adapters build plans, so the plan vocabulary lives with the models; each family'
 builder is in its own family file.
 """
 
+from __future__ import annotations
+
 import copy
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypedDict
 
 from ..errors import PlanError
 from .masking import check_slot_names
 
+JsonOp = Mapping[str, Any]  # one JSON edit operation (see :func:`apply_json_ops`)
+Range = tuple[int, int]  # [start, stop)
+Shape = Sequence[int]
+
+
+class FoldPart(TypedDict, total=False):
+    """One part of a :class:`Fold`: ``{"key": source key}`` or ``{"zeros": shape}``."""
+
+    key: str
+    zeros: Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -37,7 +51,8 @@ class Delete:
     slot: str
     prefix: bool = True
 
-    def matches(self, name):
+    def matches(self, name: str) -> bool:
+        """Whether tensor ``name`` is deleted by this entry."""
         return name.startswith(self.key) if self.prefix else name == self.key
 
 
@@ -51,11 +66,12 @@ class Slice:
     key: str
     dim: int
     size: int
-    keep: tuple
-    removed: dict = field(default_factory=dict)
+    keep: tuple[Range, ...]
+    removed: dict[str, Range] = field(default_factory=dict)
 
     @property
-    def kept_size(self):
+    def kept_size(self) -> int:
+        """Size of ``dim`` after the slice."""
         return sum(stop - start for start, stop in self.keep)
 
 
@@ -69,12 +85,13 @@ class Fold:
 
     key: str
     dim: int
-    parts: tuple
+    parts: tuple[FoldPart, ...]
     slot: str
     why: str = ""
 
     @property
-    def sources(self):
+    def sources(self) -> list[str]:
+        """The source keys the fold consumes, in order."""
         return [p["key"] for p in self.parts if "key" in p]
 
 
@@ -84,31 +101,33 @@ class RemovalPlan:
 
     model_type: str
     fusion_class: str
-    slots: list
-    drop: list
-    delete_keys: list = field(default_factory=list)
-    slices: list = field(default_factory=list)
-    folds: list = field(default_factory=list)
-    renames: dict = field(default_factory=dict)
-    prefix_renames: dict = field(default_factory=dict)
-    config_patch: list = field(default_factory=list)
-    processor_patch: dict = field(default_factory=dict)
-    drop_files: list = field(default_factory=list)
+    slots: list[str]
+    drop: list[str]
+    delete_keys: list[Delete] = field(default_factory=list)
+    slices: list[Slice] = field(default_factory=list)
+    folds: list[Fold] = field(default_factory=list)
+    renames: dict[str, str] = field(default_factory=dict)
+    prefix_renames: dict[str, str] = field(default_factory=dict)
+    config_patch: list[JsonOp] = field(default_factory=list)
+    processor_patch: dict[str, list[JsonOp]] = field(default_factory=dict)
+    drop_files: list[str] = field(default_factory=list)
     exact: bool = True
     target_model_type: str = ""
-    notes: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.target_model_type = self.target_model_type or self.model_type
 
     @property
-    def kept(self):
+    def kept(self) -> list[str]:
+        """The slots that stay, in order."""
         return [s for s in self.slots if s not in set(self.drop)]
 
-    def is_deleted(self, key):
+    def is_deleted(self, key: str) -> bool:
+        """Whether tensor ``key`` is deleted (by key or prefix)."""
         return any(d.matches(key) for d in self.delete_keys)
 
-    def output_name(self, key):
+    def output_name(self, key: str) -> str:
         """The name ``key`` has in the output: exact renames first, then the longest matching prefix rename."""
         key = self.renames.get(key, key)
         for old in sorted(self.prefix_renames, key=len, reverse=True):
@@ -116,16 +135,20 @@ class RemovalPlan:
                 return self.prefix_renames[old] + key[len(old):]
         return key
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (for manifests and ``--dry-run --json``)."""
         data = asdict(self)
         data["kept"] = self.kept
         return data
 
 
-def channel_ranges(slots, dims, drop):
+def channel_ranges(slots: Iterable[str], dims: Mapping[str, int],
+                   drop: Iterable[str]) -> tuple[tuple[Range, ...], dict[str, Range]]:
     """Kept ``[start, stop)`` channel ranges (merged) and each dropped slot's range."""
-    keep, removed, offset = [], {}, 0
+    drop = set(drop)
+    keep: list[Range] = []
+    removed: dict[str, Range] = {}
+    offset = 0
     for slot in slots:
         start, stop = offset, offset + dims[slot]
         offset = stop
@@ -138,23 +161,23 @@ def channel_ranges(slots, dims, drop):
     return tuple(keep), removed
 
 
-def check_drop(slots, drop):
+def check_drop(slots: Sequence[str], drop: Iterable[str]) -> list[str]:
     """Validate a drop list against a model's slots.
 
     Raises:
         PlanError: nothing to drop, an unknown slot (listing the valid ones), or every slot.
     """
-    drop = list(dict.fromkeys(drop))
-    if not drop:
+    names = list(dict.fromkeys(drop))
+    if not names:
         raise PlanError("no slot to drop; name at least one with --drop or use a selection policy")
-    check_slot_names(slots, drop, PlanError)
-    if set(drop) >= set(slots):
+    check_slot_names(slots, names, PlanError)
+    if set(names) >= set(slots):
         raise PlanError(f"cannot remove every encoder ({', '.join(slots)}); keep at least one slot")
-    return drop
+    return names
 
 
 # ---------------------------------------------------------------------------- JSON patches
-def apply_json_ops(data, ops):
+def apply_json_ops(data: Any, ops: Iterable[JsonOp]) -> Any:
     """Apply edit operations to a JSON document; returns a new document (the input is not changed).
 
     Operations (``path`` is dotted: ``image_processor.size``):
@@ -197,10 +220,10 @@ def apply_json_ops(data, ops):
     return data
 
 
-def json_diff(old, new, path=""):
+def json_diff(old: Any, new: Any, path: str = "") -> list[str]:
     """Human-readable differences between two JSON documents: ``["- a.b: 1", "+ a.b: 2", ...]``."""
     if isinstance(old, dict) and isinstance(new, dict):
-        lines = []
+        lines: list[str] = []
         for key in list(old) + [k for k in new if k not in old]:
             sub = f"{path}.{key}" if path else str(key)
             if key not in new:
@@ -221,9 +244,9 @@ def json_diff(old, new, path=""):
     return []
 
 
-def _diff_named(old, new, path):
+def _diff_named(old: list[dict[str, Any]], new: list[dict[str, Any]], path: str) -> list[str]:
     before, after = {i["name"]: i for i in old}, {i["name"]: i for i in new}
-    lines = []
+    lines: list[str] = []
     for name in list(before) + [n for n in after if n not in before]:
         sub = f"{path}[name={name}]"
         if name not in after:
@@ -235,15 +258,15 @@ def _diff_named(old, new, path):
     return lines
 
 
-def _short(value, limit=160):
+def _short(value: Any, limit: int = 160) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------- plan vs checkpoint
-def check_plan(plan, shapes):
+def check_plan(plan: RemovalPlan, shapes: Mapping[str, Shape]) -> None:
     """Check a plan against a checkpoint's ``{key: shape}``; raise one PlanError listing problems."""
-    problems = []
+    problems: list[str] = []
     for delete in plan.delete_keys:
         if delete.prefix and not any(delete.matches(k) for k in shapes):
             problems.append(f"no tensor under '{delete.key}' although config.json lists slot '{delete.slot}'")
@@ -267,7 +290,7 @@ def check_plan(plan, shapes):
                         + "; the weights belong to another model")
 
 
-def fold_shape(fold, shapes):
+def fold_shape(fold: Fold, shapes: Mapping[str, Shape]) -> tuple[int, ...]:
     """Shape of a fold's output tensor, from its parts' shapes."""
     part_shapes = [tuple(shapes[p["key"]]) if "key" in p else tuple(p["zeros"]) for p in fold.parts]
     out = list(part_shapes[0])
@@ -279,7 +302,8 @@ def fold_shape(fold, shapes):
     return tuple(out)
 
 
-def describe_plan(plan, shapes, itemsizes=None):
+def describe_plan(plan: RemovalPlan, shapes: Mapping[str, Shape],
+                  itemsizes: Mapping[str, int] | None = None) -> dict[str, Any]:
     """What a plan removes from a checkpoint, computed from tensor shapes only.
 
     Args:
@@ -291,8 +315,11 @@ def describe_plan(plan, shapes, itemsizes=None):
         a dict: ``params_before/after``, ``bytes_before/after``, ``removed_per_slot`` (``{slot:
         {"params", "bytes"}}``), ``deleted_tensors``, ``sliced`` and ``folded`` (key, shapes) lists.
     """
-    itemsizes = itemsizes or {}
-    size = lambda k: itemsizes.get(k, 4)  # noqa: E731
+    sizes = itemsizes or {}
+
+    def size(key: str) -> int:
+        return sizes.get(key, 4)
+
     per_slot = {s: {"params": 0, "bytes": 0} for s in plan.drop}
     consumed = {k for fold in plan.folds for k in fold.sources}
     deleted = 0
@@ -302,7 +329,7 @@ def describe_plan(plan, shapes, itemsizes=None):
             per_slot[owner]["params"] += math.prod(shape)
             per_slot[owner]["bytes"] += math.prod(shape) * size(key)
             deleted += 1
-    sliced = []
+    sliced: list[dict[str, Any]] = []
     for sl in plan.slices:
         shape = shapes[sl.key]
         row = math.prod(shape) // shape[sl.dim]
@@ -312,7 +339,7 @@ def describe_plan(plan, shapes, itemsizes=None):
         after = list(shape)
         after[sl.dim] = sl.kept_size
         sliced.append({"key": sl.key, "dim": sl.dim, "before": list(shape), "after": after})
-    folded = []
+    folded: list[dict[str, Any]] = []
     for fold in plan.folds:
         shape = fold_shape(fold, shapes)
         grown = math.prod(shape) - sum(math.prod(shapes[k]) for k in fold.sources)

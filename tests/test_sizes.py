@@ -23,7 +23,7 @@ MAX_FUNCTION_LINES = 60
 MAX_LONG_FUNCTIONS = 5
 
 # file -> its line count when the limit came in (models/folder.py: 618 lines)
-FILES_OVER_LIMIT = {"models/folder.py": 618}
+FILES_OVER_LIMIT = {}
 # the long functions then, 7 in all (prune/rank_predictions.py rank_predictions 83, prune/rank.py rank 75,
 # recipes/runner.py run_recipe 74, prune/surgery.py prune 72, finetune/train.py finetune 72,
 # recipes/recover.py recover 64, provenance.py write_manifest 64); at most this many, and at most
