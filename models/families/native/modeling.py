@@ -32,6 +32,8 @@ CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_i
 from ...masking import MaskMode, check_mask_set, mask_feature
 
 PIXEL_PREFIX = "pixel_values_"
+# the forward's keywords it takes through **kwargs (transformers' convention), besides pixel_values_<slot>
+FORWARD_KWARGS = ("cache", "past_key_values", "use_cache", "masked_slots", "mask_mode", "mask_values", "slot_keep")
 
 
 class VisionSlot(nn.Module):
@@ -311,19 +313,25 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs
         )
 
-    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None,
-                past_key_values=None, inputs_embeds=None, labels=None, use_cache=None, image_features=None,
-                masked_slots=None, mask_mode="removal", mask_values=None, logits_to_keep=0, slot_keep=None,
-                cache=None, **kwargs):
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+                labels=None, logits_to_keep=0, image_features=None, **kwargs):
         """Full forward. Pixels come as ``pixel_values={slot: tensor}`` or ``pixel_values_<slot>=``.
 
-        ``image_features`` (the output of :meth:`encode`) skips the vision towers. Slots masked in
-        ``removal`` mode are not encoded at all. ``slot_keep`` (``{slot: (B,) tensor}``) multiplies
-        each sample's slot features by a weight before fusion: with 0/1 weights it zero-masks slots
-        per sample (training-time encoder dropout; for class A1 this is the removal mask).
+        ``image_features`` (the output of :meth:`encode`) skips the vision towers. As transformers'
+        models do, the arguments passed by name only arrive through ``**kwargs``: the key/value cache
+        (``cache`` or ``past_key_values``, whichever name the caller uses), ``use_cache``, and the mask:
+        ``masked_slots``, ``mask_mode`` (default ``removal``), ``mask_values`` and ``slot_keep``; the
+        rest goes to the language model. Slots masked in ``removal`` mode are not encoded at all.
+        ``slot_keep`` (``{slot: (B,) tensor}``) multiplies each sample's slot features by a weight
+        before fusion: with 0/1 weights it zero-masks slots per sample (training-time encoder dropout;
+        for class A1 this is the removal mask).
         """
         pixel_values = _collect_pixels(pixel_values, kwargs)
+        cache, past_key_values = kwargs.pop("cache", None), kwargs.pop("past_key_values", None)
         cache = cache if cache is not None else past_key_values  # either name, whatever the caller uses
+        use_cache, masked_slots = kwargs.pop("use_cache", None), kwargs.pop("masked_slots", None)
+        mask_mode, mask_values = kwargs.pop("mask_mode", "removal"), kwargs.pop("mask_values", None)
+        slot_keep = kwargs.pop("slot_keep", None)
         if image_features is None and pixel_values:
             skip = set(masked_slots or ()) if mask_mode == "removal" else set()
             image_features = self.encode(pixel_values, [s for s in self.slot_names if s not in skip])
@@ -339,8 +347,10 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
                                       attentions=out.attentions, **{CACHE_KWARG: getattr(out, CACHE_KWARG)})
 
     def _validate_model_kwargs(self, model_kwargs):
-        # per-slot pixel inputs arrive as pixel_values_<slot>, which no signature can list
-        super()._validate_model_kwargs({k: v for k, v in model_kwargs.items() if not k.startswith(PIXEL_PREFIX)})
+        # per-slot pixel inputs arrive as pixel_values_<slot>, which no signature can list; the cache and
+        # mask keywords are the forward's, taken through **kwargs
+        super()._validate_model_kwargs({k: v for k, v in model_kwargs.items()
+                                        if not k.startswith(PIXEL_PREFIX) and k not in FORWARD_KWARGS})
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None,
                                       is_first_iteration=False, **kwargs):
