@@ -112,7 +112,9 @@ def served(folder, requests, tmp_path):
     return json.loads(out.read_text())
 
 
-def test_the_plugin_serves_eagle2_folders_as_written(folders):
+def test_the_plugin_serves_eagle2_folders_as_written(folders, tmp_path):
+    from encslim.export import export_hf
+    from encslim.export.commands import format_summary
     from encslim.models.vllm_plugin import serve_command, serving_models
 
     assert serving_models()[ARCHITECTURE] == f"encslim.models.families.eagle2.serving:{ARCHITECTURE}"
@@ -120,6 +122,9 @@ def test_the_plugin_serves_eagle2_folders_as_written(folders):
         config = json.loads((folder / "config.json").read_text())
         assert config["architectures"] == [ARCHITECTURE], name  # the original's name, kept by pruning
         assert serve_command(folder) == f"vllm serve {folder}"  # no --hf-overrides: vLLM has no model of that name
+    out = tmp_path / "exported"
+    manifest = export_hf(folders["siglip"], out)  # what `encslim export --format hf` prints
+    assert format_summary(manifest, "hf", out).splitlines()[-1] == f"  serve with vLLM: vllm serve {out}"
 
 
 def test_mm_processor_kwargs_are_max_tiles_only(folders):
