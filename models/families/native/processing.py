@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
 PROCESSOR_CONFIG = "processor_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 IMAGE_TOKEN = "<image>"
 DEFAULT_TEMPLATE = "USER: {prompt}\nASSISTANT:"
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -128,9 +129,18 @@ class EncslimProcessor:
             "image_token": self.image_token,
         }
 
+    def chat_template(self):
+        """The Jinja chat template of this processor's prompt format (see :func:`chat_template`)."""
+        return chat_template(self.prompt_template, self.image_token)
+
     def save_pretrained(self, save_directory, **kwargs):
+        """Write the tokenizer, ``processor_config.json`` and, when the tokenizer has no chat template of its
+        own, ``chat_template.jinja`` (this processor's prompt format: chat servers such as vLLM's need one)."""
         os.makedirs(save_directory, exist_ok=True)
         self.tokenizer.save_pretrained(save_directory)
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            with open(os.path.join(save_directory, CHAT_TEMPLATE_FILE), "w", encoding="utf-8") as f:
+                f.write(self.chat_template())
         data = self.to_dict()
         auto_map = getattr(self, "auto_map", None)
         if auto_map:
@@ -174,6 +184,28 @@ class EncslimProcessor:
     @classmethod
     def register_for_auto_class(cls, auto_class="AutoProcessor"):
         cls._auto_class = auto_class
+
+
+def chat_template(prompt_template=DEFAULT_TEMPLATE, image_token=IMAGE_TOKEN):
+    """A Jinja chat template that renders one user turn (an image, then the text) and the generation prompt
+    exactly as :meth:`EncslimProcessor.build_prompt` builds the prompt.
+
+    ``prompt_template`` is split at ``{prompt}``: the part before opens a user turn, the part after is the
+    generation prompt (and opens an assistant turn, whose text follows after a space and ends with the EOS
+    token). Images come first, each its placeholder and a newline. The format has no system turn: one is refused.
+    """
+    marker = "\x00"
+    head, tail = (json.dumps(part) for part in prompt_template.format(prompt=marker).split(marker))
+    image = json.dumps(image_token + "\n")
+    # text goes through {{ }} expressions only: chat renderers (trim_blocks) drop a newline after a tag
+    parts = ("{% for c in message['content'] %}{% if c['type'] == 'image' %}{{ " + image + " }}{% endif %}{% endfor %}"
+             "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}")
+    text = "{% if message['content'] is string %}{{ message['content'] }}{% else %}" + parts + "{% endif %}"
+    return ("{% for message in messages %}{% if message['role'] == 'user' %}{{ " + head + " }}" + text +
+            "{% elif message['role'] == 'assistant' %}{{ " + tail + " }}{{ ' ' }}" + text + "{{ eos_token }}"
+            "{% else %}{{ raise_exception('this prompt format has user and assistant turns only, not ' + "
+            "message['role']) }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt and messages[-1]['role'] == 'user' %}{{ " + tail + " }}{% endif %}")
 
 
 class ProcessorFileError(ValueError):
