@@ -29,6 +29,10 @@ def bench_cmd(full, variants, data, out, overwrite, encoders=None, **options):
     from . import benchmark
 
     config, _ = config_from_options(BenchConfig, options)
+    if config.engine == "vllm":
+        from .vllm_engine import check_installed
+
+        check_installed()  # before FULL is opened (the message names the fix)
     full = open_folder(full, encoders)  # --encoder names FULL's encoders; run_bench opens the variants
     configure_threads(config.threads)
     report = benchmark.run_bench(full, variants, out, config, data=data, overwrite=overwrite)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_output_dir, check_output_path
-from . import compare, costs, latency, memory
+from . import compare, costs, latency, memory, vllm_engine
 from .config import BenchConfig, processor_settings
 from .environment import attn_implementation, environment
 from .report import write_report
@@ -183,6 +183,8 @@ def run_benchmark(specs, settings, samples=None):
         for name, result in measured.items():
             entries[name]["memory"] = result
     models = [entries[m.name] for m in loaded]
+    m = None  # the accuracy loop's last model is not kept while vLLM runs
+    engine = _measure_in_vllm(loaded, specs, settings, samples, models) if settings.engine == "vllm" else None
     comparisons = [compare.compare(models[0], v, b, device.type) for v in models[1:] for b in settings.batch_sizes]
     for variant in models[1:]:  # a per-model shortcut: the comparison at the first batch size
         variant["comparison"] = next(c for c in comparisons if c["model"] == variant["name"])
@@ -190,6 +192,8 @@ def run_benchmark(specs, settings, samples=None):
     return {
         "schema_version": SCHEMA_VERSION,
         "environment": environment(device, settings.dtype, [e["attn_implementation"] for e in models]),
+        "engines": {"eager": {"engine": "eager", "api": "transformers, per stage"},
+                    **({"vllm": engine} if engine else {})},
         "settings": {**settings.model_dump(), "device": str(device),
                      "order": "interleaved", "bench_question": latency.BENCH_QUESTION,
                      "accuracy_samples": len(samples) if samples else 0},
@@ -198,6 +202,18 @@ def run_benchmark(specs, settings, samples=None):
         "order": order,
         "comparisons": comparisons,
     }
+
+
+def _measure_in_vllm(loaded, specs, settings, samples, models):
+    """``--engine vllm``: each model's requests built by its eager processor, the eager models freed (``loaded``
+    emptied), then every folder measured in vLLM; each entry of ``models`` gets its ``vllm`` figures (``None``
+    where not measured). Returns the engine's summary for ``report["engines"]["vllm"]``."""
+    requests = {m.name: vllm_engine.requests_of(m, samples) for m in loaded}
+    loaded.clear()
+    engine, figures = vllm_engine.measure_models(specs, requests, settings, samples)
+    for model in models:
+        model["vllm"] = figures.get(model["name"])
+    return engine
 
 
 def run_bench(full, variants=(), out=None, config=None, data=(), overwrite=False, names=None, **overrides):
@@ -221,6 +237,8 @@ def run_bench(full, variants=(), out=None, config=None, data=(), overwrite=False
         ConfigError, ModelLoadError, DataError, OutputExistsError: bad input.
     """
     settings = BenchConfig.build(overrides.pop("settings", config), **_masks_as_lists(overrides))
+    if settings.engine == "vllm":
+        vllm_engine.check_installed()  # before any work (the message names the fix)
     from ..models.loading import open_folder
 
     if settings.threads is not None:
@@ -233,6 +251,8 @@ def run_bench(full, variants=(), out=None, config=None, data=(), overwrite=False
     inputs = [full, *variants]
     check_output_path(out, overwrite, inputs)
     check_masks(full, specs)
+    if settings.engine == "vllm":
+        vllm_engine.check_specs(specs)
     samples = None
     if data and settings.accuracy:
         from ..data.load import load_samples

@@ -51,6 +51,12 @@ class BenchConfig(StageConfig):
                                                           "evaluation.")
     limit: Optional[int] = Field(None, ge=1, description="Evaluate at most this many samples.")
     max_tiles: Optional[int] = Field(None, ge=1, description=MAX_TILES_HELP)
+    engine: Literal["eager", "vllm"] = Field("eager", description=(
+        "eager: measure in transformers (per stage). vllm: also measure each model folder in vLLM's offline "
+        "engine (TTFT, decode tokens/s, requests/s per --concurrency, accuracy), reported beside the eager "
+        "figures; needs vLLM (pip install 'encslim[vllm]')."))
+    concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16], description=(
+        "With --engine vllm: requests submitted together per measured round, each measured separately."))
 
     @field_validator("batch_sizes")
     @classmethod
@@ -59,6 +65,13 @@ class BenchConfig(StageConfig):
             raise ValueError(f"batch sizes must be positive integers, got {value}")
         if len(set(value)) != len(value):
             raise ValueError(f"batch sizes repeat: {value}")
+        return value
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, value):
+        if not value or any(c < 1 for c in value) or len(set(value)) != len(value):
+            raise ValueError(f"concurrencies must be distinct positive integers, got {value}")
         return value
 
     @field_validator("masks")

@@ -9,7 +9,11 @@ max, p50, p90, p95, p99}, decode_tokens_per_s, end_to_end_tokens_per_s}, memory,
 comparison`` (the variant's entry of ``comparisons`` at the first batch size; null for the full)),
 ``order`` (measurement order per batch size), ``comparisons`` (per variant and batch size:
 ``speedup``, ``vision``/``end_to_end`` predicted vs measured saving, ``flagged``, ``reasons``,
-``notes``) and ``outputs`` (the files written). Times are milliseconds.
+``notes``), ``engines`` (``eager``, and with ``--engine vllm`` the vLLM version, engine arguments,
+concurrencies and the models not measured there), per model ``vllm`` (``--engine vllm``: ``engine,
+start_s, ttft_ms, request_ms, decode_tokens_per_s`` (summaries), ``concurrency[c] = {rounds, round_ms,
+requests_per_s, output_tokens_per_s}``, ``accuracy``; see :mod:`encslim.bench.vllm_engine`) and
+``outputs`` (the files written). Times are milliseconds.
 """
 
 import json
@@ -65,7 +69,7 @@ def _table(header, rows):
 def _latency_section(report, batch_size):
     key = str(batch_size)
     by_name = {c["model"]: c for c in report["comparisons"] if c["batch_size"] == batch_size}
-    lines = [f"## Latency, batch size {batch_size} (ms, mean ± std)", ""]
+    lines = [f"## Latency, batch size {batch_size} (ms, mean ± std; engine: {_eager_engine(report)})", ""]
     rows = []
     for m in report["models"]:
         lat = m["latency"][key]
@@ -143,18 +147,62 @@ def _memory_section(report):
 
 
 def _accuracy_section(report):
-    models = [m for m in report["models"] if m["accuracy"]]
-    if not models:
-        return ["## Accuracy", "", "Not measured (no --data given).", ""]
-    categories = sorted({c for m in models for c in m["accuracy"] if c != "overall"})
-    full = report["models"][0]["accuracy"] or {}
+    heading = f"## Accuracy (engine: {_eager_engine(report)})"
+    if not any(m["accuracy"] for m in report["models"]):
+        return [heading, "", "Not measured (no --data given).", ""]
+    return [heading, ""] + _accuracy_table({m["name"]: m["accuracy"] for m in report["models"]})
+
+
+def _accuracy_table(accuracies):
+    """One row per model of ``{name: accuracy or None}`` (the first is the full model's), Δ against it."""
+    measured = {name: acc for name, acc in accuracies.items() if acc}
+    categories = sorted({c for acc in measured.values() for c in acc if c != "overall"})
+    full = next(iter(accuracies.values())) or {}
     rows = []
-    for m in models:
-        acc = m["accuracy"]
+    for name, acc in measured.items():
         delta = acc["overall"] - full["overall"] if "overall" in full else None
-        rows.append([m["name"], f"{acc['overall']:.3f}", "—" if delta is None else f"{delta:+.3f}"]
+        rows.append([name, f"{acc['overall']:.3f}", "—" if delta is None else f"{delta:+.3f}"]
                     + [f"{acc[c]:.3f}" if c in acc else "—" for c in categories])
-    return ["## Accuracy", ""] + _table(["model", "overall", "Δ vs full"] + categories, rows)
+    return _table(["model", "overall", "Δ vs full"] + categories, rows)
+
+
+def _eager_engine(report):
+    version = report.get("environment", {}).get("transformers")
+    return "eager, transformers" + (f" {version}" if version else "")
+
+
+def _vllm_section(report):
+    """The figures of ``--engine vllm`` (see :mod:`encslim.bench.vllm_engine`), one row per measured model."""
+    engine = report.get("engines", {}).get("vllm")
+    if not engine:
+        return []
+    levels, s = engine["concurrency"], report["settings"]
+    lines = [f"## vLLM: {engine['engine']} {engine['version']} ({engine['api']})", "",
+             "Wall-clock ms around `LLM.generate`, image preprocessing included; TTFT: one request of 1 token; "
+             f"request: one request of {s['max_new_tokens']} tokens (EOS ignored); decode tok/s from the engine's "
+             "token timestamps; req/s @c: c requests submitted together. Medians over the rounds; prefix caching "
+             "and the multimodal processor cache off."
+             + (f" Device: {engine['device']}." if engine.get("device") else ""), ""]
+    full = report["models"][0].get("vllm")
+    rows = []
+    for m in report["models"]:
+        v = m.get("vllm")
+        if not v:
+            continue
+        dec = v["decode_tokens_per_s"]
+        ratio = full["ttft_ms"]["p50"] / v["ttft_ms"]["p50"] if full else None
+        rows.append([m["name"], v["engine"], f"{v['ttft_ms']['p50']:.2f}", _x(ratio), f"{v['request_ms']['p50']:.2f}",
+                     "—" if dec is None else f"{dec['p50']:.1f}"]
+                    + [f"{v['concurrency'][str(c)]['requests_per_s']:.2f}" for c in levels]
+                    + [f"{v['concurrency'][str(levels[-1])]['output_tokens_per_s']:.1f}", f"{v['start_s']:.1f}"])
+    lines += _table(["model", "engine", "TTFT ms", "TTFT speedup", "request ms", "decode tok/s"]
+                    + [f"req/s @{c}" for c in levels] + [f"out tok/s @{levels[-1]}", "start s"], rows)
+    lines += [f"Not measured in vLLM: {name} ({why})." for name, why in engine["not_measured"].items()]
+    accuracies = {m["name"]: (m.get("vllm") or {}).get("accuracy") for m in report["models"] if m.get("vllm")}
+    if any(accuracies.values()):
+        lines += ["", f"### Accuracy (engine: {engine['engine']} {engine['version']}, greedy)", ""]
+        lines += _accuracy_table(accuracies)
+    return lines + [""]
 
 
 def _environment_section(report):
@@ -191,6 +239,7 @@ def render_console(report, out=None):
                 continue
             delta = "" if m is report["models"][0] or "overall" not in full else f"  ({acc - full['overall']:+.3f} vs full)"
             lines.append(f"  {m['name'][:38]:38s} {acc:7.3f}{delta}")
+    lines += _vllm_console(report)
     flagged = [c for c in report["comparisons"] if c["flagged"]]
     for c in flagged:
         lines.append(f"FLAGGED {c['model']} (batch {c['batch_size']}): measured saving below "
@@ -199,6 +248,23 @@ def render_console(report, out=None):
     if out is not None:
         lines.append(f"report in {out}/bench.md" + ("" if has_accuracy else " (no accuracy: pass --data)"))
     return "\n".join(lines)
+
+
+def _vllm_console(report):
+    engine = report.get("engines", {}).get("vllm")
+    if not engine:
+        return []
+    top = engine["concurrency"][-1]
+    lines = [f"vLLM {engine['version']} (offline engine)",
+             f"  {'model':38s} {'TTFT ms':>10s} {'decode tok/s':>12s} {f'req/s @{top}':>10s}"]
+    for m in report["models"]:
+        v = m.get("vllm")
+        if v:
+            dec = v["decode_tokens_per_s"]
+            lines.append(f"  {m['name'][:38]:38s} {v['ttft_ms']['p50']:10.2f} "
+                         f"{'-' if dec is None else format(dec['p50'], '.1f'):>12s} "
+                         f"{v['concurrency'][str(top)]['requests_per_s']:10.2f}")
+    return lines
 
 
 def render_markdown(report):
@@ -213,7 +279,7 @@ def render_markdown(report):
     for batch_size in s["batch_sizes"]:
         lines += _latency_section(report, batch_size)
     lines += _savings_section(report) + _costs_section(report) + _memory_section(report)
-    lines += _accuracy_section(report) + _environment_section(report)
+    lines += _accuracy_section(report) + _vllm_section(report) + _environment_section(report)
     if PARETO_PNG not in report.get("outputs", []):
         lines += [f"{PARETO_PNG} not written: accuracy needs --data.", ""]
     return "\n".join(lines)

@@ -21,9 +21,9 @@ from encslim.options import option_name
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CONFIGS = {"finetune": FinetuneConfig, "export": ExportConfig, "bench": BenchConfig, "eval": EvalConfig}
-# fields another engineer is adding now (bench --engine vllm, issue 30's serving work): until they land in both the
-# config and README, a row for them may be missing, or name a field the config does not have yet
-PENDING = {"bench": {"engine", "concurrency"}}
+# fields being added by another engineer: until they land in both the config and README, a row for them may be
+# missing, or name a field the config does not have yet
+PENDING: dict = {}
 
 
 def shown(value):

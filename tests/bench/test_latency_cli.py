@@ -50,8 +50,8 @@ def test_outputs_written(bench_run):
 
 def test_every_report_field_present(bench_run):
     _, report, full, _ = bench_run
-    assert set(report) == {"schema_version", "environment", "settings", "full", "models", "order", "comparisons",
-                           "outputs"}
+    assert set(report) == {"schema_version", "environment", "engines", "settings", "full", "models", "order",
+                           "comparisons", "outputs"}
     env = report["environment"]
     for key in ("device", "device_name", "torch", "transformers", "encslim", "python", "dtype", "torch_threads",
                 "attn_implementation", "timer"):
