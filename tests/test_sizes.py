@@ -103,15 +103,6 @@ def test_at_most_five_functions_over_60_lines():
 # Public functions take at most MAX_PARAMETERS parameters (issue 30): positional-only, positional and keyword-only ones,
 # not self/cls and not *args/**kwargs; a function whose name starts with "_" is private and not counted.
 MAX_PARAMETERS = 8
-# "path name" -> parameters of the public functions still over the limit, being reduced now by other engineers
-# (issue 30): the streaming executor and the native forward (engineer A), the rank computation and predictions
-# (engineer B). It may only shrink, and no count may grow; it goes once they land.
-PARAMETERS_BOUND = {
-    "models/shards.py stream_checkpoint": 9,
-    "models/families/native/modeling.py forward": 15,
-    "prune/rank_compute.py compute_ranking": 12,
-    "prune/rank_predictions.py rank_predictions": 12,
-}
 
 
 def parameter_counts(source):
@@ -161,9 +152,6 @@ def test_no_public_function_over_8_parameters():
     found = public_functions_over()
     for n, where, line in found:
         print(f"{n:3d} parameters  {where} (line {line})")
-    new = sorted(f"{where} ({n})" for n, where, _ in found if where not in PARAMETERS_BOUND)
-    grown = sorted(f"{where} ({n} > {PARAMETERS_BOUND[where]})" for n, where, _ in found
-                   if where in PARAMETERS_BOUND and n > PARAMETERS_BOUND[where])
-    assert not new, (f"public functions with more than {MAX_PARAMETERS} parameters: {', '.join(new)}; group what "
-                     "travels together (a config, a small frozen dataclass)")
-    assert not grown, f"grew although over the limit already: {', '.join(grown)}"
+    assert not found, (f"public functions with more than {MAX_PARAMETERS} parameters: "
+                       + ", ".join(f"{where} ({n})" for n, where, _ in found)
+                       + "; group what travels together (a config, a small frozen dataclass)")
