@@ -21,9 +21,6 @@ from encslim.options import option_name
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 CONFIGS = {"finetune": FinetuneConfig, "export": ExportConfig, "bench": BenchConfig, "eval": EvalConfig}
-# fields being added by another engineer: until they land in both the config and README, a row for them may be
-# missing, or name a field the config does not have yet
-PENDING: dict = {}
 
 
 def shown(value):
@@ -66,16 +63,10 @@ def settings_table(text, name):
     return rows
 
 
-def expected_rows(name, fields=None):
+def expected_rows(name):
     """``{option: (default, help)}`` as the config of command ``name`` declares them."""
-    config = CONFIGS[name]
     return {option_name(n, f): (shown(f.get_default(call_default_factory=True)), f.description)
-            for n, f in config.model_fields.items() if fields is None or n in fields}
-
-
-def pending_options(name):
-    fields = PENDING.get(name, set())
-    return {"--" + n.replace("_", "-") for n in fields} | set(expected_rows(name, fields))
+            for n, f in CONFIGS[name].model_fields.items()}
 
 
 def test_shown_writes_defaults_as_the_tables_do():
@@ -94,14 +85,13 @@ def test_settings_table_reads_rows_until_the_table_ends():
 def test_settings_table_lists_every_field_with_its_default_and_help(name):
     table = settings_table(README.read_text(encoding="utf-8"), name)
     expected = expected_rows(name)
-    pending = pending_options(name)
-    missing = sorted(set(expected) - set(table) - pending)
-    extra = sorted(set(table) - set(expected) - pending)
+    missing = sorted(set(expected) - set(table))
+    extra = sorted(set(table) - set(expected))
     assert not missing, f"README's {name} table lacks {missing}"
     assert not extra, f"README's {name} table names settings the config does not have: {extra}"
     wrong = {o: (table[o], expected[o]) for o in set(table) & set(expected) if table[o] != expected[o]}
     assert not wrong, f"README's {name} rows differ from the config (README, config): {wrong}"
-    unknown = sorted(set(table) - command_options(name) - pending)
+    unknown = sorted(set(table) - command_options(name))
     assert not unknown, f"README's {name} table names options the command does not have: {unknown}"
 
 
@@ -111,7 +101,7 @@ def test_command_rows_name_only_the_commands_options_with_their_defaults(name):
     rows = [line.split("|")[1] for line in readme.splitlines() if line.startswith(f"| `encslim {name} ")]
     flags = {flag for row in rows for flag in re.findall(r"(--[a-z][a-z0-9-]*)", row)}
     assert rows and flags, f"README's command table has no `encslim {name}` row with options"
-    unknown = sorted(flags - command_options(name) - pending_options(name))
+    unknown = sorted(flags - command_options(name))
     assert not unknown, f"README's `encslim {name}` row names options the command does not have: {unknown}"
     defaults = {option: default for option, (default, _) in expected_rows(name).items()}
     numbers = {m.group(1): m.group(2) for row in rows for m in re.finditer(r"\[(--[a-z0-9-]+) ([0-9][0-9.e-]*)\]", row)}
