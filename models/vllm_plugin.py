@@ -50,21 +50,24 @@ def serve_command(folder):
     The family is the registry's (:func:`~encslim.models.registry.detect_family` on ``config.json``).
     When the folder's ``architectures[0]`` is not the family's vLLM class name (Eagle v1's original
     ``EagleLlamaForCausalLM`` is vLLM's speculative-decoding draft model), the command names the class
-    with ``--hf-overrides`` and the folder stays as the original code reads it.
+    with ``--hf-overrides`` and the folder stays as the original code reads it. A folder whose
+    ``model_type`` is not one of the family's own (MMVP's I-MoF says ``llava``) has no command: vLLM reads
+    such a config with another config class (transformers' stock LLaVA), which overrides cannot change.
 
     Args:
         folder: a model folder (its ``config.json`` is read).
 
     Returns:
         ``"vllm serve FOLDER"`` (plus ``--hf-overrides '{"architectures": [...]}'`` where needed), or
-        ``None``: no readable ``config.json``, or its family has no vLLM model.
+        ``None``: no readable ``config.json``, its family has no vLLM model, or its ``model_type`` is not
+        one of the family's.
     """
     try:
         config = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     found = detect_family(config) if isinstance(config, dict) else None
-    if found is None or found[0].serving is None:
+    if found is None or found[0].serving is None or config.get("model_type") not in found[0].model_types:
         return None
     architecture = found[0].serving.split(":")[1]
     command = f"vllm serve {shlex.quote(str(folder))}"

@@ -46,6 +46,33 @@ def write_tiny_native(out, encoder="clip", seed=0):
     return out
 
 
+def write_tiny_imof(out, seed=0):
+    """A tiny random I-MoF (CLIP + DINOv2 towers, 16 tokens each, LLaMA with head size 32) in ``out``, laid out
+    as ``encslim create-tiny --family imof`` writes it (config ``ImofLlamaForCausalLM``, ``imof_llama``)."""
+    import torch
+
+    from encslim.models.families.imof.configuration import ImofConfig
+    from encslim.models.families.imof.modeling import ImofLlamaForCausalLM, register_auto_classes
+    from encslim.models.families.imof.processing import ImofProcessor
+    from encslim.models.families.imof.tiny import tiny_imof_config
+    from encslim.models.tokenizer import build_tokenizer
+
+    register_auto_classes()
+    tokenizer = build_tokenizer()
+    config = ImofConfig(**{**tiny_imof_config(tokenizer).to_dict(), **SERVING_TEXT})
+    torch.manual_seed(seed)
+    model = ImofLlamaForCausalLM(config).eval()
+    with torch.no_grad():  # each tower visibly changes the output (as create-tiny's model)
+        for tower in config.imof_towers:
+            for param in model.model.tower(tower).parameters():
+                param.add_(torch.randn_like(param) * 0.05)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    ImofProcessor.from_config(tokenizer, config, template="vicuna_v1").save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def non_square_png(tmp_path_factory):
     """A seeded random 45x30 RGB PNG (non-square: the resize to the tower's square size matters)."""

@@ -5,6 +5,10 @@ with the image processor backend the export names. Reference: the native model's
 forward (greedy, one full forward per step). Checked: prompt token ids, greedy tokens, prompt and
 generated logprobs within 1e-4, on a non-square image; then one chat request through vLLM's
 OpenAI-compatible server (the ``vllm serve`` command from the export's manifest) equals the offline run.
+
+Likewise a tiny I-MoF with DINOv2 pruned (LLaVA-1.5 in tsb0601/MMVP's layout), exported as stock LLaVA:
+vLLM's greedy run equals transformers 5's ``LlavaForConditionalGeneration`` on the same folder (which
+the export verified against the I-MoF it came from).
 """
 
 import base64
@@ -22,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import write_tiny_native
+from .conftest import write_tiny_imof, write_tiny_native
 
 ATOL = 1e-4
 STEPS = 6
@@ -44,13 +48,19 @@ def exported(tmp_path_factory):
 
 def native_greedy(src, prompt, image_path, steps):
     """Token ids and per-token logprobs of the native model's greedy continuation (transformers forward)."""
-    import torch
     from PIL import Image
 
     from encslim.models.loading import load_model
 
     model, processor, _ = load_model(src)
-    batch = processor(text=[prompt], images=[Image.open(image_path).convert("RGB")])
+    return greedy(model, processor(text=[prompt], images=[Image.open(image_path).convert("RGB")]), steps)
+
+
+def greedy(model, batch, steps):
+    """Token ids and per-token logprobs of ``model``'s greedy continuation of ``batch`` (one prompt), one full
+    transformers forward per step (``batch`` as the model's processor made it)."""
+    import torch
+
     ids = batch["input_ids"]
     with torch.no_grad():
         for _ in range(steps + 1):
@@ -62,6 +72,27 @@ def native_greedy(src, prompt, image_path, steps):
     n = batch["input_ids"].shape[1]
     return {"prompt_token_ids": ids[0, :n].tolist(), "prompt_logprobs": [None] + logprobs[:n - 1],
             "token_ids": ids[0, n:].tolist(), "logprobs": logprobs[n - 1:]}
+
+
+def run_offline_in_one_process(runs, tmp_path):
+    """``vllm_offline.run`` for each ``(folder, request)`` of ``runs``, in one subprocess, every engine inside it.
+
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps vLLM's engine core and its worker in that process (executor
+    ``uni``): vLLM is imported once for all runs (otherwise each engine's core and worker processes import it
+    again, 20-30 s apiece on these machines). The model code and the weights are the same.
+
+    Returns:
+        One result per run, as :func:`run_offline`'s.
+    """
+    (tmp_path / "runs.json").write_text(json.dumps([[str(folder), request] for folder, request in runs]))
+    out = tmp_path / "offline.json"
+    script = ("import json, sys; from vllm_offline import run; "
+              "json.dump([run(f, r) for f, r in json.load(open(sys.argv[1]))], open(sys.argv[2], 'w'))")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "runs.json"), str(out)], cwd=HERE,
+                          capture_output=True, text=True, timeout=ENGINE_TIMEOUT * len(runs),
+                          env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
+    assert proc.returncode == 0, f"vLLM offline runs failed:\n{proc.stderr[-4000:]}"
+    return json.loads(out.read_text())
 
 
 def run_offline(folder, request, tmp_path):
@@ -106,6 +137,54 @@ def test_vllm_offline_and_server_equal_encslim(exported, non_square_png, tmp_pat
     assert server["token_ids"] == offline["token_ids"]
     assert max(abs(a - b) for a, b in zip(server["logprobs"], offline["logprobs"])) <= ATOL
     assert server["prompt_token_ids"] == offline["prompt_token_ids"]
+
+
+@pytest.fixture(scope="module")
+def imof_exported(tmp_path_factory):
+    """``(I-MoF folder with DINOv2 pruned, its llava folder, manifest)``."""
+    from encslim.export import export_llava
+    from encslim.prune.surgery import prune
+
+    root = tmp_path_factory.mktemp("imof")
+    prune(write_tiny_imof(root / "full"), ["dinov2"], root / "clip")
+    return root / "clip", root / "llava", export_llava(root / "clip", root / "llava")
+
+
+def transformers_llava_greedy(folder, prompt, image_path, steps):
+    """:func:`greedy` of a llava folder through transformers' own classes (the PIL image processor)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(folder, backend="pil")
+    return greedy(model, processor(text=[prompt], images=[Image.open(image_path).convert("RGB")],
+                                   return_tensors="pt"), steps)
+
+
+@pytest.mark.slow
+def test_vllm_serves_the_llava_export_of_imof_without_dinov2(imof_exported, non_square_png, tmp_path):
+    from safetensors import safe_open
+
+    from encslim.models.loading import load_model
+
+    src, folder, manifest = imof_exported
+    # as written: the llava-hf key layout (vLLM's LLaVA loads no other)
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert {k.split(".")[0] for k in keys} == {"vision_tower", "multi_modal_projector", "language_model"}
+    assert "vision_tower.vision_model.embeddings.patch_embedding.weight" in keys
+    serve = shlex.split(manifest["export"]["serve"])
+    assert serve[:4] == ["vllm", "serve", str(folder), "--mm-processor-kwargs"]
+    mm_kwargs = json.loads(serve[4])
+    assert mm_kwargs == {"backend": "pil"}
+
+    prompt = load_model(src)[1].build_prompt(QUESTION)
+    expected = transformers_llava_greedy(folder, prompt, non_square_png, STEPS)
+    image_id = json.loads((folder / "config.json").read_text())["image_token_index"]
+    assert expected["prompt_token_ids"].count(image_id) == 16  # CLIP's 4x4 tokens; DINOv2's are gone
+    request = {"prompt": prompt, "image": str(non_square_png), "max_tokens": STEPS, "mm_processor_kwargs": mm_kwargs}
+    assert_same_run(run_offline_in_one_process([(folder, request)], tmp_path)[0], expected)
 
 
 def free_port():

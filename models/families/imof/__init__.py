@@ -1,4 +1,5 @@
-"""I-MoF (CLIP + DINOv2 interleaved, LLaVA-1.5 layout) as tsb0601/MMVP writes it (class B)."""
+"""I-MoF (CLIP + DINOv2 interleaved, LLaVA-1.5 layout) as tsb0601/MMVP writes it (class B); served in vLLM
+by :mod:`.serving` (encslim's vLLM plugin)."""
 
 from ...registry import Family, register_family
 
@@ -10,4 +11,5 @@ register_family(Family(
     tiny="encslim.models.families.imof.tiny:create_tiny_imof",
     exports=("llava",),
     transformers="encslim.models.families.imof.modeling:register_auto_classes",
+    serving="encslim.models.families.imof.serving:ImofLlamaForCausalLM",
 ))
