@@ -16,7 +16,8 @@ fixed image, the prompt its processor builds). Times are wall-clock milliseconds
 
 Each series runs ``warmup`` discarded rounds, then at least ``min_iters`` rounds and ``min_seconds``
 (at most ``max_iters``), as the eager path. Prefix caching and the multimodal processor cache are
-off, so every request runs the encoders and the prefill again.
+off, so every request runs the encoders and the prefill again. ``--max-tiles`` reaches vLLM's
+multimodal processor as ``mm_processor_kwargs`` (as ``vllm serve`` takes it for Eagle2).
 
 Accuracy goes through vLLM with the eager path's prompts and scorers: a multiple-choice sample
 generates one token restricted to its options' first tokens (greedy: the option whose first-token
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from . import stats
+from .config import processor_settings
 from .latency import BENCH_QUESTION, bench_image
 
 INSTALL_FIX = ("install it with pip install 'encslim[vllm]' (vLLM's CPU build: see README 'Serving'), or run "
@@ -141,7 +143,9 @@ def measure_models(specs, requests, settings, samples=None):
 
     summary = {"engine": "vllm", "version": version, "api": "offline LLM API, one engine per model, in turn",
                "device": current_platform.device_type,
-               "engine_args": {**ENGINE_ARGS, "dtype": settings.dtype}, "concurrency": list(settings.concurrency),
+               "engine_args": {**ENGINE_ARGS, "dtype": settings.dtype, "max_num_seqs": max(settings.concurrency),
+                               "mm_processor_kwargs": processor_settings(settings) or None},
+               "concurrency": list(settings.concurrency),
                "not_measured": {s.name: "a run-time mask has no vLLM form" for s in specs if s.masked}}
     return summary, figures
 
@@ -157,6 +161,7 @@ def measure_one(path, asked, settings, samples=None):
 
     started = time.perf_counter()
     llm = vllm.LLM(model=str(path), dtype=settings.dtype, max_num_seqs=max(settings.concurrency),
+                   mm_processor_kwargs=processor_settings(settings) or None,  # --max-tiles, as the eager processor
                    **ENGINE_ARGS, **engine_overrides(path))
     try:
         start_s = time.perf_counter() - started
