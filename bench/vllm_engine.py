@@ -29,10 +29,8 @@ vLLM is imported only in this module, and only when this engine runs.
 
 import gc
 import importlib.util
-import json
 import sys
 import time
-from pathlib import Path
 
 from ..errors import ConfigError
 from . import stats
@@ -72,25 +70,18 @@ def vllm_version():
 
 
 def engine_overrides(path):
-    """The ``LLM`` arguments a folder needs besides :data:`ENGINE_ARGS`: ``hf_overrides`` naming encslim's vLLM
-    class where the folder's ``config.json`` names another architecture (as ``vllm serve`` gets them).
+    """The ``LLM`` arguments a folder needs besides :data:`ENGINE_ARGS` (as ``vllm serve`` gets them): those of
+    :func:`encslim.models.vllm_plugin.engine_overrides`, the one place that decides how vLLM loads a folder.
 
     Raises:
-        ConfigError: the folder's family has no vLLM model.
+        ConfigError: vLLM cannot serve the folder (the message says why and names the eager engine).
     """
-    from ..models.registry import detect_family
+    from ..models.vllm_plugin import engine_overrides as plugin_overrides
 
-    config = json.loads(Path(path, "config.json").read_text(encoding="utf-8"))
-    found = detect_family(config)
-    if found is not None and found[0].serving is None:
-        raise ConfigError(f"--engine vllm: {path} is a {found[0].name} model, which vLLM does not serve (README "
-                          f"'Serving' lists the families it does); bench it with --engine eager")
-    if found is None:
-        return {}
-    architecture = found[0].serving.split(":")[1]
-    if (config.get("architectures") or [None])[0] == architecture:
-        return {}
-    return {"hf_overrides": {"architectures": [architecture]}}
+    try:
+        return plugin_overrides(path)
+    except ConfigError as err:
+        raise ConfigError(f"--engine vllm: {path} {err}; bench it with --engine eager") from None
 
 
 def check_specs(specs):

@@ -19,6 +19,7 @@ import json
 import shlex
 from pathlib import Path
 
+from ..errors import ConfigError
 from .registry import detect_family, families, resolve
 
 
@@ -44,35 +45,69 @@ def serving_models():
     return models
 
 
-def serve_command(folder):
-    """The ``vllm serve`` command for a folder of a family that has a vLLM model, else ``None``.
+def engine_overrides(folder):
+    """The engine arguments vLLM needs, besides the folder itself, to serve a model folder.
 
     The family is the registry's (:func:`~encslim.models.registry.detect_family` on ``config.json``).
     When the folder's ``architectures[0]`` is not the family's vLLM class name (Eagle v1's original
-    ``EagleLlamaForCausalLM`` is vLLM's speculative-decoding draft model), the command names the class
-    with ``--hf-overrides`` and the folder stays as the original code reads it. A folder whose
-    ``model_type`` is not one of the family's own (MMVP's I-MoF says ``llava``) has no command: vLLM reads
-    such a config with another config class (transformers' stock LLaVA), which overrides cannot change.
+    ``EagleLlamaForCausalLM`` is vLLM's speculative-decoding draft model), the class is named with
+    ``hf_overrides`` and the folder stays as the original code reads it. A folder whose ``model_type`` is
+    not one of the family's own (MMVP's I-MoF says ``llava``) is refused: vLLM reads such a config with
+    another config class (transformers' stock LLaVA), which overrides cannot change.
 
     Args:
         folder: a model folder (its ``config.json`` is read).
 
     Returns:
-        ``"vllm serve FOLDER"`` (plus ``--hf-overrides '{"architectures": [...]}'`` where needed), or
-        ``None``: no readable ``config.json``, its family has no vLLM model, or its ``model_type`` is not
-        one of the family's.
+        ``{}`` (no family's folder, e.g. a stock export: vLLM's own classes; or one whose config names the
+        family's vLLM class) or ``{"hf_overrides": {"architectures": [class name]}}``.
+
+    Raises:
+        ConfigError: no readable ``config.json``; the folder's family has no vLLM model; or its
+            ``model_type`` is not one of the family's (the message says which, from "is a ...").
     """
     try:
         config = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"has no readable config.json ({type(err).__name__})") from None
     found = detect_family(config) if isinstance(config, dict) else None
-    if found is None or found[0].serving is None or config.get("model_type") not in found[0].model_types:
+    if found is None:
+        return {}
+    family = found[0]
+    if family.serving is None:
+        raise ConfigError(f"is a {family.name} model, which vLLM does not serve (README 'Serving' lists the "
+                          "families it does)")
+    if config.get("model_type") not in family.model_types:
+        raise ConfigError(f"is a {family.name} model whose config.json says model_type "
+                          f"'{config.get('model_type')}', which vLLM reads as another model's (this family's are "
+                          f"{', '.join(family.model_types)}), whatever the overrides")
+    architecture = family.serving.split(":")[1]
+    if (config.get("architectures") or [None])[0] == architecture:
+        return {}
+    return {"hf_overrides": {"architectures": [architecture]}}
+
+
+def serve_command(folder):
+    """The ``vllm serve`` command for a folder of a family that has a vLLM model, else ``None``.
+
+    Args:
+        folder: a model folder (its ``config.json`` is read).
+
+    Returns:
+        ``"vllm serve FOLDER"`` (plus ``--hf-overrides '{"architectures": [...]}'`` where
+        :func:`engine_overrides` says so), or ``None``: no readable ``config.json``, no family's folder, its
+        family has no vLLM model, or its ``model_type`` is not one of the family's.
+    """
+    try:
+        overrides = engine_overrides(folder)
+        config = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
+    except ConfigError:
         return None
-    architecture = found[0].serving.split(":")[1]
+    if not isinstance(config, dict) or detect_family(config) is None:
+        return None
     command = f"vllm serve {shlex.quote(str(folder))}"
-    if (config.get("architectures") or [None])[0] != architecture:
-        command += " --hf-overrides " + shlex.quote(json.dumps({"architectures": [architecture]}))
+    if overrides:
+        command += " --hf-overrides " + shlex.quote(json.dumps(overrides["hf_overrides"]))
     return command
 
 
@@ -95,4 +130,4 @@ def register():
     return sorted(models)
 
 
-__all__ = ["register", "serve_command", "serving_models"]
+__all__ = ["engine_overrides", "register", "serve_command", "serving_models"]

@@ -55,6 +55,33 @@ def test_a_family_without_a_vllm_model_is_refused_before_any_work(tmp_path):
     check_specs([ModelSpec("hybrid[mask sam]", str(hybrid), ("sam",), "zero")])  # masked copies are not loaded
 
 
+def test_an_original_mmvp_folder_is_refused_as_serve_command_refuses_it(tmp_path):
+    """MMVP's own I-MoF config says ``llava``: vLLM reads it as stock LLaVA's, which no override changes; bench
+    refuses it before any work, where the plugin's serve_command gives no command (one decision, one place)."""
+    from encslim.bench.latency import ModelSpec
+    from encslim.bench.vllm_engine import check_specs
+    from encslim.models.families.imof.tiny import tiny_imof_config
+    from encslim.models.registry import detect_family
+    from encslim.models.vllm_plugin import serve_command
+
+    mmvp = tmp_path / "mmvp"
+    mmvp.mkdir()
+    config = {**tiny_imof_config().to_dict(), "model_type": "llava", "architectures": ["LlavaLlamaForCausalLM"]}
+    (mmvp / "config.json").write_text(json.dumps(config))
+    assert detect_family(config)[0].name == "imof" and serve_command(mmvp) is None
+    with pytest.raises(ConfigError) as err:
+        check_specs([ModelSpec("mmvp", str(mmvp), role="full")])
+    assert str(err.value) == (f"--engine vllm: {mmvp} is a imof model whose config.json says model_type 'llava', "
+                              "which vLLM reads as another model's (this family's are imof_llama), whatever the "
+                              "overrides; bench it with --engine eager")
+    assert "\n" not in str(err.value)  # one line, as the CLI prints it (exit 2)
+    config["model_type"] = "imof_llama"  # as encslim writes I-MoF folders: served, the class named by its config
+    (mmvp / "config.json").write_text(json.dumps(config))
+    assert serve_command(mmvp) == f"vllm serve {mmvp} --hf-overrides " + \
+        """'{"architectures": ["ImofLlamaForCausalLM"]}'"""
+    check_specs([ModelSpec("mmvp", str(mmvp), role="full")])
+
+
 def test_engine_overrides_name_the_plugin_class_where_the_config_does_not(tmp_path, tiny_model_dir):
     from encslim.bench.vllm_engine import engine_overrides
 

@@ -8,17 +8,24 @@ folder as it is. Imported only inside vLLM (it imports vllm).
 One implementation of each part: the vision towers (:class:`VisionSlot`) and the fusion module are the
 family's own (``modeling.py``), so vLLM computes the image embeddings with the same code as
 transformers; the LLM is vLLM's own (Llama, Qwen2, ... by ``text_config.model_type``), loaded from
-the checkpoint's ``language_model.*`` keys (the same names: no renaming). The processor is the
+the checkpoint's ``language_model.*`` keys (the same names: no renaming). Each tower's backbone keys are the
+checkpoint names transformers writes (``save_pretrained`` reverts its own renamings, e.g. DINOv2's
+``attention.attention.query``); they are mapped onto the backbone module's names (DINOv2's ``attention.q_proj``)
+by the renamings and conversions that transformers declares for that backbone class
+(:func:`backbone_weights`), as ``from_pretrained`` maps them. The processor is the
 family's :class:`EncslimProcessor`: it prepares one ``pixel_values_<slot>`` tensor per slot, and the
 ``<image>`` placeholder becomes exactly ``processor.num_image_tokens()`` image tokens.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
+from copy import deepcopy
 from functools import lru_cache
 
 import torch
 from torch import nn
 from transformers import BatchFeature
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
@@ -56,6 +63,35 @@ def causal_lm_architecture(text_config):
     if name is None:
         raise ValueError(f"no causal LM class for text model_type '{text_config.model_type}'")
     return [name]
+
+
+def backbone_weights(backbone, weights):
+    """A backbone's checkpoint tensors under its module's names, mapped as transformers' ``from_pretrained`` maps them.
+
+    The mapping is the one transformers declares for the backbone's class (its conversion mapping, legacy
+    renamings included): renamed keys pass through at once; tensors that a conversion combines or splits (e.g.
+    DINOv2's SwiGLU ``mlp.weights_in`` -> ``gate_proj``/``up_proj``) are converted after the last one is read.
+
+    Args:
+        backbone: the transformers ``PreTrainedModel`` the tensors belong to.
+        weights: ``(name, tensor)`` pairs, names relative to the backbone (as its ``save_pretrained`` writes them).
+
+    Yields:
+        ``(module name, tensor)`` pairs.
+    """
+    transforms = get_model_conversion_mapping(backbone)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    by_pattern = {pattern: c for c in converters for pattern in c.source_patterns}
+    pending = {}
+    for name, tensor in weights:
+        target, pattern = rename_source_key(name, renamings, converters)
+        if pattern is None:
+            yield target, tensor
+        else:  # each target gets its own converter, which collects all its sources
+            pending.setdefault(target, deepcopy(by_pattern[pattern])).add_tensor(target, name, pattern, tensor)
+    for target, converter in pending.items():
+        yield from converter.convert(target, model=backbone, config=backbone.config).items()
 
 
 class EncslimProcessingInfo(BaseProcessingInfo):
@@ -166,12 +202,27 @@ class EncslimForConditionalGeneration(nn.Module, SupportsMultiModal):
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Load the checkpoint's tensors by their own names (see the class docstring).
+        """Load the checkpoint's tensors (see the class docstring): the towers' backbone keys mapped onto their
+        modules' names by :func:`backbone_weights`, every other key by its own name.
 
         Returns:
             The names of the parameters loaded.
         """
-        return AutoWeightsLoader(self).load_weights(weights)
+        prefixes = {f"vision_towers.{slot}.backbone.": tower.backbone for slot, tower in self.vision_towers.items()}
+        towers = {prefix: [] for prefix in prefixes}
+
+        def others():
+            for name, tensor in weights:
+                prefix = next((p for p in prefixes if name.startswith(p)), None)
+                if prefix is None:
+                    yield name, tensor
+                else:
+                    towers[prefix].append((name[len(prefix):], tensor))
+            for prefix, backbone in prefixes.items():
+                for name, tensor in backbone_weights(backbone, towers.pop(prefix)):
+                    yield prefix + name, tensor
+
+        return AutoWeightsLoader(self).load_weights(others())
 
 
-__all__ = ["EncslimForConditionalGeneration", "causal_lm_architecture"]
+__all__ = ["EncslimForConditionalGeneration", "backbone_weights", "causal_lm_architecture"]
