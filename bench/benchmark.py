@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..files import atomic_output_dir, check_output_path
+from ..models.slots import SlotSet, split_names
 from . import compare, costs, latency, memory, vllm_engine
 from .config import BenchConfig, processor_settings
 from .environment import attn_implementation, environment
@@ -33,7 +34,8 @@ def build_specs(full, variants=(), masks=(), mask_skip=False, names=None):
     Args:
         full: the full model folder.
         variants: variant model folders (e.g. pruned).
-        masks: each ``"sam"`` or ``"sam,clip"`` masks those slots of the full model at run time.
+        masks: each ``"sam"``, ``"sam,clip"`` or ``["sam", "clip"]`` masks those slots of the full model at run
+            time (:func:`encslim.models.slots.split_names`; checked by :func:`check_masks`).
         mask_skip: also add, per mask, a copy that skips the masked encoders instead of zeroing them.
         names: display names of ``full`` and the ``variants``, in order (default: folder names).
 
@@ -63,7 +65,7 @@ def build_specs(full, variants=(), masks=(), mask_skip=False, names=None):
     specs = [latency.ModelSpec(full_name, full, role="full")]
     specs += [latency.ModelSpec(unique(label), v) for label, v in zip(labels[1:], variants)]
     for mask in masks:
-        slots = tuple(s.strip() for s in mask.split(",") if s.strip())
+        slots = split_names(mask)
         if not slots:
             raise ConfigError(f"--mask '{mask}' names no slot; pass slot names such as --mask sam")
         label = "+".join(slots)
@@ -85,7 +87,10 @@ def check_masks(full, specs):
 
     adapter = adapter_for(full)
     config = adapter.read_config(full)
+    slots = adapter.slot_names(config)
     for spec in specs:
+        # the slot names: SlotSet's one check; then the mask rules (not every encoder, not a single-encoder model)
+        SlotSet.from_masked(slots, spec.masked, what=f"--mask {','.join(spec.masked)} ({full}): ")
         try:  # zero-masking every encoder is refused too: that benchmarks no vision at all
             adapter.check_mask(config, spec.masked, "removal")
         except ConfigError as err:
@@ -247,7 +252,7 @@ def run_bench(full, variants=(), out=None, config=None, data=(), overwrite=False
         configure_threads(settings.threads)
     # every folder opened (config, family, each shard checked) before any work; a ModelFolder passes through
     full, variants = open_folder(full), [open_folder(v) for v in variants]
-    specs = build_specs(full, variants, [",".join(m) for m in settings.masks], settings.mask_skip, names)
+    specs = build_specs(full, variants, settings.masks, settings.mask_skip, names)
     inputs = [full, *variants]
     check_output_path(out, overwrite, inputs)
     check_masks(full, specs)
@@ -269,6 +274,5 @@ def _masks_as_lists(overrides):
     """``masks=["sam", "sam,clip"]`` (the earlier spelling) -> ``[["sam"], ["sam", "clip"]]``."""
     masks = overrides.get("masks")
     if masks and any(isinstance(m, str) for m in masks):
-        overrides = {**overrides, "masks": [[p.strip() for p in m.split(",") if p.strip()] if isinstance(m, str)
-                                            else m for m in masks]}
+        overrides = {**overrides, "masks": [list(split_names(m)) if isinstance(m, str) else m for m in masks]}
     return overrides

@@ -13,14 +13,24 @@ EVAL_JSON = "eval.json"
 RECORDS = "records.jsonl"
 
 
-def parse_mask_sets(values):
-    """``["clip", "clip,siglip"]`` -> ``[frozenset(), {clip}, {clip, siglip}]`` (full model first)."""
-    sets = [frozenset()]
-    for value in values:
-        masked = frozenset(s.strip() for s in value.split(",") if s.strip())
-        if masked and masked not in sets:
-            sets.append(masked)
-    return sets
+def parse_mask_sets(model, values):
+    """``--mask`` read once against MODEL's slots, before any weights load: ``[full, {clip}, {clip, siglip}]``.
+
+    Args:
+        model: the model folder (a path or ``ModelFolder``); only its config is read.
+        values: one spelling per ``--mask`` (``"clip,siglip"``, ``"clip+siglip"``, ``["clip", "siglip"]``).
+
+    Returns:
+        ``list[SlotSet]``, the full model first, repeats dropped.
+
+    Raises:
+        ConfigError: an unknown slot (``--mask sam: unknown slot(s) sam; this model's slots are ...``).
+    """
+    from ..models.loading import adapter_for
+    from ..models.slots import mask_sets
+
+    adapter = adapter_for(model)
+    return mask_sets(adapter.slot_names(adapter.read_config(model)), values)
 
 
 def prepare_output(out, overwrite, inputs):
@@ -86,6 +96,10 @@ def eval_cmd(model, data, out, overwrite, encoders=None, **options):
     mask_mode, batch_size, dtype = config.mask_mode, config.batch_size, config.dtype
     max_new_tokens = config.max_new_tokens
     model = open_folder(model, encoders)  # config, family and every shard checked before any work
+    requested = parse_mask_sets(model, config.masks)  # SlotSets, checked once against the model's slots
+    # the harness keys scores and records by the masked frozenset (a SlotSet's ``masked`` view); the mode's
+    # rules (removal keeps a slot) checked here too, before any weights load
+    mask_sets = normalize_mask_sets(requested[0].slots, [s.masked for s in requested], mask_mode)
     out = prepare_output(out, overwrite, [model, *data])
     samples = load_samples(list(data), skip_bad=config.skip_bad)
     rank, _ = distributed.init_from_env()
@@ -96,7 +110,6 @@ def eval_cmd(model, data, out, overwrite, encoders=None, **options):
     net, processor, adapter = load_model(model, device=_device(config.device), dtype=dtype)
     adapter.configure_processor(processor, **processor_settings(config))  # max_tiles, through the adapter
     slots = adapter.slot_names(net.config)
-    mask_sets = normalize_mask_sets(slots, parse_mask_sets(",".join(m) for m in config.masks), mask_mode)
     mask_values = mean_features(net, processor, adapter, samples, batch_size) if mask_mode == "mean" else None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def split_names(value: object) -> tuple[str, ...]:
     Args:
         value: ``None``/``False``/``""`` (no slot), one string (``"sam"``, ``"sam+clip"``,
             ``"sam,clip"``; ``;``, ``|`` and spaces separate too; surrounding quotes are dropped), or
-            an iterable of names (a list, a set, another :class:`SlotSet`'s ``masked``).
+            an iterable of such strings (a list, a set, another :class:`SlotSet`'s ``masked``).
 
     Returns:
         the names as strings; duplicates kept (callers that refuse them check).
@@ -42,8 +42,8 @@ def split_names(value: object) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return tuple(s for s in _SEPARATORS.split(value.strip().strip("\"'")) if s)
-    if isinstance(value, Iterable):
-        return tuple(str(s).strip() for s in value if str(s).strip())
+    if isinstance(value, Iterable):  # each item may itself be a list spelling (a repeated "--mask a+b")
+        return tuple(name for item in value for name in split_names(str(item)))
     return (str(value),)
 
 
@@ -205,4 +205,31 @@ class SlotSet:
         return f"SlotSet({self.key!r}, slots={list(self.slots)!r})"
 
 
-__all__ = ["FULL", "KINDS", "Kind", "SlotSet", "parse_key", "slots_of_keys", "split_names"]
+def mask_sets(slots: Sequence[str], values: Iterable[object], *, what: str = "--mask",
+              error: ErrorType = ConfigError) -> list[SlotSet]:
+    """The full model, then the set each of ``values`` masks: ``--mask``'s repeated option, read once.
+
+    Args:
+        slots: the model's slot names, in order.
+        values: one spelling per mask set (``"sam,clip"``, ``"sam+clip"``, ``["sam", "clip"]``); an empty
+            one stands for the full model.
+        what: names the option in the error (``--mask``).
+        error: the error class of an unknown slot.
+
+    Returns:
+        ``[full, ...]`` without repeats, in the order given.
+
+    Raises:
+        error: a name that is not one of ``slots`` (``--mask sam: unknown slot(s) sam; this model's
+            slots are clip, siglip``).
+    """
+    sets = [SlotSet(slots)]
+    for value in values:
+        names = split_names(value)
+        one = SlotSet.from_masked(slots, names, error=error, what=f"{what} {','.join(names)}: ")
+        if one not in sets:
+            sets.append(one)
+    return sets
+
+
+__all__ = ["FULL", "KINDS", "Kind", "SlotSet", "mask_sets", "parse_key", "slots_of_keys", "split_names"]

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from ..models.slots import split_names
 from ..options import StageConfig
 
 SUBSETS = ("single", "pairs", "all", "greedy")
@@ -69,11 +70,12 @@ def _flag(name: str) -> str:
 
 
 def _split_names(value: str | Iterable[object] | None) -> list[str] | None:
-    """Slot names from ``["a,b", "c"]`` or ``"a,b"`` (the CLI's repeated, comma-separated form)."""
+    """Slot names from ``["a,b", "c"]`` or ``"a,b"`` (the CLI's repeated, comma-separated form; ``a+b`` too):
+    the spellings of :func:`encslim.models.slots.split_names`, checked against the model by ``select``."""
     if value is None:
         return None
     items = [value] if isinstance(value, str) else list(value)
-    return [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    return [n for item in items for n in split_names(str(item))]
 
 
 class SelectConfig(StageConfig):

@@ -379,16 +379,18 @@ def _slots_and_masks(keys: list[str], model: PathArg | None,
         ConfigError: no slot, a repeated mask set or a slot never masked alone.
     """
     loaded: Loaded | None = None
-    if model is not None:
-        from ..models.loading import load_model
+    if model is not None:  # the keys checked against the model's config, before its weights load
+        from ..models.loading import adapter_for, load_model
 
+        adapter = adapter_for(model)
+        slots = list(adapter.slot_names(adapter.read_config(model)))
+        masks = _mask_sets(keys, slots)
         loaded = load_model(model, device=config.device, dtype=config.dtype)
-        slots = list(loaded[2].slot_names(loaded[0].config))
     else:
         slots = slots_of_keys(keys)
         if not slots:
             raise ConfigError("--predictions names no slot; add masked:SLOT=PATH for each slot (or pass --model)")
-    masks = _mask_sets(keys, slots)
+        masks = _mask_sets(keys, slots)
     missing = [s for s in slots if frozenset({s}) not in masks.values()]
     if missing:
         raise ConfigError(f"no predictions with {', '.join(missing)} masked alone; CUR needs the full model and "

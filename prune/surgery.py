@@ -29,6 +29,7 @@ from ..models.folder import Checkpoint, ModelFolder
 from ..models.plan import RemovalPlan, check_plan, describe_plan
 from ..models.registry import TorchFreePlan
 from ..models.shards import parse_size
+from ..models.slots import SlotSet, split_names
 from ..provenance import StageRecord, write_manifest
 from .config import PruneConfig
 from .select import Selection
@@ -217,7 +218,7 @@ def _verify(method: str | None, reason: str, checkpoint: Checkpoint, tmp: Path, 
     return {**verify_pruned(model, tmp, plan, data=data, num_samples=num_samples), "reason": reason}
 
 
-def prune(model_dir: PathArg | ModelFolder, drop: Selection | Iterable[str], out: PathArg | None = None,
+def prune(model_dir: PathArg | ModelFolder, drop: Selection | SlotSet | str | Iterable[str], out: PathArg | None = None,
           config: PruneConfig | Mapping[str, Any] | None = None, *, data: DataArg | None = None,
           selection: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
     """Remove encoder slots ``drop`` from the model in ``model_dir`` and write the result to ``out``.
@@ -225,8 +226,10 @@ def prune(model_dir: PathArg | ModelFolder, drop: Selection | Iterable[str], out
     Args:
         model_dir: a model folder (config.json + safetensors weights) of a supported family, or its
             :class:`~encslim.models.folder.ModelFolder` (every source file is then read once).
-        drop: slot names to remove, or a :class:`~encslim.prune.select.Selection` (then recorded
-            in the manifest as ``selection`` is).
+        drop: the slots to remove: a :class:`~encslim.models.slots.SlotSet` (its masked slots), slot names
+            (a list, or one string ``"sam,clip"``: :func:`~encslim.models.slots.split_names`), or a
+            :class:`~encslim.prune.select.Selection` (then recorded in the manifest as ``selection`` is).
+            The removal plan checks the names against the model's slots (``check_drop``: one line).
         out: the output folder (not needed with ``dry_run``); must not exist unless ``overwrite``.
         config: a :class:`~encslim.prune.config.PruneConfig` (or a dict of its fields; default: its
             defaults): ``verify``, ``verify_method`` (``"full"``: masked-full vs pruned logits;
@@ -251,6 +254,7 @@ def prune(model_dir: PathArg | ModelFolder, drop: Selection | Iterable[str], out
     c = PruneConfig.build(config, **overrides)
     if isinstance(drop, Selection):
         selection, drop = (drop.to_dict() if selection is None else selection), list(drop.drop)
+    names = drop.masked_ordered if isinstance(drop, SlotSet) else split_names(drop)
     folder = open_folder(model_dir)
     if not c.dry_run:
         if out is None:
@@ -260,7 +264,7 @@ def prune(model_dir: PathArg | ModelFolder, drop: Selection | Iterable[str], out
     verification_method(c.verify, c.verify_method, True)  # a contradiction fails before any work
     # torch-free when the model may never be built: a dry run, or streaming without full verification
     torch_free = c.dry_run or (c.verify_method != "full" and c.streaming is not False)
-    prepared = prepare(folder, drop, torch_free=torch_free)
+    prepared = prepare(folder, names, torch_free=torch_free)
     if c.dry_run or out is None:
         return {"dry_run": True, "plan": prepared[2].to_dict(), "summary": prepared[4]}
     return _execute(prepared, out, c, data, selection)

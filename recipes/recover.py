@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import ConfigError, PlanError
 from ..files import sha256_file
+from ..models.slots import SlotSet
 from ..prune.importance import OVERALL, accuracy
 from .recover_config import DISTILLED, RecoverConfig
 
@@ -280,9 +281,10 @@ def recover(ranking: dict[str, Any], model_path: PathArg, samples: Sequence[Samp
     rows = {tuple(r["kept"]): r for r in ranking["subsets"]}
     results = []
     for number, kept in enumerate(chosen, 1):
-        masked = [s for s in ranking["slots"] if s not in kept]
-        run.echo(f"recover {number}/{len(chosen)}: keep {', '.join(kept)} (drop {', '.join(masked)})")
-        results.append(_recover_candidate(run, work / candidate_name(kept), kept, masked, rows[tuple(kept)],
+        slot_set = SlotSet.from_kept(ranking["slots"], kept, what="ranking.json subsets: ")
+        run.echo(f"recover {number}/{len(chosen)}: keep {', '.join(slot_set.kept)} "
+                 f"(drop {', '.join(slot_set.masked_ordered)})")
+        results.append(_recover_candidate(run, work / candidate_name(kept), slot_set, rows[tuple(kept)],
                                           ranking["accuracy"]["full"]))
     block = _recovery_block(settings, results, started)
     ranking["recovery"] = block
@@ -311,12 +313,14 @@ class _Run:
         return str(self.eval_kwargs.get("dtype", "float32"))
 
 
-def _recover_candidate(run: _Run, folder: Path, kept: list[str], masked: list[str], row: dict[str, Any],
+def _recover_candidate(run: _Run, folder: Path, slot_set: SlotSet, row: dict[str, Any],
                        full: Mapping[str, float]) -> dict[str, Any]:
     """Recover one kept set (``row`` of the subset table gains its recovered accuracy); its entry of
-    ``recovery.candidates``, with ``skipped`` and the reason where the family cannot remove the set."""
+    ``recovery.candidates`` (``kept``/``masked`` lists in the model's slot order), with ``skipped`` and the
+    reason where the family cannot remove the set."""
+    kept, masked = list(slot_set.kept), list(slot_set.masked_ordered)
     try:
-        result = _recover_one(run, folder, masked)
+        result = _recover_one(run, folder, slot_set)
     except PlanError as err:  # the family cannot remove this set: report it, recover the others
         run.echo(f"  skipped: {err}")
         shutil.rmtree(folder, ignore_errors=True)
@@ -362,7 +366,7 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _recover_one(run: _Run, folder: Path, masked: list[str]) -> dict[str, Any]:
+def _recover_one(run: _Run, folder: Path, masked: SlotSet) -> dict[str, Any]:
     """One candidate, resumable: ``{"accuracy": {variant: {...}}, "models", "seconds", "reused"}``."""
     done = _read(folder / RESULT_FILE)
     if done and done.get("fingerprint") == run.fingerprint:
@@ -392,7 +396,7 @@ def _recover_one(run: _Run, folder: Path, masked: list[str]) -> dict[str, Any]:
     return {**result, "reused": False}
 
 
-def _train(run: _Run, folder: Path, masked: list[str], variant: str, model_dir: Path) -> None:
+def _train(run: _Run, folder: Path, masked: SlotSet, variant: str, model_dir: Path) -> None:
     from ..finetune.train import finetune
     from ..prune.surgery import prune
 

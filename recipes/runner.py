@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..files import atomic_output_dir
 from ..runtime import configure_threads
-from .schema import Recipe, RecipeSource, load_recipe
+from .schema import DEMO, Recipe, RecipeSource, load_recipe
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ def run_recipe(recipe_path: RecipeSource, overrides: Sequence[str] = (), stages:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.resolved.yaml").write_text(_dump_yaml(recipe.model_dump()), encoding="utf-8")
     ctx = RunContext(recipe=recipe, run_dir=run_dir, echo=echo)
+    _check_drop(ctx, [s for s in through if s in enabled])
     if threads != 0:
         configure_threads(threads)
     started = time.perf_counter()
@@ -155,6 +156,22 @@ def _load_with_encoders(recipe_path: RecipeSource, overrides: Sequence[str],
         recipe.encoders = parse_encoder_args([f"{k}={v}" for k, v in recipe.encoders.items()], what="encoders:")
     recipe.encoders = {**recipe.encoders, **dict(encoders or {})}
     return recipe
+
+
+def _check_drop(ctx: RunContext, through: Sequence[str]) -> None:
+    """A recipe's ``select.drop``, checked once against its model's slots before any stage runs (a typo fails
+    now, in SlotSet's one line, not after the ranking); the ``demo`` model is made by a stage, so later."""
+    from ..errors import PlanError
+    from ..models.slots import SlotSet
+    from . import stages as stage_impl
+
+    drop = ctx.recipe.select.drop
+    if drop is None or "prune" not in through or ctx.recipe.model == DEMO:
+        return
+    from ..prune.surgery import model_slots
+
+    slots = model_slots(stage_impl.source_model(ctx))
+    SlotSet.from_drop(slots, drop, error=PlanError, what="select.drop: ").require_kept(PlanError)
 
 
 def _wanted_stages(stages: Sequence[str] | None) -> list[str]:
