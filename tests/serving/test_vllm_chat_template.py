@@ -1,8 +1,10 @@
 """vLLM's chat API renders a native folder's own chat template (chat_template.jinja, written with the processor):
 one user turn with an image becomes exactly the prompt encslim's processor builds, token for token, with no
-``--chat-template`` given. ``LLM.chat`` applies the template as the OpenAI server does."""
+``--chat-template`` given. ``LLM.chat`` applies the template as the OpenAI server does (its engine in the script's
+process: ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, vLLM imported once)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -47,7 +49,8 @@ def test_vllm_chat_renders_the_processors_prompt(tmp_path, non_square_png):
     expected = processor(text=[processor.build_prompt(QUESTION)], images=[Image.open(non_square_png)])
     (tmp_path / "chat.py").write_text(SCRIPT)
     done = subprocess.run([sys.executable, str(tmp_path / "chat.py"), str(folder), str(non_square_png),
-                           str(tmp_path / "out.json"), QUESTION], capture_output=True, text=True, timeout=900)
+                           str(tmp_path / "out.json"), QUESTION], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
     assert done.returncode == 0, f"vLLM chat failed:\n{done.stderr[-4000:]}"
     got = json.loads((tmp_path / "out.json").read_text())["prompt_token_ids"]
     assert got == expected["input_ids"][0].tolist()

@@ -3,7 +3,8 @@
 A tiny Eagle (CLIP-448, SAM-1024, ConvNeXt-1024 towers in NVlabs/EAGLE's key layout; LLaMA with head
 size 32; 1024 image tokens) is pruned to two towers (ConvNeXt removed), a kept set no stock class
 holds, and loaded by vLLM through ``EagleVisionLlamaForCausalLM`` (models/families/eagle/serving.py:
-encslim's towers and projector, vLLM's Llama), fp32, the offline engine, once. Its ``config.json``
+encslim's towers and projector, vLLM's Llama), fp32, the offline engine, once (in one process:
+``VLLM_ENABLE_V1_MULTIPROCESSING=0``). Its ``config.json``
 says ``EagleLlamaForCausalLM`` as the original's does, a name vLLM gives its EAGLE speculative-decoding
 draft model: the folder is served with ``--hf-overrides`` naming encslim's architecture
 (:func:`encslim.models.vllm_plugin.serve_command`). Reference: encslim's transformers forward, greedy,
@@ -17,7 +18,7 @@ import shlex
 import pytest
 
 from .conftest import SERVING_TEXT
-from .test_vllm_llava import QUESTION, STEPS, assert_same_run, run_offline
+from .test_vllm_llava import QUESTION, STEPS, assert_same_run, run_offline_in_one_process
 
 TOWERS = ("clip-448", "sam-1024", "convnext-1024")
 ARCHITECTURE = "EagleVisionLlamaForCausalLM"
@@ -103,4 +104,4 @@ def test_vllm_offline_two_towers_equal_encslim(pruned, non_square_png, tmp_path)
     overrides = {"architectures": [ARCHITECTURE]}
     request = {"prompt": prompt, "image": str(non_square_png), "max_tokens": STEPS, "mm_processor_kwargs": {},
                "max_model_len": 2048, "hf_overrides": overrides}
-    assert_same_run(run_offline(pruned, request, tmp_path), expected)
+    assert_same_run(run_offline_in_one_process([(pruned, request)], tmp_path)[0], expected)

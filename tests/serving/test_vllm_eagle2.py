@@ -5,13 +5,14 @@ tokens, dynamic tiles up to 12 plus a thumbnail, LayerNorm-first ``mlp1``; Qwen2
 served as written and pruned to each single tower (the removed tower's ``mlp1`` input block stays as
 constant zeros, ``encslim_removed_dims``); vLLM loads each folder through ``Eagle2ChatModel``
 (models/families/eagle2/serving.py: encslim's towers and fusion, vLLM's Qwen2), fp32, one offline engine per
-folder serving every request for it (engine start-up is most of the time). The image is non-square
+folder serving every request for it, the three engines one after another in one process (vLLM imported once:
+``VLLM_ENABLE_V1_MULTIPROCESSING=0``; engine start-up is most of the time). The image is non-square
 (45x30: a 3x2 grid, 7 tiles with the thumbnail; with ``max_tiles`` 2 a 2x1 grid, 3 tiles). Reference:
 encslim's transformers forward (``Eagle2ChatModel.forward``), greedy. Checked: prompt token ids (each tile's
 ``<IMG_CONTEXT>`` run), greedy tokens, prompt and generated logprobs within 1e-4.
 
-Run as ``python -m tests.serving.test_vllm_eagle2 FOLDER REQUESTS.json OUT.json`` it is the engine's side:
-one vLLM engine for FOLDER answers each request of REQUESTS.json (a subprocess: the engine spawns processes).
+Run as ``python -m tests.serving.test_vllm_eagle2 RUNS.json OUT.json`` it is the engines' side: for each
+``[folder, requests]`` of RUNS.json, one vLLM engine for the folder answers each of its requests (a subprocess).
 """
 
 import json
@@ -101,15 +102,37 @@ def eagle2_greedy(folder, prompt, image_path, steps, max_tiles=None):
             "context_id": processor.image_token_id}
 
 
-def served(folder, requests, tmp_path):
-    """This module as a script (one engine for ``folder``) on ``requests``; its answers in order."""
-    (tmp_path / "requests.json").write_text(json.dumps(requests))
+@pytest.fixture(scope="module")
+def requests(folders, non_square_png):
+    """``{folder name: [(request, encslim's run), ...]}``: the full folder with and without ``max_tiles``, each
+    pruned folder once."""
+    from encslim.models.loading import load_model
+
+    asked = {}
+    for name, tiles in (("full", [None, 2]), ("siglip", [None]), ("convnext", [None])):
+        folder = folders[name]
+        prompt = load_model(folder)[1].build_prompt(QUESTION)
+        asked[name] = [({"prompt": prompt, "image": str(non_square_png),
+                         "mm_processor_kwargs": {} if max_tiles is None else {"max_tiles": max_tiles}},
+                        eagle2_greedy(folder, prompt, non_square_png, STEPS, max_tiles=max_tiles))
+                       for max_tiles in tiles]
+    return asked
+
+
+@pytest.fixture(scope="module")
+def answers(folders, requests, tmp_path_factory):
+    """``{folder name: [vLLM's answer, ...]}`` (as ``requests``): this module as a script, one subprocess, one
+    engine per folder in turn (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: engine core and worker in that process)."""
+    tmp_path = tmp_path_factory.mktemp("eagle2-vllm")
+    runs = [[str(folders[name]), [request for request, _ in asked]] for name, asked in requests.items()]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
     out = tmp_path / "answers.json"
-    proc = subprocess.run([sys.executable, "-m", "tests.serving.test_vllm_eagle2", str(folder),
-                           str(tmp_path / "requests.json"), str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=ENGINE_TIMEOUT + 120 * len(requests))
-    assert proc.returncode == 0, f"vLLM offline run failed:\n{proc.stderr[-4000:]}"
-    return json.loads(out.read_text())
+    proc = subprocess.run([sys.executable, "-m", "tests.serving.test_vllm_eagle2", str(tmp_path / "runs.json"),
+                           str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=(ENGINE_TIMEOUT + 120) * len(runs),
+                          env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
+    assert proc.returncode == 0, f"vLLM offline runs failed:\n{proc.stderr[-4000:]}"
+    return dict(zip(requests, json.loads(out.read_text())))
 
 
 def test_the_plugin_serves_eagle2_folders_as_written(folders, tmp_path):
@@ -163,34 +186,25 @@ def test_the_towers_are_the_checkpoints_less_the_unused_heads(folders, name):
 
 
 @pytest.mark.slow
-def test_vllm_full_eagle2_equals_encslim_with_and_without_max_tiles(folders, non_square_png, tmp_path):
-    from encslim.models.loading import load_model
-
-    folder = folders["full"]
-    prompt = load_model(folder)[1].build_prompt(QUESTION)
-    expected = [eagle2_greedy(folder, prompt, non_square_png, STEPS),
-                eagle2_greedy(folder, prompt, non_square_png, STEPS, max_tiles=2)]
+def test_vllm_full_eagle2_equals_encslim_with_and_without_max_tiles(requests, answers):
+    assert [request["mm_processor_kwargs"] for request, _ in requests["full"]] == [{}, {"max_tiles": 2}]
+    expected = [want for _, want in requests["full"]]
     assert [e["tiles"] for e in expected] == [7, 3]  # 3x2 grid + thumbnail; 2x1 grid + thumbnail
-    requests = [{"prompt": prompt, "image": str(non_square_png), "mm_processor_kwargs": kwargs}
-                for kwargs in ({}, {"max_tiles": 2})]
-    for got, want in zip(served(folder, requests, tmp_path), expected):
+    assert len(answers["full"]) == 2
+    for got, want in zip(answers["full"], expected):
         assert got["prompt_token_ids"].count(want["context_id"]) == TOKENS_PER_TILE * want["tiles"]
         assert_same_run(got, want)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("removed", ["siglip", "convnext"])
-def test_vllm_pruned_eagle2_equals_encslim(folders, removed, non_square_png, tmp_path):
-    from encslim.models.loading import load_model
-
-    folder = folders[removed]
-    config = json.loads((folder / "config.json").read_text())
+def test_vllm_pruned_eagle2_equals_encslim(folders, removed, requests, answers):
+    config = json.loads((folders[removed] / "config.json").read_text())
     assert config["encslim_removed_dims"] == {removed: 64}  # its mlp1 input block: 64 zero channels
-    prompt = load_model(folder)[1].build_prompt(QUESTION)
-    expected = eagle2_greedy(folder, prompt, non_square_png, STEPS)
-    assert expected["tiles"] == 7
-    request = {"prompt": prompt, "image": str(non_square_png), "mm_processor_kwargs": {}}
-    assert_same_run(served(folder, [request], tmp_path)[0], expected)
+    [(request, expected)] = requests[removed]
+    assert request["mm_processor_kwargs"] == {} and expected["tiles"] == 7
+    [got] = answers[removed]
+    assert_same_run(got, expected)
 
 
 def answer(llm, request):
@@ -208,17 +222,25 @@ def answer(llm, request):
             "token_ids": list(tokens), "logprobs": [lp[t].logprob for t, lp in zip(tokens, out.outputs[0].logprobs)]}
 
 
-def main(folder, requests_path, out_path):
-    """One engine for ``folder``; every request of ``requests_path`` answered into ``out_path`` (JSON list)."""
+def main(runs_path, out_path):
+    """For each ``[folder, requests]`` of ``runs_path``, one engine for the folder answers each of its requests
+    (then shuts down); the answers go into ``out_path`` (a JSON list per folder)."""
+    import gc
+
     from vllm import LLM
 
-    llm = LLM(model=folder, dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, enforce_eager=True,
-              limit_mm_per_prompt={"image": 1})
-    requests = json.loads(Path(requests_path).read_text())
-    Path(out_path).write_text(json.dumps([answer(llm, r) for r in requests]))
+    answers = []
+    for folder, requests in json.loads(Path(runs_path).read_text()):
+        llm = LLM(model=folder, dtype="float32", max_model_len=MAX_MODEL_LEN, seed=0, enforce_eager=True,
+                  limit_mm_per_prompt={"image": 1})
+        answers.append([answer(llm, r) for r in requests])
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+    Path(out_path).write_text(json.dumps(answers))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:3])

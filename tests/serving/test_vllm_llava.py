@@ -3,8 +3,9 @@
 A tiny native single-CLIP model is exported as stock LLaVA, then loaded by vLLM (CPU build, fp32)
 with the image processor backend the export names. Reference: the native model's own transformers
 forward (greedy, one full forward per step). Checked: prompt token ids, greedy tokens, prompt and
-generated logprobs within 1e-4, on a non-square image; then one chat request through vLLM's
-OpenAI-compatible server (the ``vllm serve`` command from the export's manifest) equals the offline run.
+generated logprobs within 1e-4, on a non-square image (the offline engine in one process:
+``VLLM_ENABLE_V1_MULTIPROCESSING=0``); then one chat request through vLLM's OpenAI-compatible server (the
+``vllm serve`` command from the export's manifest, its own process stopped by its pid) equals the offline run.
 
 Likewise a tiny I-MoF with DINOv2 pruned (LLaVA-1.5 in tsb0601/MMVP's layout), exported as stock LLaVA:
 vLLM's greedy run equals transformers 5's ``LlavaForConditionalGeneration`` on the same folder (which
@@ -82,7 +83,7 @@ def run_offline_in_one_process(runs, tmp_path):
     again, 20-30 s apiece on these machines). The model code and the weights are the same.
 
     Returns:
-        One result per run, as :func:`run_offline`'s.
+        One result per run, as ``vllm_offline.run`` gives it.
     """
     (tmp_path / "runs.json").write_text(json.dumps([[str(folder), request] for folder, request in runs]))
     out = tmp_path / "offline.json"
@@ -92,16 +93,6 @@ def run_offline_in_one_process(runs, tmp_path):
                           capture_output=True, text=True, timeout=ENGINE_TIMEOUT * len(runs),
                           env=dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0"))
     assert proc.returncode == 0, f"vLLM offline runs failed:\n{proc.stderr[-4000:]}"
-    return json.loads(out.read_text())
-
-
-def run_offline(folder, request, tmp_path):
-    """``vllm_offline.py`` in a subprocess (the engine spawns processes; it needs a ``__main__``)."""
-    (tmp_path / "request.json").write_text(json.dumps(request))
-    out = tmp_path / "offline.json"
-    proc = subprocess.run([sys.executable, str(HERE / "vllm_offline.py"), str(folder), str(tmp_path / "request.json"),
-                           str(out)], capture_output=True, text=True, timeout=ENGINE_TIMEOUT)
-    assert proc.returncode == 0, f"vLLM offline run failed:\n{proc.stderr[-4000:]}"
     return json.loads(out.read_text())
 
 
@@ -130,7 +121,7 @@ def test_vllm_offline_and_server_equal_encslim(exported, non_square_png, tmp_pat
     prompt = load_model(src)[1].build_prompt(QUESTION)
     expected = native_greedy(src, prompt, non_square_png, STEPS)
     request = {"prompt": prompt, "image": str(non_square_png), "max_tokens": STEPS, "mm_processor_kwargs": mm_kwargs}
-    offline = run_offline(folder, request, tmp_path)
+    offline = run_offline_in_one_process([(folder, request)], tmp_path)[0]
     assert_same_run(offline, expected)
 
     server = chat_through_server(serve, non_square_png, tmp_path / "server.log")

@@ -1,7 +1,7 @@
 """Runs one greedy request through vLLM's offline engine and writes tokens and logprobs as JSON.
 
-A script, not a test: vLLM's engine spawns a process, so it runs under ``__main__`` in a
-subprocess of the test (tests/serving/test_vllm_llava.py), in the vLLM venv.
+Not a test: the tests call :func:`run` in a subprocess (``run_offline_in_one_process`` in
+tests/serving/test_vllm_llava.py), in the vLLM venv, once per folder; it also runs as a script.
 
 Usage: python vllm_offline.py FOLDER REQUEST.json OUT.json
 REQUEST.json: {"prompt": str, "image": PNG path, "max_tokens": int, "mm_processor_kwargs": dict,
