@@ -26,22 +26,20 @@ lower it but one that raises it can be refused (vLLM names the encoder cache siz
 
 import copy
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 from transformers import BatchFeature
-from vllm.config import VllmConfig
-from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
-from vllm.model_executor.models.utils import AutoWeightsLoader, init_vllm_registered_model, maybe_prefix
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import ImageSize
-from vllm.multimodal.processing import (BaseDummyInputsBuilder, BaseMultiModalProcessor, BaseProcessingInfo,
-                                        PromptReplacement, PromptUpdateDetails)
+from vllm.multimodal.processing import BaseMultiModalProcessor, PromptReplacement, PromptUpdateDetails
 
 from ....errors import ModelLoadError
 from ...layout import IMAGE_PLACEHOLDER
+from ...vllm_serving import ImageDummyInputsBuilder, ImageProcessingInfo, ImageTextModel, folder_processor
 from .configuration import fit_to_checkpoint
 from .modeling import Eagle2ChatModel, MultiBackboneChannelConcatenationVisionModel
 from .processing import Eagle2Processor, tile_grid
@@ -51,13 +49,10 @@ PROCESSOR_KWARGS = ("max_tiles",)  # the mm_processor_kwargs this model takes
 # the unused heads a checkpoint carries (ConvNeXt classifier, SigLIP pooling head): not built here
 _SKIP = re.compile(r"^vision_model\.vision_model\.vision_towers\.\d+\.vision_tower\.(head|vision_model\.head)\.")
 
-_PROCESSORS = {}  # folder -> its Eagle2Processor (the config's tiling)
-
 
 def _processor(folder, config):
-    if folder not in _PROCESSORS:
-        _PROCESSORS[folder] = Eagle2Processor.from_pretrained(folder, config)
-    return _PROCESSORS[folder]
+    """The folder's :class:`Eagle2Processor` with the config's tiling (built once per folder)."""
+    return folder_processor(Eagle2Processor.from_pretrained, folder, config)
 
 
 def processor_for(base, kwargs):
@@ -106,16 +101,13 @@ def tower_config(config, folder):
     return config
 
 
-class Eagle2ProcessingInfo(BaseProcessingInfo):
+class Eagle2ProcessingInfo(ImageProcessingInfo):
     """An Eagle2 folder's inputs: tiles per image from its size, tokens per tile from the config."""
 
     def get_hf_processor(self, **kwargs):
         """The folder's :class:`Eagle2Processor` (read once), with the engine's and ``kwargs``' ``max_tiles``."""
         base = _processor(self.ctx.model_config.model, self.get_hf_config())
         return processor_for(base, self.ctx.get_merged_mm_kwargs(kwargs))
-
-    def get_supported_mm_limits(self):
-        return {"image": None}
 
     def get_num_image_tokens(self, size, processor=None):
         """The tokens ``<image>`` becomes for an image of ``size``: ``<img>``, its tiles' contexts, ``</img>``."""
@@ -131,21 +123,9 @@ class Eagle2ProcessingInfo(BaseProcessingInfo):
         cols, rows = tile_grid(processor.max_tiles * side, side, side, processor.min_tiles, processor.max_tiles)
         return ImageSize(width=cols * side, height=rows * side)
 
-    def get_mm_max_tokens_per_item(self, seq_len, mm_counts):
-        return {"image": self.get_num_image_tokens(self.get_image_size_with_most_features())}
-
-
-class Eagle2DummyInputsBuilder(BaseDummyInputsBuilder[Eagle2ProcessingInfo]):
-    """Profiling inputs: one ``<image>`` and one image of the most tiles per image."""
-
-    def get_dummy_text(self, mm_counts):
-        return IMAGE_PLACEHOLDER * mm_counts.get("image", 0)
-
-    def get_dummy_mm_data(self, seq_len, mm_counts, mm_options):
-        size = self.info.get_image_size_with_most_features()
-        return {"image": self._get_dummy_images(width=size.width, height=size.height,
-                                                num_images=mm_counts.get("image", 0),
-                                                overrides=(mm_options or {}).get("image"))}
+    def max_image_tokens(self):
+        """The tokens of the image of the most tiles."""
+        return self.get_num_image_tokens(self.get_image_size_with_most_features())
 
 
 class Eagle2MultiModalProcessor(BaseMultiModalProcessor[Eagle2ProcessingInfo]):
@@ -176,8 +156,8 @@ class Eagle2MultiModalProcessor(BaseMultiModalProcessor[Eagle2ProcessingInfo]):
 
 
 @MULTIMODAL_REGISTRY.register_processor(Eagle2MultiModalProcessor, info=Eagle2ProcessingInfo,
-                                        dummy_inputs=Eagle2DummyInputsBuilder)
-class Eagle2ChatModel(nn.Module, SupportsMultiModal):
+                                        dummy_inputs=ImageDummyInputsBuilder)
+class Eagle2ChatModel(ImageTextModel):
     """Eagle2 in vLLM: encslim's towers, pixel shuffle and fusion (zero blocks included), vLLM's Qwen2."""
 
     # the family's own feature path (transformers' Eagle2ChatModel): same attributes here (config, towers, mlp1)
@@ -186,29 +166,29 @@ class Eagle2ChatModel(nn.Module, SupportsMultiModal):
     fuse = Eagle2ChatModel.fuse
     extract_feature = Eagle2ChatModel.extract_feature
 
-    @classmethod
-    def get_placeholder_str(cls, modality, i):
-        if modality.startswith("image"):
-            return IMAGE_PLACEHOLDER
-        raise ValueError("only images are supported")
+    def text_config(self, config):
+        """The Qwen2 config (``llm_config``)."""
+        return config.llm_config
 
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
-        super().__init__()
-        config = vllm_config.model_config.hf_config
-        self.config = config
-        context_id = _processor(vllm_config.model_config.model, config).image_token_id
-        self.configure_mm_token_handling(vocab_size=config.llm_config.vocab_size, mm_token_ids=[context_id])
-        width, hidden = config.fusion_width(), config.llm_config.hidden_size
-        with self._mark_tower_model(vllm_config, "image"):
-            self.vision_model = MultiBackboneChannelConcatenationVisionModel(
-                tower_config(config, vllm_config.model_config.model))
-            self.mlp1 = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
-                                      nn.Linear(hidden, hidden))
-        with self._mark_language_model(vllm_config):
-            self.language_model = init_vllm_registered_model(
-                vllm_config=vllm_config, hf_config=config.llm_config, prefix=maybe_prefix(prefix, "language_model"),
-                architectures=["Qwen2ForCausalLM"])
-        self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+    def language_architectures(self, text_config):
+        """vLLM's Qwen2."""
+        return ["Qwen2ForCausalLM"]
+
+    def image_token_id(self, vllm_config):
+        """``<IMG_CONTEXT>``'s id (the folder's processor)."""
+        return _processor(vllm_config.model_config.model, self.config).image_token_id
+
+    def build_towers(self, vllm_config):
+        """The towers as the folder holds them (:func:`tower_config`) and the LayerNorm-first ``mlp1``."""
+        width, hidden = self.config.fusion_width(), self.config.llm_config.hidden_size
+        self.vision_model = MultiBackboneChannelConcatenationVisionModel(
+            tower_config(self.config, vllm_config.model_config.model))
+        self.mlp1 = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
+                                  nn.Linear(hidden, hidden))
+
+    def checkpoint_name(self, name):
+        """Keys load under their own names; the unused heads (:data:`_SKIP`) are skipped."""
+        return None if _SKIP.search(name) else name
 
     def embed_multimodal(self, **kwargs) -> MultiModalEmbeddings:
         """One ``(tiles * tokens per tile, hidden)`` tensor per image, from ``pixel_values`` (all tiles) and
@@ -222,22 +202,5 @@ class Eagle2ChatModel(nn.Module, SupportsMultiModal):
         features = self.extract_feature(pixels.to(device=weight.device, dtype=weight.dtype))
         per_tile = features.shape[1]
         return features.reshape(-1, features.shape[-1]).split([t * per_tile for t in tiles])
-
-    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
-        if intermediate_tensors is not None:
-            inputs_embeds = None
-        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden_states):
-        return self.language_model.compute_logits(hidden_states)
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Load an Eagle2 checkpoint's tensors by their own names (the unused heads skipped).
-
-        Returns:
-            The names of the parameters loaded.
-        """
-        return AutoWeightsLoader(self).load_weights((n, t) for n, t in weights if not _SKIP.search(n))
-
 
 __all__ = ["ARCHITECTURE", "Eagle2ChatModel", "processor_for", "tower_config"]
