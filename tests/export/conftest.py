@@ -3,10 +3,11 @@
 import pytest
 
 
-def write_native(out, fusion="A1", encoders=("clip",), seed=0, **encoder_changes):
+def write_native(out, fusion="A1", encoders=("clip",), seed=0, text=None, **encoder_changes):
     """Write a tiny native model whose encoder entries get ``encoder_changes`` (e.g. ``cls="keep"``).
 
-    ``grid`` in ``encoder_changes`` sets the channel_concat fusion grid instead (pooling).
+    ``grid`` in ``encoder_changes`` sets the channel_concat fusion grid instead (pooling); ``text``
+    overrides entries of the tiny LLM's config (the serving tests' head size of 32).
     """
     import torch
 
@@ -24,7 +25,7 @@ def write_native(out, fusion="A1", encoders=("clip",), seed=0, **encoder_changes
     if "grid" in encoder_changes and fusion_cfg["type"] == "channel_concat":
         fusion_cfg["grid"] = encoder_changes.pop("grid")
     encs = [dict(e, **encoder_changes) for e in base["encoders"]]
-    config = EncslimConfig(text_config=base["text_config"], encoders=encs, fusion=fusion_cfg,
+    config = EncslimConfig(text_config=dict(base["text_config"], **(text or {})), encoders=encs, fusion=fusion_cfg,
                            image_token_id=base["image_token_id"], pad_token_id=tokenizer.pad_token_id,
                            eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)

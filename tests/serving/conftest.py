@@ -20,30 +20,12 @@ SERVING_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_attention_hea
                 "head_dim": 32}
 
 
-def write_tiny_native(out, encoder="clip", seed=0):
-    """A tiny random native model (fusion A1, one ``encoder`` slot, LLaMA with head size 32) in ``out``."""
-    import torch
+def write_tiny_native(out, encoders=("clip",), fusion="A1", seed=0):
+    """A tiny random native model (``fusion``, one slot per name in ``encoders``, LLaMA with head size 32) in
+    ``out``: the export tests' builder with :data:`SERVING_TEXT`."""
+    from ..export.conftest import write_native
 
-    from encslim.models.families.native.adapter import register_auto_classes
-    from encslim.models.families.native.configuration import EncslimConfig
-    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
-    from encslim.models.families.native.processing import EncslimProcessor
-    from encslim.models.families.native.tiny import tiny_config
-    from encslim.models.tokenizer import build_tokenizer
-
-    register_auto_classes()
-    tokenizer = build_tokenizer()
-    base = tiny_config("A1", (encoder,), tokenizer=tokenizer).to_dict()
-    config = EncslimConfig(text_config=dict(base["text_config"], **SERVING_TEXT), encoders=base["encoders"],
-                           fusion=base["fusion"], image_token_id=base["image_token_id"],
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    model = EncslimForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
-    EncslimProcessor.from_config(tokenizer, config).save_pretrained(out)
-    return out
+    return write_native(out, fusion, tuple(encoders), seed, text=SERVING_TEXT)
 
 
 def write_tiny_imof(out, seed=0):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import SERVING_TEXT
+from .conftest import write_tiny_native
 
 BENCH_TIMEOUT = 1200  # eager bench, then two vLLM engine starts (about 80 s each on 2 cores, torch.compile)
 CONCURRENCY = [1, 4]
@@ -41,39 +41,13 @@ def write_data(folder):
     return folder / "bench.jsonl"
 
 
-def write_tiny(out, encoders=("clip", "siglip"), seed=0):
-    """A tiny random native model (class A1, ``encoders``, LLaMA with head size 32) in ``out``."""
-    import torch
-
-    from encslim.models.families.native.adapter import register_auto_classes
-    from encslim.models.families.native.configuration import EncslimConfig
-    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
-    from encslim.models.families.native.processing import EncslimProcessor
-    from encslim.models.families.native.tiny import tiny_config
-    from encslim.models.tokenizer import build_tokenizer
-
-    register_auto_classes()
-    tokenizer = build_tokenizer()
-    base = tiny_config("A1", encoders, tokenizer=tokenizer).to_dict()
-    config = EncslimConfig(text_config=dict(base["text_config"], **SERVING_TEXT), encoders=base["encoders"],
-                           fusion=base["fusion"], image_token_id=base["image_token_id"],
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    model = EncslimForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
-    EncslimProcessor.from_config(tokenizer, config).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):
     """``(bench.json, bench.md)`` of ``encslim bench FULL PRUNED --engine vllm --mask siglip --data ...``."""
     from encslim.prune.surgery import prune
 
     root = tmp_path_factory.mktemp("vllm-bench")
-    full = write_tiny(root / "full")
+    full = write_tiny_native(root / "full", ("clip", "siglip"))
     prune(full, ["siglip"], root / "pruned")
     out = root / "out"
     command = [sys.executable, "-m", "encslim.cli", "bench", str(full), str(root / "pruned"), "--engine", "vllm",

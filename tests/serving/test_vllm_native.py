@@ -21,37 +21,11 @@ import time
 
 import pytest
 
-from .conftest import SERVING_TEXT
+from .conftest import write_tiny_native
 from .test_vllm_llava import (ENGINE_TIMEOUT, QUESTION, STEPS, assert_same_run, free_port, native_greedy, post,
                               run_offline_in_one_process, stop, wait_ready)
 
 ENCODERS = ("clip", "siglip", "dinov2")
-
-
-def write_tiny(out, fusion, seed=0):
-    """A tiny random native model (``fusion``, three towers, LLaMA with head size 32) in ``out``."""
-    import torch
-
-    from encslim.models.families.native.adapter import register_auto_classes
-    from encslim.models.families.native.configuration import EncslimConfig
-    from encslim.models.families.native.modeling import EncslimForConditionalGeneration
-    from encslim.models.families.native.processing import EncslimProcessor
-    from encslim.models.families.native.tiny import tiny_config
-    from encslim.models.tokenizer import build_tokenizer
-
-    register_auto_classes()
-    tokenizer = build_tokenizer()
-    base = tiny_config(fusion, ENCODERS, tokenizer=tokenizer).to_dict()
-    config = EncslimConfig(text_config=dict(base["text_config"], **SERVING_TEXT), encoders=base["encoders"],
-                           fusion=base["fusion"], image_token_id=base["image_token_id"],
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    model = EncslimForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(out)
-    EncslimProcessor.from_config(tokenizer, config).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +39,7 @@ def pruned(tmp_path_factory):
     root = tmp_path_factory.mktemp("native")
     folders = {}
     for fusion in ("A1", "B"):
-        prune(write_tiny(root / f"{fusion}-full", fusion), ["dinov2"], root / f"{fusion}-pruned")
+        prune(write_tiny_native(root / f"{fusion}-full", ENCODERS, fusion), ["dinov2"], root / f"{fusion}-pruned")
         out = root / fusion
         manifest = export_hf(root / f"{fusion}-pruned", out)
         folders[fusion] = (out, format_summary(manifest, "hf", out).splitlines())
