@@ -19,7 +19,6 @@ family's :class:`EncslimProcessor`: it prepares one ``pixel_values_<slot>`` tens
 
 from collections.abc import Iterable, Mapping, Sequence
 from copy import deepcopy
-from functools import lru_cache
 
 import torch
 from torch import nn
@@ -27,21 +26,20 @@ from transformers import BatchFeature
 from transformers.conversion_mapping import get_model_conversion_mapping
 from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-from vllm.config import VllmConfig
-from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
-from vllm.model_executor.models.utils import AutoWeightsLoader, init_vllm_registered_model, maybe_prefix
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings
+from vllm.model_executor.models.utils import AutoWeightsLoader
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
-from vllm.multimodal.parse import ImageSize, MultiModalDataItems
-from vllm.multimodal.processing import (BaseDummyInputsBuilder, BaseMultiModalProcessor, BaseProcessingInfo,
-                                        PromptReplacement, PromptUpdate)
+from vllm.multimodal.parse import MultiModalDataItems
+from vllm.multimodal.processing import BaseMultiModalProcessor, PromptReplacement, PromptUpdate
 
+from ...vllm_serving import (ImageDummyInputsBuilder, ImageProcessingInfo, ImageTextModel, folder_processor,
+                             stack_images)
 from .modeling import FUSIONS, PIXEL_PREFIX, VisionSlot
 from .processing import EncslimProcessor
 
 
-@lru_cache(maxsize=8)
-def _processor(folder):
+def _build_processor(folder, config):
     return EncslimProcessor.from_pretrained(folder)
 
 
@@ -94,39 +92,20 @@ def backbone_weights(backbone, weights):
         yield from converter.convert(target, model=backbone, config=backbone.config).items()
 
 
-class EncslimProcessingInfo(BaseProcessingInfo):
-    """What vLLM asks about a native folder's inputs: its processor, image limits and image token count."""
+class EncslimProcessingInfo(ImageProcessingInfo):
+    """What vLLM asks about a native folder's inputs: its processor and image token count."""
 
     def get_hf_processor(self, **kwargs):
         """The folder's :class:`EncslimProcessor` (read once per folder)."""
-        return _processor(self.ctx.model_config.model)
-
-    def get_supported_mm_limits(self):
-        return {"image": None}
+        return folder_processor(_build_processor, self.ctx.model_config.model, self.get_hf_config())
 
     def get_num_image_tokens(self):
         """Image tokens one image gives (the same for every image size: each slot resizes to its own square)."""
         return self.get_hf_processor().num_image_tokens()
 
-    def get_image_size_with_most_features(self):
-        side = max(e["image_size"] for e in self.get_hf_processor().encoders)
-        return ImageSize(width=side, height=side)
-
-    def get_mm_max_tokens_per_item(self, seq_len, mm_counts):
-        return {"image": self.get_num_image_tokens()}
-
-
-class EncslimDummyInputsBuilder(BaseDummyInputsBuilder[EncslimProcessingInfo]):
-    """Profiling inputs: one placeholder and one largest-size image per image."""
-
-    def get_dummy_text(self, mm_counts):
-        return self.info.get_hf_processor().image_token * mm_counts.get("image", 0)
-
-    def get_dummy_mm_data(self, seq_len, mm_counts, mm_options):
-        size = self.info.get_image_size_with_most_features()
-        return {"image": self._get_dummy_images(width=size.width, height=size.height,
-                                                num_images=mm_counts.get("image", 0),
-                                                overrides=(mm_options or {}).get("image"))}
+    def image_side(self):
+        """The largest of the slots' square input sizes."""
+        return max(e["image_size"] for e in self.get_hf_processor().encoders)
 
 
 class EncslimMultiModalProcessor(BaseMultiModalProcessor[EncslimProcessingInfo]):
@@ -149,35 +128,31 @@ class EncslimMultiModalProcessor(BaseMultiModalProcessor[EncslimProcessingInfo])
 
 
 @MULTIMODAL_REGISTRY.register_processor(EncslimMultiModalProcessor, info=EncslimProcessingInfo,
-                                        dummy_inputs=EncslimDummyInputsBuilder)
-class EncslimForConditionalGeneration(nn.Module, SupportsMultiModal):
-    """The native family in vLLM: encslim's towers and fusion, vLLM's LLM.
+                                        dummy_inputs=ImageDummyInputsBuilder)
+class EncslimForConditionalGeneration(ImageTextModel):
+    """The native family in vLLM: encslim's towers and fusion, vLLM's LLM (the frame is :class:`ImageTextModel`).
 
     Checkpoint keys load under their own names: ``vision_towers.<slot>.backbone.*``, ``fusion.*``
     (encslim's modules) and ``language_model.model.*`` / ``language_model.lm_head.*`` (vLLM's LLM,
     which stacks its q/k/v and gate/up projections itself).
     """
 
-    @classmethod
-    def get_placeholder_str(cls, modality, i):
-        if modality.startswith("image"):
-            return "<image>"
-        raise ValueError("only images are supported")
+    def text_config(self, config):
+        """The LLM's config: ``config.text_config``."""
+        return config.text_config
 
-    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
-        super().__init__()
-        config = vllm_config.model_config.hf_config
-        self.config = config
-        self.configure_mm_token_handling(vocab_size=config.text_config.vocab_size,
-                                         mm_token_ids=[config.image_token_id])
-        with self._mark_tower_model(vllm_config, "image"):
-            self.vision_towers = nn.ModuleDict({s: VisionSlot(config, s) for s in config.slot_names})
-            self.fusion = FUSIONS[config.fusion["type"]](config)
-        with self._mark_language_model(vllm_config):
-            self.language_model = init_vllm_registered_model(
-                vllm_config=vllm_config, hf_config=config.text_config, prefix=maybe_prefix(prefix, "language_model"),
-                architectures=causal_lm_architecture(config.text_config))
-        self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+    def language_architectures(self, text_config):
+        """vLLM's architecture for the LLM: :func:`causal_lm_architecture`."""
+        return causal_lm_architecture(text_config)
+
+    def image_token_id(self, vllm_config):
+        """The ``<image>`` token's id in the model's config."""
+        return vllm_config.model_config.hf_config.image_token_id
+
+    def build_towers(self, vllm_config):
+        """One :class:`VisionSlot` per slot (``self.vision_towers``) and the fusion module (``self.fusion``)."""
+        self.vision_towers = nn.ModuleDict({s: VisionSlot(self.config, s) for s in self.config.slot_names})
+        self.fusion = FUSIONS[self.config.fusion["type"]](self.config)
 
     def embed_multimodal(self, **kwargs) -> MultiModalEmbeddings:
         """One ``(image tokens, hidden)`` tensor per image, from ``pixel_values_<slot>`` inputs."""
@@ -187,19 +162,10 @@ class EncslimForConditionalGeneration(nn.Module, SupportsMultiModal):
             return []
         features = {}
         for slot, tower in self.vision_towers.items():
-            value = pixels[slot]
-            value = torch.stack(list(value)) if isinstance(value, (list, tuple)) else value
+            value = stack_images(pixels[slot])
             weight = next(tower.parameters())
             features[slot] = tower(value.to(device=weight.device, dtype=weight.dtype))
         return tuple(self.fusion(features, frozenset(), "removal", None).unbind(0))
-
-    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
-        if intermediate_tensors is not None:
-            inputs_embeds = None
-        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden_states):
-        return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load the checkpoint's tensors (see the class docstring): the towers' backbone keys mapped onto their
