@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .test_vllm_bench import write_tiny
+from .conftest import write_tiny_native
 
 QUESTION = "What colour is the square? Answer with one word."
 SCRIPT = '''
@@ -43,7 +43,7 @@ def test_vllm_chat_renders_the_processors_prompt(tmp_path, non_square_png):
 
     from encslim.models.families.native.processing import EncslimProcessor
 
-    folder = write_tiny(tmp_path / "model")
+    folder = write_tiny_native(tmp_path / "model", ("clip", "siglip"))
     assert (folder / "chat_template.jinja").is_file()
     processor = EncslimProcessor.from_pretrained(folder)
     expected = processor(text=[processor.build_prompt(QUESTION)], images=[Image.open(non_square_png)])
