@@ -56,13 +56,37 @@ def check_front_end(module, path, pixel_values, atol):
     Returns:
         The ``vision``/``image_embeds`` record.
     """
+    return compare_front_end(path, module.input_names, [front_end_case(module, pixel_values)], atol)[0]
+
+
+def front_end_case(module, pixel_values):
+    """``(inputs, reference)`` for :func:`compare_front_end`: the graph's per-tower inputs for ``pixel_values``
+    and the model's own output on them (PyTorch, computed now, so the weights may be released before the graph
+    is loaded)."""
     import torch
 
     with torch.no_grad():
         reference = module.reference(pixel_values)
         inputs = module.make_inputs(pixel_values)
-    actual = _session(path).run(None, {n: t.numpy() for n, t in zip(module.input_names, inputs)})[0]
-    return _record("vision", "image_embeds", reference, actual, atol)
+    return inputs, reference
+
+
+def compare_front_end(path, input_names, cases, atol):
+    """One ``vision``/``image_embeds`` record per case: the front-end graph (one onnxruntime session for all
+    cases) against PyTorch outputs computed beforehand.
+
+    Args:
+        path: the ``.onnx`` file.
+        input_names: the graph's inputs, in the order of each case's inputs.
+        cases: ``(inputs, reference)`` pairs from :func:`front_end_case`.
+        atol: tolerance.
+    """
+    session = _session(path)
+    records = []
+    for inputs, reference in cases:
+        actual = session.run(None, {n: t.numpy() for n, t in zip(input_names, inputs)})[0]
+        records.append(_record("vision", "image_embeds", reference, actual, atol))
+    return records
 
 
 def validate_vision(model, path, batch, atol):
@@ -143,4 +167,5 @@ def merge_image_embeds(model, input_ids, image_embeds):
         return embeds.masked_scatter(positions, image_embeds.to(embeds.dtype))
 
 
-__all__ = ["check_front_end", "validate_vision", "validate_embed", "validate_decoder", "merge_image_embeds"]
+__all__ = ["check_front_end", "front_end_case", "compare_front_end", "validate_vision", "validate_embed",
+           "validate_decoder", "merge_image_embeds"]

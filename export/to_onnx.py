@@ -7,9 +7,11 @@ token ids, the validation report), the tokenizer and processor files, ``config.j
 :mod:`encslim.export.ort_generate` runs greedy generation from it with onnxruntime alone.
 """
 
+import gc
 import json
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 from ..files import atomic_output_dir, check_output_path
@@ -149,7 +151,8 @@ def export_onnx(model_dir, out, *, overwrite=False, atol=ATOL, ranking=None, ben
         loaded = LoadedSource(source, model, processor)
         front = source.adapter.vision_front_end(model, processor)
         if front is not None:  # a family whose ONNX export is its vision front end only
-            return export_front_end(loaded, front, out, overwrite=overwrite, atol=atol, card=card, memory=memory)
+            return export_front_end(loaded, front, out, overwrite=overwrite, atol=atol, card=card, memory=memory,
+                                   release_weights=True)  # this export loaded the model: nothing else holds it
         return _export_graphs(loaded, out, overwrite, atol, card, memory)
 
 
@@ -178,6 +181,68 @@ def _export_graphs(loaded, out, overwrite, atol, card, memory):
     return manifest
 
 
+def free_weights(model):
+    """Free ``model``'s parameter and buffer memory in place (they end on the ``meta`` device); its config and
+    module structure stay. Only for a model nothing else will run.
+
+    Dropping the model's own references is not enough: after ``torch.onnx.export`` (torch 2.13, onnxscript)
+    module globals still reference the traced program, whose metadata holds tensors aliasing every weight.
+    So each weight's storage is emptied where it is resizable, and every other live tensor on a weight's
+    memory (the loader's weights are not resizable) is pointed at an empty one. The freed pages go back to
+    the system (glibc's ``malloc_trim`` where the C library has it).
+    """
+    import ctypes
+    import ctypes.util
+    import itertools
+
+    import torch
+
+    pinned = set()
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        storage = tensor.data.untyped_storage()
+        if tensor.is_meta or storage.data_ptr() == 0:
+            continue
+        if storage.resizable():
+            storage.resize_(0)
+        else:
+            pinned.add(storage.data_ptr())
+    gc.collect()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance on some torch objects warns of deprecated names
+        for obj in gc.get_objects() if pinned else ():
+            if isinstance(obj, torch.Tensor) and _storage_pointer(obj) in pinned:
+                obj.data = torch.empty(0, dtype=obj.dtype)
+    model.to("meta")
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
+
+
+def _storage_pointer(tensor):
+    try:
+        return None if tensor.is_meta else tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):  # sparse, fake or functional tensors: no plain storage
+        return None
+
+
+def _write_and_validate(module, cases, path, atol, release):
+    """Export the front end to ``path``, free ``release``'s weights (a model, or ``None``), then compare the graph
+    with the PyTorch ``cases`` (:func:`~encslim.export.onnx_validate.front_end_case`): the records."""
+    import torch
+
+    from .onnx_graphs import export_front_end_graph
+    from .onnx_validate import compare_front_end
+
+    with torch.no_grad():
+        export_front_end_graph(module, cases[0][0], path)
+    gc.collect()  # the exporter's program and ONNX model are garbage now (torch still holds a view of each weight)
+    if release is not None:
+        free_weights(release)
+    return compare_front_end(path, module.input_names, cases, atol)
+
+
 FRONT_END_HOW_TO_LOAD = """\
 # onnxruntime for the graph; each tower's input comes from the model's processor (encslim, torch):
 import json, encslim, onnxruntime
@@ -189,12 +254,16 @@ image_embeds = session.run(None, feeds)[0]   # (B, tokens, hidden) for the LLM
 """
 
 
-def export_front_end(loaded, front, out, *, overwrite=False, atol=ATOL, card=CardInputs(), memory=None):
+def export_front_end(loaded, front, out, *, overwrite=False, atol=ATOL, card=CardInputs(), memory=None,
+                     release_weights=False):
     """``vision.onnx`` of a family's vision front end (per-tower inputs -> projected image embeddings), validated.
 
     The graph takes one input per tower, made outside it by the processor (no pixel resampling in
     the graph: onnxruntime's ``Resize`` differs from torch's by more than the tolerance at 1024 px).
     It is validated against the model's own path on the processor's ``pixel_values``.
+
+    Memory: the PyTorch outputs come first, then the graph; with ``release_weights`` the model's weights
+    are freed before onnxruntime loads its own copy, so the two copies are never resident together.
 
     Args:
         loaded: the :class:`~encslim.export.finish.LoadedSource` (model and processor in float32).
@@ -204,25 +273,23 @@ def export_front_end(loaded, front, out, *, overwrite=False, atol=ATOL, card=Car
             ``info`` (JSON) describes the inputs.
         memory: a running :class:`PeakRss` (recorded in the manifest), or ``None``.
         card: the model card's ``--ranking`` and ``--bench``.
+        release_weights: free the model's weights (:func:`free_weights`) between export and validation: only for
+            a model nothing else uses (:func:`export_onnx`'s own); a caller's model is left intact by default.
         the rest: see :func:`export_onnx`.
 
     Raises:
         VerificationError: the graph differs from the model's own path by more than ``atol``.
     """
-    import torch
-
-    from .onnx_graphs import export_front_end_graph
-    from .onnx_validate import check_front_end
+    from .onnx_validate import front_end_case
 
     source, model, processor = loaded.source, loaded.model, loaded.processor
     module, info = front
     module = module.eval()
     pixels = probe_batch(source.adapter, processor)["pixel_values"].float()
+    cases = [front_end_case(module, p) for p in (pixels, pixels[:1])]  # PyTorch first: (inputs, reference)
+    parameters = sum(p.numel() for p in module.parameters())
     with atomic_output_dir(out, overwrite=overwrite, inputs=[source.path]) as tmp:
-        path = Path(tmp) / VISION_FILE
-        with torch.no_grad():
-            export_front_end_graph(module, module.make_inputs(pixels), path)
-        records = [check_front_end(module, path, p, atol) for p in (pixels, pixels[:1])]
+        records = _write_and_validate(module, cases, Path(tmp) / VISION_FILE, atol, model if release_weights else None)
         fail_unless_matched(records, "the ONNX export")
         config = {"format_version": 2, "graphs": {"vision": VISION_FILE}, "inputs": module.input_names,
                   "outputs": ["image_embeds"], "dtype": "float32", "vision": info, "validation": records,
@@ -244,10 +311,11 @@ def export_front_end(loaded, front, out, *, overwrite=False, atol=ATOL, card=Car
         manifest = finish_folder(
             tmp, loaded, fmt, verification=records,
             how_to_load=FRONT_END_HOW_TO_LOAD.format(name=out, source=source.path),
-            parameters=sum(p.numel() for p in module.parameters()), card=card,
+            parameters=parameters, card=card,
         )
     logger.info("exported %s -> %s (format onnx, vision front end)", source.path, out)
     return manifest
 
 
-__all__ = ["export_onnx", "export_front_end", "onnx_config", "write_graphs", "validate_graphs", "PeakRss"]
+__all__ = ["export_onnx", "export_front_end", "onnx_config", "write_graphs", "validate_graphs", "free_weights",
+           "PeakRss"]
