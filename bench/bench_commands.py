@@ -30,9 +30,9 @@ def bench_cmd(full, variants, data, out, overwrite, encoders=None, **options):
 
     config, _ = config_from_options(BenchConfig, options)
     if config.engine == "vllm":
-        from .vllm_engine import check_installed
+        from .vllm_engine import vllm_version
 
-        check_installed()  # before FULL is opened (the message names the fix)
+        vllm_version()  # imported before FULL is opened: not installed, or broken (the message names the fix)
     full = open_folder(full, encoders)  # --encoder names FULL's encoders; run_bench opens the variants
     configure_threads(config.threads)
     report = benchmark.run_bench(full, variants, out, config, data=data, overwrite=overwrite)

@@ -243,7 +243,7 @@ def run_bench(full, variants=(), out=None, config=None, data=(), overwrite=False
     """
     settings = BenchConfig.build(overrides.pop("settings", config), **_masks_as_lists(overrides))
     if settings.engine == "vllm":
-        vllm_engine.check_installed()  # before any work (the message names the fix)
+        vllm_engine.vllm_version()  # imported before any work: not installed, or broken (the message names the fix)
     from ..models.loading import open_folder
 
     if settings.threads is not None:

@@ -1,7 +1,8 @@
 """``encslim bench --engine vllm``: every model folder of the comparison measured in vLLM's offline engine.
 
 The models are measured one after another in this process: one ``vllm.LLM`` per folder (the full
-model, then each variant folder), shut down before the next one starts. Run-time masked copies of
+model, then each variant folder), shut down before the next one starts. vLLM runs on its build's
+platform (the report names it): ``--device`` and ``--threads`` apply to the eager engine only. Run-time masked copies of
 the full model (``--mask``) have no vLLM form and are left out (the report says so). Each model
 answers the eager path's benchmark request (:data:`~encslim.bench.latency.BENCH_QUESTION` on its
 fixed image, the prompt its processor builds). Times are wall-clock milliseconds around
@@ -32,7 +33,7 @@ import importlib.util
 import sys
 import time
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EncslimError, ModelLoadError
 from . import stats
 from .config import processor_settings
 from .latency import BENCH_QUESTION, bench_image
@@ -125,7 +126,7 @@ def measure_models(specs, requests, settings, samples=None):
         figures (see :func:`measure_one`).
     """
     version = vllm_version()
-    gc.collect()  # the eager models' memory, before the first engine starts
+    release_memory()  # the eager models' memory, before the first engine starts
     figures = {}
     for spec in specs:
         if not spec.masked:
@@ -150,19 +151,44 @@ def measure_one(path, asked, settings, samples=None):
     """
     import vllm
 
+    overrides = engine_overrides(path)
     started = time.perf_counter()
-    llm = vllm.LLM(model=str(path), dtype=settings.dtype, max_num_seqs=max(settings.concurrency),
-                   mm_processor_kwargs=processor_settings(settings) or None,  # --max-tiles, as the eager processor
-                   **ENGINE_ARGS, **engine_overrides(path))
+    try:
+        llm = vllm.LLM(model=str(path), dtype=settings.dtype, max_num_seqs=max(settings.concurrency),
+                       mm_processor_kwargs=processor_settings(settings) or None,  # --max-tiles, as the eager one
+                       **ENGINE_ARGS, **overrides)
+    except Exception as err:  # vLLM fails in many ways (a layer it lacks, memory): one line, not a traceback
+        raise ModelLoadError(f"--engine vllm: vLLM could not start on {path} ({_first_line(err)}); "
+                             "bench it with --engine eager") from None
     try:
         start_s = time.perf_counter() - started
         figures = _latency(llm, asked["bench"], settings)
         figures["accuracy"] = _accuracy(llm, asked, samples, settings) if samples else None
+    except EncslimError:
+        raise
+    except Exception as err:
+        raise ModelLoadError(f"--engine vllm: measuring {path} in vLLM failed ({_first_line(err)}); "
+                             "bench it with --engine eager") from None
     finally:
         llm.llm_engine.engine_core.shutdown()  # its processes end here, before the next model's engine starts
         del llm
-        gc.collect()
+        release_memory()
     return {"engine": f"vllm {vllm.__version__}", "start_s": start_s, **figures}
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def release_memory():
+    """Free what this process no longer references, and on a GPU hand torch's cached blocks back, so that vLLM
+    (which sizes itself from the device's free memory when it starts) sees the memory the eager models used."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _latency(llm, prompt, settings):

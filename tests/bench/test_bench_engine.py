@@ -4,6 +4,7 @@ venv; this environment has no vLLM.)"""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -39,6 +40,27 @@ def test_engine_vllm_without_vllm_is_one_line_exit_2(tmp_path):
                            "it with pip install 'encslim[vllm]' (vLLM's CPU build: see README 'Serving'), or run "
                            "encslim from the vLLM venv that .ci/vllm_env.sh builds (.venv-vllm/bin/encslim)\n")
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.skipif(not NO_VLLM, reason="vLLM is installed here: the broken one below would shadow it")
+def test_engine_vllm_with_a_vllm_that_fails_to_import_is_one_line_exit_2_before_any_work(tmp_path):
+    """An installed vLLM that does not import (here a package on PYTHONPATH whose import fails as a mismatched
+    build does) is found first: before the folders are even opened (these two are empty), so before any eager run."""
+    broken = tmp_path / "site" / "vllm"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libtorch mismatch: undefined symbol _ZN3c10')\n")
+    full, variant = tmp_path / "full", tmp_path / "variant"
+    full.mkdir()
+    variant.mkdir()
+    done = subprocess.run([sys.executable, "-m", "encslim.cli", "bench", str(full), str(variant),
+                           "--out", str(tmp_path / "out"), "--engine", "vllm"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert done.returncode == 2
+    assert done.stderr == ("error: --engine vllm: vLLM does not import here (ImportError: libtorch mismatch: "
+                           "undefined symbol _ZN3c10); install it with pip install 'encslim[vllm]' (vLLM's CPU build: "
+                           "see README 'Serving'), or run encslim from the vLLM venv that .ci/vllm_env.sh builds "
+                           "(.venv-vllm/bin/encslim)\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_family_without_a_vllm_model_is_refused_before_any_work(tmp_path):
