@@ -41,7 +41,7 @@ def write_tiny_eagle2(out, seed=0):
     from encslim.models.families.eagle2.configuration import IMG_CONTEXT, Eagle2ChatConfig
     from encslim.models.families.eagle2.modeling import Eagle2ChatModel, register_auto_classes
     from encslim.models.families.eagle2.processing import Eagle2Processor
-    from encslim.models.families.eagle2.tiny import TINY_HEAD_CLASSES, tiny_eagle2_config, tiny_tokenizer
+    from encslim.models.families.eagle2.tiny import TINY_HEAD_CLASSES, perturb, tiny_eagle2_config, tiny_tokenizer
 
     register_auto_classes()
     tokenizer = tiny_tokenizer()
@@ -49,12 +49,7 @@ def write_tiny_eagle2(out, seed=0):
     config = Eagle2ChatConfig(**{**base.to_dict(), "llm_config": {**base.llm_config.to_dict(), **SERVING_TEXT}})
     config.convnext_head_classes = TINY_HEAD_CLASSES
     torch.manual_seed(seed)
-    model = Eagle2ChatModel(config).eval()
-    with torch.no_grad():
-        for param in model.vision_model.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
-        for param in model.mlp1[0].parameters():  # a LayerNorm affine that is not the identity
-            param.add_(torch.randn_like(param) * 0.1)
+    model = perturb(Eagle2ChatModel(config).eval())
     out.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})

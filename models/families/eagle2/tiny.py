@@ -51,6 +51,17 @@ def tiny_tokenizer():
     return tokenizer
 
 
+def perturb(model):
+    """``model`` with seeded noise on its tower weights and on ``mlp1``'s LayerNorm affine (not the identity),
+    so that each tower visibly changes the output; draws from torch's global generator."""
+    with torch.no_grad():
+        for param in model.vision_model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+        for param in model.mlp1[0].parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    return model
+
+
 def build_tiny_eagle2(seed=0, order=TINY_ORDER):
     """``(model, processor)``: a tiny random Eagle2, seeded; tower weights get seeded noise so each tower
     visibly changes the output."""
@@ -59,12 +70,7 @@ def build_tiny_eagle2(seed=0, order=TINY_ORDER):
     config = tiny_eagle2_config(tokenizer, order)
     config.convnext_head_classes = TINY_HEAD_CLASSES
     torch.manual_seed(seed)
-    model = Eagle2ChatModel(config).eval()
-    with torch.no_grad():
-        for param in model.vision_model.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
-        for param in model.mlp1[0].parameters():  # a LayerNorm affine that is not the identity
-            param.add_(torch.randn_like(param) * 0.1)
+    model = perturb(Eagle2ChatModel(config).eval())
     config.img_context_token_id = tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     model.language_model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.language_model.generation_config.eos_token_id = tokenizer.eos_token_id
