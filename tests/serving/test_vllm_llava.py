@@ -125,9 +125,7 @@ def test_vllm_offline_and_server_equal_encslim(exported, non_square_png, tmp_pat
     assert_same_run(offline, expected)
 
     server = chat_through_server(serve, non_square_png, tmp_path / "server.log")
-    assert server["token_ids"] == offline["token_ids"]
-    assert max(abs(a - b) for a, b in zip(server["logprobs"], offline["logprobs"])) <= ATOL
-    assert server["prompt_token_ids"] == offline["prompt_token_ids"]
+    assert_same_run(server, offline)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +203,8 @@ def wait_ready(proc, base, log, deadline):
 
 
 def chat_through_server(serve, image_path, log_path):
-    """One greedy chat request (image + QUESTION) to ``serve`` (the export's command) on a free loopback port.
+    """One greedy chat request (image + QUESTION, prompt logprobs too) to ``serve`` (a ``vllm serve FOLDER ...``
+    command as ``export`` prints it) on a free loopback port.
 
     The server runs in its own process group and is stopped by its pid (SIGTERM, then SIGKILL to its group).
     """
@@ -226,12 +225,13 @@ def chat_through_server(serve, image_path, log_path):
                    {"type": "text", "text": QUESTION}]
         reply = post(f"{base}/v1/chat/completions", {
             "model": "tiny", "messages": [{"role": "user", "content": content}], "temperature": 0.0,
-            "max_tokens": STEPS, "ignore_eos": True, "logprobs": True, "top_logprobs": 0,
+            "max_tokens": STEPS, "ignore_eos": True, "logprobs": True, "top_logprobs": 0, "prompt_logprobs": 0,
             "return_tokens_as_token_ids": True, "return_token_ids": True})
     finally:
         stop(proc)
-    choice = reply["choices"][0]
-    return {"token_ids": choice["token_ids"], "prompt_token_ids": reply["prompt_token_ids"],
+    choice, ids = reply["choices"][0], reply["prompt_token_ids"]
+    prompt_logprobs = [None] + [entry[str(t)]["logprob"] for t, entry in zip(ids[1:], reply["prompt_logprobs"][1:])]
+    return {"token_ids": choice["token_ids"], "prompt_token_ids": ids, "prompt_logprobs": prompt_logprobs,
             "logprobs": [t["logprob"] for t in choice["logprobs"]["content"]]}
 
 

