@@ -9,7 +9,8 @@ token count falls with the removed tower). vLLM loads each folder through ``Encs
 transformers forward, greedy, on a non-square image. Checked: prompt token ids (the placeholder expanded to the
 processor's count), greedy tokens, prompt and generated logprobs within 1e-4. The pruned A1 folder goes through
 ``vllm serve FOLDER`` (the command ``encslim export --format hf`` prints, with no ``--chat-template``: the
-folder's own renders the processor's prompt; OpenAI chat request; its own process, stopped by its pid); the full A1 and pruned B folders through the offline engine, both engines in one process.
+folder's own renders the processor's prompt; OpenAI chat request; its own process, stopped by its pid); the
+full A1 and pruned B folders through the offline engine, both engines in one process.
 Every backbone the native family supports maps its saved keys onto vLLM's modules (no engine needed).
 """
 
