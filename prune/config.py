@@ -69,15 +69,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _split_names(value: str | Iterable[object] | None) -> list[str] | None:
-    """Slot names from ``["a,b", "c"]`` or ``"a,b"`` (the CLI's repeated, comma-separated form; ``a+b`` too):
-    the spellings of :func:`encslim.models.slots.split_names`, checked against the model by ``select``."""
-    if value is None:
-        return None
-    items = [value] if isinstance(value, str) else list(value)
-    return [n for item in items for n in split_names(str(item))]
-
-
 class SelectConfig(StageConfig):
     """Which slots to drop: exactly one policy (``drop``, ``keep``, ``min_retained``, ``drop_negative``
     or ``budget``), decided on ``category``; every policy but ``drop`` reads a ranking."""
@@ -103,7 +94,8 @@ class SelectConfig(StageConfig):
     @field_validator("drop", mode="before")
     @classmethod
     def _names(cls, value: str | Iterable[object] | None) -> list[str] | None:
-        return _split_names(value)
+        # the CLI's repeated, separated form (["a,b", "c"], "a+b"): split_names' spellings; select checks them
+        return None if value is None else list(split_names(value))
 
     @model_validator(mode="before")
     @classmethod
