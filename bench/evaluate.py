@@ -23,6 +23,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..models.masking import MASK_MODES, check_mask_set
+from ..models.tokens import TokenBudget, budget_of
 from . import distributed
 from .answering import Loaded, choose_options, generate_texts
 from .features import counting_encoder_passes, encode_images, slots_needed, with_placeholders
@@ -48,6 +49,9 @@ class EvalSettings:
         mcq_mode: ``logits`` (choose by the options' first-token logits) or ``generate``.
         prompt_styles: ``{dataset: PromptStyle}`` overriding the default prompt per data set.
         batch_size: samples per forward batch (prompts padded on the left).
+        token_budget: a :class:`~encslim.models.tokens.TokenBudget` to run under instead of the model's
+            own (``None``: the model's own; budget 1: every token). Encoder features do not depend on it:
+            a :class:`~encslim.bench.features.FeatureStore` serves every budget from one encoder pass.
     """
 
     mask_mode: str = "removal"
@@ -56,6 +60,7 @@ class EvalSettings:
     mcq_mode: str = "logits"
     prompt_styles: Optional[Mapping[str, Any]] = None
     batch_size: int = 8
+    token_budget: Optional[TokenBudget] = None
 
 
 @dataclass
@@ -123,10 +128,25 @@ def evaluate(loaded, samples, mask_sets=(frozenset(),), settings=EvalSettings(),
     _check_arguments(samples, mask_sets, settings)
     rank, world = distributed.init_from_env()
     model_fp = model_fingerprint(model)
+    encoder_fp = _encoder_fingerprint(model_fp, processor)  # features come before any token reducer
+    if settings.token_budget is None:
+        return _evaluate(loaded, samples, mask_sets, settings, (model_fp, encoder_fp), records_path, progress,
+                         feature_cache, features, rank, world)
+    with adapter.token_budget(model, processor, settings.token_budget):
+        return _evaluate(loaded, samples, mask_sets, settings, (model_fp, encoder_fp), records_path, progress,
+                         feature_cache, features, rank, world)
+
+
+def _evaluate(loaded, samples, mask_sets, settings, fingerprints, records_path, progress, feature_cache, features,
+              rank, world):
+    """:func:`evaluate` under the token budget in force (the model's own, or ``settings.token_budget``)."""
+    model, processor, adapter = loaded
+    model_fp, encoder_fp = fingerprints
+    mask_mode, mask_values = settings.mask_mode, settings.mask_values
     run = _Run(model, processor, adapter, mask_sets, mask_mode, mask_values, settings.max_new_tokens,
-               settings.mcq_mode, feature_cache, model_fp, settings_fingerprint(_settings(processor, settings)),
-               store=features if feature_cache else None, encoder_fp=_encoder_fingerprint(model_fp, processor),
-               rank=rank)
+               settings.mcq_mode, feature_cache, model_fp, settings_fingerprint(_settings(processor, settings,
+                                                                                          model.config)),
+               store=features if feature_cache else None, encoder_fp=encoder_fp, rank=rank)
     items = _plan(run, samples, settings.prompt_styles)
     store = RecordStore(records_path, rank, world)
     done = store.load()
@@ -203,14 +223,19 @@ def _processor_config(processor):
     return processor.to_dict() if hasattr(processor, "to_dict") else type(processor).__name__
 
 
-def _settings(processor, settings):
-    """What a record's settings fingerprint covers (the batch size and prompt styles are not in it)."""
+def _settings(processor, settings, config=None):
+    """What a record's settings fingerprint covers (the batch size and prompt styles are not in it); the
+    token budget in force when there is one (absent otherwise, so older records keep their keys)."""
     values = None
     if settings.mask_mode == "mean":
         values = {k: v.detach().float().cpu().numpy().round(6).tolist()
                   for k, v in sorted(settings.mask_values.items())}
-    return {"mask_mode": settings.mask_mode, "max_new_tokens": settings.max_new_tokens,
-            "mcq_mode": settings.mcq_mode, "mask_values": values, "processor": _processor_config(processor)}
+    out = {"mask_mode": settings.mask_mode, "max_new_tokens": settings.max_new_tokens,
+           "mcq_mode": settings.mcq_mode, "mask_values": values, "processor": _processor_config(processor)}
+    budget = budget_of(config) if config is not None else None
+    if budget is not None:
+        out["token_budget"] = budget.to_dict()
+    return out
 
 
 def _encoder_fingerprint(model_fp, processor):

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ModelLoadError, PlanError
 from .masking import FusionClass, MaskError, check_mask_set, check_slot_names
 from .slots import SlotSet
+from .tokens import TokenBudget, budget_applied, budget_of
 
 if TYPE_CHECKING:
     import torch
@@ -145,10 +147,60 @@ class Adapter(ABC):
         class keeps its token count.
         """
         slots = self.slots(config)
+        budget = budget_of(config)
+        grids = self.token_grids(config, masked, mask_mode) if budget is not None else None
+        if grids is not None and budget is not None:
+            return sum(budget.tokens_out(g) for g in grids)
         if self.fusion_class(config) == FusionClass.B:
             gone = set(masked) if mask_mode == "removal" else set()
             return sum(s.num_tokens for s in slots if s.name not in gone)
         return slots[0].num_tokens if slots else 0
+
+    # ------------------------------------------------------------------ token budgets (models/tokens.py)
+    def token_grids(self, config: Config, masked: Masked = frozenset(),
+                    mask_mode: str = "removal") -> list[tuple[int, int]] | None:
+        """The ``(h, w)`` token grids of one image (of one tile, for tiling families) after fusion and
+        projection, in the order the LLM reads them; ``None``: this family takes no token budget.
+
+        A family that returns grids applies :func:`encslim.models.tokens.reduce_grids` to them when it
+        merges the image into the text, and its processor writes the reduced placeholder count.
+        """
+        return None
+
+    def token_budget_blockers(self, config: Config) -> list[str]:
+        """Why this model cannot take a token budget (empty: it can). The default: the family has no grids."""
+        if self.token_grids(config) is not None:
+            return []
+        return [f"{self.model_type or type(self).__name__} models take no token budget: the family has no "
+                "token grid after fusion that a reducer could shorten (README, Token budgets)"]
+
+    def check_token_budget(self, config: Config, budget: TokenBudget | None) -> None:
+        """Raise ``ConfigError`` when ``budget`` (active) cannot apply to this model, with the reason."""
+        if budget is None or not budget.active:
+            return
+        reasons = self.token_budget_blockers(config)
+        if reasons:
+            raise ConfigError(f"token budget {budget.label}: {reasons[0]}")
+
+    @contextmanager
+    def token_budget(self, model: Model, processor: Processor, budget: TokenBudget | None) -> Iterator[None]:
+        """Run with ``budget`` (``None``: every token) in place of the model's own, model and processor alike.
+
+        Sets ``config.token_budget`` (read by the family's model when it merges the image) and
+        ``processor.token_budget`` (read when it writes the image placeholders), restoring both after.
+        """
+        self.check_token_budget(model.config, budget)
+        had = hasattr(processor, "token_budget")
+        old = getattr(processor, "token_budget", None)
+        processor.token_budget = budget if budget is not None and budget.active else None
+        try:
+            with budget_applied(model.config, processor.token_budget):
+                yield
+        finally:
+            if had:
+                processor.token_budget = old
+            else:
+                del processor.token_budget
 
     # ------------------------------------------------------------------ loading and inputs
     @abstractmethod
