@@ -274,6 +274,7 @@ class RecordKeys:
     def __init__(self, loaded, samples, settings=EvalSettings()):
         model, processor, adapter = loaded
         self.processor, self.settings = processor, settings
+        self.model, self.adapter = model, adapter
         self.model_fp = model_fingerprint(model)
         self.sample_fps = [sample_fingerprint(s, _prompt(adapter, processor, s, settings.prompt_styles))
                            for s in samples]
@@ -281,8 +282,13 @@ class RecordKeys:
 
     def settings_fp(self, mask_mode):
         if mask_mode not in self._settings:
-            self._settings[mask_mode] = settings_fingerprint(
-                _settings(self.processor, replace(self.settings, mask_mode=mask_mode)))
+            settings = replace(self.settings, mask_mode=mask_mode)
+            if settings.token_budget is None:  # the model's own budget (in its config), as evaluate() keys it
+                fields = _settings(self.processor, settings, self.model.config)
+            else:
+                with self.adapter.token_budget(self.model, self.processor, settings.token_budget):
+                    fields = _settings(self.processor, settings, self.model.config)
+            self._settings[mask_mode] = settings_fingerprint(fields)
         return self._settings[mask_mode]
 
     def keys(self, masked, mask_mode):
