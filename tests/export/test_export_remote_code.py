@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,6 +15,9 @@ from encslim.errors import ConfigError
 from .conftest import native_logits
 
 VARIANTS = [("A1", ("clip", "siglip", "dinov2")), ("B", ("clip", "sam")), ("C", ("dinov2",))]
+# sources carrying a token budget in config.json: the shipped tokens.py reduces as encslim does
+BUDGET_VARIANTS = [("A1", ("clip", "siglip"), {"method": "pool", "budget": 0.25}),
+                   ("B", ("clip", "sam"), {"method": "attention", "budget": 0.5})]
 
 # Runs with `python -I -S`: no site processing, so encslim's editable-install hook is not loaded;
 # only the plain site-packages folder is put on sys.path (torch, transformers, ...).
@@ -42,7 +46,8 @@ for folder in sys.argv[2:]:
         logits = model(**batch).logits
         tokens = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, batch["input_ids"].shape[1]:]
     results[folder] = {"model_module": type(model).__module__, "processor_module": type(processor).__module__,
-                       "logits": logits.tolist(), "tokens": tokens.tolist()}
+                       "logits": logits.tolist(), "tokens": tokens.tolist(),
+                       "image_tokens": int((batch["input_ids"] == model.config.image_token_id).sum())}
 print(json.dumps(results))
 """
 
@@ -57,6 +62,14 @@ def remote_folders(tiny_model_dir, tmp_path_factory):
         src = tiny_model_dir(fusion=fusion, encoders=encoders)
         out = root / f"{fusion}-{len(encoders)}"
         folders[out] = (src, export_remote_code(src, out))
+    for fusion, encoders, budget in BUDGET_VARIANTS:
+        src = root / f"src-{fusion}-budget"
+        shutil.copytree(tiny_model_dir(fusion=fusion, encoders=encoders), src)
+        config = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps(dict(config, token_budget=budget), indent=2))
+        out = root / f"{fusion}-{len(encoders)}-budget"
+        folders[out] = (src, export_remote_code(src, out))
+        assert json.loads((out / "config.json").read_text())["token_budget"] == budget
     return folders
 
 
@@ -74,7 +87,7 @@ def test_folder_ships_code_and_auto_map(remote_folders):
         processor_config = json.loads((out / "processor_config.json").read_text())
         assert processor_config["auto_map"] == {"AutoProcessor": "processing_encslim.EncslimProcessor"}
         assert set(manifest["export"]["code_files"]) == set(code.files) == {
-            "configuration_encslim.py", "modeling_encslim.py", "processing_encslim.py", "masking.py"}
+            "configuration_encslim.py", "modeling_encslim.py", "processing_encslim.py", "masking.py", "tokens.py"}
         for name, source in code.files.items():
             shipped = (out / name).read_text()
             # the family's source, only its relative imports flattened to the shipped names
@@ -82,6 +95,8 @@ def test_folder_ships_code_and_auto_map(remote_folders):
             assert sha256_file(out / name) == manifest["export"]["code_files"][name]
         modeling = (out / "modeling_encslim.py").read_text()
         assert "from .configuration_encslim import" in modeling and "from .masking import" in modeling
+        assert "from .tokens import" in modeling
+        assert "from .tokens import" in (out / "processing_encslim.py").read_text()
         assert "from ..." not in modeling
         assert "trust_remote_code=True" in (out / "README.md").read_text()
 
@@ -108,7 +123,10 @@ def test_loads_without_encslim(remote_folders, tmp_path):
         assert got["processor_module"].endswith("processing_encslim")
         rng = np.random.default_rng(0)
         images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(2)]
-        model, processor, _ = load_model(src)
+        model, processor, adapter = load_model(src)
+        assert got["image_tokens"] == 2 * adapter.image_tokens(model.config)
+        if "budget" in folder.name:  # the shipped processor wrote the reduced count
+            assert adapter.image_tokens(model.config) < model.config.num_image_tokens()
         prompts = [processor.build_prompt(q) for q in ("What is in the image?", "How many objects are there?")]
         batch, expected = native_logits(src, prompts, images)
         assert (torch.tensor(got["logits"]) - expected).abs().max().item() <= 1e-5

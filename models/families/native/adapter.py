@@ -9,12 +9,13 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from ....errors import ModelLoadError
+from ....errors import ConfigError, ModelLoadError
 from ...adapter import Adapter, Slot
 from ...capabilities import RemoteCode
 from .configuration import EncslimConfig
 from ...loading import load_pretrained
 from ...masking import EXACT_REMOVAL, FusionClass
+from ...tokens import budget_of
 from .modeling import EncslimForConditionalGeneration
 from .plan import removal_plan  # the plan reads config.json only (torch-free, re-exported)
 from .processing import EncslimProcessor
@@ -23,7 +24,8 @@ PIXEL_PREFIX = "pixel_values_"
 HERE = Path(__file__).resolve().parent
 # a remote-code export ships these files, flat: {shipped name: source}
 REMOTE_CODE_FILES = {"configuration_encslim.py": HERE / "configuration.py", "modeling_encslim.py": HERE / "modeling.py",
-                     "processing_encslim.py": HERE / "processing.py", "masking.py": HERE.parents[1] / "masking.py"}
+                     "processing_encslim.py": HERE / "processing.py", "masking.py": HERE.parents[1] / "masking.py",
+                     "tokens.py": HERE.parents[1] / "tokens.py"}
 REMOTE_MODEL_AUTO_MAP = {
     "AutoConfig": "configuration_encslim.EncslimConfig",
     "AutoModel": "modeling_encslim.EncslimForConditionalGeneration",
@@ -97,7 +99,39 @@ class NativeAdapter(Adapter):
 
     def image_tokens(self, config, masked=frozenset(), mask_mode="removal"):
         gone = set(masked) if mask_mode == "removal" else set()
-        return config.num_image_tokens([s for s in config.slot_names if s not in gone])
+        kept = [s for s in config.slot_names if s not in gone]
+        budget = budget_of(config)
+        grids = config.token_grids(kept) if budget is not None else None
+        if grids is not None:
+            return sum(budget.tokens_out(g) for g in grids)
+        return config.num_image_tokens(kept)
+
+    def token_grids(self, config, masked=frozenset(), mask_mode="removal"):
+        """The fused grid (A1/A2), each present slot's grid (B; a slot masked in removal mode has no tokens),
+        or the cross-attention queries (C: square when ``num_queries`` is, else one row): see
+        ``EncslimConfig.token_grids``. ``None`` when a slot keeps its CLS token (B)."""
+        gone = set(masked) if mask_mode == "removal" else set()
+        return config.token_grids([s for s in config.slot_names if s not in gone])
+
+    def token_budget_blockers(self, config):
+        """Why this model takes no token budget: a sequence-concat slot that keeps its CLS token."""
+        if config.token_grids() is not None:
+            return []
+        keep = [e["name"] for e in config.encoders if e["cls"] == "keep"]
+        return [f"slot(s) {', '.join(keep)} keep their CLS token, so their tokens are no grid a reducer could "
+                f"shorten; rebuild the model with cls 'drop'"]
+
+    def check_token_budget(self, config, budget):
+        """As the base check, and ``pool`` needs a 2-D grid: cross-attention queries that are no square
+        (one row) take the ``attention`` method only."""
+        super().check_token_budget(config, budget)
+        if budget is None or not budget.active or budget.method != "pool":
+            return
+        grids = config.token_grids() or []
+        if any(h == 1 and w > 1 for h, w in grids):
+            raise ConfigError(f"token budget {budget.label}: the {config.fusion['num_queries']} cross-attention "
+                              f"queries are no square grid, so pooling cannot keep {budget.budget:g} of them; "
+                              f"use --token-method attention")
 
     def load(self, path, device="cpu", dtype=None, device_map=None):
         kwargs = {"dtype": dtype} if dtype is not None else {}
@@ -187,9 +221,13 @@ def llava_blockers(config, kept=None):
     from .configuration import backbone_info, native_grid
 
     slots = list(config.slot_names) if kept is None else [s for s in config.slot_names if s in set(kept)]
+    budget = budget_of(config)
+    blocked = [] if budget is None else [
+        f"LLaVA's stock class has no token reducer: this model applies the token budget {budget.label} "
+        f"(config.json token_budget); export it as --format hf or remote-code, or remove the budget"]
     if len(slots) != 1:
-        return [f"LLaVA holds one vision encoder but this model has {len(slots)} ({', '.join(slots)}); "
-                f"prune it to one first (encslim prune --drop ...)"]
+        return blocked + [f"LLaVA holds one vision encoder but this model has {len(slots)} ({', '.join(slots)}); "
+                          f"prune it to one first (encslim prune --drop ...)"]
     slot = slots[0]
     enc = config.encoder(slot)
     vision = config.vision_config(slot)
@@ -208,7 +246,7 @@ def llava_blockers(config, kept=None):
                            f"{config.slot_grid(slot)}x{config.slot_grid(slot)}; LLaVA uses the encoder's own grid")
         if backbone_info(vision)[0] != "vit":
             reasons.append(f"slot '{slot}' is not a ViT token sequence")
-    return reasons
+    return blocked + reasons
 
 
 register_auto_classes()

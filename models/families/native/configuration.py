@@ -14,6 +14,8 @@ cross_attention      its own K/V projections under learnable queries      C
 ==================  ===================================================  ======
 """
 
+import math
+
 from transformers import AutoConfig, PretrainedConfig
 
 from ...masking import FusionClass
@@ -87,6 +89,9 @@ class EncslimConfig(PretrainedConfig):
             ``num_queries`` and ``num_heads`` (cross_attention); after an A2 removal ``removed_dims``
             (``{slot: channels}`` of removed slots, fed as zeros) and ``layout`` (the concat order).
         image_token_id (`int`): id of the ``<image>`` placeholder in the tokenizer.
+        token_budget (`dict`, optional): the visual-token budget the model applies after fusion,
+            ``{"method": "pool" | "attention", "budget": 0.25}`` (``tokens.py``; absent: every token).
+            Kept as a plain attribute, so ``config.json`` carries it through save and load.
     """
 
     model_type = "encslim"
@@ -225,6 +230,31 @@ class EncslimConfig(PretrainedConfig):
         if fusion == "cross_attention":
             return self.fusion["num_queries"]
         return self.fusion["grid"] ** 2
+
+    def token_grids(self, kept=None):
+        """The ``(h, w)`` token grids of one image after fusion and projection, in LLM order (token budgets,
+        ``tokens.py``), when only ``kept`` slots are present; ``None`` when the model takes no budget.
+
+        channel_concat: the fused ``grid x grid``. sequence_concat: each kept slot's grid (``None`` when a
+        slot keeps its CLS token: its tokens are no grid). cross_attention: the queries as a square grid when
+        ``num_queries`` is a square, else one row ``(1, num_queries)`` (the attention method's top-k is the
+        same either way; pooling a row would merge along it only, so the adapter refuses ``pool`` there).
+        """
+        kept = self.slot_names if kept is None else [s for s in self.slot_names if s in set(kept)]
+        fusion = self.fusion["type"]
+        if fusion == "sequence_concat":
+            if any(e["cls"] == "keep" for e in self.encoders):
+                return None
+            return [(self.slot_grid(s), self.slot_grid(s)) for s in kept]
+        if fusion == "cross_attention":
+            return [square_grid(self.fusion["num_queries"])]
+        return [(self.fusion["grid"], self.fusion["grid"])]
+
+
+def square_grid(tokens):
+    """``(s, s)`` when ``tokens == s * s``, else the row ``(1, tokens)``."""
+    side = math.isqrt(tokens)
+    return (side, side) if side * side == tokens else (1, tokens)
 
 
 def _config_defaults(vision_config_dict):

@@ -13,6 +13,10 @@ Mask modes (DESIGN §1): ``removal`` (default) is the mask that equals physical 
 slot: zero its channel slice (A1/A2), drop its tokens (B), drop its keys (C). ``zero`` replaces
 the slot's features by zeros (the study's setting). ``mean`` replaces them by a constant vector
 per slot (``mask_values``), e.g. the data-set mean of the features.
+
+A visual-token budget (``config.token_budget``, ``tokens.py``) shortens the fused image tokens, grid by
+grid (``EncslimConfig.token_grids``), before they enter the ``<image>`` positions: :meth:`embed` applies
+it, so :meth:`decode`, ``forward`` and ``generate`` all read the reduced tokens.
 """
 
 import inspect
@@ -30,6 +34,7 @@ from .configuration import EncslimConfig, backbone_info
 CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
                else "past_key_values")
 from ...masking import MaskMode, check_mask_set, mask_feature
+from ...tokens import budget_of, reduce_grids, scorer_for
 
 PIXEL_PREFIX = "pixel_values_"
 # the forward's keywords it takes through **kwargs (transformers' convention), besides pixel_values_<slot>
@@ -293,6 +298,8 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
         positions = input_ids == self.config.image_token_id
         if features is not None and (features or bool(positions.any())):  # else a text-only prompt
             image_embeds = self.fuse(features, masked_slots, mask_mode, mask_values)
+            image_embeds = self.reduce_tokens(image_embeds.to(inputs_embeds.device, inputs_embeds.dtype),
+                                              masked_slots, mask_mode)
             expected = image_embeds.shape[0] * image_embeds.shape[1]
             if int(positions.sum()) != expected:
                 raise ValueError(
@@ -303,6 +310,23 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
             image_embeds = image_embeds.to(inputs_embeds.device, inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(positions.unsqueeze(-1), image_embeds)
         return inputs_embeds
+
+    def reduce_tokens(self, image_embeds, masked_slots=(), mask_mode="removal"):
+        """Apply the config's token budget to fused image embeddings ``(B, T, hidden)`` (unchanged without one).
+
+        The grids are those of the slots present (removal mode drops the masked slots' grids); the
+        ``attention`` method scores tokens in the LLM's first decoder layer.
+        """
+        budget = budget_of(self.config)
+        if budget is None:
+            return image_embeds
+        gone = set(masked_slots or ()) if str(mask_mode) == MaskMode.REMOVAL.value else set()
+        grids = self.config.token_grids([s for s in self.slot_names if s not in gone])
+        if grids is None:
+            raise ValueError(f"this model takes no token budget (a slot keeps its CLS token), but its config "
+                             f"sets token_budget {budget.to_dict()}; remove it from config.json")
+        scorer = scorer_for(self.language_model) if budget.method == "attention" else None
+        return reduce_grids(image_embeds, grids, budget, scorer)
 
     def decode(self, features, input_ids=None, attention_mask=None, masked_slots=(), mask_mode="removal",
                mask_values=None, inputs_embeds=None, labels=None, **lm_kwargs):

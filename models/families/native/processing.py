@@ -3,7 +3,9 @@
 Self-contained (torch, numpy, PIL, transformers) so that remote-code export can ship it.
 Each slot resizes the image to its own square input size and normalises it with its own
 mean/std; the ``<image>`` placeholder in the text is expanded to the number of image tokens
-the fusion produces for the slots that are present (fewer when a class-B slot is masked).
+the fusion produces for the slots that are present (fewer when a class-B slot is masked), and
+fewer again under a visual-token budget (``token_budget``: each token grid keeps
+``budget.tokens_out(grid)`` tokens, as the model's reducer leaves them; ``tokens.py``).
 """
 
 import json
@@ -13,6 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
+
+from .configuration import square_grid
+from ...tokens import CONFIG_KEY, parse_budget
 
 PROCESSOR_CONFIG = "processor_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -32,10 +37,14 @@ class EncslimProcessor:
         image_tokens: per slot, the tokens it contributes (``sequence_concat``), or ``None``.
         total_image_tokens: the fixed image token count (``channel_concat``, ``cross_attention``).
         prompt_template: chat template with a ``{prompt}`` field; the answer follows it.
+        token_budget: the visual-token budget (a ``TokenBudget``, its dict, or ``None``: every token). The
+            attribute ``token_budget`` may be set later (the adapter does so for one evaluation); it is not
+            saved in ``processor_config.json`` (the model's ``config.json`` carries it), so ``to_dict`` and
+            the features it decides stay budget-free.
     """
 
     def __init__(self, tokenizer, encoders, image_tokens=None, total_image_tokens=None,
-                 prompt_template=DEFAULT_TEMPLATE, image_token=IMAGE_TOKEN):
+                 prompt_template=DEFAULT_TEMPLATE, image_token=IMAGE_TOKEN, token_budget=None):
         self.tokenizer = tokenizer
         self.encoders = [dict(e) for e in encoders]
         self.image_tokens = dict(image_tokens) if image_tokens else None
@@ -43,6 +52,7 @@ class EncslimProcessor:
         self.prompt_template = prompt_template
         self.image_token = image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.token_budget = parse_budget(token_budget)
 
     @classmethod
     def from_config(cls, tokenizer, config, **kwargs):
@@ -50,6 +60,7 @@ class EncslimProcessor:
         encoders = [
             {k: e[k] for k in ("name", "image_size", "image_mean", "image_std")} for e in config.encoders
         ]
+        kwargs.setdefault("token_budget", getattr(config, CONFIG_KEY, None))
         if config.fusion["type"] == "sequence_concat":
             return cls(tokenizer, encoders, image_tokens={s: config.slot_num_tokens(s) for s in config.slot_names},
                        **kwargs)
@@ -61,10 +72,26 @@ class EncslimProcessor:
 
     # ------------------------------------------------------------------ text
     def num_image_tokens(self, masked_slots=()):
-        """Image tokens in the prompt when ``masked_slots`` are removed (class B drops theirs)."""
+        """Image tokens in the prompt when ``masked_slots`` are removed (class B drops theirs), after the
+        token budget ``self.token_budget`` (each grid of :meth:`token_grids` keeps ``tokens_out(grid)``)."""
+        budget = parse_budget(getattr(self, "token_budget", None))
+        grids = self.token_grids(masked_slots) if budget is not None else None
+        if grids is not None:
+            return sum(budget.tokens_out(grid) for grid in grids)
         if self.image_tokens is None:
             return self.total_image_tokens
         return sum(n for s, n in self.image_tokens.items() if s not in set(masked_slots))
+
+    def token_grids(self, masked_slots=()):
+        """The token grids of one image, as ``EncslimConfig.token_grids`` gives them, read off the token counts:
+        a square count is a square grid; a slot with a non-square count keeps its CLS token (no grid: ``None``);
+        a non-square total (cross-attention queries) is one row."""
+        if self.image_tokens is None:
+            return [square_grid(self.total_image_tokens)]
+        grids = {s: square_grid(self.image_tokens[s]) for s in self.slot_names if s in self.image_tokens}
+        if any(h == 1 and w > 1 for h, w in grids.values()):
+            return None
+        return [g for s, g in grids.items() if s not in set(masked_slots)]
 
     def build_prompt(self, question, with_image=True):
         """Wrap a question in the chat template, with the image placeholder first."""
@@ -179,6 +206,7 @@ class EncslimProcessor:
             total_image_tokens=data.get("total_image_tokens"),
             prompt_template=data.get("prompt_template", DEFAULT_TEMPLATE),
             image_token=data.get("image_token", IMAGE_TOKEN),
+            token_budget=_folder_budget(path),
         )
 
     @classmethod
@@ -218,6 +246,15 @@ def _read_json_file(path, fix=RESAVE):
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ProcessorFileError(f"{path} is not valid JSON ({err}); {fix}") from err
+
+
+def _folder_budget(path):
+    """The ``token_budget`` of the model's ``config.json`` beside the processor files (``None``: absent)."""
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        return None
+    data = _read_json_file(file, fix="re-save the model (save_pretrained)")
+    return data.get(CONFIG_KEY) if isinstance(data, dict) else None
 
 
 def _check_tokenizer_files(path, cause):
