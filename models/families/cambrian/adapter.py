@@ -32,7 +32,9 @@ from ...external import CONFIG_KEY
 from ...layout import (ROTARY_INV_FREQ, LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config,
                        meta_shapes, read_config_json)
 from ...masking import FusionClass, MaskError, check_mask_set
-from .configuration import CAMBRIAN_KEYS, KINDS, MODEL_TYPE, IMAGE_TOKEN_INDEX, CambrianConfig, tower_kind
+from ...tokens import TokenBudget, budget_of
+from .configuration import (CAMBRIAN_KEYS, KINDS, MODEL_TYPE, IMAGE_TOKEN_INDEX, CambrianConfig, budget_grid,
+                            budget_refusal, tower_kind)
 from .modeling import CambrianLlamaForCausalLM, register_auto_classes
 from .plan import removal_plan, sampler_prefixes
 from .processing import IMAGE_PLACEHOLDER, CambrianProcessor
@@ -145,8 +147,28 @@ class CambrianAdapter(LayoutAdapter):
         return super().check_mask(config, masked, mask_mode, mask_values)
 
     def image_tokens(self, config, masked=frozenset(), mask_mode="removal"):
+        """A square image's tokens: its (pooled, under a budget) grid plus one ``image_newline`` per row."""
         side = int(config.image_token_len ** 0.5)
-        return side * (side + 1)
+        budget = budget_of(config)
+        h, w = budget_grid((side, side), None if budget_refusal(config, budget) else budget)
+        return h * (w + 1)
+
+    def token_grids(self, config, masked=frozenset(), mask_mode="removal"):
+        """The query grid after ``mm_projector`` (a square image's; others are unpadded per image first), pooled
+        before the newlines go in (:func:`.modeling.reduce_image_grid`); ``None`` with sampler layers in the LLM."""
+        if not config.connector_only:
+            return None
+        side = int(config.image_token_len ** 0.5)
+        return [(side, side)]
+
+    def token_budget_blockers(self, config):
+        return [budget_refusal(config, TokenBudget("pool", 0.5))] if not config.connector_only else []
+
+    def check_token_budget(self, config, budget):
+        """As the base check; and the method must be ``pool`` (newlines end the image rows)."""
+        reason = budget_refusal(config, budget)
+        if reason:
+            raise ConfigError(f"token budget {budget.label}: {reason}")
 
     # ------------------------------------------------------------------ loading and inputs
     def load(self, path, device="cpu", dtype=None, device_map=None):
@@ -281,6 +303,12 @@ class CambrianAdapter(LayoutAdapter):
     def export_notes(self, config):
         notes = ["the vision encoders are not in this folder (as in Cambrian's own checkpoints); "
                  f"config.json's {CONFIG_KEY} names the local folders encslim loads them from"]
+        budget = budget_of(config)
+        if budget is not None and not budget_refusal(config, budget):
+            notes.append(f"token budget {budget.label} (config.json token_budget): each image's query grid is pooled "
+                         f"to {'x'.join(map(str, budget_grid(self.token_grids(config)[0], budget)))} (square image) "
+                         "before the newlines; Cambrian's own code has no reducer (it ignores the key), so this folder "
+                         "applies its budget when loaded with encslim only")
         return notes
 
     def how_to_load(self, folder, model):

@@ -23,6 +23,8 @@ folder}``, see :mod:`encslim.models.external`) and ``cambrian_encoder_specs`` (`
 {"image_size", "width"}}`` overriding the real encoders' input size and feature width: tiny models). When
 a folder's config gives no width, the adapter reads it off the checkpoint's ``mm_projector_aux_{i}`` (as the
 original reads it off the loaded tower), so a config as the original saved it loads as it is.
+``token_budget`` (encslim's visual-token budget, :mod:`encslim.models.tokens`) is kept as a plain attribute, so
+``config.json`` carries it through save and load; the original code ignores it (:func:`budget_refusal`).
 """
 
 import re
@@ -30,6 +32,7 @@ import re
 from transformers import LlamaConfig
 
 from ...external import CONFIG_KEY
+from ...tokens import TokenBudget
 
 MODEL_TYPE = "cambrian_llama"
 IMAGE_TOKEN_INDEX = -200  # cambrian/constants.py
@@ -169,3 +172,30 @@ class CambrianConfig(LlamaConfig):
             return []
         return [self.start_of_vision_sampler_layers + j * self.stride_of_vision_sampler_layers
                 for j in range(self.num_of_vision_sampler_layers)]
+
+
+def budget_refusal(config, budget):
+    """Why ``config`` cannot take the token budget ``budget`` (a :class:`TokenBudget`), or ``None`` when it can.
+
+    The image tokens are the ``image_token_len`` query grid after ``mm_projector``, unpadded per image, each
+    row ended by ``image_newline``. Pooling that grid (rows stay rows, newlines end the pooled rows) is what a
+    budget can do, and only without sampler layers inside the LLM: those re-query every image token against
+    its window of the full grid (position embeddings sized for it).
+    """
+    if budget is None or not budget.active:
+        return None
+    if not config.connector_only:
+        side = int(config.image_token_len ** 0.5)
+        return (f"Cambrian's sampler layers inside the LLM (after decoder layers {config.sampler_layer_indices}) "
+                f"re-query every image token against its window of the {side}x{side} query grid, so a reduced grid "
+                "has no windows to query; only a connector_only Cambrian takes a token budget")
+    if budget.method != "pool":
+        return (f"Cambrian's image rows each end in an image_newline token, and the {budget.method} method keeps "
+                "tokens whatever their rows, so the prompt could not know how many rows (newlines) remain; "
+                "use --token-method pool")
+    return None
+
+
+def budget_grid(grid, budget: TokenBudget | None):
+    """The ``(h, w)`` image grid the LLM reads under ``budget`` (pool: the pooled grid; none: ``grid``)."""
+    return tuple(budget.grid_out(grid)) if budget is not None and budget.active else tuple(grid)

@@ -24,6 +24,10 @@ with strict key matching:
   by its output. It runs on the prompt pass only (the original passes the vision features to the
   first ``generate`` step alone).
 
+A visual-token budget (encslim's ``config.token_budget``, absent from the original) pools each image's
+unpadded grid after ``mm_projector``, before ``image_newline`` ends each pooled row; only a ``connector_only``
+config with the ``pool`` method takes one (:func:`.configuration.budget_refusal` says why).
+
 Deviations:
 
 - The original finds the image tokens at ``config.image_position`` (a constant of its chat template,
@@ -47,8 +51,10 @@ from transformers import LlamaForCausalLM, LlamaModel
 from transformers.models.llama import modeling_llama as _llama
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
+from ....errors import ConfigError
 from ...layout import CACHE_KWARG
-from .configuration import IMAGE_TOKEN_INDEX, CambrianConfig
+from ...tokens import budget_of, reduce_grids
+from .configuration import IMAGE_TOKEN_INDEX, CambrianConfig, budget_refusal
 from .sva import VisionTokenSampler, rearrange_windows, unpad_image
 
 _capture = getattr(_llama, "capture_outputs", lambda f: f)
@@ -210,9 +216,12 @@ class CambrianLlamaForCausalLM(LlamaForCausalLM):
                 out = out.permute(0, 2, 3, 1).contiguous().flatten(1, 2)
             groups.append(out)
         projected = inner.mm_projector(torch.cat(groups, -1)).to(dtype).view(bs, final, final, -1)
+        budget = budget_of(config)
+        if budget_refusal(config, budget):
+            raise ConfigError(f"token budget {budget.label}: {budget_refusal(config, budget)}")
         pieces, rows, contexts = [], [], []
         for b in range(bs):
-            cur = unpad_image(projected[b].unsqueeze(0), image_sizes[b])
+            cur = reduce_image_grid(unpad_image(projected[b].unsqueeze(0), image_sizes[b]), budget)
             h, w = cur.shape[1:3]
             cur = torch.cat([cur, inner.image_newline.view(1, 1, 1, -1).expand(1, h, 1, -1).to(cur)], dim=2)
             pieces.append(cur.flatten(1, 2).squeeze(0))
@@ -226,6 +235,15 @@ class CambrianLlamaForCausalLM(LlamaForCausalLM):
         windows, masks = _windows(aux, final, image_sizes, unpad=True)
         context = SamplerContext(int(input_ids.shape[1]), rows, windows, masks, torch.cat(contexts, 0))
         return embeds, context
+
+
+def reduce_image_grid(grid, budget):
+    """One image's ``(1, h, w, H)`` projected grid pooled under ``budget`` (``None``: as it is)."""
+    if budget is None:
+        return grid
+    _, h, w, width = grid.shape
+    pooled = reduce_grids(grid.reshape(1, h * w, width), [(h, w)], budget)
+    return pooled.view(1, *budget.grid_out((h, w)), width)
 
 
 def _windows(aux, side, image_sizes, unpad):

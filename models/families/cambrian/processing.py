@@ -15,6 +15,9 @@
 Without images (text inputs for cached features) the grid of a square image is assumed: cached
 encoder features carry no image size. Rank and eval on non-square images with the feature cache
 therefore see every image as square (no unpadding); the pixel path unpads as the original does.
+
+Under a visual-token budget (``token_budget``: read from the model's config when the processor is built, or set
+later as the attribute; never saved) an image holds its pooled grid plus one newline per pooled row.
 """
 
 import json
@@ -24,6 +27,8 @@ import torch
 
 from ...layout import TokenizerMixin, left_pad
 from ...llava_processing import VICUNA_SYSTEM, tokenizer_image_token
+from ...tokens import budget_of, parse_budget
+from .configuration import budget_grid
 from .encoders import pixel_tensor
 from .sva import unpadded_size
 
@@ -80,6 +85,7 @@ class CambrianProcessor(TokenizerMixin):
         self.preprocess = {s: dict(preprocess[s]) for s in self.slots if s in preprocess}
         self.template = template or guess_template(tokenizer)
         self.image_token = IMAGE_PLACEHOLDER
+        self.token_budget = budget_of(config)
 
     @classmethod
     def from_pretrained(cls, path, config, preprocess):
@@ -99,6 +105,10 @@ class CambrianProcessor(TokenizerMixin):
     def image_tokens(self, size=None):
         """Image tokens in the LLM sequence for an image of ``size`` ``(width, height)`` (None: square)."""
         h, w = (self.grid, self.grid) if size is None else unpadded_size(self.grid, size)
+        budget = parse_budget(getattr(self, "token_budget", None))
+        if budget is not None and budget.method != "pool":
+            raise ValueError(f"Cambrian's image rows take the pool token method only, not {budget.method}")
+        h, w = budget_grid((h, w), budget)
         return h * (w + 1)
 
     def pixel_inputs(self, images, slots=None):

@@ -19,15 +19,25 @@ Removing ``siglip`` is refused: the hybrid class always runs its low-resolution 
 
 The stock classes load as they are: the adapter computes the fused image embeddings itself
 (:func:`hybrid_fuse`) and hands the LLM ``inputs_embeds``, which the stock forward accepts.
+
+Token budgets (:mod:`encslim.models.tokens`): the A3 aligner gives one ``side x side`` grid
+(``vision_config.image_size / patch_size``: 24x24 for the released models; SAM's features are
+brought to the same grid), row-major as both towers emit it; the reducer runs on that grid after
+``proj``, in :meth:`DeepseekVLHybridAdapter.embed`, and the prompts hold as many image tokens as it
+leaves (:func:`.processing.image_token_count`). transformers' own classes have no reducer: a folder whose
+``config.json`` carries a ``token_budget`` applies it when loaded with encslim only (the export notes say so),
+and the stock ``deepseek_vl`` export refuses it.
 The removal plan is in :mod:`.plan`, the prompt and input helpers in :mod:`.processing`.
 """
 
 import torch
 
+from ....errors import ConfigError
 from ...adapter import Adapter, Slot
 from ...loading import load_pretrained
 from ...masking import FusionClass, check_mask_set, mask_feature
 from ...plan import check_drop
+from ...tokens import budget_of, reduce_grids, scorer_for
 from .plan import SAM, SIGLIP, removal_plan
 from .processing import build_prompt, model_inputs
 from .export import DEEPSEEK_VL, stock_export, stock_notes
@@ -37,6 +47,33 @@ PIXEL_KEYS = {SIGLIP: "pixel_values", SAM: "high_res_pixel_values"}
 
 def _low_res_tokens(config):
     return (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+
+
+def _grid(config):
+    """The aligner's one token grid ``(side, side)`` (SigLIP's patch grid; SAM's features are brought to it)."""
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    return side, side
+
+
+def _budget_blockers(config, fmt):
+    """Why ``fmt`` cannot hold the model's token budget (``hf``: it can, with the export note)."""
+    budget = budget_of(config)
+    if budget is None or fmt != DEEPSEEK_VL.format:
+        return []
+    return [f"transformers' DeepseekVLForConditionalGeneration has no token reducer: this model applies the token "
+            f"budget {budget.label} (config.json token_budget) to its {'x'.join(map(str, _grid(config)))} image "
+            "grid; export it as --format hf (loads with encslim), or remove the budget"]
+
+
+def _budget_notes(config):
+    budget = budget_of(config)
+    if budget is None:
+        return []
+    grid = _grid(config)
+    return [f"token budget {budget.label} (config.json token_budget): {budget.tokens_out(grid)} of the "
+            f"{grid[0] * grid[1]} image tokens reach the LLM; transformers' {config.model_type} classes have no "
+            "reducer (they ignore the key and splice all of them), so this folder applies its budget when loaded "
+            "with encslim only"]
 
 
 def _count(*modules):
@@ -50,17 +87,36 @@ def _load(model_class, processor_class, path, device, dtype, device_map):
     model = load_pretrained(model_class, path, **kwargs)
     if device_map is None:
         model.to(device)
-    return model.eval(), processor_class.from_pretrained(path)
+    processor = processor_class.from_pretrained(path)
+    processor.token_budget = budget_of(model.config)  # the placeholder count (not saved: no __init__ argument)
+    return model.eval(), processor
+
+
+def reduce_image_embeds(model, image_embeds):
+    """The aligner's ``(B, side*side, H)`` output under ``config.token_budget`` (none: as it is): pooled, or
+    the top-k tokens by the attention of the LLM's first decoder layer (:mod:`encslim.models.tokens`)."""
+    budget = budget_of(model.config)
+    if budget is None:
+        return image_embeds
+    scorer = scorer_for(model.model.language_model) if budget.method == "attention" else None
+    return reduce_grids(image_embeds, [_grid(model.config)], budget, scorer)
 
 
 def _merge(model, image_embeds, batch):
-    """Text embeddings with ``image_embeds`` (B, T, H) in the image-token positions."""
+    """Text embeddings with ``image_embeds`` (B, T, H), reduced to the model's token budget, in the image-token
+    positions."""
     input_ids = batch["input_ids"].to(model.device)
     embeds = model.get_input_embeddings()(input_ids)
     if image_embeds is None:  # a text-only prompt
         return embeds
-    positions = (input_ids == model.config.image_token_id).unsqueeze(-1)
-    return embeds.masked_scatter(positions, image_embeds.to(embeds.device, embeds.dtype))
+    image_embeds = reduce_image_embeds(model, image_embeds)
+    positions = input_ids == model.config.image_token_id
+    if int(positions.sum()) != image_embeds.shape[0] * image_embeds.shape[1]:
+        budget = budget_of(model.config)
+        raise ConfigError(f"the prompts hold {int(positions.sum())} image tokens but {image_embeds.shape[0]} "
+                          f"image(s) give {image_embeds.shape[1]} each (token budget "
+                          f"{budget.label if budget else '1'}): the processor's token_budget differs from the model's")
+    return embeds.masked_scatter(positions.unsqueeze(-1), image_embeds.to(embeds.device, embeds.dtype))
 
 
 def encode_hybrid(model, batch, slots=None):
@@ -123,6 +179,10 @@ class DeepseekVLHybridAdapter(Adapter):
     def fusion_class(self, config):
         return FusionClass.A3
 
+    def token_grids(self, config, masked=frozenset(), mask_mode="removal"):
+        """One ``side x side`` grid after the aligner (masking keeps it: a masked branch is a constant)."""
+        return [_grid(config)]
+
     def load(self, path, device="cpu", dtype=None, device_map=None):
         from transformers import DeepseekVLHybridForConditionalGeneration, DeepseekVLHybridProcessor
 
@@ -165,7 +225,14 @@ class DeepseekVLHybridAdapter(Adapter):
         return removal_plan(config, drop)
 
     def export_targets(self, config, kept):
-        return ["hf", DEEPSEEK_VL.format] if list(kept) == [SIGLIP] else ["hf"]
+        stock = list(kept) == [SIGLIP] and not _budget_blockers(config, DEEPSEEK_VL.format)
+        return ["hf", DEEPSEEK_VL.format] if stock else ["hf"]
+
+    def export_blockers(self, config, kept, fmt):
+        return _budget_blockers(config, fmt) or super().export_blockers(config, kept, fmt)
+
+    def export_notes(self, config):
+        return _budget_notes(config)
 
     def stock_export(self, fmt):
         return stock_export(fmt)
@@ -185,6 +252,10 @@ class DeepseekVLAdapter(Adapter):
 
     def fusion_class(self, config):
         return FusionClass.SINGLE
+
+    def token_grids(self, config, masked=frozenset(), mask_mode="removal"):
+        """One ``side x side`` grid after the aligner."""
+        return [_grid(config)]
 
     def load(self, path, device="cpu", dtype=None, device_map=None):
         from transformers import DeepseekVLForConditionalGeneration, DeepseekVLProcessor
@@ -218,7 +289,13 @@ class DeepseekVLAdapter(Adapter):
         check_drop([SIGLIP], drop)  # always raises: the only slot cannot go
 
     def export_targets(self, config, kept):
-        return ["hf", DEEPSEEK_VL.format]
+        return ["hf"] + ([] if _budget_blockers(config, DEEPSEEK_VL.format) else [DEEPSEEK_VL.format])
+
+    def export_blockers(self, config, kept, fmt):
+        return _budget_blockers(config, fmt) or super().export_blockers(config, kept, fmt)
+
+    def export_notes(self, config):
+        return _budget_notes(config)
 
     def stock_export(self, fmt):
         return stock_export(fmt)

@@ -3,9 +3,17 @@
 Follows transformers' ``models/deepseek_vl_hybrid/processing_deepseek_vl_hybrid.py`` (the image token
 repeated ``num_image_tokens`` times) and, without a chat template, the prompt format of
 deepseek-ai/DeepSeek-VL's ``conversation.py`` (``User: ...\n\nAssistant:``).
+
+Under a visual-token budget (``processor.token_budget``, set from the model's ``config.json`` when the
+adapter loads it) each image holds the tokens the reducer leaves of its ``side x side`` grid
+(:func:`image_token_count`).
 """
 
+import math
+
 from transformers import BatchFeature
+
+from ...tokens import parse_budget
 
 DEFAULT_TEMPLATE = "User: {prompt}\n\nAssistant:"
 
@@ -20,13 +28,26 @@ def build_prompt(processor, question, with_image=True):
     return DEFAULT_TEMPLATE.format(prompt=prompt)
 
 
+def image_token_count(processor):
+    """Image tokens per image: ``num_image_tokens`` (a ``side x side`` grid), or what ``processor.token_budget``
+    (a ``TokenBudget``, its dict or ``None``) leaves of that grid."""
+    count = processor.num_image_tokens
+    budget = parse_budget(getattr(processor, "token_budget", None))
+    if budget is None:
+        return count
+    side = math.isqrt(count)
+    if side * side != count:
+        raise ValueError(f"num_image_tokens {count} is no square grid, so no token budget applies")
+    return budget.tokens_out((side, side))
+
+
 def model_inputs(processor, images, prompts):
     """``input_ids``/``attention_mask`` (image token expanded, left padding) and the images' pixels.
 
     Text is expanded here rather than by the processor call, so prompts with image tokens can
     also be tokenised without images (when cached features stand in for them).
     """
-    token, count = processor.image_token, processor.num_image_tokens
+    token, count = processor.image_token, image_token_count(processor)
     texts = [p if images is None or token in p else f"{token}\n{p}" for p in prompts]
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"

@@ -13,6 +13,7 @@ from ...adapter import Slot, TrainableParts
 from ...layout import ROTARY_INV_FREQ, LayoutAdapter, check_keys, from_pretrained, header_shapes, meta_shapes
 from ...llava_processing import IMAGE_TOKEN_INDEX
 from ...masking import FusionClass
+from ...tokens import budget_of
 from .configuration import (DINO_CLIP_COPY, DINO_PREFIX, MODEL_TYPE, PROJECTORS, PRUNED_TOWER_PREFIX, TOWER_PREFIXES,
                             TOWERS, read_imof_config)
 from .llava import llava_blockers, llava_conversion
@@ -59,6 +60,20 @@ class ImofAdapter(LayoutAdapter):
 
     def fusion_class(self, config):
         return FusionClass.B
+
+    def token_grids(self, config, masked=frozenset(), mask_mode="removal"):
+        """Each present tower's projected grid, in interleaving order (a tower masked in removal mode has no
+        tokens); each is reduced on its own before the interleave (:func:`.modeling.reduce_tower`). ``None``
+        with ``cls_patch``: the CLS token leads each tower's tokens, which are then no grid."""
+        gone = set(masked) if mask_mode == "removal" else set()
+        grids = [config.tower_grid(t) for t in config.imof_towers if t not in gone]
+        return None if any(g is None for g in grids) else grids
+
+    def token_budget_blockers(self, config):
+        if self.token_grids(config) is not None:
+            return []
+        return ["I-MoF with mm_vision_select_feature 'cls_patch' keeps each tower's CLS token before its patch "
+                "grid, so its tokens are no grid a reducer could shorten; only 'patch' (MMVP's) takes a budget"]
 
     def fusion_settings(self, config):
         return {"type": "token_interleave", "order": list(config.imof_towers), "projector": config.mm_projector_type,
@@ -135,6 +150,13 @@ class ImofAdapter(LayoutAdapter):
     def export_notes(self, config):
         notes = ["architecture written as ImofLlamaForCausalLM (model_type imof_llama): MMVP's own code names it "
                  "LlavaLlamaForCausalLM with model_type llava"]
+        budget = budget_of(config)
+        if budget is not None:
+            kept = sum(budget.tokens_out(g) for g in self.token_grids(config) or [])
+            full = sum(config.tower_tokens(t) for t in config.imof_towers)
+            notes.append(f"token budget {budget.label} (config.json token_budget): {kept} of the {full} interleaved "
+                         "image tokens reach the LLM; MMVP's own code has no reducer (it ignores the key and splices "
+                         "all of them), so this folder applies its budget when loaded with encslim only")
         if list(config.imof_towers) != list(TOWERS):
             notes.append(f"MMVP's own loader (llava/model/builder.py load_pretrained_model) refuses this folder: its "
                          f"mm_vision_tower starts with '{PRUNED_TOWER_PREFIX}', which build_vision_tower rejects "

@@ -20,6 +20,8 @@ encslim-only config keys (absent from real checkpoints; defaults are the real mo
 loading). A config without the two specs (MMVP's) gets the sizes the checkpoint's shapes say
 (:func:`fit_tower_specs`): MMVP's config names only the towers' hub id. A pruned config says
 ``imof_llama`` and renames ``mm_vision_tower`` (:data:`PRUNED_TOWER_PREFIX`) so that MMVP's loader refuses it.
+``token_budget`` (encslim's visual-token budget, :mod:`encslim.models.tokens`) is kept as a plain attribute,
+so ``config.json`` carries it through save and load; MMVP's code ignores it.
 """
 
 import math
@@ -131,6 +133,15 @@ class ImofConfig(LlamaConfig):
         spec = self.clip_spec() if tower == "clip" else self.dino_spec()
         extra = 1 if self.mm_vision_select_feature == "cls_patch" else 0
         return (self.image_size // spec["patch_size"]) ** 2 + extra
+
+    def tower_grid(self, tower):
+        """``(side, side)``: the patch grid tower ``tower`` delivers (its tokens after the projector); ``None``
+        with ``cls_patch`` (the CLS token leads, so the tokens are no grid)."""
+        if self.mm_vision_select_feature != "patch":
+            return None
+        spec = self.clip_spec() if tower == "clip" else self.dino_spec()
+        side = self.image_size // spec["patch_size"]
+        return side, side
 
     def tower_width(self, tower):
         return self.clip_spec()["hidden_size"] if tower == "clip" else self.dino_spec()["embed_dim"]

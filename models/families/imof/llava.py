@@ -12,6 +12,7 @@ from transformers import LlamaConfig
 
 from ....errors import ConfigError
 from ...layout import IMAGE_PLACEHOLDER
+from ...tokens import budget_of
 
 
 def llava_blockers(config, kept):
@@ -21,6 +22,10 @@ def llava_blockers(config, kept):
         reasons.append("a stock LLaVA holds the CLIP tower alone; drop dinov2 first (encslim prune --drop dinov2)")
     if config.mm_projector_type != "mlp2x_gelu":
         reasons.append(f"LLaVA's projector is mlp2x_gelu, this one is {config.mm_projector_type}")
+    budget = budget_of(config)
+    if budget is not None:
+        reasons.append(f"LLaVA's stock class has no token reducer: this model applies the token budget "
+                       f"{budget.label} (config.json token_budget); export it as --format hf, or remove the budget")
     return reasons
 
 

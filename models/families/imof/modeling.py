@@ -23,6 +23,11 @@ Follows ``LLaVA/llava/model`` of tsb0601/MMVP:
   ``-200`` placeholder: the LLM sees ``c0 d0 c1 d1 ... c575 d575`` (1152 tokens)
   (:func:`fuse_towers`, :func:`embed_towers`).
 
+A visual-token budget (encslim's ``config.token_budget``, absent from MMVP) reduces each tower's projected
+grid on its own, before the interleave (:func:`reduce_tower`): both towers keep the same number of tokens,
+so the LLM still sees ``c0 d0 c1 d1 ...``, with ``tokens_out(grid)`` pairs (pool: each pair is the same
+window of both towers; attention: each tower's own top-k, in grid order).
+
 The fusion is class B (DESIGN §1): removing a tower drops its tokens (and both its tower and its
 projector), which is exact.
 """
@@ -34,9 +39,11 @@ from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
+from ....errors import ConfigError
 from ...layout import ROTARY_INV_FREQ, under_vision_model
 from ...llava_processing import IMAGE_TOKEN_INDEX
 from ...masking import check_mask_set, mask_feature
+from ...tokens import budget_of, reduce_grids, scorer_for
 from .configuration import MODEL_TYPE, ImofConfig
 from .dinov2 import DinoVisionTransformer
 
@@ -112,9 +119,19 @@ def encode_towers(model, pixel_values, towers=None):
     return {t: model.model.tower(t)(pixels) for t in model.config.imof_towers if towers is None or t in set(towers)}
 
 
+def reduce_tower(model, tower, projected):
+    """Tower ``tower``'s projected ``(B, N, H)`` grid under ``config.token_budget`` (none: as it is)."""
+    budget = budget_of(model.config)
+    if budget is None:
+        return projected
+    scorer = scorer_for(model) if budget.method == "attention" else None
+    return reduce_grids(projected, [model.config.tower_grid(tower)], budget, scorer)
+
+
 def fuse_towers(model, features, masked=frozenset(), mask_mode="removal", mask_values=None):
-    """Each tower's projected tokens, interleaved (``prepare_inputs_labels_for_multimodal_withdino``);
-    masked towers' tokens dropped (removal) or their features replaced before the projector."""
+    """Each tower's projected tokens, reduced to the token budget, interleaved
+    (``prepare_inputs_labels_for_multimodal_withdino``); masked towers' tokens dropped (removal) or their
+    features replaced before the projector."""
     config = model.config
     masked = check_mask_set(config.imof_towers, masked, mask_mode, mask_values)
     ref = next(v for k, v in features.items() if k not in masked) if set(features) - masked \
@@ -125,7 +142,7 @@ def fuse_towers(model, features, masked=frozenset(), mask_mode="removal", mask_v
             continue
         feature = features[tower] if tower not in masked else \
             mask_feature(ref, config.tower_width(tower), mask_mode, (mask_values or {}).get(tower))
-        parts.append(model.model.projector(tower)(feature))
+        parts.append(reduce_tower(model, tower, model.model.projector(tower)(feature)))
     return interleave(parts)
 
 
@@ -136,6 +153,11 @@ def embed_towers(model, input_ids, features, masked=frozenset(), mask_mode="remo
     if not features:
         return embeds
     fused = fuse_towers(model, features, masked, mask_mode, mask_values)
+    if int(image.sum()) != fused.shape[0] * fused.shape[1]:
+        budget = budget_of(model.config)
+        raise ConfigError(f"the prompts hold {int(image.sum())} image tokens but {fused.shape[0]} image(s) give "
+                          f"{fused.shape[1]} each (token budget {budget.label if budget else '1'}): the "
+                          "processor's token_budget differs from the model's")
     return embeds.masked_scatter(image.unsqueeze(-1), fused.to(embeds.dtype))
 
 

@@ -4,15 +4,21 @@ Follows tsb0601/MMVP's ``LLaVA/llava/mm_utils.py`` (``process_images``: ``expand
 mean colour when ``image_aspect_ratio`` is ``pad``, then CLIP-336's ``CLIPImageProcessor``;
 ``tokenizer_image_token``) and ``LLaVA/llava/conversation.py`` (``conv_vicuna_v1``), through the shared
 LLaVA helpers of :mod:`encslim.models.llava_processing`.
+
+Under a visual-token budget (``token_budget``: read from the model's config when the processor is built, or
+set later as the attribute; never saved with the processor) each tower writes the placeholders its reduced
+grid keeps.
 """
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from ...layout import IMAGE_PLACEHOLDER, TokenizerMixin, left_pad
 from ...llava_processing import CLIP_MEAN, CLIP_STD, chat_prompt, expand2square, guess_template, tokenizer_image_token
+from ...tokens import CONFIG_KEY, parse_budget
 
 PROCESSOR_FILE = "processor_config.json"
 
@@ -27,12 +33,13 @@ class ImofProcessor(TokenizerMixin):
     ``-200`` placeholder repeated once per image token of the towers not removed.
     """
 
-    def __init__(self, tokenizer, image_size, tower_tokens, template=None, pad=True):
+    def __init__(self, tokenizer, image_size, tower_tokens, template=None, pad=True, token_budget=None):
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.tower_tokens = dict(tower_tokens)
+        self.token_budget = parse_budget(token_budget)
         self.template = template or guess_template(tokenizer)
         self.pad = pad
         self.image_token = IMAGE_PLACEHOLDER
@@ -44,7 +51,8 @@ class ImofProcessor(TokenizerMixin):
     @classmethod
     def from_config(cls, tokenizer, config, template=None):
         return cls(tokenizer, config.image_size, {t: config.tower_tokens(t) for t in config.imof_towers},
-                   template=template, pad=getattr(config, "image_aspect_ratio", None) == "pad")
+                   template=template, pad=getattr(config, "image_aspect_ratio", None) == "pad",
+                   token_budget=getattr(config, CONFIG_KEY, None))
 
     @classmethod
     def from_pretrained(cls, path, config):
@@ -61,8 +69,16 @@ class ImofProcessor(TokenizerMixin):
              "pad": self.pad}, indent=2) + "\n")
 
     def num_image_tokens(self, masked=frozenset(), mask_mode="removal"):
+        """Image tokens per image: each present tower's, or what ``token_budget`` leaves of its square grid."""
         gone = set(masked) if mask_mode == "removal" else set()
-        return sum(n for t, n in self.tower_tokens.items() if t not in gone)
+        budget = parse_budget(getattr(self, "token_budget", None))
+        counts = [n for t, n in self.tower_tokens.items() if t not in gone]
+        if budget is None:
+            return sum(counts)
+        sides = [math.isqrt(n) for n in counts]
+        if any(s * s != n for s, n in zip(sides, counts)):
+            raise ValueError(f"tower token counts {counts} are no square grids (CLS kept), so no token budget applies")
+        return sum(budget.tokens_out((s, s)) for s in sides)
 
     def pixel_values(self, images):
         background = tuple(int(x * 255) for x in self.image_mean)
