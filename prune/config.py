@@ -19,7 +19,7 @@ from ..options import StageConfig
 
 SUBSETS = ("single", "pairs", "all", "greedy")
 MASKS = ("removal", "zero")
-COSTS = ("vision_flops", "params", "latency_ms")
+COSTS = ("vision_flops", "params", "latency_ms", "total_flops")
 VERIFY_METHODS = ("auto", "full", "module-local")
 POLICIES = ("drop", "keep", "min_retained", "drop_negative", "budget")
 EACH = "each"  # SelectConfig.category: every category at once (min_retained only)
@@ -56,6 +56,12 @@ class RankConfig(StageConfig):
     threads: Optional[int] = Field(None, ge=0, description=(
         "torch CPU threads (default: the cores no other process keeps busy, or ENCSLIM_THREADS; 0: leave torch's "
         "setting); recorded in ranking.json."))
+    token_budgets: list[float] = Field(default_factory=lambda: [1.0], description=(
+        "Visual-token budgets to rank at besides every token, e.g. 1,0.5,0.25: each kept set is also evaluated "
+        "with its image tokens reduced to that fraction (same encoder passes); 1 is always included."))
+    token_method: Literal["pool", "attention"] = Field("pool", description=(
+        "How a budget reduces the image tokens: pool (average pooling of the token grid) or attention (the tokens "
+        "the LLM's first layer attends to most); see README, Token budgets."))
     overwrite: bool = Field(False, description=(
         "Replace OUT (its cached scores and recovered candidates are reused)."))
 
@@ -63,6 +69,27 @@ class RankConfig(StageConfig):
     @classmethod
     def _path_text(cls, value: object) -> str | None:
         return None if value is None else str(value)
+
+    @field_validator("token_budgets", mode="before")
+    @classmethod
+    def _budgets(cls, value: object) -> list[float]:
+        from ..errors import ConfigError
+        from ..models.tokens import parse_budgets
+
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        try:
+            budgets = parse_budgets(str(value) if value is not None else "")
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return sorted({1.0, *budgets}, reverse=True)
+
+    @property
+    def reduced_budgets(self) -> list[float]:
+        """The budgets below 1 (largest first): the budget axis beyond the run at every token."""
+        return [b for b in self.token_budgets if b < 1]
 
 
 def _flag(name: str) -> str:
@@ -82,8 +109,9 @@ class SelectConfig(StageConfig):
         "Smallest kept set with accuracy >= X of the full model's."))
     drop_negative: bool = Field(False, description="Drop slots whose removal improves accuracy.")
     budget: Optional[float] = Field(None, gt=0, description="Most accurate kept set whose --cost is at most B.")
-    cost: Literal["vision_flops", "params", "latency_ms"] = Field("vision_flops", description=(
-        "The cost --budget limits."))
+    cost: Optional[Literal["vision_flops", "params", "latency_ms", "total_flops"]] = Field(None, description=(
+        "The cost --budget limits [default: total_flops (vision + fusion + LLM prefill) when the ranking has "
+        "token budgets, else vision_flops]."))
     category: str = Field("overall", description=(
         "Ranking category to decide on ('each': every category, with --min-retained)."))
     accuracy: Literal["masked", "recovered"] = Field("masked", json_schema_extra={"cli": "on"},

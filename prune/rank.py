@@ -30,9 +30,11 @@ from ..errors import ConfigError, DataError
 from ..files import RANKING_NAME, atomic_output_dir, check_output_path
 from ..models.adapter import Adapter
 from ..models.loading import load_model
+from ..models.tokens import TokenBudget
 from ..runtime import configure_threads, thread_choice
 from .config import RankConfig
 from .importance import OVERALL
+from .rank_budgets import budget_axis
 from .rank_cache import RECORDS_FILE, RankKeys, ScoreTable, read_records, records_file
 from .rank_compute import Search, check_ranking, compute_ranking, image_clusters
 from .shapley import is_complete, permutation_coalitions, sample_permutations
@@ -169,6 +171,8 @@ def _setup(model_or_path: ModelArg, data: DataArg, config: RankConfig, out: Path
     if config.threads != 0:
         configure_threads(config.threads)
     model, processor, adapter, model_path = _load(model_or_path, config.device, config.dtype)
+    if config.reduced_budgets:  # a family without token grids is refused before anything is evaluated
+        adapter.check_token_budget(model.config, TokenBudget(config.token_method, config.reduced_budgets[-1]))
     samples, data_paths = _samples(data, config.categories)
     sources = [Path(p) for p in (config.cache, out) if p is not None and Path(p).exists()]
     previous = read_records(sources)  # read before the output folder is replaced
@@ -183,7 +187,9 @@ def _runner(setup: _Setup, config: RankConfig, evaluator: Evaluator, progress: b
                                   progress=progress)
     if setup.store is not None and _accepts(evaluator, "features"):
         kwargs["features"] = setup.store
-    return _Runner(evaluator, setup.loaded, setup.samples, table, config.mask, kwargs, setup.store)
+    runner = _Runner(evaluator, setup.loaded, setup.samples, table, config.mask, kwargs, setup.store)
+    runner.previous, runner.token_method = setup.previous, config.token_method
+    return runner
 
 
 def _check_out(out: PathArg, overwrite: bool, model_or_path: ModelArg, data: DataArg) -> None:
@@ -193,8 +199,9 @@ def _check_out(out: PathArg, overwrite: bool, model_or_path: ModelArg, data: Dat
 
 
 def _score_table(loaded: Loaded, samples: list[Sample], mask_mode: str, max_new_tokens: int,
-                 evaluator: Evaluator) -> ScoreTable:
-    """The score table for this model and setting (empty; :func:`_reuse` fills it from the records)."""
+                 evaluator: Evaluator, budget: TokenBudget | None = None) -> ScoreTable:
+    """The score table for this model and setting, at ``budget`` (``None``: the model's own token budget;
+    empty: :func:`_reuse` fills it from the records)."""
     model, processor, adapter = loaded
     slots = adapter.slot_names(model.config)
     everything = frozenset(slots)
@@ -202,7 +209,7 @@ def _score_table(loaded: Loaded, samples: list[Sample], mask_mode: str, max_new_
     def mode_of(masked: Iterable[str]) -> str:
         return _blind_mode(mask_mode) if frozenset(masked) == everything else mask_mode
 
-    return ScoreTable(slots, samples, _record_keys(evaluator, loaded, samples, max_new_tokens), mode_of)
+    return ScoreTable(slots, samples, _record_keys(evaluator, loaded, samples, max_new_tokens, budget), mode_of)
 
 
 def _reuse(table: ScoreTable, previous: Mapping[str, Any], sources: Sequence[Path]) -> None:
@@ -211,7 +218,7 @@ def _reuse(table: ScoreTable, previous: Mapping[str, Any], sources: Sequence[Pat
 
 
 def _record_keys(evaluator: Evaluator, loaded: Loaded, samples: list[Sample],
-                 max_new_tokens: int) -> RecordKeys | RankKeys:
+                 max_new_tokens: int, budget: TokenBudget | None = None) -> RecordKeys | RankKeys:
     """The keys the table finds its scores under: the project evaluator's own record keys, so its
     records are the cache, or for another evaluator keys naming it (``rank`` writes its records)."""
 
@@ -220,28 +227,34 @@ def _record_keys(evaluator: Evaluator, loaded: Loaded, samples: list[Sample],
     if isinstance(evaluator, functools.partial) and not evaluator.args:
         func, keywords = evaluator.func, evaluator.keywords
     if func is evaluate:
-        return RecordKeys(loaded, samples, _settings_for(keywords, max_new_tokens=max_new_tokens))
-    return RankKeys(loaded[0], samples, {"max_new_tokens": max_new_tokens, "evaluator": _name_of(evaluator)})
+        return RecordKeys(loaded, samples, _settings_for(keywords, max_new_tokens=max_new_tokens, token_budget=budget))
+    settings = {"max_new_tokens": max_new_tokens, "evaluator": _name_of(evaluator)}
+    if budget is not None:  # older records (no budget) keep their keys
+        settings["token_budget"] = budget.to_dict()
+    return RankKeys(loaded[0], samples, settings)
 
 
 def _settings_for(keywords: "Mapping[str, Any]", **changes: "Any") -> EvalSettings:
-    """The ``settings`` of a ``functools.partial(evaluate, settings=...)`` (else the defaults), with ``changes``."""
+    """The ``settings`` of a ``functools.partial(evaluate, settings=...)`` (else the defaults), with ``changes``
+    (a ``token_budget`` of ``None`` changes nothing: the settings' own, by default the model's own budget)."""
+    if changes.get("token_budget", 0) is None:
+        del changes["token_budget"]
     return replace(keywords.get("settings") or EvalSettings(), **changes)
 
 
-def _evaluator_options(evaluator: "Evaluator", kwargs: "Mapping[str, Any]", mask_mode: str) -> "dict[str, Any]":
-    """The keywords of one evaluator call: ``kwargs`` with rank's batch size and generation budget and
-    ``mask_mode`` as the evaluator's :class:`~encslim.bench.evaluate.EvalSettings`."""
+def _evaluator_options(evaluator: "Evaluator", kwargs: "Mapping[str, Any]", mask_mode: str,
+                       budget: TokenBudget | None = None) -> "dict[str, Any]":
+    """The keywords of one evaluator call: ``kwargs`` with rank's batch size and generation budget,
+    ``mask_mode`` and the token ``budget`` as the evaluator's :class:`~encslim.bench.evaluate.EvalSettings`."""
     options = dict(kwargs)
     keywords = evaluator.keywords if isinstance(evaluator, functools.partial) else {}
     settings = _settings_for(keywords, mask_mode=mask_mode, batch_size=options.pop("batch_size"),
-                             max_new_tokens=options.pop("max_new_tokens"))
+                             max_new_tokens=options.pop("max_new_tokens"), token_budget=budget)
     return {**options, "settings": settings}
 
 
 def _feature_store(feature_memory_gb: float | None) -> FeatureStore | None:
     """The run's feature store (``None``: none, each evaluator call encodes its own batches)."""
-
     if feature_memory_gb is None:
         return FeatureStore(max_bytes=None)
     if feature_memory_gb < 0:
@@ -293,16 +306,13 @@ def _load(model_or_path: ModelArg, device: str,
     if isinstance(model_or_path, (tuple, list)):
         if len(model_or_path) != 3:
             raise ConfigError("pass a model folder or a (model, processor, adapter) triple")
-        model, processor, adapter = model_or_path
-        return model, processor, adapter, None
-
+        return (*model_or_path, None)
     model, processor, adapter = load_model(model_or_path, device=device, dtype=dtype)
     return model, processor, adapter, Path(model_or_path)
 
 
 def _samples(data: DataArg, categories: Sequence[str] | None) -> tuple[list[Sample], list[Path]]:
     """``(samples, data paths)``; samples filtered by ``categories``."""
-
     items: list[Any] = [data] if isinstance(data, (str, PathLike)) else list(data)
     paths: list[Path] = []
     if items and all(isinstance(d, Sample) for d in items):
@@ -327,7 +337,8 @@ def _samples(data: DataArg, categories: Sequence[str] | None) -> tuple[list[Samp
 
 
 class _Runner:
-    """Evaluates the mask sets missing from the score table, counting encoder passes over the run."""
+    """Evaluates the configurations (mask set, token budget) missing from the score tables (one per budget),
+    counting encoder passes over the run."""
 
     def __init__(self, evaluator: Evaluator, loaded: Loaded, samples: list[Sample], table: ScoreTable, mask_mode: str,
                  kwargs: dict[str, Any], store: FeatureStore | None = None) -> None:
@@ -337,8 +348,23 @@ class _Runner:
         self.passes_total = 0  # vision tower passes run, all samples and calls together
         self.passes_per_sample = 0.0  # from evaluators that report passes per sample only
         self.with_images = sum(1 for s in samples if getattr(s, "image", None) is not None)
-        self.evaluated: list[frozenset[str]] = []
+        self.evaluated: list[frozenset[str]] = []  # mask sets evaluated at every token (budget 1)
         self.cached: list[frozenset[str]] = []
+        self.tables: dict[float, ScoreTable] = {1.0: table}  # one score table per token budget
+        self.configurations: dict[str, list[tuple[frozenset[str], float]]] = {"evaluated": [], "cached": []}
+        self.previous: Mapping[str, Any] = {}  # the records a budget's table is filled from
+        self.token_method = "pool"
+
+    def table_at(self, budget: float) -> ScoreTable:
+        """The score table at ``budget`` (made on first use, filled from the run's previous records)."""
+        if budget not in self.tables:
+            spec = TokenBudget(self.token_method, budget)
+            table = _score_table(self.loaded, self.samples, self.mask_mode, self.kwargs["max_new_tokens"],
+                                 self.evaluator, spec)
+            table.records_path = self.records_path
+            table.load(self.previous)
+            self.tables[budget] = table
+        return self.tables[budget]
 
     @property
     def encoder_passes(self) -> float:
@@ -346,27 +372,36 @@ class _Runner:
         per_sample = self.passes_total / self.with_images if self.with_images else 0.0
         return per_sample + self.passes_per_sample
 
-    def ensure(self, sets: Sequence[frozenset[str]]) -> None:
-        missing = self.table.missing(sets)
-        self.cached += [m for m in sets if m not in missing and m not in self.cached and m not in self.evaluated]
-        everything = frozenset(self.table.slots)
+    def ensure(self, sets: Sequence[frozenset[str]], budget: float = 1.0) -> None:
+        """Evaluate the mask sets of ``sets`` that the table at ``budget`` lacks (one evaluator call per mask mode)."""
+        table = self.table_at(budget)
+        missing = table.missing(sets)
+        done = self.configurations
+        done["cached"] += [(m, budget) for m in sets if m not in missing and (m, budget) not in done["cached"]
+                           and (m, budget) not in done["evaluated"]]
+        if budget == 1.0:
+            self.cached += [m for m in sets if m not in missing and m not in self.cached and m not in self.evaluated]
+        everything = frozenset(table.slots)
         blind = [m for m in missing if m == everything and self.mask_mode == "removal"]
         normal = [m for m in missing if m not in blind]
         for group, mode in ((normal, self.mask_mode), (blind, _blind_mode(self.mask_mode))):
             if not group:
                 continue
             logger.info("evaluating %d mask set(s) (%s mask)", len(group), mode)
+            spec = TokenBudget(self.token_method, budget) if budget < 1 else None
             result = self.evaluator(self.loaded, self.samples, mask_sets=group, records_path=self.records_path,
-                                    **_evaluator_options(self.evaluator, self.kwargs, mode))
+                                    **_evaluator_options(self.evaluator, self.kwargs, mode, spec))
             for masked in group:
-                self.table.add(masked, result.scores[masked])
+                table.add(masked, result.scores[masked])
             total = getattr(result, "encoder_passes_total", None)
             if total is not None:
                 self.passes_total += int(total)
             else:  # passes per sample it evaluated (records may cover the rest)
                 evaluated = getattr(result, "evaluated", len(self.samples))
                 self.passes_per_sample += float(result.encoder_passes or 0) * evaluated / len(self.samples)
-            self.evaluated += group
+            done["evaluated"] += [(m, budget) for m in group]
+            if budget == 1.0:
+                self.evaluated += group
 
     def overall(self, sets: Sequence[frozenset[str]]) -> dict[frozenset[str], float]:
         self.ensure(sets)
@@ -390,9 +425,12 @@ def _run(runner: _Runner, config: RankConfig, latency_ms: Mapping[frozenset[str]
 
     evaluated = runner.table.evaluated()
     scores = {m: runner.table.array(m) for m in evaluated}
-    data = compute_ranking(slots, [s.category for s in runner.samples], scores, slot_costs(*runner.loaded), config,
+    costs = slot_costs(*runner.loaded)
+    data = compute_ranking(slots, [s.category for s in runner.samples], scores, costs, config,
                            clusters=image_clusters(runner.samples), latency_ms=latency_ms,
                            search=Search(greedy_path=path, perms=perms))
+    if config.reduced_budgets:
+        data.update(budget_axis(runner, config, evaluated, costs, image_clusters(runner.samples)))
     data["model"] = str(model_path) if model_path else "<in-memory model>"
     data["mask_mode"] = runner.mask_mode
     data["empty_set_mask"] = _blind_mode(runner.mask_mode)
@@ -405,6 +443,9 @@ def _finish(ranking: Ranking, runner: _Runner, start: float) -> Ranking:
     ranking.data["evaluation"] = {
         "mask_sets_evaluated": n_evaluated,
         "mask_sets_cached": len(runner.cached),
+        "token_budgets": sorted(runner.tables, reverse=True),
+        "configurations_evaluated": len(runner.configurations["evaluated"]),  # (mask set, budget) pairs
+        "configurations_cached": len(runner.configurations["cached"]),
         "encoder_passes_per_sample": runner.encoder_passes,  # over the whole run
         "feature_store": None if store is None or "features" not in runner.kwargs else {
             "samples": len(store), "mib": round(store.nbytes / 2**20, 3), "refused": store.refused},

@@ -33,9 +33,27 @@ def _cur_summary(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def budget_summary(data: Mapping[str, Any]) -> str:
+    """One line per token budget below 1: its CUR (percent) per category on the full model, and the
+    reduced-budget configurations that beat every encoder-only one of no greater cost ("" without budgets)."""
+    section = data.get("token_budgets")
+    if not section:
+        return ""
+    groups = [*data["categories"], "overall"]
+    lines = []
+    for label, cells in (data.get("budget_cur") or {}).items():
+        parts = [f"{g} " + ("n/a" if cells[g]["value"] is None else f"{100 * cells[g]['value']:.1f}") for g in groups]
+        lines.append(f"budget {label} ({section['method']}): CUR % " + ", ".join(parts))
+    for entry in data.get("beats_encoder_only") or []:
+        lines.append(f"  {'+'.join(entry['kept'])} at budget {entry['budget']:g} ({100 * entry['accuracy']:.1f} %) beats "
+                     f"{'+'.join(entry['encoder_only']['kept']) or '(none)'} at every token "
+                     f"({100 * entry['encoder_only']['accuracy']:.1f} %) for no more FLOPs")
+    return "\n".join(lines)
+
+
 # options of a run that evaluates the model: meaningless when ranking from prediction files
 EVALUATION_ONLY = ("subsets", "shapley_permutations", "batch_size", "max_new_tokens", "cache", "feature_memory_gb",
-                   "threads")
+                   "threads", "token_budgets", "token_method")
 # the command's own arguments and options; every other option is a RankConfig field
 ARGUMENTS = ("model_dir", "data", "predictions", "model_opt", "out", "as_json", "encoders")
 
@@ -120,6 +138,10 @@ def show_ranking(data: Mapping[str, Any], out: str, as_json: bool, more: str = "
     click.echo(f"\nCUR in % ({data['mask_mode']} mask; * = CI excludes 0). "
                f"{ev['mask_sets_evaluated']} mask sets evaluated, {ev['mask_sets_cached']} from cache, "
                f"{ev['encoder_passes_per_sample']:g} encoder passes per sample (whole run), {ev['wall_s']:.1f} s.")
+    budgets = budget_summary(data)
+    if budgets:
+        click.echo(f"{ev['configurations_evaluated']} configurations (kept set x token budget) evaluated, "
+                   f"{ev['configurations_cached']} from cache.\n{budgets}")
     if more:
         click.echo("")
         click.echo(more)

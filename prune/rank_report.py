@@ -61,6 +61,7 @@ def ranking_markdown(data: RankingData) -> str:
     lines += _table(["slot", *groups], [[s, *(_flip_cell(data["cur"][s].get(g)) for g in groups)] for s in data["slots"]])
     lines += _shapley_lines(data, groups)
     lines += _frontier_lines(data)
+    lines += _budget_lines(data, groups)
     lines += _recovery_lines(data, groups)
     notes = sorted({c["note"] for cells in data["cur"].values() for c in cells.values() if c.get("note")})
     if data.get("costs_note"):
@@ -149,6 +150,41 @@ def _frontier_lines(data: RankingData) -> list[str]:
     return lines
 
 
+def _budget_lines(data: RankingData, groups: Sequence[str]) -> list[str]:
+    """The token-budget axis: CUR of each budget, every configuration with its costs, the wins over encoder-only sets."""
+    section = data.get("token_budgets")
+    if not section:
+        return []
+    rows = section["rows"]
+    div, prefix = _flops_unit([r["cost"]["total_flops"] for r in rows])
+    lines = ["", f"## Token budgets ({section['method']}: {section['source']})", "",
+             f"Every kept set at budgets {', '.join(f'{b:g}' for b in section['budgets'])} of its image tokens, on the "
+             f"same encoder features. Costs per image and prompt ({section.get('text_tokens')} text tokens on average): "
+             "vision + fusion + LLM prefill FLOPs (encslim.models.costs); P = Pareto-optimal over all configurations "
+             "(total FLOPs vs overall accuracy).", "",
+             "CUR (%) of each budget on the full model (the accuracy share lost by reducing the tokens):", ""]
+    lines += _table(["budget", *groups], [[label, *(_cur_cell(cells.get(g)) for g in groups)]
+                                          for label, cells in (data.get("budget_cur") or {}).items()])
+    lines += ["", f"Configurations ({prefix}FLOPs):", ""]
+    lines += _table(["kept", "budget", "image tokens", f"vision {prefix}FLOPs", f"fusion {prefix}FLOPs",
+                     f"prefill {prefix}FLOPs", f"total {prefix}FLOPs", *(f"{g} (%)" for g in groups), "Pareto"], [
+        [_kept_label(r["kept"]), f"{r['budget']:g}", r["image_tokens"],
+         *(_flops(r["cost"][k], div) for k in ("vision_flops", "fusion_flops", "prefill_flops", "total_flops")),
+         *(_pct(r["accuracy"].get(g)) for g in groups), "P" if r["pareto"] else ""] for r in rows])
+    wins = data.get("beats_encoder_only") or []
+    lines += ["", "Reduced budgets on the frontier that beat every encoder-only configuration costing no more: "
+              + ("none." if not wins else ""), ""]
+    lines += [f"- {_kept_label(w['kept'])} at budget {w['budget']:g}: {_pct(w['accuracy'])} % vs "
+              f"{_kept_label(w['encoder_only']['kept'])} at every token: {_pct(w['encoder_only']['accuracy'])} % "
+              f"({w['total_flops'] / div:.4g} vs {w['encoder_only']['total_flops'] / div:.4g} {prefix}FLOPs)"
+              for w in wins]
+    return lines
+
+
+def _flops(value: float | None, div: float) -> str:
+    return "?" if value is None else f"{value / div:.4g}"
+
+
 def plot_cur_heatmap(data: RankingData, path: PathArg) -> None:
     """Slots x categories heatmap of CUR in percent (as in the tables), diverging colours centred
     at 0 (negative CUR in red); each cell shows the value and, with bootstrap, its interval.
@@ -199,13 +235,17 @@ def plot_frontier(data: RankingData, path: PathArg, selected: Iterable[str] | No
 
     Pareto-optimal sets are red, dominated ones grey, the full model is a star and ``selected``
     (the kept slots a prune policy chose, if given) is ringed; all of these are in the legend.
-    Labels are placed so they neither overlap nor leave the plot.
+    Labels are placed so they neither overlap nor leave the plot. A ranking with a token-budget axis
+    is drawn by :func:`plot_budget_frontier` instead (total FLOPs on x, every configuration).
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     from ..bench.plots import place_labels
 
+    if data.get("token_budgets"):
+        plot_budget_frontier(data, path, selected)
+        return
     rows = [r for r in data["subsets"] if r["cost"]["vision_flops"] is not None]
     div, prefix = _flops_unit([r["cost"]["vision_flops"] for r in rows])
     chosen_set = None if selected is None else frozenset(selected)
@@ -247,4 +287,65 @@ def plot_frontier(data: RankingData, path: PathArg, selected: Iterable[str] | No
     ax.set_title("Accuracy vs cost per kept set" + (" (costs unknown: no model)" if data.get("costs_note") else ""))
     ax.grid(alpha=0.3)
     place_labels(ax, points, labels, fontsize=7, priority=priority)
+    fig.savefig(path, dpi=120)
+
+
+BUDGET_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def plot_budget_frontier(data: RankingData, path: PathArg, selected: Iterable[str] | None = None,
+                         selected_budget: float = 1.0) -> None:
+    """Overall accuracy (%) vs total FLOPs (vision + fusion + prefill) of every configuration (kept set x
+    token budget): one marker and colour per budget, the Pareto front over all configurations joined,
+    frontier points labelled with their kept set (``@budget`` below 1); ``selected`` (kept slots, at
+    ``selected_budget``) is ringed. Dominated points are faded.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    from ..bench.plots import place_labels
+
+    section = data["token_budgets"]
+    rows = [r for r in section["rows"] if r["cost"]["total_flops"] is not None]
+    div, prefix = _flops_unit([r["cost"]["total_flops"] for r in rows])
+    budgets = list(section["budgets"])
+    style = {b: (BUDGET_MARKERS[i % len(BUDGET_MARKERS)], f"C{i}") for i, b in enumerate(budgets)}
+    chosen = None if selected is None else (frozenset(selected), selected_budget)
+    fig = Figure(figsize=(9.0, 5.2))
+    fig.subplots_adjust(left=0.08, right=0.66, bottom=0.11, top=0.9)
+    ax = fig.add_subplot()
+    points, labels = [], []
+    for r in rows:
+        x, y = r["cost"]["total_flops"] / div, 100 * r["accuracy"][OVERALL]
+        marker, colour = style[r["budget"]]
+        ax.scatter([x], [y], marker=marker, s=46 if r["pareto"] else 30, color=colour, zorder=3,
+                   alpha=1.0 if r["pareto"] else 0.35, edgecolors="black" if r["pareto"] else "none", linewidths=0.6)
+        if chosen is not None and (frozenset(r["kept"]), r["budget"]) == chosen:
+            ax.scatter([x], [y], s=260, facecolors="none", edgecolors="black", linewidths=1.6, zorder=4)
+        if r["pareto"]:
+            points.append((x, y))
+            labels.append(_kept_label(r["kept"]) + ("" if r["budget"] == 1 else f" @{r['budget']:g}"))
+    front = sorted(points)
+    if front:
+        ax.step(*zip(*front), where="post", color="black", lw=1, zorder=2)
+    handles = [Line2D([], [], color=style[b][1], marker=style[b][0], lw=0,
+                      label="every token (budget 1)" if b == 1 else f"budget {b:g} ({section['method']})")
+               for b in budgets]
+    handles += [Line2D([], [], color="black", lw=1, label="Pareto front (all configurations)"),
+                Line2D([], [], color="0.6", marker="o", lw=0, alpha=0.35, label="dominated (faded)")]
+    if chosen is not None:
+        kept = _kept_label(sorted(chosen[0], key=data["slots"].index))
+        handles.append(Line2D([], [], marker="o", markersize=13, lw=0, markerfacecolor="none", markeredgecolor="black",
+                              markeredgewidth=1.6, label=f"selected: keep {kept} at budget {selected_budget:g}"))
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.67, 0.9), fontsize=8, frameon=False)
+    xmax = max([r["cost"]["total_flops"] / div for r in rows], default=0.0) or 1.0
+    ax.set_xlim(-0.04 * xmax, 1.1 * xmax)
+    ax.set_ylim(0, 116)  # room above 100 % for labels
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_xlabel(f"total {prefix}FLOPs per image and prompt (vision + fusion + LLM prefill)")
+    ax.set_ylabel("overall accuracy (%)")
+    ax.set_title("Accuracy vs cost per configuration (kept set x token budget)\nlabels: Pareto-optimal kept sets "
+                 "(@budget below 1)", fontsize=10)
+    ax.grid(alpha=0.3)
+    place_labels(ax, points, labels, fontsize=7)
     fig.savefig(path, dpi=120)

@@ -14,8 +14,17 @@ information, so dropping both hurts. Without the table, policies fall back to CU
 * ``--min-retained X``: the smallest kept set whose accuracy is at least ``X`` times the full
   model's (table needed); with ``--category each``, in every category at once; with
   ``--on recovered``, on the accuracy after recovery of the sets ``rank --recover`` recovered.
-* ``--budget B``: the most accurate kept set whose cost (``vision_flops``, ``params`` or
-  ``latency_ms``) is at most ``B``.
+* ``--budget B``: the most accurate kept set whose cost (``vision_flops``, ``params``,
+  ``latency_ms`` or ``total_flops``) is at most ``B``.
+
+With a token-budget axis in the ranking (``rank --token-budgets``: its ``token_budgets`` rows),
+``--keep``, ``--min-retained`` and ``--budget`` choose among configurations (kept set, token
+budget) instead, costed by ``total_flops`` (vision + fusion + prefill; ``--budget``'s default cost
+then): the full kept set at a reduced budget is a candidate too. ``--keep K``: the most accurate
+configuration with K slots, then the cheapest; ``--min-retained X``: the smallest kept set with a
+configuration that retains X, then the cheapest such configuration; ``--budget B``: the most
+accurate configuration costing at most B. The selection's ``token_budget`` is then
+``{"method", "budget"}`` (``None`` at every token), which prune writes into config.json.
 """
 
 import hashlib
@@ -46,6 +55,7 @@ class Selection:
     reason: str
     expected_accuracy: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    token_budget: dict[str, Any] | None = None  # {"method", "budget"} to apply with the drop; None: every token
 
     def to_dict(self) -> dict[str, Any]:
         """The selection as a JSON-able dict (recorded in the manifest)."""
@@ -142,11 +152,12 @@ def _selection(slots: Sequence[str], kept: Collection[str], policy: str, basis: 
                accuracy: float | None = None, **details: Any) -> Selection:
     ordered = _ordered(slots, kept)
     drop = [s for s in slots if s not in ordered]
-    if not drop:
+    if not drop and details.get("token_budget") is None:
         raise PlanError(f"policy {policy} keeps every slot: nothing to remove ({reason})")
     if not ordered:
         raise PlanError("cannot remove every encoder; keep at least one slot")
-    return Selection(drop, ordered, policy, basis, reason, accuracy, details)
+    budget = details.pop("token_budget", None)
+    return Selection(drop, ordered, policy, basis, reason, accuracy, details, budget)
 
 
 def _best(candidates: Iterable[frozenset[str]], table: Mapping[frozenset[str], float], ranking: RankingData,
@@ -278,6 +289,99 @@ def select_budget(ranking: RankingData, slots: Sequence[str], budget: float, cos
                       budget=budget, cost=cost, category=category, kept_cost=_cost(ranking, best, cost))
 
 
+# ---------------------------------------------------------------------------- configurations (kept set, token budget)
+Configuration = tuple[frozenset[str], float]  # (kept set, token budget)
+
+
+def has_budgets(ranking: RankingData) -> bool:
+    """Whether the ranking holds a token-budget axis (``rank --token-budgets``)."""
+    return bool((ranking.get("token_budgets") or {}).get("rows"))
+
+
+def _configurations(ranking: RankingData, slots: Collection[str], category: str) -> dict[Configuration, float]:
+    """``{(kept, budget): accuracy}`` of the configurations a prune can ship: a non-empty kept set, and
+    something removed (a slot, or tokens)."""
+    table: dict[Configuration, float] = {}
+    for row in ranking["token_budgets"]["rows"]:
+        kept, budget = frozenset(row["kept"]), float(row["budget"])
+        value = row["accuracy"].get(category)
+        if value is not None and kept and (kept < set(slots) or budget < 1):
+            table[(kept, budget)] = value
+    return table
+
+
+def _total_flops(ranking: RankingData, configuration: Configuration) -> float:
+    for row in ranking["token_budgets"]["rows"]:
+        if (frozenset(row["kept"]), float(row["budget"])) == configuration:
+            value = row["cost"].get("total_flops")
+            return float("inf") if value is None else float(value)
+    raise PlanError(f"the ranking has no configuration {sorted(configuration[0])} at budget {configuration[1]:g}")
+
+
+def _configuration_selection(ranking: RankingData, slots: Sequence[str], best: Configuration, policy: str,
+                             reason: str, accuracy: float | None, **details: Any) -> Selection:
+    kept, budget = best
+    spec = None if budget >= 1 else {"method": ranking["token_budgets"]["method"], "budget": budget}
+    label = "every token" if spec is None else f"token budget {budget:g} ({spec['method']})"
+    return _selection(slots, kept, policy, "configurations", f"{reason}: keep {'+'.join(_ordered(slots, kept))} "
+                      f"at {label}", accuracy, token_budget=spec, total_flops=_total_flops(ranking, best), **details)
+
+
+def select_configuration(ranking: RankingData, slots: Sequence[str], c: SelectConfig) -> Selection:
+    """``--keep``, ``--min-retained`` or ``--budget`` (cost ``total_flops``) over the configurations
+    (kept set, token budget) of a ranking with a token-budget axis (module docstring)."""
+    where = "every category" if c.category == EACH else c.category
+    if c.category != EACH:
+        _check_category(ranking, c.category)
+    table = _configurations(ranking, slots, "overall" if c.category == EACH else c.category)
+    cost = {k: _total_flops(ranking, k) for k in table}
+    if c.keep is not None:
+        if not 1 <= c.keep <= len(slots):
+            raise PlanError(f"--keep must be between 1 and {len(slots)} for a model with {len(slots)} slots")
+        sized = [k for k in table if len(k[0]) == c.keep]
+        best = min(sized, key=lambda k: (-table[k], cost[k], -k[1]))
+        return _configuration_selection(ranking, slots, best, "keep", f"the most accurate configuration with "
+                                         f"{c.keep} slot(s) for {c.category}", table[best], k=c.keep,
+                                         category=c.category)
+    if c.min_retained is not None:
+        return _min_retained_configuration(ranking, slots, c, table, cost)
+    assert c.budget is not None
+    full = _total_flops(ranking, (frozenset(slots), 1.0))
+    if full <= c.budget:
+        raise PlanError(f"the full model's total_flops ({full:g}) already fits the budget {c.budget:g}")
+    fitting = [k for k in table if cost[k] <= c.budget]
+    if not fitting:
+        raise PlanError(f"no configuration fits total_flops <= {c.budget:g} (the cheapest costs "
+                        f"{min(cost.values()):g}); raise --budget")
+    best = min(fitting, key=lambda k: (-table[k], cost[k], -k[1]))
+    return _configuration_selection(ranking, slots, best, "budget", f"the most accurate configuration with "
+                                    f"total_flops <= {c.budget:g} for {where}", table[best], budget=c.budget,
+                                    cost="total_flops", category=c.category, kept_cost=cost[best])
+
+
+def _min_retained_configuration(ranking: RankingData, slots: Sequence[str], c: SelectConfig,
+                                table: Mapping[Configuration, float], cost: Mapping[Configuration, float]) -> Selection:
+    assert c.min_retained is not None
+    names = list(ranking.get("categories", [])) if c.category == EACH else [c.category]
+    full = {g: _full_accuracy(ranking, g) for g in names}
+    names = [g for g in names if full[g] > 0]
+    if not names:
+        raise PlanError(f"the full model scores 0 in {c.category}: nothing to retain; choose another category")
+    tables = {g: _configurations(ranking, slots, g) for g in names}
+    retained = {k: min(tables[g][k] / full[g] for g in names) for k in table if all(k in tables[g] for g in names)}
+    eligible = [k for k, share in retained.items() if share >= c.min_retained - 1e-9]
+    where = "every category" if c.category == EACH else c.category
+    if not eligible:
+        raise PlanError(f"no configuration retains {c.min_retained:.0%} of the full accuracy in {where}; "
+                        "lower --min-retained")
+    best = min(eligible, key=lambda k: (len(k[0]), cost[k], -retained[k], -k[1]))
+    overall = _configurations(ranking, slots, "overall").get(best)
+    return _configuration_selection(ranking, slots, best, "min-retained", f"the smallest kept set, then the "
+                                    f"cheapest configuration, with accuracy >= {c.min_retained:.0%} of full in {where}",
+                                    overall, fraction=c.min_retained, category=c.category,
+                                    retained=round(retained[best], 4), on=c.accuracy)
+
+
 def check_recovered(ranking: RankingData) -> None:
     """Raise ``PlanError`` unless the ranking holds recovered accuracy (``rank --recover``)."""
     if not any(row.get("recovered") for row in ranking.get("subsets") or []):
@@ -318,7 +422,11 @@ def select(slots: Sequence[str], ranking: RankingData | None = None,
     check_ranking(ranking, slots)
     if c.accuracy == "recovered":
         check_recovered(ranking)
-    if c.keep is not None:
+    cost = c.cost or ("total_flops" if has_budgets(ranking) else "vision_flops")
+    if has_budgets(ranking) and c.accuracy == "masked" and not c.drop_negative and (
+            c.budget is None or cost == "total_flops"):
+        result = select_configuration(ranking, slots, c)
+    elif c.keep is not None:
         result = select_keep(ranking, slots, c.keep, c.category)
     elif c.min_retained is not None:
         result = select_min_retained(ranking, slots, c.min_retained, c.category, c.accuracy)
@@ -326,6 +434,6 @@ def select(slots: Sequence[str], ranking: RankingData | None = None,
         result = select_drop_negative(ranking, slots, c.category)
     else:
         assert c.budget is not None  # exactly one policy is set (SelectConfig checks it)
-        result = select_budget(ranking, slots, c.budget, c.cost, c.category)
+        result = select_budget(ranking, slots, c.budget, cost, c.category)
     result.details.update(ranking=ranking.get("_path"), ranking_sha256=ranking.get("_sha256"))
     return result
