@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..options import click_options, config_from_options
-from .config import PruneConfig, SelectConfig
+from .config import POLICIES, PruneConfig, SelectConfig
 
 
 def _fmt_bytes(n: float) -> str:
@@ -21,7 +21,7 @@ def _fmt_bytes(n: float) -> str:
 def _print_summary(result: Mapping[str, Any]) -> None:
     plan, summary = result["plan"], result["summary"]
     exact = "yes" if plan["exact"] else "no (recommend fine-tuning)"
-    click.echo(f"plan: drop {', '.join(plan['drop'])} (keep {', '.join(plan['kept'])}); fusion "
+    click.echo(f"plan: drop {', '.join(plan['drop']) or 'nothing'} (keep {', '.join(plan['kept'])}); fusion "
                f"{plan['fusion_class']}; exact: {exact}")
     if plan["target_model_type"] != plan["model_type"]:
         click.echo(f"output model type: {plan['target_model_type']}")
@@ -42,6 +42,12 @@ def _print_summary(result: Mapping[str, Any]) -> None:
         click.echo(f"{name} diff:")
         for line in lines or ["(none)"]:
             click.echo(f"  {line}")
+    budget = result.get("token_budget")
+    if budget:
+        tokens = budget["image_tokens"]
+        label = f"{budget['method']} {budget['budget']:g}" if budget["method"] else "every token"
+        click.echo(f"token budget: {label} (from {budget['from']}); image tokens per image {tokens['before']} -> "
+                   f"{tokens['after']}")
     saved = summary["bytes_before"] - summary["bytes_after"]
     click.echo(f"params: {summary['params_before']:,} -> {summary['params_after']:,}; bytes: "
                f"{_fmt_bytes(summary['bytes_before'])} -> {_fmt_bytes(summary['bytes_after'])} "
@@ -70,6 +76,11 @@ def _print_verification(verification: Mapping[str, Any]) -> None:
         click.echo(f"recommendation: {verification['recommendation']}")
 
 
+def _policy_given(options: Mapping[str, Any]) -> bool:
+    """Whether any selection policy option has a value (``--drop``, ``--keep``, ... or ``--policy``)."""
+    return any(options.get(name) not in (None, False, (), []) for name in ("policy", *POLICIES))
+
+
 def _in_memory(command: click.Command) -> click.Command:
     """``--streaming/--in-memory``: the executor's two names (the generated option would say --no-streaming)."""
     option = next(p for p in command.params if p.name == "streaming")
@@ -92,13 +103,20 @@ def prune_cmd(model: str, ranking: str | None, out: str | None, data: tuple[str,
     from .select import read_ranking, select
     from .surgery import model_slots, open_folder, prune
 
-    choice, options = config_from_options(SelectConfig, options)  # bad values fail before the model is opened
+    budget_only = options.get("token_budget") is not None and not ranking and not _policy_given(options)
+    if budget_only:  # --token-budget alone: apply the budget, remove nothing
+        options = {k: v for k, v in options.items() if k not in SelectConfig.model_fields}
+    else:
+        choice, options = config_from_options(SelectConfig, options)  # bad values fail before the model is opened
     config, _ = config_from_options(PruneConfig, options)
     folder = open_folder(model, encoders)  # config, family and weight headers read once for both calls below
-    selection = select(model_slots(folder), read_ranking(ranking) if ranking else None, choice)
-    if selection.basis != "explicit":
-        click.echo(f"selected: drop {', '.join(selection.drop)} ({selection.reason})", err=as_json)
-    result = prune(folder, selection, out, config, data=list(data) or None)
+    if budget_only:
+        result = prune(folder, [], out, config, data=list(data) or None)
+    else:
+        selection = select(model_slots(folder), read_ranking(ranking) if ranking else None, choice)
+        if selection.basis != "explicit":
+            click.echo(f"selected: drop {', '.join(selection.drop) or 'nothing'} ({selection.reason})", err=as_json)
+        result = prune(folder, selection, out, config, data=list(data) or None)
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
         return

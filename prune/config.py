@@ -180,6 +180,13 @@ class PruneConfig(StageConfig):
     max_shard_size: str = Field("2GB", description="Largest output shard, e.g. 2GB or 500MB.")
     dry_run: bool = Field(False, description="Print the plan; write nothing.")
     overwrite: bool = Field(False, description="Replace an existing output folder.")
+    token_budget: Optional[float] = Field(None, gt=0, le=1, description=(
+        "Visual-token budget the pruned model carries in config.json (e.g. 0.25: a quarter of each token grid; "
+        "1: every token) [default: the selection's, else the source's]; alone, without a drop policy, only "
+        "the budget is applied."))
+    token_method: Optional[Literal["pool", "attention"]] = Field(None, description=(
+        "Token reducer of --token-budget: pool (spatial average pooling) or attention (top-k by the LLM's "
+        "first-layer attention) [default: pool]."))
 
     @field_validator("max_shard_size")
     @classmethod
@@ -197,7 +204,18 @@ class PruneConfig(StageConfig):
     def _verify_consistent(self) -> "PruneConfig":
         if not self.verify and self.verify_method != "auto":
             raise ValueError(f"--no-verify contradicts --verify-method {self.verify_method}; pass one of them")
+        if self.token_method is not None and self.token_budget is None:
+            raise ValueError("--token-method needs --token-budget (e.g. --token-budget 0.25)")
         return self
+
+    def chosen_budget(self) -> Any:
+        """The budget given here: a :class:`~encslim.models.tokens.TokenBudget` (budget 1: every token), or
+        ``None`` when ``token_budget`` is not set."""
+        from ..models.tokens import TokenBudget
+
+        if self.token_budget is None:
+            return None
+        return TokenBudget(self.token_method or "pool", self.token_budget)
 
 
 __all__ = ["COSTS", "EACH", "MASKS", "POLICIES", "PruneConfig", "RankConfig", "SUBSETS", "SelectConfig", "VERIFY_METHODS"]

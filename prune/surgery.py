@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING, Any, Union
 from ..errors import ConfigError, ModelLoadError, VerificationError
 from ..files import atomic_output_dir, check_output_path
 from ..models.adapter import Adapter
+from ..models.tokens import CONFIG_KEY as BUDGET_KEY
+from ..models.tokens import TokenBudget, parse_budget
 from ..models.executor import check_side_files, execute
 from ..models.folder import Checkpoint, ModelFolder
-from ..models.plan import RemovalPlan, check_plan, describe_plan
+from ..models.plan import JsonOp, RemovalPlan, check_plan, describe_plan
 from ..models.registry import TorchFreePlan
 from ..models.shards import parse_size
 from ..models.slots import SlotSet, split_names
@@ -102,15 +104,18 @@ def _check_structure(folder: ModelFolder, shapes: Mapping[str, tuple[int, ...]],
     check_structure(adapter, config, shapes, where)
 
 
-def prepare(model_dir: PathArg | ModelFolder, drop: Iterable[str], torch_free: bool = False) -> Prepared:
+def prepare(model_dir: PathArg | ModelFolder, drop: Iterable[str], torch_free: bool = False,
+            budget: TokenBudget | None = None) -> Prepared:
     """Read a model folder and build its removal plan, checking weights and side files against it.
 
     Args:
         model_dir: the model folder (a path or a :class:`~encslim.models.folder.ModelFolder`).
-        drop: slot names to remove.
+        drop: slot names to remove (none: only ``budget`` is applied, which must then be given).
         torch_free: for a family with a torch-free plan (``Family.plan``) whose config it can read,
             build the plan from config.json and check the weights by their header (the family's
             ``check_header``) instead of against an empty model: neither torch nor transformers is imported.
+        budget: the token budget the output's config.json carries (:func:`budget_op`; budget 1: no key);
+            ``None``: the source's, unchanged.
 
     Returns:
         ``(adapter, config, plan, folder, summary)``; ``summary`` is :func:`describe_plan`'s dict plus
@@ -121,13 +126,21 @@ def prepare(model_dir: PathArg | ModelFolder, drop: Iterable[str], torch_free: b
         ModelLoadError, PlanError, ConfigError: see :func:`prune`.
     """
     folder = open_folder(model_dir)
-    found = _torch_free(folder) if torch_free else None
+    names = list(drop)
+    found = _torch_free(folder) if torch_free and names else None
     planner: Planner
     if found is not None:
         planner, config = found
     else:
         planner, config = _adapter_and_config(folder)
-    plan: RemovalPlan = planner.removal_plan(config, list(drop))
+    if names or budget is None or not isinstance(planner, Adapter):
+        plan: RemovalPlan = planner.removal_plan(config, names)
+    else:  # nothing to remove: the plan only sets the budget
+        plan = RemovalPlan(planner.model_type, planner.fusion_class(config).value, planner.slot_names(config), [])
+    if budget is not None:
+        plan.config_patch = [*plan.config_patch, budget_op(budget)]
+        plan.notes.append(f"token budget: {budget.label if budget.active else 'every token'} (config.json "
+                          f"{BUDGET_KEY})")
     weights = _weights(folder)
     shapes = weights.shapes()
     check_plan(plan, shapes)
@@ -140,6 +153,48 @@ def prepare(model_dir: PathArg | ModelFolder, drop: Iterable[str], torch_free: b
     summary: dict[str, Any] = dict(describe_plan(plan, shapes, weights.itemsizes()))
     summary.update(check_side_files(folder, plan))
     return planner, config, plan, folder, summary
+
+
+# ---------------------------------------------------------------------------- token budget
+def budget_op(budget: TokenBudget) -> JsonOp:
+    """The config.json patch that makes a model carry ``budget`` (budget 1: the key goes)."""
+    if budget.active:
+        return {"op": "set", "path": BUDGET_KEY, "value": budget.to_dict()}
+    return {"op": "delete", "path": BUDGET_KEY, "optional": True}
+
+
+def chosen_budget(c: PruneConfig, selection: Mapping[str, Any] | None) -> tuple[TokenBudget | None, str]:
+    """``(budget, where from)`` the output carries: ``--token-budget``, else the selection's, else ``None``
+    (the source's budget, unchanged: ``"source"``)."""
+    given = c.chosen_budget()
+    if given is not None:
+        return given, "--token-budget"
+    picked = (selection or {}).get(BUDGET_KEY)
+    if picked is not None:
+        return parse_budget(picked) or TokenBudget("pool", 1.0), "selection"
+    return None, "source"
+
+
+def _check_budget(folder: ModelFolder, budget: TokenBudget | None) -> None:
+    """Refuse (``ConfigError``, one line) a budget the model's family cannot take, before anything is written."""
+    if budget is not None and budget.active:
+        adapter, config = _adapter_and_config(folder)
+        adapter.check_token_budget(config, budget)
+
+
+def _budget_record(folder: ModelFolder, out: Path, budget: TokenBudget | None, where: str) -> dict[str, Any] | None:
+    """The manifest's ``token_budget`` entry: the budget in force, where it came from, image tokens per image
+    before (the source as it is) and after; ``None`` when neither the source nor the output has a budget."""
+    had = folder.config.get(BUDGET_KEY) is not None
+    if budget is None and not had:
+        return None
+    adapter, before = _adapter_and_config(folder)
+    pruned = ModelFolder.open(out, weights=False)
+    after = pruned.adapter.read_config(str(out))
+    carried = parse_budget(getattr(after, BUDGET_KEY, None))
+    return {**(carried.to_dict() if carried is not None else {"method": None, "budget": 1.0}), "from": where,
+            "source_budget": folder.config.get(BUDGET_KEY),
+            "image_tokens": {"before": adapter.image_tokens(before), "after": pruned.adapter.image_tokens(after)}}
 
 
 def _check_output(tmp: Path, torch_free: bool, config: Mapping[str, Any]) -> None:
@@ -229,20 +284,25 @@ def prune(model_dir: PathArg | ModelFolder, drop: Selection | SlotSet | str | It
         drop: the slots to remove: a :class:`~encslim.models.slots.SlotSet` (its masked slots), slot names
             (a list, or one string ``"sam,clip"``: :func:`~encslim.models.slots.split_names`), or a
             :class:`~encslim.prune.select.Selection` (then recorded in the manifest as ``selection`` is).
-            The removal plan checks the names against the model's slots (``check_drop``: one line).
+            The removal plan checks the names against the model's slots (``check_drop``: one line). With
+            a token budget (``token_budget``, or the selection's) it may be empty: only the budget is applied.
         out: the output folder (not needed with ``dry_run``); must not exist unless ``overwrite``.
         config: a :class:`~encslim.prune.config.PruneConfig` (or a dict of its fields; default: its
             defaults): ``verify``, ``verify_method`` (``"full"``: masked-full vs pruned logits;
             ``"module-local"``: kept tensors byte-equal, each sliced/folded module on random inputs,
             no model built; ``"auto"``: full when both models fit in memory), ``num_samples``,
             ``streaming`` (default: when the model does not fit in memory), ``max_shard_size``,
-            ``dry_run`` (only build and describe the plan), ``overwrite``.
+            ``dry_run`` (only build and describe the plan), ``overwrite``, ``token_budget``/``token_method``
+            (the budget the output's config.json carries; default: the selection's ``token_budget``, else the
+            source's; budget 1: none). A family that takes no budget is refused before anything is written.
         data: benchmark file(s) for verification samples (default: synthetic inputs).
         selection: how ``drop`` was chosen (policy, ranking path...), recorded in the manifest.
         **overrides: fields of ``config`` to change (``verify=False``, ``streaming=True``, ...).
 
     Returns:
-        the manifest dict (``dry_run``: ``{"dry_run": True, "plan": ..., "summary": ...}``).
+        the manifest dict (``dry_run``: ``{"dry_run": True, "plan": ..., "summary": ...}``); with a budget in
+        play, ``token_budget``: ``{"method", "budget", "from", "source_budget", "image_tokens": {"before",
+        "after"}}``.
 
     Raises:
         PlanError: unknown slot, every slot, keys that do not match the config.
@@ -264,14 +324,16 @@ def prune(model_dir: PathArg | ModelFolder, drop: Selection | SlotSet | str | It
     verification_method(c.verify, c.verify_method, True)  # a contradiction fails before any work
     # torch-free when the model may never be built: a dry run, or streaming without full verification
     torch_free = c.dry_run or (c.verify_method != "full" and c.streaming is not False)
-    prepared = prepare(folder, names, torch_free=torch_free)
+    budget = chosen_budget(c, selection)
+    _check_budget(folder, budget[0])
+    prepared = prepare(folder, names, torch_free=torch_free, budget=budget[0])
     if c.dry_run or out is None:
         return {"dry_run": True, "plan": prepared[2].to_dict(), "summary": prepared[4]}
-    return _execute(prepared, out, c, data, selection)
+    return _execute(prepared, out, c, data, (selection, budget))
 
 
 def _execute(prepared: Prepared, out: PathArg, c: PruneConfig, data: DataArg | None,
-             selection: Mapping[str, Any] | None) -> dict[str, Any]:
+             chosen: tuple[Mapping[str, Any] | None, tuple[TokenBudget | None, str]]) -> dict[str, Any]:
     """Write the pruned model into ``out``: choose the executor and the verification, run both, write the manifest."""
     adapter, _, plan, folder, summary = prepared
     model_dir, checkpoint = folder.path, _weights(folder)
@@ -288,10 +350,12 @@ def _execute(prepared: Prepared, out: PathArg, c: PruneConfig, data: DataArg | N
         result = execute(plan, folder, tmp, streaming, c.max_shard_size)
         _check_output(tmp, torch_free, result["config"])
         verification = _verify(method, reason, checkpoint, tmp, plan, data, c.num_samples, source=folder)
+        selection, (budget, where) = chosen
+        record = _budget_record(folder, tmp, budget, where)
         manifest = write_manifest(
             tmp, StageRecord("prune", removed=plan.drop, kept=plan.kept, plan=plan.to_dict(), ranking=selection,
                              verification=verification), source=model_dir,
-            extra={"summary": summary, "executor": "streaming" if streaming else "in-memory", "io": result["io"],
+            extra={"summary": summary, **({BUDGET_KEY: record} if record is not None else {}), "executor": "streaming" if streaming else "in-memory", "io": result["io"],
                    "left_out": result["left_out"], **{k: result[k] for k in ("legacy_keys",) if k in result}},
             source_hashes=result["source"], file_hashes=result["written"],
         )

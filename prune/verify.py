@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from ..errors import DataError, ModelLoadError, VerificationError
 from ..models.folder import Checkpoint, key_problems
+from ..models.tokens import budget_of
 from ..provenance import VERIFY_TOLERANCE as TOLERANCE
 
 if TYPE_CHECKING:
@@ -161,9 +162,13 @@ def verify_pruned(source_dir: PathArg, pruned_dir: PathArg, plan: "RemovalPlan",
         tolerance: largest max-abs logit difference accepted for exact plans.
         seed: seed of the synthetic images.
 
+    The masked source runs under the pruned model's token budget (``adapter.token_budget``; none: every
+    token), its placeholders and its reducer alike, so a budget shipped in the pruned config.json is
+    checked against the same budget applied to the masked source.
+
     Returns:
         ``{"method": "full", "samples", "inputs", "max_abs_diff", "tolerance", "exact", "passed",
-        "pixel_max_abs_diff", "recommendation"}``.
+        "pixel_max_abs_diff", "recommendation", "token_budget"}`` (the budget both ran under, or ``None``).
 
     Raises:
         VerificationError: an exact plan whose logits differ by more than ``tolerance``.
@@ -181,9 +186,10 @@ def verify_pruned(source_dir: PathArg, pruned_dir: PathArg, plan: "RemovalPlan",
         images, questions = _data_inputs(data, num_samples)
     else:
         images, questions = _synthetic_inputs(full_adapter, full.config, num_samples, seed)
-    full_batch, pruned_batch, pixel_diff = _batches(full_adapter, full_proc, pruned_adapter, pruned_proc,
-                                                    images, questions, plan.drop)
-    with torch.no_grad():
+    budget = budget_of(pruned.config)  # the source runs under the pruned model's budget (None: every token)
+    with full_adapter.token_budget(full, full_proc, budget), torch.no_grad():
+        full_batch, pruned_batch, pixel_diff = _batches(full_adapter, full_proc, pruned_adapter, pruned_proc,
+                                                        images, questions, plan.drop)
         ref = full_adapter.decode(full, full_adapter.encode(full, full_batch), full_batch,
                                   masked=frozenset(plan.drop), mask_mode="removal").logits
         got = pruned_adapter.decode(pruned, pruned_adapter.encode(pruned, pruned_batch), pruned_batch).logits
@@ -194,7 +200,7 @@ def verify_pruned(source_dir: PathArg, pruned_dir: PathArg, plan: "RemovalPlan",
         "method": "full", "samples": len(images), "inputs": "data" if data else "synthetic", "max_abs_diff": diff,
         "max_abs_logit": scale, "tolerance": tolerance, "exact": plan.exact,
         "passed": (diff <= tolerance) if plan.exact else None, "pixel_max_abs_diff": pixel_diff,
-        "recommendation": None,
+        "recommendation": None, "token_budget": budget.to_dict() if budget is not None else None,
     }
     if pixel_diff > 0:
         result["note"] = ("the pruned model's image processor gives slightly different pixels; the logits were "
