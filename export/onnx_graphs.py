@@ -57,7 +57,7 @@ def past_names(num_layers, prefix="past_key_values"):
 
 
 class VisionGraph(nn.Module):
-    """Pixels of every slot -> fused image embeddings (``model.fuse(model.encode(...))``)."""
+    """Pixels of every slot -> fused image embeddings (``model.fuse(model.encode(...))``, then the token budget)."""
 
     def __init__(self, model):
         super().__init__()
@@ -65,7 +65,9 @@ class VisionGraph(nn.Module):
         self.slots = list(model.slot_names)
 
     def forward(self, pixels):
-        return self.model.fuse(self.model.encode(dict(zip(self.slots, pixels))))
+        fused = self.model.fuse(self.model.encode(dict(zip(self.slots, pixels))))
+        reduce = getattr(self.model, "reduce_tokens", None)  # the config's token budget (native: models/tokens.py)
+        return reduce(fused) if reduce is not None else fused
 
 
 class DecoderGraph(nn.Module):

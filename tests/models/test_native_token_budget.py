@@ -186,3 +186,27 @@ def test_prune_keeps_the_source_budget(tmp_path):
     assert config["token_budget"] == {"method": "pool", "budget": 0.25}
     pruned, pruned_processor, adapter = load_model(tmp_path / "out")
     assert _placeholders(pruned, _batch(pruned_processor)) == [4, 4] == [adapter.image_tokens(pruned.config)] * 2
+
+
+@pytest.mark.slow  # about 45 s wall on 2 shared cores: the ONNX export traces and validates three graphs
+def test_onnx_export_carries_a_pool_budget_and_refuses_attention(tmp_path):
+    from encslim.export import export_onnx
+    from encslim.export.ort_generate import OrtVlm
+
+    model, processor = build_tiny("A1", ("clip", "siglip"), seed=1)
+    model.config.token_budget = {"method": "pool", "budget": 0.25}
+    model.save_pretrained(tmp_path / "src")
+    processor.save_pretrained(tmp_path / "src")
+    export_onnx(tmp_path / "src", tmp_path / "onnx")
+    assert json.loads((tmp_path / "onnx" / "onnx_config.json").read_text())["num_image_tokens"] == 4
+    loaded, loaded_processor, _ = load_model(tmp_path / "src")
+    image = _images(1)[0]
+    batch = loaded_processor(text=[loaded_processor.build_prompt("What is it?")], images=[image])
+    with torch.no_grad():
+        expected = loaded.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    assert OrtVlm(tmp_path / "onnx", threads=1).generate([image], ["What is it?"], max_new_tokens=4) == \
+        expected.tolist()
+    model.config.token_budget = {"method": "attention", "budget": 0.5}
+    assert "onnx" not in ADAPTER.export_targets(model.config, ["clip", "siglip"])
+    assert ADAPTER.export_blockers(model.config, ["clip", "siglip"], "onnx")[0].startswith(
+        "the token budget attention 0.5 keeps its top-k tokens with a stable sort, which ONNX cannot express")

@@ -184,7 +184,7 @@ class NativeAdapter(Adapter):
         return removal_plan(config, drop)
 
     def export_targets(self, config, kept):
-        targets = ["hf", "remote-code", "onnx"]
+        targets = ["hf", "remote-code"] + ([] if onnx_blockers(config) else ["onnx"])
         if not llava_blockers(config, kept):
             targets.insert(1, "llava")
         return targets
@@ -192,6 +192,8 @@ class NativeAdapter(Adapter):
     def export_blockers(self, config, kept, fmt):
         if fmt == "llava":
             return llava_blockers(config, kept)
+        if fmt == "onnx" and onnx_blockers(config):
+            return onnx_blockers(config)
         return super().export_blockers(config, kept, fmt)
 
     def llava_blockers(self, config, kept):
@@ -211,6 +213,16 @@ class NativeAdapter(Adapter):
         """The native code, flat, under transformers' file names (masking: torch only)."""
         return RemoteCode(files={name: source for name, source in REMOTE_CODE_FILES.items()},
                           model_auto_map=REMOTE_MODEL_AUTO_MAP, processor_auto_map=REMOTE_PROCESSOR_AUTO_MAP)
+
+
+def onnx_blockers(config):
+    """Why a native model cannot become ONNX graphs (empty when it can): the ``attention`` token method's
+    top-k needs a stable sort, which the ONNX exporter has no operator for (``pool`` exports)."""
+    budget = budget_of(config)
+    if budget is None or budget.method != "attention":
+        return []
+    return [f"the token budget {budget.label} keeps its top-k tokens with a stable sort, which ONNX cannot express; "
+            f"export it as --format hf or remote-code, or use --token-method pool"]
 
 
 def llava_blockers(config, kept=None):
