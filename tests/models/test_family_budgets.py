@@ -3,8 +3,9 @@
 Supported (deepseek_vl_hybrid: one grid after the A3 aligner; imof: each tower's projected grid, reduced
 before the interleave; cambrian with ``connector_only``: the unpadded query grid after ``mm_projector``,
 ``image_newline`` ending each pooled row): the prompts hold the reduced placeholder count, the logits
-under ``adapter.token_budget`` equal a computation written out here with plain tensor operations, budget 1
-equals no budget, and the budget survives config.json. Refused (Cambrian with its sampler layers inside the
+under ``adapter.token_budget`` equal a computation written out here with plain tensor operations (2x2 means;
+the attention method's first-layer scores and top half), budget 1 equals no budget, and the budget survives
+config.json. Refused (Cambrian with its sampler layers inside the
 LLM; attention on Cambrian's rows; stock exports): the exact one-line reason.
 """
 
@@ -78,6 +79,40 @@ def test_hybrid_pool_budget_equals_manual(hybrid):
         fused = hybrid_fuse(model.model.aligner, adapter.encode(model, batch))
         assert fused.shape[1] == 16
         image = pool2x2(fused, 4, 4)
+        ids = batch["input_ids"]
+        embeds = model.get_input_embeddings()(ids)
+        embeds[ids == token_id] = image.reshape(-1, image.shape[-1])
+        expected = last_logits(model, embeds, batch["attention_mask"])
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+
+
+def top_half_by_first_layer_attention(tokens, llm):
+    """The attention method written out: the first decoder layer's norm and q/k projections on the grid's tokens,
+    softmax over keys, mean over heads and queries; the top half of the tokens in their original order."""
+    layer, config = llm.layers[0], llm.config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    dim = config.hidden_size // heads
+    hidden = layer.input_layernorm(tokens)
+    b, n, _ = hidden.shape
+    q = layer.self_attn.q_proj(hidden).view(b, n, heads, dim).transpose(1, 2)
+    k = layer.self_attn.k_proj(hidden).view(b, n, kv_heads, dim).transpose(1, 2)
+    k = k.repeat_interleave(heads // kv_heads, dim=1)
+    received = torch.softmax(q @ k.transpose(-1, -2) / dim ** 0.5, -1).mean(dim=(1, 2))  # (B, N)
+    keep = [sorted(row.argsort(descending=True)[: n // 2].tolist()) for row in received]
+    return torch.stack([tokens[i, idx] for i, idx in enumerate(keep)])
+
+
+def test_hybrid_attention_budget_equals_manual(hybrid):
+    from encslim.models.families.deepseek_vl_hybrid.adapter import hybrid_fuse
+
+    _, model, processor, adapter = hybrid
+    images = [make_image(8), make_image(9)]
+    batch, logits = run_logits(adapter, model, processor, images, ATTENTION)
+    token_id = model.config.image_token_id
+    assert placeholder_count(batch, token_id) == [8, 8]
+    with torch.no_grad():
+        fused = hybrid_fuse(model.model.aligner, adapter.encode(model, batch))
+        image = top_half_by_first_layer_attention(fused, model.model.language_model)
         ids = batch["input_ids"]
         embeds = model.get_input_embeddings()(ids)
         embeds[ids == token_id] = image.reshape(-1, image.shape[-1])
@@ -172,7 +207,16 @@ def test_imof_budget_one_removed_tower_and_attention(imof):
     assert placeholder_count(full_batch, -200) == [32]
     batch, logits = run_logits(adapter, model, processor, images, ATTENTION)
     assert placeholder_count(batch, -200) == [16]  # 8 per tower
-    assert torch.isfinite(logits).all() and not torch.allclose(logits, full, atol=1e-4)
+    with torch.no_grad():  # each tower's own top half, then interleaved
+        features = adapter.encode(model, batch)
+        clip = top_half_by_first_layer_attention(model.model.mm_projector(features["clip"]), model.model)
+        dino = top_half_by_first_layer_attention(model.model.dino_mm_projector(features["dinov2"]), model.model)
+        ids = batch["input_ids"]
+        embeds = model.get_input_embeddings()(ids.masked_fill(ids == -200, 0))
+        embeds[ids == -200] = torch.stack([clip, dino], 2).reshape(-1, clip.shape[-1])
+        expected = last_logits(model, embeds, batch["attention_mask"])
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(logits, full, atol=1e-4)
     with adapter.token_budget(model, processor, POOL):
         prompts = [adapter.build_prompt(processor, QUESTION)]
         batch = adapter.prepare_batch(processor, images, prompts, masked={"dinov2"})
