@@ -16,12 +16,13 @@ import re
 
 import torch
 
-from ....errors import ModelLoadError
+from ....errors import ConfigError, ModelLoadError
 from ....files import CONFIG_NAME
 from ...adapter import Slot, TrainableParts
 from ...layout import (ROTARY_INV_FREQ, LayoutAdapter, check_keys, from_pretrained, header_shapes, make_config,
                       meta_shapes, read_config_json, tolerate)
 from ...masking import FusionClass, check_mask_set, mask_feature
+from ...tokens import budget_of
 from .configuration import (CONVNEXT, EAGLE_KEYS, IMAGE_TOKEN_INDEX, TOWER_NAMES, TOWER_PREFIX, EagleConfig,
                             parse_towers)
 from .modeling import EagleVisionLlamaForCausalLM, register_auto_classes
@@ -39,6 +40,13 @@ model, processor, adapter = encslim.load_model("{name}")
 #   from transformers import AutoModelForCausalLM
 #   model = AutoModelForCausalLM.from_pretrained("{name}")
 """
+
+
+def _budget_note(budget, grid):
+    """The export note of a folder whose config carries a token budget."""
+    return (f"token budget {budget.label} (config.json token_budget): {budget.tokens_out((grid, grid))} of the "
+            f"{grid * grid} image tokens reach the LLM; NVlabs/EAGLE's own code has no reducer (it ignores the key "
+            "and splices all of them), so a folder with a token budget loads with encslim only")
 
 
 def read_eagle_config(path):
@@ -110,6 +118,11 @@ class EagleAdapter(LayoutAdapter):
     def fusion_class(self, config):
         return FusionClass.A1
 
+    def token_grids(self, config, masked=frozenset(), mask_mode="removal"):
+        """One ``g x g`` grid: every tower's features concatenated on channels, projected (masking keeps it)."""
+        grid = config.eagle_grid_size
+        return [(grid, grid)]
+
     def fusion_settings(self, config):
         return {"type": "channel_concat", "projector": config.mm_projector_type, "grid": config.eagle_grid_size,
                 "input_image_size": config.eagle_input_image_size, "mask": "zeros before the concat"}
@@ -160,6 +173,13 @@ class EagleAdapter(LayoutAdapter):
         if not features:
             return embeds
         fused = model.model.mm_projector(self.fuse(model, features, masked, mask_mode, mask_values).to(embeds.dtype))
+        fused = model.reduce_image_tokens(fused)  # config.token_budget (none: every token)
+        places = int(image.sum())
+        if places and places != fused.shape[0] * fused.shape[1]:  # prompts without images (training) take none
+            budget = budget_of(model.config)
+            raise ConfigError(f"the prompts hold {places} image tokens but {fused.shape[0]} image(s) give "
+                              f"{fused.shape[1]} each (token budget {budget.label if budget else '1'}): the "
+                              "processor's token_budget differs from the model's")
         return embeds.masked_scatter(image.unsqueeze(-1), fused.to(embeds.dtype))
 
     # ------------------------------------------------------------------ modules and parameters
@@ -188,9 +208,15 @@ class EagleAdapter(LayoutAdapter):
         return removal_plan(config, drop)
 
     def export_targets(self, config, kept):
-        return ["hf", "onnx"]
+        budget = budget_of(config)
+        return ["hf"] if budget is not None and budget.method != "pool" else ["hf", "onnx"]
 
     def export_blockers(self, config, kept, fmt):
+        budget = budget_of(config)
+        if fmt == "onnx" and budget is not None and budget.method != "pool":
+            return [f"the ONNX vision front end cannot hold the {budget.method} token reducer (token budget "
+                    f"{budget.label}: it scores tokens with the LLM's first layer, which the graph does not hold); "
+                    "a pool budget exports"]
         if fmt in self.export_targets(config, kept):
             return []
         return [f"{fmt} export is not available for Eagle; --format hf writes Eagle's own layout (loads with "
@@ -207,9 +233,16 @@ class EagleAdapter(LayoutAdapter):
         from ...llava_processing import CLIP_MEAN, CLIP_STD
         from .front_end import EagleTowerInputsFrontEnd
 
+        budget = budget_of(model.config)
+        if budget is not None and budget.method != "pool":
+            raise ConfigError(self.export_blockers(model.config, model.config.tower_names, "onnx")[0])
         module = EagleTowerInputsFrontEnd(model)
+        grid = (model.config.eagle_grid_size,) * 2
         info = {"image_size": processor.image_size, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
-                "expand_to_square": processor.pad, "num_image_tokens": processor.num_image_tokens,
+                "expand_to_square": processor.pad,
+                "num_image_tokens": budget.tokens_out(grid) if budget else processor.num_image_tokens,
+                "token_budget": budget.to_dict() if budget else None,
+                "token_grid": list(budget.grid_out(grid) if budget else grid),
                 "hidden_size": model.config.hidden_size, "towers": model.config.tower_names,
                 "tower_inputs": module.recipes,
                 "make_inputs": "EagleProcessor.tower_inputs(pixel_values) (encslim, torch): each tower's input as "
@@ -223,10 +256,15 @@ class EagleAdapter(LayoutAdapter):
         if CONVNEXT not in config.tower_names:
             notes.append("without convnext-1024 this folder does not load in NVlabs/EAGLE's own code (its "
                          "multi-tower encoder takes the ConvNeXt tower's image processor); load it with encslim")
+        budget = budget_of(config)
+        if budget is not None:
+            notes.append(_budget_note(budget, config.eagle_grid_size))
         return notes
 
     def how_to_load(self, folder, model):
-        return HOW_TO_LOAD.format(name=folder)
+        budget = budget_of(model.config)
+        extra = f"# {_budget_note(budget, model.config.eagle_grid_size)}\n" if budget is not None else ""
+        return HOW_TO_LOAD.format(name=folder) + extra
 
 
 register_auto_classes()

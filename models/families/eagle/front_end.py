@@ -12,8 +12,11 @@ towers amplify it past 1e-4. So the export moves every input resampling out of t
 - :func:`make_tower_inputs` makes them from ``pixel_values`` with the very torch calls the
   model's own forward makes (so the inputs are bit-identical to what the towers see);
 - :class:`EagleTowerInputsFrontEnd` is the graph: towers from their own inputs, each tower's
-  features to the 32x32 grid, the channel concat and the projector. Its ``reference`` is the
-  model's own path (``encode_images`` on ``pixel_values``), which validation compares against.
+  features to the 32x32 grid, the channel concat and the projector, then, when the config carries a
+  ``pool`` token budget, its average pooling (a plain ``AveragePool``: the graph's tokens are the ones
+  the LLM reads). Its ``reference`` is the model's own path (``encode_images`` on ``pixel_values``,
+  reducer included), which validation compares against. An ``attention`` budget scores tokens in the
+  LLM's first layer, which the graph does not hold: the adapter refuses that export.
 
 Feature-grid resizes (e.g. CLIP's 24x24 -> 32x32, Pix2Struct's 45x45 -> 32x32) stay in the graph:
 their sampling positions are small numbers and agree between the two backends to float precision.
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...llava_processing import CLIP_MEAN, CLIP_STD
+from ...tokens import budget_of, reduce_grids
 from .towers import tower_input_size
 
 PIX2STRUCT = "pix2struct-1024"
@@ -115,6 +119,10 @@ class EagleTowerInputsFrontEnd(nn.Module):
         self.mm_projector = model.model.mm_projector
         self.recipes = tower_input_recipes(model.config)
         self.grid = self.vision_tower.grid_size
+        self.budget = budget_of(model.config)
+        if self.budget is not None and self.budget.method != "pool":
+            raise ValueError(f"the ONNX front end holds the pool token reducer only, not {self.budget.label}")
+        self._own_path = model.encode_images  # a bound method, not a submodule: the LLM stays out of the graph
 
     @property
     def input_names(self):
@@ -125,8 +133,8 @@ class EagleTowerInputsFrontEnd(nn.Module):
         return list(make_tower_inputs(self.recipes, pixel_values).values())
 
     def reference(self, pixel_values):
-        """The model's own path on ``pixel_values`` (resizes inside): what the graph must reproduce."""
-        return self.mm_projector(self.vision_tower(pixel_values))
+        """The model's own path on ``pixel_values`` (resizes and reducer inside): what the graph must reproduce."""
+        return self._own_path(pixel_values)
 
     def _pix2struct(self, tower, patches, grid):
         mask = (patches.sum(dim=-1) != 0).to(patches.dtype)
@@ -149,7 +157,8 @@ class EagleTowerInputsFrontEnd(nn.Module):
             else:
                 feature = tower(x)
             parts.append(_to_grid(feature, self.grid))
-        return self.mm_projector(torch.cat(parts, dim=-1))
+        projected = self.mm_projector(torch.cat(parts, dim=-1))
+        return reduce_grids(projected, [(self.grid, self.grid)], self.budget)  # no budget: as it is
 
 
 __all__ = ["tower_input_recipes", "make_tower_inputs", "EagleTowerInputsFrontEnd"]

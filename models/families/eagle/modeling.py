@@ -27,6 +27,7 @@ from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
+from ...tokens import budget_of, reduce_grids, scorer_for
 from .configuration import EagleConfig
 from .towers import tower_class
 
@@ -111,20 +112,33 @@ class EagleVisionLlamaForCausalLM(LlamaForCausalLM):
         self.post_init()
 
     def encode_images(self, images):
-        """``EagleMetaForCausalLM.encode_images``: towers, concat, projector."""
-        return self.model.mm_projector(self.model.vision_tower(images))
+        """``EagleMetaForCausalLM.encode_images``: towers, concat, projector; then the token reducer of
+        ``config.token_budget`` (encslim's, absent from the original) when the config carries one."""
+        return self.reduce_image_tokens(self.model.mm_projector(self.model.vision_tower(images)))
+
+    def reduce_image_tokens(self, projected):
+        """The projected ``(B, g*g, H)`` grid under ``config.token_budget`` (:mod:`encslim.models.tokens`):
+        pooled, or the top-k tokens by the attention of the LLM's first layer; no budget: as it is."""
+        budget = budget_of(self.config)
+        if budget is None:
+            return projected
+        scorer = scorer_for(self) if budget.method == "attention" else None
+        grid = self.config.eagle_grid_size
+        return reduce_grids(projected, [(grid, grid)], budget, scorer)
 
 
 class EagleVisionFrontEnd(nn.Module):
-    """Pixels -> the image embeddings the LLM receives (towers, concat, projector): the ONNX export."""
+    """Pixels -> the image embeddings the LLM receives (towers, concat, projector, a pool budget's reducer)."""
 
     def __init__(self, model):
         super().__init__()
         self.vision_tower = model.model.vision_tower
         self.mm_projector = model.model.mm_projector
+        self.budget, self.grid = budget_of(model.config), model.config.eagle_grid_size
 
     def forward(self, pixel_values):
-        return self.mm_projector(self.vision_tower(pixel_values))
+        projected = self.mm_projector(self.vision_tower(pixel_values))
+        return reduce_grids(projected, [(self.grid, self.grid)], self.budget)
 
 
 def register_auto_classes():

@@ -11,12 +11,15 @@
   tokenized on its own, later chunks lose their BOS, and the placeholder id ``-200`` sits between
   them. encslim repeats the placeholder once per image token (the 32x32 grid) so the fused
   features can be written into those positions; the LLM then sees exactly Eagle's sequence.
+  Under a token budget (``token_budget``: the model config's when built, or set by
+  ``Adapter.token_budget``) it repeats it as often as the reducer leaves tokens (``image_token_count``).
 
 ``expand2square``, the templates and ``tokenizer_image_token`` are LLaVA's, shared with I-MoF and
 Cambrian: :mod:`encslim.models.llava_processing`.
 """
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ from ....errors import ModelLoadError
 from ...layout import TokenizerMixin, left_pad
 from ...llava_processing import (CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, chat_prompt, expand2square,
                                  guess_template, tokenizer_image_token)
+from ...tokens import budget_of
 from .configuration import DEFAULT_GRID, DEFAULT_INPUT_SIZE
 
 # encslim's record of the chat template and sizes (Eagle's own code hard-codes them and ignores it)
@@ -45,6 +49,7 @@ class EagleProcessor(TokenizerMixin):
         self.pad = pad
         self.image_token = IMAGE_PLACEHOLDER
         self.tower_recipes = tower_recipes  # front_end.tower_input_recipes: each tower's input (ONNX)
+        self.token_budget = None  # a TokenBudget: fewer placeholders per image (image_token_count)
         self.image_processor = CLIPImageProcessorPil(
             size={"shortest_edge": self.image_size}, crop_size={"height": self.image_size, "width": self.image_size},
             resample=3, do_center_crop=True, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD)
@@ -53,9 +58,11 @@ class EagleProcessor(TokenizerMixin):
     def from_config(cls, tokenizer, config):
         from .front_end import tower_input_recipes
 
-        return cls(tokenizer, config.eagle_input_image_size, config.eagle_grid_size ** 2,
-                   pad=getattr(config, "image_aspect_ratio", "pad") == "pad",
-                   tower_recipes=tower_input_recipes(config))
+        processor = cls(tokenizer, config.eagle_input_image_size, config.eagle_grid_size ** 2,
+                        pad=getattr(config, "image_aspect_ratio", "pad") == "pad",
+                        tower_recipes=tower_input_recipes(config))
+        processor.token_budget = budget_of(config)
+        return processor
 
     @classmethod
     def from_pretrained(cls, path, config):
@@ -106,9 +113,18 @@ class EagleProcessor(TokenizerMixin):
     def build_prompt(self, question, with_image=True):
         return chat_prompt(self.template, question, with_image)
 
+    @property
+    def image_token_count(self):
+        """Placeholders per image: ``num_image_tokens`` (the g x g grid), or what ``token_budget`` leaves of it."""
+        budget = self.token_budget
+        if budget is None or not budget.active:
+            return self.num_image_tokens
+        side = math.isqrt(self.num_image_tokens)
+        return budget.tokens_out((side, side))
+
     def prompt_ids(self, prompt):
-        """``tokenizer_image_token`` with each placeholder repeated ``num_image_tokens`` times."""
-        return tokenizer_image_token(self.tokenizer, prompt, self.num_image_tokens)
+        """``tokenizer_image_token`` with each placeholder repeated ``image_token_count`` times."""
+        return tokenizer_image_token(self.tokenizer, prompt, self.image_token_count)
 
     def text_inputs(self, prompts):
         """LEFT-padded ``input_ids``/``attention_mask`` of ``prompts``."""

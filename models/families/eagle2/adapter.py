@@ -12,9 +12,14 @@ Dynamic tiles (:mod:`.processing`): a batch holds every image's tiles and ``num_
 gives each image's row its tiles' tokens one after the other, zero-padded to the batch's longest, and
 :meth:`embed` puts each row's first ``n_i`` fused tokens into its ``n_i`` ``<IMG_CONTEXT>`` places. The
 evaluator builds cached-feature prompts with :meth:`image_text_inputs` (tile counts from the image sizes)
-and counts only real tokens for mean features (:meth:`feature_lengths`). Fine-tuning builds its prompts
-without images, so :meth:`pixel_inputs` gives one untiled view per image (the thumbnail).
+and counts only real tokens for mean features (:meth:`feature_lengths`). A token budget (``token_budget``)
+reduces each tile's projected grid on its own (thumbnail included): an image of ``T`` tiles gets ``T * k``
+places, and :meth:`embed` reduces every row's tiles (padding tiles too, then left out) before the scatter.
+Fine-tuning builds its prompts without images, so :meth:`pixel_inputs` gives one untiled view per image (the
+thumbnail).
 """
+
+import math
 
 import torch
 
@@ -22,6 +27,7 @@ from ....errors import ConfigError
 from ...adapter import Slot, TrainableParts
 from ...layout import IMAGE_PLACEHOLDER, LayoutAdapter, check_keys, from_pretrained, meta_shapes
 from ...masking import FusionClass, check_mask_set
+from ...tokens import budget_of
 from .configuration import (CONVNEXT, FUSION_ORDER, IMG_CONTEXT, MODEL_TYPE, SIGLIP, TOWER_PREFIX, fit_to_checkpoint,
                             read_eagle2_config)
 from .modeling import Eagle2ChatModel, register_auto_classes
@@ -44,6 +50,17 @@ def _cover(features, masked, tokens):
     if any(s not in masked for s in features):
         return features
     return {s: f.new_zeros(f.shape[0], max(tokens, f.shape[1]), f.shape[-1]) for s, f in features.items()}
+
+
+def _tile_counts(counts, per_tile, budget):
+    """Each row's tile count from its ``<IMG_CONTEXT>`` count (``per_tile`` places a tile); ``ConfigError`` when a
+    count is no whole number of tiles (prompts written under another token budget than the model's)."""
+    odd = [int(c) for c in counts if int(c) % per_tile]
+    if odd:
+        raise ConfigError(f"a prompt holds {odd[0]} image tokens, not a whole number of tiles of {per_tile} "
+                          f"(token budget {budget.label if budget else '1'}): the processor's token_budget differs "
+                          "from the model's")
+    return [int(c) // per_tile for c in counts]
 
 
 def expected_shapes(config):
@@ -81,7 +98,15 @@ class Eagle2Adapter(LayoutAdapter):
                 "mask": "zeros before mlp1 (the LayerNorm counts them)"}
 
     def image_tokens(self, config, masked=frozenset(), mask_mode="removal"):
-        return config.num_image_tokens
+        """Tokens per tile: ``num_image_tokens``, or what the config's token budget leaves of the tile's grid."""
+        budget = budget_of(config)
+        return budget.tokens_out(self.token_grids(config)[0]) if budget else config.num_image_tokens
+
+    def token_grids(self, config, masked=frozenset(), mask_mode="removal"):
+        """One tile's grid after the pixel shuffle and ``mlp1``: ``side x side`` = ``num_image_tokens``; the reducer
+        runs on every tile of an image (thumbnail included)."""
+        side = math.isqrt(config.num_image_tokens)
+        return [(side, side)]
 
     # ------------------------------------------------------------------ loading and inputs
     def load(self, path, device="cpu", dtype=None, device_map=None):
@@ -164,13 +189,29 @@ class Eagle2Adapter(LayoutAdapter):
             return embeds
         image = input_ids == self.image_token_id(model.config)
         counts = image.sum(dim=1)
-        features = _cover(features, masked, int(counts.max()))
-        fused = self.fuse(model, features, masked, mask_mode, mask_values)
+        fused, per_tile = self._fused_tiles(model, features, counts, (masked, mask_mode, mask_values))
         if int(counts.max()) > fused.shape[1]:
             raise ConfigError(f"a prompt holds {int(counts.max())} image tokens but its features only "
-                              f"{fused.shape[1]}: the text was built for more tiles than were encoded")
+                              f"{fused.shape[1] // per_tile} tile(s) of {per_tile}: the text was built for more "
+                              "tiles than were encoded")
         valid = torch.arange(fused.shape[1], device=fused.device).unsqueeze(0) < counts.to(fused.device).unsqueeze(1)
         return embeds.masked_scatter(image.unsqueeze(-1), fused[valid].to(embeds.dtype))
+
+    def _fused_tiles(self, model, features, counts, mask):
+        """``(B, T_max * k, H)`` fused tokens, each tile reduced on its own under the config's token budget, and
+        ``k`` (tokens per tile after the reducer; ``num_image_tokens`` without a budget)."""
+        budget, n = budget_of(model.config), model.config.num_image_tokens
+        per_tile = self.image_tokens(model.config)
+        tiles = _tile_counts(counts, per_tile, budget) if budget else None
+        need = max(tiles) * n if tiles else int(counts.max())
+        fused = self.fuse(model, _cover(features, mask[0], need), *mask)
+        if budget is None:
+            return fused, per_tile
+        if fused.shape[1] % n:
+            raise ConfigError(f"the image features hold {fused.shape[1]} tokens per row, not whole tiles of {n}")
+        b, length, hidden = fused.shape
+        reduced = model.reduce_tiles(fused.reshape(b * (length // n), n, hidden))
+        return reduced.reshape(b, -1, hidden), per_tile
 
     def generate(self, model, features, batch, masked=frozenset(), mask_mode="removal", mask_values=None,
                  max_new_tokens=16, **generate_kwargs):
@@ -214,6 +255,12 @@ class Eagle2Adapter(LayoutAdapter):
 
     def export_notes(self, config):
         notes = []
+        budget = budget_of(config)
+        if budget is not None:
+            notes.append(f"token budget {budget.label} (config.json token_budget): {self.image_tokens(config)} of "
+                         f"the {config.num_image_tokens} image tokens of each tile reach the LLM; Eagle2-9B's own "
+                         "remote code has no reducer (it ignores the key and writes every tile's tokens), so a folder "
+                         "with a token budget loads with encslim only")
         if config.encslim_removed_dims:
             removed = ", ".join(f"{s} ({w} zero channels)" for s, w in config.encslim_removed_dims.items())
             notes.append(f"tower(s) removed: {removed} before mlp1 (config.json encslim_removed_dims); this folder "

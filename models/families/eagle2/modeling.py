@@ -29,7 +29,13 @@ logits within 3e-7 of encslim's):
 
 Class A2 (LayerNorm-first projector): a removed tower's block enters ``mlp1`` as zeros
 (``encslim_removed_dims``), so the pruned model computes the zero-masked one exactly.
+
+Token budget (encslim's, absent from the original): with ``token_budget`` in the config, ``forward`` reduces
+each tile's projected ``side x side`` grid on its own (:meth:`Eagle2ChatModel.reduce_tiles`,
+:mod:`encslim.models.tokens`) before the ``<IMG_CONTEXT>`` replacement; the processor writes that many.
 """
+
+import math
 
 import torch
 from torch import nn
@@ -39,6 +45,7 @@ from ...convnext import ConvNextVisionTower
 from ...layout import under_vision_model
 from ...llava_processing import CLIP_MEAN, CLIP_STD
 from ...masking import mask_feature
+from ...tokens import budget_of, reduce_grids, scorer_for
 from .configuration import CONVNEXT, MODEL_TYPE, SIGLIP, SIGLIP_MEAN, SIGLIP_STD, Eagle2ChatConfig
 
 
@@ -200,11 +207,26 @@ class Eagle2ChatModel(PreTrainedModel):
     def extract_feature(self, pixel_values):
         return self.fuse({s: self.slot_features(s, pixel_values) for s in self.config.slot_names})
 
+    @property
+    def tile_grid(self):
+        """The ``(side, side)`` grid of one tile's projected tokens (``num_image_tokens`` = side * side)."""
+        side = math.isqrt(self.config.num_image_tokens)
+        return side, side
+
+    def reduce_tiles(self, tokens):
+        """``(T, N, H)`` projected tile tokens under ``config.token_budget``: each tile's grid reduced on its own
+        (pooled, or its top-k by the attention of the LLM's first layer) -> ``(T, k, H)``; no budget: as they are."""
+        budget = budget_of(self.config)
+        if budget is None:
+            return tokens
+        scorer = scorer_for(self.language_model) if budget.method == "attention" else None
+        return reduce_grids(tokens, [self.tile_grid], budget, scorer)
+
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, inputs_embeds=None, image_flags=None,
                 **kwargs):
         if pixel_values is not None:
             embeds = self.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
-            vit = self.extract_feature(pixel_values)
+            vit = self.reduce_tiles(self.extract_feature(pixel_values))
             if image_flags is not None:
                 vit = vit[image_flags.reshape(-1) == 1]
             selected = (input_ids == self.config.img_context_token_id).unsqueeze(-1)

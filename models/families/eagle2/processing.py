@@ -21,17 +21,23 @@ NVlabs/Eagle 783f656 ``Eagle2_5/eaglevl/conversation.py`` registers it:
   becomes ``<img>`` + ``<IMG_CONTEXT>`` * (256 * T_i) + ``</img>`` (``Eagle2ChatModel.chat``:
   ``num_image_token * num_patches``).
 
+Under a token budget (``token_budget``: the model config's when built, or set by ``Adapter.token_budget``)
+each tile writes as many ``<IMG_CONTEXT>`` as the reducer leaves of its grid (:attr:`Eagle2Processor.tile_tokens`);
+:meth:`Eagle2Processor.to_dict` stays budget-free (it keys the encoder features, which are).
+
 ``max_tiles`` (``max_dynamic_patch`` by default) may be overridden: in the folder's
 ``processor_config.json`` (key ``max_tiles``) or on a loaded processor (:meth:`Eagle2Processor.set_max_tiles`).
 """
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from ....errors import ConfigError, ModelLoadError
 from ...layout import IMAGE_PLACEHOLDER, TokenizerMixin, left_pad
+from ...tokens import budget_of
 from .configuration import IMG_CONTEXT, IMG_END, IMG_START, SIGLIP_MEAN, SIGLIP_STD
 
 SYSTEM_MESSAGE = "You are a helpful assistant."
@@ -116,12 +122,15 @@ class Eagle2Processor(TokenizerMixin):
         self.dynamic, self.thumbnail = bool(dynamic), bool(thumbnail)
         self.min_tiles = int(min_tiles)
         self.set_max_tiles(max_tiles)
+        self.token_budget = None  # a TokenBudget: fewer <IMG_CONTEXT> per tile (tile_tokens)
 
     @classmethod
     def from_config(cls, tokenizer, config):
-        return cls(tokenizer, config.tile_size, config.num_image_tokens, config.template,
-                   dynamic=config.dynamic_image_size, min_tiles=config.min_dynamic_patch,
-                   max_tiles=config.max_dynamic_patch, thumbnail=config.use_thumbnail)
+        processor = cls(tokenizer, config.tile_size, config.num_image_tokens, config.template,
+                        dynamic=config.dynamic_image_size, min_tiles=config.min_dynamic_patch,
+                        max_tiles=config.max_dynamic_patch, thumbnail=config.use_thumbnail)
+        processor.token_budget = budget_of(config)
+        return processor
 
     @classmethod
     def from_pretrained(cls, path, config):
@@ -215,9 +224,18 @@ class Eagle2Processor(TokenizerMixin):
     def build_prompt(self, question, with_image=True):
         return chat_prompt(self.template, question, with_image)
 
+    @property
+    def tile_tokens(self):
+        """``<IMG_CONTEXT>`` per tile: N (``num_image_tokens``), or what ``token_budget`` leaves of the tile's grid."""
+        budget = self.token_budget
+        if budget is None or not budget.active:
+            return self.num_image_tokens
+        side = math.isqrt(self.num_image_tokens)
+        return budget.tokens_out((side, side))
+
     def expand(self, prompt, tiles=1):
-        """The prompt's ``<image>`` as ``<img>`` + ``<IMG_CONTEXT>`` * (N * tiles) + ``</img>``."""
-        return prompt.replace(IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * (self.num_image_tokens * tiles) + IMG_END)
+        """The prompt's ``<image>`` as ``<img>`` + ``<IMG_CONTEXT>`` * (tile_tokens * tiles) + ``</img>``."""
+        return prompt.replace(IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * (self.tile_tokens * tiles) + IMG_END)
 
     def text_inputs(self, prompts, tiles=None):
         """LEFT-padded ``input_ids``/``attention_mask``; ``tiles``: per prompt its image's tile count (default 1)."""
