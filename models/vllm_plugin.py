@@ -10,7 +10,9 @@ transformers classes are registered too (``Family.transformers``), so that vLLM'
 ``AutoProcessor`` read its folders.
 
 Families go through the registry (:mod:`encslim.models.registry`); nothing here names one. Folders
-exported with a stock class (``encslim export --format llava``) need no plugin.
+exported with a stock class (``encslim export --format llava``) need no plugin. A folder whose ``config.json``
+carries a token budget (``token_budget``) is served under it (the family's vLLM model applies the reducer);
+one whose family cannot apply that budget is refused here, with the adapter's reason.
 
 Importing this module imports neither vLLM nor torch.
 """
@@ -19,8 +21,9 @@ import json
 import shlex
 from pathlib import Path
 
-from ..errors import ConfigError
-from .registry import detect_family, families, resolve
+from ..errors import ConfigError, EncslimError
+from .registry import detect_family, families, get_adapter, register_transformers, resolve
+from .tokens import CONFIG_KEY, parse_budget
 
 
 def serving_models():
@@ -45,6 +48,30 @@ def serving_models():
     return models
 
 
+def check_budget(folder, config, model_type):
+    """Refuse a folder whose ``config.json`` token budget its family's model cannot apply (in vLLM as anywhere).
+
+    Args:
+        folder: the model folder.
+        config: its ``config.json`` as a dict.
+        model_type: the family's model type of the folder.
+
+    Raises:
+        ConfigError: the budget is malformed, or the family takes none / not this one (the adapter's reason).
+    """
+    budget = parse_budget(config.get(CONFIG_KEY))
+    if budget is None:
+        return
+    register_transformers()  # the family's config class reads config.json
+    adapter = get_adapter(model_type)
+    try:
+        adapter.check_token_budget(adapter.read_config(folder), budget)
+    except EncslimError as err:
+        reason = str(err).removeprefix(f"token budget {budget.label}: ")
+        raise ConfigError(f"carries token budget {budget.label} (config.json token_budget), which it cannot apply: "
+                          f"{reason}") from None
+
+
 def engine_overrides(folder):
     """The engine arguments vLLM needs, besides the folder itself, to serve a model folder.
 
@@ -63,8 +90,9 @@ def engine_overrides(folder):
         family's vLLM class) or ``{"hf_overrides": {"architectures": [class name]}}``.
 
     Raises:
-        ConfigError: no readable ``config.json``; the folder's family has no vLLM model; or its
-            ``model_type`` is not one of the family's (the message says which, from "is a ...").
+        ConfigError: no readable ``config.json``; the folder's family has no vLLM model; its
+            ``model_type`` is not one of the family's (the message says which, from "is a ..."); or it carries
+            a token budget its family cannot apply (:func:`check_budget`).
     """
     try:
         config = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
@@ -81,6 +109,7 @@ def engine_overrides(folder):
         raise ConfigError(f"is a {family.name} model whose config.json says model_type "
                           f"'{config.get('model_type')}', which vLLM reads as another model's (this family's are "
                           f"{', '.join(family.model_types)}), whatever the overrides")
+    check_budget(folder, config, config["model_type"])
     architecture = family.serving.split(":")[1]
     if (config.get("architectures") or [None])[0] == architecture:
         return {}
@@ -96,7 +125,8 @@ def serve_command(folder):
     Returns:
         ``"vllm serve FOLDER"`` (plus ``--hf-overrides '{"architectures": [...]}'`` where
         :func:`engine_overrides` says so), or ``None``: no readable ``config.json``, no family's folder, its
-        family has no vLLM model, or its ``model_type`` is not one of the family's.
+        family has no vLLM model, its ``model_type`` is not one of the family's, or it carries a token budget its
+        family cannot apply.
     """
     try:
         overrides = engine_overrides(folder)
@@ -130,4 +160,4 @@ def register():
     return sorted(models)
 
 
-__all__ = ["engine_overrides", "register", "serve_command", "serving_models"]
+__all__ = ["check_budget", "engine_overrides", "register", "serve_command", "serving_models"]

@@ -65,7 +65,8 @@ class EagleProcessingInfo(ImageProcessingInfo):
         return folder_processor(_build_processor, self.ctx.model_config.model, self.get_hf_config())
 
     def get_num_image_tokens(self):
-        return self.get_hf_config().eagle_grid_size ** 2
+        """``grid*grid``, or the tokens the folder's token budget leaves of that grid."""
+        return self.budget_tokens(self.get_hf_config().eagle_grid_size ** 2)
 
     def image_side(self):
         """Eagle's input size (every tower resizes from it)."""
@@ -87,13 +88,14 @@ class EagleVisionLlamaForCausalLM(ImageTextModel):
         return checkpoint_to_vllm(name)
 
     def embed_multimodal(self, **kwargs) -> MultiModalEmbeddings:
-        """One ``(grid*grid, hidden)`` tensor per image, from ``pixel_values`` (B, 3, S, S)."""
+        """One ``(grid*grid, hidden)`` tensor per image, from ``pixel_values`` (B, 3, S, S); fewer tokens under the
+        folder's token budget (the projected grid reduced)."""
         pixels = kwargs.get("pixel_values")
         if pixels is None:
             return []
         weight = next(self.mm_projector.parameters())
         features = self.vision_tower(stack_images(pixels).to(device=weight.device, dtype=weight.dtype))
-        return tuple(self.mm_projector(features.to(weight.dtype)).unbind(0))
+        return tuple(self.reduce_image_tokens(self.mm_projector(features.to(weight.dtype))).unbind(0))
 
 
 __all__ = ["ARCHITECTURE", "EagleVisionLlamaForCausalLM", "checkpoint_to_vllm"]

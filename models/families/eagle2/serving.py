@@ -22,6 +22,11 @@ per image (``pixel_values`` sliced per image by ``num_tiles``); the prompt's ``<
 engine, ``--mm-processor-kwargs``, or per request) overrides ``max_dynamic_patch`` as the processor's
 ``max_tiles`` does; vLLM sizes its encoder cache from the engine's setting at start-up, so a request may
 lower it but one that raises it can be refused (vLLM names the encoder cache size).
+
+A folder whose ``config.json`` carries a token budget (``token_budget``, ``models/tokens.py``) is served under
+it: each tile keeps the tokens the reducer leaves of its grid (the processor, built from the config, writes that
+many ``<IMG_CONTEXT>`` per tile), and each tile's projected tokens pass through the reducer
+(:meth:`~encslim.models.vllm_serving.ImageTextModel.reduce_image_tokens`) as in the transformers model.
 """
 
 import copy
@@ -51,7 +56,7 @@ _SKIP = re.compile(r"^vision_model\.vision_model\.vision_towers\.\d+\.vision_tow
 
 
 def _processor(folder, config):
-    """The folder's :class:`Eagle2Processor` with the config's tiling (built once per folder)."""
+    """The folder's :class:`Eagle2Processor` with the config's tiling and token budget (built once per folder)."""
     return folder_processor(Eagle2Processor.from_pretrained, folder, config)
 
 
@@ -112,7 +117,7 @@ class Eagle2ProcessingInfo(ImageProcessingInfo):
     def get_num_image_tokens(self, size, processor=None):
         """The tokens ``<image>`` becomes for an image of ``size``: ``<img>``, its tiles' contexts, ``</img>``."""
         processor = processor or self.get_hf_processor()
-        return processor.num_image_tokens * processor.num_tiles(size) + 2
+        return self.budget_tokens(processor.num_image_tokens) * processor.num_tiles(size) + 2
 
     def get_image_size_with_most_features(self):
         """An image whose grid has the most tiles (``max_tiles`` in one row): the most image tokens."""
@@ -192,14 +197,14 @@ class Eagle2ChatModel(ImageTextModel):
 
     def embed_multimodal(self, **kwargs) -> MultiModalEmbeddings:
         """One ``(tiles * tokens per tile, hidden)`` tensor per image, from ``pixel_values`` (all tiles) and
-        ``num_tiles``."""
+        ``num_tiles``; each tile's tokens reduced by the folder's token budget."""
         pixels, tiles = kwargs.get("pixel_values"), kwargs.get("num_tiles")
         if pixels is None:
             return []
         pixels = torch.cat(list(pixels)) if isinstance(pixels, (list, tuple)) else pixels
         tiles = [int(t) for t in (torch.as_tensor(tiles).flatten() if tiles is not None else [pixels.shape[0]])]
         weight = next(self.mlp1.parameters())
-        features = self.extract_feature(pixels.to(device=weight.device, dtype=weight.dtype))
+        features = self.reduce_image_tokens(self.extract_feature(pixels.to(device=weight.device, dtype=weight.dtype)))
         per_tile = features.shape[1]
         return features.reshape(-1, features.shape[-1]).split([t * per_tile for t in tiles])
 

@@ -26,6 +26,11 @@ token id 0 that receive the interleaved image embeddings (the family's embed ste
 there before writing the features). Images go through the family's processor
 (:meth:`~.processing.ImofProcessor.pixel_values`: ``mm_utils.process_images``, pad to square with the
 CLIP mean colour, CLIP-336's PIL image processor), the one tensor both towers see.
+
+A folder whose ``config.json`` carries a token budget (``token_budget``, ``models/tokens.py``) is served under
+it: each kept tower's projected grid is reduced on its own before the interleave
+(:meth:`~encslim.models.vllm_serving.ImageTextModel.reduce_image_tokens`, as ``modeling.reduce_tower``), and the
+processor, built from the config, counts the tokens left.
 """
 
 import copy
@@ -100,17 +105,19 @@ class ImofLlamaForCausalLM(ImageTextModel):
 
     def embed_multimodal(self, **kwargs) -> MultiModalEmbeddings:
         """One ``(image tokens, hidden)`` tensor per image from ``pixel_values`` (B, 3, S, S): each kept tower's
-        features through its projector, interleaved in ``imof_towers`` order (:func:`~.modeling.fuse_towers`)."""
+        features through its projector, reduced on its own under the folder's token budget, interleaved in
+        ``imof_towers`` order (:func:`~.modeling.fuse_towers`)."""
         pixels = kwargs.get("pixel_values")
         if pixels is None:
             return []
         pixels = stack_images(pixels)
         parts = []
-        for tower in self.towers:
+        for i, tower in enumerate(self.towers):
             encoder, projector = (getattr(self, name) for name in _TOWER_MODULES[tower][:2])
             weight = next(projector.parameters())
             features = encoder(pixels.to(device=weight.device, dtype=weight.dtype))
-            parts.append(projector(features.to(weight.dtype)))
+            grid = None if self.budget_grids is None else self.budget_grids[i:i + 1]  # this tower's
+            parts.append(self.reduce_image_tokens(projector(features.to(weight.dtype)), grid))
         return tuple(interleave(parts).unbind(0))
 
 

@@ -15,6 +15,11 @@ by the renamings and conversions that transformers declares for that backbone cl
 (:func:`backbone_weights`), as ``from_pretrained`` maps them. The processor is the
 family's :class:`EncslimProcessor`: it prepares one ``pixel_values_<slot>`` tensor per slot, and the
 ``<image>`` placeholder becomes exactly ``processor.num_image_tokens()`` image tokens.
+
+A folder whose ``config.json`` carries a token budget (``token_budget``, ``models/tokens.py``) is served under
+it: the processor writes the reduced count (its ``token_budget`` set from the config), and the fused tokens
+pass through the reducer (:meth:`~encslim.models.vllm_serving.ImageTextModel.reduce_image_tokens`, each grid of
+``EncslimConfig.token_grids``) before they reach the LLM, as in the transformers model.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,6 +38,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import MultiModalDataItems
 from vllm.multimodal.processing import BaseMultiModalProcessor, PromptReplacement, PromptUpdate
 
+from ...tokens import budget_of
 from ...vllm_serving import (ImageDummyInputsBuilder, ImageProcessingInfo, ImageTextModel, folder_processor,
                              stack_images)
 from .modeling import FUSIONS, PIXEL_PREFIX, VisionSlot
@@ -40,7 +46,9 @@ from .processing import EncslimProcessor
 
 
 def _build_processor(folder, config):
-    return EncslimProcessor.from_pretrained(folder)
+    processor = EncslimProcessor.from_pretrained(folder)
+    processor.token_budget = budget_of(config)  # vLLM's config (--hf-overrides included), as the model reduces
+    return processor
 
 
 def causal_lm_architecture(text_config):
@@ -100,7 +108,8 @@ class EncslimProcessingInfo(ImageProcessingInfo):
         return folder_processor(_build_processor, self.ctx.model_config.model, self.get_hf_config())
 
     def get_num_image_tokens(self):
-        """Image tokens one image gives (the same for every image size: each slot resizes to its own square)."""
+        """Image tokens one image gives (the same for every image size: each slot resizes to its own square), as the
+        folder's processor counts them under the folder's token budget."""
         return self.get_hf_processor().num_image_tokens()
 
     def image_side(self):
@@ -155,7 +164,8 @@ class EncslimForConditionalGeneration(ImageTextModel):
         self.fusion = FUSIONS[self.config.fusion["type"]](self.config)
 
     def embed_multimodal(self, **kwargs) -> MultiModalEmbeddings:
-        """One ``(image tokens, hidden)`` tensor per image, from ``pixel_values_<slot>`` inputs."""
+        """One ``(image tokens, hidden)`` tensor per image, from ``pixel_values_<slot>`` inputs (the fused tokens
+        reduced by the folder's token budget)."""
         pixels = {key[len(PIXEL_PREFIX):]: value for key, value in kwargs.items()
                   if key.startswith(PIXEL_PREFIX) and value is not None}
         if not pixels:
@@ -165,7 +175,8 @@ class EncslimForConditionalGeneration(ImageTextModel):
             value = stack_images(pixels[slot])
             weight = next(tower.parameters())
             features[slot] = tower(value.to(device=weight.device, dtype=weight.dtype))
-        return tuple(self.fusion(features, frozenset(), "removal", None).unbind(0))
+        fused = self.fusion(features, frozenset(), "removal", None)
+        return tuple(self.reduce_image_tokens(fused).unbind(0))
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Load the checkpoint's tensors (see the class docstring): the towers' backbone keys mapped onto their
