@@ -77,6 +77,7 @@ def require_target(source, fmt, needs, what):
         needs: what the format needs, for the message (e.g. "a native encslim model (model_type 'encslim')").
         what: the format's name in prose (e.g. "LLaVA").
     """
+    refuse_token_budget(source, fmt, what)
     reasons = export_refusal(source, fmt)
     if reasons:
         targets = source.adapter.export_targets(source.model_config, source.slot_names)
@@ -84,6 +85,34 @@ def require_target(source, fmt, needs, what):
             f"--format {fmt} needs {needs}; {source.path} holds model_type '{source.model_type}' and cannot be "
             f"exported as {what}: {'; '.join(reasons)} (with all its slots it allows --format {', '.join(targets)})"
         )
+
+
+# formats that carry a token budget: the family's own folder (its config.json field), its remote code, and ONNX
+# (whose graphs the family's front end decides on); a stock class has no reducer
+BUDGET_FORMATS = ("hf", "remote-code", "onnx")
+
+
+def token_budget_of(source):
+    """The :class:`~encslim.models.tokens.TokenBudget` a source's config carries, or ``None``."""
+    from ..models.tokens import budget_of
+
+    return budget_of(source.model_config)
+
+
+def refuse_token_budget(source, fmt, what):
+    """Raise a one-line ``ConfigError`` when ``source`` carries a token budget that format ``fmt`` cannot express.
+
+    The reason is the family's (an ``export_blockers`` reason that names the budget) where it gives one, else
+    that the stock classes have no token reducer.
+    """
+    budget = token_budget_of(source)
+    if budget is None or fmt in BUDGET_FORMATS:
+        return
+    reasons = [r for r in export_refusal(source, fmt) if "budget" in r.lower()]
+    reason = reasons[0] if reasons else (f"{what} has no token reducer: its processor writes every image token "
+                                         "and its model reads every one; export --format hf or remote-code keeps "
+                                         "the budget, or prune with --token-budget 1 to ship every token")
+    raise ConfigError(f"--format {fmt} cannot carry the token budget of {source.path} ({budget.label}): {reason}")
 
 
 def load_source(source, dtype="auto"):
@@ -184,5 +213,6 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["Source", "read_source", "export_refusal", "require_target", "load_source", "probe_images", "probe_prompts",
+__all__ = ["BUDGET_FORMATS", "Source", "read_source", "export_refusal", "refuse_token_budget", "token_budget_of",
+           "require_target", "load_source", "probe_images", "probe_prompts",
            "probe_batch", "max_abs_diff", "check_logits", "fail_unless_matched", "MANIFEST_NAME", "CARD_NAME"]

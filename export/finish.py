@@ -163,6 +163,17 @@ class LoadedSource:
         return self.source.adapter
 
 
+def token_budget_entry(adapter, config):
+    """The card's and manifest's ``token_budget``: ``{"method", "budget", "source", "image_tokens"}`` (the method's
+    source paper, the image tokens per image the LLM reads), or ``None`` when the model reads every token."""
+    from ..models.tokens import SOURCES, budget_of
+
+    budget = budget_of(config)
+    if budget is None:
+        return None
+    return {**budget.to_dict(), "source": SOURCES[budget.method], "image_tokens": adapter.image_tokens(config)}
+
+
 def finish_folder(folder, loaded, fmt, *, verification, how_to_load, parameters=None, card=CardInputs()):
     """Write ``README.md`` then the manifest into ``folder`` (the temporary output folder).
 
@@ -191,9 +202,12 @@ def finish_folder(folder, loaded, fmt, *, verification, how_to_load, parameters=
         "source_verification": (source.manifest.get("stage"), source.manifest.get("verification")),
         "export_verification": verification, "bench": load_bench_arg(bench),
         "how_to_load": how_to_load, "notes": list(fmt.notes), "encslim_version": __version__,
+        "token_budget": token_budget_entry(source.adapter, config),
     }
     Path(folder, CARD_NAME).write_text(render_card(info), encoding="utf-8")
     export_record = {"format": fmt.name, **fmt.details}
+    if info["token_budget"] is not None:
+        export_record["token_budget"] = info["token_budget"]
     if ranking is not None:
         export_record["ranking"] = str(Path(ranking).resolve())
     if bench is not None:
@@ -219,5 +233,5 @@ def write_export_manifest(folder, source, kept, verification, export_record):
                           source=source.path, extra=extra, lineage_from=source.manifest or None)
 
 
-__all__ = ["CardInputs", "FormatInfo", "LoadedSource", "finish_folder", "check_card_inputs", "slot_rows",
+__all__ = ["CardInputs", "FormatInfo", "LoadedSource", "finish_folder", "token_budget_entry", "check_card_inputs", "slot_rows",
            "load_ranking_arg", "load_bench_arg", "removed_slots", "origin_path", "lineage_rows"]

@@ -26,7 +26,8 @@ def render_card(info):
             names, over the whole lineage), ``origin`` (the original model's path), ``lineage`` (one
             line per stage), ``parameters``, ``ranking`` (ranking.json dict or None), ``source_verification``
             (``(stage, dict)`` recorded in the source's manifest, or None), ``export_verification`` (list of records), ``bench`` (dict or None),
-            ``how_to_load`` (code), ``notes`` (list of str).
+            ``how_to_load`` (code), ``notes`` (list of str), ``token_budget`` (optional: ``{"method", "budget",
+            "source", "image_tokens"}``, :func:`encslim.export.finish.token_budget_entry`).
 
     Returns:
         The card text.
@@ -57,6 +58,10 @@ def _summary(info):
         lines.append(f"- fusion class: {info['fusion_class']}")
     if info.get("parameters"):
         lines.append(f"- parameters: {info['parameters']:,}")
+    budget = info.get("token_budget")
+    if budget:
+        lines.append(f"- token budget: {budget['method']} {budget['budget']:g}: the LLM reads {budget['image_tokens']} "
+                     f"image tokens per image (config.json `token_budget`); method: {budget['source']}")
     lines += ["", "| encoder slot | backbone | input | image tokens |", "|---|---|---|---|"]
     for slot in info.get("slots", []):
         lines.append(f"| {slot['name']} | {slot['backbone']} | {slot['image_size']}px | {slot['num_tokens']} |")

@@ -26,7 +26,8 @@ from ..models.capabilities import supports_stock_export
 from ..models.plan import check_plan
 from ..models.registry import GENERIC_EXPORTS, families, get_adapter
 from ..provenance import VERIFY_TOLERANCE
-from .common import Source, load_source, max_abs_diff, probe_images, probe_prompts, read_source, require_target
+from .common import (Source, load_source, max_abs_diff, probe_images, probe_prompts, read_source,
+                     refuse_token_budget, require_target)
 from .finish import CardInputs, FormatInfo, LoadedSource
 from .hf_folder import DEFAULT_SHARD, write_verified_folder
 
@@ -80,6 +81,7 @@ def export_stock(model_dir, out, *, fmt, overwrite=False, max_shard_size=DEFAULT
     card = CardInputs(ranking, bench)
     card.check()
     source = read_source(model_dir)
+    refuse_token_budget(source, fmt, spec.title)
     kept = target_slots(source, fmt)
     if kept is None:
         require_target(source, fmt, spec.needs, spec.title)  # raises: names why and what it allows

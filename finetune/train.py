@@ -147,10 +147,20 @@ def _finetune(model_path, data, out, config, overwrite, callbacks):
             "steps": trainer.state.global_step, "train_runtime_s": round(runtime, 3),
             "world_size": trainer.args.world_size,
             "samples_seen": samples_seen(trainer.state.global_step, config, trainer.args.world_size, len(examples)),
-            "distill": _distill_info(teacher_path, targets, trainer, config)}
+            "distill": _distill_info(teacher_path, targets, trainer, config),
+            "token_budget": _token_budget(adapter, _base(model).config)}
     summary = _write_output(final, work, out, overwrite, model_path, paths, config, info)
     shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+def _token_budget(adapter, config):
+    """The token budget training ran under (the model folder's own: its processor wrote the reduced placeholder
+    count and its model reduced the image tokens), with the image tokens per image; ``None``: every token."""
+    from ..models.tokens import budget_of
+
+    budget = budget_of(config)
+    return None if budget is None else {**budget.to_dict(), "image_tokens": adapter.image_tokens(config)}
 
 
 def _base(model):
