@@ -133,9 +133,19 @@ def describe(loaded, settings):
         "params": costs.count_params(loaded),
         "weight_bytes": costs.weight_bytes(loaded.model),
         "flops": costs.count_flops(loaded, settings.max_new_tokens),
+        "prefill_flops_predicted": costs.predicted_prefill_flops(loaded),
+        "token_budget": _token_budget(config),
         "stage_tokens_match_generate": bool(torch.equal(generated.cpu(), staged.cpu())),
         "latency": {}, "memory": None, "accuracy": None,
     }
+
+
+def _token_budget(config):
+    """The token budget a model runs under (its config.json field), or ``None`` (every token)."""
+    from ..models.tokens import budget_of
+
+    budget = budget_of(config)
+    return None if budget is None else budget.to_dict()
 
 
 class _Null:

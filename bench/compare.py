@@ -37,6 +37,37 @@ def _saving_block(full, variant, batch_size, stage, flops_key):
             "flagged": efficiency is not None and efficiency < FLAG_EFFICIENCY}
 
 
+def _ratio(variant, full):
+    return variant / full if full else None
+
+
+def prefill_block(full, variant, batch_size):
+    """The prefill time saved by ``variant`` (fewer image tokens: a token budget, or a sequence-concat encoder gone),
+    measured next to its prediction.
+
+    Returns:
+        ``{"image_tokens": [full, variant], "prompt_tokens": [full, variant], "tokens_ratio",
+        "predicted_ratio"`` (analytic prefill FLOPs, :func:`encslim.bench.costs.predicted_prefill_flops`),
+        ``"counted_ratio"`` (prefill FLOPs counted by the FLOP counter), ``"measured_ratio"`` (mean prefill
+        time) and ``"measured_ratio_p50"``, ``"predicted_saving"``, ``"measured_saving"``, ``"efficiency"``
+        (measured / predicted saving; ``None`` when nothing is predicted)}``; ratios are variant / full.
+    """
+    flops = full.get("prefill_flops_predicted"), variant.get("prefill_flops_predicted")
+    predicted = None if None in flops else _ratio(flops[1], flops[0])
+    measured = _ratio(_mean(variant, batch_size, "prefill"), _mean(full, batch_size, "prefill"))
+    predicted_saving = None if predicted is None else 1 - predicted
+    measured_saving = None if measured is None else 1 - measured
+    return {"image_tokens": [full["image_tokens"], variant["image_tokens"]],
+            "prompt_tokens": [full["prompt_tokens"], variant["prompt_tokens"]],
+            "tokens_ratio": _ratio(variant["image_tokens"], full["image_tokens"]),
+            "predicted_ratio": predicted, "counted_ratio": _ratio(variant["flops"]["prefill"], full["flops"]["prefill"]),
+            "measured_ratio": measured,
+            "measured_ratio_p50": _ratio(_stat(variant, batch_size, "prefill", "p50"),
+                                         _stat(full, batch_size, "prefill", "p50")),
+            "predicted_saving": predicted_saving, "measured_saving": measured_saving,
+            "efficiency": stats.saving_efficiency(predicted_saving, measured_saving)}
+
+
 def _gflops_per_s(flops, batch_size, ms):
     return flops * batch_size / (ms / 1000.0) / 1e9 if ms > 0 else 0.0
 
@@ -134,8 +165,9 @@ def compare(full, variant, batch_size, device_type="cpu"):
         device_type: ``cpu`` or ``cuda``.
 
     Returns:
-        ``{"model", "batch_size", "speedup": {stage: x}, "vision": {...}, "end_to_end": {...},
-        "flagged", "reasons", "notes"}``; each of ``vision``/``end_to_end`` holds
+        ``{"model", "batch_size", "speedup": {stage: x}, "vision": {...}, "end_to_end": {...}, "prefill": {...},
+        "flagged", "reasons", "notes"}``; ``prefill`` is :func:`prefill_block` (prefill time saved, measured
+        against the FLOP prediction); each of ``vision``/``end_to_end`` holds
         ``predicted_saving``, ``measured_saving`` (means), ``efficiency`` (measured / predicted),
         ``measured_saving_p50``/``efficiency_p50`` (medians) and ``flagged``.
     """
@@ -158,4 +190,5 @@ def compare(full, variant, batch_size, device_type="cpu"):
                      f"and only their features are zeroed, so masking alone saves nothing; skipping the "
                      f"encoder (--mask-skip) or pruning it does")
     return {"model": variant["name"], "batch_size": batch_size, "speedup": speedups, "vision": vision,
-            "end_to_end": e2e, "flagged": vision["flagged"] or e2e["flagged"], "reasons": reasons, "notes": notes}
+            "end_to_end": e2e, "prefill": prefill_block(full, variant, batch_size),
+            "flagged": vision["flagged"] or e2e["flagged"], "reasons": reasons, "notes": notes}

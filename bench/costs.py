@@ -3,7 +3,9 @@
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over the very stages the
 latency benchmark times (:func:`encslim.bench.latency.run_iteration`), at batch size 1, so they
 are per sample. The counter covers matrix products, convolutions and attention (the ops that
-dominate a transformer); element-wise ops, norms and activations are not counted.
+dominate a transformer); element-wise ops, norms and activations are not counted. The prefill's FLOPs
+are also predicted by the analytic cost model rank uses (:func:`predicted_prefill_flops`), so that bench
+sets the measured prefill time beside the prediction that chose the token budget.
 """
 
 import contextlib
@@ -39,6 +41,15 @@ def count_flops(loaded, max_new_tokens):
     flops["vision"] = sum(v for k, v in flops.items() if k.startswith("encoder:"))
     flops["total"] = flops["vision"] + flops["fusion"] + flops["prefill"] + flops["decode"]
     return flops
+
+
+def predicted_prefill_flops(loaded):
+    """The analytic prefill FLOPs per sample (:func:`encslim.models.costs.prefill_flops`: ``2 P L + 2 n_layers L^2 d``)
+    over the benchmark prompt as the model reads it: ``L`` = its text tokens plus the image tokens left after the
+    model's token budget."""
+    from ..models.costs import language_model_shape, prefill_flops
+
+    return prefill_flops(language_model_shape(loaded.model, loaded.adapter), loaded.prompt_tokens())
 
 
 def _numel(module):

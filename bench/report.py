@@ -4,12 +4,14 @@
 attention implementation, timer), ``settings``, ``full`` (name of the reference model),
 ``models`` (per model: ``name, path, role, masked, mask_mode, slots, encoders_run,
 fusion_class, image_tokens, prompt_tokens, attn_implementation, params, weight_bytes, flops,
+prefill_flops_predicted, token_budget,
 stage_tokens_match_generate, latency[batch] = {iterations, stages[stage] = {n, mean, std, min,
 max, p50, p90, p95, p99}, decode_tokens_per_s, end_to_end_tokens_per_s}, memory, accuracy,
 comparison`` (the variant's entry of ``comparisons`` at the first batch size; null for the full)),
 ``order`` (measurement order per batch size), ``comparisons`` (per variant and batch size:
-``speedup``, ``vision``/``end_to_end`` predicted vs measured saving, ``flagged``, ``reasons``,
-``notes``), ``engines`` (``eager``, and with ``--engine vllm`` the vLLM version, engine arguments,
+``speedup``, ``vision``/``end_to_end`` predicted vs measured saving, ``prefill`` (prefill time saved:
+``image_tokens``, ``measured_ratio`` of prefill times next to ``predicted_ratio`` of the analytic prefill
+FLOPs and ``counted_ratio``), ``flagged``, ``reasons``, ``notes``), ``engines`` (``eager``, and with ``--engine vllm`` the vLLM version, engine arguments,
 concurrencies and the models not measured there), per model ``vllm`` (``--engine vllm``: ``engine,
 start_s, ttft_ms, request_ms, decode_tokens_per_s`` (summaries), ``concurrency[c] = {rounds, round_ms,
 requests_per_s, output_tokens_per_s}``, ``accuracy``; see :mod:`encslim.bench.vllm_engine`) and
@@ -106,6 +108,32 @@ def _savings_section(report):
         for text in c["reasons"] + c["notes"]:
             lines.append(f"- {c['model']} (batch {c['batch_size']}): {text}")
     return lines + [""]
+
+
+def _prefill_section(report):
+    """Prefill time saved per variant: the measured ratio of prefill times next to the FLOP-predicted ratio."""
+    lines = ["## Prefill time saved", "",
+             "Variant / full at each batch size: image tokens per image (after the model's token budget), the "
+             "prefill's mean time, and its FLOPs as the analytic cost model predicts them (2PL + 2 n_layers L² d "
+             "over the prompt's L tokens, encslim.models.costs) and as the FLOP counter counted them.", ""]
+    rows = []
+    budgets = {m["name"]: m.get("token_budget") for m in report["models"]}
+    for c in report["comparisons"]:
+        p = c.get("prefill")
+        if not p:
+            continue
+        budget = budgets.get(c["model"])
+        rows.append([c["model"], "every token" if not budget else f"{budget['method']} {budget['budget']:g}",
+                     c["batch_size"], f"{p['image_tokens'][0]} → {p['image_tokens'][1]}", _ratio(p["measured_ratio"]),
+                     _ratio(p["predicted_ratio"]), _ratio(p["counted_ratio"]), _pct(p["measured_saving"]),
+                     _pct(p["predicted_saving"])])
+    lines += _table(["model", "token budget", "batch", "image tokens", "prefill time ratio", "predicted FLOP ratio",
+                     "counted FLOP ratio", "prefill time saved", "predicted saving"], rows)
+    return lines
+
+
+def _ratio(value):
+    return "—" if value is None else f"{value:.3f}"
 
 
 def _costs_section(report):
@@ -239,6 +267,7 @@ def render_console(report, out=None):
                 continue
             delta = "" if m is report["models"][0] or "overall" not in full else f"  ({acc - full['overall']:+.3f} vs full)"
             lines.append(f"  {m['name'][:38]:38s} {acc:7.3f}{delta}")
+    lines += _prefill_console(report)
     lines += _vllm_console(report)
     flagged = [c for c in report["comparisons"] if c["flagged"]]
     for c in flagged:
@@ -248,6 +277,18 @@ def render_console(report, out=None):
     if out is not None:
         lines.append(f"report in {out}/bench.md" + ("" if has_accuracy else " (no accuracy: pass --data)"))
     return "\n".join(lines)
+
+
+def _prefill_console(report):
+    """One line per variant whose image tokens changed: prefill time ratio next to the FLOP-predicted one."""
+    lines = []
+    for c in report["comparisons"]:
+        p = c.get("prefill")
+        if p and p["image_tokens"][0] != p["image_tokens"][1]:
+            lines.append(f"prefill {c['model']} (batch {c['batch_size']}): image tokens {p['image_tokens'][0]} -> "
+                         f"{p['image_tokens'][1]}; time x{_ratio(p['measured_ratio'])} (predicted by FLOPs "
+                         f"x{_ratio(p['predicted_ratio'])})")
+    return lines
 
 
 def _vllm_console(report):
@@ -278,7 +319,7 @@ def render_markdown(report):
              f"Times exclude preprocessing; TTFT = vision + fusion + prefill.", ""]
     for batch_size in s["batch_sizes"]:
         lines += _latency_section(report, batch_size)
-    lines += _savings_section(report) + _costs_section(report) + _memory_section(report)
+    lines += _savings_section(report) + _prefill_section(report) + _costs_section(report) + _memory_section(report)
     lines += _accuracy_section(report) + _vllm_section(report) + _environment_section(report)
     if PARETO_PNG not in report.get("outputs", []):
         lines += [f"{PARETO_PNG} not written: accuracy needs --data.", ""]

@@ -63,7 +63,8 @@ def test_every_report_field_present(bench_run):
     for m in report["models"]:
         assert {"name", "path", "role", "masked", "mask_mode", "slots", "encoders_run", "fusion_class", "image_tokens",
                 "prompt_tokens", "attn_implementation", "params", "weight_bytes", "flops",
-                "stage_tokens_match_generate", "latency", "memory", "accuracy", "comparison"} <= set(m)
+                "stage_tokens_match_generate", "latency", "memory", "accuracy", "comparison", "prefill_flops_predicted",
+                "token_budget"} <= set(m)
         assert m["stage_tokens_match_generate"] is True
         for batch in ("1", "2"):
             lat = m["latency"][batch]
@@ -83,7 +84,8 @@ def test_every_report_field_present(bench_run):
         assert set(m["accuracy"]) == {"overall", *CATEGORIES}
         assert all(0.0 <= v <= 1.0 for v in m["accuracy"].values())
     for c in report["comparisons"]:
-        assert set(c) == {"model", "batch_size", "speedup", "vision", "end_to_end", "flagged", "reasons", "notes"}
+        assert set(c) == {"model", "batch_size", "speedup", "vision", "end_to_end", "prefill", "flagged", "reasons",
+                          "notes"}
         for block in (c["vision"], c["end_to_end"]):
             assert set(block) == {"predicted_saving", "measured_saving", "efficiency", "measured_saving_p50",
                                   "efficiency_p50", "flagged"}
