@@ -210,3 +210,21 @@ def test_onnx_export_carries_a_pool_budget_and_refuses_attention(tmp_path):
     assert "onnx" not in ADAPTER.export_targets(model.config, ["clip", "siglip"])
     assert ADAPTER.export_blockers(model.config, ["clip", "siglip"], "onnx")[0].startswith(
         "the token budget attention 0.5 keeps its top-k tokens with a stable sort, which ONNX cannot express")
+
+
+def test_a_slot_keeping_its_cls_token_takes_no_budget():
+    from encslim.models.families.native.configuration import EncslimConfig
+    from encslim.models.families.native.processing import EncslimProcessor
+
+    model, processor = build_tiny("B", ("clip", "sam"), seed=1)
+    data = model.config.to_dict()
+    data["encoders"][0]["cls"] = "keep"  # clip: 16 grid tokens and its CLS token
+    config = EncslimConfig(**{k: v for k, v in data.items() if k not in ("model_type", "transformers_version")})
+    assert config.token_grids() is None and ADAPTER.token_grids(config) is None
+    assert ADAPTER.token_budget_blockers(config) == [
+        "slot(s) clip keep their CLS token, so their tokens are no grid a reducer could shorten; rebuild the model "
+        "with cls 'drop'"]
+    with pytest.raises(ConfigError, match="^token budget pool 0.5: slot\\(s\\) clip keep their CLS token"):
+        ADAPTER.check_token_budget(config, TokenBudget("pool", 0.5))
+    keeping = EncslimProcessor.from_config(processor.tokenizer, config, token_budget={"method": "pool", "budget": 0.5})
+    assert keeping.token_grids() is None and keeping.num_image_tokens() == 17 + 4
