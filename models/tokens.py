@@ -167,13 +167,16 @@ def budget_applied(config: Any, budget: TokenBudget | None) -> Iterator[None]:
     """Set ``config.token_budget`` to ``budget`` (``None``: every token) for the duration, then restore it."""
     had = hasattr(config, CONFIG_KEY)
     old = getattr(config, CONFIG_KEY, None)
-    setattr(config, CONFIG_KEY, budget.to_dict() if budget is not None else None)
+    if budget is not None and budget.active:
+        setattr(config, CONFIG_KEY, budget.to_dict())
+    elif had:  # no key at all (not ``null``): a config saved meanwhile reads as one without a budget
+        delattr(config, CONFIG_KEY)
     try:
         yield
     finally:
         if had:
             setattr(config, CONFIG_KEY, old)
-        else:
+        elif hasattr(config, CONFIG_KEY):
             delattr(config, CONFIG_KEY)
 
 
