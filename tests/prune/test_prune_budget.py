@@ -128,3 +128,62 @@ def test_dry_run_shows_the_budget_patch(tiny_model_dir, capsys):
     assert code == 0, err
     plan = json.loads(stdout)["plan"]
     assert {"op": "set", "path": "token_budget", "value": POOL_QUARTER} in plan["config_patch"]
+
+
+# ---------------------------------------------------------------------------- acceptance: tiny Eagle-X5 and Eagle2
+FAST_BENCH = dict(batch_sizes=[1], max_new_tokens=2, warmup=1, min_iters=3, min_seconds=0.0, memory=False)
+
+
+def _prune_and_bench(full, drop, tmp_path):
+    """Prune ``full`` to its kept towers at pool 0.25 (verified), bench full vs pruned; ``(manifest, bench.json)``."""
+    from encslim.bench.benchmark import run_bench
+
+    pruned = tmp_path / "pruned"
+    manifest = prune_api(full, drop, pruned, token_budget=0.25, verify_method="full")
+    run_bench(full, [pruned], tmp_path / "bench", FAST_BENCH)
+    assert _read(pruned, "config.json")["token_budget"] == POOL_QUARTER
+    return manifest, _read(tmp_path / "bench", "bench.json")
+
+
+def _check_prefill(report, tokens):
+    full, pruned = report["models"]
+    assert (full["image_tokens"], pruned["image_tokens"]) == tokens
+    assert full["token_budget"] is None and pruned["token_budget"] == POOL_QUARTER
+    block = report["comparisons"][0]["prefill"]
+    assert block["image_tokens"] == list(tokens)
+    assert block["predicted_ratio"] == pytest.approx(pruned["prefill_flops_predicted"] / full["prefill_flops_predicted"])
+    assert block["predicted_ratio"] < 0.6 and block["counted_ratio"] < 0.6  # prefill FLOPs fall with the tokens
+    assert block["measured_ratio"] > 0  # measured (reported beside the prediction), not asserted on
+    return block
+
+
+@pytest.mark.slow
+def test_eagle_x5_pruned_to_two_towers_at_a_quarter_of_the_tokens(tiny_eagle_dir, tmp_path):
+    """Tiny Eagle-X5 (five towers, one 32x32 fused grid): keep clip-448 + convnext-1024 at pool 0.25 (2x2)."""
+    full = tiny_eagle_dir()
+    manifest, report = _prune_and_bench(full, ["sam-1024", "det-1024", "pix2struct-1024"], tmp_path)
+    assert manifest["kept_slots"] == ["clip-448", "convnext-1024"]
+    assert manifest["token_budget"]["image_tokens"] == {"before": 1024, "after": 256}
+    verification = manifest["verification"]
+    assert verification["method"] == "full" and verification["passed"] is True
+    assert verification["max_abs_diff"] <= 1e-4 and verification["token_budget"] == POOL_QUARTER
+    _check_prefill(report, (1024, 256))
+
+
+def test_eagle2_at_a_quarter_of_the_tokens(tmp_path):
+    """Tiny Eagle2 (SigLIP + ConvNeXt, the two towers kept; tiles of a 4x4 grid each): pool 0.25 on every tile,
+    nothing removed (the budget-only plan)."""
+    from encslim.models.families.eagle2.tiny import create_tiny_eagle2
+
+    full = tmp_path / "eagle2"
+    create_tiny_eagle2(full)
+    manifest, report = _prune_and_bench(full, [], tmp_path)
+    assert manifest["kept_slots"] == ["siglip", "convnext"] and manifest["removed_slots"] == []
+    assert manifest["token_budget"]["image_tokens"] == {"before": 16, "after": 4}  # per tile
+    verification = manifest["verification"]
+    assert verification["method"] == "full" and verification["passed"] is True
+    assert verification["max_abs_diff"] <= 1e-4 and verification["token_budget"] == POOL_QUARTER
+    full_entry, pruned_entry = report["models"]
+    tiles = (full_entry["prompt_tokens"] - pruned_entry["prompt_tokens"]) // 12  # 12 fewer tokens per tile
+    assert tiles >= 1 and full_entry["prompt_tokens"] - pruned_entry["prompt_tokens"] == 12 * tiles
+    _check_prefill(report, (16, 4))
