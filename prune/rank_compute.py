@@ -173,4 +173,21 @@ def check_ranking(data: Any, version: int = 1) -> list[str]:
             problems.append(f"subsets[{k}] lacks accuracy.overall")
     if "full" not in data["accuracy"]:
         problems.append("accuracy lacks 'full'")
+    return problems + _budget_problems(data.get("token_budgets"), order)
+
+
+def _budget_problems(section: Any, order: Mapping[str, int]) -> list[str]:
+    """Problems of a ranking's ``token_budgets`` section (none when it is absent)."""
+    if section is None:
+        return []
+    rows = section.get("rows") if isinstance(section, dict) else None
+    if not isinstance(rows, list) or not isinstance(section.get("method"), str):
+        return ["token_budgets needs a method and a list of rows"]
+    problems = []
+    for k, row in enumerate(rows):
+        ok = isinstance(row, dict) and isinstance(row.get("kept"), list) and all(s in order for s in row["kept"])
+        if not ok or not isinstance(row.get("budget"), (int, float)) or not 0 < row["budget"] <= 1:
+            problems.append(f"token_budgets.rows[{k}] needs kept slots of the model and a budget in (0, 1]")
+        elif OVERALL not in (row.get("accuracy") or {}) or "total_flops" not in (row.get("cost") or {}):
+            problems.append(f"token_budgets.rows[{k}] lacks accuracy.overall or cost.total_flops")
     return problems

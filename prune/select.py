@@ -339,6 +339,8 @@ def select_configuration(ranking: RankingData, slots: Sequence[str], c: SelectCo
         if not 1 <= c.keep <= len(slots):
             raise PlanError(f"--keep must be between 1 and {len(slots)} for a model with {len(slots)} slots")
         sized = [k for k in table if len(k[0]) == c.keep]
+        if not sized:  # no kept set of that size measured (--subsets single): the CUR fallback, at every token
+            return select_keep(ranking, slots, c.keep, c.category)
         best = min(sized, key=lambda k: (-table[k], cost[k], -k[1]))
         return _configuration_selection(ranking, slots, best, "keep", f"the most accurate configuration with "
                                          f"{c.keep} slot(s) for {c.category}", table[best], k=c.keep,

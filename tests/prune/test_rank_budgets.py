@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from encslim.bench.evaluate import EvalSettings, evaluate
 from encslim.data.load import load_samples
+from encslim.errors import ConfigError
 from encslim.models.costs import language_model_shape
 from encslim.models.loading import load_model
 from encslim.models.tokens import TokenBudget
 from encslim.prune.importance import accuracy, cur
-from encslim.prune.rank import rank
+from encslim.prune.rank import load_ranking, rank
 from encslim.prune.rank_budgets import beats_encoder_only
 from encslim.prune.rank_commands import budget_summary
 from encslim.prune.select import select
@@ -71,6 +72,11 @@ def test_every_configuration_once_with_one_encoder_pass_per_slot(budget_run):
     assert section["method"] == "pool" and section["budgets"] == list(BUDGETS) and "Matryoshka" in section["source"]
     written = json.loads((out / "ranking.json").read_text())
     assert written["token_budgets"] == json.loads(json.dumps(section))
+    assert load_ranking(out)["token_budgets"] == written["token_budgets"]
+    written["token_budgets"]["rows"][3]["budget"] = 2
+    (out.parent / "bad.json").write_text(json.dumps(written))
+    with pytest.raises(ConfigError, match=r"token_budgets.rows\[3\] needs kept slots of the model and a budget"):
+        load_ranking(out.parent / "bad.json")
     # the encoder axis stays at budget 1: its subset rows are the budget-1 configurations
     assert len(ranking["subsets"]) == 8
     for row in ranking["subsets"]:
@@ -247,6 +253,10 @@ def test_select_min_retained_and_keep_over_configurations():
     assert (kept.kept, kept.token_budget) == (["a"], None)  # the most accurate single slot is at every token
     each = select(["a", "b"], ranking, min_retained=0.95, category="each")
     assert (each.kept, each.token_budget) == (["a", "b"], {"method": "pool", "budget": 0.5})
+    ranking["token_budgets"]["rows"] = [r for r in ranking["token_budgets"]["rows"] if len(r["kept"]) != 1]
+    ranking["subsets"] = [r for r in ranking["subsets"] if len(r["kept"]) != 1]
+    by_cur = select(["a", "b"], ranking, keep=1)  # no single slot measured: CUR decides, at every token
+    assert (by_cur.basis, by_cur.token_budget) == ("cur", None)
 
 
 def test_older_rankings_select_as_before():
