@@ -21,7 +21,10 @@ each:
 non-empty (every proper row when none is, as when all tie with the empty set). First the most
 accurate Pareto row of each size (so the budget spans small and large kept sets), ordered by
 masked accuracy; then the remaining Pareto rows by masked accuracy. The first ``top`` are
-recovered.
+recovered. A ranking with a token-budget axis (``--token-budgets``) takes its candidates, by the same
+rule (the best of each size and budget first), from its configurations (``token_budgets`` rows: kept
+set x budget, Pareto over total FLOPs); a candidate with a budget is pruned with it (the budget goes
+into its config.json), so its recovery trains, and its evaluation scores, under that budget.
 
 **What it writes.** Into ``ranking.json``: ``recovery`` (settings, per candidate the masked and
 recovered accuracy per category, the masked and recovered CUR of the removed set, the recovered
@@ -77,6 +80,7 @@ RESULT_FILE = "result.json"
 PathArg = Union[str, "os.PathLike[str]"]  # a file or folder; a ModelFolder is one too
 DataArg = Union[PathArg, Iterable[Union[PathArg, "Sample"]]]  # the ranking's file(s), or its samples
 Echo = Callable[[str], None]
+Budget = Union[Mapping[str, Any], None]  # a configuration's token budget {"method", "budget"}; None: every token
 
 
 def check_recovery(settings: RecoverConfig, model_path: object, out: PathArg | None, evaluation_data: DataArg) -> None:
@@ -140,9 +144,31 @@ def candidates(ranking: Mapping[str, Any], top: int) -> list[list[str]]:
     return [list(r["kept"]) for r in ordered[:top]]
 
 
-def candidate_name(kept: Sequence[str]) -> str:
-    """The folder name of a candidate under ``recover/``: its kept slots joined by ``+``."""
-    return "+".join(kept)
+def budget_candidates(ranking: Mapping[str, Any], top: int) -> list[tuple[list[str], dict[str, Any] | None]]:
+    """With a token-budget axis (``rank --token-budgets``): the configurations to recover, ``(kept, token_budget)``
+    (``None``: every token), by the same rule over the ``token_budgets`` rows that remove something (a slot or
+    tokens); without one, :func:`candidates` at every token."""
+    section = ranking.get("token_budgets") or {}
+    if not section.get("rows"):
+        return [(kept, None) for kept in candidates(ranking, top)]
+    n = len(ranking["slots"])
+    proper = [r for r in section["rows"] if r["kept"] and (len(r["kept"]) < n or float(r["budget"]) < 1)]
+    rows = [r for r in proper if r.get("pareto")] or proper
+    by_accuracy = sorted(rows, key=lambda r: (-r["accuracy"][OVERALL], len(r["kept"]), -float(r["budget"])))
+    best: dict[tuple[int, float], dict[str, Any]] = {}
+    for row in by_accuracy:
+        best.setdefault((len(row["kept"]), float(row["budget"])), row)
+    ordered = [r for r in by_accuracy if best[(len(r["kept"]), float(r["budget"]))] is r]
+    ordered += [r for r in by_accuracy if r not in ordered]
+    return [(list(r["kept"]), None if float(r["budget"]) >= 1 else
+             {"method": section["method"], "budget": float(r["budget"])}) for r in ordered[:top]]
+
+
+def candidate_name(kept: Sequence[str], token_budget: Mapping[str, Any] | None = None) -> str:
+    """The folder name of a candidate under ``recover/``: its kept slots joined by ``+`` (and ``@pool0.25`` for a
+    token budget)."""
+    name = "+".join(kept)
+    return name if token_budget is None else f"{name}@{token_budget['method']}{token_budget['budget']:g}"
 
 
 # ---------------------------------------------------------------------------- running
@@ -274,17 +300,20 @@ def recover(ranking: dict[str, Any], model_path: PathArg, samples: Sequence[Samp
                echo or logger.info)
     work = Path(out) / RECOVER_DIR
     work.mkdir(parents=True, exist_ok=True)
-    chosen = candidates(ranking, settings.top)
+    chosen = budget_candidates(ranking, settings.top)
     if not chosen:
         raise ConfigError("the ranking has no frontier kept set to recover (it needs the subset table of at least "
                           "two slots); rank with --subsets all or greedy")
-    rows = {tuple(r["kept"]): r for r in ranking["subsets"]}
+    rows = {(tuple(r["kept"]), 1.0): r for r in ranking["subsets"]}
+    rows.update({(tuple(r["kept"]), float(r["budget"])): r for r in (ranking.get("token_budgets") or {}).get("rows", [])})
     results = []
-    for number, kept in enumerate(chosen, 1):
+    for number, (kept, budget) in enumerate(chosen, 1):
         slot_set = SlotSet.from_kept(ranking["slots"], kept, what="ranking.json subsets: ")
+        at = "" if budget is None else f" at token budget {budget['method']} {budget['budget']:g}"
         run.echo(f"recover {number}/{len(chosen)}: keep {', '.join(slot_set.kept)} "
-                 f"(drop {', '.join(slot_set.masked_ordered)})")
-        results.append(_recover_candidate(run, work / candidate_name(kept), slot_set, rows[tuple(kept)],
+                 f"(drop {', '.join(slot_set.masked_ordered) or 'nothing'}){at}")
+        row = rows[(tuple(kept), 1.0 if budget is None else budget["budget"])]
+        results.append(_recover_candidate(run, work / candidate_name(kept, budget), (slot_set, budget), row,
                                           ranking["accuracy"]["full"]))
     block = _recovery_block(settings, results, started)
     ranking["recovery"] = block
@@ -313,21 +342,24 @@ class _Run:
         return str(self.eval_kwargs.get("dtype", "float32"))
 
 
-def _recover_candidate(run: _Run, folder: Path, slot_set: SlotSet, row: dict[str, Any],
+def _recover_candidate(run: _Run, folder: Path, configuration: tuple[SlotSet, Budget], row: dict[str, Any],
                        full: Mapping[str, float]) -> dict[str, Any]:
-    """Recover one kept set (``row`` of the subset table gains its recovered accuracy); its entry of
-    ``recovery.candidates`` (``kept``/``masked`` lists in the model's slot order), with ``skipped`` and the
-    reason where the family cannot remove the set."""
+    """Recover one configuration, a kept set and its token budget (``row`` of the subset table, or of the
+    ``token_budgets`` rows, gains its recovered accuracy); its entry of ``recovery.candidates`` (``kept``/``masked``
+    lists in the model's slot order, ``token_budget``), with ``skipped`` and the reason where the family cannot
+    remove the set."""
+    slot_set, budget = configuration
     kept, masked = list(slot_set.kept), list(slot_set.masked_ordered)
     try:
-        result = _recover_one(run, folder, slot_set)
+        result = _recover_one(run, folder, configuration)
     except PlanError as err:  # the family cannot remove this set: report it, recover the others
         run.echo(f"  skipped: {err}")
         shutil.rmtree(folder, ignore_errors=True)
-        return {"kept": kept, "masked": masked, "accuracy_masked": row["accuracy"], "skipped": str(err)}
+        return {"kept": kept, "masked": masked, "token_budget": budget, "accuracy_masked": row["accuracy"],
+                "skipped": str(err)}
     row["recovered"] = result["accuracy"][run.settings.primary]
     row["recovered_variants"] = result["accuracy"]
-    return {"kept": kept, "masked": masked, "accuracy_masked": row["accuracy"],
+    return {"kept": kept, "masked": masked, "token_budget": budget, "accuracy_masked": row["accuracy"],
             "accuracy_recovered": result["accuracy"], "cur_masked": _cur(full, row["accuracy"]),
             "cur_recovered": {v: _cur(full, acc) for v, acc in result["accuracy"].items()},
             "models": result["models"], "seconds": result["seconds"], "reused": result["reused"]}
@@ -353,7 +385,7 @@ def _recovered_cur(results: Sequence[Mapping[str, Any]], primary: str) -> dict[s
     """Per slot whose single removal was recovered: its CUR after recovery, per category."""
     out = {}
     for entry in results:
-        if len(entry["masked"]) == 1 and "skipped" not in entry:
+        if len(entry["masked"]) == 1 and "skipped" not in entry and entry.get("token_budget") is None:
             out[entry["masked"][0]] = entry["cur_recovered"][primary]
     return out
 
@@ -366,7 +398,7 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _recover_one(run: _Run, folder: Path, masked: SlotSet) -> dict[str, Any]:
+def _recover_one(run: _Run, folder: Path, configuration: tuple[SlotSet, Budget]) -> dict[str, Any]:
     """One candidate, resumable: ``{"accuracy": {variant: {...}}, "models", "seconds", "reused"}``."""
     done = _read(folder / RESULT_FILE)
     if done and done.get("fingerprint") == run.fingerprint:
@@ -383,7 +415,7 @@ def _recover_one(run: _Run, folder: Path, masked: SlotSet) -> dict[str, Any]:
         scored = _read(folder / f"{variant}.json")
         if scored is None:
             if not (model_dir / "config.json").is_file():
-                _train(run, folder, masked, variant, model_dir)
+                _train(run, folder, configuration, variant, model_dir)
             scored = _evaluate(model_dir, run.samples, run.eval_kwargs, run.device, run.dtype)
             _write_json(folder / f"{variant}.json", scored)
         accuracies[variant] = scored["accuracy"]
@@ -396,14 +428,16 @@ def _recover_one(run: _Run, folder: Path, masked: SlotSet) -> dict[str, Any]:
     return {**result, "reused": False}
 
 
-def _train(run: _Run, folder: Path, masked: SlotSet, variant: str, model_dir: Path) -> None:
+def _train(run: _Run, folder: Path, configuration: tuple[SlotSet, Budget], variant: str, model_dir: Path) -> None:
     from ..finetune.train import finetune
     from ..prune.surgery import prune
 
     settings = run.settings
     pruned = folder / "pruned"
-    if not (pruned / "config.json").is_file():
-        prune(run.model_path, masked, pruned, verify=False, overwrite=True)
+    masked, budget = configuration
+    if not (pruned / "config.json").is_file():  # pruned with the configuration's budget: trained and scored under it
+        tokens = {} if budget is None else {"token_budget": budget["budget"], "token_method": budget["method"]}
+        prune(run.model_path, masked, pruned, verify=False, overwrite=True, **tokens)
     options: dict[str, Any] = dict(max_steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
                                    lora_r=settings.lora_r, seed=settings.seed, merge=True, progress=False)
     if variant == DISTILLED:
@@ -448,5 +482,5 @@ def rewrite_ranking(ranking: Mapping[str, Any], folder: PathArg) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["RecoverConfig", "candidates", "carry_over", "check_recovery", "check_settings", "rank_and_recover",
+__all__ = ["RecoverConfig", "budget_candidates", "candidates", "carry_over", "check_recovery", "check_settings", "rank_and_recover",
            "recover", "rewrite_ranking"]

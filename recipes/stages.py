@@ -125,7 +125,7 @@ def _run_prune(ctx: "RunContext", tmp: Path) -> Outputs:
     p = ctx.recipe.prune
     manifest = prune(source_model(ctx), selection, tmp / "model", p, data=_data_files(ctx, "eval") if p.verify else None)
     return {"model": str(tmp / "model"), "dropped": list(selection.drop), "selection": selection.reason,
-            "verification": manifest.get("verification")}
+            "verification": manifest.get("verification"), "token_budget": manifest.get("token_budget")}
 
 
 # ---------------------------------------------------------------------- finetune
