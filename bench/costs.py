@@ -3,7 +3,8 @@
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over the very stages the
 latency benchmark times (:func:`encslim.bench.latency.run_iteration`), at batch size 1, so they
 are per sample. The counter covers matrix products, convolutions and attention (the ops that
-dominate a transformer); element-wise ops, norms and activations are not counted. The prefill's FLOPs
+dominate a transformer; on CPU not the attention kernel, aten._scaled_dot_product_flash_attention_for_cpu,
+which torch's counter has no formula for); element-wise ops, norms and activations are not counted. The prefill's FLOPs
 are also predicted by the analytic cost model rank uses (:func:`predicted_prefill_flops`), so that bench
 sets the measured prefill time beside the prediction that chose the token budget.
 """

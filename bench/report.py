@@ -116,6 +116,10 @@ def _prefill_section(report):
              "Variant / full at each batch size: image tokens per image (after the model's token budget), the "
              "prefill's mean time, and its FLOPs as the analytic cost model predicts them (2PL + 2 n_layers L² d "
              "over the prompt's L tokens, encslim.models.costs) and as the FLOP counter counted them.", ""]
+    if str(report["environment"].get("device", "")).startswith("cpu"):
+        lines += ["On CPU the counted prefill FLOPs leave attention out (torch's FLOP counter has no formula for "
+                  "aten._scaled_dot_product_flash_attention_for_cpu): they are the 2PL term alone, the predicted "
+                  "ones add the L² attention term.", ""]
     rows = []
     budgets = {m["name"]: m.get("token_budget") for m in report["models"]}
     for c in report["comparisons"]:
