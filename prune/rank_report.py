@@ -82,6 +82,8 @@ def _recovery_lines(data: RankingData, groups: Sequence[str]) -> list[str]:
     rows: list[list[str]] = []
     for entry in block["candidates"]:
         kept = "+".join(entry["kept"])
+        if entry.get("token_budget"):  # a configuration recovered under its token budget
+            kept += f" @ {entry['token_budget']['method']} {entry['token_budget']['budget']:g}"
         if "skipped" in entry:
             rows.append([kept, f"skipped: {entry['skipped']}", *("" for _ in groups), ""])
             continue

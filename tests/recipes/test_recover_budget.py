@@ -64,3 +64,7 @@ def test_a_budgeted_candidate_is_pruned_trained_and_scored_under_its_budget(tiny
     budget_rows = ranking["token_budgets"]["rows"]
     assert "recovered" not in budget_rows[0] and "recovered" in budget_rows[1] and "recovered" in budget_rows[2]
     assert ranking["recovered_cur"] == {}  # a single removal recovered at a reduced budget is no slot's CUR
+    from encslim.prune.rank_report import _recovery_lines
+
+    lines = _recovery_lines(ranking, ["General", "overall"])
+    assert any(line.startswith("| clip+dinov2 @ pool 0.25 | recovered (lora) |") for line in lines)
