@@ -157,7 +157,6 @@ def _check_prefill(report, tokens):
     return block
 
 
-@pytest.mark.slow
 def test_eagle_x5_pruned_to_two_towers_at_a_quarter_of_the_tokens(tiny_eagle_dir, tmp_path):
     """Tiny Eagle-X5 (five towers, one 32x32 fused grid): keep clip-448 + convnext-1024 at pool 0.25 (2x2)."""
     full = tiny_eagle_dir()
