@@ -2,12 +2,15 @@
 
 Four categories mirror the study's:
 
-* **OCR & Chart**: read a single printed digit, or the value printed under a bar. Glyphs are a
-  5x7 bitmap font at scale 2 (10x14 px) in a 128 px image, each stroke cell a 2x2 checkerboard
-  emboss (:func:`draw_embossed_digit`) that averages to the background in any downscaled view,
-  so only a full-resolution encoder can read them.
+* **OCR & Chart**: read a printed two-digit number, or the two-digit value printed under a bar.
+  Glyphs are a 5x7 bitmap font at scale 2 (10x14 px) in a 128 px image, each stroke cell a 2x2
+  checkerboard emboss (:func:`draw_embossed_digit`) that averages to the background in any
+  downscaled view, so only a full-resolution encoder can read them. The two digits sit side by
+  side in two 16x16 cells that one pooling window of the demo model's 8x8 token grid merges
+  (1x2 at budget 0.5, 2x2 at 0.25): an average forgets which digit was left, so reading needs
+  the full token grid too.
 * **General**: the colour or the shape of one large object in the middle (colour questions
-  can also be asked as 4-option MCQ items, off by default).
+  can also be asked as 4-option MCQ items, off by default); it survives 4x token pooling.
 * **Vision-centric**: count circles (1-5) or tell whether a coloured shape is left/right of, or
   above/below, the black square in the middle.
 * **Knowledge**: answerable from the question text alone (sums of two numbers 1-4, simple facts);
@@ -33,7 +36,7 @@ DEMO_CATEGORIES = ["OCR & Chart", "General", "Vision-centric", "Knowledge"]
 IMAGE_SIZE = 128
 GLYPH_SCALE = 2  # the emboss is a 2x2 checkerboard per font bit
 # Share of each category in the training split; reading and the spatial tasks are the hard part.
-TRAIN_MIX = {"OCR & Chart": 0.35, "General": 0.2, "Vision-centric": 0.3, "Knowledge": 0.15}
+TRAIN_MIX = {"OCR & Chart": 0.3, "General": 0.25, "Vision-centric": 0.3, "Knowledge": 0.15}
 EVAL_MIX = {c: 0.25 for c in DEMO_CATEGORIES}
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220),
@@ -57,10 +60,13 @@ GLYPHS = {
 }
 GLYPH_W, GLYPH_H = 5 * GLYPH_SCALE, 7 * GLYPH_SCALE
 COUNT_RADIUS = 9
-# Where the digits are printed (top-left corner, before a small jitter): each glyph stays inside
-# one 16x16 cell of the full-resolution image; offsets are even, so the checkerboard keeps its phase.
-DIGIT_AT = (52, 48)
-CHART_LABEL_AT = (52, 96)
+# Where numbers are printed (top-left corner of the first digit, before a small jitter): each glyph
+# stays inside one 16x16 cell of the full-resolution image (one token of an 8x8 grid), the second
+# digit DIGIT_STEP px right of the first, in the next cell: columns 2 and 3, which a pooling window
+# (1x2 or 2x2) merges. Offsets are even, so the checkerboard keeps its phase.
+DIGIT_AT = (36, 48)
+CHART_LABEL_AT = (36, 96)
+DIGIT_STEP = 16
 
 FACTS = [
     ("What is the capital of France?", "Paris"), ("What is the capital of Italy?", "Rome"),
@@ -131,28 +137,33 @@ def _place(rng, radius, taken, gap=3, tries=200):
 
 
 # ---------------------------------------------------------------------------------- tasks
+def print_number(draw, at, number, background, depth, rng):
+    """Emboss the two digits of ``number`` (a string) side by side, the first at ``at`` plus a small even jitter."""
+    x, y = at[0] + 2 * rng.randint(-1, 1), at[1] + 2 * rng.randint(0, 1)
+    for i, digit in enumerate(number):
+        draw_embossed_digit(draw, x + i * DIGIT_STEP, y, digit, background, depth)
+
+
 def task_digit(rng):
-    """OCR: one embossed digit printed in the middle of the image."""
+    """OCR: one embossed two-digit number printed in the middle of the image."""
     background, depth = _print_ground(rng)
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
-    digit = str(rng.randint(0, 9))
-    draw_embossed_digit(ImageDraw.Draw(img), DIGIT_AT[0] + 2 * rng.randint(-1, 1), DIGIT_AT[1] + 2 * rng.randint(0, 1),
-                        digit, background, depth)
-    return img, "What digit is printed in the image?", digit, "OCR & Chart", "digit"
+    number = str(rng.randint(10, 99))
+    print_number(ImageDraw.Draw(img), DIGIT_AT, number, background, depth, rng)
+    return img, "What number is printed in the image?", number, "OCR & Chart", "digit"
 
 
 def task_chart(rng):
-    """Chart: one coloured bar on an axis, its value printed (embossed) under it."""
+    """Chart: one coloured bar on an axis, its two-digit value printed (embossed) under it."""
     background, depth = _print_ground(rng)
     img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
     draw = ImageDraw.Draw(img)
-    value = str(rng.randint(0, 9))
+    value = str(rng.randint(10, 99))
     base = CHART_LABEL_AT[1] - 5
     draw.line([(8, base), (IMAGE_SIZE - 8, base)], fill=(0, 0, 0), width=1)
     top = base - rng.randint(20, 80)
     draw.rectangle([44, top, 83, base - 1], fill=COLOURS[rng.choice(sorted(COLOURS))])
-    draw_embossed_digit(draw, CHART_LABEL_AT[0] + 2 * rng.randint(-1, 1), CHART_LABEL_AT[1] + 2 * rng.randint(0, 1),
-                        value, background, depth)
+    print_number(draw, CHART_LABEL_AT, value, background, depth, rng)
     return img, "What value is written under the bar?", value, "OCR & Chart", "chart"
 
 
@@ -309,7 +320,7 @@ def demo_corpus():
              "Answer the question directly.", "Please select the correct answer from the options above."]
     lines += [q for q, _ in FACTS] + [a for _, a in FACTS]
     lines += [f"What is {a} plus {b}?" for a in range(1, 5) for b in range(1, 5)]
-    lines += ["What digit is printed in the image?", "How many circles are there in the image?",
+    lines += ["What number is printed in the image?", "How many circles are there in the image?",
               "What colour is the shape?", "What shape is shown in the image?"]
     lines += ["What value is written under the bar?"]
     lines += [f"Is the {a} shape left or right of the black square? above or below" for a in COLOURS]
@@ -381,4 +392,4 @@ def write_demo_data(out, seed=0, n_train=6000, n_eval=400, overwrite=False):
 
 
 __all__ = ["DEMO_CATEGORIES", "IMAGE_SIZE", "generate", "iter_samples", "to_samples", "demo_corpus", "write_demo_data",
-           "draw_embossed_digit", "draw_shape"]
+           "draw_embossed_digit", "draw_shape", "print_number"]

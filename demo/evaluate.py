@@ -35,7 +35,7 @@ def mask_label(masked):
     return "full" if not masked else "-" + "-".join(masked)
 
 
-def evaluate_demo(model, processor, samples, mask_sets=((),), batch_size=50, max_new_tokens=6):
+def evaluate_demo(model, processor, samples, mask_sets=((),), batch_size=50, max_new_tokens=6, token_budget=None):
     """Per-category accuracy of ``model`` on demo records under each mask set.
 
     Runs the project evaluator (:func:`encslim.bench.evaluate.evaluate`: encoders once per
@@ -48,6 +48,7 @@ def evaluate_demo(model, processor, samples, mask_sets=((),), batch_size=50, max
         mask_sets: tuples of slot names to mask; ``()`` is the full model.
         batch_size: samples per generation batch.
         max_new_tokens: greedy decoding length.
+        token_budget: a :class:`~encslim.models.tokens.TokenBudget` to run under (``None``: the model's own).
 
     Returns:
         ``{masked tuple: {"overall": acc, category: acc}}``.
@@ -59,7 +60,8 @@ def evaluate_demo(model, processor, samples, mask_sets=((),), batch_size=50, max
     model.eval()
     result = evaluate((model, processor, get_adapter(model.config.model_type)), to_samples(samples),
                       mask_sets=[frozenset(m) for m in mask_sets],
-                      settings=EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens))
+                      settings=EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                            token_budget=token_budget))
     return {tuple(m): {k: round(v, 4) for k, v in result.accuracy(frozenset(m)).items()} for m in mask_sets}
 
 

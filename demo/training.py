@@ -21,7 +21,10 @@ Training has two stages, as LLaVA-style models are built: each vision tower is f
 on its own (a linear probe per image task on its slot features; the stand-in for the pretraining
 real encoders come with), then the towers are frozen and the projector and LLM learn to answer,
 with **encoder dropout** (each slot's features zeroed per sample with probability
-``encoder_dropout``, the removal mask), so a redundant encoder can be masked at little cost.
+``encoder_dropout``, the removal mask), so a redundant encoder can be masked at little cost,
+and with **nested token budgets** (half of the batches read the fused 8x8 grid pooled to 1x2 or
+2x2 windows), so a token budget removes what pooling destroys and nothing more: the order of a
+number's two digits (OCR & Chart), not one large object's colour or shape (General).
 """
 
 import json
@@ -35,6 +38,7 @@ import torch
 
 from .data import DEMO_CATEGORIES, demo_corpus, iter_samples
 from .evaluate import evaluate_demo, format_question, mask_label
+from ..models.tokens import TokenBudget, reduce_grids
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +52,19 @@ DEMO_ENCODERS = [
     {"name": "siglip", "image_size": 32, **LIGHT,
      "vision_config": {"model_type": "siglip_vision_model", **_VIT, "patch_size": 4}},
     {"name": "vit", "image_size": 128, **GREY,
-     "vision_config": {"model_type": "vit", **_VIT, "patch_size": 16}},
+     "vision_config": {"model_type": "vit", **_VIT, "num_hidden_layers": 4, "patch_size": 16}},
     {"name": "convnext", "image_size": 32, **LIGHT,
      "vision_config": {"model_type": "convnext", "hidden_sizes": [32, 64, 128], "depths": [1, 1, 1],
                        "num_stages": 3, "patch_size": 2, "layer_scale_init_value": 1.0}},
     {"name": "clip", "image_size": 16, **LIGHT,
      "vision_config": {"model_type": "clip_vision_model", **_VIT, "patch_size": 2}},
 ]
+# Two decoder layers over 64 image tokens: the prefill of the image tokens costs about as much as the
+# high-resolution tower (`encslim.models.costs`), so a token budget buys about one tower's FLOPs.
 DEMO_TEXT = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
              "tie_word_embeddings": False}
-DEMO_GRID = 4  # image tokens: DEMO_GRID**2
+DEMO_GRID = 8  # image tokens: DEMO_GRID**2, one per 16x16 px cell of the 128 px image
 META_FILE = "demo_meta.json"
 LOSS_PLOT = "loss.png"
 
@@ -84,6 +90,9 @@ class DemoTrainConfig:
         encoder_dropout: per-sample probability of masking each slot in stage 2.
         ocr_weight: stage-2 loss weight of OCR & Chart samples relative to the others.
         aux_weight: weight of the stage-2 probe loss on the fused image tokens.
+        budget_share: share of stage-2 batches run under a reduced token budget (pooled grid).
+        budgets: the pool budgets such a batch draws from, uniformly (nested pooling, as Matryoshka
+            Multimodal Models train, Cai et al. 2024): the pooled grids are in distribution.
         n_eval: evaluation samples (the ``eval`` split of the same seed).
         threads: torch CPU threads.
     """
@@ -91,7 +100,7 @@ class DemoTrainConfig:
     seed: int = 0
     encoder_steps: int = 400
     encoder_lr: float = 2e-3
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -99,6 +108,8 @@ class DemoTrainConfig:
     encoder_dropout: float = 0.25
     ocr_weight: float = 1.5
     aux_weight: float = 1.0
+    budget_share: float = 0.5
+    budgets: tuple = (0.5, 0.25)
     n_eval: int = 400
     threads: int = 2
 
@@ -130,15 +141,20 @@ def build_demo_model(seed=0):
     return model, PROCESSOR_MAPPING[type(config)].from_config(tokenizer, config)
 
 
-def make_batch(processor, samples, rng):
+def make_batch(processor, samples, rng, image_tokens=None):
     """Tokenize prompts and answers (loss on answer tokens only) and process the images.
 
+    ``image_tokens``: placeholders per image (default: the processor's count).
     Returns ``(input_ids, attention_mask, labels, pixels {slot: tensor})``; left padding.
     """
     tok = processor.tokenizer
     rows = []
     for s in samples:
-        prompt = processor.expand_image_tokens(processor.build_prompt(format_question(s, rng)))
+        prompt = processor.build_prompt(format_question(s, rng))
+        if image_tokens is None:
+            prompt = processor.expand_image_tokens(prompt)
+        else:
+            prompt = prompt.replace(processor.image_token, processor.image_token * image_tokens)
         prompt_ids = tok(prompt, add_special_tokens=False).input_ids
         answer_ids = tok(" " + s["answer"], add_special_tokens=False).input_ids + [tok.eos_token_id]
         rows.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
@@ -170,9 +186,9 @@ AUX_LABELS = {
     "shape": ("circle", "square", "triangle", "diamond"),
     "count": ("1", "2", "3", "4", "5"),
     "position": ("left", "right", "above", "below"),
-    "digit": tuple("0123456789"),
+    "number": tuple(str(n) for n in range(10, 100)),
 }
-AUX_TASK = {"chart": "digit"}
+AUX_TASK = {"chart": "number", "digit": "number"}
 
 
 def aux_targets(samples):
@@ -242,7 +258,7 @@ def train_steps(model, processor, config, steps=None, progress=None):
     ``steps`` stops after that many steps in all (default: both stages in full), for tests.
 
     Stage 1 (``config.encoder_steps``): each vision tower gets its own linear probe per image
-    task (colour, shape, count, position, digit) on its flattened slot features; the towers learn
+    task (colour, shape, count, position, number) on its flattened slot features; the towers learn
     what their view of the image shows, and nothing else: a 32 px tower cannot learn to read
     the embossed digits, which vanish at that resolution. Trained jointly with the LLM from
     scratch instead, the towers co-adapt and reading rarely takes off.
@@ -252,7 +268,11 @@ def train_steps(model, processor, config, steps=None, progress=None):
     ``config.ocr_weight``), each slot masked per sample with probability
     ``config.encoder_dropout`` (the removal mask), so no answer depends on one slot when another
     sees the same thing. A linear probe per image task on the fused image tokens (weight
-    ``config.aux_weight``, discarded afterwards) gives the projector a direct signal.
+    ``config.aux_weight``, discarded afterwards) gives the projector a direct signal. A share
+    ``config.budget_share`` of the batches runs under a pool budget drawn from ``config.budgets``:
+    the fused grid is average-pooled after projection (``models.tokens.reduce_grids``, as the
+    model does under ``config.token_budget``) and the prompt holds as many placeholders, so the
+    LLM learns to read pooled grids too (what survives pooling is then the data's doing).
     """
     from ..runtime import progress_bar
 
@@ -299,21 +319,41 @@ def _train_fusion(model, processor, config, n_steps, rng, losses, bar):
     probe = AuxProbe(model.config.text_config.hidden_size, model.config.num_image_tokens())
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad] + list(probe.named_parameters())
     optimizer = _adamw(named, config.lr, config.weight_decay)
+    grids = [(model.config.fusion["grid"],) * 2]
     for step in range(n_steps):
         batch = [next(stream) for _ in range(config.batch_size)]
-        input_ids, attention, labels, pixels = make_batch(processor, batch, rng)
+        budget = draw_budget(config, rng)
+        tokens = sum(budget.tokens_out(g) for g in grids) if budget else None
+        input_ids, attention, labels, pixels = make_batch(processor, batch, rng, image_tokens=tokens)
         with torch.no_grad():
             features = model.encode(pixels)
         keep = torch.rand(len(batch), len(slots)) >= config.encoder_dropout
         features = {s: f * keep[:, i, None, None].to(f.dtype) for i, (s, f) in enumerate(features.items())}
-        logits = model.decode(features, input_ids=input_ids, attention_mask=attention).logits
+        fused = model.fuse(features)
+        embeds = merge_image(model, reduce_grids(fused, grids, budget), input_ids)
+        logits = model.decode(None, inputs_embeds=embeds, attention_mask=attention).logits
         weights = torch.tensor([config.ocr_weight if s["category"] == "OCR & Chart" else 1.0 for s in batch])
         loss = (sample_loss(logits, labels) * weights).sum() / weights.sum()
         if config.aux_weight:
-            loss = loss + config.aux_weight * probe(model.fuse(features), *aux_targets(batch))
+            loss = loss + config.aux_weight * probe(fused, *aux_targets(batch))
         _step(optimizer, loss, [p for _, p in named], config.lr, lr_factor(step, config.steps, config.warmup))
         losses.append(loss.item())
         _report(bar, losses, "llm")
+
+
+def draw_budget(config, rng):
+    """The token budget of one stage-2 batch: ``None`` (every token), or with probability ``config.budget_share``
+    a pool budget drawn uniformly from ``config.budgets``."""
+    if config.budget_share and rng.random() < config.budget_share:
+        return TokenBudget("pool", rng.choice(list(config.budgets)))
+    return None
+
+
+def merge_image(model, image_embeds, input_ids):
+    """The LLM input embeddings: text embeddings with ``image_embeds`` (already reduced) in the ``<image>`` positions."""
+    embeds = model.get_input_embeddings()(input_ids)
+    positions = (input_ids == model.config.image_token_id).unsqueeze(-1)
+    return embeds.masked_scatter(positions, image_embeds.to(embeds.dtype))
 
 
 def _report(bar, losses, stage):
@@ -367,6 +407,26 @@ def train_demo_model(out, config=None, overwrite=False, progress=None):
         torch.use_deterministic_algorithms(deterministic)
 
 
+META_BUDGETS = (0.5, 0.25)  # the pool budgets demo_meta.json reports the full model's accuracy at
+
+
+def demo_accuracy(model, processor, samples):
+    """What ``demo_meta.json`` reports of a trained demo model on ``samples`` (the eval split).
+
+    Returns:
+        ``{"accuracy": {mask label: {category: acc}}, "budget_accuracy": {budget label: {category: acc}}}``:
+        the full model and each single slot masked, every token; the full model under each pool budget of
+        :data:`META_BUDGETS` (label ``"1"`` for every token).
+    """
+    masks = [()] + [(s,) for s in model.slot_names]
+    accuracy = evaluate_demo(model, processor, samples, masks)
+    by_budget = {"1": accuracy[()]}
+    for value in META_BUDGETS:
+        budget = TokenBudget("pool", value)
+        by_budget[budget.label] = evaluate_demo(model, processor, samples, token_budget=budget)[()]
+    return {"accuracy": {mask_label(m): accuracy[m] for m in masks}, "budget_accuracy": by_budget}
+
+
 def _train_and_save(out, config, overwrite, progress):
     from .data import generate
     from ..files import atomic_output_dir
@@ -376,13 +436,10 @@ def _train_and_save(out, config, overwrite, progress):
         start = time.perf_counter()
         losses = train_steps(model, processor, config, progress=progress)
         seconds = time.perf_counter() - start
-        eval_samples = generate("eval", config.n_eval, config.seed)
-        masks = [()] + [(s,) for s in model.slot_names]
-        accuracy = evaluate_demo(model, processor, eval_samples, masks)
         meta = {"seed": config.seed, "config": asdict(config), "train_seconds": round(seconds, 1),
                 "torch": torch.__version__, "categories": DEMO_CATEGORIES, "hires_slot": HIRES_SLOT,
                 "first_losses": losses[:5], "losses": [round(v, 5) for v in losses],
-                "accuracy": {mask_label(m): accuracy[m] for m in masks}}
+                **demo_accuracy(model, processor, generate("eval", config.n_eval, config.seed))}
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
@@ -391,4 +448,5 @@ def _train_and_save(out, config, overwrite, progress):
 
 
 __all__ = ["DemoTrainConfig", "DEMO_ENCODERS", "HIRES_SLOT", "build_demo_model", "make_batch", "sample_loss",
-           "train_steps", "train_demo_model", "save_loss_plot", "lr_factor", "IMAGE_CATEGORIES"]
+           "train_steps", "train_demo_model", "save_loss_plot", "lr_factor", "IMAGE_CATEGORIES", "demo_accuracy",
+           "draw_budget", "merge_image", "META_BUDGETS"]

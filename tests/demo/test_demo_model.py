@@ -1,4 +1,5 @@
-"""The shipped demo model: its accuracy, its planted specialization, and that it retrains the same."""
+"""The shipped demo model: its accuracy, its planted specialization (an encoder and a token budget), and that it
+retrains the same."""
 
 import json
 
@@ -9,7 +10,10 @@ from encslim.demo.evaluate import evaluate_demo, mask_label
 from encslim.demo.assets import DEMO_MODEL_DIR, demo_model_path
 
 FULL_TARGETS = {"OCR & Chart": 0.80, "General": 0.90, "Vision-centric": 0.90, "Knowledge": 0.90}
-OCR_CHANCE = 0.10  # answers are single digits
+OCR_CHANCE = 1 / 90  # answers are two-digit numbers, 10-99
+BUDGETS = (0.5, 0.25)
+OCR_DROP = 0.3  # pooled, a number's two digits share a window: their order is lost (shipped: 1.00 -> 0.57, 0.58)
+GENERAL_POOLED = 0.85  # one large object survives pooling (shipped: 0.96 -> 0.91, 0.94)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +39,16 @@ def accuracy(demo, meta):
     samples = generate("eval", meta["config"]["n_eval"], meta["seed"])
     masks = [()] + [(s,) for s in model.slot_names]
     return {mask_label(m): acc for m, acc in evaluate_demo(model, processor, samples, masks).items()}
+
+
+@pytest.fixture(scope="module")
+def budget_accuracy(demo, meta):
+    """The full model's accuracy on the shipped seed's eval split under each pool budget."""
+    from encslim.models.tokens import TokenBudget
+
+    model, processor, _ = demo
+    samples = generate("eval", meta["config"]["n_eval"], meta["seed"])
+    return {b: evaluate_demo(model, processor, samples, token_budget=TokenBudget("pool", b))[()] for b in BUDGETS}
 
 
 def test_shipped_folder_is_a_small_four_encoder_a1_model(demo):
@@ -90,6 +104,24 @@ def test_general_is_redundant_across_encoders(accuracy):
     full = accuracy["full"]["General"]
     drops = {s: full - accuracy[f"-{s}"]["General"] for s in ("siglip", "vit", "convnext", "clip")}
     assert min(drops.values()) <= 0.03, drops
+
+
+def test_reading_needs_the_full_token_grid_while_general_survives_4x_pooling(demo, accuracy, budget_accuracy, meta):
+    """The planted budget axis: a pooling window merges the two digits of a number (their order is lost), while
+    one large object's colour and shape survive 2x2 pooling of the 8x8 grid (trained with nested budgets)."""
+    model, processor, adapter = demo
+    assert model.config.token_grids() == [(8, 8)] and processor.num_image_tokens() == 64
+    full = accuracy["full"]
+    for b, acc in budget_accuracy.items():
+        assert acc["OCR & Chart"] <= full["OCR & Chart"] - OCR_DROP, (b, acc)
+        assert acc["General"] >= GENERAL_POOLED and acc["Vision-centric"] >= GENERAL_POOLED, (b, acc)
+        assert acc["Knowledge"] >= 0.9, (b, acc)
+        # the shipped meta reports what the model does
+        label = f"pool {b:g}"
+        for category in DEMO_CATEGORIES:
+            assert abs(meta["budget_accuracy"][label][category] - acc[category]) <= 0.02, (label, category)
+    assert budget_accuracy[0.25]["General"] >= full["General"] - 0.05  # 4x fewer tokens, General as good
+    assert meta["budget_accuracy"]["1"] == meta["accuracy"]["full"]
 
 
 def test_retraining_from_the_seed_starts_the_same_loss_curve(meta):
