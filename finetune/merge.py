@@ -18,7 +18,9 @@ from ..files import atomic_output_dir, read_json
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
-MERGE_TOLERANCE = 1e-5
+# float32 rounding: W x + B A x (adapter) against (W + B A) x (merged) differs by up to 2.1e-5 in the logits of the
+# demo model (64 image tokens, logits of tens); a merge that does not fold is off by orders of magnitude more
+MERGE_TOLERANCE = 1e-4
 CHECK_QUESTION = "What colour is the shape?"
 ADAPTER_FIX = "re-run `encslim finetune` or copy the adapter folder again from where it was written"
 
