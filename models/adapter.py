@@ -167,6 +167,10 @@ class Adapter(ABC):
         """
         return None
 
+    def grids_per_image(self, processor: Processor, image: Any) -> int:
+        """How many times :meth:`token_grids` (and the encoders) run for ``image``: 1, or its tile count."""
+        return 1
+
     def token_budget_blockers(self, config: Config) -> list[str]:
         """Why this model cannot take a token budget (empty: it can). The default: the family has no grids."""
         if self.token_grids(config) is not None:

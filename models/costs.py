@@ -1,7 +1,9 @@
 """The analytic cost of a configuration (kept encoder set, visual-token budget): FLOPs per image.
 
 A configuration's cost has three parts, each counted for ONE image and one prompt, computed from
-the model's modules and config (no timing, no forward pass beyond what ``vision_flops`` counted):
+the model's modules and config (no timing, no forward pass beyond what ``vision_flops`` counted).
+A tiling family (Eagle2) encodes, projects and reduces every tile: its vision and fusion FLOPs and
+image tokens are those of one tile times the mean tile count of the images (``grids``):
 
 * **vision**: the kept slots' encoder FLOPs, as :func:`encslim.models.inspect.vision_flops`
   counts them (``FlopCounterMode`` over one forward per slot); a budget does not change them,
@@ -127,7 +129,7 @@ def text_tokens(adapter: Any, processor: Any, config: Any, prompts: Sequence[str
 
 def configuration_cost(model: Any, adapter: Any, masked: Iterable[str], budget: TokenBudget | None,
                        text_length: float, slot_flops: Mapping[str, float | None],
-                       shape: LanguageModelShape | None = None) -> dict[str, Any]:
+                       shape: LanguageModelShape | None = None, grids: float = 1.0) -> dict[str, Any]:
     """The cost of one configuration per image and prompt.
 
     Args:
@@ -138,6 +140,8 @@ def configuration_cost(model: Any, adapter: Any, masked: Iterable[str], budget: 
         text_length: mean text tokens of the prompts (:func:`text_tokens`).
         slot_flops: ``{slot: vision FLOPs of one forward}`` (``None``: unknown).
         shape: the LLM's :func:`language_model_shape` (computed when not given).
+        grids: mean grids per image (:meth:`Adapter.grids_per_image`: an image's tiles for tiling families);
+            vision, fusion and image tokens are per grid, so each is multiplied by it.
 
     Returns:
         ``{"image_tokens", "cost": {"vision_flops", "fusion_flops", "prefill_flops", "total_flops"}}``;
@@ -146,9 +150,10 @@ def configuration_cost(model: Any, adapter: Any, masked: Iterable[str], budget: 
     gone = frozenset(masked)
     kept = [s for s in adapter.slot_names(model.config) if s not in gone]
     known = [slot_flops.get(s) for s in kept]
-    vision = None if any(v is None for v in known) else float(sum(v for v in known if v is not None))
-    tokens = image_tokens(model, adapter, gone, budget)
-    fusion = fusion_flops(model, adapter, gone) if kept else 0.0
+    vision = None if any(v is None for v in known) else grids * float(sum(v for v in known if v is not None))
+    per_image = grids * image_tokens(model, adapter, gone, budget)
+    tokens: float = int(per_image) if float(per_image).is_integer() else round(per_image, 3)
+    fusion = grids * fusion_flops(model, adapter, gone) if kept else 0.0
     prefill = prefill_flops(shape or language_model_shape(model, adapter), text_length + tokens)
     total = None if vision is None else vision + fusion + prefill
     return {"image_tokens": tokens, "cost": {"vision_flops": vision, "fusion_flops": fusion,

@@ -75,6 +75,10 @@ class TokenBudget:
                 or not 0 < float(self.budget) <= 1:
             raise BudgetError(f"token budget {self.budget!r} must be a fraction in (0, 1], e.g. 0.5 or 0.25")
         object.__setattr__(self, "budget", float(self.budget))
+        cells = 1 / self.budget
+        if self.method == "pool" and self.active and abs(cells - round(cells)) > 0.02 * cells:
+            raise BudgetError(f"pool budget {self.budget:g} is not 1/k: pooling keeps one token per window of k "
+                              "tokens (0.5, 0.333, 0.25, 0.2, ...); use --token-method attention for other fractions")
 
     @property
     def active(self) -> bool:
@@ -105,6 +109,7 @@ class TokenBudget:
         return max(1, round(self.budget * h * w))
 
     def to_dict(self) -> dict[str, Any]:
+        """The config.json value: ``{"method": ..., "budget": ...}``."""
         return {"method": self.method, "budget": self.budget}
 
     @property
@@ -150,7 +155,7 @@ def parse_budgets(text: str | Sequence[float]) -> list[float]:
             value = float(item)
         except (TypeError, ValueError):
             raise BudgetError(f"--token-budgets: '{item}' is not a number; give fractions such as 1,0.5,0.25") from None
-        TokenBudget("pool", value)  # the range check
+        TokenBudget("attention", value)  # the range check (a method's own rule applies where it is chosen)
         values.append(value)
     if not values:
         raise BudgetError("--token-budgets is empty; give fractions such as 1,0.5,0.25")

@@ -34,7 +34,7 @@ from ..models.tokens import TokenBudget
 from ..runtime import configure_threads, thread_choice
 from .config import RankConfig
 from .importance import OVERALL
-from .rank_budgets import budget_axis
+from .rank_budgets import budget_axis, check_budget_axis
 from .rank_cache import RECORDS_FILE, RankKeys, ScoreTable, read_records, records_file
 from .rank_compute import Search, check_ranking, compute_ranking, image_clusters
 from .shapley import is_complete, permutation_coalitions, sample_permutations
@@ -165,14 +165,14 @@ def _setup(model_or_path: ModelArg, data: DataArg, config: RankConfig, out: Path
     """Check the output and the cache, set the threads, load the model, the samples and the cached records."""
     if out is not None:  # refuse a bad output before spending time on loading and evaluating
         _check_out(out, config.overwrite, model_or_path, data)
+    check_budget_axis(None, None, config)  # the method's own rule (pool: 1/k), before loading
     if config.cache is not None:
         records_file(config.cache)  # a scores.json of older versions is refused here, before loading
     store = _feature_store(config.feature_memory_gb)
     if config.threads != 0:
         configure_threads(config.threads)
     model, processor, adapter, model_path = _load(model_or_path, config.device, config.dtype)
-    if config.reduced_budgets:  # a family without token grids is refused before anything is evaluated
-        adapter.check_token_budget(model.config, TokenBudget(config.token_method, config.reduced_budgets[-1]))
+    check_budget_axis(adapter, model.config, config)  # before anything is evaluated
     samples, data_paths = _samples(data, config.categories)
     sources = [Path(p) for p in (config.cache, out) if p is not None and Path(p).exists()]
     previous = read_records(sources)  # read before the output folder is replaced

@@ -19,7 +19,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from ..data.prompts import build_question, style_for
 from ..models.costs import configuration_cost, language_model_shape, text_tokens
-from ..models.tokens import SOURCES, TokenBudget
+from ..errors import ConfigError
+from ..models.tokens import SOURCES, TokenBudget, budget_of
 from .config import RankConfig
 from .importance import OVERALL, accuracy, cur_table
 from .subsets import kept_of, pareto_flags
@@ -55,23 +56,46 @@ def budget_axis(runner: Any, config: RankConfig, sets: Sequence[frozenset[str]],
     return budget_ranking(runner.table.slots, [s.category for s in runner.samples], scores, cost, config, clusters)
 
 
+def check_budget_axis(adapter: Any, model_config: Any, config: RankConfig) -> None:
+    """Refuse a budget axis that cannot run: a budget the method does not take (pool: 1/k), and, with the
+    model (``adapter`` and ``model_config`` not ``None``), a family without token grids or a model that
+    already carries a budget (its budget-1 rows would be scored under it but costed at every token).
+
+    Raises:
+        ConfigError: naming the problem and the fix.
+    """
+    budgets = [TokenBudget(config.token_method, b) for b in config.reduced_budgets]
+    if not budgets or adapter is None:
+        return
+    adapter.check_token_budget(model_config, budgets[-1])
+    own = budget_of(model_config)
+    if own is not None:
+        raise ConfigError(f"--token-budgets: the model already carries token budget {own.label} (config.json "
+                          "token_budget); rank the folder it was made from, or one without it "
+                          "(encslim prune MODEL --token-budget 1 --out DIR)")
+
+
 def configuration_costs(loaded: tuple[Any, Any, Any], samples: Sequence[Any], mask_sets: Iterable[frozenset[str]],
                         budgets: Sequence[float], method: str,
                         slot_flops: Mapping[str, float | None]) -> dict[Config, dict[str, Any]]:
     """The analytic cost (:func:`encslim.models.costs.configuration_cost`) of every (mask set, budget).
 
-    The prompt length is the mean text tokens of the samples' prompts (as ``evaluate`` builds them).
+    The prompt length is the mean text tokens of the samples' prompts (as ``evaluate`` builds them); a tiling
+    family's per-tile costs are multiplied by the samples' mean tile count.
     """
     model, processor, adapter = loaded
     prompts = [adapter.build_prompt(processor, build_question(s, style_for(s)), with_image=s.image is not None)
                for s in samples]
     length = text_tokens(adapter, processor, model.config, prompts)
     shape = language_model_shape(model, adapter)
+    imaged = [s.image for s in samples if s.image is not None]
+    grids = sum(adapter.grids_per_image(processor, i) for i in imaged) / len(imaged) if imaged else 1.0
     out: dict[Config, dict[str, Any]] = {}
     for masked in mask_sets:
         for budget in budgets:
             spec = TokenBudget(method, budget) if budget < 1 else None
-            out[(masked, budget)] = configuration_cost(model, adapter, masked, spec, length, slot_flops, shape)
+            out[(masked, budget)] = configuration_cost(model, adapter, masked, spec, length, slot_flops, shape,
+                                                       grids)
     for entry in out.values():
         entry["text_tokens"] = round(length, 3)
     return out

@@ -337,3 +337,25 @@ def test_eagle2_folder_with_a_budget_reloads_with_it_in_force(eagle2, tmp_path):
     notes = loaded_adapter.export_notes(loaded.config)
     assert any("a folder with a token budget loads with encslim only" in n and "4 of the 16" in n for n in notes)
     assert Eagle2Processor.from_config(loaded_processor.tokenizer, loaded.config).token_budget == POOL
+
+
+def test_eagle2_costs_count_every_tile_of_the_images(eagle2):
+    """rank's analytic cost of an Eagle2 configuration is per image: one tile's vision, fusion and image tokens
+    times the images' mean tile count (11, 1 and 13 tiles here: 25 / 3)."""
+    from encslim.data.samples import Sample
+    from encslim.models.costs import configuration_cost
+    from encslim.prune.rank_budgets import configuration_costs
+
+    model, processor, adapter = eagle2
+    samples = [Sample(id=str(i), question="What?", answers=["a"], image=_picture(*spec), category="General",
+                      metric="exact") for i, spec in enumerate(IMAGES)]
+    assert [adapter.grids_per_image(processor, s.image) for s in samples] == [11, 1, 13]
+    flops = {s: 1000.0 for s in adapter.slot_names(model.config)}
+    costs = configuration_costs((model, processor, adapter), samples, [frozenset()], [1.0, 0.25], "pool", flops)
+    one_tile = configuration_cost(model, adapter, (), POOL, costs[(frozenset(), 0.25)]["text_tokens"], flops)
+    reduced, full = costs[(frozenset(), 0.25)], costs[(frozenset(), 1.0)]
+    assert one_tile["image_tokens"] == 4 and reduced["image_tokens"] == pytest.approx(4 * 25 / 3, abs=1e-3)
+    assert full["image_tokens"] == pytest.approx(16 * 25 / 3, abs=1e-3)
+    assert reduced["cost"]["vision_flops"] == pytest.approx(2000.0 * 25 / 3)
+    assert reduced["cost"]["fusion_flops"] == pytest.approx(one_tile["cost"]["fusion_flops"] * 25 / 3)
+    assert reduced["cost"]["prefill_flops"] < full["cost"]["prefill_flops"]

@@ -70,6 +70,12 @@ def test_parse_and_errors():
         parse_budgets("1,half")
     with pytest.raises(ConfigError, match="unknown key"):
         parse_budget({"method": "pool", "ratio": 0.5})
+    # pooling keeps 1/k of a grid: 0.7 would keep every token and 0.4 the same as 0.5
+    for budget in (0.7, 0.4, 0.3):
+        with pytest.raises(ConfigError, match=f"pool budget {budget} is not 1/k.*--token-method attention"):
+            TokenBudget("pool", budget)
+    assert TokenBudget("attention", 0.7).tokens_out((4, 4)) == 11 and TokenBudget("pool", 0.333).window() == (1, 3)
+    assert parse_budgets("0.7,1") == [1.0, 0.7]  # the method's own rule applies where the method is chosen
 
 
 def test_budget_applied_restores_the_config():

@@ -190,9 +190,12 @@ def test_a_rerun_with_the_cache_evaluates_nothing(budget_run, planted_jsonl, tmp
 @pytest.mark.parametrize("value, message", [
     ("2", "token budget 2.0 must be a fraction in (0, 1]"),
     ("x", "--token-budgets: 'x' is not a number"),
+    ("1,0.7", "pool budget 0.7 is not 1/k"),
 ])
 def test_a_bad_budget_is_one_line_exit_2(value, message, tiny_model_dir, shared_mixed_jsonl, tmp_path, capsys):
-    code, _, err = run_main(capsys, "rank", tiny_model_dir(), "--data", shared_mixed_jsonl, "--token-budgets", value,
+    model = tiny_model_dir()  # built before the run: its shard-writing progress is not the command's output
+    capsys.readouterr()
+    code, _, err = run_main(capsys, "rank", model, "--data", shared_mixed_jsonl, "--token-budgets", value,
                             "--out", tmp_path / "r")
     assert code == 2 and message in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.strip()]) == 1
@@ -210,6 +213,18 @@ def test_a_model_without_token_grids_is_refused_before_evaluating(tiny_cambrian,
     error = [line for line in err.splitlines() if "token budget" in line]
     assert len(error) == 1 and "token budget pool 0.5" in error[0] and "sampler layers" in error[0]
     assert "CUR" not in out and not (tmp_path / "r").exists()
+
+
+def test_a_model_carrying_a_budget_is_refused(tiny_model_dir, shared_mixed_jsonl, tmp_path, capsys):
+    """Its budget-1 rows would be scored under its own budget but costed at every token."""
+    folder = tmp_path / "budgeted"
+    shutil.copytree(tiny_model_dir(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "token_budget": {"method": "pool", "budget": 0.25}}))
+    code, _, err = run_main(capsys, "rank", folder, "--data", shared_mixed_jsonl, "--token-budgets", "1,0.5",
+                            "--out", tmp_path / "r")
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "r").exists()
+    assert "the model already carries token budget pool 0.25" in err and "--token-budget 1" in err
 
 
 def test_predictions_refuse_the_budget_options(tmp_path, capsys):

@@ -27,7 +27,7 @@ import torch
 
 from ...layout import TokenizerMixin, left_pad
 from ...llava_processing import VICUNA_SYSTEM, tokenizer_image_token
-from ...tokens import budget_of, parse_budget
+from ...tokens import BudgetError, budget_of, parse_budget
 from .configuration import budget_grid
 from .encoders import pixel_tensor
 from .sva import unpadded_size
@@ -107,7 +107,7 @@ class CambrianProcessor(TokenizerMixin):
         h, w = (self.grid, self.grid) if size is None else unpadded_size(self.grid, size)
         budget = parse_budget(getattr(self, "token_budget", None))
         if budget is not None and budget.method != "pool":
-            raise ValueError(f"Cambrian's image rows take the pool token method only, not {budget.method}")
+            raise BudgetError(f"Cambrian's image rows take the pool token method only, not {budget.method}")
         h, w = budget_grid((h, w), budget)
         return h * (w + 1)
 

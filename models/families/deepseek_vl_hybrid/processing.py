@@ -13,7 +13,7 @@ import math
 
 from transformers import BatchFeature
 
-from ...tokens import parse_budget
+from ...tokens import BudgetError, parse_budget
 
 DEFAULT_TEMPLATE = "User: {prompt}\n\nAssistant:"
 
@@ -37,7 +37,7 @@ def image_token_count(processor):
         return count
     side = math.isqrt(count)
     if side * side != count:
-        raise ValueError(f"num_image_tokens {count} is no square grid, so no token budget applies")
+        raise BudgetError(f"num_image_tokens {count} is no square grid, so no token budget applies")
     return budget.tokens_out((side, side))
 
 

@@ -102,6 +102,10 @@ class Eagle2Adapter(LayoutAdapter):
         budget = budget_of(config)
         return budget.tokens_out(self.token_grids(config)[0]) if budget else config.num_image_tokens
 
+    def grids_per_image(self, processor, image):
+        """The image's tiles (thumbnail included): every tile is encoded, projected and reduced on its own."""
+        return processor.num_tiles(image)
+
     def token_grids(self, config, masked=frozenset(), mask_mode="removal"):
         """One tile's grid after the pixel shuffle and ``mlp1``: ``side x side`` = ``num_image_tokens``; the reducer
         runs on every tile of an image (thumbnail included)."""

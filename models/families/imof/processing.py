@@ -18,7 +18,7 @@ import torch
 
 from ...layout import IMAGE_PLACEHOLDER, TokenizerMixin, left_pad
 from ...llava_processing import CLIP_MEAN, CLIP_STD, chat_prompt, expand2square, guess_template, tokenizer_image_token
-from ...tokens import CONFIG_KEY, parse_budget
+from ...tokens import CONFIG_KEY, BudgetError, parse_budget
 
 PROCESSOR_FILE = "processor_config.json"
 
@@ -77,7 +77,7 @@ class ImofProcessor(TokenizerMixin):
             return sum(counts)
         sides = [math.isqrt(n) for n in counts]
         if any(s * s != n for s, n in zip(sides, counts)):
-            raise ValueError(f"tower token counts {counts} are no square grids (CLS kept), so no token budget applies")
+            raise BudgetError(f"tower token counts {counts} are no square grids (CLS kept), so no token budget applies")
         return sum(budget.tokens_out((s, s)) for s in sides)
 
     def pixel_values(self, images):

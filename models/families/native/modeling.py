@@ -34,7 +34,7 @@ from .configuration import EncslimConfig, backbone_info
 CACHE_KWARG = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
                else "past_key_values")
 from ...masking import MaskMode, check_mask_set, mask_feature
-from ...tokens import budget_of, reduce_grids, scorer_for
+from ...tokens import BudgetError, budget_of, reduce_grids, scorer_for
 
 PIXEL_PREFIX = "pixel_values_"
 # the forward's keywords it takes through **kwargs (transformers' convention), besides pixel_values_<slot>
@@ -323,7 +323,7 @@ class EncslimForConditionalGeneration(EncslimPreTrainedModel, GenerationMixin):
         gone = set(masked_slots or ()) if str(mask_mode) == MaskMode.REMOVAL.value else set()
         grids = self.config.token_grids([s for s in self.slot_names if s not in gone])
         if grids is None:
-            raise ValueError(f"this model takes no token budget (a slot keeps its CLS token), but its config "
+            raise BudgetError(f"this model takes no token budget (a slot keeps its CLS token), but its config "
                              f"sets token_budget {budget.to_dict()}; remove it from config.json")
         scorer = scorer_for(self.language_model) if budget.method == "attention" else None
         return reduce_grids(image_embeds, grids, budget, scorer)
