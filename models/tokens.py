@@ -167,6 +167,20 @@ def budget_of(config: Any) -> TokenBudget | None:
     return parse_budget(getattr(config, CONFIG_KEY, None))
 
 
+def square_grid_tokens(count: int, budget: TokenBudget | None) -> int:
+    """Tokens a square grid of ``count`` tokens keeps under ``budget`` (``None`` or budget 1: all of them).
+
+    Raises:
+        BudgetError: ``count`` is no square, so no budget applies.
+    """
+    if budget is None or not budget.active:
+        return count
+    side = math.isqrt(count)
+    if side * side != count:
+        raise BudgetError(f"{count} image tokens are no square grid, so no token budget applies")
+    return budget.tokens_out((side, side))
+
+
 @contextmanager
 def budget_applied(config: Any, budget: TokenBudget | None) -> Iterator[None]:
     """Set ``config.token_budget`` to ``budget`` (``None``: every token) for the duration, then restore it."""
@@ -281,4 +295,4 @@ def scorer_for(language_model: torch.nn.Module) -> Any:
 
 __all__ = ["BudgetError", "CONFIG_KEY", "METHODS", "SOURCES", "TokenBudget", "budget_applied", "budget_of",
            "parse_budget", "parse_budgets", "pool_grid", "received_attention", "reduce_grids", "scorer_for",
-           "top_tokens"]
+           "square_grid_tokens", "top_tokens"]

@@ -9,11 +9,9 @@ adapter loads it) each image holds the tokens the reducer leaves of its ``side x
 (:func:`image_token_count`).
 """
 
-import math
-
 from transformers import BatchFeature
 
-from ...tokens import BudgetError, parse_budget
+from ...tokens import parse_budget, square_grid_tokens
 
 DEFAULT_TEMPLATE = "User: {prompt}\n\nAssistant:"
 
@@ -31,14 +29,7 @@ def build_prompt(processor, question, with_image=True):
 def image_token_count(processor):
     """Image tokens per image: ``num_image_tokens`` (a ``side x side`` grid), or what ``processor.token_budget``
     (a ``TokenBudget``, its dict or ``None``) leaves of that grid."""
-    count = processor.num_image_tokens
-    budget = parse_budget(getattr(processor, "token_budget", None))
-    if budget is None:
-        return count
-    side = math.isqrt(count)
-    if side * side != count:
-        raise BudgetError(f"num_image_tokens {count} is no square grid, so no token budget applies")
-    return budget.tokens_out((side, side))
+    return square_grid_tokens(processor.num_image_tokens, parse_budget(getattr(processor, "token_budget", None)))
 
 
 def model_inputs(processor, images, prompts):

@@ -19,7 +19,6 @@ Cambrian: :mod:`encslim.models.llava_processing`.
 """
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from ....errors import ModelLoadError
 from ...layout import TokenizerMixin, left_pad
 from ...llava_processing import (CLIP_MEAN, CLIP_STD, IMAGE_PLACEHOLDER, chat_prompt, expand2square,
                                  guess_template, tokenizer_image_token)
-from ...tokens import budget_of
+from ...tokens import budget_of, square_grid_tokens
 from .configuration import DEFAULT_GRID, DEFAULT_INPUT_SIZE
 
 # encslim's record of the chat template and sizes (Eagle's own code hard-codes them and ignores it)
@@ -116,11 +115,7 @@ class EagleProcessor(TokenizerMixin):
     @property
     def image_token_count(self):
         """Placeholders per image: ``num_image_tokens`` (the g x g grid), or what ``token_budget`` leaves of it."""
-        budget = self.token_budget
-        if budget is None or not budget.active:
-            return self.num_image_tokens
-        side = math.isqrt(self.num_image_tokens)
-        return budget.tokens_out((side, side))
+        return square_grid_tokens(self.num_image_tokens, self.token_budget)
 
     def prompt_ids(self, prompt):
         """``tokenizer_image_token`` with each placeholder repeated ``image_token_count`` times."""

@@ -30,14 +30,13 @@ each tile writes as many ``<IMG_CONTEXT>`` as the reducer leaves of its grid (:a
 """
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from ....errors import ConfigError, ModelLoadError
 from ...layout import IMAGE_PLACEHOLDER, TokenizerMixin, left_pad
-from ...tokens import budget_of
+from ...tokens import budget_of, square_grid_tokens
 from .configuration import IMG_CONTEXT, IMG_END, IMG_START, SIGLIP_MEAN, SIGLIP_STD
 
 SYSTEM_MESSAGE = "You are a helpful assistant."
@@ -227,11 +226,7 @@ class Eagle2Processor(TokenizerMixin):
     @property
     def tile_tokens(self):
         """``<IMG_CONTEXT>`` per tile: N (``num_image_tokens``), or what ``token_budget`` leaves of the tile's grid."""
-        budget = self.token_budget
-        if budget is None or not budget.active:
-            return self.num_image_tokens
-        side = math.isqrt(self.num_image_tokens)
-        return budget.tokens_out((side, side))
+        return square_grid_tokens(self.num_image_tokens, self.token_budget)
 
     def expand(self, prompt, tiles=1):
         """The prompt's ``<image>`` as ``<img>`` + ``<IMG_CONTEXT>`` * (tile_tokens * tiles) + ``</img>``."""
